@@ -1,0 +1,1 @@
+"""Tenant API and audit collector (Starlette, tortoise-orm). Not built yet: see issue 5."""

@@ -1,0 +1,98 @@
+"""One settings object for every Mesial component.
+
+Read once from the environment (prefix ``MESIAL_``, nested fields with ``__``, e.g.
+``MESIAL_VAULT__ADDR``) and from a ``.env`` file if present. The defaults are the
+embedded local mode: SQLite, a local OpenBao dev server, a local S3 server, and the
+local executor instead of Kubernetes Jobs.
+"""
+
+from __future__ import annotations
+
+import enum
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Mode(enum.StrEnum):
+    local = "local"
+    cluster = "cluster"
+
+
+class VaultAuth(enum.StrEnum):
+    token = "token"
+    kubernetes = "kubernetes"
+
+
+class VaultSettings(BaseModel):
+    addr: str = "http://127.0.0.1:8200"
+    auth: VaultAuth = VaultAuth.token
+    # Only for ``auth=token`` (local mode, tests, the operator's own bootstrap).
+    token: SecretStr = SecretStr("mesial-dev-root")
+    # Only for ``auth=kubernetes`` (aligner Jobs, API and operator pods).
+    kubernetes_role: str = ""
+    kubernetes_mount: str = "kubernetes"
+    service_account_token_path: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    transit_mount: str = "transit"
+    # Tenant keys rotate on their own this often (Vault ``auto_rotate_period``); 0 = never.
+    key_rotation_period: str = "720h"
+    # The key that signs audit checkpoints (ed25519, in the same transit mount).
+    audit_signing_key: str = "mesial-audit"
+    # One request: connect + read. Past ``max_attempts`` a typed VaultUnavailable is raised.
+    timeout_s: float = Field(5.0, gt=0)
+    max_attempts: int = Field(4, ge=1, le=20)
+    backoff_s: float = Field(0.2, ge=0)
+    ca_cert: Path | None = None
+
+
+class StoreSettings(BaseModel):
+    endpoint_url: str = "http://127.0.0.1:8333"
+    bucket: str = "mesial"
+    region: str = "us-east-1"
+    access_key: SecretStr = SecretStr("mesial")
+    secret_key: SecretStr = SecretStr("mesial-dev-secret")
+    # Plaintext bytes per AES-GCM chunk of the envelope format.
+    chunk_size: int = Field(1 << 20, ge=4096, le=64 << 20)
+    # S3 multipart part size (S3 needs >= 5 MiB for all parts but the last).
+    part_size: int = Field(8 << 20, ge=5 << 20, le=512 << 20)
+    timeout_s: float = Field(30.0, gt=0)
+    max_attempts: int = Field(4, ge=1, le=20)
+    verify_tls: bool = True
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket_name(cls, value: str) -> str:
+        if not (3 <= len(value) <= 63) or not value.replace("-", "").replace(".", "").isalnum() or value.lower() != value:
+            raise ValueError("bucket must be 3-63 lower-case letters, digits, '-' or '.'")
+        return value
+
+
+class AlignerSettings(BaseModel):
+    # Refuse mesh files larger than this before reading them (bytes).
+    max_scan_bytes: int = Field(512 << 20, gt=0)
+    # Refuse meshes with more triangles than this.
+    max_triangles: int = Field(5_000_000, gt=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MESIAL_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+    )
+
+    mode: Mode = Mode.local
+    # Where local mode keeps its database, service data and job scratch space.
+    data_dir: Path = Path(".mesial")
+    # tortoise-orm URL: sqlite://... (local) or postgres://... (cluster, tests).
+    database_url: str = "sqlite://.mesial/mesial.sqlite3"
+    log_level: str = "INFO"
+    vault: VaultSettings = VaultSettings()
+    store: StoreSettings = StoreSettings()
+    aligner: AlignerSettings = AlignerSettings()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once (tests build their own ``Settings``)."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""The kopf operator: Organization, ScanJob and RetentionPolicy handlers. Not built yet: see issue 4."""
