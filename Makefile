@@ -1,0 +1,57 @@
+# Mesial: every target a developer or CI runs. `make help` lists them.
+# CI calls these same targets (.ci/run), so a green `make test` here is a green CI.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TOOLS := .tools
+STAMP := $(VENV)/.installed
+export PATH := $(CURDIR)/$(TOOLS)/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: help install test lint format demo bench services-up services-down clean
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml scripts/install-system-deps.sh scripts/install_k8s_tools.py
+	bash scripts/install-system-deps.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) scripts/install_k8s_tools.py $(TOOLS)
+	touch $@
+
+install: $(STAMP) ## Create .venv, install the project, its tools and the Debian packages it needs
+	@bash scripts/install-system-deps.sh
+
+test: install ## Run the whole test suite against real services (started and stopped by the suite)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install ## ruff (lint + format check) and mypy --strict over the whole tree
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	bash scripts/typecheck.sh
+
+format: install ## Apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+demo: install ## The main job on embedded defaults: generate a case, align it, report
+	$(PY) scripts/demo.py
+
+bench: install ## Benchmarks, printed as tables with the hardware and the baselines
+	@for bench in bench/bench_*.py; do echo "== $$bench"; $(PY) $$bench $(BENCH_ARGS) || exit 1; done
+
+services-up: install ## Start PostgreSQL, OpenBao and SeaweedFS (S3) on free ports; print URLs and credentials
+	$(VENV)/bin/mesial services up
+
+services-down: install ## Stop what services-up started
+	$(VENV)/bin/mesial services down
+
+clean: ## Remove the virtualenv, tools, caches and local data
+	-$(VENV)/bin/mesial services down 2>/dev/null
+	rm -rf $(VENV) $(TOOLS) .mesial build .pytest_cache .mypy_cache .ruff_cache .hypothesis demo-out

@@ -1,0 +1,106 @@
+"""The service manager: real processes, free ports, readiness, clean stops, clear failures."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from mesial.common import services as svc
+from mesial.common.errors import ServiceStartError
+
+
+def _answers(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=1)
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def test_free_port_returns_a_bindable_span() -> None:
+    port = svc.free_port(span=3)
+    for offset in range(3):
+        with socket.socket() as sock:
+            sock.bind((svc.LOOPBACK, port + offset))
+
+
+def test_postgres_fixture_is_a_real_server(postgres: svc.ServiceInfo) -> None:
+    psql = svc.postgres_bin_dir() / "psql"
+    out = subprocess.run(
+        [str(psql), postgres.url, "-qAt", "-c", "show server_version"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split(".")[0] == "15"
+
+
+def test_openbao_fixture_answers_the_vault_api(openbao: svc.ServiceInfo) -> None:
+    request = urllib.request.Request(
+        f"{openbao.url}/v1/auth/token/lookup-self", headers={"X-Vault-Token": openbao.credentials["root_token"]}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        body = json.load(response)
+    assert "root" in body["data"]["policies"]
+
+
+def test_service_stops_and_frees_its_port(tmp_path: Path) -> None:
+    service = svc.OpenBaoService(tmp_path)
+    info = service.start()
+    assert _answers(info.url + "/v1/sys/health")
+    service.stop()
+    assert not _answers(info.url + "/v1/sys/health")
+
+
+def test_startup_failure_names_the_service_and_shows_its_log(tmp_path: Path) -> None:
+    class Broken(svc.OpenBaoService):
+        deadline_s = 5.0
+
+        def command(self) -> list[str]:
+            return [*super().command(), "-no-such-flag"]
+
+    with pytest.raises(ServiceStartError) as caught:
+        Broken(tmp_path).start()
+    message = str(caught.value)
+    assert "openbao did not start" in message
+    assert "no-such-flag" in message  # the tail of the server's own log
+
+
+def test_startup_deadline_is_enforced(tmp_path: Path) -> None:
+    class NeverReady(svc.OpenBaoService):
+        deadline_s = 1.0
+
+        def is_ready(self) -> bool:
+            return False
+
+    with pytest.raises(ServiceStartError, match="not ready after 1 s"):
+        NeverReady(tmp_path).start()
+
+
+def test_recorded_stack_is_stopped_by_down(tmp_path: Path) -> None:
+    stack = svc.ServiceStack(tmp_path, ["openbao"])
+    infos = stack.start()
+    state = tmp_path / "services.json"
+    svc.write_state(state, infos)
+    assert state.stat().st_mode & 0o777 == 0o600
+    assert svc.stop_recorded(state) == ["openbao"]
+    assert not _answers(infos["openbao"].url + "/v1/sys/health")
+    assert not state.exists()
+    stack.running.clear()  # already stopped through the record
+
+
+def test_unknown_service_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(svc.ServiceError, match="unknown services: nope"):
+        svc.ServiceStack(tmp_path, ["nope"])
+
+
+def test_two_postgres_clusters_side_by_side(tmp_path: Path, postgres: svc.ServiceInfo) -> None:
+    with svc.running(tmp_path, ["postgres"]) as infos:
+        assert infos["postgres"].url != postgres.url
+        psql = svc.postgres_bin_dir() / "psql"
+        for url in (postgres.url, infos["postgres"].url):
+            subprocess.run([str(psql), url, "-qAt", "-c", "select 1"], check=True, capture_output=True)
