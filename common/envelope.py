@@ -356,8 +356,10 @@ class _Chunker:
             out.append(self._chunk(mv[pos : pos + unit], False))
             pos += unit
         tail = mv[pos:]
-        if isinstance(data, bytes) and n <= 2 * unit:
-            self._pending = tail  # immutable: safe to keep a view without copying
+        base = mv.obj
+        if isinstance(base, bytes) and len(base) <= 2 * unit:
+            # Immutable and small: keep a view instead of copying (pins at most two units).
+            self._pending = tail
         else:
             own = self._own()
             own[: len(tail)] = tail

@@ -254,7 +254,7 @@ def _alive(pid: int) -> bool:
 
 def _http_ok(url: str, accept: tuple[int, ...] = (200,)) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(url, timeout=1) as response:
             return int(response.status) in accept
     except urllib.error.HTTPError as exc:
         return exc.code in accept
@@ -338,8 +338,10 @@ class PostgresService(ManagedService):
         result = subprocess.run(
             [
                 str(self.bin / "initdb"),
-                "-D", str(self.cluster),
-                "-U", self.user,
+                "-D",
+                str(self.cluster),
+                "-U",
+                self.user,
                 f"--pwfile={pwfile}",
                 "--auth-local=scram-sha-256",
                 "--auth-host=scram-sha-256",
@@ -356,23 +358,45 @@ class PostgresService(ManagedService):
         self.password_file.write_text(self.password)
         self.password_file.chmod(0o600)
         if result.returncode != 0:
-            raise ServiceStartError(self.name, "initdb failed", (result.stdout + result.stderr).decode(errors="replace"))
+            raise ServiceStartError(
+                self.name, "initdb failed", (result.stdout + result.stderr).decode(errors="replace")
+            )
 
     def command(self) -> list[str]:
         return [
             str(self.bin / "postgres"),
-            "-D", str(self.cluster),
-            "-p", str(self.port),
-            "-c", f"listen_addresses={LOOPBACK}",
-            "-c", f"unix_socket_directories={self.socket_dir}",
-            "-c", "fsync=off",  # test and dev data only: durability is not the point here
-            "-c", "max_connections=200",
+            "-D",
+            str(self.cluster),
+            "-p",
+            str(self.port),
+            "-c",
+            f"listen_addresses={LOOPBACK}",
+            "-c",
+            f"unix_socket_directories={self.socket_dir}",
+            "-c",
+            "fsync=off",  # test and dev data only: durability is not the point here
+            "-c",
+            "max_connections=200",
         ]
 
     def _psql(self, sql: str, database: str = "postgres") -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(
-            [str(self.bin / "psql"), "-h", LOOPBACK, "-p", str(self.port), "-U", self.user,
-             "-d", database, "-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql],
+            [
+                str(self.bin / "psql"),
+                "-h",
+                LOOPBACK,
+                "-p",
+                str(self.port),
+                "-U",
+                self.user,
+                "-d",
+                database,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-qAt",
+                "-c",
+                sql,
+            ],
             capture_output=True,
             env={**os.environ, "PGPASSWORD": self.password, "PGCONNECT_TIMEOUT": "2"},
             check=False,
@@ -420,7 +444,9 @@ class OpenBaoService(ManagedService):
 
     def command(self) -> list[str]:
         return [
-            str(self.bin), "server", "-dev",
+            str(self.bin),
+            "server",
+            "-dev",
             f"-dev-root-token-id={self.root_token}",
             f"-dev-listen-address={LOOPBACK}:{self.port}",
             "-dev-no-store-token",
@@ -490,13 +516,22 @@ class SeaweedFSService(ManagedService):
     def command(self) -> list[str]:
         p = self.port
         return [
-            str(self.bin), "server",
-            f"-dir={self.data_dir}", f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}",
-            f"-master.port={p}", f"-master.port.grpc={p + 1}",
-            f"-volume.port={p + 2}", f"-volume.port.grpc={p + 3}",
-            f"-filer.port={p + 4}", f"-filer.port.grpc={p + 5}",
-            "-s3", f"-s3.port={p + 6}", f"-s3.port.grpc={p + 7}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0",  # fixed default ports otherwise
+            str(self.bin),
+            "server",
+            f"-dir={self.data_dir}",
+            f"-ip={LOOPBACK}",
+            f"-ip.bind={LOOPBACK}",
+            f"-master.port={p}",
+            f"-master.port.grpc={p + 1}",
+            f"-volume.port={p + 2}",
+            f"-volume.port.grpc={p + 3}",
+            f"-filer.port={p + 4}",
+            f"-filer.port.grpc={p + 5}",
+            "-s3",
+            f"-s3.port={p + 6}",
+            f"-s3.port.grpc={p + 7}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",  # fixed default ports otherwise
             f"-s3.config={self.data_dir / 's3.json'}",
             "-master.telemetry=false",
             "-master.volumeSizeLimitMB=1024",
@@ -513,8 +548,11 @@ class SeaweedFSService(ManagedService):
         import botocore.session
 
         client = botocore.session.get_session().create_client(
-            "s3", endpoint_url=self.url, region_name="us-east-1",
-            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+            "s3",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
         )
         deadline = time.monotonic() + self.deadline_s
         while True:

@@ -47,7 +47,7 @@ def up(directory: Path | None, only: tuple[str, ...]) -> None:
     svc.write_state(state, infos)
     _show(infos)
     console.print(f"\nState (with credentials, mode 600): {state}")
-    console.print("Use them in a shell:  [bold]eval \"$(mesial services env)\"[/bold]")
+    console.print('Use them in a shell:  [bold]eval "$(mesial services env)"[/bold]')
 
 
 @services.command()

