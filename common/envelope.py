@@ -247,9 +247,7 @@ def parse_header(data: bytes | bytearray | memoryview) -> Header:
     )
 
 
-def rewrap_header(
-    header: bytes | bytearray | memoryview | Header, wrapped_key: str, key_version: int
-) -> bytes:
+def rewrap_header(header: bytes | bytearray | memoryview | Header, wrapped_key: str, key_version: int) -> bytes:
     """Encoded header identical to ``header`` except for the wrapped key and key version.
 
     The chunks that followed the old header stay valid unchanged after the new one (the
@@ -537,15 +535,11 @@ def seal_bytes(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> bytes:
     """Seal a small in-memory object: header + chunks in one ``bytes``."""
-    s = Sealer(
-        data_key, wrapped_key, key_version, tenant=tenant, object_key=object_key, chunk_size=chunk_size
-    )
+    s = Sealer(data_key, wrapped_key, key_version, tenant=tenant, object_key=object_key, chunk_size=chunk_size)
     return b"".join((s.header, s.update(data), s.finalize()))
 
 
-def open_bytes(
-    sealed: bytes | bytearray | memoryview, data_key: KeySource, *, tenant: str, object_key: str
-) -> bytes:
+def open_bytes(sealed: bytes | bytearray | memoryview, data_key: KeySource, *, tenant: str, object_key: str) -> bytes:
     """Open a whole sealed object held in memory.
 
     ``data_key`` is the plaintext data key, or a callable that gets the parsed header and
@@ -569,9 +563,7 @@ def seal_iter(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> Iterator[bytes]:
     """Yield the header, then non-empty ciphertext pieces, for plaintext pieces of any size."""
-    s = Sealer(
-        data_key, wrapped_key, key_version, tenant=tenant, object_key=object_key, chunk_size=chunk_size
-    )
+    s = Sealer(data_key, wrapped_key, key_version, tenant=tenant, object_key=object_key, chunk_size=chunk_size)
     yield s.header
     for piece in chunks:
         out = s.update(piece)
@@ -592,9 +584,7 @@ async def aseal_iter(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> AsyncIterator[bytes]:
     """Async twin of ``seal_iter`` (AES-GCM runs inline: about 0.2 ms per 1 MiB chunk)."""
-    s = Sealer(
-        data_key, wrapped_key, key_version, tenant=tenant, object_key=object_key, chunk_size=chunk_size
-    )
+    s = Sealer(data_key, wrapped_key, key_version, tenant=tenant, object_key=object_key, chunk_size=chunk_size)
     yield s.header
     async for piece in chunks:
         out = s.update(piece)

@@ -86,9 +86,7 @@ def test_known_answer_matches_documented_example() -> None:
     sealed = ref_seal(KAT_PLAINTEXT, KEY, KAT_PREFIX, KAT_WRAPPED, 1, "acme", "scans/1.stl", CS)
     header = env.parse_header(sealed)
     assert sealed[: header.size].hex() == KAT_HEADER_HEX
-    assert header == env.Header(
-        chunk_size=CS, nonce_prefix=KAT_PREFIX, key_version=1, wrapped_key=KAT_WRAPPED
-    )
+    assert header == env.Header(chunk_size=CS, nonce_prefix=KAT_PREFIX, key_version=1, wrapped_key=KAT_WRAPPED)
     assert header.encode() == sealed[: header.size]
     assert env.context_digest(header, tenant="acme", object_key="scans/1.stl").hex() == KAT_DIGEST_HEX
     assert sealed[header.size :].hex() == KAT_CHUNK_HEX
@@ -166,9 +164,7 @@ def test_caller_may_reuse_its_input_buffer() -> None:
     seal_cuts=st.lists(st.integers(min_value=0, max_value=5 * CS), max_size=12),
     open_cuts=st.lists(st.integers(min_value=0, max_value=5 * CS), max_size=12),
 )
-def test_property_any_data_any_split_round_trips(
-    data: bytes, seal_cuts: list[int], open_cuts: list[int]
-) -> None:
+def test_property_any_data_any_split_round_trips(data: bytes, seal_cuts: list[int], open_cuts: list[int]) -> None:
     s = env.Sealer(KEY, WRAPPED, 3, tenant=TENANT, object_key=OBJ, chunk_size=CS)
     ct = s.header + b"".join(s.update(p) for p in split(data, seal_cuts)) + s.finalize()
     assert ct == seal_with_prefix(data, s.header_info.nonce_prefix)
@@ -222,9 +218,7 @@ async def test_async_iter_helpers_round_trip() -> None:
     )
     assert unseal(sealed) == data
     for key_source in (KEY, unwrap, lambda h: KEY):
-        out = [
-            p async for p in env.aopen_iter(source(sealed, 333), key_source, tenant=TENANT, object_key=OBJ)
-        ]
+        out = [p async for p in env.aopen_iter(source(sealed, 333), key_source, tenant=TENANT, object_key=OBJ)]
         assert b"".join(out) == data
     with pytest.raises(IntegrityError):
         _ = [p async for p in env.aopen_iter(source(sealed[:-1], 333), KEY, tenant=TENANT, object_key=OBJ)]
