@@ -158,6 +158,19 @@ def test_caller_may_reuse_its_input_buffer() -> None:
     assert unseal(bytes(ct)) == data
 
 
+def test_large_input_piece_is_not_pinned() -> None:
+    """The lookahead of a big immutable piece is copied, so the piece itself can be freed."""
+    big = os.urandom(10 * CS + 5)
+    s = env.Sealer(KEY, WRAPPED, 3, tenant=TENANT, object_key=OBJ, chunk_size=CS)
+    out = s.update(big)
+    assert len(out) == 10 * (CS + env.TAG_SIZE)
+    assert s._pending is not None and s._pending.obj is not big  # white-box
+    small = os.urandom(CS + 5)  # at most two chunks: kept as a zero-copy view instead
+    out += s.update(small)
+    assert s._pending is not None and s._pending.obj is small
+    assert unseal(s.header + out + s.finalize()) == big + small
+
+
 @HYP
 @given(
     data=st.binary(max_size=4 * CS + 50),
