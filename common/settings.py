@@ -80,6 +80,20 @@ class AlignerSettings(BaseModel):
     max_triangles: int = Field(5_000_000, gt=0)
 
 
+class OperatorSettings(BaseModel):
+    """The kopf operator (issue 4). Fields are added by the operator's owner."""
+
+    # Finalizer put on Organizations so that deletion shreds keys and data first.
+    finalizer: str = "mesial.dev/cleanup"
+
+
+class ApiSettings(BaseModel):
+    """The tenant API and audit collector (issue 5). Fields are added by the API's owner."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MESIAL_", env_nested_delimiter="__", env_file=".env", extra="ignore")
 
@@ -92,6 +106,8 @@ class Settings(BaseSettings):
     vault: VaultSettings = VaultSettings()
     store: StoreSettings = StoreSettings()
     aligner: AlignerSettings = AlignerSettings()
+    operator: OperatorSettings = OperatorSettings()
+    api: ApiSettings = ApiSettings()
 
 
 @lru_cache(maxsize=1)
