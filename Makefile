@@ -44,7 +44,9 @@ demo: install ## The main job on embedded defaults: generate a case, align it, r
 	$(PY) scripts/demo.py
 
 bench: install ## Benchmarks, printed as tables with the hardware and the baselines
-	@for bench in bench/bench_*.py; do echo "== $$bench"; $(PY) $$bench $(BENCH_ARGS) || exit 1; done
+	@status=0; for bench in bench/bench_*.py; do \
+		module=$${bench%.py}; echo "== $$module"; $(PY) -m $${module//\//.} $(BENCH_ARGS) || status=1; \
+	done; exit $$status
 
 services-up: install ## Start PostgreSQL, OpenBao and SeaweedFS (S3) on free ports; print URLs and credentials
 	$(VENV)/bin/mesial services up
