@@ -7,7 +7,10 @@ MAKEFLAGS += --no-print-directory
 
 PYTHON ?= python3
 VENV := .venv
-PY := $(VENV)/bin/python
+# -P: never put the working directory on sys.path. The repository root holds a folder
+# named `operator`, which would shadow the standard library's module of that name
+# (`python -m pip` in a new virtualenv fails with "cannot import name 'eq'").
+PY := $(VENV)/bin/python -P
 TOOLS := .tools
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(TOOLS)/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
@@ -19,7 +22,7 @@ help: ## List the targets
 
 $(STAMP): pyproject.toml scripts/install-system-deps.sh scripts/install_k8s_tools.py
 	bash scripts/install-system-deps.sh
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(VENV)/bin/python || $(PYTHON) -P -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	$(PY) scripts/install_k8s_tools.py $(TOOLS)

