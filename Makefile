@@ -48,7 +48,7 @@ demo: install ## The main job on embedded defaults: generate a case, align it, r
 
 bench: install ## Benchmarks, printed as tables with the hardware and the baselines
 	@status=0; for bench in bench/bench_*.py; do \
-		module=$${bench%.py}; echo "== $$module"; $(PY) -m $${module//\//.} $(BENCH_ARGS) || status=1; \
+		echo "== $$bench"; $(VENV)/bin/python $$bench $(BENCH_ARGS) || status=1; \
 	done; exit $$status
 
 services-up: install ## Start PostgreSQL, OpenBao and SeaweedFS (S3) on free ports; print URLs and credentials

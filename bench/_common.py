@@ -1,4 +1,9 @@
-"""What every benchmark prints: the machine it ran on, and results as aligned tables."""
+"""What every benchmark prints: the machine it ran on, and results as aligned tables.
+
+Benchmarks run as scripts (`python bench/bench_x.py`), so this module is imported as
+`_common` from their folder: the repository root stays off `sys.path`, where its
+`operator/` folder would shadow the standard library.
+"""
 
 from __future__ import annotations
 

@@ -214,7 +214,10 @@ def main() -> int:
     ap.add_argument("--stream-mib", type=int, default=1024, help="streamed size for the memory test (default 1024)")
     ap.add_argument("--default-malloc", action="store_true", help="do not tune glibc malloc (see tune_malloc)")
     ap.add_argument("--repeat", type=int, default=5, help="throughput rounds; the best one counts (default 5)")
+    ap.add_argument("--quick", action="store_true", help="64 MiB buffers, 256 MiB stream, 2 rounds")
     args = ap.parse_args()
+    if args.quick:
+        args.size_mib, args.stream_mib, args.repeat = 64, 256, 2
 
     print("Mesial envelope benchmark")
     print("hardware:", hardware())

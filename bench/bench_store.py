@@ -1,6 +1,6 @@
 """Encrypted object store throughput against plain S3 put/get of the same bytes.
 
-    python -m bench.bench_store [--size-mib 512] [--repeat 3] [--quick]
+    python bench/bench_store.py [--size-mib 512] [--repeat 3] [--quick]
 
 Starts its own OpenBao and SeaweedFS (S3) on free loopback ports. The plain baseline
 uses the same client, the same multipart part size and the same upload path, without
@@ -20,7 +20,8 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from bench._common import hardware, table
+from _common import hardware, table
+
 from mesial.common.objectstore import ObjectStore, _body_chunks
 from mesial.common.services import running
 from mesial.common.settings import StoreSettings, VaultSettings
