@@ -19,6 +19,8 @@ from mesial.common.errors import MesialError
 # name -> "module:attribute" of a click command or group.
 COMMANDS: dict[str, str] = {
     "services": "mesial.common.services_cli:services",
+    "align": "mesial.aligner.cli:align",
+    "samples": "mesial.aligner.cli:samples",
 }
 
 

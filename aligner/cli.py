@@ -1,0 +1,118 @@
+"""``mesial align`` and ``mesial samples``: the aligner on the command line (rich progress)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+EXIT_OK, EXIT_INVALID, EXIT_NOT_CONFIDENT = 0, 2, 3
+
+
+@click.command()
+@click.option("--upper", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Upper arch scan.")
+@click.option("--lower", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Lower arch scan.")
+@click.option(
+    "--bite", "bites", type=click.Path(dir_okay=False, path_type=Path), multiple=True, required=True,
+    help="Buccal bite scan (once or twice); the first one defines the output frame.",
+)  # fmt: skip
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output directory.")
+@click.option("--contact-threshold", type=float, default=0.1, show_default=True, help="Contact distance, mm.")
+@click.option("--no-optimise", is_flag=True, help="Do not correct bite-through (penetration).")
+@click.option("--unit", type=click.Choice(["m", "cm", "in"]), default=None, help="Rescale scans from this unit.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the global search.")
+@click.option("--json", "as_json", is_flag=True, help="Print result.json on stdout.")
+def align(
+    upper: Path,
+    lower: Path,
+    bites: tuple[Path, ...],
+    out: Path,
+    contact_threshold: float,
+    no_optimise: bool,
+    unit: str | None,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """Put two arches into occlusion through buccal bite scans and measure the contacts.
+
+    Exit 0 when aligned, 2 on invalid input, 3 when the alignment is not confident.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+    from mesial.aligner.params import AlignParams, OcclusionParams
+    from mesial.aligner.pipeline import align_scans
+    from mesial.aligner.report import write_outputs
+    from mesial.common import __version__
+    from mesial.common.settings import get_settings
+
+    if len(bites) > 2:
+        raise click.UsageError("at most two --bite scans")
+    limits = get_settings().aligner
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description:<10}"), BarColumn(), TimeElapsedColumn(), console=console, disable=as_json
+    ) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def progress(stage: str, fraction: float) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=1.0)
+            bar.update(tasks[stage], completed=fraction)
+
+        result = align_scans(
+            upper,
+            lower,
+            list(bites),
+            params=AlignParams(seed=seed),
+            occlusion=OcclusionParams(contact_threshold_mm=contact_threshold, optimise=not no_optimise),
+            max_bytes=limits.max_scan_bytes,
+            max_triangles=limits.max_triangles,
+            unit=unit,
+            progress=progress,
+        )
+        progress("report", 0.0)
+        paths = write_outputs(result, out, __version__)
+        progress("report", 1.0)
+    if as_json:
+        click.echo(paths["result"].read_text())
+    if result.status == "invalid_input":
+        console.print(f"[red]invalid input:[/red] {result.reasons[0]}")
+        sys.exit(EXIT_INVALID)
+    if result.status == "not_confident":
+        console.print("[yellow]not confident:[/yellow] " + "; ".join(result.reasons))
+        sys.exit(EXIT_NOT_CONFIDENT)
+    if not as_json:
+        document = json.loads(paths["result"].read_text())
+        for arch, values in document["occlusion"]["after"].items():
+            console.print(
+                f"{arch}: contact {values['contact_area_mm2']:.2f} mm², {values['patches']} patches, "
+                f"max penetration {values['max_penetration_mm']:.3f} mm"
+            )
+        console.print(f"[green]ok[/green]: {out}")
+    sys.exit(EXIT_OK)
+
+
+@click.group()
+def samples() -> None:
+    """Synthetic cases with ground truth (demo, tests, benchmarks)."""
+
+
+@samples.command("generate")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--noise", type=float, default=0.02, show_default=True, help="Bite scanner noise, mm.")
+@click.option("--one-sided", is_flag=True, help="One bite scan (right side) instead of two.")
+@click.option("--vertices", type=int, default=150_000, show_default=True, help="Vertices per arch.")
+@click.option("--format", "arch_format", type=click.Choice(["ply", "stl"]), default="ply", show_default=True)
+def generate(out: Path, seed: int, noise: float, one_sided: bool, vertices: int, arch_format: str) -> None:
+    """Write upper, lower, bite scan(s) in random poses and truth.json."""
+    from rich.console import Console
+
+    from mesial.aligner.samples import generate_case, write_case
+
+    case = generate_case(seed, noise_mm=noise, one_sided=one_sided, vertices=vertices)
+    paths = write_case(case, out, arch_format=arch_format)
+    Console(stderr=True).print(f"wrote {', '.join(p.name for p in paths.values())} to {out}")

@@ -1,0 +1,245 @@
+"""Occlusal analysis: signed distances, contacts, regions, patches, bite optimisation.
+
+Signed distance from a vertex of one arch to the antagonist surface is
+positive in the gap and negative inside the antagonist (penetration, a
+"bite-through"). Areas integrate the distance field linearly over each
+triangle, so a contact area is exact for piecewise-linear fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mesial.aligner._icp import SurfaceTarget
+from mesial.aligner.params import OcclusionParams
+from mesial.aligner.transforms import exp_se3, rotation_angle_deg, transform_points
+
+FloatArray = NDArray[np.float64]
+REGIONS = ("right_posterior", "anterior", "left_posterior")
+
+
+def area_below(vertices: FloatArray, faces: NDArray[np.int64], values: FloatArray, level: float) -> FloatArray:
+    """Area (mm²) of each triangle where the linearly interpolated ``values`` are below ``level``.
+
+    Parameters
+    ----------
+    vertices : (n, 3) float, millimetres
+    faces : (m, 3) int
+    values : (n,) float
+    level : float
+
+    Returns
+    -------
+    area : (m,) float, mm²
+    """
+    corners = vertices[faces]
+    full = 0.5 * np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1)
+    f = np.sort(values[faces] - level, axis=1)
+    a, b, c = f[:, 0], f[:, 1], f[:, 2]
+    fraction = np.zeros(len(faces))
+    fraction[c < 0] = 1.0
+    one = (a < 0) & (b >= 0)  # only the smallest corner below: a corner triangle
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fraction[one] = (a[one] / (a[one] - b[one])) * (a[one] / (a[one] - c[one]))
+        two = (b < 0) & (c >= 0)  # two corners below: all but the corner triangle above
+        fraction[two] = 1.0 - (c[two] / (c[two] - a[two])) * (c[two] / (c[two] - b[two]))
+    return np.asarray(full * np.nan_to_num(fraction), dtype=np.float64)
+
+
+def count_patches(faces: NDArray[np.int64], mask: NDArray[np.bool_]) -> int:
+    """Connected patches of vertices where ``mask`` holds, joined along mesh edges."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    index = np.flatnonzero(mask)
+    if len(index) == 0:
+        return 0
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    edges = edges[mask[edges[:, 0]] & mask[edges[:, 1]]]
+    remap = np.full(len(mask), -1)
+    remap[index] = np.arange(len(index))
+    graph = coo_matrix((np.ones(len(edges)), (remap[edges[:, 0]], remap[edges[:, 1]])), shape=(len(index), len(index)))
+    count, _ = connected_components(graph, directed=False)
+    return int(count)
+
+
+@dataclass(frozen=True)
+class ArchFrame:
+    """Anatomical axes of the pair of arches in the output frame (unit vectors).
+
+    ``right`` (patient's right), ``anterior``, ``superior`` (towards the upper arch).
+    """
+
+    right: FloatArray
+    anterior: FloatArray
+    superior: FloatArray
+    origin: FloatArray
+
+
+def arch_frame(upper: FloatArray, lower: FloatArray) -> ArchFrame:
+    """Estimate the anatomical axes from the two arches in occlusion.
+
+    The occlusal axis is the least-variance axis of both arches, oriented from
+    the lower to the upper. The anterior axis is the in-plane principal axis
+    along which the vertex centroid is most off the bounding-box centre (a U
+    shape is denser at its closed, anterior end).
+
+    Parameters
+    ----------
+    upper, lower : (n, 3) float, millimetres
+
+    Returns
+    -------
+    frame : ArchFrame
+    """
+    points = np.vstack([upper, lower])
+    centre = points.mean(axis=0)
+    _, vectors = np.linalg.eigh((points - centre).T @ (points - centre))
+    superior = vectors[:, 0]
+    if float((upper.mean(axis=0) - lower.mean(axis=0)) @ superior) < 0:
+        superior = -superior
+    best, anterior = -1.0, vectors[:, 2]
+    for axis in (vectors[:, 1], vectors[:, 2]):
+        projection = (points - centre) @ axis
+        offset = -0.5 * (projection.max() + projection.min())  # centroid minus box centre
+        if abs(offset) > best:
+            best, anterior = abs(offset), axis if offset > 0 else -axis
+    right = np.cross(anterior, superior)
+    return ArchFrame(right, anterior, superior, centre)
+
+
+def regions_of(points: FloatArray, frame: ArchFrame, anterior_share: float) -> NDArray[np.int64]:
+    """Region index per point: 0 right posterior, 1 anterior, 2 left posterior."""
+    forward = (points - frame.origin) @ frame.anterior
+    lateral = (points - frame.origin) @ frame.right
+    front = forward.max() - anterior_share * np.ptp(forward)
+    region = np.where(lateral > 0, 0, 2)
+    region[forward > front] = 1
+    return region.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class ArchContacts:
+    """Contacts of one arch with its antagonist.
+
+    Attributes
+    ----------
+    distance : (n,) float, millimetres
+        Signed distance per vertex (positive gap, negative penetration).
+    contact_area_mm2 : float
+    area_by_region_mm2 : dict of str -> float
+    patches : int
+    max_penetration_mm : float
+        Deepest penetration (0 when none).
+    penetration_area_mm2 : float
+    """
+
+    distance: FloatArray
+    contact_area_mm2: float
+    area_by_region_mm2: dict[str, float]
+    patches: int
+    max_penetration_mm: float
+    penetration_area_mm2: float
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "contact_area_mm2": round(self.contact_area_mm2, 4),
+            "area_by_region_mm2": {k: round(v, 4) for k, v in self.area_by_region_mm2.items()},
+            "patches": self.patches,
+            "max_penetration_mm": round(self.max_penetration_mm, 4),
+            "penetration_area_mm2": round(self.penetration_area_mm2, 4),
+            "min_distance_mm": round(float(self.distance.min()), 4),
+        }
+
+
+def arch_contacts(
+    vertices: FloatArray,
+    faces: NDArray[np.int64],
+    antagonist: SurfaceTarget,
+    threshold_mm: float,
+    region: NDArray[np.int64] | None = None,
+) -> ArchContacts:
+    """Signed distances of one arch to its antagonist and the contact measures.
+
+    Parameters
+    ----------
+    vertices : (n, 3) float, millimetres
+        The arch, in the antagonist's frame.
+    faces : (m, 3) int
+    antagonist : SurfaceTarget
+        The other arch (outward normals).
+    threshold_mm : float
+        Contact when the signed distance is below this.
+    region : (n,) int, optional
+        Region index per vertex (see :func:`regions_of`); all anterior when absent.
+    """
+    distance, _ = antagonist.signed_distance(vertices)
+    area = area_below(vertices, faces, distance, threshold_mm)
+    face_region = (region if region is not None else np.ones(len(vertices), dtype=np.int64))[faces[:, 0]]
+    by_region = {name: float(area[face_region == i].sum()) for i, name in enumerate(REGIONS)}
+    return ArchContacts(
+        distance=distance,
+        contact_area_mm2=float(area.sum()),
+        area_by_region_mm2=by_region,
+        patches=count_patches(faces, distance < threshold_mm),
+        max_penetration_mm=float(max(0.0, -distance.min())),
+        penetration_area_mm2=float(area_below(vertices, faces, distance, 0.0).sum()),
+    )
+
+
+def optimise_bite(upper: SurfaceTarget, lower_vertices: FloatArray, params: OcclusionParams) -> FloatArray:
+    """A small rigid correction of the lower arch that removes penetration, keeping contacts.
+
+    Minimises the size of the motion subject (as squared hinges) to: no lower
+    vertex deeper than ``penetration_tolerance_mm`` inside the upper, and no
+    vertex now in contact lifted beyond the contact threshold. Linearised on
+    the upper's normals, solved by Gauss-Newton with an active set, bounded by
+    ``max_correction_mm`` / ``max_correction_deg``.
+
+    Parameters
+    ----------
+    upper : SurfaceTarget
+    lower_vertices : (n, 3) float, millimetres, in the upper's frame
+    params : OcclusionParams
+
+    Returns
+    -------
+    correction : (4, 4) float
+        Applied to the lower arch (in the upper's frame).
+    """
+    distance, _ = upper.signed_distance(lower_vertices)
+    band = lower_vertices[distance < params.optimise_band_mm]
+    correction = np.eye(4)
+    if len(band) == 0:
+        return correction
+    centre = band.mean(axis=0)
+    lever = 25.0  # mm: a rotation of 1 rad moves an arch point about this much
+    tol, threshold = params.penetration_tolerance_mm, params.contact_threshold_mm
+    for _ in range(params.optimise_iterations):
+        moved = transform_points(band, correction)
+        closest, normals, _ = upper.closest(moved)
+        offset = moved - closest
+        d = np.where(np.einsum("ij,ij->i", offset, normals) < 0, -1.0, 1.0) * np.linalg.norm(offset, axis=1)
+        deep = d < -tol
+        if not deep.any():
+            break
+        keep = (d >= -tol) & (d < threshold)
+        rows = np.hstack([np.cross(moved - centre, normals), normals])
+        a = np.vstack([rows[deep] * 10.0, rows[keep], np.diag([lever] * 3 + [1.0] * 3) * 0.05])
+        b = np.concatenate([-(d[deep] + tol) * 10.0, np.zeros(int(keep.sum())), np.zeros(6)])
+        step, *_ = np.linalg.lstsq(a, b, rcond=None)
+        about = np.eye(4)
+        about[:3, 3] = centre
+        back = np.eye(4)
+        back[:3, 3] = -centre
+        correction = about @ exp_se3(step) @ back @ correction
+        if (
+            float(np.linalg.norm(correction[:3, 3])) > params.max_correction_mm
+            or rotation_angle_deg(correction) > params.max_correction_deg
+        ):
+            break
+    return correction

@@ -1,0 +1,258 @@
+"""The whole case: validate, register, analyse, optimise (pure; writing lives in report.py).
+
+``align_scans`` is what the CLI and the Job entrypoint call: paths or
+validated scans in, an :class:`AlignmentResult` out, progress reported as
+``(stage, fraction)``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mesial.aligner._icp import SurfaceTarget
+from mesial.aligner.errors import ScanInputError
+from mesial.aligner.occlusion import ArchContacts, arch_contacts, arch_frame, optimise_bite, regions_of
+from mesial.aligner.params import AlignParams, OcclusionParams
+from mesial.aligner.registration import Registration, register_bite, summary
+from mesial.aligner.transforms import invert, rotation_angle_deg, transform_points
+from mesial.aligner.validate import Scan, load_scan
+
+FloatArray = NDArray[np.float64]
+Progress = Callable[[str, float], None]
+RESULT_SCHEMA_VERSION = "1.0"
+
+
+@dataclass(frozen=True)
+class Occlusion:
+    """Occlusal analysis before and after bite optimisation.
+
+    Attributes
+    ----------
+    before, after : dict of arch -> ArchContacts
+        ``after`` is ``before`` when optimisation is off or changed nothing.
+    correction : (4, 4) float
+        Rigid correction applied to the lower arch (bite frame).
+    """
+
+    before: dict[str, ArchContacts]
+    after: dict[str, ArchContacts]
+    correction: FloatArray
+    optimised: bool
+
+
+@dataclass(frozen=True)
+class AlignmentResult:
+    """Everything a case produced (arrays stay in memory; see report.py to write).
+
+    Attributes
+    ----------
+    status : str
+        ``"ok"``, ``"not_confident"`` or ``"invalid_input"``.
+    reasons : tuple of str
+    scans : dict of role -> Scan
+    registration : Registration or None
+    upper_to_bite, lower_to_bite : (4, 4) float or None
+        Final transforms (``lower_to_bite`` includes the bite optimisation).
+    occlusion : Occlusion or None
+    timings : dict of stage -> seconds
+    """
+
+    status: str
+    reasons: tuple[str, ...]
+    scans: dict[str, Scan] = field(repr=False)
+    registration: Registration | None = field(repr=False)
+    upper_to_bite: FloatArray | None
+    lower_to_bite: FloatArray | None
+    occlusion: Occlusion | None = field(repr=False)
+    timings: dict[str, float]
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def _quiet(stage: str, fraction: float) -> None:
+    return None
+
+
+def align_scans(
+    upper: str | Path | Scan,
+    lower: str | Path | Scan,
+    bites: Sequence[str | Path | Scan],
+    *,
+    params: AlignParams | None = None,
+    occlusion: OcclusionParams | None = None,
+    max_bytes: int = 512 << 20,
+    max_triangles: int = 5_000_000,
+    unit: str | None = None,
+    progress: Progress | None = None,
+) -> AlignmentResult:
+    """Align two arches into occlusion through one or two bite scans and measure the contacts.
+
+    Parameters
+    ----------
+    upper, lower : path or Scan
+        Arch scans (STL, PLY, OBJ; millimetres) in any pose.
+    bites : sequence of path or Scan
+        One or two buccal bite scans; the first defines the output frame.
+    params, occlusion : optional
+    max_bytes, max_triangles : int
+        Input limits (files only).
+    unit : str, optional
+        Rescale files from this unit (``"m"``, ``"in"``); refused otherwise.
+    progress : callable (stage, fraction), optional
+
+    Returns
+    -------
+    result : AlignmentResult
+        ``status`` is ``invalid_input`` (with the reason) instead of raising for bad scans.
+    """
+    params = params or AlignParams()
+    occlusion = occlusion or OcclusionParams()
+    report = progress or _quiet
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    report("validate", 0.0)
+    roles = ["upper", "lower"] + ["bite" if i == 0 else f"bite{i + 1}" for i in range(len(bites))]
+    scans: dict[str, Scan] = {}
+    try:
+        for i, (role, source) in enumerate(zip(roles, [upper, lower, *bites], strict=True)):
+            scans[role] = (
+                source
+                if isinstance(source, Scan)
+                else load_scan(
+                    source,
+                    role,
+                    max_bytes=max_bytes,
+                    max_triangles=max_triangles,
+                    unit=unit,
+                    orient=not role.startswith("bite"),
+                )
+            )
+            report("validate", (i + 1) / len(roles))
+    except ScanInputError as exc:
+        timings["validate"] = time.perf_counter() - clock
+        return AlignmentResult("invalid_input", (str(exc),), scans, None, None, None, None, timings)
+    timings["validate"] = time.perf_counter() - clock
+
+    bite_scans = [scans[role] for role in roles[2:]]
+    registration = register_bite(scans["upper"], scans["lower"], bite_scans, params, report)
+    timings.update(registration.timings)
+    if not registration.confident:
+        return AlignmentResult(
+            "not_confident",
+            registration.reasons,
+            scans,
+            registration,
+            registration.upper_to_bite,
+            registration.lower_to_bite,
+            None,
+            timings,
+            params.as_dict(),
+        )
+
+    clock = time.perf_counter()
+    report("occlusion", 0.0)
+    result = analyse(scans["upper"], scans["lower"], registration.upper_to_bite, registration.lower_to_bite, occlusion)
+    timings["occlusion"] = time.perf_counter() - clock
+    report("occlusion", 1.0)
+    return AlignmentResult(
+        "ok",
+        (),
+        scans,
+        registration,
+        registration.upper_to_bite,
+        result.correction @ registration.lower_to_bite,
+        result,
+        timings,
+        params.as_dict(),
+    )
+
+
+def analyse(
+    upper: Scan, lower: Scan, upper_to_bite: FloatArray, lower_to_bite: FloatArray, params: OcclusionParams
+) -> Occlusion:
+    """Contacts of both arches placed by the given transforms, before and after optimisation."""
+    up = transform_points(upper.vertices, upper_to_bite)
+    low = transform_points(lower.vertices, lower_to_bite)
+    frame = arch_frame(up, low)
+    regions = {
+        "upper": regions_of(up, frame, params.anterior_share),
+        "lower": regions_of(low, frame, params.anterior_share),
+    }
+    upper_surface = SurfaceTarget(up, upper.faces)
+    before = _both(up, low, upper, lower, upper_surface, regions, params)
+    correction = np.eye(4)
+    if params.optimise and before["lower"].max_penetration_mm > params.penetration_tolerance_mm:
+        correction = optimise_bite(upper_surface, low, params)
+    if np.allclose(correction, np.eye(4)):
+        return Occlusion(before, before, correction, params.optimise)
+    after = _both(up, transform_points(low, correction), upper, lower, upper_surface, regions, params)
+    return Occlusion(before, after, correction, True)
+
+
+def _both(
+    up: FloatArray,
+    low: FloatArray,
+    upper: Scan,
+    lower: Scan,
+    upper_surface: SurfaceTarget,
+    regions: dict[str, NDArray[np.int64]],
+    params: OcclusionParams,
+) -> dict[str, ArchContacts]:
+    lower_surface = SurfaceTarget(low, lower.faces)
+    threshold = params.contact_threshold_mm
+    return {
+        "upper": arch_contacts(up, upper.faces, lower_surface, threshold, regions["upper"]),
+        "lower": arch_contacts(low, lower.faces, upper_surface, threshold, regions["lower"]),
+    }
+
+
+def result_document(result: AlignmentResult, version: str) -> dict[str, Any]:
+    """The JSON document of ``result.json`` (schema: docs/result-schema.md)."""
+    doc: dict[str, Any] = {
+        "schema_version": RESULT_SCHEMA_VERSION,
+        "software": {"name": "mesial", "version": version},
+        "status": result.status,
+        "reasons": list(result.reasons),
+        "frame": "bite",
+        "inputs": {
+            role: {
+                "sha256": scan.sha256,
+                "format": scan.file_format,
+                "vertices": len(scan.vertices),
+                "triangles": len(scan.faces),
+                "cleaning": scan.cleaning.as_dict(),
+            }
+            for role, scan in result.scans.items()
+        },
+        "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
+    }
+    if result.upper_to_bite is not None and result.lower_to_bite is not None:
+        doc["transforms"] = {"upper": result.upper_to_bite.tolist(), "lower": result.lower_to_bite.tolist()}
+    if result.registration is not None:
+        doc["registration"] = summary(result.registration)
+        doc["confidence"] = {"confident": result.registration.confident, "reasons": list(result.registration.reasons)}
+        doc["transforms_bites"] = [m.tolist() for m in result.registration.bite_to_bite]
+    if result.occlusion is not None:
+        occ = result.occlusion
+        doc["occlusion"] = {
+            "before": {arch: c.summary() for arch, c in occ.before.items()},
+            "after": {arch: c.summary() for arch, c in occ.after.items()},
+            "optimised": occ.optimised,
+            "correction": {
+                "matrix": occ.correction.tolist(),
+                "translation_mm": round(float(np.linalg.norm(occ.correction[:3, 3])), 4),
+                "rotation_deg": round(rotation_angle_deg(occ.correction), 4),
+            },
+        }
+    if result.params:
+        doc["params"] = {k: list(v) if isinstance(v, tuple) else v for k, v in result.params.items()}
+    return doc
+
+
+__all__ = ["AlignmentResult", "Occlusion", "align_scans", "analyse", "invert", "result_document"]

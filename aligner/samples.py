@@ -1,0 +1,489 @@
+"""Deterministic synthetic cases: two arches in occlusion, buccal bite scans, truth.
+
+The arches are built in an *occlusion frame* (millimetres; x to the patient's
+right, y anterior, z superior, occlusal plane near z = 0) as open surfaces over a
+grid ``(s, v)``: ``s`` runs along the arch curve from the left to the right
+posterior end, ``v`` across the arch from the lingual gingiva over the crown to
+the buccal gingiva. Crowns carry cusps, a central fissure and interproximal
+embrasures; a gingiva band with a scalloped margin runs below them.
+
+The upper arch's occlusal surface is built on the lower one plus a designed
+vertical gap field, so that the arches meet at a few dozen contact spots, three
+of which penetrate slightly (as an uncompensated bite does).
+
+Bite scans are made like a scanner makes them: rays from the buccal side hit the
+two arches in occlusion; hits get normal noise, holes, and are re-triangulated
+as a range image. Every file is then put in its own random pose; the truth maps
+each file's coordinates into the first bite scan's frame.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mesial.aligner.io import write_ply, write_stl
+from mesial.aligner.transforms import invert, random_rigid, transform_points
+
+FloatArray = NDArray[np.float64]
+
+# (tooth type, mesiodistal width mm), from the midline to the back, one side.
+LOWER_TEETH: tuple[tuple[str, float], ...] = (
+    ("incisor", 5.3), ("incisor", 5.9), ("canine", 6.9), ("premolar", 7.0),
+    ("premolar", 7.2), ("molar", 11.0), ("molar", 10.3),
+)  # fmt: skip
+UPPER_TEETH: tuple[tuple[str, float], ...] = (
+    ("incisor", 8.6), ("incisor", 6.6), ("canine", 7.6), ("premolar", 7.0),
+    ("premolar", 6.6), ("molar", 10.2), ("molar", 9.2),
+)  # fmt: skip
+# buccolingual crown width (mm) and crown height (mm) by type
+CROWN_WIDTH = {"incisor": 6.0, "canine": 7.4, "premolar": 7.8, "molar": 10.2}
+CROWN_HEIGHT = {"incisor": 9.0, "canine": 10.0, "premolar": 8.0, "molar": 7.0}
+POSTERIOR = {"incisor": 0.0, "canine": 0.4, "premolar": 1.0, "molar": 1.0}
+GINGIVA_DEPTH_MM = 15.0  # how far the gingiva band reaches from the occlusal plane
+ELLIPSE_MM = (23.5, 38.0)  # arch curve half-width and depth
+
+
+@dataclass(frozen=True)
+class Mesh:
+    """A triangle mesh: ``vertices (n, 3)`` float mm, ``faces (m, 3)`` int."""
+
+    vertices: FloatArray
+    faces: NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class SampleCase:
+    """One synthetic case.
+
+    Attributes
+    ----------
+    upper, lower : Mesh
+        Arches in their own (random) file frames.
+    bites : tuple of Mesh
+        One or two buccal bite scans, each in its own file frame.
+    truth : dict of str -> (4, 4) float
+        ``file_to_bite`` transforms for ``upper``, ``lower``, ``bite``, ``bite2``:
+        map a file's coordinates into the first bite scan's frame.
+    occlusion_to_bite : (4, 4) float
+        Maps the occlusion frame (x right, y anterior, z superior) to the bite frame.
+    seed, noise_mm : int, float
+    """
+
+    upper: Mesh
+    lower: Mesh
+    bites: tuple[Mesh, ...]
+    truth: dict[str, FloatArray]
+    occlusion_to_bite: FloatArray
+    seed: int
+    noise_mm: float
+
+
+class _Arch:
+    """Arch curve and tooth layout shared by both arches (arc length ``s`` in mm)."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        a, b = ELLIPSE_MM
+        phi = np.linspace(-2.2, 2.2, 20001)
+        dx, dy = a * np.cos(phi), -b * np.sin(phi)
+        arc = np.concatenate([[0.0], np.cumsum(np.hypot(dx, dy)[1:] * np.diff(phi))])
+        arc -= np.interp(0.0, phi, arc)
+        half = sum(w for _, w in LOWER_TEETH) + 1.0
+        self.length = 2 * half
+        self._arc, self._phi, self._half = arc, phi, half
+        self.lower = self._layout(LOWER_TEETH, half, rng)
+        self.upper = self._layout(UPPER_TEETH, half, rng)
+
+    @staticmethod
+    def _layout(teeth: tuple[tuple[str, float], ...], half: float, rng: np.random.Generator) -> list[dict[str, Any]]:
+        widths = np.array([w for _, w in teeth])
+        widths *= (half - 1.0) / widths.sum()
+        layout: list[dict[str, Any]] = []
+        for side in (-1, 1):
+            edge = 0.0
+            for (kind, _), width in zip(teeth, widths, strict=True):
+                centre = half + side * (edge + width / 2)
+                layout.append(
+                    {
+                        "kind": kind,
+                        "centre": centre,
+                        "length": width,
+                        "side": side,
+                        "scale": 1.0 + 0.05 * rng.standard_normal(),
+                        "cusp_heights": 1.0 + 0.2 * rng.standard_normal(6),
+                        "top": 0.15 * rng.standard_normal(),
+                    }
+                )
+                edge += width
+        layout.sort(key=lambda t: t["centre"])
+        return layout
+
+    def frame(self, s: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Curve points ``(k, 3)`` and unit buccal directions ``(k, 3)`` at arc lengths ``s``."""
+        a, b = ELLIPSE_MM
+        phi = np.interp(np.asarray(s) - self._half, self._arc, self._phi)
+        point = np.stack([a * np.sin(phi), b * np.cos(phi), np.zeros_like(phi)], axis=-1)
+        buccal = np.stack([b * np.sin(phi), a * np.cos(phi), np.zeros_like(phi)], axis=-1)
+        buccal /= np.linalg.norm(buccal, axis=-1, keepdims=True)
+        return point, buccal
+
+    def boundaries(self, layout: list[dict[str, Any]]) -> FloatArray:
+        edges = [t["centre"] + t["length"] / 2 for t in layout[:-1]]
+        return np.array(edges)
+
+
+def _interp_tooth(s: FloatArray, layout: list[dict[str, Any]], values: list[float]) -> FloatArray:
+    centres = np.array([t["centre"] for t in layout])
+    return np.asarray(np.interp(s, centres, np.array(values)), dtype=np.float64)
+
+
+def _lower_occlusal(arch: _Arch, s: FloatArray, b: FloatArray) -> FloatArray:
+    """Height (mm) of the lower occlusal surface at arch position ``s``, buccal offset ``b``."""
+    layout = arch.lower
+    width = _interp_tooth(s, layout, [CROWN_WIDTH[t["kind"]] * t["scale"] for t in layout])
+    post = _interp_tooth(s, layout, [POSTERIOR[t["kind"]] for t in layout])
+    top = _interp_tooth(s, layout, [t["top"] for t in layout])
+    beta = np.clip(2 * b / width, -1.2, 1.2)
+    h = top - 1.0 * post - 2.5 * (1 - post) * beta**2 - 1.2 * np.abs(beta) ** 6
+    h -= 0.7 * post * np.exp(-((beta / 0.13) ** 2))  # central fissure
+    for tooth in layout:
+        length, kind, heights = tooth["length"], tooth["kind"], tooth["cusp_heights"]
+        if kind == "molar":
+            cusps = [(-0.3, 0.5), (0.0, 0.5), (0.3, 0.5), (-0.22, -0.5), (0.22, -0.5)]
+            radius = 0.2 * length
+        elif kind == "premolar":
+            cusps, radius = [(0.0, 0.45), (0.0, -0.45)], 0.28 * length
+        elif kind == "canine":
+            cusps, radius = [(0.0, 0.1)], 0.35 * length
+        else:
+            continue
+        near = np.abs(s - tooth["centre"]) < 2.5 * length
+        for (frac, cusp_beta), height in zip(cusps, heights, strict=False):
+            ds = s[near] - (tooth["centre"] + frac * length)
+            db = b[near] - cusp_beta * width[near] / 2
+            h[near] += height * np.exp(-(ds**2 + db**2) / (2 * radius**2))
+    for edge in arch.boundaries(layout):
+        h -= 2.2 * np.exp(-(((s - edge) / 0.55) ** 2))  # interproximal embrasure
+    return h
+
+
+def _gap_field(arch: _Arch, rng: np.random.Generator) -> Any:
+    """Designed vertical gap (mm) between the arches as a function of ``(s, b)``.
+
+    Minima sit at two contact spots per posterior tooth; three of them are
+    negative (a small penetration) and the rest between 0 and 0.06 mm.
+    """
+    phase = rng.uniform(0, 2 * np.pi, 2)
+    spots = []
+    for tooth in arch.lower:
+        if tooth["kind"] in ("premolar", "molar"):
+            width = CROWN_WIDTH[tooth["kind"]] * tooth["scale"]
+            for beta in (-0.35, 0.25):
+                ds = rng.uniform(-0.25, 0.25) * tooth["length"]
+                spots.append((tooth["centre"] + ds, beta * width / 2))
+    targets = rng.uniform(0.0, 0.06, len(spots))
+    targets[rng.choice(len(spots), 3, replace=False)] = -rng.uniform(0.03, 0.08, 3)
+
+    def base(s: FloatArray, b: FloatArray) -> FloatArray:
+        post = _interp_tooth(s, arch.lower, [POSTERIOR[t["kind"]] for t in arch.lower])
+        wave = np.sin(2 * np.pi * s / 13.0 + phase[0]) * np.cos(2 * np.pi * b / 9.0 + phase[1])
+        return np.asarray(0.45 + 0.2 * wave + 0.6 * (1 - post), dtype=np.float64)
+
+    def gap(s: FloatArray, b: FloatArray) -> FloatArray:
+        value = base(s, b)
+        for (s0, b0), target in zip(spots, targets, strict=True):
+            near = (np.abs(s - s0) < 3) & (np.abs(b - b0) < 3)
+            depth = base(np.array([s0]), np.array([b0]))[0] - target
+            value[near] -= depth * np.exp(-((s[near] - s0) ** 2 + (b[near] - b0) ** 2) / (2 * 0.5**2))
+        return value
+
+    return gap
+
+
+def _smoothstep(x: FloatArray) -> FloatArray:
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3 - 2 * x)
+
+
+def _grid_faces(n_s: int, n_v: int) -> NDArray[np.int64]:
+    i, j = np.meshgrid(np.arange(n_s - 1), np.arange(n_v - 1), indexing="ij")
+    a = (i * n_v + j).ravel()
+    b, c, d = a + n_v, a + 1, a + n_v + 1
+    return np.concatenate([np.stack([a, b, c], 1), np.stack([c, b, d], 1)]).astype(np.int64)
+
+
+def _profile(
+    v: FloatArray,
+    b_edges: tuple[FloatArray, FloatArray],
+    occlusal: Any,
+    margin: FloatArray,
+    gingiva_z: float,
+) -> tuple[FloatArray, FloatArray]:
+    """Cross-section (b, z) at parameters ``v`` in [0, 1] (lingual gingiva → buccal gingiva)."""
+    b_ling, b_bucc = b_edges
+    b = np.empty_like(v)
+    z = np.empty_like(v)
+    knots = (0.0, 0.14, 0.30, 0.70, 0.86, 1.0)
+    seg = np.clip(np.searchsorted(knots, v, side="right") - 1, 0, 4)
+    t = (v - np.take(knots, seg)) / np.diff(knots)[seg]
+    z_ling = occlusal(b_ling)
+    z_bucc = occlusal(b_bucc)
+    # lingual gingiva: from the vestibule up/down to the margin, bulging out
+    m = seg == 0
+    b[m] = b_ling[m] - 1.6 + 1.3 * t[m] - 0.8 * np.sin(np.pi * t[m])
+    z[m] = gingiva_z + (margin[m] - gingiva_z) * t[m]
+    m = seg == 1  # lingual crown wall
+    b[m] = b_ling[m] - 0.3 * (1 - t[m]) - 0.35 * np.sin(np.pi * t[m])
+    z[m] = margin[m] + (z_ling[m] - margin[m]) * t[m]
+    m = seg == 2  # occlusal surface
+    b[m] = b_ling[m] + (b_bucc[m] - b_ling[m]) * t[m]
+    z[m] = occlusal(b[m], m)
+    m = seg == 3  # buccal crown wall
+    b[m] = b_bucc[m] + 0.3 * t[m] + 0.35 * np.sin(np.pi * t[m])
+    z[m] = z_bucc[m] + (margin[m] - z_bucc[m]) * t[m]
+    m = seg == 4  # buccal gingiva
+    b[m] = b_bucc[m] + 0.3 + 1.3 * t[m] + 0.8 * np.sin(np.pi * t[m])
+    z[m] = margin[m] + (gingiva_z - margin[m]) * t[m]
+    return b, z
+
+
+def build_arches(seed: int, vertices: int = 150_000) -> tuple[Mesh, Mesh, _Arch]:
+    """Both arches in occlusion, in the occlusion frame.
+
+    Parameters
+    ----------
+    seed : int
+    vertices : int
+        Approximate vertex count of each arch (e.g. 150 000; 15 000 for tests).
+
+    Returns
+    -------
+    upper, lower : Mesh
+        Outward-facing open surfaces in millimetres.
+    arch : _Arch
+        The shared layout (for bite generation).
+    """
+    rng = np.random.default_rng(seed)
+    arch = _Arch(rng)
+    n_v = max(24, round(np.sqrt(vertices / 6.0)))
+    n_s = max(60, vertices // n_v)
+    s_line = np.linspace(0.5, arch.length - 0.5, n_s)
+    v_line = np.linspace(0.0, 1.0, n_v)
+    s, v = (x.ravel() for x in np.meshgrid(s_line, v_line, indexing="ij"))
+    point, buccal = arch.frame(s)
+    up = np.array([0.0, 0.0, 1.0])
+
+    def width(layout: list[dict[str, Any]]) -> FloatArray:
+        return _interp_tooth(s, layout, [CROWN_WIDTH[t["kind"]] * t["scale"] for t in layout])
+
+    def margin(layout: list[dict[str, Any]], sign: float) -> FloatArray:
+        height = _interp_tooth(s, layout, [CROWN_HEIGHT[t["kind"]] * t["scale"] for t in layout])
+        papillae = sum(np.exp(-(((s - e) / 1.3) ** 2)) for e in arch.boundaries(layout))
+        return np.asarray(sign * (height - 1.0 - 2.0 * papillae), dtype=np.float64)
+
+    # lower arch
+    w_low = width(arch.lower)
+
+    def lower_occ(bb: FloatArray, mask: NDArray[np.bool_] | None = None) -> FloatArray:
+        return _lower_occlusal(arch, s if mask is None else s[mask], bb)
+
+    b_low, z_low = _profile(v, (-w_low / 2, w_low / 2), lower_occ, margin(arch.lower, -1.0), -GINGIVA_DEPTH_MM)
+    lower_vertices = point + b_low[:, None] * buccal + z_low[:, None] * up
+
+    # upper arch: on the lower surface plus the gap; its buccal cusps hang outside
+    gap = _gap_field(arch, rng)
+    upper_embrasure = sum(2.0 * np.exp(-(((s - e) / 0.6) ** 2)) for e in arch.boundaries(arch.upper))
+    b_ul, b_ub = -w_low / 2 + 1.2, w_low / 2 + 1.0
+
+    def upper_occ(bb: FloatArray, mask: NDArray[np.bool_] | None = None) -> FloatArray:
+        ss = s if mask is None else s[mask]
+        wl = w_low if mask is None else w_low[mask]
+        emb = upper_embrasure if mask is None else upper_embrasure[mask]
+        inside = np.clip(bb, -wl / 2, wl / 2)
+        z = _lower_occlusal(arch, ss, inside) + gap(ss, inside) + emb
+        z += 1.6 * (1 - _smoothstep((bb + wl / 2 - 1.2) / 1.0))  # rounded lingual edge
+        z -= 1.3 * _smoothstep((bb - wl / 2 + 0.1) / 0.9)  # buccal cusp hanging over the lower
+        return np.asarray(z, dtype=np.float64)
+
+    b_up, z_up = _profile(v, (b_ul, b_ub), upper_occ, margin(arch.upper, 1.0), GINGIVA_DEPTH_MM)
+    upper_vertices = point + b_up[:, None] * buccal + z_up[:, None] * up
+
+    faces = _grid_faces(n_s, n_v)
+    lower = Mesh(lower_vertices, _outward(lower_vertices, faces, up))
+    upper = Mesh(upper_vertices, _outward(upper_vertices, faces, -up))
+    return upper, lower, arch
+
+
+def _outward(vertices: FloatArray, faces: NDArray[np.int64], occlusal_dir: FloatArray) -> NDArray[np.int64]:
+    """Wind the grid so that the occlusal normals point along ``occlusal_dir``."""
+    corners = vertices[faces]
+    normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    if float((normals @ occlusal_dir).sum()) < 0:
+        return faces[:, ::-1].copy()
+    return faces
+
+
+def scan_bite(
+    upper: Mesh,
+    lower: Mesh,
+    arch: _Arch,
+    s_range: tuple[float, float],
+    rng: np.random.Generator,
+    *,
+    noise_mm: float = 0.02,
+    spacing_mm: float = 0.15,
+    z_range: tuple[float, float] = (-6.0, 6.0),
+    holes: int = 5,
+) -> Mesh:
+    """A buccal bite scan of both arches in occlusion, made with a virtual range scanner.
+
+    Parameters
+    ----------
+    upper, lower : Mesh
+        Arches in the occlusion frame.
+    arch : _Arch
+    s_range : (2,) float
+        Arc-length interval along the arch covered by the scan, mm.
+    rng : numpy Generator
+    noise_mm : float
+        Standard deviation of the scanner noise along the surface normal.
+    spacing_mm : float
+        Sampling pitch of the range image.
+    z_range : (2,) float
+        Heights covered, mm from the occlusal plane.
+    holes : int
+        Number of missing disks (0.8-2.5 mm radius).
+
+    Returns
+    -------
+    bite : Mesh
+        In the occlusion frame, normals facing the scanner.
+    """
+    from mesial.aligner._o3d import open3d
+
+    o3d = open3d()
+
+    scene = o3d.t.geometry.RaycastingScene()
+    for mesh in (upper, lower):
+        scene.add_triangles(mesh.vertices.astype(np.float32), mesh.faces.astype(np.uint32))
+    s_line = np.arange(s_range[0], s_range[1], spacing_mm)
+    z_line = np.arange(z_range[0], z_range[1], spacing_mm)
+    s, z = (x.ravel() for x in np.meshgrid(s_line, z_line, indexing="ij"))
+    s = s + rng.uniform(-0.3, 0.3, s.shape) * spacing_mm
+    z = z + rng.uniform(-0.3, 0.3, z.shape) * spacing_mm
+    point, buccal = arch.frame(s)
+    origins = point + 20.0 * buccal + z[:, None] * np.array([0.0, 0.0, 1.0])
+    rays = np.hstack([origins, -buccal]).astype(np.float32)
+    hit = scene.cast_rays(o3d.core.Tensor(rays))
+    t_hit = hit["t_hit"].numpy().astype(np.float64)
+    normals = hit["primitive_normals"].numpy().astype(np.float64)
+    valid = np.isfinite(t_hit)
+    cos = np.abs(np.einsum("ij,ij->i", normals, buccal))
+    valid &= cos > 0.2  # grazing angles return nothing, as on a real scanner
+    for _ in range(holes):
+        s0, z0 = rng.uniform(*s_range), rng.uniform(*z_range)
+        radius = rng.uniform(0.8, 2.5)
+        valid &= (s - s0) ** 2 + (z - z0) ** 2 > radius**2
+    t_safe = np.where(np.isfinite(t_hit), t_hit, 0.0)
+    points = origins - t_safe[:, None] * buccal
+    facing = np.where((np.einsum("ij,ij->i", normals, buccal) < 0)[:, None], -normals, normals)
+    points += rng.normal(0.0, noise_mm, len(points))[:, None] * facing
+    faces = _grid_faces(len(s_line), len(z_line))
+    corners = points[faces]
+    edge = np.max(np.linalg.norm(corners - np.roll(corners, 1, axis=1), axis=2), axis=1)
+    keep = valid[faces].all(axis=1) & (edge < 4 * spacing_mm)
+    faces = faces[keep]
+    used = np.zeros(len(points), dtype=bool)
+    used[faces] = True
+    remap = np.cumsum(used) - 1
+    vertices, faces = points[used], remap[faces]
+    mid = len(s_line) // 2
+    return Mesh(vertices, _outward(vertices, faces, arch.frame(np.array([s_line[mid]]))[1][0]))
+
+
+def generate_case(
+    seed: int,
+    *,
+    noise_mm: float = 0.02,
+    one_sided: bool = False,
+    vertices: int = 150_000,
+) -> SampleCase:
+    """A complete synthetic case in random poses with its ground truth.
+
+    Parameters
+    ----------
+    seed : int
+        Everything (shapes, contacts, noise, holes, poses) follows from it.
+    noise_mm : float
+        Bite scanner noise (standard deviation along the normal, mm).
+    one_sided : bool
+        One bite scan (right side) instead of two (right, then left).
+    vertices : int
+        Approximate vertex count per arch.
+
+    Returns
+    -------
+    case : SampleCase
+    """
+    upper, lower, arch = build_arches(seed, vertices)
+    rng = np.random.default_rng([seed, 1])
+    canine_r = next(t for t in arch.lower if t["kind"] == "canine" and t["side"] > 0)
+    canine_l = next(t for t in arch.lower if t["kind"] == "canine" and t["side"] < 0)
+    right = (canine_r["centre"] - 0.5 * canine_r["length"], arch.length - 1.5)
+    left = (1.5, canine_l["centre"] + 0.5 * canine_l["length"])
+    spacing = 0.15 if vertices >= 60_000 else 0.25
+    ranges = [right] if one_sided else [right, left]
+    bites = [scan_bite(upper, lower, arch, r, rng, noise_mm=noise_mm, spacing_mm=spacing) for r in ranges]
+    # poses: file = pose @ occlusion
+    poses = {name: random_rigid(rng, translation_mm=40.0) for name in ("upper", "lower", "bite", "bite2")}
+    to_bite = poses["bite"]
+    files = {
+        "upper": Mesh(transform_points(upper.vertices, poses["upper"]), upper.faces),
+        "lower": Mesh(transform_points(lower.vertices, poses["lower"]), lower.faces),
+    }
+    bite_files = [
+        Mesh(transform_points(bite.vertices, poses[name]), bite.faces)
+        for name, bite in zip(("bite", "bite2"), bites, strict=False)
+    ]
+    truth = {name: to_bite @ invert(poses[name]) for name in ("upper", "lower")}
+    for name in ("bite", "bite2")[: len(bites)]:
+        truth[name] = to_bite @ invert(poses[name])
+    return SampleCase(files["upper"], files["lower"], tuple(bite_files), truth, to_bite, seed, noise_mm)
+
+
+def write_case(case: SampleCase, out: str | Path, *, arch_format: str = "ply") -> dict[str, Path]:
+    """Write a case: ``upper.<fmt>``, ``lower.<fmt>``, ``bite.stl`` [, ``bite2.stl``], ``truth.json``.
+
+    Returns
+    -------
+    paths : dict of role -> Path
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    for role, mesh in (("upper", case.upper), ("lower", case.lower)):
+        paths[role] = out / f"{role}.{arch_format}"
+        if arch_format == "ply":
+            write_ply(paths[role], mesh.vertices, mesh.faces)
+        else:
+            write_stl(paths[role], mesh.vertices, mesh.faces)
+    for role, mesh in zip(("bite", "bite2"), case.bites, strict=False):
+        paths[role] = out / f"{role}.stl"
+        write_stl(paths[role], mesh.vertices, mesh.faces)
+    truth = {
+        "schema": "mesial.samples.truth/1",
+        "seed": case.seed,
+        "noise_mm": case.noise_mm,
+        "frame": "bite",
+        "file_to_bite": {k: np.round(v, 12).tolist() for k, v in case.truth.items()},
+        "occlusion_to_bite": np.round(case.occlusion_to_bite, 12).tolist(),
+        "files": {k: p.name for k, p in paths.items()},
+    }
+    paths["truth"] = out / "truth.json"
+    paths["truth"].write_text(json.dumps(truth, indent=2) + "\n")
+    return paths

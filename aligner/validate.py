@@ -1,0 +1,256 @@
+"""Validation and cleaning of scans: everything is checked before any work.
+
+A :class:`Scan` is what the rest of the aligner accepts: finite millimetre
+coordinates of a plausible dental size, no degenerate or duplicate triangles, no
+unreferenced vertex, unit vertex normals pointing out of the teeth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mesial.aligner.errors import CorruptScan, EmptyScan, ImplausibleScale, InvalidScanShape, ScanInputError
+from mesial.aligner.io import RawMesh, read_mesh
+from mesial.aligner.units import DENTAL_EXTENT_MM, guess_unit, unit_conversion
+
+# Triangles with less area than this (mm²) are degenerate: 1e-10 mm² is a
+# triangle with 10 nm sides, far below any scanner's resolution.
+DEGENERATE_AREA_MM2 = 1e-10
+
+
+@dataclass(frozen=True)
+class CleaningReport:
+    """What cleaning removed or changed (counts)."""
+
+    input_vertices: int
+    input_triangles: int
+    degenerate_triangles: int
+    duplicate_triangles: int
+    unreferenced_vertices: int
+    normals_flipped: bool
+    scale_factor: float
+
+    def as_dict(self) -> dict[str, int | float | bool]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Scan:
+    """A validated, cleaned triangle mesh in millimetres.
+
+    Attributes
+    ----------
+    role : str
+        ``"upper"``, ``"lower"``, ``"bite"``, ``"bite2"`` (used in messages).
+    vertices : (n, 3) float64, millimetres
+    faces : (m, 3) int64
+    vertex_normals : (n, 3) float64
+        Unit, area-weighted, pointing out of the surface.
+    sha256 : str
+        Hex SHA-256 of the input file ("" for arrays).
+    file_format : str
+    cleaning : CleaningReport
+    """
+
+    role: str
+    vertices: NDArray[np.float64]
+    faces: NDArray[np.int64]
+    vertex_normals: NDArray[np.float64]
+    sha256: str
+    file_format: str
+    cleaning: CleaningReport = field(repr=False)
+
+    @property
+    def extent_mm(self) -> float:
+        """Bounding-box diagonal in millimetres."""
+        return float(np.linalg.norm(np.ptp(self.vertices, axis=0)))
+
+
+def load_scan(
+    path: str | Path,
+    role: str,
+    *,
+    max_bytes: int,
+    max_triangles: int,
+    unit: str | None = None,
+    orient: bool = True,
+) -> Scan:
+    """Read, validate and clean one scan file.
+
+    Parameters
+    ----------
+    path : str or Path
+        STL (binary or ASCII), PLY or OBJ.
+    role : str
+        Name used in error messages (``"upper"``, ``"lower"``, ``"bite"``).
+    max_bytes, max_triangles : int
+        Limits, checked before the payload is read where the format allows.
+    unit : str, optional
+        The file's length unit when it is not millimetres (``"m"``, ``"in"``,
+        ``"cm"``); the scan is then rescaled. Without it a scan of implausible
+        size is refused with the unit it was probably written in.
+    orient : bool
+        Flip the winding when the normals clearly point into the teeth.
+
+    Returns
+    -------
+    scan : Scan
+    """
+    try:
+        raw = read_mesh(path, max_bytes=max_bytes, max_triangles=max_triangles)
+    except ScanInputError as exc:
+        exc.role = role
+        raise
+    return clean_mesh(raw, role, unit=unit, orient=orient)
+
+
+def scan_from_arrays(
+    vertices: NDArray[np.float64],
+    faces: NDArray[np.int64],
+    role: str,
+    *,
+    unit: str | None = None,
+    orient: bool = True,
+) -> Scan:
+    """Validate and clean a mesh given as arrays (``(n, 3)`` float mm, ``(m, 3)`` int)."""
+    vertices = np.asarray(vertices, dtype=np.float64)
+    faces = np.asarray(faces)
+    if vertices.ndim != 2 or vertices.shape[1] != 3:
+        raise InvalidScanShape(f"{role} vertices must be (n, 3), got {vertices.shape}")
+    if faces.ndim != 2 or faces.shape[1] != 3 or not np.issubdtype(faces.dtype, np.integer):
+        raise InvalidScanShape(f"{role} faces must be (m, 3) integers, got {faces.shape} {faces.dtype}")
+    raw = RawMesh(vertices, faces.astype(np.int64), "arrays", "", 0)
+    return clean_mesh(raw, role, unit=unit, orient=orient)
+
+
+def clean_mesh(raw: RawMesh, role: str, *, unit: str | None = None, orient: bool = True) -> Scan:
+    """Validate a raw mesh and clean it (see :class:`Scan` for the guarantees)."""
+    vertices, faces = raw.vertices, raw.faces
+    if len(faces) == 0 or len(vertices) == 0:
+        raise EmptyScan("the file holds no triangle", role)
+    if faces.min() < 0 or faces.max() >= len(vertices):
+        raise CorruptScan("triangle indices point outside the vertex list", role)
+    finite = np.isfinite(vertices).all(axis=1)
+    if not finite.all():
+        raise CorruptScan(f"{int((~finite).sum()):,} vertices have NaN or infinite coordinates", role)
+
+    # degenerate: a repeated corner or (near) zero area
+    corners = vertices[faces]
+    area2 = np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1)
+    repeated = (faces[:, 0] == faces[:, 1]) | (faces[:, 1] == faces[:, 2]) | (faces[:, 0] == faces[:, 2])
+    degenerate = repeated | (area2 < 2 * DEGENERATE_AREA_MM2)
+    faces = faces[~degenerate]
+    # duplicate: the same three vertices, whatever the order or winding
+    _, keep = np.unique(np.sort(faces, axis=1), axis=0, return_index=True)
+    duplicates = len(faces) - len(keep)
+    faces = faces[np.sort(keep)]
+    if len(faces) == 0:
+        raise EmptyScan("every triangle is degenerate", role)
+    # unreferenced vertices
+    used = np.zeros(len(vertices), dtype=bool)
+    used[faces] = True
+    remap = np.cumsum(used) - 1
+    vertices = vertices[used]
+    faces = remap[faces]
+
+    extent = float(np.linalg.norm(np.ptp(vertices, axis=0)))
+    scale = 1.0
+    low, high = DENTAL_EXTENT_MM
+    if unit is not None:
+        scale = unit_conversion(unit, "mm")
+        vertices = vertices * scale
+        extent *= scale
+    if not low <= extent <= high:
+        likely = guess_unit(extent) if unit is None else None
+        hint = f"; it looks like {likely} (pass unit={likely!r} to rescale)" if likely else ""
+        raise ImplausibleScale(
+            f"bounding box diagonal is {extent:.4g} mm, a dental scan is {low:g}-{high:g} mm{hint}",
+            role,
+            suggested_unit=likely,
+        )
+
+    normals = vertex_normals(vertices, faces)
+    flipped = False
+    if orient and orientation_is_inward(vertices, faces, normals):
+        faces = faces[:, ::-1].copy()
+        normals = -normals
+        flipped = True
+    report = CleaningReport(
+        input_vertices=len(raw.vertices),
+        input_triangles=len(raw.faces),
+        degenerate_triangles=int(degenerate.sum()),
+        duplicate_triangles=int(duplicates),
+        unreferenced_vertices=int((~used).sum()),
+        normals_flipped=flipped,
+        scale_factor=scale,
+    )
+    return Scan(role, vertices, faces.astype(np.int64), normals, raw.sha256, raw.file_format, report)
+
+
+def vertex_normals(vertices: NDArray[np.float64], faces: NDArray[np.int64]) -> NDArray[np.float64]:
+    """Area-weighted unit vertex normals.
+
+    Parameters
+    ----------
+    vertices : (n, 3) float, millimetres
+    faces : (m, 3) int
+
+    Returns
+    -------
+    normals : (n, 3) float
+        Unit vectors (zero for a vertex whose triangles cancel out).
+    """
+    corners = vertices[faces]
+    face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    normals = np.zeros_like(vertices)
+    flat = faces.ravel()
+    for axis in range(3):
+        normals[:, axis] = np.bincount(flat, weights=np.repeat(face_normals[:, axis], 3), minlength=len(vertices))
+    lengths = np.linalg.norm(normals, axis=1, keepdims=True)
+    return np.asarray(np.divide(normals, lengths, out=np.zeros_like(normals), where=lengths > 0), dtype=np.float64)
+
+
+def orientation_is_inward(
+    vertices: NDArray[np.float64],
+    faces: NDArray[np.int64],
+    normals: NDArray[np.float64],
+    samples: int = 1500,
+    decisive: float = 0.25,
+) -> bool:
+    """Whether the normals point into the teeth rather than out of them.
+
+    A ray cast from the surface along an outward normal escapes; along an
+    inward normal it hits the opposite wall of the crown. The winding is
+    called inward only when the inward hypothesis is clearly better (by
+    ``decisive`` in hit fraction); a single sheet (a bite scan) is left alone.
+
+    Parameters
+    ----------
+    vertices : (n, 3) float, millimetres
+    faces : (m, 3) int
+    normals : (n, 3) float
+    samples : int
+        Vertices probed (evenly spaced indices).
+    decisive : float
+        Required difference of hit fractions.
+    """
+    from mesial.aligner._o3d import open3d
+
+    o3d = open3d()
+
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(vertices.astype(np.float32), faces.astype(np.uint32))
+    pick = np.linspace(0, len(vertices) - 1, min(samples, len(vertices))).astype(np.int64)
+    origins, directions = vertices[pick], normals[pick]
+    keep = np.linalg.norm(directions, axis=1) > 0.5
+    origins, directions = origins[keep], directions[keep]
+    hits = []
+    for sign in (1.0, -1.0):
+        rays = np.hstack([origins + sign * 1e-3 * directions, sign * directions]).astype(np.float32)
+        hit = scene.cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy()
+        hits.append(float(np.isfinite(hit).mean()) if len(hit) else 0.0)
+    return hits[0] - hits[1] > decisive

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mesial.aligner._icp import SurfaceTarget
+from mesial.aligner.occlusion import area_below, arch_contacts, count_patches, optimise_bite
+from mesial.aligner.params import OcclusionParams
+from mesial.aligner.transforms import transform_points
+
+from .conftest import grid_plane, uv_sphere
+
+
+@pytest.mark.parametrize("gap", [0.05, 0.3, -0.04])
+def test_plane_against_plane_at_known_gap(gap):
+    lower_v, lower_f = grid_plane(10.0, 0.25, z=0.0, up=True)
+    upper_v, upper_f = grid_plane(8.0, 0.25, z=gap, up=False)
+    result = arch_contacts(upper_v, upper_f, SurfaceTarget(lower_v, lower_f), threshold_mm=0.1)
+    assert np.allclose(result.distance, gap, atol=1e-5)
+    expected = 64.0 if gap < 0.1 else 0.0
+    assert result.contact_area_mm2 == pytest.approx(expected, abs=1e-6)
+    assert result.max_penetration_mm == pytest.approx(max(0.0, -gap), abs=1e-5)
+    assert result.patches == (1 if gap < 0.1 else 0)
+
+
+def test_sphere_on_plane_contact_area():
+    radius, threshold = 5.0, 0.1
+    sphere_v, sphere_f = uv_sphere(radius, (0, 0, radius))
+    plane_v, plane_f = grid_plane(16.0, 0.05, up=True)
+    on_sphere = arch_contacts(sphere_v, sphere_f, SurfaceTarget(plane_v, plane_f), threshold)
+    # spherical cap of height t: 2 pi R t
+    assert on_sphere.contact_area_mm2 == pytest.approx(2 * np.pi * radius * threshold, rel=0.03)
+    on_plane = arch_contacts(plane_v, plane_f, SurfaceTarget(sphere_v, sphere_f), threshold)
+    # disc where sqrt(r^2 + R^2) - R < t: pi (2 R t + t^2)
+    assert on_plane.contact_area_mm2 == pytest.approx(np.pi * (2 * radius * threshold + threshold**2), rel=0.03)
+    assert on_plane.patches == 1
+    assert on_plane.max_penetration_mm == pytest.approx(0.0, abs=1e-4)
+
+
+def test_area_below_is_exact_for_linear_fields():
+    vertices = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], dtype=float)
+    faces = np.array([[0, 1, 2]])
+    values = vertices[:, 0]  # f = x over the unit right triangle
+    assert area_below(vertices, faces, values, 0.5)[0] == pytest.approx(0.5 - 0.5 * 0.5**2)
+    assert area_below(vertices, faces, -values, -0.5)[0] == pytest.approx(0.5 * 0.5**2)
+
+
+def test_patches_counted_separately():
+    vertices, faces = grid_plane(10.0, 0.5)
+    mask = (np.abs(vertices[:, 0] + 3) < 1) | (np.abs(vertices[:, 0] - 3) < 1)
+    assert count_patches(faces, mask) == 2
+
+
+def test_bite_optimisation_removes_penetration():
+    upper_v, upper_f = grid_plane(10.0, 0.25, z=0.0, up=False)  # occlusal surface facing down
+    sphere_v, sphere_f = uv_sphere(4.0, (0, 0, -4.0 + 0.08))  # 0.08 mm bite-through
+    upper = SurfaceTarget(upper_v, upper_f)
+    params = OcclusionParams()
+    before = arch_contacts(sphere_v, sphere_f, upper, params.contact_threshold_mm)
+    assert before.max_penetration_mm == pytest.approx(0.08, abs=2e-3)
+    correction = optimise_bite(upper, sphere_v, params)
+    after = arch_contacts(transform_points(sphere_v, correction), sphere_f, upper, params.contact_threshold_mm)
+    assert after.max_penetration_mm <= params.penetration_tolerance_mm + 2e-3
+    assert after.contact_area_mm2 > 0.5  # still in contact
+    assert np.linalg.norm(correction[:3, 3]) < 0.15
