@@ -502,9 +502,9 @@ def test_argument_validation() -> None:
     for cs in (0, CS - 1, env.MAX_CHUNK_SIZE + 1):
         with pytest.raises(ValueError):
             env.Sealer(KEY, WRAPPED, 1, tenant=TENANT, object_key=OBJ, chunk_size=cs)
-    for kwargs in ({"tenant": ""}, {"object_key": ""}):
+    for tenant, object_key in (("", OBJ), (TENANT, "")):
         with pytest.raises(ValueError):
-            env.Sealer(KEY, WRAPPED, 1, **{"tenant": TENANT, "object_key": OBJ, **kwargs})
+            env.Sealer(KEY, WRAPPED, 1, tenant=tenant, object_key=object_key)
     for wrapped in ("", "x" * (env.MAX_WRAPPED_KEY_LEN + 1), "has space"):
         with pytest.raises(ValueError):
             env.Sealer(KEY, wrapped, 1, tenant=TENANT, object_key=OBJ)

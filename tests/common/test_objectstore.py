@@ -43,7 +43,7 @@ async def store(service_settings: Settings, keys: TenantKeys) -> AsyncIterator[O
         yield opened
 
 
-def raw_client(settings: Settings):  # type: ignore[no-untyped-def]
+def raw_client(settings: Settings):
     s = settings.store
     return botocore.session.get_session().create_client(
         "s3",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mesial.common import services as svc
-from mesial.common.errors import ServiceStartError
+from mesial.common.errors import ServiceError, ServiceStartError
 
 
 def _answers(url: str) -> bool:
@@ -94,7 +94,7 @@ def test_recorded_stack_is_stopped_by_down(tmp_path: Path) -> None:
 
 
 def test_unknown_service_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(svc.ServiceError, match="unknown services: nope"):
+    with pytest.raises(ServiceError, match="unknown services: nope"):
         svc.ServiceStack(tmp_path, ["nope"])
 
 

@@ -109,7 +109,7 @@ def test_audit_signing_round_trip(keys: TenantKeys) -> None:
 
 
 def _settings_for(port: int, **overrides: object) -> VaultSettings:
-    return VaultSettings(addr=f"http://127.0.0.1:{port}", **overrides)  # type: ignore[arg-type]
+    return VaultSettings.model_validate({"addr": f"http://127.0.0.1:{port}", **overrides})
 
 
 def test_vault_down_gives_a_typed_error_after_bounded_retries() -> None:
