@@ -27,6 +27,9 @@ FloatArray = NDArray[np.float64]
 class SurfaceTarget:
     """Exact closest-point queries on a triangle mesh (Open3D RaycastingScene)."""
 
+    # Deeper than this (mm), a point behind an open surface is not counted as inside.
+    max_penetration_mm = 1.5
+
     def __init__(self, vertices: FloatArray, faces: NDArray[np.int64]) -> None:
         from mesial.aligner._o3d import open3d
 
@@ -94,7 +97,10 @@ class SurfaceTarget:
         offset = points - closest
         distance = np.linalg.norm(offset, axis=1)
         side = np.einsum("ij,ij->i", offset, normals)
-        return np.where(side < 0, -distance, distance), closest
+        # an open scan has no inside far from its surface or past its border: a
+        # point is inside only when near and behind the face it projects onto
+        inside = (side < 0) & (distance < self.max_penetration_mm) & (-side > 0.5 * distance)
+        return np.where(inside, -distance, distance), closest
 
 
 @dataclass(frozen=True)

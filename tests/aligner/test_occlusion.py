@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mesial.aligner._icp import SurfaceTarget
-from mesial.aligner.occlusion import area_below, arch_contacts, count_patches, optimise_bite
+from mesial.aligner.occlusion import arch_contacts, area_below, count_patches, optimise_bite
 from mesial.aligner.params import OcclusionParams
 from mesial.aligner.transforms import transform_points
 

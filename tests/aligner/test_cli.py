@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from mesial.cli import root
+
+
+def test_samples_then_invalid_input_exit_2(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(
+        root, ["samples", "generate", "--out", str(tmp_path / "c"), "--seed", "1", "--vertices", "8000", "--one-sided"]
+    )
+    assert result.exit_code == 0, result.output
+    truth = json.loads((tmp_path / "c" / "truth.json").read_text())
+    assert set(truth["file_to_bite"]) == {"upper", "lower", "bite"}
+    (tmp_path / "empty.stl").write_bytes(b"")
+    result = runner.invoke(
+        root,
+        ["align", "--upper", str(tmp_path / "empty.stl"), "--lower", str(tmp_path / "c" / "lower.ply"),
+         "--bite", str(tmp_path / "c" / "bite.stl"), "--out", str(tmp_path / "o")],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "upper scan: file is empty" in result.output
+    document = json.loads((tmp_path / "o" / "result.json").read_text())
+    assert document["status"] == "invalid_input"
+
+
+def test_align_generated_case_exit_code_matches_status(tmp_path):
+    runner = CliRunner()
+    runner.invoke(root, ["samples", "generate", "--out", str(tmp_path / "c"), "--seed", "2", "--vertices", "15000"])
+    case = tmp_path / "c"
+    result = runner.invoke(
+        root,
+        ["align", "--upper", str(case / "upper.ply"), "--lower", str(case / "lower.ply"),
+         "--bite", str(case / "bite.stl"), "--bite", str(case / "bite2.stl"), "--out", str(tmp_path / "o"), "--json"],
+    )  # fmt: skip
+    document = json.loads((tmp_path / "o" / "result.json").read_text())
+    assert {"ok": 0, "not_confident": 3}[document["status"]] == result.exit_code
+    assert document["frame"] == "bite"
+    assert len(document["inputs"]["upper"]["sha256"]) == 64
