@@ -92,6 +92,40 @@ class ApiSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
+    # Largest scan upload accepted (bytes); larger bodies are refused with 413 while streaming.
+    max_upload_bytes: int = Field(512 << 20, gt=0)
+    # Largest body of any other request (JSON), bytes.
+    max_json_bytes: int = Field(1 << 20, gt=0)
+    # Apply pending database migrations when the API starts (local mode); else run `mesial api migrate`.
+    migrate_on_start: bool = True
+    # HMAC key of signed artifact links; empty = a random key per process (links die with it).
+    link_secret: SecretStr = SecretStr("")
+    # Lifetime of a signed artifact link, seconds.
+    link_ttl_s: int = Field(900, gt=0, le=86400)
+    # Requests per minute per API key, per client IP, and per IP on credential-checking paths.
+    rate_per_key_per_min: int = Field(600, ge=1)
+    rate_per_ip_per_min: int = Field(1200, ge=1)
+    rate_auth_per_ip_per_min: int = Field(30, ge=1)
+    # Trust X-Forwarded-For from these proxy addresses only (the ingress), else use the peer.
+    trusted_proxies: list[str] = []
+    # Command that runs one job (local executor); job arguments are appended.
+    job_command: list[str] = ["mesial", "job", "run"]
+    # Local executor: concurrent jobs, queued jobs beyond those (503 when full), job deadline.
+    executor_workers: int = Field(1, ge=1, le=64)
+    executor_queue_size: int = Field(16, ge=1, le=10_000)
+    job_timeout_s: float = Field(3600.0, gt=0)
+    # Seconds between progress polls of a running local job.
+    job_poll_s: float = Field(1.0, gt=0)
+    # Seconds between scheduled audit checkpoints (0 = only on export).
+    checkpoint_interval_s: float = Field(300.0, ge=0)
+    # OIDC: issuer, audience, JWKS (URL or a local JSON file path), claims giving org and role.
+    oidc_issuer: str = ""
+    oidc_audience: str = ""
+    oidc_jwks: str = ""
+    oidc_org_claim: str = "mesial_org"
+    oidc_role_claim: str = "mesial_role"
+    # Seconds a fetched JWKS is reused before it is fetched again.
+    oidc_jwks_ttl_s: float = Field(300.0, gt=0)
 
 
 class Settings(BaseSettings):

@@ -1,0 +1,1 @@
+"""The audit collector: per-tenant hash chains, signed checkpoints, exports."""

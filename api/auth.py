@@ -1,0 +1,201 @@
+"""Credentials: API keys (hashed at rest, shown once) and OIDC bearer JWTs.
+
+An API key reads ``mesial_<prefix>_<secret>``: ``mesial_`` lets secret scanners spot
+it, the 12-hex-digit prefix identifies the key row, the secret is 256 random bits
+(base64url) of which only the SHA-256 is stored. A fast hash is enough: the secret is
+random and long, not a password. Each request reads the key row, so expiry and
+revocation apply to the very next request.
+
+An OIDC token is verified against the configured JWKS (issuer, audience, expiry,
+signature with RS256/ES256/EdDSA only); its claims name the organization and the role.
+The member it maps to is kept per (organization, ``sub``); disabling the member
+revokes the token at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from mesial.api.errors import Unauthenticated
+from mesial.api.models import ApiKey, Member, Organization
+from mesial.api.types import Principal, Role, new_id, utcnow
+from mesial.common.settings import ApiSettings
+
+KEY_RE = re.compile(r"^mesial_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
+JWT_ALGORITHMS = ["RS256", "ES256", "EdDSA"]
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+async def issue_key(
+    *, member: Member, role: Role, org_id: str | None, ttl: timedelta | None = None
+) -> tuple[ApiKey, str]:
+    """A new key for ``member``: the row and the plaintext (shown once, never stored)."""
+    prefix = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    now = utcnow()
+    row = await ApiKey.create(
+        id=new_id("key"),
+        prefix=prefix,
+        secret_hash=hash_secret(secret),
+        member_id=member.id,
+        org_id=org_id,
+        role=role.value,
+        created_at=now,
+        expires_at=now + ttl if ttl else None,
+    )
+    return row, f"mesial_{prefix}_{secret}"
+
+
+async def new_member(org_id: str | None, role: Role, subject: str | None = None) -> Member:
+    return await Member.create(
+        id=new_id("mem"), org_id=org_id, subject=subject or new_id("sub"), role=role.value, created_at=utcnow()
+    )
+
+
+def credential_of(headers: dict[str, str]) -> str | None:
+    value = headers.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+async def _org_name(org_id: str | None) -> str | None:
+    if org_id is None:
+        return None
+    org = await Organization.get_or_none(id=org_id)
+    if org is None:
+        raise Unauthenticated("invalid credential")
+    return str(org.name)
+
+
+async def authenticate_key(token: str) -> Principal:
+    match = KEY_RE.fullmatch(token)
+    if match is None:
+        raise Unauthenticated("invalid credential")
+    row = await ApiKey.get_or_none(prefix=match.group(1))
+    # Compare even when the row is missing, so timing does not tell which prefixes exist.
+    expected = row.secret_hash if row is not None else "0" * 64
+    if not hmac.compare_digest(expected, hash_secret(match.group(2))) or row is None:
+        raise Unauthenticated("invalid credential")
+    now = utcnow()
+    if row.revoked_at is not None:
+        raise Unauthenticated("credential revoked")
+    if row.expires_at is not None and row.expires_at <= now:
+        raise Unauthenticated("credential expired")
+    member = await Member.get_or_none(id=row.member_id)
+    if member is None or member.disabled_at is not None:
+        raise Unauthenticated("credential revoked")
+    role = Role(row.role)
+    actor = f"service:{member.subject}" if role is Role.service else f"key:{row.id}"
+    return Principal(actor, member.id, role, row.org_id, await _org_name(row.org_id), key_id=row.id)
+
+
+class OidcVerifier:
+    """Verifies bearer JWTs against a JWKS (URL, cached for ``oidc_jwks_ttl_s``, or a file)."""
+
+    def __init__(self, settings: ApiSettings) -> None:
+        self.settings = settings
+        self._keys: dict[str, Any] = {}
+        self._fetched = 0.0
+        self._lock = asyncio.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.settings.oidc_issuer and self.settings.oidc_jwks)
+
+    def _load_jwks(self) -> dict[str, Any]:
+        source = self.settings.oidc_jwks
+        if source.startswith(("https://", "http://")):
+            client = jwt.PyJWKClient(source, cache_jwk_set=False, timeout=5)
+            data = client.fetch_data()
+        else:
+            data = json.loads(Path(source).read_text())
+        keys: dict[str, Any] = {}
+        for entry in jwt.PyJWKSet.from_dict(data).keys:
+            keys[entry.key_id or ""] = entry
+        return keys
+
+    async def _key(self, kid: str) -> Any:
+        async with self._lock:
+            stale = time.monotonic() - self._fetched > self.settings.oidc_jwks_ttl_s
+            if stale or kid not in self._keys:
+                try:
+                    self._keys = await asyncio.to_thread(self._load_jwks)
+                except Exception as exc:
+                    raise Unauthenticated("identity provider keys unavailable") from exc
+                self._fetched = time.monotonic()
+        if kid not in self._keys:
+            raise Unauthenticated("invalid credential")
+        return self._keys[kid]
+
+    async def authenticate(self, token: str) -> Principal:
+        if not self.enabled:
+            raise Unauthenticated("invalid credential")
+        try:
+            header = jwt.get_unverified_header(token)
+            key = await self._key(str(header.get("kid", "")))
+            claims = jwt.decode(
+                token,
+                key=key,
+                algorithms=JWT_ALGORITHMS,
+                audience=self.settings.oidc_audience or None,
+                issuer=self.settings.oidc_issuer,
+                options={"require": ["exp", "iss", "sub"]},
+                leeway=30,
+            )
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated("invalid credential") from exc
+        org_name = claims.get(self.settings.oidc_org_claim)
+        role_text = claims.get(self.settings.oidc_role_claim)
+        try:
+            role = Role(str(role_text))
+        except ValueError:
+            raise Unauthenticated("token carries no valid role") from None
+        if role in (Role.platform_admin, Role.service):
+            raise Unauthenticated("token role not accepted over OIDC")
+        org = await Organization.get_or_none(name=str(org_name)) if isinstance(org_name, str) else None
+        if org is None:
+            raise Unauthenticated("token names no known organization")
+        subject = f"oidc:{claims['sub']}"[:255]
+        member = await Member.get_or_none(org_id=org.id, subject=subject)
+        if member is None:
+            member = await Member.create(
+                id=new_id("mem"), org_id=org.id, subject=subject, role=role.value, created_at=utcnow()
+            )
+        elif member.disabled_at is not None:
+            raise Unauthenticated("credential revoked")
+        elif member.role != role.value:
+            member.role = role.value
+            await member.save(update_fields=["role"])
+        return Principal(f"oidc:{member.id}", member.id, role, org.id, str(org.name))
+
+
+async def authenticate(token: str, oidc: OidcVerifier) -> Principal:
+    """The principal of a bearer token: an API key or an OIDC JWT."""
+    if token.startswith("mesial_"):
+        return await authenticate_key(token)
+    if token.count(".") == 2:
+        return await oidc.authenticate(token)
+    raise Unauthenticated("invalid credential")
+
+
+def expiry_from(days: int | None) -> timedelta | None:
+    return timedelta(days=days) if days else None
+
+
+__all__ = ["OidcVerifier", "authenticate", "expiry_from", "issue_key", "new_member"]

@@ -1,0 +1,77 @@
+"""Audit export for auditors, and the internal ingestion endpoint for the operator and jobs."""
+
+from __future__ import annotations
+
+from starlette.responses import Response, StreamingResponse
+
+from mesial.api import schemas
+from mesial.api.errors import Forbidden
+from mesial.api.routes._util import ok, route
+from mesial.api.routing import Call, Spec
+from mesial.api.types import Role
+from mesial.common.audit import PLATFORM_TENANT, AuditEvent
+
+AUDITOR = frozenset({Role.auditor})
+SERVICE = frozenset({Role.service})
+
+
+@route(
+    Spec(
+        "GET",
+        "/v1/audit/export",
+        "Export the organization's audit chain (JSON Lines, signed)",
+        AUDITOR,
+        action="audit.exported",
+        resource_type="audit_log",
+        query=schemas.ExportQuery,
+        produces="application/x-ndjson",
+    )
+)
+async def export(call: Call) -> Response:
+    org = call.scope.org
+    call.audit(org)
+    lines = call.runtime.need_collector().export(org, call.query.from_, call.query.to)
+    headers = {"content-disposition": f'attachment; filename="audit-{org}.jsonl"'}
+    return StreamingResponse(lines, media_type="application/x-ndjson", headers=headers)
+
+
+@route(
+    Spec(
+        "POST",
+        "/internal/v1/audit/events",
+        "Append an event (operator and jobs; per-service keys)",
+        SERVICE,
+        body=schemas.IngestEvent,
+        response=schemas.Ingested,
+        status=201,
+    )
+)
+async def ingest(call: Call) -> Response:
+    b, me = call.body, call.me
+    if me.org_name is not None and b.tenant != me.org_name:
+        raise Forbidden("this service key may only write its own organization's chain")
+    if me.org_name is None and b.tenant != PLATFORM_TENANT and not await _org_exists(b.tenant):
+        raise Forbidden("unknown organization")
+    event = AuditEvent(
+        b.tenant,
+        me.actor,
+        b.action,
+        b.resource_type,
+        b.resource_id,
+        b.outcome,
+        call.request.state.client_ip,
+        call.request.state.request_id,
+        details=b.details,
+        **({"time": b.time} if b.time else {}),
+    )
+    record = await call.runtime.need_collector().append_record(event)
+    return ok({"tenant": b.tenant, "sequence": record["sequence"], "hash": record["hash"]}, 201)
+
+
+async def _org_exists(name: str) -> bool:
+    from mesial.api.models import Organization
+
+    return bool(await Organization.exists(name=name))
+
+
+ROUTES = [export, ingest]

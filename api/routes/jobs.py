@@ -1,0 +1,156 @@
+"""Jobs, their artifacts, and signed download links."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+from starlette.responses import Response, StreamingResponse
+
+from mesial.api import schemas
+from mesial.api.auth import authenticate, credential_of
+from mesial.api.errors import LinkRefused, NotFound
+from mesial.api.models import Artifact, Organization
+from mesial.api.routes._util import ok, route
+from mesial.api.routing import Call, Spec
+from mesial.api.services import jobs
+from mesial.api.services.pagination import page
+from mesial.api.types import CASE_ROLES
+from mesial.common.errors import ObjectNotFound
+from mesial.common.objectstore import ObjectStore
+
+
+@route(
+    Spec(
+        "POST",
+        "/v1/jobs",
+        "Start an alignment job from the caller's scans",
+        CASE_ROLES,
+        action="job.created",
+        resource_type="job",
+        body=schemas.JobCreate,
+        response=schemas.Job,
+        status=201,
+    )
+)
+async def create_job(call: Call) -> Response:
+    b = call.body
+    job = await jobs.create(call.scope, call.runtime.dispatcher, b.upper, b.lower, b.bites, b.options)
+    call.audit(job.id)
+    return ok(jobs.job_view(job), 201)
+
+
+@route(
+    Spec(
+        "GET", "/v1/jobs", "List jobs, oldest first, by pages", CASE_ROLES, query=schemas.Page, response=schemas.JobList
+    )
+)
+async def list_jobs(call: Call) -> Response:
+    rows, cursor = await page(call.scope.jobs(), call.query.limit, call.query.cursor)
+    return ok({"items": [jobs.job_view(j) for j in rows], "next_cursor": cursor})
+
+
+@route(Spec("GET", "/v1/jobs/{job_id}", "A job's state, progress and metrics", CASE_ROLES, response=schemas.Job))
+async def get_job(call: Call) -> Response:
+    return ok(jobs.job_view(await call.scope.job(call.param("job_id"))))
+
+
+@route(
+    Spec(
+        "POST",
+        "/v1/jobs/{job_id}/cancel",
+        "Cancel a queued or running job",
+        CASE_ROLES,
+        action="job.cancel_requested",
+        resource_type="job",
+        id_param="job_id",
+        response=schemas.Job,
+    )
+)
+async def cancel_job(call: Call) -> Response:
+    return ok(jobs.job_view(await jobs.cancel(call.scope, call.runtime.dispatcher, call.param("job_id"))))
+
+
+@route(
+    Spec(
+        "GET",
+        "/v1/jobs/{job_id}/artifacts",
+        "List a job's artifacts",
+        CASE_ROLES,
+        action="artifact.listed",
+        resource_type="job",
+        id_param="job_id",
+        response=schemas.ArtifactList,
+    )
+)
+async def list_artifacts(call: Call) -> Response:
+    return ok({"items": [jobs.artifact_view(a) for a in await call.scope.artifacts(call.param("job_id"))]})
+
+
+@route(
+    Spec(
+        "POST",
+        "/v1/jobs/{job_id}/artifacts/{name}/link",
+        "A download link for one artifact, valid 15 minutes",
+        CASE_ROLES,
+        action="artifact.link_issued",
+        resource_type="artifact",
+        response=schemas.Link,
+        status=201,
+    )
+)
+async def link_artifact(call: Call) -> Response:
+    artifact = await call.scope.artifact(call.param("job_id"), call.param("name"))
+    call.audit(artifact.id)
+    links = call.runtime.links
+    claims = links.sign(call.scope.org_id, artifact.job_id, artifact.name, call.me.actor)
+    expires = datetime.fromtimestamp(claims.expires, UTC).isoformat().replace("+00:00", "Z")
+    return ok({"url": f"/v1/links/{links.token(claims)}", "expires_at": expires}, 201)
+
+
+async def _stream(store: ObjectStore, org: str, job_id: str, name: str) -> AsyncIterator[bytes]:
+    async for piece in store.get(org, jobs.artifact_key(job_id, name)):
+        yield piece
+
+
+@route(
+    Spec(
+        "GET",
+        "/v1/links/{token}",
+        "Download an artifact through a signed link (decrypted)",
+        public=True,
+        action="artifact.downloaded",
+        resource_type="artifact",
+        produces="application/octet-stream",
+    )
+)
+async def download(call: Call) -> Response:
+    claims = call.runtime.links.verify(call.param("token"))
+    token = credential_of({k.lower(): v for k, v in call.request.headers.items()})
+    if token is not None and (await authenticate(token, call.runtime.oidc)).org_id != claims.org_id:
+        raise LinkRefused("this link belongs to another organization")
+    org = await Organization.get_or_none(id=claims.org_id)
+    artifact = await Artifact.get_or_none(org_id=claims.org_id, job_id=claims.job_id, name=claims.artifact)
+    if org is None or artifact is None:
+        raise NotFound("artifact not found")
+    if call.mark is not None:
+        call.mark.tenant, call.mark.actor, call.mark.resource_id = org.name, f"link:{claims.issued_by}", artifact.id
+    store = call.runtime.need_store()
+    stream = _stream(store, org.name, artifact.job_id, artifact.name)
+    try:
+        first = await anext(stream, b"")  # fail before the status line if the object is gone or bad
+    except ObjectNotFound:
+        raise NotFound("artifact not found") from None
+
+    async def body() -> AsyncIterator[bytes]:
+        yield first
+        async for piece in stream:
+            yield piece
+
+    disposition = f'attachment; filename="{artifact.name}"'
+    return StreamingResponse(
+        body(), media_type="application/octet-stream", headers={"content-disposition": disposition}
+    )
+
+
+ROUTES = [create_job, list_jobs, get_job, cancel_job, list_artifacts, link_artifact, download]

@@ -1,0 +1,135 @@
+"""Scans: upload (streamed, checked, encrypted), list, get, delete, legal hold."""
+
+from __future__ import annotations
+
+from starlette.responses import Response
+
+from mesial.api import schemas
+from mesial.api.errors import UnsupportedMediaType
+from mesial.api.routes._util import ok, route
+from mesial.api.routing import Call, Spec
+from mesial.api.services import scans
+from mesial.api.services.pagination import page
+from mesial.api.types import CASE_ROLES, Role
+
+ADMIN = frozenset({Role.org_admin})
+UPLOAD_TYPES = (
+    "application/octet-stream",
+    "model/stl",
+    "model/obj",
+    "application/sla",
+    "text/plain",
+    "application/ply",
+)
+
+
+@route(
+    Spec(
+        "POST",
+        "/v1/scans",
+        "Upload a scan (STL, PLY or OBJ), streamed and encrypted",
+        CASE_ROLES,
+        action="scan.uploaded",
+        resource_type="scan",
+        query=schemas.UploadQuery,
+        response=schemas.Scan,
+        status=201,
+        raw_body=UPLOAD_TYPES,
+    )
+)
+async def upload_scan(call: Call) -> Response:
+    media = call.request.headers.get("content-type", "application/octet-stream").split(";")[0].strip().lower()
+    if media not in UPLOAD_TYPES:
+        raise UnsupportedMediaType("send the mesh as application/octet-stream")
+    max_triangles = call.runtime.settings.aligner.max_triangles
+    scan = await scans.upload(
+        call.scope, call.runtime.need_store(), call.query.kind, call.request.stream(), max_triangles
+    )
+    call.audit(scan.id, size=scan.size)
+    return ok(scans.scan_view(scan), 201)
+
+
+@route(
+    Spec(
+        "GET",
+        "/v1/scans",
+        "List scans, oldest first, by pages",
+        CASE_ROLES,
+        query=schemas.Page,
+        response=schemas.ScanList,
+    )
+)
+async def list_scans(call: Call) -> Response:
+    rows, cursor = await page(call.scope.scans(), call.query.limit, call.query.cursor)
+    return ok({"items": [scans.scan_view(s) for s in rows], "next_cursor": cursor})
+
+
+@route(
+    Spec(
+        "GET",
+        "/v1/scans/{scan_id}",
+        "A scan's metadata",
+        CASE_ROLES,
+        action="scan.viewed",
+        resource_type="scan",
+        id_param="scan_id",
+        response=schemas.Scan,
+    )
+)
+async def get_scan(call: Call) -> Response:
+    return ok(scans.scan_view(await call.scope.scan(call.param("scan_id"))))
+
+
+@route(
+    Spec(
+        "DELETE",
+        "/v1/scans/{scan_id}",
+        "Delete a scan: its object and its row (refused on legal hold)",
+        ADMIN,
+        action="scan.deleted",
+        resource_type="scan",
+        id_param="scan_id",
+        status=204,
+    )
+)
+async def delete_scan(call: Call) -> Response:
+    scan = await scans.delete(call.scope, call.runtime.need_store(), call.param("scan_id"))
+    call.audit(sha256=scan.sha256)
+    return Response(status_code=204)
+
+
+@route(
+    Spec(
+        "PUT",
+        "/v1/scans/{scan_id}/legal-hold",
+        "Place a legal hold",
+        ADMIN,
+        action="scan.hold_placed",
+        resource_type="scan",
+        id_param="scan_id",
+        response=schemas.Scan,
+    )
+)
+async def place_hold(call: Call) -> Response:
+    return ok(scans.scan_view(await scans.set_hold(call.scope, call.runtime.need_store(), call.param("scan_id"), True)))
+
+
+@route(
+    Spec(
+        "DELETE",
+        "/v1/scans/{scan_id}/legal-hold",
+        "Lift a legal hold",
+        ADMIN,
+        action="scan.hold_lifted",
+        resource_type="scan",
+        id_param="scan_id",
+        response=schemas.Scan,
+    )
+)
+async def lift_hold(call: Call) -> Response:
+    return ok(
+        scans.scan_view(await scans.set_hold(call.scope, call.runtime.need_store(), call.param("scan_id"), False))
+    )
+
+
+ROUTES = [upload_scan, list_scans, get_scan, delete_scan, place_hold, lift_hold]

@@ -1,0 +1,139 @@
+"""Route declarations: each endpoint states its roles, audit action and schemas in one place.
+
+``@endpoint(...)`` wraps a handler of one argument, :class:`Call`. The wrapper, in
+order: names the route for metrics, marks the audit action, authenticates the bearer
+credential (the organization comes from it, never from the request), applies the
+per-key rate limit, checks the role, validates query and JSON body (422 with details),
+then calls the handler. The same declarations produce the OpenAPI document and the
+role table of ``docs/api.md``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from mesial.api.auth import authenticate, credential_of
+from mesial.api.errors import Forbidden, RateLimited, Unauthenticated, ValidationFailed
+from mesial.api.runtime import Runtime
+from mesial.api.services.scope import TenantScope
+from mesial.api.types import AuditMark, Principal, Role
+from mesial.common.audit import PLATFORM_TENANT
+
+
+@dataclass(frozen=True)
+class Spec:
+    method: str
+    path: str
+    summary: str
+    roles: frozenset[Role] = frozenset()
+    public: bool = False
+    action: str | None = None
+    resource_type: str = ""
+    id_param: str | None = None
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+    raw_body: tuple[str, ...] = ()  # media types of a streamed body (uploads)
+    produces: str = "application/json"
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass
+class Call:
+    request: Request
+    runtime: Runtime
+    principal: Principal | None
+    mark: AuditMark | None
+    body: Any = None
+    query: Any = None
+
+    @property
+    def me(self) -> Principal:
+        if self.principal is None:
+            raise Unauthenticated("credential required")
+        return self.principal
+
+    @property
+    def scope(self) -> TenantScope:
+        return TenantScope(self.me)
+
+    def param(self, name: str) -> str:
+        return str(self.request.path_params[name])
+
+    def audit(self, resource_id: str | None = None, **details: str | int | float | bool) -> None:
+        if self.mark is not None:
+            if resource_id is not None:
+                self.mark.resource_id = resource_id
+            self.mark.details.update(details)
+
+
+Handler = Callable[[Call], Awaitable[Response]]
+
+
+def _errors(exc: ValidationError, where: str) -> list[dict[str, Any]]:
+    return [
+        {"loc": [where, *[str(p) for p in err["loc"]]], "msg": err["msg"], "type": err["type"]} for err in exc.errors()
+    ]
+
+
+async def _principal(request: Request, runtime: Runtime) -> Principal:
+    ip = request.state.client_ip
+    wait = runtime.auth_failures.exhausted(ip)
+    if wait:
+        raise RateLimited(wait)
+    token = credential_of({k.lower(): v for k, v in request.headers.items()})
+    try:
+        if token is None:
+            raise Unauthenticated("credential required")
+        return await authenticate(token, runtime.oidc)
+    except Unauthenticated:
+        runtime.auth_failures.retry_after(ip)
+        raise
+
+
+def endpoint(spec: Spec) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
+    def decorate(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        @functools.wraps(handler)
+        async def wrapped(request: Request) -> Response:
+            runtime: Runtime = request.app.state.runtime
+            request.state.route = spec.path
+            mark = None
+            if spec.action:
+                resource = str(request.path_params.get(spec.id_param, "")) if spec.id_param else ""
+                mark = AuditMark(spec.action, spec.resource_type, resource_id=resource[:64])
+                request.state.audit = mark
+            principal = None
+            if not spec.public:
+                principal = await _principal(request, runtime)
+                if mark is not None:
+                    mark.tenant = principal.org_name or PLATFORM_TENANT
+                    mark.actor = principal.actor
+                runtime.per_key.check(principal.key_id or principal.actor)
+                if principal.role not in spec.roles:
+                    raise Forbidden(f"role {principal.role.value} may not call this route")
+            call = Call(request, runtime, principal, mark)
+            if spec.query is not None:
+                try:
+                    call.query = spec.query.model_validate(dict(request.query_params))
+                except ValidationError as exc:
+                    raise ValidationFailed("invalid query parameters", details=_errors(exc, "query")) from None
+            if spec.body is not None:
+                raw = await request.body()
+                try:
+                    call.body = spec.body.model_validate_json(raw or b"{}")
+                except ValidationError as exc:
+                    raise ValidationFailed("invalid request body", details=_errors(exc, "body")) from None
+            return await handler(call)
+
+        wrapped.spec = spec  # type: ignore[attr-defined]
+        return wrapped
+
+    return decorate

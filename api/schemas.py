@@ -1,0 +1,168 @@
+"""Request and response bodies (pydantic): validation and the OpenAPI document come from here."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mesial.api.services.scans import ScanKind
+from mesial.api.types import Role
+
+Id = Annotated[str, Field(pattern=r"^[a-z]{3}_[0-9a-f]{24}$", description="opaque id")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    request_id: str
+    details: list[dict[str, Any]] | None = None
+
+
+class Error(BaseModel):
+    error: ErrorBody
+
+
+class OrgCreate(Strict):
+    name: str = Field(min_length=1, max_length=52, pattern=r"^[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?$")
+    retention_days: int = Field(90, ge=1, le=36500)
+
+
+class Org(BaseModel):
+    id: str
+    name: str
+    retention_days: int
+    created_at: str
+
+
+class OrgList(BaseModel):
+    items: list[Org]
+
+
+class KeyCreate(Strict):
+    role: Literal["org-admin", "clinician", "technician", "auditor"]
+    expires_in_days: int | None = Field(None, ge=1, le=3650)
+
+
+class Key(BaseModel):
+    id: str
+    prefix: str
+    role: str
+    member_id: str
+    created_at: str
+    expires_at: str | None
+    revoked_at: str | None
+
+
+class NewKey(Key):
+    key: str = Field(description="the API key; shown once, never again")
+
+
+class KeyList(BaseModel):
+    items: list[Key]
+
+
+class Me(BaseModel):
+    actor: str
+    role: Role
+    organization: str | None
+
+
+class UploadQuery(Strict):
+    kind: ScanKind
+
+
+class Page(Strict):
+    limit: int = Field(50, ge=1, le=200)
+    cursor: str | None = Field(None, max_length=200)
+
+
+class Scan(BaseModel):
+    id: str
+    kind: str
+    format: str
+    size: int
+    sha256: str
+    triangles: int
+    legal_hold: bool
+    created_at: str
+
+
+class ScanList(BaseModel):
+    items: list[Scan]
+    next_cursor: str | None
+
+
+class JobCreate(Strict):
+    upper: Id
+    lower: Id
+    bites: list[Id] = Field(min_length=1, max_length=8)
+    options: dict[str, str | int | float | bool] = Field(default_factory=dict, max_length=32)
+
+
+class Job(BaseModel):
+    id: str
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    progress: float
+    metrics: dict[str, Any]
+    message: str
+    upper: str
+    lower: str
+    bites: list[str]
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+
+
+class JobList(BaseModel):
+    items: list[Job]
+    next_cursor: str | None
+
+
+class Artifact(BaseModel):
+    name: str
+    size: int
+    sha256: str
+    created_at: str
+
+
+class ArtifactList(BaseModel):
+    items: list[Artifact]
+
+
+class Link(BaseModel):
+    url: str
+    expires_at: str
+
+
+class ExportQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    from_: datetime | None = Field(None, alias="from")
+    to: datetime | None = None
+
+
+class IngestEvent(Strict):
+    tenant: str = Field(min_length=1, max_length=64, pattern=r"^(_platform|[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?)$")
+    action: str = Field(min_length=3, max_length=64, pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+    resource_type: str = Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_-]*$")
+    resource_id: str = Field(max_length=64, pattern=r"^[A-Za-z0-9_.:-]*$")
+    outcome: Literal["success", "denied", "failure"] = "success"
+    time: datetime | None = None
+    details: dict[str, str | int | float | bool] = Field(default_factory=dict, max_length=16)
+
+
+class Ingested(BaseModel):
+    tenant: str
+    sequence: int
+    hash: str
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)

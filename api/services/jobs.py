@@ -1,0 +1,115 @@
+"""Jobs: creation from scans (ownership and kinds checked), status, cancellation, results."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from mesial.api.errors import Busy, Conflict, ValidationFailed
+from mesial.api.models import Artifact, Job
+from mesial.api.services.scope import TenantScope
+from mesial.api.types import iso, new_id, utcnow
+
+ARTIFACT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class JobState(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+FINAL = frozenset({JobState.succeeded, JobState.failed, JobState.cancelled})
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a dispatcher needs to run a job: opaque ids only, no ORM row."""
+
+    id: str
+    org: str
+    org_id: str
+    upper: str
+    lower: str
+    bites: tuple[str, ...]
+    options: dict[str, Any]
+
+
+def status_key(job_id: str) -> str:
+    """Where a job writes its progress and result (JSON, sealed like any object)."""
+    return f"jobs/{job_id}/status.json"
+
+
+def artifact_key(job_id: str, name: str) -> str:
+    return f"jobs/{job_id}/artifacts/{name}"
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "state": job.state,
+        "progress": job.progress,
+        "metrics": job.metrics,
+        "message": job.message,
+        "upper": job.upper_id,
+        "lower": job.lower_id,
+        "bites": job.bite_ids,
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+    }
+
+
+def artifact_view(artifact: Artifact) -> dict[str, Any]:
+    return {
+        "name": artifact.name,
+        "size": artifact.size,
+        "sha256": artifact.sha256,
+        "created_at": iso(artifact.created_at),
+    }
+
+
+async def create(
+    scope: TenantScope, dispatcher: Any, upper: str, lower: str, bites: list[str], options: dict[str, Any]
+) -> Job:
+    expected = [(upper, "upper", "upper"), (lower, "lower", "lower")] + [
+        (b, "bite", f"bites[{i}]") for i, b in enumerate(bites)
+    ]
+    for scan_id, kind, where in expected:
+        scan = await scope.scan(scan_id)  # 404 for ids of other tenants (or others' cases)
+        if scan.kind != kind:
+            raise ValidationFailed(f"{where} must be a scan of kind {kind!r}, not {scan.kind!r}")
+    if len(set(bites)) != len(bites):
+        raise ValidationFailed("bites must be distinct scans")
+    if not dispatcher.has_room():
+        raise Busy("the job queue is full; retry later")
+    job = await Job.create(
+        id=new_id("job"),
+        org_id=scope.org_id,
+        created_by=scope.principal.member_id,
+        upper_id=upper,
+        lower_id=lower,
+        bite_ids=list(bites),
+        options=options,
+        state=JobState.queued.value,
+        metrics={},
+        created_at=utcnow(),
+    )
+    await dispatcher.submit(JobSpec(job.id, scope.org, scope.org_id, upper, lower, tuple(bites), options))
+    return job
+
+
+async def cancel(scope: TenantScope, dispatcher: Any, job_id: str) -> Job:
+    job = await scope.job(job_id)
+    if JobState(job.state) in FINAL:
+        raise Conflict(f"job is already {job.state}")
+    await dispatcher.cancel(job.id)
+    await Job.filter(id=job.id, state__in=[JobState.queued.value, JobState.running.value]).update(
+        state=JobState.cancelled.value, finished_at=utcnow(), message="cancelled"
+    )
+    await job.refresh_from_db()
+    return job

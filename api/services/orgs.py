@@ -1,0 +1,88 @@
+"""Organizations, members and API keys (platform-admin and org-admin operations)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from tortoise.exceptions import IntegrityError as DbIntegrityError
+
+from mesial.api.auth import issue_key, new_member
+from mesial.api.errors import Conflict, NotFound, ValidationFailed
+from mesial.api.models import ApiKey, Member, Organization
+from mesial.api.types import TENANT_ROLES, Role, iso, new_id, utcnow
+from mesial.common.tenancy import validate_org_name
+from mesial.common.vault import TenantKeys
+
+
+def org_view(org: Organization) -> dict[str, Any]:
+    return {"id": org.id, "name": org.name, "retention_days": org.retention_days, "created_at": iso(org.created_at)}
+
+
+def key_view(key: ApiKey) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "prefix": f"mesial_{key.prefix}",
+        "role": key.role,
+        "member_id": key.member_id,
+        "created_at": iso(key.created_at),
+        "expires_at": iso(key.expires_at),
+        "revoked_at": iso(key.revoked_at),
+    }
+
+
+async def create_org(name: str, keys: TenantKeys | None, retention_days: int = 90) -> Organization:
+    """The organization row and its Vault key (idempotent in Vault; the row is new)."""
+    validate_org_name(name)
+    if await Organization.exists(name=name):
+        raise Conflict("organization exists")
+    if keys is not None:
+        await asyncio.to_thread(keys.ensure_key, name)
+    try:
+        return await Organization.create(
+            id=new_id("org"), name=name, retention_days=retention_days, created_at=utcnow()
+        )
+    except DbIntegrityError:
+        raise Conflict("organization exists") from None
+
+
+async def org_by_name(name: str) -> Organization:
+    org = await Organization.get_or_none(name=name)
+    if org is None:
+        raise NotFound("organization not found")
+    return org
+
+
+async def issue_member_key(org_id: str | None, role: Role, ttl_days: int | None) -> tuple[ApiKey, str]:
+    """A new member of ``role`` and its first key (shown once)."""
+    if org_id is not None and role not in TENANT_ROLES:
+        raise ValidationFailed(f"role {role.value} cannot belong to an organization")
+    member = await new_member(org_id, role)
+    return await issue_key(member=member, role=role, org_id=org_id, ttl=timedelta(days=ttl_days) if ttl_days else None)
+
+
+async def issue_service_key(name: str, org_id: str | None = None) -> tuple[ApiKey, str]:
+    """A key for a service (operator, jobs) that may only use the internal ingestion endpoint."""
+    member = await new_member(org_id, Role.service, subject=name)
+    return await issue_key(member=member, role=Role.service, org_id=org_id)
+
+
+async def revoke_key(org_id: str, key_id: str) -> ApiKey:
+    key = await ApiKey.get_or_none(id=key_id, org_id=org_id)
+    if key is None:
+        raise NotFound("key not found")
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        await key.save(update_fields=["revoked_at"])
+    return key
+
+
+async def disable_member(org_id: str, member_id: str) -> Member:
+    member = await Member.get_or_none(id=member_id, org_id=org_id)
+    if member is None:
+        raise NotFound("member not found")
+    if member.disabled_at is None:
+        member.disabled_at = utcnow()
+        await member.save(update_fields=["disabled_at"])
+    return member

@@ -1,0 +1,101 @@
+"""Scans: streamed, validated, encrypted upload; listing; deletion; legal hold."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator
+from typing import Any
+
+from mesial.api.errors import Conflict
+from mesial.api.models import LegalHold, Scan
+from mesial.api.services.meshcheck import MeshCheck, MeshInfo
+from mesial.api.services.scope import TenantScope
+from mesial.api.types import iso, new_id, utcnow
+from mesial.common.errors import ObjectNotFound
+from mesial.common.objectstore import ObjectStore
+
+
+class ScanKind(enum.StrEnum):
+    UPPER = "upper"
+    LOWER = "lower"
+    BITE = "bite"
+
+
+def scan_key(scan_id: str) -> str:
+    return f"scans/{scan_id}"
+
+
+def scan_view(scan: Scan) -> dict[str, Any]:
+    return {
+        "id": scan.id,
+        "kind": scan.kind,
+        "format": scan.format,
+        "size": scan.size,
+        "sha256": scan.sha256,
+        "triangles": scan.triangles,
+        "legal_hold": scan.legal_hold,
+        "created_at": iso(scan.created_at),
+    }
+
+
+async def upload(
+    scope: TenantScope, store: ObjectStore, kind: ScanKind, body: AsyncIterator[bytes], max_triangles: int
+) -> Scan:
+    """Check the mesh while it streams into the store, sealed with the tenant's key.
+
+    Any failure (wrong type, bad counts, size limit, client gone, store down) raises
+    inside the stream, which makes the store abort the write: no object and no row.
+    The row is written only after the object is complete; if that fails, the object goes.
+    """
+    scan_id = new_id("scn")
+    check = MeshCheck(max_triangles)
+    info: MeshInfo | None = None
+
+    async def checked() -> AsyncIterator[bytes]:
+        nonlocal info
+        async for piece in body:
+            if piece:
+                check.feed(piece)
+                yield piece
+        info = check.finish()
+
+    stored = await store.put(scope.org, scan_key(scan_id), checked())
+    assert info is not None
+    try:
+        return await Scan.create(
+            id=scan_id,
+            org_id=scope.org_id,
+            created_by=scope.principal.member_id,
+            kind=kind.value,
+            format=info.format,
+            size=stored.size,
+            sha256=stored.sha256,
+            triangles=info.triangles,
+            created_at=utcnow(),
+        )
+    except BaseException:
+        await store.delete(scope.org, scan_key(scan_id))
+        raise
+
+
+async def delete(scope: TenantScope, store: ObjectStore, scan_id: str) -> Scan:
+    scan = await scope.scan(scan_id)
+    if scan.legal_hold:
+        raise Conflict("scan is on legal hold")
+    try:
+        await store.delete(scope.org, scan_key(scan.id))  # refuses LegalHoldActive itself too
+    except ObjectNotFound:
+        pass  # already gone (an earlier attempt): the row still has to go
+    await Scan.filter(id=scan.id, org_id=scope.org_id).delete()
+    return scan
+
+
+async def set_hold(scope: TenantScope, store: ObjectStore, scan_id: str, on: bool) -> Scan:
+    scan = await scope.scan(scan_id)
+    await store.set_legal_hold(scope.org, scan_key(scan.id), on)
+    scan.legal_hold = on
+    await scan.save(update_fields=["legal_hold"])
+    await LegalHold.create(
+        id=new_id("hld"), org_id=scope.org_id, scan_id=scan.id, placed=on, actor=scope.principal.actor, at=utcnow()
+    )
+    return scan

@@ -1,0 +1,134 @@
+"""Fixtures of the API tests: the real app on SQLite and on PostgreSQL, with OpenBao and SeaweedFS.
+
+One app per database backend is started per session (lifespan entered once); tests
+isolate themselves by creating their own organizations. ``Harness`` holds the client
+and the helpers that every test uses to get credentials and data.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from mesial.api.app import create_app, db_context
+from mesial.api.services import orgs
+from mesial.api.types import Role
+from mesial.common.settings import ApiSettings, Settings
+from tests.api import meshes
+
+HERE = Path(__file__).resolve().parent
+
+
+def make_settings(base: Settings, data_dir: Path, database_url: str, **api: Any) -> Settings:
+    defaults: dict[str, Any] = {
+        "job_command": [sys.executable, str(HERE / "jobscript.py")],
+        "checkpoint_interval_s": 0,
+        "rate_per_key_per_min": 100_000,
+        "rate_per_ip_per_min": 100_000,
+        "rate_auth_per_ip_per_min": 10_000,
+        "job_poll_s": 0.1,
+        "executor_workers": 2,
+        "max_upload_bytes": 4 << 20,
+    }
+    defaults.update(api)
+    return base.model_copy(update={"data_dir": data_dir, "database_url": database_url, "api": ApiSettings(**defaults)})
+
+
+class Harness:
+    def __init__(self, app: Starlette, client: httpx.AsyncClient, backend: str) -> None:
+        self.app = app
+        self.client = client
+        self.backend = backend
+        self._platform: str | None = None
+
+    @property
+    def runtime(self) -> Any:
+        return self.app.state.runtime
+
+    async def platform_key(self) -> str:
+        if self._platform is None:
+            with db_context(self.app):
+                _, self._platform = await orgs.issue_member_key(None, Role.platform_admin, None)
+        return self._platform
+
+    async def new_org(self) -> tuple[str, str]:
+        """A fresh organization (through the API) and the key of its first org-admin."""
+        name = f"org-{secrets.token_hex(4)}"
+        auth = {"authorization": f"Bearer {await self.platform_key()}"}
+        response = await self.client.post("/v1/orgs", json={"name": name}, headers=auth)
+        assert response.status_code == 201, response.text
+        response = await self.client.post(f"/v1/orgs/{name}/keys", json={"role": "org-admin"}, headers=auth)
+        assert response.status_code == 201, response.text
+        return name, response.json()["key"]
+
+    async def key(self, admin_key: str, role: str) -> str:
+        response = await self.client.post("/v1/keys", json={"role": role}, headers=bearer(admin_key))
+        assert response.status_code == 201, response.text
+        return str(response.json()["key"])
+
+    async def upload(self, key: str, kind: str = "upper", data: bytes | None = None) -> dict[str, Any]:
+        response = await self.client.post(
+            "/v1/scans",
+            params={"kind": kind},
+            content=data if data is not None else meshes.stl_binary(),
+            headers={**bearer(key), "content-type": "application/octet-stream"},
+        )
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+    async def case(self, key: str) -> dict[str, str]:
+        """Upper, lower and one bite scan of the caller."""
+        return {kind: (await self.upload(key, kind))["id"] for kind in ("upper", "lower", "bite")}
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+async def _started(settings: Settings, backend: str) -> AsyncIterator[Harness]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="https://testserver", timeout=60) as client:
+            yield Harness(app, client, backend)
+
+
+# tortoise-orm binds its models to one SQL dialect per process: a pytest process runs the
+# app on one backend. PostgreSQL by default; `test_sqlite_backend.py` reruns the backend
+# suites in a subprocess with MESIAL_TEST_API_DB=sqlite.
+BACKEND = os.environ.get("MESIAL_TEST_API_DB", "postgres")
+
+
+@pytest.fixture(scope="session")
+async def api_session(
+    service_settings: Settings, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> AsyncIterator[Harness]:
+    if BACKEND == "sqlite":
+        url = f"sqlite://{tmp_path_factory.mktemp('db') / 'api.sqlite3'}"
+    else:
+        url = request.getfixturevalue("postgres").url
+    settings = make_settings(service_settings, tmp_path_factory.mktemp("data"), url)
+    async for harness in _started(settings, BACKEND):
+        yield harness
+
+
+@pytest.fixture
+def api(api_session: Harness) -> Harness:
+    """The app on this run's database backend."""
+    return api_session
+
+
+@pytest.fixture
+def pg(api_session: Harness) -> Harness:
+    """The app on PostgreSQL only (tests of PostgreSQL-specific behaviour)."""
+    if api_session.backend != "postgres":
+        pytest.skip("PostgreSQL-only test; this run uses " + api_session.backend)
+    return api_session
