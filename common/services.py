@@ -130,11 +130,14 @@ class ManagedService(abc.ABC):
     #: Seconds between that signal and SIGKILL.
     stop_grace_s: ClassVar[float] = 10.0
 
-    def __init__(self, base_dir: Path) -> None:
+    def __init__(self, base_dir: Path, *, tied_to_parent: bool = False) -> None:
         self.data_dir = base_dir / self.name
         self.log_path = base_dir / f"{self.name}.log"
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
+        # Tests tie services to their process, so that a killed test run leaves no server
+        # behind; `mesial services up` does not (its servers outlive the command).
+        self.tied_to_parent = tied_to_parent
 
     # -- to implement ---------------------------------------------------------------
     @abc.abstractmethod
@@ -185,7 +188,7 @@ class ManagedService(abc.ABC):
                 cwd=self.data_dir,
                 env=self.environment(),
                 start_new_session=True,  # its own process group: stop() ends children too
-                preexec_fn=self.preexec(),
+                preexec_fn=self._child_setup(),
             )
         except OSError as exc:
             raise ServiceStartError(self.name, f"cannot run {self.command()[0]}: {exc}") from exc
@@ -196,7 +199,22 @@ class ManagedService(abc.ABC):
         return {**os.environ, "HOME": str(self.data_dir)}
 
     def preexec(self) -> Callable[[], None] | None:
+        """Service-specific setup in the child before exec (e.g. dropping privileges)."""
         return None
+
+    def _child_setup(self) -> Callable[[], None] | None:
+        own = self.preexec()
+        if not self.tied_to_parent:
+            return own
+        arm = _parent_death_signal()
+
+        def setup() -> None:
+            if own is not None:
+                own()
+            # After any uid change, which would clear it: SIGKILL when our parent dies.
+            arm()
+
+        return setup
 
     def _wait_ready(self) -> str | None:
         deadline = time.monotonic() + self.deadline_s
@@ -213,6 +231,26 @@ class ManagedService(abc.ABC):
             return
         stop_process_group(self.process.pid, self.process, self.stop_grace_s, self.stop_signal)
         self.process = None
+
+
+def _parent_death_signal() -> Callable[[], None]:
+    """A function for the child: prctl(PR_SET_PDEATHSIG, SIGKILL) on Linux, nothing elsewhere.
+
+    Resolved in the parent: after a privilege drop the child may not read the modules
+    it would need to import.
+    """
+    if sys.platform != "linux":
+        return lambda: None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig = 1
+    kill = int(signal.SIGKILL)
+
+    def arm() -> None:
+        prctl(pr_set_pdeathsig, kill, 0, 0, 0)
+
+    return arm
 
 
 def stop_process_group(
@@ -273,8 +311,8 @@ class PostgresService(ManagedService):
     user = "mesial"
     database = "mesial"
 
-    def __init__(self, base_dir: Path) -> None:
-        super().__init__(base_dir)
+    def __init__(self, base_dir: Path, *, tied_to_parent: bool = False) -> None:
+        super().__init__(base_dir, tied_to_parent=tied_to_parent)
         self.bin = postgres_bin_dir()
         self.cluster = self.data_dir / "cluster"
         # A cluster kept from an earlier `services up` keeps its password.
@@ -434,8 +472,8 @@ class OpenBaoService(ManagedService):
     name = "openbao"
     port_span = 2  # the dev server's cluster listener takes port + 1
 
-    def __init__(self, base_dir: Path) -> None:
-        super().__init__(base_dir)
+    def __init__(self, base_dir: Path, *, tied_to_parent: bool = False) -> None:
+        super().__init__(base_dir, tied_to_parent=tied_to_parent)
         self.root_token = "mesial-dev-" + secrets.token_hex(12)
         self.bin = bao_binary()
 
@@ -485,8 +523,8 @@ class SeaweedFSService(ManagedService):
     stop_grace_s = 2.0
     bucket = "mesial"
 
-    def __init__(self, base_dir: Path) -> None:
-        super().__init__(base_dir)
+    def __init__(self, base_dir: Path, *, tied_to_parent: bool = False) -> None:
+        super().__init__(base_dir, tied_to_parent=tied_to_parent)
         self.access_key = "mesial-" + secrets.token_hex(6)
         self.secret_key = secrets.token_urlsafe(24)
         self.bin = find_binary("weed")
@@ -596,20 +634,21 @@ SERVICES: dict[str, type[ManagedService]] = {
 class ServiceStack:
     """Starts the named services under ``base_dir`` and stops them all, in reverse order."""
 
-    def __init__(self, base_dir: Path, names: list[str] | None = None) -> None:
+    def __init__(self, base_dir: Path, names: list[str] | None = None, *, tied_to_parent: bool = False) -> None:
         unknown = set(names or []) - set(SERVICES)
         if unknown:
             raise ServiceError(f"unknown services: {', '.join(sorted(unknown))} (known: {', '.join(SERVICES)})")
         self.base_dir = base_dir
         self.names = names or list(SERVICES)
         self.running: list[ManagedService] = []
+        self.tied_to_parent = tied_to_parent
 
     def start(self) -> dict[str, ServiceInfo]:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         infos: dict[str, ServiceInfo] = {}
         try:
             for name in self.names:
-                service = SERVICES[name](self.base_dir)
+                service = SERVICES[name](self.base_dir, tied_to_parent=self.tied_to_parent)
                 infos[name] = service.start()
                 self.running.append(service)
         except BaseException:
@@ -662,8 +701,8 @@ def stop_recorded(path: Path) -> list[str]:
 
 @contextlib.contextmanager
 def running(base_dir: Path, names: list[str] | None = None) -> Iterator[dict[str, ServiceInfo]]:
-    """``with running(tmp, ["openbao"]) as infos:`` a stack for the length of a block."""
-    stack = ServiceStack(base_dir, names)
+    """``with running(tmp, ["openbao"]) as infos:`` a stack for the length of a block (and of this process)."""
+    stack = ServiceStack(base_dir, names, tied_to_parent=True)
     try:
         yield stack.start()
     finally:

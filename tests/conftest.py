@@ -25,7 +25,7 @@ def services_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run_service(kind: type[svc.ManagedService], base: Path) -> Iterator[svc.ServiceInfo]:
-    service = kind(base)
+    service = kind(base, tied_to_parent=True)
     try:
         yield service.start()
     finally:

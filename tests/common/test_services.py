@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -104,3 +106,28 @@ def test_two_postgres_clusters_side_by_side(tmp_path: Path, postgres: svc.Servic
         psql = svc.postgres_bin_dir() / "psql"
         for url in (postgres.url, infos["postgres"].url):
             subprocess.run([str(psql), url, "-qAt", "-c", "select 1"], check=True, capture_output=True)
+
+
+def test_tied_services_die_with_their_parent(tmp_path: Path) -> None:
+    """A killed test run leaves no server behind: the service dies with the process that started it."""
+    script = tmp_path / "starter.py"
+    script.write_text(
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from mesial.common.services import OpenBaoService\n"
+        "info = OpenBaoService(Path(sys.argv[1]), tied_to_parent=True).start()\n"
+        "print(info.pid, info.url, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    starter = subprocess.Popen(
+        [sys.executable, "-P", str(script), str(tmp_path / "stack")], stdout=subprocess.PIPE, text=True
+    )
+    assert starter.stdout is not None
+    pid_text, url = starter.stdout.readline().split()
+    assert _answers(url + "/v1/sys/health")
+    starter.kill()
+    starter.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and svc._alive(int(pid_text)):
+        time.sleep(0.1)
+    assert not svc._alive(int(pid_text))
