@@ -18,7 +18,9 @@ from mesial.common.errors import MesialError
 
 # name -> "module:attribute" of a click command or group.
 COMMANDS: dict[str, str] = {
+    "job": "mesial.aligner.job:job",
     "services": "mesial.common.services_cli:services",
+    "operator": "mesial.operator.cli:operator",
     "align": "mesial.aligner.cli:align",
     "samples": "mesial.aligner.cli:samples",
 }

@@ -1,0 +1,281 @@
+"""``mesial job run``: the aligner Job entrypoint (Kubernetes Job and local executor alike).
+
+The aligner library knows nothing of Vault or S3; this module adds the I/O. One run:
+
+1. reads the tenant's scans ``tenants/<org>/scans/<scan-id>`` through the encrypted
+   store (decrypted with the tenant's key, authenticated) into a private scratch dir;
+2. runs :func:`mesial.aligner.align_scans` with the requested options;
+3. writes every output as an encrypted artifact ``jobs/<job-id>/artifacts/<name>``;
+4. keeps ``jobs/<job-id>/status.json`` current (encrypted too): the job's state, stage,
+   progress, and at the end its metrics, artifact keys or a sanitized message.
+
+A tenant pod may not patch its ScanJob's status, so the status object is how progress
+and results travel: the operator and the API read it. Exit codes match ``mesial align``:
+0 aligned, 2 invalid input, 3 not confident, 1 failure of the job itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mesial.common.errors import InputError, InvalidObjectKey, MesialError
+from mesial.common.objectstore import ObjectStore
+from mesial.common.settings import Settings, get_settings
+from mesial.common.tenancy import validate_org_name, validate_relative_key
+from mesial.common.vault import TenantKeys
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_NOT_CONFIDENT = 0, 1, 2, 3
+STATUS_VERSION = 1
+# Status writes are throttled: progress callbacks can fire many times a second.
+MIN_STATUS_INTERVAL_S = 1.0
+
+
+def status_key(job_id: str) -> str:
+    """The status object of a job, below the tenant prefix."""
+    return f"jobs/{job_id}/status.json"
+
+
+def artifact_key(job_id: str, name: str) -> str:
+    """An artifact of a job, below the tenant prefix."""
+    return f"jobs/{job_id}/artifacts/{name}"
+
+
+@dataclass
+class JobStatus:
+    """The document in ``status.json`` (schema version ``STATUS_VERSION``)."""
+
+    job_id: str
+    state: str = "running"  # running | succeeded | failed
+    stage: str = "starting"
+    progress: float = 0.0
+    result_status: str | None = None  # ok | not_confident | invalid_input
+    message: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    artifacts: list[str] = field(default_factory=list)
+    started_at: str = field(default_factory=lambda: _now())
+    updated_at: str = field(default_factory=lambda: _now())
+    finished_at: str | None = None
+
+    def document(self) -> dict[str, Any]:
+        return {"version": STATUS_VERSION, **self.__dict__}
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class StatusReporter:
+    """Writes the job's status object, at most once a second except for the last word."""
+
+    def __init__(self, store: ObjectStore, org: str, job_id: str) -> None:
+        self.store = store
+        self.org = org
+        self.status = JobStatus(job_id)
+        self._last = 0.0
+
+    async def publish(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < MIN_STATUS_INTERVAL_S:
+            return
+        self._last = now
+        self.status.updated_at = _now()
+        body = json.dumps(self.status.document(), sort_keys=True).encode()
+        await self.store.put(self.org, status_key(self.status.job_id), body)
+
+    async def stage(self, stage: str, progress: float) -> None:
+        self.status.stage = stage
+        self.status.progress = round(min(max(progress, 0.0), 1.0), 3)
+        await self.publish()
+
+    async def finish(self, state: str, message: str = "") -> None:
+        self.status.state = state
+        self.status.message = message
+        self.status.progress = 1.0 if state == "succeeded" else self.status.progress
+        self.status.finished_at = _now()
+        await self.publish(force=True)
+
+
+# Overall progress: each stage of the pipeline owns a slice of [0, 1].
+STAGE_SLICES = {
+    "download": (0.0, 0.1),
+    "validate": (0.1, 0.2),
+    "preprocess": (0.2, 0.25),
+    "global": (0.25, 0.55),
+    "refine": (0.55, 0.75),
+    "occlusion": (0.75, 0.85),
+    "report": (0.85, 0.95),
+    "upload": (0.95, 1.0),
+}
+
+
+def overall(stage: str, fraction: float) -> float:
+    low, high = STAGE_SLICES.get(stage, (0.0, 1.0))
+    return low + (high - low) * min(max(fraction, 0.0), 1.0)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    org: str
+    job_id: str
+    upper: str
+    lower: str
+    bites: tuple[str, ...]
+    contact_threshold_mm: float = 0.1
+    optimise: bool = True
+
+    def __post_init__(self) -> None:
+        validate_org_name(self.org)
+        for value in (self.job_id, self.upper, self.lower, *self.bites):
+            try:
+                validate_relative_key(value)
+            except InvalidObjectKey as exc:
+                raise InputError(f"invalid id {value!r}: {exc}") from exc
+            if "/" in value:
+                raise InputError(f"{value!r} is an id, not a path")
+        if not 1 <= len(self.bites) <= 2:
+            raise InputError("a job takes one or two bite scans")
+
+
+async def run_job(spec: JobSpec, settings: Settings, scratch_root: Path | None = None) -> int:
+    """Run one job end to end; returns the exit code. Never raises for a failed alignment."""
+    from mesial.aligner.params import OcclusionParams
+    from mesial.aligner.pipeline import align_scans
+    from mesial.aligner.report import write_outputs
+    from mesial.common import __version__
+
+    keys = TenantKeys(settings.vault)
+    async with ObjectStore(settings.store, keys) as store:
+        reporter = StatusReporter(store, spec.org, spec.job_id)
+        await reporter.publish(force=True)
+        scratch = Path(tempfile.mkdtemp(prefix="mesial-job-", dir=scratch_root))
+        scratch.chmod(0o700)  # decrypted scans: this process only
+        try:
+            inputs: dict[str, Path] = {}
+            roles = [("upper", spec.upper), ("lower", spec.lower)]
+            roles += [(f"bite{i + 1}", scan) for i, scan in enumerate(spec.bites)]
+            for index, (role, scan_id) in enumerate(roles):
+                await reporter.stage("download", index / len(roles))
+                inputs[role] = await _download(store, spec.org, f"scans/{scan_id}", scratch / role)
+
+            loop = asyncio.get_running_loop()
+            pending: list[concurrent.futures.Future[None]] = []
+
+            def progress(stage: str, fraction: float) -> None:
+                # Called from the worker thread: hand the status write to the event loop.
+                future = asyncio.run_coroutine_threadsafe(reporter.stage(stage, overall(stage, fraction)), loop)
+                pending.append(future)
+
+            limits = settings.aligner
+            result = await asyncio.to_thread(
+                align_scans,
+                inputs["upper"],
+                inputs["lower"],
+                [inputs[role] for role, _ in roles[2:]],
+                occlusion=OcclusionParams(contact_threshold_mm=spec.contact_threshold_mm, optimise=spec.optimise),
+                max_bytes=limits.max_scan_bytes,
+                max_triangles=limits.max_triangles,
+                progress=progress,
+            )
+            for future in pending:  # every progress write lands before the final word
+                await asyncio.wrap_future(future)
+            await reporter.stage("report", 0.0)
+            outputs = await asyncio.to_thread(write_outputs, result, scratch / "out", __version__)
+            names = sorted(outputs.items())
+            for index, (_, path) in enumerate(names):
+                await reporter.stage("upload", index / max(len(names), 1))
+                key = artifact_key(spec.job_id, path.name)
+                with path.open("rb") as handle:
+                    await store.put(spec.org, key, iter(lambda: handle.read(1 << 20), b""))
+                reporter.status.artifacts.append(key)
+            document = json.loads(outputs["result"].read_text())
+            reporter.status.result_status = result.status
+            reporter.status.metrics = {
+                name: document[name] for name in ("confidence", "occlusion", "timings") if name in document
+            }
+            if result.status == "invalid_input":
+                await reporter.finish("failed", f"invalid input: {result.reasons[0]}")
+                return EXIT_INVALID
+            if result.status == "not_confident":
+                await reporter.finish("succeeded", "not confident: " + "; ".join(result.reasons))
+                return EXIT_NOT_CONFIDENT
+            await reporter.finish("succeeded")
+            return EXIT_OK
+        except MesialError as exc:
+            await reporter.finish("failed", _sanitized(exc))
+            return EXIT_INVALID if isinstance(exc, InputError) else EXIT_FAILED
+        except Exception as exc:
+            # The message names the error type only: internals stay in the pod's log.
+            await reporter.finish("failed", f"internal error ({type(exc).__name__})")
+            raise
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+async def _download(store: ObjectStore, org: str, relative: str, path: Path) -> Path:
+    """Decrypt an object into ``path`` (mode 600); removed if it does not authenticate whole."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            async for piece in store.get(org, relative):
+                handle.write(piece)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _sanitized(exc: MesialError) -> str:
+    """One line for the status: the domain error's own message, without local paths."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text.replace(str(Path(tempfile.gettempdir())), "<scratch>")[:300]
+
+
+@click.group()
+def job() -> None:
+    """The aligner Job entrypoint (Kubernetes Jobs and the local executor)."""
+
+
+@job.command("run")
+@click.option("--org", required=True, help="Organization (tenant) name.")
+@click.option("--job-id", required=True, help="Opaque job id; status and artifacts go under jobs/<job-id>/.")
+@click.option("--upper", required=True, help="Scan id of the upper arch.")
+@click.option("--lower", required=True, help="Scan id of the lower arch.")
+@click.option("--bite", "bites", required=True, multiple=True, help="Scan id of a bite scan (once or twice).")
+@click.option("--contact-threshold", type=float, default=0.1, show_default=True, help="Contact distance, mm.")
+@click.option("--no-optimise", is_flag=True, help="Do not correct bite-through.")
+@click.option(
+    "--scratch",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where decrypted inputs live during the run (an emptyDir in a pod).",
+)
+def run(
+    org: str,
+    job_id: str,
+    upper: str,
+    lower: str,
+    bites: tuple[str, ...],
+    contact_threshold: float,
+    no_optimise: bool,
+    scratch: Path | None,
+) -> None:
+    """Align one case from the encrypted store and write its results back, encrypted."""
+    try:
+        spec = JobSpec(org, job_id, upper, lower, bites, contact_threshold, not no_optimise)
+    except InputError as exc:
+        raise click.UsageError(str(exc)) from exc
+    code = asyncio.run(run_job(spec, get_settings(), scratch))
+    sys.exit(code)

@@ -1,0 +1,132 @@
+"""`mesial job run` against the real OpenBao and SeaweedFS: encrypted in, encrypted out, status kept."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mesial.aligner.job import EXIT_FAILED, EXIT_INVALID, JobSpec, artifact_key, run_job, status_key
+from mesial.aligner.samples import generate_case, write_case
+from mesial.common.errors import InputError
+from mesial.common.objectstore import ObjectStore
+from mesial.common.settings import Settings
+from mesial.common.vault import TenantKeys
+
+ORG = "job-lab"
+
+
+@pytest.fixture(scope="module")
+def keys(service_settings: Settings) -> TenantKeys:
+    tenant_keys = TenantKeys(service_settings.vault)
+    tenant_keys.ensure_transit()
+    for org in (ORG, "other-lab"):
+        tenant_keys.ensure_key(org)
+    return tenant_keys
+
+
+@pytest.fixture(scope="module")
+def case_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    case = generate_case(3, vertices=20_000)
+    return write_case(case, tmp_path_factory.mktemp("case"))
+
+
+async def upload(settings: Settings, keys: TenantKeys, files: dict[str, Path], prefix: str) -> dict[str, str]:
+    ids: dict[str, str] = {}
+    async with ObjectStore(settings.store, keys) as store:
+        for role in ("upper", "lower", "bite", "bite2"):
+            if role in files:
+                ids[role] = f"{prefix}-{role}"
+                await store.put(ORG, f"scans/{ids[role]}", files[role].read_bytes())
+    return ids
+
+
+async def read_status(settings: Settings, keys: TenantKeys, org: str, job_id: str) -> dict[str, Any]:
+    async with ObjectStore(settings.store, keys) as store:
+        status: dict[str, Any] = json.loads(await store.read_bytes(org, status_key(job_id)))
+    return status
+
+
+async def test_job_aligns_from_and_to_the_encrypted_store(
+    service_settings: Settings, keys: TenantKeys, case_files: dict[str, Path], tmp_path: Path
+) -> None:
+    ids = await upload(service_settings, keys, case_files, "c1")
+    spec = JobSpec(ORG, "job-1", ids["upper"], ids["lower"], (ids["bite"], ids["bite2"]))
+    code = await run_job(spec, service_settings, tmp_path)
+    status = await read_status(service_settings, keys, ORG, "job-1")
+    assert status["state"] == "succeeded", status["message"]
+    assert status["result_status"] in ("ok", "not_confident")
+    assert code == (0 if status["result_status"] == "ok" else 3)
+    assert status["progress"] == 1.0 and status["finished_at"]
+    assert artifact_key("job-1", "result.json") in status["artifacts"]
+    async with ObjectStore(service_settings.store, keys) as store:
+        result = json.loads(await store.read_bytes(ORG, artifact_key("job-1", "result.json")))
+        at_rest = [meta.key async for meta in store.list(ORG, "jobs/job-1/")]
+    assert result["status"] == status["result_status"]
+    assert len(at_rest) == len(status["artifacts"]) + 1  # + status.json
+    assert list(tmp_path.iterdir()) == []  # decrypted scans are gone
+
+
+async def test_garbage_scan_is_invalid_input(service_settings: Settings, keys: TenantKeys, tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.stl"
+    garbage.write_bytes(os.urandom(5000))
+    files = {"upper": garbage, "lower": garbage, "bite": garbage}
+    ids = await upload(service_settings, keys, files, "bad")
+    code = await run_job(JobSpec(ORG, "job-bad", ids["upper"], ids["lower"], (ids["bite"],)), service_settings)
+    status = await read_status(service_settings, keys, ORG, "job-bad")
+    assert code == EXIT_INVALID
+    assert status["state"] == "failed"
+    assert status["message"].startswith("invalid input:")
+
+
+async def test_other_tenants_scans_are_not_found(
+    service_settings: Settings, keys: TenantKeys, case_files: dict[str, Path]
+) -> None:
+    ids = await upload(service_settings, keys, case_files, "c2")
+    spec = JobSpec("other-lab", "job-x", ids["upper"], ids["lower"], (ids["bite"],))
+    assert await run_job(spec, service_settings) == EXIT_FAILED
+    status = await read_status(service_settings, keys, "other-lab", "job-x")
+    assert status["state"] == "failed"
+    assert "no object" in status["message"]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"org": "../x"}, {"job_id": "a/b"}, {"upper": ".."}, {"bites": ()}, {"bites": ("a", "b", "c")}],
+)
+def test_hostile_job_specs_are_refused(changes: dict[str, object]) -> None:
+    fields: dict[str, object] = {"org": ORG, "job_id": "j", "upper": "u", "lower": "l", "bites": ("b",)}
+    fields.update(changes)
+    with pytest.raises(InputError):
+        JobSpec(**fields)  # type: ignore[arg-type]
+
+
+def test_cli_usage_error_for_bad_ids(service_settings: Settings) -> None:
+    mesial = Path(sys.executable).parent / "mesial"
+    result = subprocess.run(
+        [
+            str(mesial),
+            "job",
+            "run",
+            "--org",
+            ORG,
+            "--job-id",
+            "../escape",
+            "--upper",
+            "u",
+            "--lower",
+            "l",
+            "--bite",
+            "b",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "invalid segment" in result.stderr or "is an id" in result.stderr
