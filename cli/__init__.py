@@ -20,7 +20,6 @@ from mesial.common.errors import MesialError
 COMMANDS: dict[str, str] = {
     "job": "mesial.aligner.job:job",
     "services": "mesial.common.services_cli:services",
-    "operator": "mesial.operator.cli:operator",
     "align": "mesial.aligner.cli:align",
     "samples": "mesial.aligner.cli:samples",
 }
