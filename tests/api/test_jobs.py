@@ -1,0 +1,147 @@
+"""Jobs through the local executor: creation checks, progress, results, links, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+
+from mesial.api.errors import Busy
+from mesial.api.executor import LocalExecutor, job_arguments, scanjob_manifest
+from mesial.api.services.jobs import JobSpec
+from tests.api.conftest import Harness, bearer
+
+
+async def wait_job(api: Harness, key: str, job_id: str, timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = (await api.client.get(f"/v1/jobs/{job_id}", headers=bearer(key))).json()
+        if job["state"] in ("succeeded", "failed", "cancelled"):
+            return dict(job)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
+async def start_job(api: Harness, key: str, **options: Any) -> dict[str, Any]:
+    case = await api.case(key)
+    body = {"upper": case["upper"], "lower": case["lower"], "bites": [case["bite"]], "options": options}
+    response = await api.client.post("/v1/jobs", json=body, headers=bearer(key))
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+async def finished_job(api: Harness, key: str) -> dict[str, Any]:
+    job = await start_job(api, key)
+    done = await wait_job(api, key, job["id"])
+    assert done["state"] == "succeeded", done
+    return done
+
+
+async def test_job_runs_and_its_artifact_downloads_decrypted(api: Harness) -> None:
+    _org, admin = await api.new_org()
+    job = await start_job(api, admin)
+    assert job["state"] == "queued"
+    done = await wait_job(api, admin, job["id"])
+    assert done["state"] == "succeeded" and done["progress"] == 1.0
+    assert done["metrics"] == {"rmse_mm": 0.042, "inputs": 3}
+    artifacts = (await api.client.get(f"/v1/jobs/{job['id']}/artifacts", headers=bearer(admin))).json()["items"]
+    assert [a["name"] for a in artifacts] == ["summary.json"]
+    link = await api.client.post(f"/v1/jobs/{job['id']}/artifacts/summary.json/link", headers=bearer(admin))
+    assert link.status_code == 201
+    body = await api.client.get(link.json()["url"])  # the link is the credential
+    assert body.status_code == 200, body.text
+    summary = json.loads(body.content)
+    assert set(summary["inputs"]) == {done["upper"], done["lower"], *done["bites"]}
+    assert artifacts[0]["size"] == len(body.content)
+    missing = await api.client.post(f"/v1/jobs/{job['id']}/artifacts/nope.json/link", headers=bearer(admin))
+    assert missing.status_code == 404
+
+
+async def test_links_expired_or_altered_are_refused(api: Harness) -> None:
+    _org, admin = await api.new_org()
+    job = await finished_job(api, admin)
+    links = api.runtime.links
+    url = (await api.client.post(f"/v1/jobs/{job['id']}/artifacts/summary.json/link", headers=bearer(admin))).json()[
+        "url"
+    ]
+    token = url.rsplit("/", 1)[1]
+    claims = links.verify(token)
+    assert claims.artifact == "summary.json"
+    expired = links.token(links.sign(claims.org_id, claims.job_id, claims.artifact, "x", now=time.time() - 901))
+    refused = await api.client.get(f"/v1/links/{expired}")
+    assert refused.status_code == 403 and "expired" in refused.json()["error"]["message"]
+    payload, mac = token.split(".")
+    for altered in (
+        payload[:-2] + ("AA" if payload[-2:] != "AA" else "BB") + "." + mac,
+        payload + "." + mac[::-1],
+        "x",
+    ):
+        assert (await api.client.get(f"/v1/links/{altered}")).status_code == 403
+    other = links.token(links.sign(claims.org_id, claims.job_id, "other.json", "x"))
+    assert (await api.client.get(f"/v1/links/{other}")).status_code == 404
+
+
+async def test_job_creation_checks_kinds_and_ownership(api: Harness) -> None:
+    _org, admin = await api.new_org()
+    _other, admin_b = await api.new_org()
+    case = await api.case(admin)
+    foreign = await api.upload(admin_b, "bite")
+
+    async def create(**body: Any) -> Any:
+        return await api.client.post("/v1/jobs", json=body, headers=bearer(admin))
+
+    swapped = await create(upper=case["lower"], lower=case["upper"], bites=[case["bite"]])
+    assert swapped.status_code == 422 and "kind 'upper'" in swapped.json()["error"]["message"]
+    assert (await create(upper=case["upper"], lower=case["lower"], bites=[foreign["id"]])).status_code == 404
+    assert (await create(upper=case["upper"], lower=case["lower"], bites=[])).status_code == 422
+    bad = await create(upper="../../etc", lower=case["lower"], bites=[case["bite"]])
+    assert bad.status_code == 422 and bad.json()["error"]["details"][0]["loc"] == ["body", "upper"]
+
+
+async def test_failing_job_reports_failure(api: Harness) -> None:
+    _org, admin = await api.new_org()
+    job = await start_job(api, admin, fail=True)
+    done = await wait_job(api, admin, job["id"])
+    assert done["state"] == "failed" and done["message"] == "alignment failed: insufficient overlap"
+    assert (await api.client.get(f"/v1/jobs/{job['id']}/artifacts", headers=bearer(admin))).json()["items"] == []
+
+
+async def test_running_job_can_be_cancelled(api: Harness) -> None:
+    _org, admin = await api.new_org()
+    job = await start_job(api, admin, sleep=30)
+    deadline = time.monotonic() + 20
+    while (await api.client.get(f"/v1/jobs/{job['id']}", headers=bearer(admin))).json()["progress"] < 0.5:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    cancelled = await api.client.post(f"/v1/jobs/{job['id']}/cancel", headers=bearer(admin))
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    assert job["id"] not in api.runtime.dispatcher.running
+    again = await api.client.post(f"/v1/jobs/{job['id']}/cancel", headers=bearer(admin))
+    assert again.status_code == 409
+
+
+async def test_local_queue_is_bounded(api: Harness) -> None:
+    settings = api.runtime.settings.model_copy(
+        update={"api": api.runtime.settings.api.model_copy(update={"executor_queue_size": 2})}
+    )
+    executor = LocalExecutor(settings, api.runtime.store, api.runtime.collector)  # no workers started
+    spec = JobSpec("job_" + "0" * 24, "org-x", "org_" + "0" * 24, "scn_a", "scn_b", ("scn_c",), {})
+    await executor.submit(spec)
+    await executor.submit(spec)
+    assert not executor.has_room()
+    with pytest.raises(Busy):
+        await executor.submit(spec)
+
+
+def test_job_command_line_and_scanjob_manifest() -> None:
+    spec = JobSpec("job_1", "lab", "org_1", "scn_u", "scn_l", ("scn_b1", "scn_b2"), {"voxel_size_mm": 0.2})
+    assert job_arguments(spec) == [
+        "--org", "lab", "--job", "job_1", "--upper", "scn_u", "--lower", "scn_l",
+        "--bite", "scn_b1", "--bite", "scn_b2", "--options", '{"voxel_size_mm": 0.2}',
+    ]  # fmt: skip
+    manifest = scanjob_manifest(spec)
+    assert manifest["kind"] == "ScanJob" and manifest["metadata"]["namespace"] == "mesial-org-lab"
+    assert manifest["spec"]["bites"] == ["scn_b1", "scn_b2"]
