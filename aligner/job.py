@@ -6,8 +6,10 @@ The aligner library knows nothing of Vault or S3; this module adds the I/O. One 
    store (decrypted with the tenant's key, authenticated) into a private scratch dir;
 2. runs :func:`mesial.aligner.align_scans` with the requested options;
 3. writes every output as an encrypted artifact ``jobs/<job-id>/artifacts/<name>``;
-4. keeps ``jobs/<job-id>/status.json`` current (encrypted too): the job's state, stage,
-   progress, and at the end its metrics, artifact keys or a sanitized message.
+4. keeps ``jobs/<job-id>/progress.json`` current (encrypted too): stage, percent, and at
+   the end flat numeric metrics, the artifact keys, the job's state and result status, or
+   a sanitized message. The operator and the API read it as untrusted input (the operator
+   through ``mesial.common.progress.parse_progress``, which keeps the fields it knows).
 
 A tenant pod may not patch its ScanJob's status, so the status object is how progress
 and results travel: the operator and the API read it. Exit codes match ``mesial align``:
@@ -44,8 +46,8 @@ MIN_STATUS_INTERVAL_S = 1.0
 
 
 def status_key(job_id: str) -> str:
-    """The status object of a job, below the tenant prefix."""
-    return f"jobs/{job_id}/status.json"
+    """The progress/status object of a job, below the tenant prefix."""
+    return f"jobs/{job_id}/progress.json"
 
 
 def artifact_key(job_id: str, name: str) -> str:
@@ -70,7 +72,7 @@ class JobStatus:
     finished_at: str | None = None
 
     def document(self) -> dict[str, Any]:
-        return {"version": STATUS_VERSION, **self.__dict__}
+        return {"version": STATUS_VERSION, "percent": int(self.progress * 100), **self.__dict__}
 
 
 def _now() -> str:
@@ -202,9 +204,7 @@ async def run_job(spec: JobSpec, settings: Settings, scratch_root: Path | None =
                 reporter.status.artifacts.append(key)
             document = json.loads(outputs["result"].read_text())
             reporter.status.result_status = result.status
-            reporter.status.metrics = {
-                name: document[name] for name in ("confidence", "occlusion", "timings") if name in document
-            }
+            reporter.status.metrics = flat_metrics(document)
             if result.status == "invalid_input":
                 await reporter.finish("failed", f"invalid input: {result.reasons[0]}")
                 return EXIT_INVALID
@@ -222,6 +222,32 @@ async def run_job(spec: JobSpec, settings: Settings, scratch_root: Path | None =
             raise
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def flat_metrics(document: dict[str, Any], limit: int = 32) -> dict[str, float]:
+    """The headline numbers of ``result.json`` as flat ``dotted.name: float`` pairs.
+
+    Status readers keep only flat finite numbers with short names, so nested results are
+    flattened here: registration quality, the contacts after optimisation, timings.
+    """
+    picked: dict[str, float] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if len(picked) >= limit:
+            return
+        if isinstance(value, bool):
+            return
+        if isinstance(value, int | float):
+            if len(prefix) <= 64:
+                picked[prefix] = float(value)
+        elif isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+
+    walk("registration", document.get("registration", {}))
+    walk("occlusion", document.get("occlusion", {}).get("after", {}))
+    walk("timings_s", document.get("timings_s", {}))
+    return picked
 
 
 async def _download(store: ObjectStore, org: str, relative: str, path: Path) -> Path:

@@ -62,7 +62,8 @@ async def test_job_aligns_from_and_to_the_encrypted_store(
     assert status["state"] == "succeeded", status["message"]
     assert status["result_status"] in ("ok", "not_confident")
     assert code == (0 if status["result_status"] == "ok" else 3)
-    assert status["progress"] == 1.0 and status["finished_at"]
+    assert status["progress"] == 1.0 and status["percent"] == 100 and status["finished_at"]
+    assert all(isinstance(value, float) for value in status["metrics"].values())
     assert artifact_key("job-1", "result.json") in status["artifacts"]
     async with ObjectStore(service_settings.store, keys) as store:
         result = json.loads(await store.read_bytes(ORG, artifact_key("job-1", "result.json")))
