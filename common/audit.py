@@ -265,8 +265,12 @@ def _verify(lines: Iterable[str], pinned: str | None, report: VerifyReport) -> N
             message = checkpoint_message(tenant, seq, head, line.get("time"))  # type: ignore[arg-type]
             if line.get("tenant") != tenant or not verify_signature(keys, message, str(line.get("signature"))):
                 raise _Bad(number, "checkpoint signature does not verify")
+            if isinstance(seq, int) and seq > last_sequence and hashes:
+                raise _Bad(
+                    last_event_line + 1, f"events end before the signed checkpoint at sequence {seq} (truncated)"
+                )
             if seq not in hashes:
-                raise _Bad(number, f"checkpoint names sequence {seq}, which is not in the export (truncated?)")
+                raise _Bad(number, f"checkpoint names sequence {seq}, which is not in the export")
             if hashes[seq] != head:
                 raise _Bad(number, f"checkpoint head does not match event {seq}")
             report.checkpoints += 1

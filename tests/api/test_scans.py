@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import MutableMapping
 from typing import Any
 
 import pytest
@@ -115,9 +116,9 @@ async def test_upload_cut_by_the_client_leaves_nothing(api: Harness) -> None:
             return {"type": "http.request", "body": body[(sent - 1) << 20 : sent << 20], "more_body": True}
         return {"type": "http.disconnect"}
 
-    messages: list[dict[str, Any]] = []
+    messages: list[MutableMapping[str, Any]] = []
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         messages.append(message)
 
     scope = {

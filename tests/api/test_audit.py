@@ -1,0 +1,254 @@
+"""The audit collector: events per action, linear chains under concurrency, append-only storage,
+internal ingestion, signed checkpoints, export and offline verification against tampering."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from tortoise.exceptions import BaseORMException
+
+from mesial.api.app import db_context
+from mesial.api.cli import audit as audit_cli
+from mesial.api.models import AuditCheckpoint, AuditEventRow
+from mesial.api.services import orgs
+from mesial.common.audit import GENESIS_HASH, verify_export
+from tests.api import meshes
+from tests.api.conftest import Harness, bearer
+
+EVENT_FIELDS = {
+    "type", "tenant", "actor", "source_ip", "action", "resource_type", "resource_id", "outcome", "request_id",
+    "time", "details", "sequence", "previous_hash", "hash",
+}  # fmt: skip
+
+
+async def export(api: Harness, admin: str, **params: str) -> list[str]:
+    auditor = await api.key(admin, "auditor")
+    response = await api.client.get("/v1/audit/export", params=params, headers=bearer(auditor))
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/x-ndjson")
+    return response.text.splitlines(keepends=True)
+
+
+def events(lines: list[str]) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in lines if json.loads(line)["type"] == "event"]
+
+
+async def test_actions_are_audited_with_who_what_where_and_no_names(api: Harness) -> None:
+    org, admin = await api.new_org()
+    scan = await api.upload(admin, "upper", meshes.stl_binary(2, header=b"PATIENT Jane Doe 1970-01-01"))
+    await api.client.get(f"/v1/scans/{scan['id']}", headers=bearer(admin))
+    await api.client.delete(f"/v1/scans/{scan['id']}", headers={**bearer(admin), "x-request-id": "req-delete-0001"})
+    tech = await api.key(admin, "technician")
+    await api.client.delete(f"/v1/scans/{scan['id']}", headers=bearer(tech))  # denied: 403
+    lines = await export(api, admin)
+    found = events(lines)
+    actions = [(e["action"], e["outcome"]) for e in found]
+    assert actions[:2] == [("key.issued", "success"), ("scan.uploaded", "success")]
+    assert ("scan.viewed", "success") in actions and ("scan.deleted", "success") in actions
+    assert ("scan.deleted", "denied") in actions and ("key.issued", "success") in actions
+    deleted = next(e for e in found if e["action"] == "scan.deleted" and e["outcome"] == "success")
+    assert set(deleted) == EVENT_FIELDS
+    assert deleted["tenant"] == org and deleted["resource_type"] == "scan" and deleted["resource_id"] == scan["id"]
+    assert deleted["actor"].startswith("key:") and deleted["source_ip"] == "203.0.113.7"
+    assert deleted["request_id"] == "req-delete-0001" and deleted["time"].endswith("Z")
+    assert deleted["details"]["sha256"] == scan["sha256"]  # the deletion receipt names what was deleted
+    text = "".join(lines)
+    assert "Jane" not in text and "PATIENT" not in text
+    assert [e["sequence"] for e in found] == list(range(1, len(found) + 1))
+    assert found[0]["previous_hash"] == GENESIS_HASH
+    assert verify_export(lines).ok
+
+
+async def test_chain_stays_linear_under_concurrent_writers(api: Harness) -> None:
+    org_a, admin_a = await api.new_org()
+    org_b, admin_b = await api.new_org()
+
+    async def work(key: str) -> int:
+        return int(
+            (
+                await api.client.post("/v1/scans", params={"kind": "bite"}, content=meshes.obj(), headers=bearer(key))
+            ).status_code
+        )
+
+    async def direct(tenant: str, i: int) -> None:
+        from mesial.common.audit import AuditEvent
+
+        with db_context(api.app):
+            await api.runtime.collector.append(AuditEvent(tenant, "service:test", "test.concurrent", "scan", f"r{i}"))
+
+    codes = await asyncio.gather(
+        *[work(admin_a) for _ in range(12)],
+        *[work(admin_b) for _ in range(12)],
+        *[direct(org_a, i) for i in range(20)],
+        *[direct(org_b, i) for i in range(20)],
+    )
+    assert codes[:24] == [201] * 24
+    for admin, count in ((admin_a, 12), (admin_b, 12)):
+        lines = await export(api, admin)
+        report = verify_export(lines)
+        assert report.ok, str(report)
+        found = events(lines)
+        assert sum(e["action"] == "scan.uploaded" for e in found) == count
+        assert sum(e["action"] == "test.concurrent" for e in found) == 20
+
+
+async def test_audit_tables_refuse_update_and_delete(api: Harness) -> None:
+    org, admin = await api.new_org()
+    await export(api, admin)  # makes a checkpoint too
+    with db_context(api.app):
+        row = await AuditEventRow.filter(tenant=org).first()
+        assert row is not None
+        row.outcome = "failure"
+        with pytest.raises(BaseORMException, match="append-only"):
+            await row.save()
+        with pytest.raises(BaseORMException, match="append-only"):
+            await AuditEventRow.filter(tenant=org).update(actor="nobody")
+        with pytest.raises(BaseORMException, match="append-only"):
+            await AuditEventRow.filter(tenant=org).delete()
+        with pytest.raises(BaseORMException, match="append-only"):
+            await AuditCheckpoint.filter(tenant=org).delete()
+        with pytest.raises(BaseORMException, match="append-only"):
+            await AuditCheckpoint.filter(tenant=org).update(signature="vault:v1:AAAA")
+        assert await AuditEventRow.filter(tenant=org, outcome="failure").count() == 0
+
+
+async def test_internal_ingestion_is_per_service(api: Harness) -> None:
+    org, admin = await api.new_org()
+    other, _ = await api.new_org()
+    with db_context(api.app):
+        org_row = await orgs.org_by_name(org)
+        _, job_key = await orgs.issue_service_key("job-runner", org_row.id)
+        _, operator_key = await orgs.issue_service_key("operator")
+    event = {"tenant": org, "action": "retention.deleted", "resource_type": "scan", "resource_id": "scn_x"}
+    ok = await api.client.post("/internal/v1/audit/events", json=event, headers=bearer(operator_key))
+    assert ok.status_code == 201, ok.text
+    own = await api.client.post(
+        "/internal/v1/audit/events", json={**event, "action": "job.progress"}, headers=bearer(job_key)
+    )
+    assert own.status_code == 201 and own.json()["sequence"] == ok.json()["sequence"] + 1
+    foreign = await api.client.post(
+        "/internal/v1/audit/events", json={**event, "tenant": other}, headers=bearer(job_key)
+    )
+    assert foreign.status_code == 403
+    assert (await api.client.post("/internal/v1/audit/events", json=event, headers=bearer(admin))).status_code == 403
+    bad = await api.client.post(
+        "/internal/v1/audit/events", json={**event, "resource_id": "Jane Doe.stl"}, headers=bearer(operator_key)
+    )
+    assert bad.status_code == 422
+    assert (await api.client.get("/v1/scans", headers=bearer(operator_key))).status_code == 403
+    found = events(await export(api, admin))
+    receipt = next(e for e in found if e["action"] == "retention.deleted")
+    assert receipt["actor"] == "service:operator"
+    assert next(e for e in found if e["action"] == "job.progress")["actor"] == "service:job-runner"
+
+
+async def test_scheduled_checkpoints_sign_moved_heads(api: Harness) -> None:
+    org, _admin = await api.new_org()
+    collector = api.runtime.collector
+    with db_context(api.app):
+        before = await AuditCheckpoint.filter(tenant=org).count()
+        assert await collector.checkpoint_all() >= 1
+        assert await AuditCheckpoint.filter(tenant=org).count() == before + 1
+        head = await collector.head(org)
+        again = await collector.checkpoint(org)
+        assert again is not None and again.sequence == head.sequence
+        assert await AuditCheckpoint.filter(tenant=org).count() == before + 1  # head did not move
+        assert api.runtime.keys.verify(
+            __import__("mesial.common.audit", fromlist=["x"]).checkpoint_message(
+                org, again.sequence, again.head_hash, again.time
+            ),
+            again.signature,
+        )
+
+
+@pytest.fixture
+async def exported(api: Harness, tmp_path: Path) -> tuple[list[str], Path]:
+    _org, admin = await api.new_org()
+    for kind in ("upper", "lower", "bite", "bite"):
+        await api.upload(admin, kind)
+    with db_context(api.app):
+        await api.runtime.collector.checkpoint_all()  # a checkpoint in the middle of the range
+    await api.upload(admin, "bite")
+    lines = await export(api, admin)
+    path = tmp_path / "export.jsonl"
+    path.write_text("".join(lines))
+    return lines, path
+
+
+def _tampered(lines: list[str], how: str) -> tuple[list[str], int]:
+    """(tampered lines, 1-based number of the first line the verifier must name)."""
+    out = list(lines)
+    first_event = 1
+    if how == "change":
+        record = json.loads(out[3])
+        record["outcome"] = "failure"
+        out[3] = json.dumps(record) + "\n"
+        return out, 4
+    if how == "delete":
+        del out[3]
+        return out, 4
+    if how == "insert":
+        out.insert(3, out[2])
+        return out, 4
+    if how == "reorder":
+        out[2], out[3] = out[3], out[2]
+        return out, 3
+    if how == "truncate-end":
+        last_event = max(i for i, line in enumerate(out) if json.loads(line)["type"] == "event")
+        return out[:last_event] + [line for line in out[last_event + 1 :]], last_event + 1
+    if how == "truncate-tail":
+        return out[:-1], len(out)
+    if how == "truncate-start":
+        return [out[0], *out[2:]], first_event + 1
+    if how == "re-sign":
+        manifest = json.loads(out[-1])
+        manifest["count"] = 1
+        out[-1] = json.dumps(manifest) + "\n"
+        return out, len(out)
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize(
+    "how", ["change", "delete", "insert", "reorder", "truncate-end", "truncate-tail", "truncate-start", "re-sign"]
+)
+async def test_offline_verify_names_the_first_bad_line(exported: tuple[list[str], Path], how: str) -> None:
+    lines, _ = exported
+    assert verify_export(lines).ok
+    tampered, line = _tampered(lines, how)
+    report = verify_export(tampered)
+    assert not report.ok
+    assert report.first_bad_line == line, str(report)
+
+
+async def test_cli_verify_works_offline_on_the_file(exported: tuple[list[str], Path], tmp_path: Path) -> None:
+    lines, path = exported
+    runner = CliRunner()
+    result = runner.invoke(audit_cli, ["verify", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "OK:" in result.output
+    header = json.loads(lines[0])
+    pinned = next(iter(header["public_keys"].values()))
+    assert runner.invoke(audit_cli, ["verify", str(path), "--public-key", pinned]).exit_code == 0
+    wrong_key = "A" * 43 + "="
+    assert runner.invoke(audit_cli, ["verify", str(path), "--public-key", wrong_key]).exit_code == 1
+    bad = tmp_path / "bad.jsonl"
+    tampered, number = _tampered(lines, "change")
+    bad.write_text("".join(tampered))
+    result = runner.invoke(audit_cli, ["verify", str(bad)])
+    assert result.exit_code == 1 and f"line {number}" in result.output
+
+
+async def test_export_range_is_contiguous_and_verifies(api: Harness) -> None:
+    _org, admin = await api.new_org()
+    await api.upload(admin)
+    everything = events(await export(api, admin))
+    middle = everything[1]["time"]
+    later = events(await export(api, admin, **{"from": middle}))
+    assert later[0]["sequence"] == 2 and verify_export(await export(api, admin, **{"from": middle})).ok
+    empty = await export(api, admin, **{"from": "2001-01-01T00:00:00Z", "to": "2001-01-02T00:00:00Z"})
+    assert events(empty) == [] and verify_export(empty).ok
