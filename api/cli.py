@@ -37,13 +37,13 @@ def _run(work: Callable[[Settings], Coroutine[Any, Any, T]]) -> T:
 
 
 async def _audit_cli(settings: Settings, tenant: str, action: str, resource_type: str, resource_id: str) -> None:
-    from tortoise.context import get_current_context
+    from tortoise.context import require_context
 
     from mesial.api.audit.collector import AuditCollector
     from mesial.api.migrations import dialect_of
     from mesial.common.vault import TenantKeys
 
-    context = get_current_context()
+    context = require_context()
     collector = AuditCollector(TenantKeys(settings.vault), dialect_of(context.db()))
     await collector.append(AuditEvent(tenant, "cli:admin", action, resource_type, resource_id))
 
