@@ -156,6 +156,18 @@ class ManagedService(abc.ABC):
     def info(self) -> ServiceInfo:
         """URL, environment and credentials of the running service."""
 
+    def describe(self, url: str, env: dict[str, str], credentials: dict[str, str]) -> ServiceInfo:
+        """The ServiceInfo of this running service, for ``info`` implementations."""
+        return ServiceInfo(
+            name=self.name,
+            url=url,
+            pid=self.process.pid if self.process else None,
+            data_dir=str(self.data_dir),
+            log=str(self.log_path),
+            env=env,
+            credentials=credentials,
+        )
+
     def after_ready(self) -> None:  # noqa: B027 - optional hook
         """Post-start setup (a database, a bucket), once ready."""
 
@@ -499,12 +511,8 @@ class OpenBaoService(ManagedService):
         return _http_ok(f"{self.url}/v1/sys/health")
 
     def info(self) -> ServiceInfo:
-        return ServiceInfo(
-            name=self.name,
+        return self.describe(
             url=self.url,
-            pid=self.process.pid if self.process else None,
-            data_dir=str(self.data_dir),
-            log=str(self.log_path),
             env={"MESIAL_VAULT__ADDR": self.url, "MESIAL_VAULT__TOKEN": self.root_token},
             credentials={"root_token": self.root_token},
         )
@@ -607,12 +615,8 @@ class SeaweedFSService(ManagedService):
                 time.sleep(0.25)
 
     def info(self) -> ServiceInfo:
-        return ServiceInfo(
-            name=self.name,
+        return self.describe(
             url=self.url,
-            pid=self.process.pid if self.process else None,
-            data_dir=str(self.data_dir),
-            log=str(self.log_path),
             env={
                 "MESIAL_STORE__ENDPOINT_URL": self.url,
                 "MESIAL_STORE__ACCESS_KEY": self.access_key,
