@@ -112,3 +112,20 @@ def document(routes: list[BaseRoute]) -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
+
+
+ROLE_COLUMNS = ("org-admin", "clinician", "technician", "auditor", "platform-admin", "service")
+
+
+def role_table(routes: list[BaseRoute]) -> str:
+    """The role × route table of ``docs/api.md`` (``public`` routes need no credential)."""
+    head = "| method | path | " + " | ".join(ROLE_COLUMNS) + " | audited as |"
+    rule = "|---|---|" + "---|" * len(ROLE_COLUMNS) + "---|"
+    rows = [head, rule]
+    for spec in specs(routes):
+        if spec.public:
+            cells = ["public"] * len(ROLE_COLUMNS)
+        else:
+            cells = ["yes" if any(r.value == col for r in spec.roles) else "-" for col in ROLE_COLUMNS]
+        rows.append(f"| {spec.method} | `{spec.path}` | " + " | ".join(cells) + f" | {spec.action or '-'} |")
+    return "\n".join(rows) + "\n"

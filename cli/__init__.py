@@ -20,6 +20,9 @@ from mesial.common.errors import MesialError
 COMMANDS: dict[str, str] = {
     "job": "mesial.aligner.job:job",
     "services": "mesial.common.services_cli:services",
+    "api": "mesial.api.cli:api",
+    "admin": "mesial.api.cli:admin",
+    "audit": "mesial.api.cli:audit",
     "align": "mesial.aligner.cli:align",
     "samples": "mesial.aligner.cli:samples",
 }

@@ -1,0 +1,119 @@
+"""Security headers, sanitized errors, limits, validation, revocation and expiry."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import httpx
+import pytest
+
+from mesial.api.app import create_app, db_context
+from mesial.api.models import ApiKey
+from mesial.api.types import utcnow
+from tests.api.conftest import BACKEND, Harness, bearer, make_settings
+
+
+async def test_security_headers_and_request_id_on_every_response(api: Harness) -> None:
+    for response in (
+        await api.client.get("/healthz"),
+        await api.client.get("/v1/scans"),  # 401
+        await api.client.get("/nowhere"),  # 404 from the router
+    ):
+        h = response.headers
+        assert h["strict-transport-security"].startswith("max-age=")
+        assert h["x-frame-options"] == "DENY" and h["x-content-type-options"] == "nosniff"
+        assert h["content-security-policy"].startswith("default-src 'none'")
+        assert h["referrer-policy"] == "no-referrer" and "camera=()" in h["permissions-policy"]
+        assert len(h["x-request-id"]) >= 8
+        if response.status_code >= 400:
+            assert response.json()["error"]["request_id"] == h["x-request-id"]
+    kept = await api.client.get("/healthz", headers={"x-request-id": "client-chosen-id-1"})
+    assert kept.headers["x-request-id"] == "client-chosen-id-1"
+    replaced = await api.client.get("/healthz", headers={"x-request-id": "bad id\n"})
+    assert replaced.headers["x-request-id"] != "bad id\n"
+
+
+async def test_internal_errors_are_sanitized(api: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    _org, admin = await api.new_org()
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("db password is hunter2 at /srv/secret/path")
+
+    monkeypatch.setattr("mesial.api.services.scope.TenantScope.scans", lambda self: broken())
+    response = await api.client.get("/v1/scans", headers=bearer(admin))
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": {"code": "internal", "message": "internal error", "request_id": response.headers["x-request-id"]}
+    }
+    assert "hunter2" not in response.text and "Traceback" not in response.text
+
+
+async def test_json_validation_gives_clear_422(api: Harness) -> None:
+    _org, admin = await api.new_org()
+    bad = await api.client.post("/v1/keys", json={"role": "god", "extra": 1}, headers=bearer(admin))
+    assert bad.status_code == 422
+    details = bad.json()["error"]["details"]
+    assert {tuple(d["loc"]) for d in details} == {("body", "role"), ("body", "extra")}
+    garbage = await api.client.post("/v1/keys", content=b"{not json", headers=bearer(admin))
+    assert garbage.status_code == 422 and garbage.json()["error"]["code"] == "validation_failed"
+    huge = await api.client.post("/v1/keys", content=b"{" + b" " * (2 << 20) + b"}", headers=bearer(admin))
+    assert huge.status_code == 413
+
+
+async def test_revocation_and_expiry_apply_on_the_next_request(api: Harness) -> None:
+    _org, admin = await api.new_org()
+    tech = await api.key(admin, "technician")
+    assert (await api.client.get("/v1/scans", headers=bearer(tech))).status_code == 200
+    keys = (await api.client.get("/v1/keys", headers=bearer(admin))).json()["items"]
+    tech_key = next(k for k in keys if k["role"] == "technician")
+    assert tech_key["prefix"] == tech[: len(tech_key["prefix"])] and "key" not in tech_key
+    assert (await api.client.delete(f"/v1/keys/{tech_key['id']}", headers=bearer(admin))).status_code == 200
+    revoked = await api.client.get("/v1/scans", headers=bearer(tech))
+    assert revoked.status_code == 401 and revoked.json()["error"]["message"] == "credential revoked"
+    clin = await api.key(admin, "clinician")
+    with db_context(api.app):
+        await ApiKey.filter(prefix=clin.split("_")[1]).update(expires_at=utcnow() - timedelta(seconds=1))
+    assert (await api.client.get("/v1/scans", headers=bearer(clin))).json()["error"]["message"] == "credential expired"
+    member = (await api.client.post("/v1/keys", json={"role": "technician"}, headers=bearer(admin))).json()
+    assert (await api.client.delete(f"/v1/members/{member['member_id']}", headers=bearer(admin))).status_code == 204
+    assert (await api.client.get("/v1/scans", headers=bearer(member["key"]))).status_code == 401
+    forged = tech[:-4] + ("AAAA" if not tech.endswith("AAAA") else "BBBB")
+    assert (await api.client.get("/v1/scans", headers=bearer(forged))).status_code == 401
+
+
+@pytest.fixture
+async def strict_api(api: Harness, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Harness]:
+    """A second app on the same database with tiny rate limits."""
+    base = api.runtime.settings
+    settings = make_settings(
+        base, tmp_path_factory.mktemp("strict"), base.database_url,
+        rate_per_key_per_min=5, rate_per_ip_per_min=12, rate_auth_per_ip_per_min=3,
+    )  # fmt: skip
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("198.51.100.1", 1))
+        async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as client:
+            harness = Harness(app, client, BACKEND)
+            harness._platform = await api.platform_key()
+            yield harness
+
+
+async def test_rate_limits_per_key_per_ip_and_on_failed_auth(api: Harness, strict_api: Harness) -> None:
+    _org, admin = await api.new_org()
+    first, second = await api.key(admin, "technician"), await api.key(admin, "technician")
+    codes = [(await strict_api.client.get("/v1/scans", headers=bearer(first))).status_code for _ in range(7)]
+    assert codes[:5] == [200] * 5 and codes[5:] == [429, 429]
+    limited = await strict_api.client.get("/v1/scans", headers=bearer(first))
+    assert int(limited.headers["retry-after"]) >= 1
+    assert (await strict_api.client.get("/v1/scans", headers=bearer(second))).status_code == 200  # another key
+    bad = [
+        (await strict_api.client.get("/v1/me", headers=bearer("mesial_000000000000_" + "x" * 43))).status_code
+        for _ in range(4)
+    ]
+    assert bad == [401, 401, 401, 429]
+    # Once the address has spent its failures, even a valid key is not checked from it.
+    assert (await strict_api.client.get("/v1/me", headers=bearer(second))).status_code == 429
+    # The per-address budget covers everything from that address.
+    statuses = [(await strict_api.client.get("/v1/jobs")).status_code for _ in range(3)]
+    assert 429 in statuses
