@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "api": "mesial.api.cli:api",
     "admin": "mesial.api.cli:admin",
     "audit": "mesial.api.cli:audit",
+    "operator": "mesial.operator.cli:operator",
     "align": "mesial.aligner.cli:align",
     "samples": "mesial.aligner.cli:samples",
 }

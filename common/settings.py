@@ -83,8 +83,148 @@ class AlignerSettings(BaseModel):
 class OperatorSettings(BaseModel):
     """The kopf operator (issue 4). Fields are added by the operator's owner."""
 
+    class Egress(BaseModel):
+        """One egress destination of tenant pods: CIDRs and/or namespace/pod selectors, and ports."""
+
+        # IP blocks allowed (e.g. an external Vault); each becomes one NetworkPolicy peer.
+        cidrs: list[str] = Field(default_factory=list)
+        # In-cluster peers: namespace labels (and, if set, pod labels within them).
+        namespace_selector: dict[str, str] = Field(default_factory=dict)
+        pod_selector: dict[str, str] = Field(default_factory=dict)
+        # TCP ports (DNS also gets UDP on the same ports).
+        ports: list[int] = Field(default_factory=list)
+
+    class Tier(BaseModel):
+        """What an Organization's tier grants: namespace quota, container defaults, job pod size."""
+
+        # ResourceQuota ``spec.hard`` of the tenant namespace.
+        quota: dict[str, str]
+        # LimitRange container defaults (limits) and default requests.
+        default_limits: dict[str, str]
+        default_requests: dict[str, str]
+        # Resources of one aligner Job's container.
+        job_requests: dict[str, str]
+        job_limits: dict[str, str]
+        # Upper bound of a ScanJob's deadline in this tier (seconds).
+        max_deadline_s: int = Field(3600, ge=60)
+        # Size limit of the aligner's emptyDir scratch volume.
+        scratch_size: str = "2Gi"
+
     # Finalizer put on Organizations so that deletion shreds keys and data first.
     finalizer: str = "mesial.dev/cleanup"
+    # Label on tenant namespaces and owned objects naming the Organization.
+    tenant_label: str = "mesial.dev/tenant"
+    # Egress allowed from tenant pods (everything else is denied by the default-deny policy).
+    egress_dns: Egress = Egress(
+        namespace_selector={"kubernetes.io/metadata.name": "kube-system"},
+        pod_selector={"k8s-app": "kube-dns"},
+        ports=[53],
+    )
+    egress_vault: Egress = Egress(
+        namespace_selector={"kubernetes.io/metadata.name": "mesial-system"},
+        pod_selector={"app.kubernetes.io/name": "openbao"},
+        ports=[8200],
+    )
+    egress_store: Egress = Egress(
+        namespace_selector={"kubernetes.io/metadata.name": "mesial-system"},
+        pod_selector={"app.kubernetes.io/name": "seaweedfs"},
+        ports=[8333],
+    )
+    egress_audit: Egress = Egress(
+        namespace_selector={"kubernetes.io/metadata.name": "mesial-system"},
+        pod_selector={"app.kubernetes.io/component": "api"},
+        ports=[8080],
+    )
+    # Tier table: quota, LimitRange and Job resources per Organization tier.
+    tiers: dict[str, OperatorSettings.Tier] = Field(
+        default_factory=lambda: {
+            "small": OperatorSettings.Tier(
+                quota={
+                    "requests.cpu": "4",
+                    "requests.memory": "8Gi",
+                    "limits.cpu": "8",
+                    "limits.memory": "16Gi",
+                    "pods": "10",
+                    "count/jobs.batch": "10",
+                },
+                default_limits={"cpu": "1", "memory": "2Gi"},
+                default_requests={"cpu": "250m", "memory": "512Mi"},
+                job_requests={"cpu": "1", "memory": "2Gi"},
+                job_limits={"cpu": "2", "memory": "4Gi"},
+                max_deadline_s=3600,
+            ),
+            "medium": OperatorSettings.Tier(
+                quota={
+                    "requests.cpu": "16",
+                    "requests.memory": "32Gi",
+                    "limits.cpu": "32",
+                    "limits.memory": "64Gi",
+                    "pods": "40",
+                    "count/jobs.batch": "40",
+                },
+                default_limits={"cpu": "2", "memory": "4Gi"},
+                default_requests={"cpu": "500m", "memory": "1Gi"},
+                job_requests={"cpu": "2", "memory": "4Gi"},
+                job_limits={"cpu": "4", "memory": "8Gi"},
+                max_deadline_s=7200,
+            ),
+            "large": OperatorSettings.Tier(
+                quota={
+                    "requests.cpu": "64",
+                    "requests.memory": "128Gi",
+                    "limits.cpu": "128",
+                    "limits.memory": "256Gi",
+                    "pods": "200",
+                    "count/jobs.batch": "200",
+                },
+                default_limits={"cpu": "4", "memory": "8Gi"},
+                default_requests={"cpu": "1", "memory": "2Gi"},
+                job_requests={"cpu": "4", "memory": "8Gi"},
+                job_limits={"cpu": "8", "memory": "16Gi"},
+                max_deadline_s=14400,
+                scratch_size="8Gi",
+            ),
+        }
+    )
+    # The aligner Job: image, entrypoint (``mesial job run ...``), ServiceAccount name in each tenant namespace.
+    aligner_image: str = "ghcr.io/mesial/mesial:0.1.0"
+    aligner_command: list[str] = Field(default_factory=lambda: ["mesial", "job", "run"])
+    aligner_service_account: str = "mesial-aligner"
+    # Job defaults: retries of a failed pod, seconds a finished Job is kept.
+    job_backoff_limit: int = Field(2, ge=0, le=10)
+    job_ttl_after_finished_s: int = Field(3600, ge=0)
+    # Audience of the projected ServiceAccount token the aligner logs in to Vault with.
+    vault_token_audience: str = "vault"
+    # Vault address as seen from tenant pods (defaults to ``vault.addr``).
+    vault_addr_in_cluster: str = ""
+    # Configure the kubernetes auth method if it is not (dev servers); a real cluster sets it up itself.
+    vault_configure_kubernetes_auth: bool = True
+    vault_kubernetes_host: str = "https://kubernetes.default.svc"
+    # PEM CA of that API server for the auth config (empty on a dev server: a throwaway one is made).
+    vault_kubernetes_ca_cert: str = ""
+    # Where the Vault policy and NetworkPolicy templates are read from (None: the project's policies/).
+    policies_dir: Path | None = None
+    # Seconds between drift checks of each Organization's owned objects.
+    drift_interval_s: float = Field(60.0, gt=0)
+    # Seconds between ScanJob status mirrorings (Job, pod and progress object).
+    scanjob_sync_interval_s: float = Field(5.0, gt=0)
+    # Seconds between retention timer ticks; a sweep runs when the policy's sweepInterval is due.
+    retention_tick_s: float = Field(60.0, gt=0)
+    # Delay before a handler retries after a temporary failure (Vault or the store down).
+    retry_delay_s: float = Field(15.0, gt=0)
+    # Tolerated clock skew: an object dated further in the future is kept and reported.
+    clock_skew_s: float = Field(300.0, ge=0)
+    # kopf peering: standalone (one replica, strategy Recreate) or a peering object's name.
+    standalone: bool = True
+    peering_name: str = "mesial"
+    # kopf liveness endpoint (empty: none).
+    liveness_endpoint: str = "http://0.0.0.0:8080/healthz"
+    # Lowest level of kopf log lines posted as Kubernetes Events.
+    posting_level: str = "INFO"
+    # Log lines as JSON (one object a line) instead of text.
+    log_json: bool = True
+    # The operator's audit sink while the API's collector is not there: a JSON Lines file.
+    audit_jsonl_path: Path = Path(".mesial/audit/operator.jsonl")
 
 
 class ApiSettings(BaseModel):

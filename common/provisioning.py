@@ -1,0 +1,221 @@
+"""The tenancy service's Vault side: a tenant's transit key, its policy and its login role.
+
+For an Organization ``<org>`` this keeps, idempotently:
+
+- the transit key ``org-<org>`` (``aes256-gcm96``, never exportable, auto-rotated);
+- the policy ``mesial-org-<org>``, rendered from ``policies/vault/tenant-policy.hcl.tmpl``,
+  allowing that key's data-key, decrypt, encrypt, rewrap and read paths only;
+- the Kubernetes-auth role ``mesial-org-<org>`` bound to the tenant's aligner
+  ServiceAccount in the tenant namespace, with the Vault audience, granting that policy.
+
+``provision`` reports what it had to create or correct (drift), ``revoke_access`` removes
+the role and policy, and shredding the key is :meth:`TenantKeys.shred`. The calls are
+synchronous (hvac); async callers use ``asyncio.to_thread``. The operator and the local
+mode both call this service.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hvac.exceptions
+
+from mesial.common.errors import ConfigurationError, VaultError
+from mesial.common.settings import OperatorSettings, VaultSettings
+from mesial.common.tenancy import namespace_for, transit_key_for, validate_org_name
+from mesial.common.vault import KeyInfo, ShredReceipt, TenantKeys
+
+DEFAULT_POLICIES_DIR = Path(__file__).resolve().parent.parent / "policies"
+ROLE_TOKEN_TTL = "1h"
+
+
+def policy_name_for(org: str) -> str:
+    """The Vault policy (and Kubernetes-auth role) name of an Organization."""
+    return f"mesial-org-{validate_org_name(org)}"
+
+
+@dataclass(frozen=True)
+class VaultTenant:
+    """What Vault holds for a tenant after ``provision``, and what had to be fixed."""
+
+    key: KeyInfo
+    policy: str
+    role: str
+    corrected: list[str] = field(default_factory=list)
+
+
+class TenantProvisioner:
+    """Creates, checks and removes a tenant's key, policy and role in Vault."""
+
+    def __init__(self, keys: TenantKeys, vault: VaultSettings, operator: OperatorSettings) -> None:
+        self.keys = keys
+        self.vault = vault
+        self.operator = operator
+        self.client: hvac.Client = keys.client
+        self.auth_mount = vault.kubernetes_mount
+        self._auth_ready = False
+        directory = operator.policies_dir or DEFAULT_POLICIES_DIR
+        template = directory / "vault" / "tenant-policy.hcl.tmpl"
+        try:
+            self._template = string.Template(template.read_text())
+        except OSError as exc:
+            raise ConfigurationError(f"Vault policy template not readable: {template}: {exc}") from exc
+
+    def _call(self, call: Any, *, what: str, key: str | None = None) -> Any:
+        # The retry budget and error translation of TenantKeys, shared on purpose.
+        return self.keys._retrying(call, what=what, key=key)
+
+    # -- rendering ----------------------------------------------------------------------
+    def render_policy(self, org: str) -> str:
+        return self._template.substitute(
+            org=validate_org_name(org),
+            policy=policy_name_for(org),
+            mount=self.vault.transit_mount,
+            key=transit_key_for(org),
+        )
+
+    def desired_role(self, org: str, service_account: str) -> dict[str, Any]:
+        return {
+            "bound_service_account_names": [service_account],
+            "bound_service_account_namespaces": [namespace_for(org)],
+            "policies": [policy_name_for(org)],
+            "audience": self.operator.vault_token_audience,
+            "ttl": ROLE_TOKEN_TTL,
+        }
+
+    # -- the auth method --------------------------------------------------------------------
+    def ensure_kubernetes_auth(self) -> None:
+        """Mount transit and enable the kubernetes auth method if missing; configure it on a dev server if asked."""
+        if self._auth_ready:
+            return
+        self.keys.ensure_transit()
+        methods = self._call(self.client.sys.list_auth_methods, what="list auth methods")
+        data = methods.get("data", methods)
+        if f"{self.auth_mount}/" not in data:
+            self._call(
+                lambda: self.client.sys.enable_auth_method("kubernetes", path=self.auth_mount),
+                what="enable kubernetes auth",
+            )
+        if self.operator.vault_configure_kubernetes_auth:
+            try:
+                config = self._call(
+                    lambda: self.client.auth.kubernetes.read_config(mount_point=self.auth_mount),
+                    what="read kubernetes auth config",
+                )
+                configured = bool((config or {}).get("kubernetes_host"))
+            except VaultError:
+                configured = False
+            if not configured:
+                self._call(
+                    lambda: self.client.auth.kubernetes.configure(
+                        kubernetes_host=self.operator.vault_kubernetes_host,
+                        kubernetes_ca_cert=self.operator.vault_kubernetes_ca_cert or _throwaway_ca(),
+                        disable_local_ca_jwt=True,
+                        mount_point=self.auth_mount,
+                    ),
+                    what="configure kubernetes auth",
+                )
+        self._auth_ready = True
+
+    # -- provisioning -------------------------------------------------------------------
+    def provision(self, org: str, *, service_account: str, rotation_period: str) -> VaultTenant:
+        """Create or correct the tenant's key, policy and role; idempotent."""
+        self.ensure_kubernetes_auth()
+        corrected: list[str] = []
+        keys = TenantKeys(self.vault.model_copy(update={"key_rotation_period": rotation_period}), self.client)
+        try:
+            before: KeyInfo | None = keys.key_info(org)
+        except VaultError:
+            before = None
+        if before is None:
+            corrected.append(f"transit key {transit_key_for(org)} was missing")
+        info = keys.ensure_key(org)
+        if before is not None and before.auto_rotate_period_s != info.auto_rotate_period_s:
+            corrected.append(f"rotation period of {info.name} set to {rotation_period}")
+        name = policy_name_for(org)
+        policy = self.render_policy(org)
+        if self._read_policy(name) != policy.strip():
+            corrected.append(f"Vault policy {name} was missing or edited")
+            self._call(lambda: self.client.sys.create_or_update_policy(name, policy), what="write policy")
+        desired = self.desired_role(org, service_account)
+        if not self._role_matches(name, desired):
+            corrected.append(f"Vault role {name} was missing or edited")
+            self._call(
+                lambda: self.client.auth.kubernetes.create_role(name, mount_point=self.auth_mount, **desired),
+                what="write role",
+            )
+        return VaultTenant(key=info, policy=name, role=name, corrected=corrected)
+
+    def _read_policy(self, name: str) -> str | None:
+        try:
+            response = self._call(lambda: self.client.sys.read_policy(name), what="read policy")
+        except VaultError:
+            return None
+        if not response:
+            return None
+        data = response.get("data", response)
+        rules = data.get("rules") or data.get("policy")
+        return str(rules).strip() if rules is not None else None
+
+    def _role_matches(self, name: str, desired: dict[str, Any]) -> bool:
+        try:
+            response = self._call(
+                lambda: self.client.auth.kubernetes.read_role(name, mount_point=self.auth_mount), what="read role"
+            )
+        except (VaultError, hvac.exceptions.InvalidPath):
+            return False
+        data = response.get("data", response) if isinstance(response, dict) else {}
+        return bool(
+            sorted(data.get("bound_service_account_names") or []) == desired["bound_service_account_names"]
+            and sorted(data.get("bound_service_account_namespaces") or [])
+            == desired["bound_service_account_namespaces"]
+            and sorted(data.get("token_policies") or data.get("policies") or []) == desired["policies"]
+            and data.get("audience", "") == desired["audience"]
+        )
+
+    # -- deprovisioning -------------------------------------------------------------------
+    def revoke_access(self, org: str) -> None:
+        """Delete the tenant's role and policy (idempotent)."""
+        self.ensure_kubernetes_auth()
+        name = policy_name_for(org)
+        try:
+            self._call(
+                lambda: self.client.auth.kubernetes.delete_role(name, mount_point=self.auth_mount), what="delete role"
+            )
+        except VaultError as exc:
+            if "no such path" not in str(exc):
+                raise
+        self._call(lambda: self.client.sys.delete_policy(name), what="delete policy")
+
+    def shred(self, org: str) -> ShredReceipt:
+        """Crypto-shred the tenant key, with proof (idempotent)."""
+        return self.keys.shred(org)
+
+
+def _throwaway_ca() -> str:
+    """A self-signed certificate for a dev server's kubernetes auth config (no cluster behind it)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mesial-dev-kubernetes-ca")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode()

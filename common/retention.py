@@ -1,0 +1,180 @@
+"""Retention: what is past its age is deleted, unless held, with one receipt per scan.
+
+The decision is a pure function (:func:`decide`) over a timestamp, the clock, the
+maximum age and the tolerated clock skew. A timestamp that cannot be trusted, because
+it is malformed, naive, or further in the future than the skew allows, never leads
+to a deletion: the item is kept and reported.
+
+:func:`sweep_objects` applies it to a tenant's objects in the store (``scans/<id>...``
+and ``results/<id>...``). Each deletion goes through :meth:`ObjectStore.delete`, which
+re-reads the legal-hold tag at that moment and refuses a held object, so a hold placed
+mid-sweep is still honoured. Receipts are appended after the objects of a scan are
+deleted. A sweep is safe to interrupt and rerun: it keeps no state, and a rerun finds
+only what is still there.
+
+Records (database rows) belong to the API: they are swept through the
+:class:`RecordSweeper` protocol, plugged in by whoever owns them.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import defaultdict
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Protocol, runtime_checkable
+
+from mesial.common.audit import AuditEvent, AuditSink
+from mesial.common.errors import LegalHoldActive, ObjectNotFound, StorageError, StoreUnavailable
+from mesial.common.objectstore import ObjectStore
+from mesial.common.tenancy import tenant_prefix
+
+# What a RetentionPolicy can cover, and the object prefix (below the tenant prefix) of each.
+OBJECT_PREFIXES = {"scans": "scans/", "results": "results/"}
+RESOURCE_TYPES = {"scans": "scan", "results": "result"}
+MAX_PROBLEMS = 20
+
+
+class Verdict(enum.StrEnum):
+    expired = "expired"  # past its age: delete unless held
+    young = "young"  # within its age: keep
+    future = "future"  # dated beyond the tolerated clock skew: keep and report
+    malformed = "malformed"  # no usable timestamp: keep and report
+
+
+def decide(timestamp: datetime | str | None, *, now: datetime, max_age: timedelta, skew: timedelta) -> Verdict:
+    """Whether an item created at ``timestamp`` is past ``max_age`` at ``now`` (pure)."""
+    if isinstance(timestamp, str):
+        try:
+            timestamp = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+        except ValueError:
+            return Verdict.malformed
+    if not isinstance(timestamp, datetime) or timestamp.tzinfo is None:
+        return Verdict.malformed
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    if timestamp > now + skew:
+        return Verdict.future
+    return Verdict.expired if now - timestamp >= max_age else Verdict.young
+
+
+@dataclass
+class SweepReport:
+    """Counts of one sweep; ``problems`` explains what was kept or failed (ids only)."""
+
+    examined: int = 0
+    deleted: int = 0
+    held: int = 0
+    kept: int = 0
+    errors: int = 0
+    scanjobs_deleted: int = 0
+    records_deleted: int = 0
+    receipts: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def problem(self, text: str) -> None:
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(text)
+
+    def as_status(self) -> dict[str, object]:
+        return {
+            "examined": self.examined,
+            "deleted": self.deleted,
+            "held": self.held,
+            "kept": self.kept,
+            "errors": self.errors,
+            "scanJobsDeleted": self.scanjobs_deleted,
+            "recordsDeleted": self.records_deleted,
+            "receipts": self.receipts,
+            "problems": list(self.problems),
+        }
+
+
+@dataclass(frozen=True)
+class RecordSweepResult:
+    deleted: int
+    kept: int = 0
+    problems: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class RecordSweeper(Protocol):
+    """The database side of retention: delete a tenant's rows older than ``cutoff`` (not held)."""
+
+    async def sweep(
+        self, org: str, *, kinds: Collection[str], cutoff: datetime, now: datetime
+    ) -> RecordSweepResult: ...
+
+
+async def sweep_objects(
+    store: ObjectStore,
+    audit: AuditSink,
+    org: str,
+    *,
+    covers: Collection[str],
+    max_age: timedelta,
+    now: datetime | None = None,
+    skew: timedelta = timedelta(minutes=5),
+    policy: str = "",
+    report: SweepReport | None = None,
+) -> SweepReport:
+    """Delete the tenant's expired, unheld objects under the covered prefixes; one receipt per scan.
+
+    ``StoreUnavailable`` propagates (the sweep is retried later); other per-object failures
+    are counted as errors and the sweep goes on.
+    """
+    now = now or datetime.now(UTC)
+    report = report or SweepReport()
+    base = tenant_prefix(org)
+    for kind in covers:
+        prefix = OBJECT_PREFIXES.get(kind)
+        if prefix is None:
+            continue
+        groups: dict[str, list[str]] = defaultdict(list)
+        async for meta in store.list(org, prefix):
+            report.examined += 1
+            relative = meta.key[len(base) :]
+            parts = relative.split("/")
+            resource_id = parts[1] if len(parts) > 1 and parts[1] else relative
+            verdict = decide(meta.last_modified, now=now, max_age=max_age, skew=skew)
+            if verdict is Verdict.expired:
+                groups[resource_id].append(relative)
+            elif verdict in (Verdict.future, Verdict.malformed):
+                report.kept += 1
+                report.problem(f"{RESOURCE_TYPES[kind]} {resource_id}: kept, timestamp {verdict.value}")
+        for resource_id, keys in sorted(groups.items()):
+            deleted = held = 0
+            for relative in keys:
+                try:
+                    await store.delete(org, relative)
+                    deleted += 1
+                except LegalHoldActive:
+                    held += 1
+                except ObjectNotFound:
+                    continue  # deleted meanwhile (an interrupted earlier sweep, or the tenant)
+                except StoreUnavailable:
+                    raise
+                except StorageError as exc:
+                    report.errors += 1
+                    report.problem(f"{RESOURCE_TYPES[kind]} {resource_id}: {type(exc).__name__}")
+            report.deleted += deleted
+            report.held += held
+            if deleted:
+                await audit.append(
+                    AuditEvent(
+                        tenant=org,
+                        actor="service:retention",
+                        action="retention.deleted",
+                        resource_type=RESOURCE_TYPES[kind],
+                        resource_id=resource_id,
+                        details={
+                            "objects_deleted": deleted,
+                            "objects_held": held,
+                            "max_age_days": max_age.days,
+                            "policy": policy,
+                        },
+                    )
+                )
+                report.receipts += 1
+    return report

@@ -1,0 +1,68 @@
+"""Organization handlers: thin adapters over ``sync.organization`` (ids pinned: they are kopf's keys)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from mesial.operator.errors import to_kopf
+from mesial.operator.runtime import Runtime
+from mesial.operator.sync.organization import Note, reconcile
+from mesial.operator.sync.organization.deletion import delete_organization
+
+PLURAL = ("mesial.dev", "v1alpha1", "organizations")
+
+
+def post(body: kopf.Body, notes: list[Note]) -> None:
+    for note in notes:
+        kopf.event(body, type=note.type, reason=note.reason, message=note.message)
+
+
+async def _reconcile(body: kopf.Body, memo: kopf.Memo, mode: str) -> None:
+    runtime: Runtime = memo.runtime
+    # create or correct every owned object, write status once
+    report = await reconcile(runtime, body, mode=mode)
+    # one Event per change and per failure
+    post(body, report.notes)
+    # a failed step is retried with the configured delay
+    if report.error is not None:
+        raise to_kopf(report.error, runtime.settings.operator.retry_delay_s)
+
+
+async def organization_created(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await _reconcile(body, memo, "create")
+
+
+async def organization_updated(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await _reconcile(body, memo, "update")
+
+
+async def organization_resumed(body: kopf.Body, status: kopf.Status, memo: kopf.Memo, **_: Any) -> None:
+    # kopf also resumes objects it sees for the first time: those are creations, not drift
+    await _reconcile(body, memo, "drift" if status.get("phase") else "create")
+
+
+async def organization_drift(body: kopf.Body, status: kopf.Status, memo: kopf.Memo, **_: Any) -> None:
+    # drift exists only once the creation handler has run; before that, the timer waits
+    if status.get("phase"):
+        await _reconcile(body, memo, "drift")
+
+
+async def organization_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    runtime: Runtime = memo.runtime
+    try:
+        post(body, await delete_organization(runtime, body))
+    except Exception as exc:
+        kopf.event(body, type="Warning", reason="DeletionWaiting", message=str(exc)[:400])
+        raise to_kopf(exc, runtime.settings.operator.retry_delay_s) from exc
+
+
+def register(registry: kopf.OperatorRegistry, drift_interval: float) -> None:
+    kopf.on.create(*PLURAL, id="reconcile", registry=registry)(organization_created)
+    kopf.on.update(*PLURAL, id="reconcile", registry=registry, field="spec")(organization_updated)
+    kopf.on.resume(*PLURAL, id="reconcile", registry=registry)(organization_resumed)
+    kopf.timer(*PLURAL, id="drift", registry=registry, interval=drift_interval, initial_delay=drift_interval)(
+        organization_drift
+    )
+    kopf.on.delete(*PLURAL, id="cleanup", registry=registry)(organization_deleted)

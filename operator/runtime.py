@@ -1,0 +1,59 @@
+"""What the handlers share: settings and the clients of the services they drive.
+
+One :class:`Runtime` per operator process (or per emulated operator in the tests),
+handed to every handler through kopf's ``memo``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from mesial.common.audit import AuditSink
+from mesial.common.audit_sinks import JsonlAuditSink
+from mesial.common.objectstore import ObjectStore
+from mesial.common.provisioning import TenantProvisioner
+from mesial.common.retention import RecordSweeper
+from mesial.common.settings import Settings
+from mesial.common.vault import TenantKeys
+from mesial.operator.k8s import K8s
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    k8s: K8s
+    keys: TenantKeys
+    provisioner: TenantProvisioner
+    store: ObjectStore
+    audit: AuditSink
+    # The database side of retention (rows belong to the API); None until the API provides it.
+    records: RecordSweeper | None = None
+    # The clock retention sweeps by (tests move it to age objects).
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+
+    @classmethod
+    async def create(
+        cls,
+        settings: Settings,
+        k8s: K8s,
+        *,
+        audit: AuditSink | None = None,
+        records: RecordSweeper | None = None,
+    ) -> Runtime:
+        keys = TenantKeys(settings.vault)
+        provisioner = TenantProvisioner(keys, settings.vault, settings.operator)
+        stack = contextlib.AsyncExitStack()
+        store = await stack.enter_async_context(ObjectStore(settings.store, keys))
+        sink = audit if audit is not None else JsonlAuditSink(settings.operator.audit_jsonl_path)
+        return cls(settings, k8s, keys, provisioner, store, sink, records, _stack=stack)
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+        await self.k8s.close()

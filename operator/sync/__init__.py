@@ -1,0 +1,1 @@
+"""Reconciliation logic behind the handlers: one module per owned kind, plain async functions."""

@@ -1,0 +1,148 @@
+"""Reconciling an Organization: a list of sync steps, then one status write.
+
+Like Capsule's tenant controller, each owned kind has its own module and the
+orchestrator runs them in order, collecting failures as ``cannot sync <step>: ...``
+instead of stopping at the first (a broken Vault must not keep the NetworkPolicies
+from being restored). The status is computed from what happened and written once, at
+the end, only if it changed. Every change and every failure becomes a note, which the
+handler posts as a Kubernetes Event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mesial.common.errors import MesialError
+from mesial.common.provisioning import VaultTenant
+from mesial.common.settings import OperatorSettings
+from mesial.operator.errors import describe
+from mesial.operator.k8s import Applied, Change, K8s, K8sError
+from mesial.operator.runtime import Runtime
+from mesial.operator.sync.conditions import condition, merge_conditions, same_status
+from mesial.operator.sync.organization.model import OrgView
+from mesial.operator.sync.organization.namespaces import sync_namespace
+from mesial.operator.sync.organization.networkpolicies import sync_networkpolicies
+from mesial.operator.sync.organization.quotas import sync_quotas
+from mesial.operator.sync.organization.rbac import sync_rbac
+from mesial.operator.sync.organization.vault import sync_vault
+
+ORG = ("mesial.dev/v1alpha1", "Organization")
+Step = Callable[[K8s, OrgView, OperatorSettings], Awaitable[list[Applied]]]
+K8S_STEPS: list[tuple[str, Step]] = [
+    ("namespace", sync_namespace),
+    ("rbac", sync_rbac),
+    ("quotas", sync_quotas),
+    ("network", sync_networkpolicies),
+]
+
+
+@dataclass(frozen=True)
+class Note:
+    """An Event to post: type (Normal/Warning), reason, message."""
+
+    type: str
+    reason: str
+    message: str
+
+
+@dataclass
+class Report:
+    mode: str
+    notes: list[Note] = field(default_factory=list)
+    errors: dict[str, BaseException] = field(default_factory=dict)
+    vault: VaultTenant | None = None
+    status: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def error(self) -> BaseException | None:
+        return next(iter(self.errors.values()), None)
+
+    def applied(self, applied: Applied) -> None:
+        if applied.change is Change.unchanged:
+            return
+        if self.mode == "drift":
+            verb = "recreated" if applied.change is Change.created else "restored"
+            message = f"{applied.ref} {applied.what}; {verb}"
+            self.notes.append(Note("Warning", "DriftCorrected", message))
+        else:
+            reason = "Created" if applied.change is Change.created else "Updated"
+            self.notes.append(
+                Note(
+                    "Normal",
+                    reason,
+                    f"{reason} {applied.ref}"
+                    + (f" ({applied.what})" if applied.what and applied.change is Change.updated else ""),
+                )
+            )
+
+    def failed(self, step: str, exc: BaseException) -> None:
+        self.errors[step] = exc
+        self.notes.append(Note("Warning", "SyncFailed", f"cannot sync {step}: {describe(exc)}"))
+
+
+async def reconcile(rt: Runtime, body: Any, *, mode: str) -> Report:
+    """Create or correct everything an Organization owns; write its status; report."""
+    settings = rt.settings.operator
+    org = OrgView.from_body(body)
+    report = Report(mode)
+    for step, sync in K8S_STEPS:
+        if step != "namespace" and "namespace" in report.errors:
+            break
+        try:
+            for applied in await sync(rt.k8s, org, settings):
+                report.applied(applied)
+        except (MesialError, K8sError) as exc:
+            report.failed(step, exc)
+    try:
+        report.vault = await sync_vault(rt.provisioner, org, settings)
+        for text in report.vault.corrected:
+            if mode == "drift":
+                report.notes.append(Note("Warning", "DriftCorrected", f"{text}; restored"))
+            else:
+                report.notes.append(Note("Normal", "VaultProvisioned", text.replace("was missing", "created")))
+    except MesialError as exc:
+        report.failed("vault", exc)
+    old = dict(body.get("status") or {})
+    report.status = build_status(org, old, report)
+    if not same_status(old, report.status):
+        await rt.k8s.patch(*ORG, org.name, {"status": report.status}, status=True)
+    return report
+
+
+def build_status(org: OrgView, old: dict[str, Any], report: Report) -> dict[str, Any]:
+    errors = report.errors
+
+    def outcome(*steps: str) -> tuple[bool | None, str, str]:
+        for step in steps:
+            if step in errors:
+                return False, type(errors[step]).__name__, f"cannot sync {step}: {describe(errors[step])}"
+        if "namespace" in errors and "namespace" not in steps:
+            return None, "WaitingForNamespace", "the tenant namespace is not there yet"
+        return True, "Synced", ""
+
+    ns_ok, ns_reason, ns_message = outcome("namespace", "rbac", "quotas")
+    net_ok, net_reason, net_message = outcome("network")
+    vault_ok, vault_reason, vault_message = outcome("vault")
+    ready = not errors
+    first = next(iter(errors), None)
+    conditions = [
+        condition("Ready", ready, "Ready" if ready else "NotReady", "" if ready else f"{first} failed; retrying"),
+        condition("NamespaceReady", ns_ok, ns_reason, ns_message),
+        condition("NetworkReady", net_ok, net_reason, net_message),
+        condition("VaultReady", vault_ok, vault_reason, vault_message),
+    ]
+    was_ready = old.get("phase") in ("Ready", "Degraded")
+    status: dict[str, Any] = {
+        "phase": "Ready" if ready else ("Degraded" if was_ready else "Provisioning"),
+        "namespace": org.namespace,
+        "keyName": org.key_name,
+        "conditions": merge_conditions(old.get("conditions"), conditions),
+    }
+    if report.vault is not None:
+        status["keyVersion"] = report.vault.key.latest_version
+        status["keyFingerprint"] = report.vault.key.fingerprint
+    if org.generation is not None:
+        status["observedGeneration"] = org.generation
+    return status

@@ -1,0 +1,118 @@
+"""Deleting an Organization: resumable steps, each recorded in ``status.deletion``.
+
+Order: refuse while ScanJobs run (unless ``spec.deletion.force``, which stops them),
+delete the tenant's objects in the store (held ones too: the key is shredded next),
+crypto-shred the key, remove the Vault role and policy, delete the namespace, write the
+deletion receipt to the audit sink. Each step is idempotent and marked done in the
+status as soon as it is, so an operator restarted midway resumes at the next step. A
+failing step (Vault or the store down) raises; the finalizer stays; the ``Deleting``
+condition says which step waits and why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from mesial.common.audit import AuditEvent
+from mesial.common.errors import MesialError
+from mesial.operator.errors import describe
+from mesial.operator.k8s import K8sError
+from mesial.operator.runtime import Runtime
+from mesial.operator.sync.conditions import condition, merge_conditions, now_iso
+from mesial.operator.sync.organization import ORG, Note
+from mesial.operator.sync.organization.model import OrgView
+
+SCANJOB = ("mesial.dev/v1alpha1", "ScanJob")
+ACTIVE_PHASES = (None, "", "Pending", "Running")
+
+
+class DeletionBlocked(MesialError):
+    """Deletion waits: ScanJobs still run and the spec does not say force."""
+
+
+async def delete_organization(rt: Runtime, body: Any) -> list[Note]:
+    org = OrgView.from_body(body)
+    status = dict(body.get("status") or {})
+    progress: dict[str, Any] = dict(status.get("deletion") or {})
+    notes: list[Note] = []
+
+    async def record(ok: bool | None, reason: str, message: str, **done: Any) -> None:
+        progress.update(done)
+        conditions = merge_conditions(status.get("conditions"), [condition("Deleting", ok, reason, message)])
+        status["conditions"] = conditions
+        patch = {"status": {"phase": "Terminating", "deletion": dict(progress), "conditions": conditions}}
+        await rt.k8s.patch(*ORG, org.name, patch, status=True)
+
+    async def step(name: str, key: str, action: Any) -> Any:
+        if progress.get(key):
+            return None
+        try:
+            result = await action()
+        except (MesialError, K8sError) as exc:
+            await record(False, type(exc).__name__, f"waiting at step {name}: {describe(exc)}")
+            raise
+        notes.append(Note("Normal", "Deleting", f"step {name} done"))
+        return result
+
+    if not progress.get("startedAt"):
+        await record(None, "Started", "deletion started", startedAt=now_iso())
+
+    async def stop_scanjobs() -> None:
+        scanjobs = await rt.k8s.list(*SCANJOB, namespace=org.namespace)
+        active = [sj for sj in scanjobs if (sj.get("status") or {}).get("phase") in ACTIVE_PHASES]
+        if active and not org.force_delete:
+            names = ", ".join(sorted(sj["metadata"]["name"] for sj in active)[:5])
+            raise DeletionBlocked(
+                f"{len(active)} ScanJob(s) still running ({names}); wait, or set spec.deletion.force=true"
+            )
+        for sj in scanjobs:
+            await rt.k8s.delete(*SCANJOB, sj["metadata"]["name"], org.namespace)
+        await record(None, "InProgress", "ScanJobs stopped", scanJobsStopped=True)
+
+    async def clear_store() -> None:
+        report = await rt.store.delete_prefix(org.name, include_held=True)
+        await record(
+            None, "InProgress", f"{report.deleted} object(s) deleted", storeCleared=True, objectsDeleted=report.deleted
+        )
+
+    async def shred_key() -> None:
+        receipt = await asyncio.to_thread(rt.provisioner.shred, org.name)
+        progress["keyVersionsDestroyed"] = receipt.versions_destroyed
+        await record(None, "InProgress", "key crypto-shredded", keyShredded=True, shredProof=receipt.proof)
+
+    async def revoke_vault() -> None:
+        await asyncio.to_thread(rt.provisioner.revoke_access, org.name)
+        await record(None, "InProgress", "Vault role and policy removed", vaultCleared=True)
+
+    async def delete_namespace() -> None:
+        await rt.k8s.delete("v1", "Namespace", org.namespace)
+        await record(None, "InProgress", "namespace deleted", namespaceDeleted=True)
+
+    async def write_receipt() -> None:
+        await rt.audit.append(
+            AuditEvent(
+                tenant=org.name,
+                actor="service:operator",
+                action="organization.deleted",
+                resource_type="organization",
+                resource_id=org.uid or org.name,
+                details={
+                    "objects_deleted": int(progress.get("objectsDeleted", 0)),
+                    "key": org.key_name,
+                    "key_shredded": bool(progress.get("keyShredded")),
+                    "shred_proof": str(progress.get("shredProof", "")),
+                    "namespace": org.namespace,
+                    "started_at": str(progress.get("startedAt", "")),
+                },
+            )
+        )
+        await record(True, "Done", "deletion receipt written; releasing the finalizer", receiptWritten=True)
+
+    await step("scanjobs", "scanJobsStopped", stop_scanjobs)
+    await step("store", "storeCleared", clear_store)
+    await step("shred", "keyShredded", shred_key)
+    await step("vault", "vaultCleared", revoke_vault)
+    await step("namespace", "namespaceDeleted", delete_namespace)
+    await step("receipt", "receiptWritten", write_receipt)
+    return notes

@@ -1,0 +1,342 @@
+"""ScanJobs: admission to a ready tenant namespace, the hardened Job, and status mirroring.
+
+The Job's pod is locked down: non-root, read-only root filesystem with an ``emptyDir``
+scratch, all capabilities dropped, seccomp ``RuntimeDefault``, no privilege escalation,
+no service links, no automounted API token; a projected ServiceAccount token with the
+Vault audience is its only credential (for Vault's kubernetes login). The spec is
+untrusted: every value that reaches the pod is re-validated here and passed as an
+argument list, never through a shell.
+
+Progress comes from the object the Job writes under its tenant prefix
+(:mod:`mesial.common.progress`), read and sanitized by the operator: tenant pods may
+not patch ScanJob status.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from mesial.common.errors import InputError, MesialError
+from mesial.common.progress import read_progress, sanitize_text
+from mesial.common.settings import OperatorSettings, Settings
+from mesial.operator.errors import describe
+from mesial.operator.k8s import K8s, K8sError, Obj
+from mesial.operator.runtime import Runtime
+from mesial.operator.sync.conditions import now_iso
+
+SCANJOB = ("mesial.dev/v1alpha1", "ScanJob")
+JOB = ("batch/v1", "Job")
+ORG = ("mesial.dev/v1alpha1", "Organization")
+TERMINAL = ("Succeeded", "Failed")
+SCAN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+SCANJOB_LABEL = "mesial.dev/scanjob"
+VAULT_TOKEN_DIR = "/var/run/secrets/vault"
+
+
+class ScanJobRefused(MesialError):
+    """The ScanJob cannot run here (not a ready tenant namespace, or an invalid spec)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        self.message = message
+        super().__init__(reason, message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    upper: str
+    lower: str
+    bites: tuple[str, ...]
+    voxel_size_mm: float
+    max_iterations: int
+    analyse_contacts: bool
+    deadline_s: int
+    retries: int
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> JobSpec:
+        """Re-validate the spec (the emulator and a misconfigured cluster do not)."""
+        scans = spec.get("scans") or {}
+        ids = [scans.get("upper"), scans.get("lower"), *(scans.get("bites") or [])]
+        for value in ids:
+            if not isinstance(value, str) or not SCAN_ID_RE.fullmatch(value):
+                raise InputError(f"invalid scan id {sanitize_text(value, 40)!r}")
+        if len(set(ids)) != len(ids) or len(ids) > 6:
+            raise InputError("scan ids must be distinct (upper, lower, up to 4 bites)")
+        options = spec.get("options") or {}
+        timeouts = spec.get("timeouts") or {}
+        voxel = _number(options.get("voxelSizeMm", 0.2), 0.05, 2.0, "options.voxelSizeMm")
+        iterations = int(_number(options.get("maxIterations", 50), 1, 500, "options.maxIterations"))
+        deadline = int(
+            _number(timeouts.get("activeDeadlineSeconds", 1800), 60, 86400, "timeouts.activeDeadlineSeconds")
+        )
+        retries = int(_number(spec.get("retries", 2), 0, 5, "retries"))
+        contacts = options.get("analyseContacts", True)
+        if not isinstance(contacts, bool):
+            raise InputError("options.analyseContacts must be true or false")
+        return cls(ids[0], ids[1], tuple(ids[2:]), voxel, iterations, contacts, deadline, retries)
+
+
+def _number(value: Any, low: float, high: float, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise InputError(f"{name} must be a number from {low} to {high}")
+    return float(value)
+
+
+def job_name_for(scanjob: str) -> str:
+    """A Job name (<= 63 characters) derived from the ScanJob's name."""
+    name = f"scanjob-{scanjob}"
+    if len(name) <= 63:
+        return name
+    return f"{name[:54]}-{hashlib.sha256(scanjob.encode()).hexdigest()[:8]}"
+
+
+async def tenant_of(k8s: K8s, namespace: str, settings: Settings) -> tuple[str, Obj]:
+    """The Organization (name, object) whose ready tenant namespace this is, else ``ScanJobRefused``."""
+    ns = await k8s.get("v1", "Namespace", namespace)
+    org = ((ns or {}).get("metadata", {}).get("labels") or {}).get(settings.operator.tenant_label)
+    if not org:
+        raise ScanJobRefused("NotATenantNamespace", f"namespace {namespace} is not a Mesial tenant namespace")
+    organization = await k8s.get(*ORG, org)
+    status = (organization or {}).get("status") or {}
+    if organization is None or status.get("namespace") != namespace:
+        raise ScanJobRefused("NotATenantNamespace", f"namespace {namespace} does not belong to a live Organization")
+    if status.get("phase") != "Ready":
+        raise ScanJobRefused("TenantNotReady", f"Organization {org} is not Ready (phase {status.get('phase')})")
+    assert organization is not None
+    return str(org), organization
+
+
+def build_job(body: Any, org: str, spec: JobSpec, settings: Settings, tier: OperatorSettings.Tier) -> Obj:
+    """The hardened batch/v1 Job of a ScanJob, sized by the tenant's tier."""
+    op = settings.operator
+    meta = body["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    labels = {op.tenant_label: org, SCANJOB_LABEL: name, "app.kubernetes.io/managed-by": "mesial-operator"}
+    args = [
+        "--tenant", org, "--job-id", name, "--upper", spec.upper, "--lower", spec.lower,
+        *[arg for bite in spec.bites for arg in ("--bite", bite)],
+        "--voxel-size-mm", str(spec.voxel_size_mm), "--max-iterations", str(spec.max_iterations),
+        "--contacts" if spec.analyse_contacts else "--no-contacts",
+    ]  # fmt: skip
+    env = [
+        {"name": "MESIAL_MODE", "value": "cluster"},
+        {"name": "MESIAL_VAULT__ADDR", "value": op.vault_addr_in_cluster or settings.vault.addr},
+        {"name": "MESIAL_VAULT__AUTH", "value": "kubernetes"},
+        {"name": "MESIAL_VAULT__KUBERNETES_ROLE", "value": f"mesial-org-{org}"},
+        {"name": "MESIAL_VAULT__SERVICE_ACCOUNT_TOKEN_PATH", "value": f"{VAULT_TOKEN_DIR}/token"},
+        {"name": "MESIAL_STORE__ENDPOINT_URL", "value": settings.store.endpoint_url},
+        {"name": "MESIAL_STORE__BUCKET", "value": settings.store.bucket},
+        {"name": "MESIAL_DATA_DIR", "value": "/scratch"},
+        {"name": "TMPDIR", "value": "/scratch/tmp"},
+    ]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name_for(name),
+            "namespace": namespace,
+            "labels": labels,
+            "ownerReferences": [
+                {
+                    "apiVersion": "mesial.dev/v1alpha1",
+                    "kind": "ScanJob",
+                    "name": name,
+                    "uid": meta.get("uid", ""),
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": {
+            "backoffLimit": spec.retries,
+            "activeDeadlineSeconds": min(spec.deadline_s, tier.max_deadline_s),
+            "ttlSecondsAfterFinished": op.job_ttl_after_finished_s,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "serviceAccountName": op.aligner_service_account,
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 10001,
+                        "runAsGroup": 10001,
+                        "fsGroup": 10001,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [
+                        {
+                            "name": "aligner",
+                            "image": op.aligner_image,
+                            "imagePullPolicy": "IfNotPresent",
+                            "command": list(op.aligner_command),
+                            "args": args,
+                            "env": env,
+                            "resources": {"requests": dict(tier.job_requests), "limits": dict(tier.job_limits)},
+                            "securityContext": {
+                                "runAsNonRoot": True,
+                                "allowPrivilegeEscalation": False,
+                                "readOnlyRootFilesystem": True,
+                                "privileged": False,
+                                "capabilities": {"drop": ["ALL"]},
+                                "seccompProfile": {"type": "RuntimeDefault"},
+                            },
+                            "volumeMounts": [
+                                {"name": "scratch", "mountPath": "/scratch"},
+                                {"name": "vault-token", "mountPath": VAULT_TOKEN_DIR, "readOnly": True},
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "scratch", "emptyDir": {"sizeLimit": tier.scratch_size}},
+                        {
+                            "name": "vault-token",
+                            "projected": {
+                                "sources": [
+                                    {
+                                        "serviceAccountToken": {
+                                            "audience": op.vault_token_audience,
+                                            "expirationSeconds": 3600,
+                                            "path": "token",
+                                        }
+                                    }
+                                ]
+                            },
+                        },
+                    ],
+                },
+            },
+        },
+    }
+
+
+async def dispatch(rt: Runtime, body: Any) -> dict[str, Any]:
+    """Admit the ScanJob and create its Job; the status to write (Failed with a reason if refused)."""
+    namespace = body["metadata"]["namespace"]
+    try:
+        spec = JobSpec.from_spec(body.get("spec") or {})
+        org, organization = await tenant_of(rt.k8s, namespace, rt.settings)
+    except ScanJobRefused as exc:
+        return {"phase": "Failed", "reason": exc.reason, "message": exc.message, "completionTime": now_iso()}
+    except InputError as exc:
+        return {"phase": "Failed", "reason": "InvalidSpec", "message": sanitize_text(exc), "completionTime": now_iso()}
+    tiers = rt.settings.operator.tiers
+    tier = tiers.get(str((organization.get("spec") or {}).get("tier", "small"))) or tiers["small"]
+    job = build_job(body, org, spec, rt.settings, tier)
+    try:
+        await rt.k8s.create(job)
+    except K8sError as exc:
+        if not exc.conflict:
+            raise
+    return {
+        "phase": "Pending",
+        "reason": "JobCreated",
+        "message": "",
+        "jobName": job["metadata"]["name"],
+        "tenant": org,
+    }
+
+
+async def mirror(rt: Runtime, body: Any) -> dict[str, Any] | None:
+    """The ScanJob status from its Job, pod and progress object (None: nothing to write)."""
+    status = dict(body.get("status") or {})
+    if status.get("phase") in TERMINAL or not status.get("jobName"):
+        return None
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    job = await rt.k8s.get(*JOB, status["jobName"], namespace)
+    new: dict[str, Any] = {}
+    if job is None:
+        new.update(phase="Failed", reason="JobMissing", message="the Job was deleted before it finished")
+        new["completionTime"] = now_iso()
+        return _changed(status, new)
+    js = job.get("status") or {}
+    conditions = {c.get("type"): c for c in js.get("conditions") or [] if c.get("status") == "True"}
+    if js.get("startTime"):
+        new["startTime"] = js["startTime"]
+    if "Complete" in conditions or js.get("succeeded"):
+        new.update(phase="Succeeded", reason="Completed", message="")
+        new["completionTime"] = js.get("completionTime") or now_iso()
+    elif "Failed" in conditions:
+        failed = conditions["Failed"]
+        new.update(phase="Failed", reason=sanitize_text(failed.get("reason") or "JobFailed", 64))
+        new["message"] = sanitize_text(failed.get("message") or await _pod_message(rt.k8s, namespace, name), 512)
+        new["completionTime"] = failed.get("lastTransitionTime") or now_iso()
+    elif js.get("active"):
+        new.update(phase="Running", reason="PodRunning")
+    else:
+        new.update(phase="Pending", reason=await _pod_waiting(rt.k8s, namespace, name) or "JobCreated")
+    org = status.get("tenant")
+    if org:
+        try:
+            progress = await read_progress(rt.store, org, name)
+        except MesialError as exc:
+            new["stage"] = sanitize_text(f"progress unreadable: {describe(exc)}", 64)
+            progress = None
+        if progress is not None:
+            new["progress"] = 100 if new["phase"] == "Succeeded" else progress.percent
+            new["stage"] = progress.stage
+            if progress.metrics:
+                new["metrics"] = progress.metrics
+            if new["phase"] == "Succeeded":
+                new["artifacts"] = progress.artifacts
+            if progress.message and new["phase"] != "Failed":
+                new["message"] = progress.message
+    if new.get("startTime") and new.get("completionTime"):
+        new["duration"] = _duration(new["startTime"], new["completionTime"])
+    return _changed(status, new)
+
+
+def _changed(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any] | None:
+    return new if any(old.get(k) != v for k, v in new.items()) else None
+
+
+async def _pods(k8s: K8s, namespace: str, scanjob: str) -> list[Obj]:
+    return await k8s.list("v1", "Pod", namespace=namespace, labels={SCANJOB_LABEL: scanjob})
+
+
+async def _pod_waiting(k8s: K8s, namespace: str, scanjob: str) -> str:
+    for pod in await _pods(k8s, namespace, scanjob):
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting")
+            if waiting and waiting.get("reason"):
+                return sanitize_text(waiting["reason"], 64)
+    return ""
+
+
+async def _pod_message(k8s: K8s, namespace: str, scanjob: str) -> str:
+    for pod in await _pods(k8s, namespace, scanjob):
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (cs.get("state") or {}).get("terminated")
+            if terminated:
+                return f"aligner exited with code {terminated.get('exitCode')} ({terminated.get('reason', '')})"
+    return "the job failed"
+
+
+def _duration(start: str, end: str) -> str:
+    try:
+        seconds = int(
+            (
+                datetime.fromisoformat(end.replace("Z", "+00:00"))
+                - datetime.fromisoformat(start.replace("Z", "+00:00"))
+            ).total_seconds()
+        )
+    except ValueError:
+        return ""
+    minutes, secs = divmod(max(seconds, 0), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+async def stop(rt: Runtime, body: Any) -> None:
+    """Deleting a ScanJob stops its Job (and its pods: propagation Foreground)."""
+    job_name = (body.get("status") or {}).get("jobName") or job_name_for(body["metadata"]["name"])
+    await rt.k8s.delete(*JOB, job_name, body["metadata"]["namespace"], propagation="Foreground")
