@@ -15,7 +15,7 @@ TOOLS := .tools
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(TOOLS)/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install test lint format demo bench services-up services-down clean
+.PHONY: help install test lint format demo bench chart services-up services-down clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ bench: install ## Benchmarks, printed as tables with the hardware and the baseli
 	@status=0; for bench in bench/bench_*.py; do \
 		echo "== $$bench"; $(VENV)/bin/python $$bench $(BENCH_ARGS) || status=1; \
 	done; exit $$status
+
+chart: install ## Regenerate the chart's values.schema.json, README.md and crds/ from their sources
+	$(PY) scripts/chart.py write
 
 services-up: install ## Start PostgreSQL, OpenBao and SeaweedFS (S3) on free ports; print URLs and credentials
 	$(VENV)/bin/mesial services up

@@ -1,0 +1,190 @@
+{{/*
+The chart's name, truncated to 63 characters (the DNS label limit).
+*/}}
+{{- define "mesial.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+The release-qualified name of the objects: "<release>-mesial", or the release name when it already says mesial.
+*/}}
+{{- define "mesial.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else if contains (include "mesial.name" .) .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name (include "mesial.name" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Chart name and version, for the helm.sh/chart label.
+*/}}
+{{- define "mesial.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+The four standard labels plus the component; call with (dict "ctx" $ "component" "api").
+*/}}
+{{- define "mesial.labels" -}}
+helm.sh/chart: {{ include "mesial.chart" .ctx }}
+{{ include "mesial.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: mesial
+{{- end -}}
+
+{{/*
+Selector labels of one component; call with (dict "ctx" $ "component" "api").
+*/}}
+{{- define "mesial.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "mesial.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/*
+The image reference of a component; the tag defaults to the chart's appVersion.
+*/}}
+{{- define "mesial.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.global.image.tag -}}
+{{- printf "%s:%s" .Values.global.image.repository $tag -}}
+{{- end -}}
+
+{{/*
+The image of aligner Jobs (aligner.tag overrides the tag).
+*/}}
+{{- define "mesial.alignerImage" -}}
+{{- $tag := default (default .Chart.AppVersion .Values.global.image.tag) .Values.aligner.tag -}}
+{{- printf "%s:%s" .Values.global.image.repository $tag -}}
+{{- end -}}
+
+{{/*
+Pod-level security context: non-root, RuntimeDefault seccomp (Pod Security "restricted").
+*/}}
+{{- define "mesial.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/*
+Container-level security context: read-only root, no privilege escalation, no capabilities.
+*/}}
+{{- define "mesial.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: ["ALL"]
+{{- end -}}
+
+{{/*
+Settings every component reads (MESIAL_* environment); call with (dict "ctx" $ "vaultRole" "...").
+*/}}
+{{- define "mesial.commonEnv" -}}
+{{- $v := .ctx.Values -}}
+- name: MESIAL_MODE
+  value: cluster
+- name: MESIAL_LOG_LEVEL
+  value: {{ $v.global.logLevel | quote }}
+- name: MESIAL_DATA_DIR
+  value: /tmp/mesial
+- name: MESIAL_DATABASE_URL
+  valueFrom:
+    secretKeyRef: {name: {{ $v.database.urlSecret | quote }}, key: url}
+- name: MESIAL_VAULT__ADDR
+  value: {{ $v.vault.addr | quote }}
+- name: MESIAL_VAULT__AUTH
+  value: kubernetes
+- name: MESIAL_VAULT__KUBERNETES_ROLE
+  value: {{ .vaultRole | quote }}
+- name: MESIAL_VAULT__KUBERNETES_MOUNT
+  value: {{ $v.vault.kubernetesMount | quote }}
+- name: MESIAL_VAULT__SERVICE_ACCOUNT_TOKEN_PATH
+  value: /var/run/secrets/mesial/vault/token
+- name: MESIAL_VAULT__TRANSIT_MOUNT
+  value: {{ $v.vault.transitMount | quote }}
+- name: MESIAL_VAULT__KEY_ROTATION_PERIOD
+  value: {{ $v.vault.keyRotationPeriod | quote }}
+- name: MESIAL_VAULT__AUDIT_SIGNING_KEY
+  value: {{ $v.vault.auditSigningKey | quote }}
+{{- if $v.vault.caSecret }}
+- name: MESIAL_VAULT__CA_CERT
+  value: /etc/mesial/vault-ca/ca.crt
+{{- end }}
+- name: MESIAL_STORE__ENDPOINT_URL
+  value: {{ $v.store.endpointUrl | quote }}
+- name: MESIAL_STORE__BUCKET
+  value: {{ $v.store.bucket | quote }}
+- name: MESIAL_STORE__REGION
+  value: {{ $v.store.region | quote }}
+- name: MESIAL_STORE__ACCESS_KEY
+  valueFrom:
+    secretKeyRef: {name: {{ $v.store.credentialsSecret | quote }}, key: access-key}
+- name: MESIAL_STORE__SECRET_KEY
+  valueFrom:
+    secretKeyRef: {name: {{ $v.store.credentialsSecret | quote }}, key: secret-key}
+{{- if $v.store.caSecret }}
+- name: AWS_CA_BUNDLE
+  value: /etc/mesial/store-ca/ca.crt
+{{- end }}
+{{- end -}}
+
+{{/*
+Volumes every component mounts: a writable /tmp, the projected Vault token, the CAs.
+*/}}
+{{- define "mesial.commonVolumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: 1Gi
+- name: vault-token
+  projected:
+    sources:
+      - serviceAccountToken:
+          path: token
+          audience: {{ .Values.vault.tokenAudience | quote }}
+          expirationSeconds: 3600
+{{- if .Values.vault.caSecret }}
+- name: vault-ca
+  secret:
+    secretName: {{ .Values.vault.caSecret | quote }}
+{{- end }}
+{{- if .Values.store.caSecret }}
+- name: store-ca
+  secret:
+    secretName: {{ .Values.store.caSecret | quote }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Mounts of mesial.commonVolumes.
+*/}}
+{{- define "mesial.commonVolumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: vault-token
+  mountPath: /var/run/secrets/mesial/vault
+  readOnly: true
+{{- if .Values.vault.caSecret }}
+- name: vault-ca
+  mountPath: /etc/mesial/vault-ca
+  readOnly: true
+{{- end }}
+{{- if .Values.store.caSecret }}
+- name: store-ca
+  mountPath: /etc/mesial/store-ca
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/*
+A tenant egress destination of values (camelCase) as the operator's settings JSON (snake_case).
+*/}}
+{{- define "mesial.egressJson" -}}
+{{- dict "cidrs" (default list .cidrs) "namespace_selector" (default dict .namespaceSelector) "pod_selector" (default dict .podSelector) "ports" (default list .ports) | toJson -}}
+{{- end -}}

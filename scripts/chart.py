@@ -1,0 +1,203 @@
+"""Generate what the Helm chart derives from single sources, or check that it is current.
+
+    python scripts/chart.py write   # values.schema.json, README.md, crds/ of charts/mesial
+    python scripts/chart.py check   # exit 1 naming each stale file ("run make chart")
+
+- ``values.schema.json`` is inferred from ``values.yaml`` (types and nesting; unknown keys
+  refused) plus the few constraints in ``CONSTRAINTS`` below (enums, bounds, patterns).
+- ``README.md`` lists every value with its type, default and its ``# --`` comment.
+- ``crds/`` is a copy of the project's ``crds/*.yaml`` (the single source; not the examples).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "charts" / "mesial"
+
+# Values whose keys are free-form (label maps, Kubernetes objects passed through).
+FREE_MAPS = {"nodeSelector", "affinity", "namespaceSelector", "podSelector", "resources"}
+PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
+CONSTRAINTS: dict[str, dict[str, Any]] = {
+    "global.image.pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]},
+    "global.logLevel": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR"]},
+    "vault.addr": {"pattern": "^https?://"},
+    "store.endpointUrl": {"pattern": "^https?://"},
+    "api.replicas": {"minimum": 1},
+    "api.service.type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
+    "api.service.port": PORT,
+    "api.maxUploadBytes": {"minimum": 1},
+    "aligner.backoffLimit": {"minimum": 0, "maximum": 10},
+    "aligner.ttlSecondsAfterFinished": {"minimum": 0},
+    "operator.driftIntervalSeconds": {"minimum": 1},
+    "operator.scanJobSyncIntervalSeconds": {"minimum": 1},
+    "operator.retryDelaySeconds": {"minimum": 1},
+}
+EGRESS = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "cidrs": {"type": "array", "items": {"type": "string"}},
+        "namespaceSelector": {"type": "object", "additionalProperties": {"type": "string"}},
+        "podSelector": {"type": "object", "additionalProperties": {"type": "string"}},
+        "ports": {"type": "array", "items": PORT, "minItems": 1},
+    },
+}
+
+
+def infer(value: Any, path: str) -> dict[str, Any]:
+    """A JSON schema for ``value`` found at dotted ``path`` of values.yaml."""
+    key = path.rsplit(".", 1)[-1]
+    if path.startswith("operator.tenantEgress."):
+        return EGRESS
+    if isinstance(value, bool):
+        schema: dict[str, Any] = {"type": "boolean"}
+    elif isinstance(value, int):
+        schema = {"type": "integer"}
+    elif isinstance(value, float):
+        schema = {"type": "number"}
+    elif isinstance(value, str):
+        schema = {"type": "string"}
+    elif isinstance(value, list):
+        items = infer(value[0], path + "[]") if value else {}
+        schema = {"type": "array", "items": items} if items else {"type": "array"}
+    elif isinstance(value, dict):
+        if key in FREE_MAPS:
+            schema = {"type": "object"}
+        else:
+            schema = {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {k: infer(v, f"{path}.{k}" if path else k) for k, v in value.items()},
+            }
+    else:
+        schema = {}
+    schema.update(CONSTRAINTS.get(path, {}))
+    return schema
+
+
+def values_schema() -> str:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    schema = {
+        "$schema": "https://json-schema.org/draft-07/schema#",
+        "title": "Mesial chart values",
+        **infer(values, ""),
+    }
+    return json.dumps(schema, indent=2) + "\n"
+
+
+def documented_values() -> list[tuple[str, str, str, str]]:
+    """(key path, type, default, description) for every value with a `# --` comment."""
+    rows = []
+    stack: list[tuple[int, str]] = []
+    comment = ""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for line in (CHART / "values.yaml").read_text().splitlines():
+        stripped = line.strip()
+        if stripped.startswith("# --"):
+            comment = stripped[4:].strip()
+            continue
+        match = re.match(r"^(\s*)([A-Za-z][\w.-]*):", line)
+        if not match:
+            continue
+        indent, key = len(match.group(1)), match.group(2)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = ".".join([*(k for _, k in stack), key])
+        stack.append((indent, key))
+        if comment:
+            value: Any = values
+            for part in path.split("."):
+                value = value[part]
+            kind = infer(value, path).get("type", "any")
+            rows.append((path, kind, json.dumps(value), comment))
+            comment = ""
+    return rows
+
+
+def readme() -> str:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    lines = [
+        f"# {chart['name']}",
+        "",
+        f"Version {chart['version']}, app version {chart['appVersion']}. {chart['description'].strip()}",
+        "",
+        "This file is generated by `make chart` from the `# --` comments of `values.yaml`; edit those.",
+        "",
+        "## Before installing",
+        "",
+        "- PostgreSQL: a Secret with key `url` (`database.urlSecret`).",
+        "- An S3 endpoint: a Secret with keys `access-key` and `secret-key` (`store.credentialsSecret`).",
+        "- Vault or OpenBao with the transit engine and the Kubernetes auth method enabled, and two roles:",
+        "  `mesial-operator` with `files/vault/operator-policy.hcl` and `mesial-api` with",
+        "  `files/vault/api-policy.hcl`, bound to the ServiceAccounts `<release>-mesial-operator` and",
+        "  `<release>-mesial-api` with the audience `vault.tokenAudience`.",
+        "- With more than one API replica: a Secret with key `link-secret` (`api.linkSecret`).",
+        "",
+        "```sh",
+        "helm install mesial charts/mesial -n mesial-system --create-namespace -f my-values.yaml",
+        "helm test mesial -n mesial-system",
+        "```",
+        "",
+        "The CRDs in `crds/` are installed by Helm on first install; on upgrade apply them with",
+        "`kubectl apply -f charts/mesial/crds/` (Helm does not upgrade CRDs).",
+        "",
+        "## Values",
+        "",
+        "| key | type | default | description |",
+        "|---|---|---|---|",
+    ]
+    for path, kind, default, description in documented_values():
+        default_cell = default.replace("|", "\\|")
+        lines.append(f"| `{path}` | {kind} | `{default_cell}` | {description} |")
+    return "\n".join(lines) + "\n"
+
+
+def crd_copies() -> dict[str, str]:
+    return {path.name: path.read_text() for path in sorted((ROOT / "crds").glob("*.yaml"))}
+
+
+def expected() -> dict[Path, str]:
+    files = {CHART / "values.schema.json": values_schema(), CHART / "README.md": readme()}
+    for name, text in crd_copies().items():
+        files[CHART / "crds" / name] = text
+    return files
+
+
+def stale() -> list[str]:
+    problems = []
+    wanted = expected()
+    for path, text in wanted.items():
+        if not path.exists() or path.read_text() != text:
+            problems.append(str(path.relative_to(ROOT)))
+    extra = {p for p in (CHART / "crds").glob("*.yaml")} - set(wanted)
+    problems += [f"{p.relative_to(ROOT)} (no longer in crds/)" for p in sorted(extra)]
+    return problems
+
+
+def main(argv: list[str]) -> int:
+    if argv[1:] == ["write"]:
+        (CHART / "crds").mkdir(exist_ok=True)
+        for path in (CHART / "crds").glob("*.yaml"):
+            path.unlink()
+        for path, text in expected().items():
+            path.write_text(text)
+        return 0
+    if argv[1:] == ["check"]:
+        problems = stale()
+        for problem in problems:
+            print(f"stale: {problem} (run `make chart` and commit)", file=sys.stderr)
+        return 1 if problems else 0
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
