@@ -364,12 +364,18 @@ class PostgresService(ManagedService):
         self.socket_dir.mkdir(parents=True, exist_ok=True)
         ids = self._as_postgres()
         if ids is not None:
-            # The server user needs to reach its directory: open the path to it for traversal.
-            for parent in [self.data_dir, *self.data_dir.parents]:
-                if parent == Path("/"):
-                    break
-                if parent.stat().st_uid == 0 and not parent.stat().st_mode & 0o001:
-                    parent.chmod(parent.stat().st_mode | 0o001)
+            # The server user needs to reach its directory: open our own base directory for
+            # traversal; a closed directory above it is the caller's to decide, so say which.
+            base = self.data_dir.parent
+            if not base.stat().st_mode & 0o001:
+                base.chmod(base.stat().st_mode | 0o001)
+            for parent in base.parents:
+                if not parent.stat().st_mode & 0o001:
+                    raise ServiceStartError(
+                        self.name,
+                        f"the postgres user cannot traverse {parent} to reach {self.data_dir}: "
+                        "choose a data directory under a path it can traverse (e.g. under /tmp)",
+                    )
             for path in (self.data_dir, self.socket_dir):
                 os.chown(path, *ids)
             with contextlib.suppress(FileNotFoundError):

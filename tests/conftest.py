@@ -8,6 +8,7 @@ ports: two runs (or two checkouts) on one machine do not meet.
 from __future__ import annotations
 
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,9 +20,26 @@ from mesial.common.settings import Settings, StoreSettings, VaultSettings
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _own_tempdir(prefix: str) -> Iterator[Path]:
+    # Not under pytest's basetemp: pytest resets /tmp/pytest-of-<user> to mode 700 whenever
+    # a session starts, which would lock PostgreSQL (run as `postgres`) out of its directory.
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def services_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("services")
+def services_dir() -> Iterator[Path]:
+    """The session's service data directories and logs, removed at the end."""
+    yield from _own_tempdir("mesial-test-services-")
+
+
+@pytest.fixture
+def service_tmp() -> Iterator[Path]:
+    """A directory for a test's own extra services (same reason as services_dir)."""
+    yield from _own_tempdir("mesial-test-service-")
 
 
 def _run_service(kind: type[svc.ManagedService], base: Path) -> Iterator[svc.ServiceInfo]:

@@ -100,8 +100,8 @@ def test_unknown_service_is_refused(tmp_path: Path) -> None:
         svc.ServiceStack(tmp_path, ["nope"])
 
 
-def test_two_postgres_clusters_side_by_side(tmp_path: Path, postgres: svc.ServiceInfo) -> None:
-    with svc.running(tmp_path, ["postgres"]) as infos:
+def test_two_postgres_clusters_side_by_side(service_tmp: Path, postgres: svc.ServiceInfo) -> None:
+    with svc.running(service_tmp, ["postgres"]) as infos:
         assert infos["postgres"].url != postgres.url
         psql = svc.postgres_bin_dir() / "psql"
         for url in (postgres.url, infos["postgres"].url):
