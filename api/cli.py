@@ -207,7 +207,10 @@ def export(tenant: str, start: datetime | None, end: datetime | None, output: Pa
         from mesial.common.vault import TenantKeys
 
         async with _database(settings) as context:
-            collector = AuditCollector(TenantKeys(settings.vault), dialect_of(context.db()))
+            keys = TenantKeys(settings.vault)
+            await asyncio.to_thread(keys.ensure_transit)
+            await asyncio.to_thread(keys.ensure_signing_key)
+            collector = AuditCollector(keys, dialect_of(context.db()))
             with output.open("w") as handle:
                 async for line in collector.export(
                     tenant, start.replace(tzinfo=UTC) if start else None, end.replace(tzinfo=UTC) if end else None

@@ -38,6 +38,7 @@ async def create_org(name: str, keys: TenantKeys | None, retention_days: int = 9
     if await Organization.exists(name=name):
         raise Conflict("organization exists")
     if keys is not None:
+        await asyncio.to_thread(keys.ensure_transit)
         await asyncio.to_thread(keys.ensure_key, name)
     try:
         return await Organization.create(

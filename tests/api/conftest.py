@@ -7,6 +7,7 @@ and the helpers that every test uses to get credentials and data.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import sys
@@ -132,3 +133,16 @@ def pg(api_session: Harness) -> Harness:
     if api_session.backend != "postgres":
         pytest.skip("PostgreSQL-only test; this run uses " + api_session.backend)
     return api_session
+
+
+@contextlib.asynccontextmanager
+async def variant(api: Harness, data_dir: Path, **overrides: Any) -> AsyncIterator[Harness]:
+    """A second app on the same database and services, with some API settings changed."""
+    base = api.runtime.settings
+    app = create_app(make_settings(base, data_dir, base.database_url, **overrides))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("198.51.100.1", 1))
+        async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as client:
+            harness = Harness(app, client, api.backend)
+            harness._platform = await api.platform_key()
+            yield harness

@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
-import httpx
 import pytest
 
-from mesial.api.app import create_app, db_context
+from mesial.api.app import db_context
 from mesial.api.models import ApiKey
 from mesial.api.types import utcnow
-from tests.api.conftest import BACKEND, Harness, bearer, make_settings
+from tests.api.conftest import Harness, bearer, variant
 
 
 async def test_security_headers_and_request_id_on_every_response(api: Harness) -> None:
@@ -85,18 +84,9 @@ async def test_revocation_and_expiry_apply_on_the_next_request(api: Harness) -> 
 @pytest.fixture
 async def strict_api(api: Harness, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Harness]:
     """A second app on the same database with tiny rate limits."""
-    base = api.runtime.settings
-    settings = make_settings(
-        base, tmp_path_factory.mktemp("strict"), base.database_url,
-        rate_per_key_per_min=5, rate_per_ip_per_min=12, rate_auth_per_ip_per_min=3,
-    )  # fmt: skip
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, client=("198.51.100.1", 1))
-        async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as client:
-            harness = Harness(app, client, BACKEND)
-            harness._platform = await api.platform_key()
-            yield harness
+    limits = {"rate_per_key_per_min": 5, "rate_per_ip_per_min": 12, "rate_auth_per_ip_per_min": 3}
+    async with variant(api, tmp_path_factory.mktemp("strict"), **limits) as harness:
+        yield harness
 
 
 async def test_rate_limits_per_key_per_ip_and_on_failed_auth(api: Harness, strict_api: Harness) -> None:

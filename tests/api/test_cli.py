@@ -1,0 +1,89 @@
+"""`mesial admin`, `mesial audit` and `mesial api serve` as an operator runs them (subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from mesial.common import services as svc
+from mesial.common.settings import Settings
+
+MESIAL = str(Path(sys.executable).parent / "mesial")
+
+
+def _env(settings: Settings, tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "MESIAL_DATABASE_URL": f"sqlite://{tmp_path / 'cli.sqlite3'}",
+        "MESIAL_DATA_DIR": str(tmp_path / "data"),
+        "MESIAL_VAULT__ADDR": settings.vault.addr,
+        "MESIAL_VAULT__TOKEN": settings.vault.token.get_secret_value(),
+        "MESIAL_STORE__ENDPOINT_URL": settings.store.endpoint_url,
+        "MESIAL_STORE__BUCKET": settings.store.bucket,
+        "MESIAL_STORE__ACCESS_KEY": settings.store.access_key.get_secret_value(),
+        "MESIAL_STORE__SECRET_KEY": settings.store.secret_key.get_secret_value(),
+        "MESIAL_API__CHECKPOINT_INTERVAL_S": "0",
+    }
+
+
+def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([MESIAL, *args], env=env, capture_output=True, text=True, timeout=60, cwd=env["HOME"])
+
+
+def test_admin_bootstrap_org_keys_serve_and_audit(service_settings: Settings, tmp_path: Path) -> None:
+    env = _env(service_settings, tmp_path)
+    env["HOME"] = str(tmp_path)
+    boot = run(env, "admin", "bootstrap")
+    assert boot.returncode == 0, boot.stderr
+    platform_key = boot.stdout.strip()
+    assert platform_key.startswith("mesial_")
+    again = run(env, "admin", "bootstrap")
+    assert again.returncode != 0 and "exists already" in again.stderr
+    org = run(env, "admin", "create-org", "cli-lab")
+    assert org.returncode == 0, org.stderr
+    issued = run(env, "admin", "issue-key", "--org", "cli-lab", "--role", "org-admin")
+    assert issued.returncode == 0, issued.stderr
+    admin_key = issued.stdout.strip()
+
+    port = svc.free_port()
+    server = subprocess.Popen(
+        [MESIAL, "api", "serve", "--port", str(port)], env=env, cwd=tmp_path,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None, "server did not become ready"
+            time.sleep(0.2)
+        me = httpx.get(f"{base}/v1/me", headers={"authorization": f"Bearer {admin_key}"})
+        assert me.json()["organization"] == "cli-lab"
+        orgs = httpx.get(f"{base}/v1/orgs", headers={"authorization": f"Bearer {platform_key}"})
+        assert [o["name"] for o in orgs.json()["items"]] == ["cli-lab"]
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+    out = tmp_path / "platform.jsonl"
+    exported = run(env, "audit", "export", "--org", "_platform", "-o", str(out))
+    assert exported.returncode == 0, exported.stderr
+    actions = [json.loads(line).get("action") for line in out.read_text().splitlines()]
+    assert "platform_admin.bootstrapped" in actions and "org.created" in actions
+    # Verification needs nothing but the file: no settings, no services.
+    offline = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    verified = run(offline, "audit", "verify", str(out))
+    assert verified.returncode == 0 and verified.stdout.startswith("OK:"), verified.stdout + verified.stderr
+    out.write_text(out.read_text().replace("org.created", "org.deleted"))
+    broken = run(offline, "audit", "verify", str(out))
+    assert broken.returncode == 1 and "FAILED at line" in broken.stdout

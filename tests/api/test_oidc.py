@@ -1,0 +1,88 @@
+"""OIDC bearer JWTs: verified against a JWKS, mapped to organization and role by claims."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.api.conftest import Harness, bearer, variant
+
+ISSUER = "https://idp.example.test/realms/mesial"
+AUDIENCE = "mesial-api"
+
+
+@pytest.fixture
+async def idp(api: Harness, tmp_path: Path) -> AsyncIterator[tuple[Harness, Any]]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [{**jwk, "kid": "k1", "use": "sig", "alg": "RS256"}]}))
+    settings = {"oidc_issuer": ISSUER, "oidc_audience": AUDIENCE, "oidc_jwks": str(jwks)}
+    async with variant(api, tmp_path / "data", **settings) as harness:
+        yield harness, key
+
+
+def token(key: Any, **claims: Any) -> str:
+    body = {"iss": ISSUER, "aud": AUDIENCE, "sub": "user-1", "exp": int(time.time()) + 300, **claims}
+    return jwt.encode(body, key, algorithm="RS256", headers={"kid": "k1"})
+
+
+async def test_oidc_token_maps_to_organization_and_role(idp: tuple[Harness, Any]) -> None:
+    api, key = idp
+    org, admin = await api.new_org()
+    scan = await api.upload(admin)
+    tech = token(key, mesial_org=org, mesial_role="technician")
+    me = await api.client.get("/v1/me", headers=bearer(tech))
+    assert me.status_code == 200, me.text
+    assert me.json()["organization"] == org and me.json()["role"] == "technician"
+    assert me.json()["actor"].startswith("oidc:mem_")
+    assert (await api.client.get(f"/v1/scans/{scan['id']}", headers=bearer(tech))).status_code == 200
+    assert (await api.client.delete(f"/v1/scans/{scan['id']}", headers=bearer(tech))).status_code == 403
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"aud": "someone-else"},
+        {"iss": "https://evil.example"},
+        {"exp": int(time.time()) - 3600},
+        {"mesial_role": "platform-admin"},
+        {"mesial_role": "wizard"},
+        {"mesial_org": "no-such-org"},
+    ],
+)
+async def test_bad_tokens_are_refused(idp: tuple[Harness, Any], claims: dict[str, Any]) -> None:
+    api, key = idp
+    org, _admin = await api.new_org()
+    bad = token(key, **{"mesial_org": org, "mesial_role": "clinician", **claims})
+    assert (await api.client.get("/v1/me", headers=bearer(bad))).status_code == 401
+
+
+async def test_tokens_signed_by_another_key_or_alg_none_are_refused(idp: tuple[Harness, Any]) -> None:
+    api, _key = idp
+    org, _admin = await api.new_org()
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    forged = token(other, mesial_org=org, mesial_role="org-admin")
+    assert (await api.client.get("/v1/me", headers=bearer(forged))).status_code == 401
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "x", "exp": int(time.time()) + 60, "mesial_org": org}
+    parts = [{"alg": "none", "typ": "JWT", "kid": "k1"}, {**claims, "mesial_role": "org-admin"}]
+    unsigned = ".".join(base64.urlsafe_b64encode(json.dumps(p).encode()).decode().rstrip("=") for p in parts) + "."
+    assert (await api.client.get("/v1/me", headers=bearer(unsigned))).status_code == 401
+
+
+async def test_disabling_the_member_revokes_its_tokens(idp: tuple[Harness, Any]) -> None:
+    api, key = idp
+    org, admin = await api.new_org()
+    clinician = token(key, sub="dr-who", mesial_org=org, mesial_role="clinician")
+    me = (await api.client.get("/v1/me", headers=bearer(clinician))).json()
+    member_id = me["actor"].split(":", 1)[1]
+    assert (await api.client.delete(f"/v1/members/{member_id}", headers=bearer(admin))).status_code == 204
+    assert (await api.client.get("/v1/me", headers=bearer(clinician))).status_code == 401

@@ -1,0 +1,27 @@
+"""The API suite again on SQLite (the local-mode default), in a process of its own.
+
+tortoise-orm binds models to one SQL dialect per process, so the SQLite run cannot share
+this process with the PostgreSQL app.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.api.conftest import BACKEND
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.skipif(BACKEND == "sqlite", reason="this run is the SQLite run")
+def test_api_suite_passes_on_sqlite() -> None:
+    env = {**os.environ, "MESIAL_TEST_API_DB": "sqlite"}
+    command = [sys.executable, "-m", "pytest", "tests/api", "-q", "-x", "-p", "no:cacheprovider"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout
