@@ -62,12 +62,14 @@ def serve(host: str | None, port: int | None) -> None:
     import uvicorn
 
     from mesial.api.app import create_app
+    from mesial.api.logs import configure
 
     settings = get_settings()
+    configure(settings.log_level)
     app = create_app(settings)
     uvicorn.run(
-        app, host=host or settings.api.host, port=port or settings.api.port, log_level=settings.log_level.lower(),
-        proxy_headers=False, server_header=False,
+        app, host=host or settings.api.host, port=port or settings.api.port, log_config=None,
+        access_log=False, proxy_headers=False, server_header=False,
     )  # fmt: skip
 
 

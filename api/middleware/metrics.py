@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+access = logging.getLogger("mesial.api.access")
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -64,5 +66,17 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, observing_send)
         finally:
-            route = scope.get("state", {}).get("route", "unmatched")
-            self.metrics.observe(scope["method"], route, status, time.perf_counter() - start)
+            state = scope.get("state", {})
+            route = state.get("route", "unmatched")
+            elapsed = time.perf_counter() - start
+            self.metrics.observe(scope["method"], route, status, elapsed)
+            access.info(
+                "request",
+                extra={
+                    "request_id": state.get("request_id", ""),
+                    "method": scope["method"],
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                },
+            )

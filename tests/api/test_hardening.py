@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
 
 from mesial.api.app import db_context
+from mesial.api.logs import JsonFormatter
 from mesial.api.models import ApiKey
 from mesial.api.types import utcnow
 from tests.api.conftest import Harness, bearer, variant
@@ -107,3 +110,15 @@ async def test_rate_limits_per_key_per_ip_and_on_failed_auth(api: Harness, stric
     # The per-address budget covers everything from that address.
     statuses = [(await strict_api.client.get("/v1/jobs")).status_code for _ in range(3)]
     assert 429 in statuses
+
+
+async def test_logs_are_json_and_name_route_templates_not_paths(api: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    _org, admin = await api.new_org()
+    scan = await api.upload(admin)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mesial.api.access"):
+        await api.client.get(f"/v1/scans/{scan['id']}", headers=bearer(admin))
+    [record] = [r for r in caplog.records if r.name == "mesial.api.access"]
+    line = json.loads(JsonFormatter().format(record))
+    assert line["route"] == "/v1/scans/{scan_id}" and line["status"] == 200 and line["request_id"]
+    assert scan["id"] not in json.dumps(line)
