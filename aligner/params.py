@@ -1,8 +1,7 @@
 """Parameters of the aligner: frozen, in millimetres, derived from a few scales.
 
-As in Open3D's registration examples, the global step's radii derive from one
-voxel size (normals 2x, features 5x, inlier distance 1.5x), and the fine step
-from the scanner's noise level.
+The global step works on thinned arches (voxel sizes) and anatomical frames;
+the fine step's gates derive from the robust residual scale.
 """
 
 from __future__ import annotations
@@ -18,33 +17,35 @@ class AlignParams:
     Every length is in millimetres.
     """
 
-    # Global step: voxel of the downsampled clouds. 1 mm keeps cusps and
-    # embrasures (1.5-3 mm features) while an arch drops to ~5 000 points.
-    global_voxel_mm: float = 1.0
-    # Normal radius = 2 voxels, FPFH radius = 5 voxels (Open3D's tutorial values).
-    normal_radius_factor: float = 2.0
-    feature_radius_factor: float = 5.0
-    # A feature correspondence agrees with a hypothesis within 1.5 voxels.
-    distance_factor: float = 1.5
-    # Arch wall points tried as the bite's anchor, one per cube of this size.
-    anchor_spacing_mm: float = 2.5
-    # Tilts about the anchor normal tried for each anchor (degrees).
-    anchor_tilts_deg: tuple[float, ...] = (-12.0, 0.0, 12.0)
-    # Bite points used to score each pose (a seeded random subset).
-    score_points: int = 150
-    # The two halves of a bite scan across its height leave out this band (mm)
-    # around the median height, where the arches meet.
-    half_gap_mm: float = 0.5
-    # Best hypotheses kept for evaluation, and how different two must be to count
-    # as distinct (rotation degrees, translation of the bite centre mm).
-    hypotheses: int = 4
-    # Hypotheses per arch refined by a short ICP (iterations) and paired.
-    refined_hypotheses: int = 3
-    coarse_iterations: int = 12
-    # A bite point is explained by an arch pose within this distance (pairing).
-    pair_distance_mm: float = 0.4
-    distinct_rotation_deg: float = 5.0
-    distinct_translation_mm: float = 2.0
+    # Global step (see docs/aligner.md). Arches are thinned to one point per
+    # voxel: 1 mm for the canonical frames and the search, 0.5 mm for the short ICPs.
+    frame_voxel_mm: float = 1.0
+    coarse_voxel_mm: float = 0.5
+    # Bite-strip search: facing directions every psi_step_deg, positions along
+    # the arch (half range, step), heights across the occlusal plane and
+    # offsets along the strip normal (mm); probe points per pose; a point scores
+    # max(0, 1 - d / search_tau_mm).
+    psi_step_deg: float = 5.0
+    along_mm: tuple[float, float] = (18.0, 2.5)
+    heights_mm: tuple[float, ...] = (-1.5, 0.0, 1.5)
+    offsets_mm: tuple[float, ...] = (-1.0, 0.5)
+    probe_points: int = 64
+    search_tau_mm: float = 1.0
+    # Distinct poses of each bite refined (short ICP on the upper), and of those
+    # the best by upper fit that go on to place the lower arch.
+    bite_candidates: int = 12
+    paired_candidates: int = 5
+    # Lower-arch grid around its canonical pose: (half range, step) per axis.
+    lower_yaw_deg: tuple[float, float] = (4.0, 2.0)
+    lower_x_mm: tuple[float, float] = (2.0, 1.0)
+    lower_y_mm: tuple[float, float] = (3.0, 1.0)
+    lower_z_mm: tuple[float, float] = (3.0, 0.5)
+    residual_points: int = 250
+    # A bite point is explained by an arch within this distance when poses are compared.
+    pair_distance_mm: float = 0.3
+    # Two poses of a bite are the same hypothesis within these.
+    distinct_rotation_deg: float = 8.0
+    distinct_translation_mm: float = 3.0
     # Fine step: bite points are thinned to one per voxel of this size.
     fine_voxel_mm: float = 0.25
     # Correspondences farther than this are ignored at the start of the fine

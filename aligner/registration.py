@@ -1,8 +1,12 @@
 """Bite registration: both arches into the first bite scan's frame, with a confidence.
 
-``preprocess → global (FPFH, sampled RANSAC, several hypotheses) → evaluate
-(short robust ICP per hypothesis, margin best vs second best) → refine (joint
-robust point-to-plane ICP of every bite scan against both arches)``.
+``preprocess (thinning, canonical arch frames) → global (per bite scan:
+exhaustive strip search against both arches in the upper's canonical frame,
+short ICP on the upper for the best distinct poses, grid search of the lower
+arch on the bite points the upper leaves unexplained, short joint ICP, ranking
+by explained share with the margin to the best distinct alternative) → refine
+(joint robust point-to-plane ICP of every bite scan against both arches)``.
+See docs/aligner.md for the reasoning and the measured accuracy.
 """
 
 from __future__ import annotations
@@ -15,17 +19,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from mesial.aligner._features import Cloud, downsample, voxel_representatives
-from mesial.aligner._icp import JointFit, SurfaceTarget, refine_joint
-from mesial.aligner._registration import (
-    BiteStrip,
-    Hypothesis,
-    _principal_axes,
-    _same_pose,
-    bite_strip,
-    crown_direction,
-    global_hypotheses,
-)
+from mesial.aligner._anatomy import FLIP, ArchFrame, arch_frame
+from mesial.aligner._coarse import distinct, grid_scores, icp, search_bite, strip_frame, yaw_grid
+from mesial.aligner._features import voxel_representatives
+from mesial.aligner._field import DistanceField
+from mesial.aligner._icp import JointFit, PlaneTarget, refine_joint
 from mesial.aligner.errors import AlignmentError
 from mesial.aligner.params import AlignParams
 from mesial.aligner.transforms import invert, rotation_angle_deg, transform_points
@@ -46,22 +44,24 @@ class BiteEvidence:
     bite : int
         Index of the bite scan (0 = the reference).
     score : float
-        Best joint score: share of bite points explained by exactly one of the
-        two arches in their best poses (after a short robust ICP each).
+        Share of the bite's points explained (within ``pair_distance_mm``) by
+        either arch in the best hypothesis (bite pose and lower-arch pose after
+        a short joint ICP).
     second_score : float
-        The best score of any other pair of distinct poses (0 if none).
+        The same for the best hypothesis whose bite pose is distinct from the
+        best one (0 if none).
     margin : float
         ``score - second_score`` (share of bite points).
-    upper_hypotheses, lower_hypotheses : int
-        Distinct poses evaluated per arch.
+    hypotheses : int
+        Distinct bite poses refined; ``paired`` of them placed the lower arch.
     """
 
     bite: int
     score: float
     second_score: float
     margin: float
-    upper_hypotheses: int
-    lower_hypotheses: int
+    hypotheses: int
+    paired: int
 
 
 @dataclass(frozen=True)
@@ -127,53 +127,53 @@ def register_bite(
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
-    # preprocess: feature clouds (global step), exact surfaces and thinned bites (fine step)
+    # preprocess: thinned arches, canonical frames, search fields, thinned bites
     report("preprocess", 0.0)
     arch_scans = {"upper": upper, "lower": lower}
-    arch_features = {
-        name: downsample(scan.vertices, scan.vertex_normals, params.global_voxel_mm)
-        for name, scan in arch_scans.items()
-    }
-    bite_features = [downsample(bite.vertices, bite.vertex_normals, params.global_voxel_mm) for bite in bites]
-    crowns = {
-        name: crown_direction(scan.vertices, scan.faces, _principal_axes(arch_features[name].points)[:, 2])
-        for name, scan in arch_scans.items()
-    }
-    strips = [bite_strip(cloud, params.half_gap_mm) for cloud in bite_features]
-    surfaces = {name: SurfaceTarget(scan.vertices, scan.faces) for name, scan in arch_scans.items()}
+    frames: dict[str, ArchFrame] = {}
+    coarse: dict[str, PlaneTarget] = {}
+    for name, scan in arch_scans.items():
+        pick = voxel_representatives(scan.vertices, params.frame_voxel_mm)
+        frames[name] = arch_frame(scan.vertices[pick], scan.vertex_normals[pick], scan.vertices, scan.faces)
+        pick = voxel_representatives(scan.vertices, params.coarse_voxel_mm)
+        coarse[name] = PlaneTarget(scan.vertices[pick], scan.vertex_normals[pick], params.coarse_voxel_mm)
+    to_canonical = frames["upper"].to_canonical
+    lower_start = FLIP @ frames["lower"].to_canonical  # lower file -> upper canonical, arches facing
+    upper_model = transform_points(coarse["upper"].points, to_canonical)
+    lower_model = transform_points(coarse["lower"].points, lower_start)
+    both = np.vstack([upper_model, lower_model])
+    search_field = DistanceField(both[voxel_representatives(both, params.frame_voxel_mm)], 0.6, 3.0)
+    outline = both[np.abs(both[:, 2]) < 4.0]
+    lower_field = DistanceField(lower_model, 0.4, 2.0)
+    pivot = lower_model.mean(axis=0) * np.array([1.0, 1.0, 0.0])
+    motions = yaw_grid(params.lower_yaw_deg, params.lower_x_mm, params.lower_y_mm, params.lower_z_mm, pivot)
+    fine = {name: PlaneTarget(scan.vertices, scan.vertex_normals) for name, scan in arch_scans.items()}
     fine_points = [bite.vertices[voxel_representatives(bite.vertices, params.fine_voxel_mm)] for bite in bites]
-    coarse_points = [bite.vertices[voxel_representatives(bite.vertices, 0.6)] for bite in bites]
     timings["preprocess"] = time.perf_counter() - clock
     report("preprocess", 1.0)
 
-    # global: hypotheses per (bite, arch), short ICP each, then the best pair of poses
+    # global: per bite scan, the best (bite pose, lower pose) hypothesis and its margin
     clock = time.perf_counter()
     evidence: list[BiteEvidence] = []
     bite_to_upper: list[FloatArray] = []
     candidates: list[tuple[float, FloatArray]] = []
-    for k, bite_cloud in enumerate(bite_features):
-        poses: dict[str, list[FloatArray]] = {}
-        sides: dict[str, list[int]] = {}
-        distances: dict[str, list[FloatArray]] = {}
-        for a, arch in enumerate(ARCHES):
-            report("global", (2 * k + a) / (2 * len(bites)))
-            rng = np.random.default_rng([params.seed, k, a])
-            hypotheses = global_hypotheses(bite_cloud, strips[k], arch_features[arch], crowns[arch], params, rng)
-            poses[arch], sides[arch], distances[arch] = _refine_hypotheses(
-                hypotheses, coarse_points[k], strips[k], bite_cloud, surfaces[arch], params
-            )
-        bite_to_lower, upper_pose, item = _best_pair(poses, sides, distances, params, k)
+    for k, bite in enumerate(bites):
+        report("global", k / len(bites))
+        rng = np.random.default_rng([params.seed, k])
+        item, bite_pose, lower_pose = _global_one_bite(
+            k, bite, to_canonical, lower_start, search_field, outline, lower_field, motions, coarse, params, rng
+        )
         evidence.append(item)
-        bite_to_upper.append(upper_pose)
-        candidates.append((item.score, upper_pose @ invert(bite_to_lower)))
+        bite_to_upper.append(bite_pose)
+        candidates.append((item.score, lower_pose))
     timings["global"] = time.perf_counter() - clock
     report("global", 1.0)
 
-    # refine: every bite against both arches jointly, in the upper frame
+    # refine: every bite against both arches jointly, in the upper frame, at full resolution
     clock = time.perf_counter()
     report("refine", 0.0)
     lower_to_upper = max(candidates, key=lambda item: item[0])[1]
-    fit = refine_joint(fine_points, surfaces["upper"], surfaces["lower"], bite_to_upper, lower_to_upper, params)
+    fit = refine_joint(fine_points, fine["upper"], fine["lower"], bite_to_upper, lower_to_upper, params)
     timings["refine"] = time.perf_counter() - clock
     report("refine", 1.0)
 
@@ -188,81 +188,90 @@ def register_bite(
     )
 
 
-def _refine_hypotheses(
-    hypotheses: list[Hypothesis],
-    points: FloatArray,
-    strip: BiteStrip,
-    cloud: Cloud,
-    surface: SurfaceTarget,
+def _global_one_bite(
+    k: int,
+    bite: Scan,
+    to_canonical: FloatArray,
+    lower_start: FloatArray,
+    search_field: DistanceField,
+    outline: FloatArray,
+    lower_field: DistanceField,
+    motions: FloatArray,
+    coarse: dict[str, PlaneTarget],
     params: AlignParams,
-) -> tuple[list[FloatArray], list[int], list[FloatArray]]:
-    """Short robust ICP of the best hypotheses on their half of the bite.
-
-    Returns the distinct refined poses and, for every point of the whole bite,
-    its distance to the arch in that pose.
-    """
-    poses: list[FloatArray] = []
-    sides_of: list[int] = []
-    distances: list[FloatArray] = []
-    centre = points.mean(axis=0)
-    height = (points - cloud.points.mean(axis=0)) @ strip.vertical
-    height -= float(np.median(strip.height + cloud.points.mean(axis=0) @ strip.vertical)) - float(
-        cloud.points.mean(axis=0) @ strip.vertical
+    rng: np.random.Generator,
+) -> tuple[BiteEvidence, FloatArray, FloatArray]:
+    """Best hypothesis for one bite scan: ``(evidence, bite_to_upper, lower_to_upper)``."""
+    pick = voxel_representatives(bite.vertices, params.frame_voxel_mm)
+    thin, thin_normals = bite.vertices[pick], bite.vertex_normals[pick]
+    points = bite.vertices[voxel_representatives(bite.vertices, 0.6)]
+    strip = strip_frame(thin, thin_normals)
+    probe = thin[rng.choice(len(thin), size=min(params.probe_points, len(thin)), replace=False)]
+    found = search_bite(
+        probe,
+        strip,
+        search_field,
+        outline,
+        psi_step_deg=params.psi_step_deg,
+        along_mm=params.along_mm,
+        heights_mm=params.heights_mm,
+        offsets_mm=params.offsets_mm,
+        tau_mm=params.search_tau_mm,
+        keep=300,
     )
-    sides: dict[int, int] = {}
-    for hypothesis in hypotheses:
-        if sides.get(hypothesis.side, 0) == params.refined_hypotheses:
-            continue
-        sides[hypothesis.side] = sides.get(hypothesis.side, 0) + 1
-        half = points[hypothesis.side * height > params.half_gap_mm]
-        fit = refine_joint(
-            [half],
-            surface,
-            None,
-            [hypothesis.source_to_target],
-            None,
-            params,
-            max_distance_mm=2.0 * params.global_voxel_mm,
-            max_iterations=params.coarse_iterations,
-        )
-        pose = fit.bite_to_upper[0]
-        if any(_same_pose(pose, kept, centre, params) for kept in poses):
-            continue
-        poses.append(pose)
-        sides_of.append(hypothesis.side)
-        distances.append(surface.vertex_distance(transform_points(points, pose), upper_bound=1.0))
-    return poses, sides_of, distances
-
-
-def _best_pair(
-    poses: dict[str, list[FloatArray]],
-    sides: dict[str, list[int]],
-    distances: dict[str, list[FloatArray]],
-    params: AlignParams,
-    bite: int,
-) -> tuple[FloatArray, FloatArray, BiteEvidence]:
-    """The pair of arch poses on opposite halves that together explain the bite best.
-
-    A point counts when exactly one arch explains it; points both explain count against.
-    """
+    poses = [candidate.bite_to_canonical for candidate in found]
+    keep = distinct(poses, strip.centre, params.distinct_rotation_deg, params.distinct_translation_mm)
+    from_canonical = invert(to_canonical)
     tau = params.pair_distance_mm
-    scores = []
-    for i, d_upper in enumerate(distances["upper"]):
-        for j, d_lower in enumerate(distances["lower"]):
-            if sides["upper"][i] == sides["lower"][j]:
-                continue
-            on_upper, on_lower = d_upper < tau, d_lower < tau
-            score = float(np.mean(on_upper ^ on_lower)) - float(np.mean(on_upper & on_lower))
-            scores.append((score, i, j))
-    if not scores:
-        return np.eye(4), np.eye(4), BiteEvidence(bite, 0.0, 0.0, 0.0, len(poses["upper"]), len(poses["lower"]))
-    scores.sort(key=lambda item: -item[0])
-    best, i, j = scores[0]
-    second = scores[1][0] if len(scores) > 1 else 0.0
-    evidence = BiteEvidence(
-        bite, best, max(second, 0.0), best - max(second, 0.0), len(poses["upper"]), len(poses["lower"])
-    )
-    return poses["lower"][j], poses["upper"][i], evidence
+    refined = []
+    for index in keep[: params.bite_candidates]:
+        pose = icp(points, coarse["upper"], from_canonical @ poses[index], (2.0, 1.0, 0.5))
+        on_upper = np.isfinite(coarse["upper"].match(transform_points(points, pose), tau)[0])
+        refined.append((float(on_upper.mean()), pose, on_upper))
+    refined.sort(key=lambda item: -item[0])
+    scored: list[tuple[float, FloatArray, FloatArray]] = []
+    for _, pose, on_upper in refined[: params.paired_candidates]:
+        residual = transform_points(points[~on_upper], to_canonical @ pose)
+        if len(residual) > params.residual_points:
+            residual = residual[rng.choice(len(residual), size=params.residual_points, replace=False)]
+        if len(residual) < 10:
+            continue
+        best = int(np.argmax(grid_scores(residual, motions, lower_field, 2 * tau)))
+        lower_pose = from_canonical @ motions[best] @ lower_start
+        joint = refine_joint(
+            [points], coarse["upper"], coarse["lower"], [pose], lower_pose, params,
+            max_distance_mm=1.0, max_iterations=8,
+        )  # fmt: skip
+        assert joint.lower_to_upper is not None
+        explained = _explained(points, joint.bite_to_upper[0], joint.lower_to_upper, coarse, tau)
+        scored.append((explained, joint.bite_to_upper[0], joint.lower_to_upper))
+    if not scored:
+        return BiteEvidence(k, 0.0, 0.0, 0.0, len(refined), 0), np.eye(4), lower_start
+    scored.sort(key=lambda item: -item[0])
+    best_score, best_pose, best_lower = scored[0]
+    second = 0.0
+    for value, pose, _ in scored[1:]:
+        if len(distinct([best_pose, pose], strip.centre, params.distinct_rotation_deg / 2, 1.0)) == 2:
+            second = value
+            break
+    item = BiteEvidence(k, best_score, second, best_score - second, len(refined), len(scored))
+    return item, best_pose, best_lower
+
+
+def _explained(
+    points: FloatArray, pose: FloatArray, lower_pose: FloatArray, coarse: dict[str, PlaneTarget], tau: float
+) -> float:
+    """Share of bite points within ``tau`` of either arch (nearest thinned sample's plane)."""
+    x = transform_points(points, pose)
+    hit = np.zeros(len(x), dtype=bool)
+    for name, moved in (("upper", x), ("lower", transform_points(x, invert(lower_pose)))):
+        distance, index = coarse[name].match(moved, tau + coarse[name].spacing)
+        found = np.isfinite(distance)
+        plane = np.abs(
+            np.einsum("ij,ij->i", moved[found] - coarse[name].points[index[found]], coarse[name].normals[index[found]])
+        )
+        hit[np.flatnonzero(found)[plane < tau]] = True
+    return float(hit.mean())
 
 
 def _reasons(
