@@ -17,7 +17,7 @@ from mesial.common.settings import Settings
 MESIAL = str(Path(sys.executable).parent / "mesial")
 
 
-def _env(settings: Settings, tmp_path: Path) -> dict[str, str]:
+def cli_env(settings: Settings, tmp_path: Path) -> dict[str, str]:
     return {
         **os.environ,
         "MESIAL_DATABASE_URL": f"sqlite://{tmp_path / 'cli.sqlite3'}",
@@ -32,12 +32,33 @@ def _env(settings: Settings, tmp_path: Path) -> dict[str, str]:
     }
 
 
+def serve(env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen[str], str]:
+    """``mesial api serve`` on a free port, ready (``/readyz`` answers 200)."""
+    port = svc.free_port()
+    server = subprocess.Popen(
+        [MESIAL, "api", "serve", "--port", str(port)], env=env, cwd=cwd,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return server, base
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or server.poll() is not None:
+            server.kill()
+            raise AssertionError("server did not become ready")
+        time.sleep(0.2)
+
+
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([MESIAL, *args], env=env, capture_output=True, text=True, timeout=60, cwd=env["HOME"])
 
 
 def test_admin_bootstrap_org_keys_serve_and_audit(service_settings: Settings, tmp_path: Path) -> None:
-    env = _env(service_settings, tmp_path)
+    env = cli_env(service_settings, tmp_path)
     env["HOME"] = str(tmp_path)
     boot = run(env, "admin", "bootstrap")
     assert boot.returncode == 0, boot.stderr
@@ -51,22 +72,8 @@ def test_admin_bootstrap_org_keys_serve_and_audit(service_settings: Settings, tm
     assert issued.returncode == 0, issued.stderr
     admin_key = issued.stdout.strip()
 
-    port = svc.free_port()
-    server = subprocess.Popen(
-        [MESIAL, "api", "serve", "--port", str(port)], env=env, cwd=tmp_path,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    server, base = serve(env, tmp_path)
     try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and server.poll() is None, "server did not become ready"
-            time.sleep(0.2)
         me = httpx.get(f"{base}/v1/me", headers={"authorization": f"Bearer {admin_key}"})
         assert me.json()["organization"] == "cli-lab"
         orgs = httpx.get(f"{base}/v1/orgs", headers={"authorization": f"Bearer {platform_key}"})
