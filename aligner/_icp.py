@@ -70,6 +70,8 @@ class SurfaceTarget:
 
     # Deeper than this (mm), a point behind an open surface is not counted as inside.
     max_penetration_mm = 1.5
+    # Signed distances are exact within this distance of the surface (mm).
+    exact_band_mm = 0.6
 
     def __init__(self, vertices: FloatArray, faces: NDArray[np.int64]) -> None:
         from mesial.aligner._o3d import open3d
@@ -82,6 +84,7 @@ class SurfaceTarget:
         self._scene = o3d.t.geometry.RaycastingScene()
         self._scene.add_triangles(vertices.astype(np.float32), faces.astype(np.uint32))
         self._tree: object | None = None
+        self._far_tree: object | None = None
 
     def vertex_distance(self, points: FloatArray, upper_bound: float = np.inf) -> FloatArray:
         """Distance (mm) from ``points (n, 3)`` to the nearest vertex (inf beyond ``upper_bound``).
@@ -95,6 +98,18 @@ class SurfaceTarget:
             self._tree = cKDTree(self.vertices)
         tree: cKDTree = self._tree
         distance, _ = tree.query(points, workers=-1, distance_upper_bound=upper_bound)
+        return np.asarray(distance, dtype=np.float64)
+
+    def _far_distance(self, points: FloatArray) -> FloatArray:
+        """Distance (mm) to the surface thinned to 1 mm voxels: within about 1 mm, for far points."""
+        from scipy.spatial import cKDTree
+
+        from mesial.aligner._features import voxel_representatives
+
+        if self._far_tree is None:
+            self._far_tree = cKDTree(self.vertices[voxel_representatives(self.vertices, 1.0)])
+        tree: cKDTree = self._far_tree
+        distance, _ = tree.query(points, workers=-1)
         return np.asarray(distance, dtype=np.float64)
 
     def near(self, points: FloatArray, gate: float) -> tuple[FloatArray, FloatArray, FloatArray]:
@@ -145,13 +160,28 @@ class SurfaceTarget:
         distance : (n,) float, millimetres
         closest : (n, 3) float, millimetres
         """
-        closest, normals, _ = self.closest(points)
-        offset = points - closest
-        distance = np.linalg.norm(offset, axis=1)
-        side = np.einsum("ij,ij->i", offset, normals)
-        # an open scan has no inside far from its surface or past its border: a
-        # point is inside only when near and behind the face it projects onto
-        inside = (side < 0) & (distance < self.max_penetration_mm) & (-side > 0.5 * distance)
+        # exact closest points only where it matters (near the surface); far
+        # points (most of an arch) keep their nearest-vertex distance, which is
+        # within one vertex spacing of the exact one and cheap to find
+        # exact closest points only where it matters: within exact_band_mm of the
+        # surface (contacts, penetrations, the interpolated contact border); far
+        # points (most of an arch) get the distance to the surface thinned to
+        # 1 mm voxels (within 0.9 mm of the exact one, and at least the band)
+        distance = self.vertex_distance(points, upper_bound=self.exact_band_mm)
+        closest = np.array(points, dtype=np.float64)
+        near = np.isfinite(distance)
+        if not near.all():
+            distance[~near] = np.maximum(self._far_distance(points[~near]), self.exact_band_mm)
+        inside = np.zeros(len(points), dtype=bool)
+        if near.any():
+            exact, normals, _ = self.closest(points[near])
+            offset = points[near] - exact
+            gap = np.linalg.norm(offset, axis=1)
+            side = np.einsum("ij,ij->i", offset, normals)
+            # an open scan has no inside far from its surface or past its border: a
+            # point is inside only when near and behind the face it projects onto
+            inside[near] = (side < 0) & (gap < self.max_penetration_mm) & (-side > 0.5 * gap)
+            distance[near], closest[near] = gap, exact
         return np.where(inside, -distance, distance), closest
 
 

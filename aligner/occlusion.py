@@ -213,6 +213,10 @@ def optimise_bite(upper: SurfaceTarget, lower_vertices: FloatArray, params: Occl
     """
     distance, _ = upper.signed_distance(lower_vertices)
     band = lower_vertices[distance < params.optimise_band_mm]
+    if len(band) > params.optimise_points:  # every penetrating vertex, and an even share of the rest
+        deep = distance[distance < params.optimise_band_mm] < 0
+        rest = np.flatnonzero(~deep)
+        band = np.vstack([band[deep], band[rest[:: max(1, len(rest) // params.optimise_points)]]])
     correction = np.eye(4)
     if len(band) == 0:
         return correction

@@ -87,6 +87,8 @@ class OcclusionParams:
     optimise_iterations: int = 15
     # Points within this distance of the antagonist take part in the optimisation.
     optimise_band_mm: float = 0.6
+    # At most about this many of them besides the penetrating ones (evenly spaced).
+    optimise_points: int = 6000
     # Share of the arch depth (from the front) counted as the anterior region.
     anterior_share: float = 0.3
 

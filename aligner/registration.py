@@ -147,7 +147,9 @@ def register_bite(
     lower_field = DistanceField(lower_model, 0.4, 2.0)
     pivot = lower_model.mean(axis=0) * np.array([1.0, 1.0, 0.0])
     motions = yaw_grid(params.lower_yaw_deg, params.lower_x_mm, params.lower_y_mm, params.lower_z_mm, pivot)
-    fine = {name: PlaneTarget(scan.vertices, scan.vertex_normals) for name, scan in arch_scans.items()}
+    fine = {
+        name: PlaneTarget(scan.vertices, scan.vertex_normals, _edge_length(scan)) for name, scan in arch_scans.items()
+    }
     fine_points = [bite.vertices[voxel_representatives(bite.vertices, params.fine_voxel_mm)] for bite in bites]
     timings["preprocess"] = time.perf_counter() - clock
     report("preprocess", 1.0)
@@ -251,11 +253,20 @@ def _global_one_bite(
     best_score, best_pose, best_lower = scored[0]
     second = 0.0
     for value, pose, _ in scored[1:]:
-        if len(distinct([best_pose, pose], strip.centre, params.distinct_rotation_deg / 2, 1.0)) == 2:
+        if (
+            len(distinct([best_pose, pose], strip.centre, params.distinct_rotation_deg, params.distinct_translation_mm))
+            == 2
+        ):
             second = value
             break
     item = BiteEvidence(k, best_score, second, best_score - second, len(refined), len(scored))
     return item, best_pose, best_lower
+
+
+def _edge_length(scan: Scan) -> float:
+    """Median edge length (mm) of a scan: how far a surface point can be from its nearest vertex."""
+    corners = scan.vertices[scan.faces[:: max(1, len(scan.faces) // 20000)]]
+    return float(np.median(np.linalg.norm(corners - np.roll(corners, 1, axis=1), axis=2)))
 
 
 def _explained(

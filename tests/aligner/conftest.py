@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 from mesial.aligner.samples import SampleCase, generate_case
 
@@ -14,7 +17,9 @@ def small_case() -> SampleCase:
     return generate_case(3, vertices=20_000)
 
 
-def grid_plane(size_mm: float, step_mm: float, z: float = 0.0, up: bool = True):
+def grid_plane(
+    size_mm: float, step_mm: float, z: float = 0.0, up: bool = True
+) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
     """A square grid ``(n, 3)``, ``(m, 3)`` in the plane ``z``, normals +z (or -z)."""
     line = np.arange(-size_mm / 2, size_mm / 2 + 1e-9, step_mm)
     x, y = np.meshgrid(line, line, indexing="ij")
@@ -28,7 +33,9 @@ def grid_plane(size_mm: float, step_mm: float, z: float = 0.0, up: bool = True):
     return vertices, faces.astype(np.int64)
 
 
-def uv_sphere(radius: float, centre, rings: int = 200, segments: int = 400):
+def uv_sphere(
+    radius: float, centre: Any, rings: int = 200, segments: int = 400
+) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
     """A closed UV sphere with outward normals."""
     theta = np.linspace(0, np.pi, rings + 1)[1:-1]
     phi = np.linspace(0, 2 * np.pi, segments, endpoint=False)
@@ -37,7 +44,10 @@ def uv_sphere(radius: float, centre, rings: int = 200, segments: int = 400):
     vertices = np.vstack([[0, 0, 1], body, [0, 0, -1]]) * radius + np.asarray(centre)
     faces = []
     top, bottom = 0, len(vertices) - 1
-    ring = lambda r, s: 1 + r * segments + (s % segments)  # noqa: E731
+
+    def ring(r: int, s: int) -> int:
+        return 1 + r * segments + (s % segments)
+
     for s in range(segments):
         faces.append([top, ring(0, s), ring(0, s + 1)])
         faces.append([bottom, ring(rings - 2, s + 1), ring(rings - 2, s)])

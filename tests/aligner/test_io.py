@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from mesial.common.errors import InputError
 
 from .conftest import grid_plane
 
-LIMITS = {"max_bytes": 50 << 20, "max_triangles": 1_000_000}
+LIMITS: dict[str, Any] = {"max_bytes": 50 << 20, "max_triangles": 1_000_000}
 
 
 @pytest.fixture

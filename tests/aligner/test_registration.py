@@ -43,6 +43,7 @@ def test_pipeline_is_never_silently_wrong(small_case):
     result = align_scans(upper, lower, bites)
     assert result.status in ("ok", "not_confident")
     if result.status == "ok":
+        assert result.registration is not None and result.upper_to_bite is not None
         estimate = invert(result.upper_to_bite) @ result.registration.lower_to_bite
         truth = invert(case.truth["upper"]) @ case.truth["lower"]
         tre = relative_error(estimate, truth, case.lower.vertices)
