@@ -4,25 +4,28 @@ Both run the same Job entrypoint. The contract with it (``mesial job run``):
 
 * arguments: ``--org ORG --job JOB_ID --upper SCAN_ID --lower SCAN_ID [--bite SCAN_ID]...
   --options JSON``, appended to ``ApiSettings.job_command``; Vault and store settings
-  come in the usual ``MESIAL_*`` environment variables;
-* input: the scans at ``tenants/<org>/scans/<scan id>`` (sealed; read with ObjectStore.get);
+  come in the usual ``MESIAL_*`` environment variables; the working directory is a
+  scratch directory of the job;
+* input: the scans at ``tenants/<org>/scans/<scan id>`` (sealed; ObjectStore.get);
 * output: artifacts at ``tenants/<org>/jobs/<job id>/artifacts/<name>`` (ObjectStore.put)
-  and a status object at ``tenants/<org>/jobs/<job id>/status.json``, rewritten as it
-  goes: ``{"state": "running"|"succeeded"|"failed", "progress": 0..1, "metrics":
-  {name: number}, "artifacts": [{"name", "size", "sha256"}], "message": str}``
-  (no PHI in ``message``);
-* exit code 0 with ``state: succeeded`` is success; anything else is failure.
+  and the progress document of :mod:`mesial.common.progress` at
+  ``jobs/<job id>/progress.json``, rewritten after each stage (stage, percent, message,
+  flat metrics, artifact keys);
+* exit code 0 means success; anything else is failure (the last progress message, which
+  progress.py sanitizes, becomes the job's message).
 
-The local executor polls the status object for progress, registers the artifacts the
-final status lists (each must exist in the store), and audits the job's lifecycle in
-its tenant's chain. In cluster mode the dispatcher renders a ScanJob for the operator
-(`ClusterDispatcher`); the operator reports the same status through the internal API.
+The local executor polls the progress document while the job runs, and at the end
+registers the artifacts it lists (keys under ``jobs/<job id>/artifacts/`` only; each is
+read back once, authenticated, to record its size and SHA-256), and audits the job's
+lifecycle in its tenant's chain. In cluster mode the dispatcher renders a ScanJob for
+the operator (`ClusterDispatcher`), which mirrors the same document into the ScanJob.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -34,11 +37,12 @@ from typing import Any, Protocol
 from mesial.api.audit.collector import AuditCollector
 from mesial.api.errors import Busy
 from mesial.api.models import Artifact, Job
-from mesial.api.services.jobs import ARTIFACT_NAME_RE, FINAL, JobSpec, JobState, artifact_key, status_key
+from mesial.api.services.jobs import ARTIFACT_NAME_RE, FINAL, JobSpec, JobState, artifact_key
 from mesial.api.types import new_id, utcnow
 from mesial.common.audit import AuditEvent
-from mesial.common.errors import ConfigurationError, MesialError, ObjectNotFound
+from mesial.common.errors import ConfigurationError, MesialError
 from mesial.common.objectstore import ObjectStore
+from mesial.common.progress import JobProgress, read_progress
 from mesial.common.settings import Settings
 from mesial.common.tenancy import namespace_for
 
@@ -135,7 +139,7 @@ class LocalExecutor:
                 raise
             except Exception as exc:  # one job's failure never stops the worker
                 log.error("job %s: executor error %s", job.id, type(exc).__name__, exc_info=exc)
-                await self._finish(job, JobState.failed, "executor error", {})
+                await self._finish(job, JobState.failed, "executor error", None)
             finally:
                 self.queue.task_done()
 
@@ -170,18 +174,18 @@ class LocalExecutor:
             finally:
                 self.running.pop(job.id, None)
         if job.id in self.cancelled:
-            await self._finish(job, JobState.cancelled, "cancelled", {})
+            await self._finish(job, JobState.cancelled, "cancelled", None)
             return
         if code is None:
-            await self._finish(job, JobState.failed, "deadline exceeded", {})
+            await self._finish(job, JobState.failed, "deadline exceeded", None)
             return
-        status = await self._status(job)
-        if code != 0 or status.get("state") != JobState.succeeded.value:
-            message = str(status.get("message") or f"job exited with code {code}")[:500]
-            await self._finish(job, JobState.failed, message, status)
+        progress = await self._progress(job)
+        if code != 0:
+            message = (progress.message if progress and progress.message else f"job exited with code {code}")[:500]
+            await self._finish(job, JobState.failed, message, progress)
             return
-        await self._register_artifacts(job, status.get("artifacts") or [])
-        await self._finish(job, JobState.succeeded, str(status.get("message", ""))[:500], status)
+        await self._register_artifacts(job, progress.artifacts if progress else [])
+        await self._finish(job, JobState.succeeded, progress.message if progress else "", progress)
 
     async def _watch(self, job: JobSpec, process: asyncio.subprocess.Process) -> int | None:
         """Wait for the process, copying progress into the row; None if the deadline passed."""
@@ -192,55 +196,48 @@ class LocalExecutor:
                 return await asyncio.wait_for(process.wait(), timeout=self.settings.api.job_poll_s)
             except TimeoutError:
                 pass
-            status = await self._status(job)
-            if "progress" in status:
-                await Job.filter(id=job.id, state=JobState.running.value).update(progress=_progress(status))
+            progress = await self._progress(job)
+            if progress is not None:
+                await Job.filter(id=job.id, state=JobState.running.value).update(
+                    progress=progress.percent / 100, metrics=progress.metrics
+                )
             if loop.time() > deadline:
                 await _terminate(process)
                 return None
 
-    async def _status(self, job: JobSpec) -> dict[str, Any]:
+    async def _progress(self, job: JobSpec) -> JobProgress | None:
         try:
-            data = json.loads(await self.store.read_bytes(job.org, status_key(job.id)))
-        except (ObjectNotFound, ValueError):
-            return {}
-        except MesialError as exc:
-            log.warning("job %s: status unreadable (%s)", job.id, type(exc).__name__)
-            return {}
-        return data if isinstance(data, dict) else {}
+            return await read_progress(self.store, job.org, job.id)
+        except MesialError as exc:  # unreadable or malformed: keep the last known state
+            log.warning("job %s: progress unreadable (%s)", job.id, type(exc).__name__)
+            return None
 
-    async def _register_artifacts(self, job: JobSpec, listed: list[Any]) -> None:
-        for entry in listed:
-            name = str(entry.get("name", "")) if isinstance(entry, dict) else ""
+    async def _register_artifacts(self, job: JobSpec, keys: list[str]) -> None:
+        prefix = f"jobs/{job.id}/artifacts/"
+        for key in keys:
+            name = key[len(prefix) :] if key.startswith(prefix) else ""
             if not ARTIFACT_NAME_RE.fullmatch(name):
-                raise MesialError("job listed an artifact with an invalid name")
-            meta = await self.store.head(job.org, artifact_key(job.id, name))
+                log.warning("job %s: artifact outside its job's prefix ignored", job.id)
+                continue
+            hasher, size = hashlib.sha256(), 0
+            async for piece in self.store.get(job.org, artifact_key(job.id, name)):
+                hasher.update(piece)
+                size += len(piece)
             await Artifact.create(
-                id=new_id("art"),
-                org_id=job.org_id,
-                job_id=job.id,
-                name=name,
-                size=int(entry.get("size", meta.stored_bytes)),
-                sha256=str(entry.get("sha256", ""))[:64],
-                created_at=utcnow(),
-            )
+                id=new_id("art"), org_id=job.org_id, job_id=job.id, name=name, size=size,
+                sha256=hasher.hexdigest(), created_at=utcnow(),
+            )  # fmt: skip
 
-    async def _finish(self, job: JobSpec, state: JobState, message: str, status: dict[str, Any]) -> None:
-        metrics = status.get("metrics") if isinstance(status.get("metrics"), dict) else {}
-        fields: dict[str, Any] = {"state": state.value, "message": message, "finished_at": utcnow(), "metrics": metrics}
+    async def _finish(self, job: JobSpec, state: JobState, message: str, progress: JobProgress | None) -> None:
+        fields: dict[str, Any] = {"state": state.value, "message": message, "finished_at": utcnow()}
+        if progress is not None:
+            fields["metrics"] = progress.metrics
         if state is JobState.succeeded:
             fields["progress"] = 1.0
         done = await Job.filter(id=job.id).exclude(state__in=[s.value for s in FINAL]).update(**fields)
         if done or state is JobState.cancelled:
             await self._audit(job, f"job.{state.value}")
         self.cancelled.discard(job.id)
-
-
-def _progress(status: dict[str, Any]) -> float:
-    try:
-        return min(1.0, max(0.0, float(status["progress"])))
-    except (TypeError, ValueError):
-        return 0.0
 
 
 async def _terminate(process: asyncio.subprocess.Process, grace_s: float = 5.0) -> None:

@@ -39,11 +39,6 @@ class JobSpec:
     options: dict[str, Any]
 
 
-def status_key(job_id: str) -> str:
-    """Where a job writes its progress and result (JSON, sealed like any object)."""
-    return f"jobs/{job_id}/status.json"
-
-
 def artifact_key(job_id: str, name: str) -> str:
     return f"jobs/{job_id}/artifacts/{name}"
 

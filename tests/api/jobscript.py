@@ -1,8 +1,8 @@
 """A small real job for the executor tests, following the ``mesial job run`` contract.
 
-It reads (decrypts) every input scan from the store, writes progress, one artifact
-(``summary.json``: the inputs' sizes and SHA-256) and the final status. Options:
-``sleep`` (seconds, while "running"), ``fail`` (exit 3 with a failed status).
+It reads (decrypts) every input scan from the store, writes the progress document of
+:mod:`mesial.common.progress` after each stage and one artifact (``summary.json``: the
+inputs' sizes and SHA-256). Options: ``sleep`` (seconds, mid-way), ``fail`` (exit 3).
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ import hashlib
 import json
 import sys
 import time
+from typing import Any
 
 from mesial.common.objectstore import ObjectStore
+from mesial.common.progress import JobProgress, write_progress
 from mesial.common.settings import Settings
 from mesial.common.vault import TenantKeys
 
@@ -30,31 +32,31 @@ async def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     options = json.loads(args.options)
     settings = Settings()
-    status_key = f"jobs/{args.job}/status.json"
     async with ObjectStore(settings.store, TenantKeys(settings.vault)) as store:
 
-        async def status(**fields: object) -> None:
-            await store.put(args.org, status_key, json.dumps(fields).encode())
+        async def status(**fields: Any) -> None:
+            await write_progress(store, args.org, args.job, JobProgress(**fields))
 
-        await status(state="running", progress=0.1)
+        await status(stage="loading", percent=10)
         inputs = {}
         for scan_id in [args.upper, args.lower, *args.bite]:
             data = await store.read_bytes(args.org, f"scans/{scan_id}")
             inputs[scan_id] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-        await status(state="running", progress=0.5)
+        await status(stage="registration", percent=50, metrics={"inputs": len(inputs)})
         deadline = time.monotonic() + float(options.get("sleep", 0))
         while time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         if options.get("fail"):
-            await status(state="failed", progress=0.5, message="alignment failed: insufficient overlap")
+            await status(stage="failed", percent=50, message="alignment failed: insufficient overlap")
             return 3
         summary = json.dumps({"inputs": inputs}, sort_keys=True).encode()
-        stored = await store.put(args.org, f"jobs/{args.job}/artifacts/summary.json", summary)
+        artifact = f"jobs/{args.job}/artifacts/summary.json"
+        await store.put(args.org, artifact, summary)
         await status(
-            state="succeeded",
-            progress=1.0,
+            stage="succeeded",
+            percent=100,
             metrics={"rmse_mm": 0.042, "inputs": len(inputs)},
-            artifacts=[{"name": "summary.json", "size": stored.size, "sha256": stored.sha256}],
+            artifacts=[artifact, "jobs/elsewhere/artifacts/x.json"],  # the second must be ignored
         )
     return 0
 
