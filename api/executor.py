@@ -2,8 +2,9 @@
 
 Both run the same Job entrypoint. The contract with it (``mesial job run``):
 
-* arguments: ``--org ORG --job JOB_ID --upper SCAN_ID --lower SCAN_ID [--bite SCAN_ID]...
-  --options JSON``, appended to ``ApiSettings.job_command``; Vault and store settings
+* arguments: ``--org ORG --job-id JOB_ID --upper SCAN_ID --lower SCAN_ID --bite SCAN_ID
+  [--bite SCAN_ID] [--contact-threshold MM] [--no-optimise] --scratch DIR``, appended to
+  ``ApiSettings.job_command``; Vault and store settings
   come in the usual ``MESIAL_*`` environment variables; the working directory is a
   scratch directory of the job;
 * input: the scans at ``tenants/<org>/scans/<scan id>`` (sealed; ObjectStore.get);
@@ -11,7 +12,8 @@ Both run the same Job entrypoint. The contract with it (``mesial job run``):
   and the progress document of :mod:`mesial.common.progress` at
   ``jobs/<job id>/progress.json``, rewritten after each stage (stage, percent, message,
   flat metrics, artifact keys);
-* exit code 0 means success; anything else is failure (the last progress message, which
+* exit code 0 means success; anything else (1 failure, 2 invalid input, 3 not
+  confident) is failure (the last progress message, which
   progress.py sanitizes, becomes the job's message).
 
 The local executor polls the progress document while the job runs, and at the end
@@ -26,10 +28,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import os
+import shutil
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -58,11 +61,25 @@ class Dispatcher(Protocol):
     async def stop(self) -> None: ...
 
 
-def job_arguments(job: JobSpec) -> list[str]:
-    args = ["--org", job.org, "--job", job.id, "--upper", job.upper, "--lower", job.lower]
+def job_arguments(job: JobSpec, scratch: Path) -> list[str]:
+    """The arguments of ``mesial job run`` for one job (appended to ``job_command``)."""
+    args = ["--org", job.org, "--job-id", job.id, "--upper", job.upper, "--lower", job.lower]
     for bite in job.bites:
         args += ["--bite", bite]
-    return [*args, "--options", json.dumps(job.options, sort_keys=True)]
+    if "contact_threshold_mm" in job.options:
+        args += ["--contact-threshold", repr(float(job.options["contact_threshold_mm"]))]
+    if job.options.get("optimise") is False:
+        args.append("--no-optimise")
+    return [*args, "--scratch", str(scratch)]
+
+
+def resolve_command(command: list[str]) -> list[str]:
+    """``mesial`` from the API's own environment when it is not on PATH (a venv not activated)."""
+    if command and shutil.which(command[0]) is None:
+        sibling = Path(sys.executable).parent / command[0]
+        if sibling.is_file():
+            return [str(sibling), *command[1:]]
+    return list(command)
 
 
 def job_environment(settings: Settings) -> dict[str, str]:
@@ -159,8 +176,8 @@ class LocalExecutor:
         workdir.mkdir(parents=True, exist_ok=True)
         with (workdir / "job.log").open("wb") as logfile:
             process = await asyncio.create_subprocess_exec(
-                *self.settings.api.job_command,
-                *job_arguments(job),
+                *resolve_command(self.settings.api.job_command),
+                *job_arguments(job, workdir / "scratch"),
                 cwd=workdir,
                 env=job_environment(self.settings),
                 stdin=asyncio.subprocess.DEVNULL,

@@ -98,11 +98,16 @@ class ScanList(BaseModel):
     next_cursor: str | None
 
 
+class JobOptions(Strict):
+    contact_threshold_mm: float = Field(0.1, gt=0, le=2.0, description="occlusal contact distance, mm")
+    optimise: bool = Field(True, description="correct bite-through after registration")
+
+
 class JobCreate(Strict):
     upper: Id
     lower: Id
-    bites: list[Id] = Field(min_length=1, max_length=8)
-    options: dict[str, str | int | float | bool] = Field(default_factory=dict, max_length=32)
+    bites: list[Id] = Field(min_length=1, max_length=2)
+    options: JobOptions = Field(default_factory=JobOptions)
 
 
 class Job(BaseModel):

@@ -35,7 +35,8 @@ from mesial.common.objectstore import ObjectStore
 )
 async def create_job(call: Call) -> Response:
     b = call.body
-    job = await jobs.create(call.scope, call.runtime.dispatcher, b.upper, b.lower, b.bites, b.options)
+    options = b.options.model_dump()
+    job = await jobs.create(call.scope, call.runtime.dispatcher, b.upper, b.lower, b.bites, options)
     call.audit(job.id)
     return ok(jobs.job_view(job), 201)
 

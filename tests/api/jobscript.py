@@ -1,8 +1,9 @@
 """A small real job for the executor tests, following the ``mesial job run`` contract.
 
-It reads (decrypts) every input scan from the store, writes the progress document of
-:mod:`mesial.common.progress` after each stage and one artifact (``summary.json``: the
-inputs' sizes and SHA-256). Options: ``sleep`` (seconds, mid-way), ``fail`` (exit 3).
+Same arguments as ``mesial job run``. It reads (decrypts) every input scan from the
+store, writes the progress document of :mod:`mesial.common.progress` after each stage and
+one artifact (``summary.json``: the inputs' sizes and SHA-256). ``--behaviour`` (put in
+the app's ``job_command`` by a test) makes it ``fail`` (exit 3) or ``sleep`` for a minute.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ from mesial.common.vault import TenantKeys
 async def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--org", required=True)
-    parser.add_argument("--job", required=True)
+    parser.add_argument("--job-id", dest="job", required=True)
     parser.add_argument("--upper", required=True)
     parser.add_argument("--lower", required=True)
     parser.add_argument("--bite", action="append", default=[])
-    parser.add_argument("--options", default="{}")
+    parser.add_argument("--contact-threshold", type=float, default=0.1)
+    parser.add_argument("--no-optimise", action="store_true")
+    parser.add_argument("--scratch", required=True)
+    parser.add_argument("--behaviour", choices=["ok", "fail", "sleep"], default="ok")
     args = parser.parse_args(argv)
-    options = json.loads(args.options)
     settings = Settings()
     async with ObjectStore(settings.store, TenantKeys(settings.vault)) as store:
 
@@ -43,13 +46,14 @@ async def main(argv: list[str]) -> int:
             data = await store.read_bytes(args.org, f"scans/{scan_id}")
             inputs[scan_id] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         await status(stage="registration", percent=50, metrics={"inputs": len(inputs)})
-        deadline = time.monotonic() + float(options.get("sleep", 0))
+        deadline = time.monotonic() + (60 if args.behaviour == "sleep" else 0)
         while time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        if options.get("fail"):
+        if args.behaviour == "fail":
             await status(stage="failed", percent=50, message="alignment failed: insufficient overlap")
             return 3
-        summary = json.dumps({"inputs": inputs}, sort_keys=True).encode()
+        run = {"contact_threshold": args.contact_threshold, "optimise": not args.no_optimise}
+        summary = json.dumps({"inputs": inputs, "options": run}, sort_keys=True).encode()
         artifact = f"jobs/{args.job}/artifacts/summary.json"
         await store.put(args.org, artifact, summary)
         await status(

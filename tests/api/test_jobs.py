@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +15,7 @@ import pytest
 from mesial.api.errors import Busy
 from mesial.api.executor import LocalExecutor, job_arguments, scanjob_manifest
 from mesial.api.services.jobs import JobSpec
-from tests.api.conftest import Harness, bearer
+from tests.api.conftest import Harness, bearer, variant
 
 
 async def wait_job(api: Harness, key: str, job_id: str, timeout: float = 30) -> dict[str, Any]:
@@ -42,11 +45,12 @@ async def finished_job(api: Harness, key: str) -> dict[str, Any]:
 
 async def test_job_runs_and_its_artifact_downloads_decrypted(api: Harness) -> None:
     _org, admin = await api.new_org()
-    job = await start_job(api, admin)
+    job = await start_job(api, admin, contact_threshold_mm=0.25, optimise=False)
     assert job["state"] == "queued"
     done = await wait_job(api, admin, job["id"])
     assert done["state"] == "succeeded" and done["progress"] == 1.0
     assert done["metrics"] == {"rmse_mm": 0.042, "inputs": 3}
+    assert job["bites"] == done["bites"]
     artifacts = (await api.client.get(f"/v1/jobs/{job['id']}/artifacts", headers=bearer(admin))).json()["items"]
     assert [a["name"] for a in artifacts] == ["summary.json"]
     link = await api.client.post(f"/v1/jobs/{job['id']}/artifacts/summary.json/link", headers=bearer(admin))
@@ -55,6 +59,7 @@ async def test_job_runs_and_its_artifact_downloads_decrypted(api: Harness) -> No
     assert body.status_code == 200, body.text
     summary = json.loads(body.content)
     assert set(summary["inputs"]) == {done["upper"], done["lower"], *done["bites"]}
+    assert summary["options"] == {"contact_threshold": 0.25, "optimise": False}  # the job got the options
     assert artifacts[0]["size"] == len(body.content)
     missing = await api.client.post(f"/v1/jobs/{job['id']}/artifacts/nope.json/link", headers=bearer(admin))
     assert missing.status_code == 404
@@ -97,21 +102,35 @@ async def test_job_creation_checks_kinds_and_ownership(api: Harness) -> None:
     assert swapped.status_code == 422 and "kind 'upper'" in swapped.json()["error"]["message"]
     assert (await create(upper=case["upper"], lower=case["lower"], bites=[foreign["id"]])).status_code == 404
     assert (await create(upper=case["upper"], lower=case["lower"], bites=[])).status_code == 422
+    unknown = await create(upper=case["upper"], lower=case["lower"], bites=[case["bite"]], options={"voxel": 1})
+    assert unknown.status_code == 422
     bad = await create(upper="../../etc", lower=case["lower"], bites=[case["bite"]])
     assert bad.status_code == 422 and bad.json()["error"]["details"][0]["loc"] == ["body", "upper"]
 
 
-async def test_failing_job_reports_failure(api: Harness) -> None:
+@pytest.fixture
+async def behaving(api: Harness, request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
+    """An app whose jobs misbehave as asked (``fail`` or ``sleep``)."""
+    command = [sys.executable, str(Path(__file__).with_name("jobscript.py")), "--behaviour", request.param]
+    async with variant(api, tmp_path, job_command=command) as harness:
+        yield harness
+
+
+@pytest.mark.parametrize("behaving", ["fail"], indirect=True)
+async def test_failing_job_reports_failure(behaving: Harness) -> None:
+    api = behaving
     _org, admin = await api.new_org()
-    job = await start_job(api, admin, fail=True)
+    job = await start_job(api, admin)
     done = await wait_job(api, admin, job["id"])
     assert done["state"] == "failed" and done["message"] == "alignment failed: insufficient overlap"
     assert (await api.client.get(f"/v1/jobs/{job['id']}/artifacts", headers=bearer(admin))).json()["items"] == []
 
 
-async def test_running_job_can_be_cancelled(api: Harness) -> None:
+@pytest.mark.parametrize("behaving", ["sleep"], indirect=True)
+async def test_running_job_can_be_cancelled(behaving: Harness) -> None:
+    api = behaving
     _org, admin = await api.new_org()
-    job = await start_job(api, admin, sleep=30)
+    job = await start_job(api, admin)
     deadline = time.monotonic() + 20
     while (await api.client.get(f"/v1/jobs/{job['id']}", headers=bearer(admin))).json()["progress"] < 0.5:
         assert time.monotonic() < deadline
@@ -137,11 +156,24 @@ async def test_local_queue_is_bounded(api: Harness) -> None:
 
 
 def test_job_command_line_and_scanjob_manifest() -> None:
-    spec = JobSpec("job_1", "lab", "org_1", "scn_u", "scn_l", ("scn_b1", "scn_b2"), {"voxel_size_mm": 0.2})
-    assert job_arguments(spec) == [
-        "--org", "lab", "--job", "job_1", "--upper", "scn_u", "--lower", "scn_l",
-        "--bite", "scn_b1", "--bite", "scn_b2", "--options", '{"voxel_size_mm": 0.2}',
+    options = {"contact_threshold_mm": 0.2, "optimise": False}
+    spec = JobSpec("job_1", "lab", "org_1", "scn_u", "scn_l", ("scn_b1", "scn_b2"), options)
+    assert job_arguments(spec, Path("/scratch")) == [
+        "--org", "lab", "--job-id", "job_1", "--upper", "scn_u", "--lower", "scn_l",
+        "--bite", "scn_b1", "--bite", "scn_b2", "--contact-threshold", "0.2", "--no-optimise", "--scratch", "/scratch",
     ]  # fmt: skip
     manifest = scanjob_manifest(spec)
     assert manifest["kind"] == "ScanJob" and manifest["metadata"]["namespace"] == "mesial-org-lab"
     assert manifest["spec"]["bites"] == ["scn_b1", "scn_b2"]
+
+
+def test_mesial_job_run_accepts_the_executor_arguments() -> None:
+    """The real entrypoint parses exactly what the executor passes (no run: --help only)."""
+    from click.testing import CliRunner
+
+    job = pytest.importorskip("mesial.aligner.job")
+    spec = JobSpec("job_1", "lab", "org_1", "scn_u", "scn_l", ("scn_b",), {"contact_threshold_mm": 0.1})
+    run = job.job.commands["run"]
+    context = run.make_context("run", job_arguments(spec, Path("/tmp/x")), resilient_parsing=False)
+    assert context.params["job_id"] == "job_1" and context.params["bites"] == ("scn_b",)
+    assert CliRunner().invoke(job.job, ["run", "--help"]).exit_code == 0
