@@ -174,6 +174,7 @@ class LocalExecutor:
         await self._audit(job, "job.started")
         workdir = Path(self.settings.data_dir) / "jobs" / job.id
         workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "scratch").mkdir(mode=0o700, exist_ok=True)  # decrypted inputs: this user only
         with (workdir / "job.log").open("wb") as logfile:
             process = await asyncio.create_subprocess_exec(
                 *resolve_command(self.settings.api.job_command),
