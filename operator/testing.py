@@ -147,12 +147,19 @@ class Harness:
         )
 
     async def stop_operator(self) -> None:
+        """Stop the operator (as a pod would be stopped). The clients are then replaced: on exit kopf
+        cancels the tasks started in its lifetime, the emulator's connection handlers included, which
+        leaves the clients' pooled keep-alive connections dead."""
         if self.task is None or self.stop_flag is None:
             return
         self.stop_flag.set()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(self.task, 20)
         self.task = None
+        for old in (self.client, self.runtime.k8s):
+            await old.close()
+        self.client = K8s.for_server(self.url, "emulated")
+        self.runtime.k8s = K8s.for_server(self.url, "emulated")
 
     def login(self, **_: Any) -> kopf.ConnectionInfo:
         return kopf.ConnectionInfo(server=self.url, scheme="Bearer", token="emulated", insecure=True)

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from mesial.common.audit_sinks import JsonlAuditSink
+from mesial.common.services import free_port
 from mesial.common.settings import OperatorSettings, Settings
 from mesial.operator.k8s import K8s
 from mesial.operator.runtime import Runtime
@@ -67,3 +68,71 @@ async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 20.0,
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s; last value: {last!r}")
+
+
+class TcpProxy:
+    """A TCP forwarder to a real service that a test can take down and bring back (same port)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def up(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port, reuse_address=True)
+
+    async def down(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            for writer in list(self.writers):
+                writer.close()
+            await self.server.wait_closed()
+            self.server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self.writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self.writers -= {writer, up_writer}
+
+
+@pytest.fixture
+async def vault_proxy(openbao: Any) -> AsyncIterator[TcpProxy]:
+    proxy = TcpProxy(int(openbao.url.rsplit(":", 1)[1]))
+    await proxy.up()
+    yield proxy
+    await proxy.down()
+
+
+@pytest.fixture
+async def proxied_harness(operator_settings: Settings, vault_proxy: TcpProxy) -> AsyncIterator[Harness]:
+    """The operator with Vault reached through ``vault_proxy`` (so a test can take Vault down)."""
+    settings = operator_settings.model_copy(
+        update={"vault": operator_settings.vault.model_copy(update={"addr": vault_proxy.url, "timeout_s": 1.0})}
+    )
+
+    async def factory(k8s: K8s) -> Runtime:
+        return await Runtime.create(settings, k8s, audit=JsonlAuditSink(settings.operator.audit_jsonl_path))
+
+    async with emulated(settings, factory) as h:
+        yield h

@@ -86,7 +86,10 @@ async def reconcile(rt: Runtime, body: Any, *, mode: str) -> Report:
     """Create or correct everything an Organization owns; write its status; report."""
     settings = rt.settings.operator
     org = OrgView.from_body(body)
-    report = Report(mode)
+    # kopf may hand over a body older than our last status write: judge from the live object
+    live = await rt.k8s.get(*ORG, org.name)
+    old = dict(((live or body).get("status")) or {})
+    report = Report(classify(mode, old, org.generation))
     for step, sync in K8S_STEPS:
         if step != "namespace" and "namespace" in report.errors:
             break
@@ -98,17 +101,25 @@ async def reconcile(rt: Runtime, body: Any, *, mode: str) -> Report:
     try:
         report.vault = await sync_vault(rt.provisioner, org, settings)
         for text in report.vault.corrected:
-            if mode == "drift":
+            if report.mode == "drift":
                 report.notes.append(Note("Warning", "DriftCorrected", f"{text}; restored"))
             else:
                 report.notes.append(Note("Normal", "VaultProvisioned", text.replace("was missing", "created")))
     except MesialError as exc:
         report.failed("vault", exc)
-    old = dict(body.get("status") or {})
     report.status = build_status(org, old, report)
     if not same_status(old, report.status):
         await rt.k8s.patch(*ORG, org.name, {"status": report.status}, status=True)
     return report
+
+
+def classify(hint: str, old: dict[str, Any], generation: int | None) -> str:
+    """What a pass is: a creation, a spec change applied, or drift (a change nobody asked for)."""
+    if not old.get("phase"):
+        return "create"
+    if generation is not None and old.get("observedGeneration") != generation:
+        return "update"
+    return "drift" if hint != "update" or generation is not None else hint
 
 
 def build_status(org: OrgView, old: dict[str, Any], report: Report) -> dict[str, Any]:

@@ -33,7 +33,9 @@ class DeletionBlocked(MesialError):
 
 async def delete_organization(rt: Runtime, body: Any) -> list[Note]:
     org = OrgView.from_body(body)
-    status = dict(body.get("status") or {})
+    # kopf may hand over a body older than our own status writes: resume from the live object
+    live = await rt.k8s.get(*ORG, org.name)
+    status = dict((live or body).get("status") or {})
     progress: dict[str, Any] = dict(status.get("deletion") or {})
     notes: list[Note] = []
 
@@ -72,9 +74,8 @@ async def delete_organization(rt: Runtime, body: Any) -> list[Note]:
 
     async def clear_store() -> None:
         report = await rt.store.delete_prefix(org.name, include_held=True)
-        await record(
-            None, "InProgress", f"{report.deleted} object(s) deleted", storeCleared=True, objectsDeleted=report.deleted
-        )
+        deleted = int(progress.get("objectsDeleted", 0)) + report.deleted  # a rerun after a crash adds up
+        await record(None, "InProgress", f"{deleted} object(s) deleted", storeCleared=True, objectsDeleted=deleted)
 
     async def shred_key() -> None:
         receipt = await asyncio.to_thread(rt.provisioner.shred, org.name)
