@@ -105,13 +105,77 @@ def job_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
+class JobResults:
+    """Reads a job's progress document and records its end: row, artifacts, audit event.
+
+    Shared by the local executor and the internal status endpoint the operator calls in
+    cluster mode, so both modes finish a job the same way.
+    """
+
+    def __init__(self, store: ObjectStore, collector: AuditCollector) -> None:
+        self.store = store
+        self.collector = collector
+
+    async def audit(self, job: JobSpec, action: str, actor: str = ACTOR) -> None:
+        await self.collector.append(AuditEvent(job.org, actor, action, "job", job.id))
+
+    async def progress(self, job: JobSpec) -> JobProgress | None:
+        try:
+            return await read_progress(self.store, job.org, job.id)
+        except MesialError as exc:  # unreadable or malformed: keep the last known state
+            log.warning("job %s: progress unreadable (%s)", job.id, type(exc).__name__)
+            return None
+
+    async def register_artifacts(self, job: JobSpec, keys: list[str]) -> None:
+        prefix = f"jobs/{job.id}/artifacts/"
+        for key in keys:
+            name = key[len(prefix) :] if key.startswith(prefix) else ""
+            if not ARTIFACT_NAME_RE.fullmatch(name):
+                log.warning("job %s: artifact outside its job's prefix ignored", job.id)
+                continue
+            if await Artifact.exists(job_id=job.id, name=name):
+                continue  # a repeated report (operator retry)
+            hasher, size = hashlib.sha256(), 0
+            async for piece in self.store.get(job.org, artifact_key(job.id, name)):
+                hasher.update(piece)
+                size += len(piece)
+            await Artifact.create(
+                id=new_id("art"), org_id=job.org_id, job_id=job.id, name=name, size=size,
+                sha256=hasher.hexdigest(), created_at=utcnow(),
+            )  # fmt: skip
+
+    async def finish(
+        self, job: JobSpec, state: JobState, message: str, progress: JobProgress | None, actor: str = ACTOR
+    ) -> None:
+        fields: dict[str, Any] = {"state": state.value, "message": message, "finished_at": utcnow()}
+        if progress is not None:
+            fields["metrics"] = progress.metrics
+        if state is JobState.succeeded:
+            fields["progress"] = 1.0
+        done = await Job.filter(id=job.id).exclude(state__in=[s.value for s in FINAL]).update(**fields)
+        if done or state is JobState.cancelled:
+            await self.audit(job, f"job.{state.value}", actor)
+
+    async def conclude(self, job: JobSpec, succeeded: bool, message: str, actor: str = ACTOR) -> None:
+        """The end of a job that ran: its last progress, its artifacts if it succeeded."""
+        if await Job.filter(id=job.id, state__in=[s.value for s in FINAL]).exists():
+            return  # already concluded (or cancelled)
+        progress = await self.progress(job)
+        if not succeeded:
+            text = progress.message if progress and progress.message else message
+            await self.finish(job, JobState.failed, text[:500], progress, actor)
+            return
+        await self.register_artifacts(job, progress.artifacts if progress else [])
+        await self.finish(job, JobState.succeeded, progress.message if progress else "", progress, actor)
+
+
 class LocalExecutor:
     """Runs jobs as subprocesses: ``workers`` at a time, ``queue_size`` waiting, then 503."""
 
     def __init__(self, settings: Settings, store: ObjectStore, collector: AuditCollector) -> None:
         self.settings = settings
         self.store = store
-        self.collector = collector
+        self.results = JobResults(store, collector)
         self.queue: asyncio.Queue[JobSpec] = asyncio.Queue(maxsize=settings.api.executor_queue_size)
         self.running: dict[str, asyncio.subprocess.Process] = {}
         self.cancelled: set[str] = set()
@@ -156,12 +220,9 @@ class LocalExecutor:
                 raise
             except Exception as exc:  # one job's failure never stops the worker
                 log.error("job %s: executor error %s", job.id, type(exc).__name__, exc_info=exc)
-                await self._finish(job, JobState.failed, "executor error", None)
+                await self.results.finish(job, JobState.failed, "executor error", None)
             finally:
                 self.queue.task_done()
-
-    async def _audit(self, job: JobSpec, action: str, **details: str | int | float | bool) -> None:
-        await self.collector.append(AuditEvent(job.org, ACTOR, action, "job", job.id, details=details))
 
     async def _run(self, job: JobSpec) -> None:
         if job.id in self.cancelled:
@@ -171,7 +232,7 @@ class LocalExecutor:
         )
         if not updated:
             return  # cancelled while queued
-        await self._audit(job, "job.started")
+        await self.results.audit(job, "job.started")
         workdir = Path(self.settings.data_dir) / "jobs" / job.id
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "scratch").mkdir(mode=0o700, exist_ok=True)  # decrypted inputs: this user only
@@ -192,18 +253,12 @@ class LocalExecutor:
             finally:
                 self.running.pop(job.id, None)
         if job.id in self.cancelled:
-            await self._finish(job, JobState.cancelled, "cancelled", None)
-            return
-        if code is None:
-            await self._finish(job, JobState.failed, "deadline exceeded", None)
-            return
-        progress = await self._progress(job)
-        if code != 0:
-            message = (progress.message if progress and progress.message else f"job exited with code {code}")[:500]
-            await self._finish(job, JobState.failed, message, progress)
-            return
-        await self._register_artifacts(job, progress.artifacts if progress else [])
-        await self._finish(job, JobState.succeeded, progress.message if progress else "", progress)
+            await self.results.finish(job, JobState.cancelled, "cancelled", None)
+            self.cancelled.discard(job.id)
+        elif code is None:
+            await self.results.finish(job, JobState.failed, "deadline exceeded", None)
+        else:
+            await self.results.conclude(job, code == 0, f"job exited with code {code}")
 
     async def _watch(self, job: JobSpec, process: asyncio.subprocess.Process) -> int | None:
         """Wait for the process, copying progress into the row; None if the deadline passed."""
@@ -214,7 +269,7 @@ class LocalExecutor:
                 return await asyncio.wait_for(process.wait(), timeout=self.settings.api.job_poll_s)
             except TimeoutError:
                 pass
-            progress = await self._progress(job)
+            progress = await self.results.progress(job)
             if progress is not None:
                 await Job.filter(id=job.id, state=JobState.running.value).update(
                     progress=progress.percent / 100, metrics=progress.metrics
@@ -222,40 +277,6 @@ class LocalExecutor:
             if loop.time() > deadline:
                 await _terminate(process)
                 return None
-
-    async def _progress(self, job: JobSpec) -> JobProgress | None:
-        try:
-            return await read_progress(self.store, job.org, job.id)
-        except MesialError as exc:  # unreadable or malformed: keep the last known state
-            log.warning("job %s: progress unreadable (%s)", job.id, type(exc).__name__)
-            return None
-
-    async def _register_artifacts(self, job: JobSpec, keys: list[str]) -> None:
-        prefix = f"jobs/{job.id}/artifacts/"
-        for key in keys:
-            name = key[len(prefix) :] if key.startswith(prefix) else ""
-            if not ARTIFACT_NAME_RE.fullmatch(name):
-                log.warning("job %s: artifact outside its job's prefix ignored", job.id)
-                continue
-            hasher, size = hashlib.sha256(), 0
-            async for piece in self.store.get(job.org, artifact_key(job.id, name)):
-                hasher.update(piece)
-                size += len(piece)
-            await Artifact.create(
-                id=new_id("art"), org_id=job.org_id, job_id=job.id, name=name, size=size,
-                sha256=hasher.hexdigest(), created_at=utcnow(),
-            )  # fmt: skip
-
-    async def _finish(self, job: JobSpec, state: JobState, message: str, progress: JobProgress | None) -> None:
-        fields: dict[str, Any] = {"state": state.value, "message": message, "finished_at": utcnow()}
-        if progress is not None:
-            fields["metrics"] = progress.metrics
-        if state is JobState.succeeded:
-            fields["progress"] = 1.0
-        done = await Job.filter(id=job.id).exclude(state__in=[s.value for s in FINAL]).update(**fields)
-        if done or state is JobState.cancelled:
-            await self._audit(job, f"job.{state.value}")
-        self.cancelled.discard(job.id)
 
 
 async def _terminate(process: asyncio.subprocess.Process, grace_s: float = 5.0) -> None:

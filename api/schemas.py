@@ -168,6 +168,11 @@ class Ingested(BaseModel):
     hash: str
 
 
+class JobReport(Strict):
+    state: Literal["running", "succeeded", "failed"]
+    message: str = Field("", max_length=256)
+
+
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from mesial.api.routes import audit, health, jobs, orgs, scans
+from mesial.api.routes import audit, health, internal, jobs, orgs, scans
 
 
 def all_routes() -> list[Route]:
     routes: list[Route] = []
-    for module in (health, orgs, scans, jobs, audit):
+    for module in (health, orgs, scans, jobs, audit, internal):
         routes.extend(module.ROUTES)
     return routes

@@ -15,6 +15,7 @@ import pytest
 from mesial.api.errors import Busy
 from mesial.api.executor import LocalExecutor, job_arguments, scanjob_manifest
 from mesial.api.services.jobs import JobSpec
+from mesial.api.types import utcnow
 from tests.api.conftest import Harness, bearer, variant
 
 
@@ -177,3 +178,44 @@ def test_mesial_job_run_accepts_the_executor_arguments() -> None:
     context = run.make_context("run", job_arguments(spec, Path("/tmp/x")), resilient_parsing=False)
     assert context.params["job_id"] == "job_1" and context.params["bites"] == ("scn_b",)
     assert CliRunner().invoke(job.job, ["run", "--help"]).exit_code == 0
+
+
+async def test_operator_reports_a_cluster_job_through_the_internal_endpoint(api: Harness) -> None:
+    """Cluster mode: the job ran elsewhere; the operator reports running, then succeeded."""
+    from mesial.api.app import db_context
+    from mesial.api.models import Job
+    from mesial.api.services import orgs
+    from mesial.common.progress import JobProgress, write_progress
+
+    org, admin = await api.new_org()
+    _other, admin_b = await api.new_org()
+    case = await api.case(admin)
+    with db_context(api.app):
+        org_row = await orgs.org_by_name(org)
+        _, operator = await orgs.issue_service_key("operator")
+        _, foreign = await orgs.issue_service_key("job-runner", (await orgs.org_by_name(_other)).id)
+        job = await Job.create(
+            id="job_" + "a1" * 12, org_id=org_row.id, created_by="mem_x", upper_id=case["upper"],
+            lower_id=case["lower"], bite_ids=[case["bite"]], options={}, state="queued", metrics={}, created_at=utcnow(),
+        )  # fmt: skip
+    url = f"/internal/v1/jobs/{job.id}/status"
+    store = api.runtime.store
+    await write_progress(store, org, job.id, JobProgress(stage="global", percent=40, metrics={"rmse_mm": 0.3}))
+    assert (await api.client.post(url, json={"state": "running"}, headers=bearer(foreign))).status_code == 404
+    assert (await api.client.post(url, json={"state": "running"}, headers=bearer(admin))).status_code == 403
+    running = await api.client.post(url, json={"state": "running"}, headers=bearer(operator))
+    assert running.status_code == 200, running.text
+    assert running.json()["state"] == "running" and running.json()["progress"] == 0.4
+    await store.put(org, f"jobs/{job.id}/artifacts/report.json", b'{"ok": true}')
+    final = JobProgress(
+        stage="done", percent=100, metrics={"rmse_mm": 0.05}, artifacts=[f"jobs/{job.id}/artifacts/report.json"]
+    )
+    await write_progress(store, org, job.id, final)
+    for _ in range(2):  # a repeated report changes nothing
+        done = await api.client.post(url, json={"state": "succeeded"}, headers=bearer(operator))
+        assert done.status_code == 200 and done.json()["state"] == "succeeded"
+    seen = (await api.client.get(f"/v1/jobs/{job.id}", headers=bearer(admin))).json()
+    assert seen["metrics"] == {"rmse_mm": 0.05} and seen["progress"] == 1.0
+    artifacts = (await api.client.get(f"/v1/jobs/{job.id}/artifacts", headers=bearer(admin))).json()["items"]
+    assert [(a["name"], a["size"]) for a in artifacts] == [("report.json", 12)]
+    assert (await api.client.get(f"/v1/jobs/{job.id}", headers=bearer(admin_b))).status_code == 404

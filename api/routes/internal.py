@@ -1,0 +1,54 @@
+"""Internal endpoints for the operator (cluster mode): job lifecycle reports."""
+
+from __future__ import annotations
+
+from starlette.responses import Response
+
+from mesial.api import schemas
+from mesial.api.errors import NotFound
+from mesial.api.executor import JobResults
+from mesial.api.models import Job, Organization
+from mesial.api.routes._util import ok, route
+from mesial.api.routing import Call, Spec
+from mesial.api.services.jobs import JobSpec, JobState, job_view
+from mesial.api.types import Role, utcnow
+from mesial.common.progress import sanitize_text
+
+SERVICE = frozenset({Role.service})
+
+
+@route(
+    Spec(
+        "POST",
+        "/internal/v1/jobs/{job_id}/status",
+        "Report a job's state (the operator, from its ScanJob)",
+        SERVICE,
+        body=schemas.JobReport,
+        response=schemas.Job,
+    )
+)
+async def report_job(call: Call) -> Response:
+    me, rt = call.me, call.runtime
+    query = Job.filter(id=call.param("job_id"))
+    job = await (query.filter(org_id=me.org_id) if me.org_id else query).first()
+    org = await Organization.get_or_none(id=job.org_id) if job else None
+    if job is None or org is None:
+        raise NotFound("job not found")
+    spec = JobSpec(job.id, org.name, org.id, job.upper_id, job.lower_id, tuple(job.bite_ids), dict(job.options))
+    results = JobResults(rt.need_store(), rt.need_collector())
+    if call.body.state == "running":
+        progress = await results.progress(spec)
+        started = await Job.filter(id=job.id, state=JobState.queued.value).update(state="running", started_at=utcnow())
+        if started:
+            await results.audit(spec, "job.started", me.actor)
+        if progress is not None:
+            await Job.filter(id=job.id, state="running").update(
+                progress=progress.percent / 100, metrics=progress.metrics
+            )
+    else:
+        await results.conclude(spec, call.body.state == "succeeded", sanitize_text(call.body.message), me.actor)
+    await job.refresh_from_db()
+    return ok(job_view(job))
+
+
+ROUTES = [report_job]
