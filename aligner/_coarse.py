@@ -32,7 +32,7 @@ from numpy.typing import NDArray
 from mesial.aligner._anatomy import principal_axes
 from mesial.aligner._field import DistanceField
 from mesial.aligner._icp import PlaneTarget
-from mesial.aligner.transforms import from_rotation_translation, rotation_angle_deg
+from mesial.aligner.transforms import from_rotation_translation
 
 FloatArray = NDArray[np.float64]
 
@@ -159,18 +159,27 @@ def search_bite(
 
 
 def distinct(poses: list[FloatArray], centre: FloatArray, rotation_deg: float, translation_mm: float) -> list[int]:
-    """Indices of poses (in order) that differ from every earlier kept one."""
+    """Indices of poses (in order) that differ from every earlier kept one.
+
+    Two poses are the same when the rotation between them is below
+    ``rotation_deg`` and they place ``centre`` within ``translation_mm``.
+    """
+    if not poses:
+        return []
+    stack = np.asarray(poses, dtype=np.float64)
+    rotations = stack[:, :3, :3]
+    moved = rotations @ centre + stack[:, :3, 3]
+    # rotation angle between R_i and R_j: trace(R_j^T R_i) = sum of the elementwise product
+    cos_limit = float(np.cos(np.radians(rotation_deg)))
     kept: list[int] = []
-    for i, pose in enumerate(poses):
-        moved = pose[:3, :3] @ centre + pose[:3, 3]
-        if all(
-            not (
-                rotation_angle_deg(np.linalg.inv(poses[j]) @ pose) < rotation_deg
-                and float(np.linalg.norm(moved - (poses[j][:3, :3] @ centre + poses[j][:3, 3]))) < translation_mm
-            )
-            for j in kept
-        ):
-            kept.append(i)
+    for i in range(len(poses)):
+        if kept:
+            index = np.asarray(kept)
+            cos = (np.einsum("kab,ab->k", rotations[index], rotations[i]) - 1.0) / 2.0
+            close = np.linalg.norm(moved[index] - moved[i], axis=1) < translation_mm
+            if np.any((cos > cos_limit) & close):
+                continue
+        kept.append(i)
     return kept
 
 

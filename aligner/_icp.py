@@ -14,11 +14,12 @@ jointly.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
+from mesial.aligner._field import DistanceField
 from mesial.aligner.params import AlignParams
 from mesial.aligner.transforms import exp_se3, invert, rotate_vectors, transform_points
 
@@ -52,7 +53,7 @@ class PlaneTarget:
 
     def match(self, x: FloatArray, gate: float) -> tuple[FloatArray, NDArray[np.int64]]:
         """Distance to the nearest sample (inf beyond ``gate``) and its index (``len(points)`` there)."""
-        distance, index = self.tree.query(x, workers=-1, distance_upper_bound=gate)
+        distance, index = self.tree.query(x, workers=workers(len(x)), distance_upper_bound=gate)
         return np.asarray(distance, dtype=np.float64), np.asarray(index, dtype=np.int64)
 
     def near(self, points: FloatArray, gate: float) -> tuple[FloatArray, FloatArray, FloatArray]:
@@ -65,26 +66,118 @@ class PlaneTarget:
         return closest, normals, distance
 
 
+class _MeshIndex:
+    """Search structures of one triangle mesh in its own frame, built on first use and shared."""
+
+    def __init__(self, vertices: FloatArray, faces: NDArray[np.int64], scene: object | None = None) -> None:
+        self.vertices = np.ascontiguousarray(vertices, dtype=np.float64)
+        self.faces = np.ascontiguousarray(faces, dtype=np.int64)
+        self._scene = scene
+        self._tree: object | None = None
+        self._field: DistanceField | None = None
+        self._longest_edge: float | None = None
+
+    @property
+    def scene(self) -> Any:
+        """Open3D RaycastingScene of the triangles (its BVH is built on the first query)."""
+        if self._scene is None:
+            self._scene = raycasting_scene(self.vertices, self.faces)
+        return self._scene
+
+    @property
+    def tree(self) -> Any:
+        """k-d tree of the vertices."""
+        if self._tree is None:
+            from scipy.spatial import cKDTree
+
+            self._tree = cKDTree(self.vertices)
+        return self._tree
+
+    @property
+    def field(self) -> DistanceField:
+        """Distance field of the vertices on a ``FIELD_VOXEL_MM`` grid, capped at ``FIELD_CAP_MM``."""
+        if self._field is None:
+            self._field = DistanceField(self.vertices, FIELD_VOXEL_MM, FIELD_CAP_MM)
+        return self._field
+
+    @property
+    def longest_edge(self) -> float:
+        """Longest edge (mm): no point of a triangle is farther than this from its nearest corner."""
+        if self._longest_edge is None:
+            corners = self.vertices[self.faces]
+            self._longest_edge = float(
+                max(np.linalg.norm(corners[:, i] - corners[:, (i + 1) % 3], axis=1).max() for i in range(3))
+            )
+        return self._longest_edge
+
+
+# Coarse distance field of a mesh's vertices: a look-up is within sqrt(3) voxels of the
+# nearest-vertex distance, so it tells far points apart without a k-d tree query.
+FIELD_VOXEL_MM = 1.0
+FIELD_CAP_MM = 4.0
+
+
+def raycasting_scene(vertices: FloatArray, faces: NDArray[np.int64]) -> Any:
+    """An Open3D RaycastingScene holding one triangle mesh (float32 copy)."""
+    from mesial.aligner._o3d import open3d
+
+    o3d = open3d()
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(np.asarray(vertices, dtype=np.float32), np.asarray(faces, dtype=np.uint32))
+    return scene
+
+
+def workers(n: int) -> int:
+    """k-d tree query threads: one for small batches (thread start-up costs more than it saves)."""
+    return -1 if n > 4000 else 1
+
+
 class SurfaceTarget:
-    """Exact closest-point queries on a triangle mesh (Open3D RaycastingScene)."""
+    """Exact closest-point queries on a triangle mesh (Open3D RaycastingScene).
+
+    The mesh keeps its own frame; ``pose`` (default identity) places it in the
+    frame of the queries, so one set of search structures (scene, k-d trees)
+    serves every placement: see :meth:`placed`.
+    """
 
     # Deeper than this (mm), a point behind an open surface is not counted as inside.
     max_penetration_mm = 1.5
     # Signed distances are exact within this distance of the surface (mm).
     exact_band_mm = 0.6
 
-    def __init__(self, vertices: FloatArray, faces: NDArray[np.int64]) -> None:
-        from mesial.aligner._o3d import open3d
+    def __init__(
+        self,
+        vertices: FloatArray,
+        faces: NDArray[np.int64],
+        pose: FloatArray | None = None,
+        *,
+        index: _MeshIndex | None = None,
+    ) -> None:
+        self._index = index if index is not None else _MeshIndex(vertices, faces)
+        self.pose = np.eye(4) if pose is None else np.asarray(pose, dtype=np.float64)
+        self._inverse = invert(self.pose)
+        self._moved = not np.array_equal(self.pose, np.eye(4))
+        self._vertices: FloatArray | None = None if self._moved else self._index.vertices
+        self.faces = self._index.faces
 
-        o3d = open3d()
+    @property
+    def vertices(self) -> FloatArray:
+        """Vertices (mm) in the query frame."""
+        if self._vertices is None:
+            self._vertices = transform_points(self._index.vertices, self.pose)
+        return self._vertices
 
-        self._o3d = o3d
-        self.vertices = vertices
-        self.faces = faces
-        self._scene = o3d.t.geometry.RaycastingScene()
-        self._scene.add_triangles(vertices.astype(np.float32), faces.astype(np.uint32))
-        self._tree: object | None = None
-        self._far_tree: object | None = None
+    @classmethod
+    def of_mesh(cls, vertices: FloatArray, faces: NDArray[np.int64], scene: object | None = None) -> SurfaceTarget:
+        """A target in the mesh's own frame, optionally with an already built scene of the same triangles."""
+        return cls(vertices, faces, index=_MeshIndex(vertices, faces, scene))
+
+    def placed(self, pose: FloatArray) -> SurfaceTarget:
+        """The same surface moved by ``pose`` (mesh frame -> query frame), sharing the search structures."""
+        return SurfaceTarget(self._index.vertices, self._index.faces, pose, index=self._index)
+
+    def _local(self, points: FloatArray) -> FloatArray:
+        return transform_points(points, self._inverse) if self._moved else np.asarray(points, dtype=np.float64)
 
     def vertex_distance(self, points: FloatArray, upper_bound: float = np.inf) -> FloatArray:
         """Distance (mm) from ``points (n, 3)`` to the nearest vertex (inf beyond ``upper_bound``).
@@ -92,25 +185,23 @@ class SurfaceTarget:
         Within one vertex spacing of the exact surface distance; cheap, and
         cheapest for far points, so used to gate and to score hypotheses.
         """
-        from scipy.spatial import cKDTree
-
-        if self._tree is None:
-            self._tree = cKDTree(self.vertices)
-        tree: cKDTree = self._tree
-        distance, _ = tree.query(points, workers=-1, distance_upper_bound=upper_bound)
+        distance, _ = self._index.tree.query(
+            self._local(points), workers=workers(len(points)), distance_upper_bound=upper_bound
+        )
         return np.asarray(distance, dtype=np.float64)
 
-    def _far_distance(self, points: FloatArray) -> FloatArray:
-        """Distance (mm) to the surface thinned to 1 mm voxels: within about 1 mm, for far points."""
-        from scipy.spatial import cKDTree
+    @property
+    def longest_edge(self) -> float:
+        """Longest edge (mm) of the mesh."""
+        return self._index.longest_edge
 
-        from mesial.aligner._features import voxel_representatives
+    def coarse_distance(self, points: FloatArray) -> tuple[FloatArray, float]:
+        """Approximate distance (mm) to the surface, capped at ``FIELD_CAP_MM``, and its error bound.
 
-        if self._far_tree is None:
-            self._far_tree = cKDTree(self.vertices[voxel_representatives(self.vertices, 1.0)])
-        tree: cKDTree = self._far_tree
-        distance, _ = tree.query(points, workers=-1)
-        return np.asarray(distance, dtype=np.float64)
+        ``|coarse - exact| <= bound`` below the cap (one distance-field look-up per point).
+        """
+        bound = float(np.sqrt(3.0)) * FIELD_VOXEL_MM + self._index.longest_edge
+        return self._index.field(self._local(points)), bound
 
     def near(self, points: FloatArray, gate: float) -> tuple[FloatArray, FloatArray, FloatArray]:
         """Exact closest points for the points near the surface; the others get distance inf."""
@@ -122,6 +213,17 @@ class SurfaceTarget:
             closest[near], normals[near], _ = self.closest(points[near])
             distance[near] = np.linalg.norm(points[near] - closest[near], axis=1)
         return closest, normals, distance
+
+    def vertex_planes(self, normals: FloatArray) -> VertexPlanes:
+        """A cheaper target on the same k-d tree: the nearest vertex's tangent plane (``normals``: per vertex)."""
+        return VertexPlanes(self, normals)
+
+    def nearest_vertex(self, points: FloatArray, gate: float) -> tuple[FloatArray, NDArray[np.int64]]:
+        """Distance to the nearest vertex (inf beyond ``gate``) and its index (``len(vertices)`` there)."""
+        distance, index = self._index.tree.query(
+            self._local(points), workers=workers(len(points)), distance_upper_bound=gate
+        )
+        return np.asarray(distance, dtype=np.float64), np.asarray(index, dtype=np.int64)
 
     def closest(self, points: FloatArray) -> tuple[FloatArray, FloatArray, NDArray[np.int64]]:
         """Closest surface points.
@@ -137,41 +239,65 @@ class SurfaceTarget:
             Unit outward normal of the triangle hit.
         triangles : (n,) int
         """
-        query = self._o3d.core.Tensor(np.ascontiguousarray(points, dtype=np.float32))
-        answer = self._scene.compute_closest_points(query)
+        from mesial.aligner._o3d import open3d
+
+        local = self._local(points)
+        query = open3d().core.Tensor(np.ascontiguousarray(local, dtype=np.float32))
+        answer = self._index.scene.compute_closest_points(query)
         closest = answer["points"].numpy().astype(np.float64)
         # float32 closest points are re-projected in float64 onto the triangle's plane
         triangles = answer["primitive_ids"].numpy().astype(np.int64)
         normals = answer["primitive_normals"].numpy().astype(np.float64)
         normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
-        anchor = self.vertices[self.faces[triangles, 0]]
+        anchor = self._index.vertices[self.faces[triangles, 0]]
         closest -= np.einsum("ij,ij->i", closest - anchor, normals)[:, None] * normals
+        if self._moved:
+            closest, normals = transform_points(closest, self.pose), rotate_vectors(normals, self.pose)
         return closest, normals, triangles
 
-    def signed_distance(self, points: FloatArray) -> tuple[FloatArray, FloatArray]:
+    def signed_distance(
+        self, points: FloatArray, subset: NDArray[np.bool_] | None = None, previous: FloatArray | None = None
+    ) -> tuple[FloatArray, FloatArray]:
         """Signed distance (positive outside, along the outward normal) and closest points.
+
+        Exact closest points only where it matters: within ``exact_band_mm`` of
+        the surface (contacts, penetrations, the interpolated contact border).
+        Far points (most of an arch) get a coarse distance (a 1 mm distance
+        field: at least the band, within about 2 mm of the exact distance,
+        capped at 4 mm); the k-d tree is queried only for the points the field
+        cannot rule out.
 
         Parameters
         ----------
         points : (n, 3) float, millimetres
+        subset : (n,) bool, optional
+            Only these points are computed; the others keep ``previous`` (for
+            a small motion of far points, whose distance is approximate anyway).
+        previous : (n,) float, optional
+            Required with ``subset``.
 
         Returns
         -------
         distance : (n,) float, millimetres
         closest : (n, 3) float, millimetres
+            The point itself where the distance is not exact.
         """
-        # exact closest points only where it matters (near the surface); far
-        # points (most of an arch) keep their nearest-vertex distance, which is
-        # within one vertex spacing of the exact one and cheap to find
-        # exact closest points only where it matters: within exact_band_mm of the
-        # surface (contacts, penetrations, the interpolated contact border); far
-        # points (most of an arch) get the distance to the surface thinned to
-        # 1 mm voxels (within 0.9 mm of the exact one, and at least the band)
-        distance = self.vertex_distance(points, upper_bound=self.exact_band_mm)
+        if subset is not None:
+            if previous is None:
+                raise ValueError("subset needs the previous distances")
+            distance = np.array(previous, dtype=np.float64)
+            closest = np.array(points, dtype=np.float64)
+            if subset.any():
+                distance[subset], closest[subset] = self.signed_distance(points[subset])
+            return distance, closest
+        coarse, bound = self.coarse_distance(points)
+        distance = np.maximum(coarse, self.exact_band_mm)
         closest = np.array(points, dtype=np.float64)
-        near = np.isfinite(distance)
-        if not near.all():
-            distance[~near] = np.maximum(self._far_distance(points[~near]), self.exact_band_mm)
+        near = coarse < self.exact_band_mm + bound
+        if near.any():
+            candidates = np.flatnonzero(near)
+            vertex = self.vertex_distance(points[candidates], upper_bound=self.exact_band_mm)
+            near[candidates[~np.isfinite(vertex)]] = False
         inside = np.zeros(len(points), dtype=bool)
         if near.any():
             exact, normals, _ = self.closest(points[near])
@@ -183,6 +309,32 @@ class SurfaceTarget:
             inside[near] = (side < 0) & (gap < self.max_penetration_mm) & (-side > 0.5 * gap)
             distance[near], closest[near] = gap, exact
         return np.where(inside, -distance, distance), closest
+
+
+class VertexPlanes:
+    """The nearest vertex's tangent plane of a :class:`SurfaceTarget` (its own frame): a fast approximate target.
+
+    The tangent plane of the nearest vertex is off the surface by about the
+    surface's curvature times the squared vertex spacing: good enough to
+    converge, not for the last micrometres (those use exact closest points).
+    """
+
+    def __init__(self, surface: SurfaceTarget, normals: FloatArray) -> None:
+        self.surface = surface
+        # a point on the surface is rarely farther than this from its nearest vertex
+        corners = surface.vertices[surface.faces[:: max(1, len(surface.faces) // 20000)]]
+        self.spacing = float(np.median(np.linalg.norm(corners - np.roll(corners, 1, axis=1), axis=2)))
+        self.points = surface.vertices
+        self.normals = np.asarray(normals, dtype=np.float64)
+
+    def near(self, points: FloatArray, gate: float) -> tuple[FloatArray, FloatArray, FloatArray]:
+        distance, index = self.surface.nearest_vertex(points, gate + self.spacing)
+        found = np.isfinite(distance)
+        closest = np.zeros_like(points)
+        normals = np.zeros_like(points)
+        closest[found] = self.points[index[found]]
+        normals[found] = self.normals[index[found]]
+        return closest, normals, distance
 
 
 @dataclass(frozen=True)
@@ -239,6 +391,7 @@ def refine_joint(
     *,
     max_distance_mm: float | None = None,
     max_iterations: int | None = None,
+    threshold_mm: float | None = None,
 ) -> JointFit:
     """Robust point-to-plane ICP of bite scans against one or both arches.
 
@@ -259,6 +412,8 @@ def refine_joint(
         Initial correspondence gate (default ``params.fine_max_distance_mm``).
     max_iterations : int, optional
         Default ``params.max_iterations``.
+    threshold_mm : float, optional
+        Convergence threshold (default ``params.threshold_mm``).
 
     Returns
     -------
@@ -274,8 +429,10 @@ def refine_joint(
         hessian = np.zeros((n_unknowns, n_unknowns))
         gradient = np.zeros(n_unknowns)
         all_residuals = []
+        centres = np.zeros((n_unknowns // 6, 3))  # where each unknown's motion is measured
         for k, (source, pose) in enumerate(zip(bites, poses, strict=True)):
             x, _, closest, normals, distance, on_lower = _match(source, pose, upper, lower, lower_pose, gate)
+            centres[k] = x.mean(axis=0)
             residual = np.einsum("ij,ij->i", x - closest, normals)
             use = np.isfinite(distance) & (np.abs(residual) < gate)
             all_residuals.append(residual[use])
@@ -301,11 +458,15 @@ def refine_joint(
             lower_pose = exp_se3(step[-6:]) @ lower_pose
         sigma = max(1.4826 * float(np.median(np.abs(residuals - np.median(residuals)))), 0.005)
         gate = max(params.fine_gate_floor_mm, min(gate, params.fine_gate_sigmas * sigma))
+        if lower_pose is not None:
+            centres[-1] = centres[: len(poses)].mean(axis=0)
+        # displacement of a point 25 mm from the centre of the moved points (an arch's half-width)
         motion = max(
-            50.0 * float(np.linalg.norm(step[i : i + 3])) + float(np.linalg.norm(step[i + 3 : i + 6]))
+            25.0 * float(np.linalg.norm(step[i : i + 3]))
+            + float(np.linalg.norm(np.cross(step[i : i + 3], centres[i // 6]) + step[i + 3 : i + 6]))
             for i in range(0, n_unknowns, 6)
         )
-        if motion < params.threshold_mm:
+        if motion < (threshold_mm or params.threshold_mm):
             break
     fits = tuple(
         _bite_fit(source, pose, upper, lower, lower_pose, params.inlier_distance_mm)

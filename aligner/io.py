@@ -119,8 +119,11 @@ def read_mesh(path: str | Path, *, max_bytes: int, max_triangles: int) -> RawMes
         handle.seek(0)
         data = handle.read()
     digest = hashlib.sha256(data).hexdigest()
+    parsed = _parse_simple_binary_ply(data) if file_format == "ply" else None
     if file_format == "stl-binary":
         vertices, faces = _parse_stl_binary(data)
+    elif parsed is not None:
+        vertices, faces = parsed
     else:
         vertices, faces = _parse_with_trimesh(data, file_format)
     if len(faces) > max_triangles:
@@ -187,6 +190,61 @@ def merge_identical_points(points: NDArray[np.float32]) -> tuple[NDArray[np.floa
         exact, inverse = np.unique(np.ascontiguousarray(points).view("V12").ravel(), return_inverse=True)
         unique = exact.view(np.float32).reshape(-1, 3)
     return unique, inverse.astype(np.int64)
+
+
+_PLY_SCALARS = {
+    "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
+    "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
+    "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
+}  # fmt: skip
+
+
+def _parse_simple_binary_ply(data: bytes) -> tuple[NDArray[np.float64], NDArray[np.int64]] | None:
+    """Vectorised reader for the common binary PLY layout, or None to fall back to trimesh.
+
+    The layout: ``vertex`` then ``face`` elements only, vertex properties all
+    scalars (x, y, z among them), the face element a single ``list`` property
+    of triangles. Anything else (ASCII, other elements, polygons, a size
+    mismatch) returns None and goes through the general reader.
+    """
+    end = data.find(b"end_header", 0, 1 << 16)
+    if end < 0:
+        return None
+    body = data.index(b"\n", end) + 1
+    lines = [line.split() for line in data[:end].decode("ascii", errors="replace").splitlines()]
+    formats = [line for line in lines if line and line[0] == "format"]
+    if not formats or formats[0][1:2] not in (["binary_little_endian"], ["binary_big_endian"]):
+        return None
+    order = "<" if formats[0][1] == "binary_little_endian" else ">"
+    elements: list[tuple[str, int, list[list[str]]]] = []
+    for line in lines:
+        if line and line[0] == "element" and len(line) == 3 and line[2].isdigit():
+            elements.append((line[1], int(line[2]), []))
+        elif line and line[0] == "property" and elements:
+            elements[-1][2].append(line[1:])
+    if [name for name, _, _ in elements] != ["vertex", "face"]:
+        return None
+    (_, n_vertices, vertex_props), (_, n_faces, face_props) = elements
+    if any(len(p) != 2 or p[0] not in _PLY_SCALARS for p in vertex_props):
+        return None
+    names = [p[1] for p in vertex_props]
+    if len(set(names)) != len(names) or not {"x", "y", "z"} <= set(names):
+        return None
+    if len(face_props) != 1 or len(face_props[0]) != 4 or face_props[0][0] != "list":
+        return None
+    count_type, index_type = _PLY_SCALARS.get(face_props[0][1]), _PLY_SCALARS.get(face_props[0][2])
+    if count_type is None or index_type is None or index_type[0] not in "iu":
+        return None
+    vertex_dtype = np.dtype([(name, order + _PLY_SCALARS[kind]) for kind, name in vertex_props])
+    face_dtype = np.dtype([("n", order + count_type), ("i", order + index_type, (3,))])
+    if len(data) != body + n_vertices * vertex_dtype.itemsize + n_faces * face_dtype.itemsize:
+        return None  # not all triangles, or trailing data: the general reader decides
+    table = np.frombuffer(data, dtype=vertex_dtype, count=n_vertices, offset=body)
+    face_table = np.frombuffer(data, dtype=face_dtype, count=n_faces, offset=body + n_vertices * vertex_dtype.itemsize)
+    if n_faces and not (face_table["n"] == 3).all():
+        return None
+    vertices = np.stack([table["x"], table["y"], table["z"]], axis=1).astype(np.float64)
+    return vertices, face_table["i"].astype(np.int64)
 
 
 def _parse_with_trimesh(data: bytes, file_format: str) -> tuple[NDArray[np.float64], NDArray[np.int64]]:

@@ -36,6 +36,12 @@ def area_below(vertices: FloatArray, faces: NDArray[np.int64], values: FloatArra
     -------
     area : (m,) float, mm²
     """
+    area = np.zeros(len(faces))
+    below = values < level
+    touched = np.flatnonzero(below[faces].any(axis=1))  # every other triangle is wholly above: area 0
+    if len(touched) == 0:
+        return area
+    faces = faces[touched]
     corners = vertices[faces]
     full = 0.5 * np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1)
     f = np.sort(values[faces] - level, axis=1)
@@ -47,7 +53,8 @@ def area_below(vertices: FloatArray, faces: NDArray[np.int64], values: FloatArra
         fraction[one] = (a[one] / (a[one] - b[one])) * (a[one] / (a[one] - c[one]))
         two = (b < 0) & (c >= 0)  # two corners below: all but the corner triangle above
         fraction[two] = 1.0 - (c[two] / (c[two] - a[two])) * (c[two] / (c[two] - b[two]))
-    return np.asarray(full * np.nan_to_num(fraction), dtype=np.float64)
+    area[touched] = full * np.nan_to_num(fraction)
+    return area
 
 
 def count_patches(faces: NDArray[np.int64], mask: NDArray[np.bool_]) -> int:
@@ -159,9 +166,10 @@ class ArchContacts:
 def arch_contacts(
     vertices: FloatArray,
     faces: NDArray[np.int64],
-    antagonist: SurfaceTarget,
+    antagonist: SurfaceTarget | None,
     threshold_mm: float,
     region: NDArray[np.int64] | None = None,
+    distance: FloatArray | None = None,
 ) -> ArchContacts:
     """Signed distances of one arch to its antagonist and the contact measures.
 
@@ -170,14 +178,19 @@ def arch_contacts(
     vertices : (n, 3) float, millimetres
         The arch, in the antagonist's frame.
     faces : (m, 3) int
-    antagonist : SurfaceTarget
-        The other arch (outward normals).
+    antagonist : SurfaceTarget or None
+        The other arch (outward normals); None when ``distance`` is given.
     threshold_mm : float
         Contact when the signed distance is below this.
     region : (n,) int, optional
         Region index per vertex (see :func:`regions_of`); all anterior when absent.
+    distance : (n,) float, optional
+        The signed distances when already computed (``antagonist`` is then not queried).
     """
-    distance, _ = antagonist.signed_distance(vertices)
+    if distance is None:
+        if antagonist is None:
+            raise ValueError("arch_contacts needs the antagonist or the distances")
+        distance, _ = antagonist.signed_distance(vertices)
     area = area_below(vertices, faces, distance, threshold_mm)
     face_region = (region if region is not None else np.ones(len(vertices), dtype=np.int64))[faces[:, 0]]
     by_region = {name: float(area[face_region == i].sum()) for i, name in enumerate(REGIONS)}
@@ -191,7 +204,9 @@ def arch_contacts(
     )
 
 
-def optimise_bite(upper: SurfaceTarget, lower_vertices: FloatArray, params: OcclusionParams) -> FloatArray:
+def optimise_bite(
+    upper: SurfaceTarget, lower_vertices: FloatArray, params: OcclusionParams, distance: FloatArray | None = None
+) -> FloatArray:
     """A small rigid correction of the lower arch that removes penetration, keeping contacts.
 
     Minimises the size of the motion subject (as squared hinges) to: no lower
@@ -205,13 +220,16 @@ def optimise_bite(upper: SurfaceTarget, lower_vertices: FloatArray, params: Occl
     upper : SurfaceTarget
     lower_vertices : (n, 3) float, millimetres, in the upper's frame
     params : OcclusionParams
+    distance : (n,) float, optional
+        Signed distances of ``lower_vertices`` to ``upper`` when already computed.
 
     Returns
     -------
     correction : (4, 4) float
         Applied to the lower arch (in the upper's frame).
     """
-    distance, _ = upper.signed_distance(lower_vertices)
+    if distance is None:
+        distance, _ = upper.signed_distance(lower_vertices)
     band = lower_vertices[distance < params.optimise_band_mm]
     if len(band) > params.optimise_points:  # every penetrating vertex, and an even share of the rest
         deep = distance[distance < params.optimise_band_mm] < 0

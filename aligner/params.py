@@ -55,9 +55,18 @@ class AlignParams:
     fine_gate_floor_mm: float = 0.15
     # Tukey biweight constant in robust sigmas (4.685 = 95 % efficiency).
     tukey_constant: float = 4.685
-    max_iterations: int = 40
-    # Stop when the largest update moves no point of a 50 mm arch more than this.
-    threshold_mm: float = 1e-5
+    max_iterations: int = 20
+    # The fine step runs on nearest-vertex planes (cheap) until an update moves
+    # the arch less than plane_threshold_mm, then at most exact_iterations on
+    # exact closest points of the triangles (the nearest vertex's plane is off
+    # the surface by curvature x spacing², which low-resolution arches show).
+    plane_threshold_mm: float = 0.01
+    exact_iterations: int = 8
+    # The plane stage uses bite points thinned to this voxel size (fewer, it only has to converge).
+    rough_voxel_mm: float = 0.4
+    # Stop when the largest update moves no point of a 50 mm arch more than this
+    # (1 µm: float32 closest-point queries leave a ~0.1 µm jitter between iterations).
+    threshold_mm: float = 1e-3
     # Confidence: a bite point is explained when within this distance of an arch.
     inlier_distance_mm: float = 0.25
     min_fitness: float = 0.6

@@ -176,7 +176,12 @@ def align_scans(
 def analyse(
     upper: Scan, lower: Scan, upper_to_bite: FloatArray, lower_to_bite: FloatArray, params: OcclusionParams
 ) -> Occlusion:
-    """Contacts of both arches placed by the given transforms, before and after optimisation."""
+    """Contacts of both arches placed by the given transforms, before and after optimisation.
+
+    Each arch's search structures (built once per scan) are placed by its
+    transform instead of being rebuilt; after the bite optimisation only the
+    vertices that can have come within the exact band are recomputed.
+    """
     up = transform_points(upper.vertices, upper_to_bite)
     low = transform_points(lower.vertices, lower_to_bite)
     frame = arch_frame(up, low)
@@ -184,15 +189,34 @@ def analyse(
         "upper": regions_of(up, frame, params.anterior_share),
         "lower": regions_of(low, frame, params.anterior_share),
     }
-    upper_surface = SurfaceTarget(up, upper.faces)
-    before = _both(up, low, upper, lower, upper_surface, regions, params)
+    upper_surface = upper.surface().placed(upper_to_bite)
+    distances = {
+        "upper": _distances(lower.surface().placed(lower_to_bite), up),
+        "lower": _distances(upper_surface, low),
+    }
+    before = _both(up, low, upper, lower, distances, regions, params)
     correction = np.eye(4)
     if params.optimise and before["lower"].max_penetration_mm > params.penetration_tolerance_mm:
-        correction = optimise_bite(upper_surface, low, params)
+        correction = optimise_bite(upper_surface, low, params, distances["lower"])
     if np.allclose(correction, np.eye(4)):
         return Occlusion(before, before, correction, params.optimise)
-    after = _both(up, transform_points(low, correction), upper, lower, upper_surface, regions, params)
+    moved = transform_points(low, correction)
+    # vertices farther than the band plus the largest displacement stay far: their
+    # (approximate, >= band) distances are kept
+    reach = SurfaceTarget.exact_band_mm + float(np.linalg.norm(moved - low, axis=1).max()) + 1e-6
+    after_distances = {
+        "upper": lower.surface()
+        .placed(correction @ lower_to_bite)
+        .signed_distance(up, distances["upper"] < reach, distances["upper"])[0],
+        "lower": upper_surface.signed_distance(moved, distances["lower"] < reach, distances["lower"])[0],
+    }
+    after = _both(up, moved, upper, lower, after_distances, regions, params)
     return Occlusion(before, after, correction, True)
+
+
+def _distances(antagonist: SurfaceTarget, vertices: FloatArray) -> FloatArray:
+    """Signed distances (mm) of ``vertices`` to ``antagonist``."""
+    return antagonist.signed_distance(vertices)[0]
 
 
 def _both(
@@ -200,15 +224,14 @@ def _both(
     low: FloatArray,
     upper: Scan,
     lower: Scan,
-    upper_surface: SurfaceTarget,
+    distances: dict[str, FloatArray],
     regions: dict[str, NDArray[np.int64]],
     params: OcclusionParams,
 ) -> dict[str, ArchContacts]:
-    lower_surface = SurfaceTarget(low, lower.faces)
     threshold = params.contact_threshold_mm
     return {
-        "upper": arch_contacts(up, upper.faces, lower_surface, threshold, regions["upper"]),
-        "lower": arch_contacts(low, lower.faces, upper_surface, threshold, regions["lower"]),
+        "upper": arch_contacts(up, upper.faces, None, threshold, regions["upper"], distances["upper"]),
+        "lower": arch_contacts(low, lower.faces, None, threshold, regions["lower"], distances["lower"]),
     }
 
 

@@ -147,10 +147,9 @@ def register_bite(
     lower_field = DistanceField(lower_model, 0.4, 2.0)
     pivot = lower_model.mean(axis=0) * np.array([1.0, 1.0, 0.0])
     motions = yaw_grid(params.lower_yaw_deg, params.lower_x_mm, params.lower_y_mm, params.lower_z_mm, pivot)
-    fine = {
-        name: PlaneTarget(scan.vertices, scan.vertex_normals, _edge_length(scan)) for name, scan in arch_scans.items()
-    }
+    fine = {name: scan.surface() for name, scan in arch_scans.items()}
     fine_points = [bite.vertices[voxel_representatives(bite.vertices, params.fine_voxel_mm)] for bite in bites]
+    rough_points = [bite.vertices[voxel_representatives(bite.vertices, params.rough_voxel_mm)] for bite in bites]
     timings["preprocess"] = time.perf_counter() - clock
     report("preprocess", 1.0)
 
@@ -175,7 +174,17 @@ def register_bite(
     clock = time.perf_counter()
     report("refine", 0.0)
     lower_to_upper = max(candidates, key=lambda item: item[0])[1]
-    fit = refine_joint(fine_points, fine["upper"], fine["lower"], bite_to_upper, lower_to_upper, params)
+    # nearest-vertex planes until the poses settle, then exact closest points on the triangles
+    planes = {name: fine[name].vertex_planes(scan.vertex_normals) for name, scan in arch_scans.items()}
+    rough = refine_joint(
+        rough_points, planes["upper"], planes["lower"], bite_to_upper, lower_to_upper, params,
+        threshold_mm=params.plane_threshold_mm,
+    )  # fmt: skip
+    fit = refine_joint(
+        fine_points, fine["upper"], fine["lower"], list(rough.bite_to_upper), rough.lower_to_upper, params,
+        max_distance_mm=max(params.fine_gate_floor_mm, params.fine_gate_sigmas * rough.sigma_mm),
+        max_iterations=params.exact_iterations,
+    )  # fmt: skip
     timings["refine"] = time.perf_counter() - clock
     report("refine", 1.0)
 

@@ -25,7 +25,9 @@ def transform_points(points: FloatArray, matrix: FloatArray) -> FloatArray:
     points = np.asarray(points, dtype=np.float64)
     if points.ndim != 2 or points.shape[1] != 3:
         raise InvalidScanShape(f"points must be (n, 3), got {points.shape}")
-    return np.asarray(points @ matrix[:3, :3].T + matrix[:3, 3], dtype=np.float64)
+    moved = np.matmul(points, np.ascontiguousarray(matrix[:3, :3].T, dtype=np.float64))
+    moved += matrix[:3, 3]
+    return np.asarray(moved, dtype=np.float64)
 
 
 def rotate_vectors(vectors: FloatArray, matrix: FloatArray) -> FloatArray:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from mesial.aligner._icp import SurfaceTarget, raycasting_scene
 from mesial.aligner.errors import CorruptScan, EmptyScan, ImplausibleScale, InvalidScanShape, ScanInputError
 from mesial.aligner.io import RawMesh, read_mesh
 from mesial.aligner.units import DENTAL_EXTENT_MM, guess_unit, unit_conversion
@@ -63,6 +65,15 @@ class Scan:
     sha256: str
     file_format: str
     cleaning: CleaningReport = field(repr=False)
+    # search structures built once per scan and shared by every stage (see surface())
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def surface(self) -> SurfaceTarget:
+        """Exact closest-point queries on this scan, in its own frame (built once, then shared)."""
+        if "surface" not in self._cache:
+            self._cache["surface"] = SurfaceTarget.of_mesh(self.vertices, self.faces, self._cache.pop("scene", None))
+        surface: SurfaceTarget = self._cache["surface"]
+        return surface
 
     @property
     def extent_mm(self) -> float:
@@ -144,8 +155,13 @@ def clean_mesh(raw: RawMesh, role: str, *, unit: str | None = None, orient: bool
     repeated = (faces[:, 0] == faces[:, 1]) | (faces[:, 1] == faces[:, 2]) | (faces[:, 0] == faces[:, 2])
     degenerate = repeated | (area2 < 2 * DEGENERATE_AREA_MM2)
     faces = faces[~degenerate]
-    # duplicate: the same three vertices, whatever the order or winding
-    _, keep = np.unique(np.sort(faces, axis=1), axis=0, return_index=True)
+    # duplicate: the same three vertices, whatever the order or winding (one integer key per triangle)
+    ordered = np.sort(faces, axis=1)
+    n = np.int64(len(vertices))
+    if len(vertices) < 2_000_000:  # n**3 fits in 63 bits
+        _, keep = np.unique((ordered[:, 0] * n + ordered[:, 1]) * n + ordered[:, 2], return_index=True)
+    else:
+        _, keep = np.unique(ordered, axis=0, return_index=True)
     duplicates = len(faces) - len(keep)
     faces = faces[np.sort(keep)]
     if len(faces) == 0:
@@ -175,10 +191,15 @@ def clean_mesh(raw: RawMesh, role: str, *, unit: str | None = None, orient: bool
 
     normals = vertex_normals(vertices, faces)
     flipped = False
-    if orient and orientation_is_inward(vertices, faces, normals):
-        faces = faces[:, ::-1].copy()
-        normals = -normals
-        flipped = True
+    cache: dict[str, Any] = {}
+    if orient:
+        scene = raycasting_scene(vertices, faces)
+        if orientation_is_inward(vertices, faces, normals, scene=scene):
+            faces = faces[:, ::-1].copy()
+            normals = -normals
+            flipped = True
+        else:
+            cache["scene"] = scene  # the same triangles, same winding: reused for closest points
     report = CleaningReport(
         input_vertices=len(raw.vertices),
         input_triangles=len(raw.faces),
@@ -188,7 +209,7 @@ def clean_mesh(raw: RawMesh, role: str, *, unit: str | None = None, orient: bool
         normals_flipped=flipped,
         scale_factor=scale,
     )
-    return Scan(role, vertices, faces.astype(np.int64), normals, raw.sha256, raw.file_format, report)
+    return Scan(role, vertices, faces.astype(np.int64), normals, raw.sha256, raw.file_format, report, cache)
 
 
 def vertex_normals(vertices: NDArray[np.float64], faces: NDArray[np.int64]) -> NDArray[np.float64]:
@@ -220,6 +241,7 @@ def orientation_is_inward(
     normals: NDArray[np.float64],
     samples: int = 1500,
     decisive: float = 0.25,
+    scene: Any = None,
 ) -> bool:
     """Whether the normals point into the teeth rather than out of them.
 
@@ -237,13 +259,14 @@ def orientation_is_inward(
         Vertices probed (evenly spaced indices).
     decisive : float
         Required difference of hit fractions.
+    scene : open3d RaycastingScene, optional
+        Of these triangles, when the caller has one.
     """
     from mesial.aligner._o3d import open3d
 
     o3d = open3d()
-
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(vertices.astype(np.float32), faces.astype(np.uint32))
+    if scene is None:
+        scene = raycasting_scene(vertices, faces)
     pick = np.linspace(0, len(vertices) - 1, min(samples, len(vertices))).astype(np.int64)
     origins, directions = vertices[pick], normals[pick]
     keep = np.linalg.norm(directions, axis=1) > 0.5
