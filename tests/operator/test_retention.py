@@ -1,0 +1,134 @@
+"""RetentionPolicy: the pure decision, sweeps through the operator with a moved clock, legal holds,
+untrusted timestamps, one policy per namespace, receipts per scan."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from mesial.common.retention import Verdict, decide
+from mesial.operator.testing import Harness
+from tests.operator.conftest import eventually
+from tests.operator.helpers import POLICY, SCANJOB, audit_events, organization, ready
+
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+DAY = timedelta(days=1)
+
+
+@pytest.mark.parametrize(
+    ("stamp", "verdict"),
+    [
+        (NOW - 91 * DAY, Verdict.expired),
+        (NOW - 90 * DAY, Verdict.expired),
+        (NOW - 89 * DAY, Verdict.young),
+        (NOW + timedelta(minutes=4), Verdict.young),  # within the tolerated skew
+        (NOW + timedelta(hours=2), Verdict.future),
+        ("2026-01-01T00:00:00Z", Verdict.expired),
+        ("not a date", Verdict.malformed),
+        ("2026-01-01T00:00:00", Verdict.malformed),  # naive: no zone, no trust
+        (None, Verdict.malformed),
+    ],
+)
+def test_decide(stamp: Any, verdict: Verdict) -> None:
+    assert decide(stamp, now=NOW, max_age=90 * DAY, skew=timedelta(minutes=5)) is verdict
+
+
+def policy(name: str, ns: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "mesial.dev/v1alpha1", "kind": "RetentionPolicy", "metadata": {"name": name, "namespace": ns},
+            "spec": {"maxAgeDays": 30, "covers": ["scans", "results", "scanjobs"], "sweepInterval": "1m", **spec}}  # fmt: skip
+
+
+async def pstatus(k8s, ns: str, name: str) -> dict[str, Any]:
+    obj = await k8s.get(*POLICY, name, ns)
+    return dict((obj or {}).get("status") or {})
+
+
+async def test_sweep_deletes_old_unheld_objects_with_receipts(harness: Harness, org_name) -> None:
+    org = org_name("keep")
+    k8s = harness.client
+    await k8s.create(organization(org))
+    await eventually(lambda: ready(k8s, org))
+    ns = f"mesial-org-{org}"
+    store = harness.runtime.store
+    await store.put(org, "scans/s1", b"old")
+    await store.put(org, "scans/s1/meta", b"old too")
+    await store.put(org, "scans/s2", b"held", legal_hold=True)
+    await store.put(org, "results/j1/report.json", b"result")
+    await store.put(org, "other/x", b"not covered")
+    finished = {"apiVersion": "mesial.dev/v1alpha1", "kind": "ScanJob", "metadata": {"name": "old-job", "namespace": ns},
+                "spec": {"scans": {"upper": "a", "lower": "b"}}}  # fmt: skip
+    await k8s.create(finished)
+    await eventually(lambda: _sj_phase(k8s, ns, "old-job", "Pending"))
+    await k8s.patch("batch/v1", "Job", "scanjob-old-job", {"status": {"succeeded": 1, "startTime": "2025-12-31T23:00:00Z",
+        "completionTime": "2026-01-01T00:00:00Z", "conditions": [{"type": "Complete", "status": "True"}]}}, ns)  # fmt: skip
+    await eventually(lambda: _sj_phase(k8s, ns, "old-job", "Succeeded"))
+    # The operator's clock is 40 days ahead: everything above is past 30 days.
+    harness.runtime.clock = lambda: datetime.now(UTC) + 40 * DAY
+    await k8s.create(policy("retention", ns))
+
+    async def swept() -> dict[str, Any] | None:
+        st = await pstatus(k8s, ns, "retention")
+        return st if st.get("lastSweep") else None
+
+    st = await eventually(swept)
+    assert st["phase"] == "Active"
+    counts = st["lastSweep"]
+    assert counts["deleted"] == 3 and counts["held"] == 1 and counts["errors"] == 0
+    assert counts["scanJobsDeleted"] == 1 and counts["receipts"] == 2
+    remaining = sorted([m.key.split("/", 2)[2] async for m in store.list(org)])
+    assert remaining == ["other/x", "scans/s2"]
+    assert await store.legal_hold(org, "scans/s2")
+    receipts = [e for e in audit_events(harness.runtime) if e["action"] == "retention.deleted" and e["tenant"] == org]
+    assert sorted((e["resource_type"], e["resource_id"]) for e in receipts) == [("result", "j1"), ("scan", "s1")]
+    assert next(e for e in receipts if e["resource_id"] == "s1")["details"]["objects_deleted"] == 2
+    assert await k8s.get(*SCANJOB, "old-job", ns) is None
+    assert st["nextSweepTime"] > st["lastSweepTime"]
+
+
+async def test_clock_skew_keeps_objects_and_reports_them(harness: Harness, org_name) -> None:
+    org = org_name("skew")
+    k8s = harness.client
+    await k8s.create(organization(org))
+    await eventually(lambda: ready(k8s, org))
+    ns = f"mesial-org-{org}"
+    await harness.runtime.store.put(org, "scans/new", b"fresh")
+    harness.runtime.clock = lambda: datetime.now(UTC) - DAY  # the operator's clock is a day behind the store's
+    await k8s.create(policy("retention", ns))
+
+    async def swept() -> dict[str, Any] | None:
+        st = await pstatus(k8s, ns, "retention")
+        return st if st.get("lastSweep") else None
+
+    counts = (await eventually(swept))["lastSweep"]
+    assert counts["deleted"] == 0 and counts["kept"] == 1
+    assert counts["problems"] == ["scan new: kept, timestamp future"]
+    assert await harness.runtime.store.exists(org, "scans/new")
+
+
+async def test_one_policy_per_namespace_and_only_in_tenant_namespaces(harness: Harness, org_name) -> None:
+    org = org_name("dup")
+    k8s = harness.client
+    await k8s.create(organization(org))
+    await eventually(lambda: ready(k8s, org))
+    ns = f"mesial-org-{org}"
+    await k8s.create(policy("first", ns, sweepInterval="24h"))
+    await eventually(lambda: _policy_phase(k8s, ns, "first", "Active"))
+    await k8s.create(policy("second", ns))
+    st = await eventually(lambda: _policy_phase(k8s, ns, "second", "Rejected"))
+    assert st["reason"] == "DuplicatePolicy" and "first" in st["message"]
+    await k8s.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "plain"}})
+    await k8s.create(policy("stray", "plain"))
+    st = await eventually(lambda: _policy_phase(k8s, "plain", "stray", "Rejected"))
+    assert st["reason"] == "NotATenantNamespace"
+
+
+async def _policy_phase(k8s, ns: str, name: str, phase: str) -> dict[str, Any] | None:
+    st = await pstatus(k8s, ns, name)
+    return st if st.get("phase") == phase else None
+
+
+async def _sj_phase(k8s, ns: str, name: str, phase: str) -> bool:
+    obj = await k8s.get(*SCANJOB, name, ns)
+    return bool(obj and (obj.get("status") or {}).get("phase") == phase)
