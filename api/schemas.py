@@ -33,6 +33,10 @@ class OrgCreate(Strict):
     retention_days: int = Field(90, ge=1, le=36500)
 
 
+class Retention(Strict):
+    retention_days: int = Field(ge=1, le=36500, description="days scans and results are kept (legal holds excepted)")
+
+
 class Org(BaseModel):
     id: str
     name: str

@@ -128,4 +128,24 @@ async def disable_member(call: Call) -> Response:
     return Response(status_code=204)
 
 
-ROUTES = [create_org, list_orgs, issue_org_key, me, issue_key, list_keys, revoke_key, disable_member]
+@route(
+    Spec(
+        "PUT",
+        "/v1/org/retention",
+        "Set how long the organization's scans and results are kept",
+        ADMIN,
+        action="org.retention_changed",
+        resource_type="organization",
+        body=schemas.Retention,
+        response=schemas.Org,
+    )
+)
+async def set_retention(call: Call) -> Response:
+    org = await Organization.get(id=call.scope.org_id)
+    call.audit(org.id, days=call.body.retention_days, previous=org.retention_days)
+    org.retention_days = call.body.retention_days
+    await org.save(update_fields=["retention_days"])
+    return ok(orgs.org_view(org))
+
+
+ROUTES = [create_org, list_orgs, issue_org_key, me, issue_key, list_keys, revoke_key, disable_member, set_retention]

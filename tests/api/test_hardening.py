@@ -122,3 +122,18 @@ async def test_logs_are_json_and_name_route_templates_not_paths(api: Harness, ca
     line = json.loads(JsonFormatter().format(record))
     assert line["route"] == "/v1/scans/{scan_id}" and line["status"] == 200 and line["request_id"]
     assert scan["id"] not in json.dumps(line)
+
+
+async def test_org_admin_sets_retention_and_it_is_audited(api: Harness) -> None:
+    org, admin = await api.new_org()
+    tech = await api.key(admin, "technician")
+    assert (
+        await api.client.put("/v1/org/retention", json={"retention_days": 30}, headers=bearer(tech))
+    ).status_code == 403
+    assert (
+        await api.client.put("/v1/org/retention", json={"retention_days": 0}, headers=bearer(admin))
+    ).status_code == 422
+    changed = await api.client.put("/v1/org/retention", json={"retention_days": 30}, headers=bearer(admin))
+    assert changed.status_code == 200 and changed.json()["retention_days"] == 30
+    listed = (await api.client.get("/v1/orgs", headers=bearer(await api.platform_key()))).json()["items"]
+    assert next(o for o in listed if o["name"] == org)["retention_days"] == 30
