@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from mesial.api.errors import Conflict
-from mesial.api.models import LegalHold, Scan
+from mesial.api.models import Job, LegalHold, Scan
 from mesial.api.services.meshcheck import MeshCheck, MeshInfo
 from mesial.api.services.scope import TenantScope
 from mesial.api.types import iso, new_id, utcnow
@@ -82,6 +82,9 @@ async def delete(scope: TenantScope, store: ObjectStore, scan_id: str) -> Scan:
     scan = await scope.scan(scan_id)
     if scan.legal_hold:
         raise Conflict("scan is on legal hold")
+    active = await Job.filter(org_id=scope.org_id, state__in=["queued", "running"])
+    if any(scan.id in (job.upper_id, job.lower_id, *job.bite_ids) for job in active):
+        raise Conflict("scan is an input of a queued or running job")
     try:
         await store.delete(scope.org, scan_key(scan.id))  # refuses LegalHoldActive itself too
     except ObjectNotFound:

@@ -136,11 +136,14 @@ async def test_running_job_can_be_cancelled(behaving: Harness) -> None:
     while (await api.client.get(f"/v1/jobs/{job['id']}", headers=bearer(admin))).json()["progress"] < 0.5:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
+    busy = await api.client.delete(f"/v1/scans/{job['upper']}", headers=bearer(admin))
+    assert busy.status_code == 409 and "running job" in busy.json()["error"]["message"]
     cancelled = await api.client.post(f"/v1/jobs/{job['id']}/cancel", headers=bearer(admin))
     assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
     assert job["id"] not in api.runtime.dispatcher.running
     again = await api.client.post(f"/v1/jobs/{job['id']}/cancel", headers=bearer(admin))
     assert again.status_code == 409
+    assert (await api.client.delete(f"/v1/scans/{job['upper']}", headers=bearer(admin))).status_code == 204
 
 
 async def test_local_queue_is_bounded(api: Harness) -> None:
