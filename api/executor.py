@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 from mesial.api.audit.collector import AuditCollector
 from mesial.api.errors import Busy
-from mesial.api.models import Artifact, Job
+from mesial.api.models import Artifact, Job, Organization
 from mesial.api.services.jobs import ARTIFACT_NAME_RE, FINAL, JobSpec, JobState, artifact_key
 from mesial.api.types import new_id, utcnow
 from mesial.common.audit import AuditEvent
@@ -198,8 +198,25 @@ class LocalExecutor:
             await _terminate(process)
 
     async def start(self) -> None:
+        if self.settings.api.executor_recover_on_start:
+            await self.recover()
         for _ in range(self.settings.api.executor_workers):
             self._workers.append(asyncio.create_task(self._work()))
+
+    async def recover(self) -> None:
+        """Jobs a previous process left behind: running ones failed, queued ones queued again."""
+        for job in await Job.filter(state__in=[JobState.running.value, JobState.queued.value]).order_by("created_at"):
+            org = await Organization.get_or_none(id=job.org_id)
+            if org is None:
+                continue
+            spec = JobSpec(job.id, org.name, org.id, job.upper_id, job.lower_id, tuple(job.bite_ids), dict(job.options))
+            if job.state == JobState.queued.value and self.has_room():
+                self.queue.put_nowait(spec)
+            else:
+                reason = (
+                    "interrupted: the API restarted" if job.state == JobState.running.value else "queue full at restart"
+                )
+                await self.results.finish(spec, JobState.failed, reason, None)
 
     async def stop(self) -> None:
         for process in list(self.running.values()):

@@ -256,6 +256,8 @@ class ApiSettings(BaseModel):
     job_timeout_s: float = Field(3600.0, gt=0)
     # Seconds between progress polls of a running local job.
     job_poll_s: float = Field(1.0, gt=0)
+    # At start, fail jobs a previous local executor left running and queue again the ones it left queued.
+    executor_recover_on_start: bool = True
     # Seconds between scheduled audit checkpoints (0 = only on export).
     checkpoint_interval_s: float = Field(300.0, ge=0)
     # OIDC: issuer, audience, JWKS (URL or a local JSON file path), claims giving org and role.

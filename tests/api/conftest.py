@@ -38,6 +38,8 @@ def make_settings(base: Settings, data_dir: Path, database_url: str, **api: Any)
         "job_poll_s": 0.1,
         "executor_workers": 2,
         "max_upload_bytes": 4 << 20,
+        # Apps of one run share a database: only the test of recovery lets an app adopt jobs.
+        "executor_recover_on_start": False,
     }
     defaults.update(api)
     return base.model_copy(update={"data_dir": data_dir, "database_url": database_url, "api": ApiSettings(**defaults)})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -222,3 +223,25 @@ async def test_operator_reports_a_cluster_job_through_the_internal_endpoint(api:
     artifacts = (await api.client.get(f"/v1/jobs/{job.id}/artifacts", headers=bearer(admin))).json()["items"]
     assert [(a["name"], a["size"]) for a in artifacts] == [("report.json", 12)]
     assert (await api.client.get(f"/v1/jobs/{job.id}", headers=bearer(admin_b))).status_code == 404
+
+
+async def test_restarted_executor_recovers_jobs_left_behind(api: Harness, tmp_path: Path) -> None:
+    from mesial.api.app import db_context
+    from mesial.api.models import Job
+    from mesial.api.services import orgs
+
+    org, admin = await api.new_org()
+    case = await api.case(admin)
+    rows = {}
+    with db_context(api.app):
+        org_row = await orgs.org_by_name(org)
+        for state in ("running", "queued"):
+            rows[state] = await Job.create(
+                id=f"job_{secrets.token_hex(12)}", org_id=org_row.id, created_by="mem_x", upper_id=case["upper"],
+                lower_id=case["lower"], bite_ids=[case["bite"]], options={}, state=state, metrics={}, created_at=utcnow(),
+            )  # fmt: skip
+    async with variant(api, tmp_path, executor_recover_on_start=True) as restarted:
+        failed = await wait_job(restarted, admin, rows["running"].id)
+        assert failed["state"] == "failed" and failed["message"] == "interrupted: the API restarted"
+        done = await wait_job(restarted, admin, rows["queued"].id)
+        assert done["state"] == "succeeded", done
