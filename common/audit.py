@@ -115,7 +115,10 @@ def split_signature(signature: str) -> tuple[int, bytes]:
     parts = signature.split(":")
     if len(parts) != 3 or parts[0] != "vault" or not parts[1].startswith("v") or not parts[1][1:].isdigit():
         raise ValueError("signature is not of the form vault:v<N>:<base64>")
-    return int(parts[1][1:]), base64.b64decode(parts[2], validate=True)
+    raw = base64.b64decode(parts[2], validate=True)
+    if base64.b64encode(raw).decode() != parts[2]:
+        raise ValueError("signature is not canonical base64")
+    return int(parts[1][1:]), raw
 
 
 def verify_signature(public_keys: dict[int, str], message: bytes, signature: str) -> bool:
@@ -131,7 +134,12 @@ def verify_signature(public_keys: dict[int, str], message: bytes, signature: str
 
 def key_fingerprint(public_key_b64: str) -> str:
     """A short SHA-256 fingerprint of a raw ed25519 public key (to compare with a pinned one)."""
-    return hashlib.sha256(base64.b64decode(public_key_b64)).hexdigest()[:32]
+    return hashlib.sha256(base64.b64decode(public_key_b64, validate=True)).hexdigest()[:32]
+
+
+def header_digest(header: dict[str, Any]) -> str:
+    """SHA-256 of an export header's canonical encoding (the manifest signs it)."""
+    return hashlib.sha256(canonical(header)).hexdigest()
 
 
 def event_line(record: dict[str, Any]) -> dict[str, Any]:
@@ -218,7 +226,10 @@ def _verify(lines: Iterable[str], pinned: str | None, report: VerifyReport) -> N
         keys = {version: pinned for version in keys} or {1: pinned}
     if not keys:
         raise _Bad(1, "header carries no public key")
-    report.key_fingerprints = sorted({key_fingerprint(k) for k in keys.values()})
+    try:
+        report.key_fingerprints = sorted({key_fingerprint(k) for k in keys.values()})
+    except (ValueError, binascii.Error):
+        raise _Bad(1, "public key is not base64") from None
 
     hashes: dict[int, str] = {}
     first_sequence: int | None = None
@@ -229,6 +240,7 @@ def _verify(lines: Iterable[str], pinned: str | None, report: VerifyReport) -> N
     last_event_line = 1
     manifest: dict[str, Any] | None = None
     manifest_line = 0
+    checkpoint_sequences: list[int] = []
     for number, text in numbered:
         if not text.strip():
             raise _Bad(number, "blank line")
@@ -274,6 +286,7 @@ def _verify(lines: Iterable[str], pinned: str | None, report: VerifyReport) -> N
             if hashes[seq] != head:
                 raise _Bad(number, f"checkpoint head does not match event {seq}")
             report.checkpoints += 1
+            checkpoint_sequences.append(seq)
         elif kind == "manifest":
             manifest, manifest_line = line, number
         else:
@@ -284,6 +297,16 @@ def _verify(lines: Iterable[str], pinned: str | None, report: VerifyReport) -> N
         keys, manifest_message(manifest), str(manifest.get("signature"))
     ):
         raise _Bad(manifest_line, "export manifest signature does not verify")
+    if manifest.get("header_sha256") != header_digest(header):
+        raise _Bad(1, "header differs from the one the manifest signed")
+    signed_checkpoints = manifest.get("checkpoint_sequences")
+    if signed_checkpoints != checkpoint_sequences:
+        signed = signed_checkpoints if isinstance(signed_checkpoints, list) else []
+        index = next(
+            (i for i, (a, b) in enumerate(zip(signed, checkpoint_sequences, strict=False)) if a != b),
+            min(len(signed), len(checkpoint_sequences)),
+        )
+        raise _Bad(last_event_line + 1 + index, "checkpoints differ from the signed list (removed, added or moved)")
     count = manifest.get("count")
     if count == 0 and report.events == 0:
         return

@@ -178,7 +178,9 @@ class AuditCollector:
                 count += 1
                 yield json.dumps(audit.event_line(record), sort_keys=True, ensure_ascii=False) + "\n"
             cursor = int(rows[-1].sequence) + 1
+        checkpoint_sequences: list[int] = []
         for cp in await AuditCheckpoint.filter(tenant=tenant, sequence__gte=low, sequence__lte=high).order_by("id"):
+            checkpoint_sequences.append(int(cp.sequence))
             line = {
                 "type": "checkpoint",
                 "tenant": tenant,
@@ -198,6 +200,8 @@ class AuditCollector:
             "first_previous_hash": first["previous_hash"] if first else None,
             "last_sequence": last["sequence"] if last else None,
             "last_hash": last["hash"] if last else None,
+            "checkpoint_sequences": checkpoint_sequences,
+            "header_sha256": audit.header_digest(header),
             "time": format_time(datetime.now(UTC)),
         }
         manifest["signature"] = await asyncio.to_thread(self.keys.sign, audit.manifest_message(manifest))
