@@ -11,10 +11,14 @@ Chain primitives live here too, so that the collector and the offline verifier
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import json
+import ssl
+import urllib.error
+import urllib.request
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -22,6 +26,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from mesial.common.errors import ServiceError
 
 Outcome = Literal["success", "denied", "failure"]
 GENESIS_HASH = "0" * 64
@@ -318,3 +324,54 @@ def _verify(lines: Iterable[str], pinned: str | None, report: VerifyReport) -> N
         raise _Bad(last_event_line + 1, "events end before the signed last event (truncated)")
     if count != report.events:
         raise _Bad(manifest_line, "event count differs from the signed count")
+
+
+class HttpAuditSink:
+    """An :class:`AuditSink` that appends over the collector's internal endpoint.
+
+    For the operator and jobs: ``HttpAuditSink("https://api.mesial-system:8080", key)``
+    with a service key (``mesial admin service-key operator``). ``actor``, ``source_ip``
+    and ``request_id`` are set by the collector from the credential and the request;
+    ``time`` is the event's own. Standard library only (urllib in a thread).
+    """
+
+    path = "/internal/v1/audit/events"
+
+    def __init__(self, base_url: str, token: str, *, timeout_s: float = 10.0, cafile: str | None = None) -> None:
+        self.url = base_url.rstrip("/") + self.path
+        self.token = token
+        self.timeout_s = timeout_s
+        self.context = ssl.create_default_context(cafile=cafile) if base_url.startswith("https") else None
+
+    def _post(self, body: bytes) -> dict[str, Any]:
+        request = urllib.request.Request(
+            self.url,
+            data=body,
+            method="POST",
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s, context=self.context) as response:
+                answer: dict[str, Any] = json.loads(response.read())
+                return answer
+        except urllib.error.HTTPError as exc:
+            detail = exc.read()[:500].decode(errors="replace")
+            raise ServiceError(f"audit collector refused the event ({exc.code}): {detail}") from exc
+        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            raise ServiceError(f"audit collector unreachable: {type(exc).__name__}") from exc
+
+    async def append(self, event: AuditEvent) -> None:
+        await self.append_record(event)
+
+    async def append_record(self, event: AuditEvent) -> dict[str, Any]:
+        """Append and return the collector's answer (tenant, sequence, hash)."""
+        body = {
+            "tenant": event.tenant,
+            "action": event.action,
+            "resource_type": event.resource_type,
+            "resource_id": event.resource_id,
+            "outcome": event.outcome,
+            "time": format_time(event.time),
+            "details": event.details,
+        }
+        return await asyncio.to_thread(self._post, json.dumps(body).encode())

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from mesial.common import services as svc
 from mesial.common.settings import Settings
@@ -94,3 +95,38 @@ def test_admin_bootstrap_org_keys_serve_and_audit(service_settings: Settings, tm
     out.write_text(out.read_text().replace("org.created", "org.deleted"))
     broken = run(offline, "audit", "verify", str(out))
     assert broken.returncode == 1 and "FAILED at line" in broken.stdout
+
+
+async def test_http_audit_sink_appends_through_the_internal_endpoint(
+    service_settings: Settings, tmp_path: Path
+) -> None:
+    from mesial.common.audit import AuditEvent, HttpAuditSink
+    from mesial.common.errors import ServiceError
+
+    env = {**cli_env(service_settings, tmp_path), "HOME": str(tmp_path)}
+    assert run(env, "admin", "create-org", "sink-lab").returncode == 0
+    operator_key = run(env, "admin", "service-key", "operator").stdout.strip()
+    server, base = serve(env, tmp_path)
+    try:
+        sink = HttpAuditSink(base, operator_key)
+        first = await sink.append_record(AuditEvent("sink-lab", "ignored", "retention.deleted", "scan", "scn_1"))
+        await sink.append(AuditEvent("sink-lab", "ignored", "retention.swept", "retention_policy", "rp_1"))
+        assert first["tenant"] == "sink-lab" and first["sequence"] >= 1
+        with pytest.raises(ServiceError, match="403"):
+            await HttpAuditSink(base, operator_key).append(AuditEvent("no-such-org", "x", "a.b", "scan", "s"))
+        with pytest.raises(ServiceError, match="401"):
+            await HttpAuditSink(base, "mesial_000000000000_" + "x" * 43).append(
+                AuditEvent("sink-lab", "x", "a.b", "scan", "s")
+            )
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    with pytest.raises(ServiceError, match="unreachable"):
+        await HttpAuditSink(base, operator_key, timeout_s=2).append(AuditEvent("sink-lab", "x", "a.b", "scan", "s"))
+    out = tmp_path / "sink.jsonl"
+    assert run(env, "audit", "export", "--org", "sink-lab", "-o", str(out)).returncode == 0
+    events = [json.loads(line) for line in out.read_text().splitlines() if '"event"' in line]
+    assert [(e["action"], e["actor"]) for e in events][-2:] == [
+        ("retention.deleted", "service:operator"),
+        ("retention.swept", "service:operator"),
+    ]
