@@ -66,9 +66,10 @@ def crown_direction(vertices: FloatArray, faces: NDArray[np.int64], axis: FloatA
     keys; their length-weighted centroid lies on the gingiva side of the
     vertex centroid.
     """
-    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    edges.sort(axis=1)
-    key = np.sort(edges[:, 0] * np.int64(len(vertices)) + edges[:, 1])
+    first = np.concatenate([faces[:, 0], faces[:, 1], faces[:, 2]])
+    second = np.concatenate([faces[:, 1], faces[:, 2], faces[:, 0]])
+    key = np.minimum(first, second) * np.int64(len(vertices)) + np.maximum(first, second)
+    key.sort(kind="stable")  # radix sort for integers
     single = np.ones(len(key), dtype=bool)
     same = key[1:] == key[:-1]
     single[1:] &= ~same
@@ -120,18 +121,19 @@ def arch_frame(
     flat = np.stack([(points - centroid) @ e1, (points - centroid) @ e2], axis=1)
     field = DistanceField(flat, 0.5, 5.0)
 
-    def mirror_cost(angles: FloatArray) -> FloatArray:
+    def mirror_cost(angles: FloatArray, sample: FloatArray) -> FloatArray:
         direction = np.stack([np.cos(angles), np.sin(angles)], axis=1)  # (k, 2)
-        along = flat @ direction.T  # (n, k)
-        mirrored = 2 * along[:, :, None] * direction[None] - flat[:, None, :]  # (n, k, 2)
+        along = sample @ direction.T  # (n, k)
+        mirrored = 2 * along[:, :, None] * direction[None] - sample[:, None, :]  # (n, k, 2)
         return np.asarray(field(mirrored).mean(axis=0), dtype=np.float64)
 
     step = np.radians(angle_step_deg)
     coarse = np.arange(0.0, np.pi, step)
-    costs = mirror_cost(coarse)
+    # the coarse sweep on an even subset of the outline (every point for the fine one)
+    costs = mirror_cost(coarse, flat[:: max(1, len(flat) // 1500)])
     best = float(coarse[int(np.argmin(costs))])
     fine = best + np.linspace(-step, step, 21)
-    fine_costs = mirror_cost(fine)
+    fine_costs = mirror_cost(fine, flat)
     angle = float(fine[int(np.argmin(fine_costs))])
     symmetry = float(fine_costs.min())
     y2 = np.array([np.cos(angle), np.sin(angle)])

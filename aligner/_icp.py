@@ -205,13 +205,11 @@ class SurfaceTarget:
 
     def near(self, points: FloatArray, gate: float) -> tuple[FloatArray, FloatArray, FloatArray]:
         """Exact closest points for the points near the surface; the others get distance inf."""
-        closest = np.zeros_like(points)
-        normals = np.zeros_like(points)
-        distance = np.full(len(points), np.inf)
-        near = np.isfinite(self.vertex_distance(points, upper_bound=gate + 0.5))
-        if near.any():
-            closest[near], normals[near], _ = self.closest(points[near])
-            distance[near] = np.linalg.norm(points[near] - closest[near], axis=1)
+        if len(points) == 0:
+            return np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0)
+        closest, normals, _ = self.closest(points)
+        distance = np.linalg.norm(points - closest, axis=1)
+        distance[distance > gate] = np.inf
         return closest, normals, distance
 
     def vertex_planes(self, normals: FloatArray) -> VertexPlanes:
@@ -351,6 +349,10 @@ class BiteFit:
         Share of bite points explained by either arch.
     inlier_rmse_mm : float
         RMS distance of the explained points.
+    upper_rmse_mm, lower_rmse_mm : float
+        The same per arch (inf when an arch explains no point). One scanner
+        made the bite, so both arches fit it with the same residual when the
+        poses are right; a lower arch in a nearby wrong pose fits worse.
     """
 
     points: int
@@ -358,6 +360,8 @@ class BiteFit:
     lower_inliers: int
     fitness: float
     inlier_rmse_mm: float
+    upper_rmse_mm: float = float("inf")
+    lower_rmse_mm: float = float("inf")
 
 
 @dataclass(frozen=True)
@@ -508,11 +512,16 @@ def _bite_fit(
     x, _, closest, normals, distance, on_lower = _match(source, pose, upper, lower, lower_pose, inlier_distance)
     plane = np.abs(np.einsum("ij,ij->i", x - closest, normals))
     inlier = np.isfinite(distance) & (plane < inlier_distance)
-    rmse = float(np.sqrt(np.mean(plane[inlier] ** 2))) if inlier.any() else float("inf")
+
+    def rms(mask: NDArray[np.bool_]) -> float:
+        return float(np.sqrt(np.mean(plane[mask] ** 2))) if mask.any() else float("inf")
+
     return BiteFit(
         points=len(source),
         upper_inliers=int((inlier & ~on_lower).sum()),
         lower_inliers=int((inlier & on_lower).sum()),
         fitness=float(inlier.mean()),
-        inlier_rmse_mm=rmse,
+        inlier_rmse_mm=rms(inlier),
+        upper_rmse_mm=rms(inlier & ~on_lower),
+        lower_rmse_mm=rms(inlier & on_lower),
     )

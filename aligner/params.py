@@ -47,7 +47,7 @@ class AlignParams:
     distinct_rotation_deg: float = 8.0
     distinct_translation_mm: float = 3.0
     # Fine step: bite points are thinned to one per voxel of this size.
-    fine_voxel_mm: float = 0.25
+    fine_voxel_mm: float = 0.2
     # Correspondences farther than this are ignored at the start of the fine
     # step; the gate shrinks to ``fine_gate_sigmas`` robust sigmas (not below the floor).
     fine_max_distance_mm: float = 1.5
@@ -73,8 +73,15 @@ class AlignParams:
     # Each arch must explain at least this share of every bite scan.
     min_arch_share: float = 0.12
     max_inlier_rmse_mm: float = 0.12
+    # The arch fitting a bite worse must stay within this factor of the other's
+    # inlier RMSE (plus residual_floor_mm, for very clean scans).
+    max_rmse_ratio: float = 1.5
+    residual_floor_mm: float = 0.005
     # Margin (share of bite points) between the best and second-best pair of poses.
     min_margin: float = 0.1
+    # When that margin is too small, both hypotheses are refined on the exact
+    # surfaces and compared again within this distance.
+    tight_distance_mm: float = 0.1
     seed: int = 0
 
     def as_dict(self) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from mesial.aligner._anatomy import FLIP, ArchFrame, arch_frame
 from mesial.aligner._coarse import distinct, grid_scores, icp, search_bite, strip_frame, yaw_grid
 from mesial.aligner._features import voxel_representatives
 from mesial.aligner._field import DistanceField
-from mesial.aligner._icp import JointFit, PlaneTarget, refine_joint
+from mesial.aligner._icp import JointFit, PlaneTarget, SurfaceTarget, _match, refine_joint
 from mesial.aligner.errors import AlignmentError
 from mesial.aligner.params import AlignParams
 from mesial.aligner.transforms import invert, rotation_angle_deg, transform_points
@@ -54,6 +54,11 @@ class BiteEvidence:
         ``score - second_score`` (share of bite points).
     hypotheses : int
         Distinct bite poses refined; ``paired`` of them placed the lower arch.
+    tolerance_mm : float
+        The distance within which a point counts as explained. When the
+        coarse margin (``pair_distance_mm``, on thinned arches) is below
+        ``min_margin``, both hypotheses are refined on the exact surfaces and
+        scored again within ``tight_distance_mm``: these numbers are then those.
     """
 
     bite: int
@@ -62,6 +67,7 @@ class BiteEvidence:
     margin: float
     hypotheses: int
     paired: int
+    tolerance_mm: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -158,13 +164,15 @@ def register_bite(
     evidence: list[BiteEvidence] = []
     bite_to_upper: list[FloatArray] = []
     candidates: list[tuple[float, FloatArray]] = []
+    runners_up: list[tuple[FloatArray, FloatArray] | None] = []
     for k, bite in enumerate(bites):
         report("global", k / len(bites))
         rng = np.random.default_rng([params.seed, k])
-        item, bite_pose, lower_pose = _global_one_bite(
+        item, bite_pose, lower_pose, runner_up = _global_one_bite(
             k, bite, to_canonical, lower_start, search_field, outline, lower_field, motions, coarse, params, rng
         )
         evidence.append(item)
+        runners_up.append(runner_up)
         bite_to_upper.append(bite_pose)
         candidates.append((item.score, lower_pose))
     timings["global"] = time.perf_counter() - clock
@@ -193,6 +201,10 @@ def register_bite(
     upper_to_bite = invert(fit.bite_to_upper[0])
     lower_to_bite = upper_to_bite @ fit.lower_to_upper
     bite_to_bite = tuple(upper_to_bite @ pose for pose in fit.bite_to_upper)
+    for k, item in enumerate(evidence):
+        runner_up = runners_up[k]
+        if item.margin < params.min_margin and runner_up is not None:
+            evidence[k] = _resolve(item, fine_points[k], fine, (bite_to_upper[k], candidates[k][1]), runner_up, params)
     reasons = _reasons(evidence, fit, params, [pose for _, pose in candidates])
     return Registration(
         upper_to_bite, lower_to_bite, bite_to_bite, tuple(evidence), fit, not reasons, tuple(reasons), timings
@@ -211,8 +223,11 @@ def _global_one_bite(
     coarse: dict[str, PlaneTarget],
     params: AlignParams,
     rng: np.random.Generator,
-) -> tuple[BiteEvidence, FloatArray, FloatArray]:
-    """Best hypothesis for one bite scan: ``(evidence, bite_to_upper, lower_to_upper)``."""
+) -> tuple[BiteEvidence, FloatArray, FloatArray, tuple[FloatArray, FloatArray] | None]:
+    """Best hypothesis for one bite scan: ``(evidence, bite_to_upper, lower_to_upper, runner_up)``.
+
+    ``runner_up`` is the best distinct hypothesis ``(bite_to_upper, lower_to_upper)``, if any.
+    """
     pick = voxel_representatives(bite.vertices, params.frame_voxel_mm)
     thin, thin_normals = bite.vertices[pick], bite.vertex_normals[pick]
     points = bite.vertices[voxel_representatives(bite.vertices, 0.6)]
@@ -236,7 +251,7 @@ def _global_one_bite(
     tau = params.pair_distance_mm
     refined = []
     for index in keep[: params.bite_candidates]:
-        pose = icp(points, coarse["upper"], from_canonical @ poses[index], (2.0, 1.0, 0.5))
+        pose = icp(thin, coarse["upper"], from_canonical @ poses[index], (2.0, 1.0, 0.5))
         on_upper = np.isfinite(coarse["upper"].match(transform_points(points, pose), tau)[0])
         refined.append((float(on_upper.mean()), pose, on_upper))
     refined.sort(key=lambda item: -item[0])
@@ -257,19 +272,53 @@ def _global_one_bite(
         explained = _explained(points, joint.bite_to_upper[0], joint.lower_to_upper, coarse, tau)
         scored.append((explained, joint.bite_to_upper[0], joint.lower_to_upper))
     if not scored:
-        return BiteEvidence(k, 0.0, 0.0, 0.0, len(refined), 0), np.eye(4), lower_start
+        return BiteEvidence(k, 0.0, 0.0, 0.0, len(refined), 0, tau), np.eye(4), lower_start, None
     scored.sort(key=lambda item: -item[0])
     best_score, best_pose, best_lower = scored[0]
     second = 0.0
-    for value, pose, _ in scored[1:]:
+    runner_up = None
+    for value, pose, lower in scored[1:]:
         if (
             len(distinct([best_pose, pose], strip.centre, params.distinct_rotation_deg, params.distinct_translation_mm))
             == 2
         ):
-            second = value
+            second, runner_up = value, (pose, lower)
             break
-    item = BiteEvidence(k, best_score, second, best_score - second, len(refined), len(scored))
-    return item, best_pose, best_lower
+    item = BiteEvidence(k, best_score, second, best_score - second, len(refined), len(scored), tau)
+    return item, best_pose, best_lower, runner_up
+
+
+def _resolve(
+    item: BiteEvidence,
+    points: FloatArray,
+    surfaces: dict[str, SurfaceTarget],
+    best: tuple[FloatArray, FloatArray],
+    runner_up: tuple[FloatArray, FloatArray],
+    params: AlignParams,
+) -> BiteEvidence:
+    """Evidence of a bite whose two best hypotheses explain it almost equally at the coarse tolerance.
+
+    Both are refined alone on the exact surfaces (same points, same
+    iterations) and scored by the share of points within ``tight_distance_mm``
+    of either arch: a pose shifted along a repetitive row of teeth explains
+    most points within 0.3 mm but far fewer within 0.1 mm.
+    """
+    scores = []
+    for bite_pose, lower_pose in (best, runner_up):
+        fit = refine_joint(
+            [points], surfaces["upper"], surfaces["lower"], [bite_pose], lower_pose, params,
+            max_distance_mm=0.5, max_iterations=params.exact_iterations,
+        )  # fmt: skip
+        assert fit.lower_to_upper is not None
+        x, _, closest, normals, distance, _ = _match(
+            points, fit.bite_to_upper[0], surfaces["upper"], surfaces["lower"], fit.lower_to_upper,
+            params.tight_distance_mm,
+        )  # fmt: skip
+        plane = np.abs(np.einsum("ij,ij->i", x - closest, normals))
+        scores.append(float((np.isfinite(distance) & (plane < params.tight_distance_mm)).mean()))
+    return BiteEvidence(
+        item.bite, scores[0], scores[1], scores[0] - scores[1], item.hypotheses, item.paired, params.tight_distance_mm
+    )
 
 
 def _edge_length(scan: Scan) -> float:
@@ -314,6 +363,12 @@ def _reasons(
                 reasons.append(f"bite {k} shows too little of the {arch} arch ({count / bite.points:.0%})")
         if bite.inlier_rmse_mm > params.max_inlier_rmse_mm:
             reasons.append(f"bite {k}: inlier RMSE {bite.inlier_rmse_mm:.3f} mm > {params.max_inlier_rmse_mm} mm")
+        low, high = sorted((bite.upper_rmse_mm, bite.lower_rmse_mm))
+        if high > params.max_rmse_ratio * low + params.residual_floor_mm:
+            reasons.append(
+                f"bite {k}: the arches fit it unequally (inlier RMSE upper {bite.upper_rmse_mm:.3f} mm, "
+                f"lower {bite.lower_rmse_mm:.3f} mm): a nearby wrong pose"
+            )
     if len(candidates) > 1:
         spread = rotation_angle_deg(invert(candidates[0]) @ candidates[1])
         if spread > params.distinct_rotation_deg:

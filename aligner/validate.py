@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from mesial.aligner._features import first_occurrences
 from mesial.aligner._icp import SurfaceTarget, raycasting_scene
 from mesial.aligner.errors import CorruptScan, EmptyScan, ImplausibleScale, InvalidScanShape, ScanInputError
 from mesial.aligner.io import RawMesh, read_mesh
@@ -156,10 +157,12 @@ def clean_mesh(raw: RawMesh, role: str, *, unit: str | None = None, orient: bool
     degenerate = repeated | (area2 < 2 * DEGENERATE_AREA_MM2)
     faces = faces[~degenerate]
     # duplicate: the same three vertices, whatever the order or winding (one integer key per triangle)
-    ordered = np.sort(faces, axis=1)
+    low = np.minimum(np.minimum(faces[:, 0], faces[:, 1]), faces[:, 2])
+    high = np.maximum(np.maximum(faces[:, 0], faces[:, 1]), faces[:, 2])
+    ordered = np.stack([low, faces.sum(axis=1) - low - high, high], axis=1)
     n = np.int64(len(vertices))
     if len(vertices) < 2_000_000:  # n**3 fits in 63 bits
-        _, keep = np.unique((ordered[:, 0] * n + ordered[:, 1]) * n + ordered[:, 2], return_index=True)
+        keep = first_occurrences((ordered[:, 0] * n + ordered[:, 1]) * n + ordered[:, 2])
     else:
         _, keep = np.unique(ordered, axis=0, return_index=True)
     duplicates = len(faces) - len(keep)
