@@ -22,7 +22,7 @@ from starlette.responses import Response
 from mesial.api.auth import authenticate, credential_of
 from mesial.api.errors import Forbidden, RateLimited, Unauthenticated, ValidationFailed
 from mesial.api.runtime import Runtime
-from mesial.api.services.scope import TenantScope
+from mesial.api.services.scope import OPAQUE_ID_RE, TenantScope
 from mesial.api.types import AuditMark, Principal, Role
 from mesial.common.audit import PLATFORM_TENANT
 
@@ -108,7 +108,9 @@ def endpoint(spec: Spec) -> Callable[[Handler], Callable[[Request], Awaitable[Re
             mark = None
             if spec.action:
                 resource = str(request.path_params.get(spec.id_param, "")) if spec.id_param else ""
-                mark = AuditMark(spec.action, spec.resource_type, resource_id=resource[:64])
+                # The path is client text: only an opaque id may enter the audit chain (never a name).
+                resource = resource if OPAQUE_ID_RE.fullmatch(resource) else "(malformed)" if resource else ""
+                mark = AuditMark(spec.action, spec.resource_type, resource_id=resource)
                 request.state.audit = mark
             principal = None
             if not spec.public:

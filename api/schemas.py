@@ -13,6 +13,11 @@ from mesial.api.types import Role
 Id = Annotated[str, Field(pattern=r"^[a-z]{3}_[0-9a-f]{24}$", description="opaque id")]
 
 
+# Ingested event details: short machine values only (ids, counts, hashes, reasons), no free text.
+DetailKey = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+DetailText = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:/-]{0,128}$")]
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -163,7 +168,7 @@ class IngestEvent(Strict):
     resource_id: str = Field(max_length=64, pattern=r"^[A-Za-z0-9_.:-]*$")
     outcome: Literal["success", "denied", "failure"] = "success"
     time: datetime | None = None
-    details: dict[str, str | int | float | bool] = Field(default_factory=dict, max_length=16)
+    details: dict[DetailKey, DetailText | int | float | bool] = Field(default_factory=dict, max_length=16)
 
 
 class Ingested(BaseModel):

@@ -15,7 +15,7 @@ from mesial.api.errors import Forbidden, NotFound
 from mesial.api.models import Artifact, Job, Scan
 from mesial.api.types import Principal, Role
 
-_ID_RE = re.compile(r"^[a-z]{3}_[0-9a-f]{24}$")
+OPAQUE_ID_RE = re.compile(r"^[a-z]{3}_[0-9a-f]{24}$")
 
 
 class TenantScope:
@@ -40,13 +40,13 @@ class TenantScope:
         return self._cases(Job)
 
     async def scan(self, scan_id: str) -> Scan:
-        row: Scan | None = await self.scans().get_or_none(id=scan_id) if _ID_RE.fullmatch(scan_id) else None
+        row: Scan | None = await self.scans().get_or_none(id=scan_id) if OPAQUE_ID_RE.fullmatch(scan_id) else None
         if row is None:
             raise NotFound("scan not found")
         return row
 
     async def job(self, job_id: str) -> Job:
-        row: Job | None = await self.jobs().get_or_none(id=job_id) if _ID_RE.fullmatch(job_id) else None
+        row: Job | None = await self.jobs().get_or_none(id=job_id) if OPAQUE_ID_RE.fullmatch(job_id) else None
         if row is None:
             raise NotFound("job not found")
         return row

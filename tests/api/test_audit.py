@@ -45,6 +45,7 @@ async def test_actions_are_audited_with_who_what_where_and_no_names(api: Harness
     await api.client.delete(f"/v1/scans/{scan['id']}", headers={**bearer(admin), "x-request-id": "req-delete-0001"})
     tech = await api.key(admin, "technician")
     await api.client.delete(f"/v1/scans/{scan['id']}", headers=bearer(tech))  # denied: 403
+    await api.client.delete("/v1/scans/Jane-Doe-1970", headers=bearer(admin))  # a name in the path: 404
     lines = await export(api, admin)
     found = events(lines)
     actions = [(e["action"], e["outcome"]) for e in found]
@@ -59,6 +60,9 @@ async def test_actions_are_audited_with_who_what_where_and_no_names(api: Harness
     assert deleted["details"]["sha256"] == scan["sha256"]  # the deletion receipt names what was deleted
     text = "".join(lines)
     assert "Jane" not in text and "PATIENT" not in text
+    assert ("scan.deleted", "denied") in [
+        (e["action"], e["outcome"]) for e in found if e["resource_id"] == "(malformed)"
+    ]
     assert [e["sequence"] for e in found] == list(range(1, len(found) + 1))
     assert found[0]["previous_hash"] == GENESIS_HASH
     assert verify_export(lines).ok
@@ -140,6 +144,10 @@ async def test_internal_ingestion_is_per_service(api: Harness) -> None:
         "/internal/v1/audit/events", json={**event, "resource_id": "Jane Doe.stl"}, headers=bearer(operator_key)
     )
     assert bad.status_code == 422
+    free_text = {**event, "details": {"note": "patient Jane Doe, born 1970"}}
+    assert (
+        await api.client.post("/internal/v1/audit/events", json=free_text, headers=bearer(operator_key))
+    ).status_code == 422
     assert (await api.client.get("/v1/scans", headers=bearer(operator_key))).status_code == 403
     found = events(await export(api, admin))
     receipt = next(e for e in found if e["action"] == "retention.deleted")
