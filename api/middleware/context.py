@@ -11,7 +11,9 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tortoise.context import _current_context
 
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+# Incoming ids are kept only in trace-id shapes (hex, UUID): they enter the audit chain,
+# which takes no free text (a name in a header must not become part of the log).
+_REQUEST_ID_RE = re.compile(r"^[0-9a-fA-F-]{8,64}$")
 
 
 class DatabaseContext:
@@ -33,7 +35,7 @@ class DatabaseContext:
 
 
 class RequestContext:
-    """Gives each request an id (a well-formed ``X-Request-ID`` or a new one) and its client IP.
+    """Gives each request an id (an incoming hex/UUID ``X-Request-ID`` or a new one) and its client IP.
 
     ``X-Forwarded-For`` is believed only from ``trusted_proxies`` (the ingress); anyone
     else could write any address into it.
