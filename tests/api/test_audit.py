@@ -42,7 +42,9 @@ async def test_actions_are_audited_with_who_what_where_and_no_names(api: Harness
     org, admin = await api.new_org()
     scan = await api.upload(admin, "upper", meshes.stl_binary(2, header=b"PATIENT Jane Doe 1970-01-01"))
     await api.client.get(f"/v1/scans/{scan['id']}", headers=bearer(admin))
-    await api.client.delete(f"/v1/scans/{scan['id']}", headers={**bearer(admin), "x-request-id": "0b1e0f2c-5d3a-4c1b-9e7f-123456789abc"})
+    await api.client.delete(
+        f"/v1/scans/{scan['id']}", headers={**bearer(admin), "x-request-id": "0b1e0f2c-5d3a-4c1b-9e7f-123456789abc"}
+    )
     tech = await api.key(admin, "technician")
     await api.client.delete(f"/v1/scans/{scan['id']}", headers=bearer(tech))  # denied: 403
     await api.client.delete("/v1/scans/Jane-Doe-1970", headers=bearer(admin))  # a name in the path: 404
