@@ -76,6 +76,7 @@ class _MeshIndex:
         self._tree: object | None = None
         self._field: DistanceField | None = None
         self._longest_edge: float | None = None
+        self._typical_edge: float | None = None
 
     @property
     def scene(self) -> Any:
@@ -99,6 +100,14 @@ class _MeshIndex:
         if self._field is None:
             self._field = DistanceField(self.vertices, FIELD_VOXEL_MM, FIELD_CAP_MM)
         return self._field
+
+    @property
+    def typical_edge(self) -> float:
+        """Median edge length (mm), from a sample of the triangles."""
+        if self._typical_edge is None:
+            corners = self.vertices[self.faces[:: max(1, len(self.faces) // 20000)]]
+            self._typical_edge = float(np.median(np.linalg.norm(corners - np.roll(corners, 1, axis=1), axis=2)))
+        return self._typical_edge
 
     @property
     def longest_edge(self) -> float:
@@ -127,9 +136,12 @@ def raycasting_scene(vertices: FloatArray, faces: NDArray[np.int64]) -> Any:
     return scene
 
 
+KD_THREADS_FROM = 50_000
+
+
 def workers(n: int) -> int:
     """k-d tree query threads: one for small batches (thread start-up costs more than it saves)."""
-    return -1 if n > 4000 else 1
+    return -1 if n > KD_THREADS_FROM else 1
 
 
 class SurfaceTarget:
@@ -143,7 +155,7 @@ class SurfaceTarget:
     # Deeper than this (mm), a point behind an open surface is not counted as inside.
     max_penetration_mm = 1.5
     # Signed distances are exact within this distance of the surface (mm).
-    exact_band_mm = 0.6
+    exact_band_mm = 0.5
 
     def __init__(
         self,
@@ -195,20 +207,31 @@ class SurfaceTarget:
         """Longest edge (mm) of the mesh."""
         return self._index.longest_edge
 
+    @property
+    def typical_edge(self) -> float:
+        """Median edge length (mm) of the mesh."""
+        return self._index.typical_edge
+
     def coarse_distance(self, points: FloatArray) -> tuple[FloatArray, float]:
         """Approximate distance (mm) to the surface, capped at ``FIELD_CAP_MM``, and its error bound.
 
         ``|coarse - exact| <= bound`` below the cap (one distance-field look-up per point).
         """
-        bound = float(np.sqrt(3.0)) * FIELD_VOXEL_MM + self._index.longest_edge
+        # grid rounding of the query and of the vertex (half a cell diagonal each), and
+        # the farthest a point of a triangle can be from its nearest corner (longest edge / sqrt 3)
+        bound = float(np.sqrt(3.0)) * FIELD_VOXEL_MM + self._index.longest_edge / float(np.sqrt(3.0))
         return self._index.field(self._local(points)), bound
 
     def near(self, points: FloatArray, gate: float) -> tuple[FloatArray, FloatArray, FloatArray]:
         """Exact closest points for the points near the surface; the others get distance inf."""
-        if len(points) == 0:
-            return np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0)
-        closest, normals, _ = self.closest(points)
-        distance = np.linalg.norm(points - closest, axis=1)
+        closest = np.zeros_like(points)
+        normals = np.zeros_like(points)
+        distance = np.full(len(points), np.inf)
+        # a point within the gate of the surface is within the gate plus a few edges of a vertex
+        near = np.isfinite(self.vertex_distance(points, upper_bound=gate + 2.0 * self._index.typical_edge))
+        if near.any():
+            closest[near], normals[near], _ = self.closest(points[near])
+            distance[near] = np.linalg.norm(points[near] - closest[near], axis=1)
         distance[distance > gate] = np.inf
         return closest, normals, distance
 
@@ -320,8 +343,7 @@ class VertexPlanes:
     def __init__(self, surface: SurfaceTarget, normals: FloatArray) -> None:
         self.surface = surface
         # a point on the surface is rarely farther than this from its nearest vertex
-        corners = surface.vertices[surface.faces[:: max(1, len(surface.faces) // 20000)]]
-        self.spacing = float(np.median(np.linalg.norm(corners - np.roll(corners, 1, axis=1), axis=2)))
+        self.spacing = surface.typical_edge
         self.points = surface.vertices
         self.normals = np.asarray(normals, dtype=np.float64)
 

@@ -147,3 +147,35 @@ def test_inward_winding_is_flipped(tmp_path):
     scan = load_scan(tmp_path / "s.ply", "upper", **LIMITS)
     assert scan.cleaning.normals_flipped
     assert np.all(np.einsum("ij,ij->i", scan.vertex_normals, scan.vertices) > 0)
+
+
+def test_binary_ply_fast_reader_matches_the_general_one(tmp_path, plane):
+    """The vectorised binary PLY reader gives trimesh's result, with extra properties too; polygons fall back."""
+    from mesial.aligner.io import _parse_simple_binary_ply, _parse_with_trimesh
+
+    vertices, faces = plane
+    rng = np.random.default_rng(0)
+    colors = rng.integers(0, 255, (len(vertices), 3), dtype=np.uint8)
+    write_ply(tmp_path / "c.ply", vertices, faces, colors=colors, scalars={"distance": rng.normal(size=len(vertices))})
+    data = (tmp_path / "c.ply").read_bytes()
+    fast = _parse_simple_binary_ply(data)
+    assert fast is not None
+    general = _parse_with_trimesh(data, "ply")
+    assert np.array_equal(fast[0], general[0]) and np.array_equal(fast[1], general[1])
+    # a quad face: not the simple layout, the general reader decides
+    header = b"ply\nformat binary_little_endian 1.0\nelement vertex 4\nproperty float x\nproperty float y\n"
+    header += b"property float z\nelement face 1\nproperty list uchar int vertex_indices\nend_header\n"
+    quad = header + np.zeros((4, 3), "<f4").tobytes() + bytes([4]) + np.arange(4, dtype="<i4").tobytes()
+    assert _parse_simple_binary_ply(quad) is None
+    # a truncated payload is not read past its end
+    assert _parse_simple_binary_ply(data[:-5]) is None
+
+
+def test_duplicate_faces_in_any_order_are_removed(plane):
+    from mesial.aligner.validate import scan_from_arrays
+
+    vertices, faces = plane
+    doubled = np.vstack([faces, faces[:10, ::-1], np.roll(faces[10:20], 1, axis=1)])
+    scan = scan_from_arrays(vertices, doubled, "upper")
+    assert len(scan.faces) == len(faces)
+    assert scan.cleaning.duplicate_triangles == 20
