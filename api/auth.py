@@ -117,6 +117,21 @@ async def authenticate_key(token: str) -> Principal:
     return Principal(actor, row["member_id"], role, row["org_id"], row["org_name"], key_id=row["id"])
 
 
+async def actor_active(actor: str) -> bool:
+    """Whether the key or member behind an actor id may still act (revocation reaches links too)."""
+    kind, _, ident = actor.partition(":")
+    if kind == "key":
+        key = await ApiKey.get_or_none(id=ident)
+        if key is None or key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= utcnow()):
+            return False
+        member = await Member.get_or_none(id=key.member_id)
+    elif kind == "oidc":
+        member = await Member.get_or_none(id=ident)
+    else:
+        return False
+    return member is not None and member.disabled_at is None
+
+
 class OidcVerifier:
     """Verifies bearer JWTs against a JWKS (URL, cached for ``oidc_jwks_ttl_s``, or a file)."""
 

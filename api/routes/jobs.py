@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from starlette.responses import Response, StreamingResponse
 
 from mesial.api import schemas
-from mesial.api.auth import authenticate, credential_of
+from mesial.api.auth import actor_active, authenticate, credential_of
 from mesial.api.errors import LinkRefused, NotFound
 from mesial.api.models import Artifact, Organization
 from mesial.api.routes._util import ok, route
@@ -127,6 +127,8 @@ async def _stream(store: ObjectStore, org: str, job_id: str, name: str) -> Async
 )
 async def download(call: Call) -> Response:
     claims = call.runtime.links.verify(call.param("token"))
+    if not await actor_active(claims.issued_by):
+        raise LinkRefused("the credential that issued this link was revoked")
     token = credential_of({k.lower(): v for k, v in call.request.headers.items()})
     if token is not None and (await authenticate(token, call.runtime.oidc)).org_id != claims.org_id:
         raise LinkRefused("this link belongs to another organization")

@@ -87,8 +87,22 @@ async def test_links_expired_or_altered_are_refused(api: Harness) -> None:
         "x",
     ):
         assert (await api.client.get(f"/v1/links/{altered}")).status_code == 403
-    other = links.token(links.sign(claims.org_id, claims.job_id, "other.json", "x"))
+    other = links.token(links.sign(claims.org_id, claims.job_id, "other.json", claims.issued_by))
     assert (await api.client.get(f"/v1/links/{other}")).status_code == 404
+    # Revoking the key that issued a link revokes the link at once.
+    tech = await api.key(admin, "technician")
+    url = (await api.client.post(f"/v1/jobs/{job['id']}/artifacts/summary.json/link", headers=bearer(tech))).json()[
+        "url"
+    ]
+    assert (await api.client.get(url)).status_code == 200
+    tech_id = next(
+        k["id"]
+        for k in (await api.client.get("/v1/keys", headers=bearer(admin))).json()["items"]
+        if k["role"] == "technician"
+    )
+    await api.client.delete(f"/v1/keys/{tech_id}", headers=bearer(admin))
+    revoked = await api.client.get(url)
+    assert revoked.status_code == 403 and "revoked" in revoked.json()["error"]["message"]
 
 
 async def test_job_creation_checks_kinds_and_ownership(api: Harness) -> None:
