@@ -33,6 +33,7 @@ from mesial.api.audit.collector import AuditCollector
 from mesial.api.auth import OidcVerifier
 from mesial.api.errors import ApiError, error_response
 from mesial.api.executor import ClusterDispatcher, Dispatcher, LocalExecutor
+from mesial.api.kube import KubeApi
 from mesial.api.middleware.audit import AuditTrail
 from mesial.api.middleware.context import DatabaseContext, RequestContext
 from mesial.api.middleware.errors import ErrorBodies
@@ -43,6 +44,7 @@ from mesial.api.routes import all_routes
 from mesial.api.runtime import Runtime
 from mesial.api.services.links import LinkSigner
 from mesial.common.audit import AuditEvent
+from mesial.common.errors import ConfigurationError
 from mesial.common.objectstore import ObjectStore
 from mesial.common.settings import Mode, Settings
 from mesial.common.vault import TenantKeys
@@ -132,7 +134,11 @@ def create_app(
                 elif settings.mode is Mode.local:
                     chosen = LocalExecutor(settings, store, collector)
                 else:
-                    chosen = ClusterDispatcher()
+                    try:
+                        chosen = ClusterDispatcher.for_api(KubeApi.in_cluster())
+                    except ConfigurationError as exc:  # API usable; job creation says why it cannot
+                        log.warning("%s", exc)
+                        chosen = ClusterDispatcher()
                 runtime.keys, runtime.store, runtime.collector, runtime.dispatcher = (
                     tenant_keys,
                     store,

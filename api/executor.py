@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -310,7 +311,11 @@ async def _terminate(process: asyncio.subprocess.Process, grace_s: float = 5.0) 
 
 
 def scanjob_manifest(job: JobSpec) -> dict[str, Any]:
-    """The ScanJob the operator runs in the tenant namespace (group mesial.dev, v1alpha1)."""
+    """The ScanJob the operator runs in the tenant namespace (``crds/scanjob.yaml``).
+
+    The API's job options (``mesial job run``'s vocabulary) travel in an annotation: the
+    CRD's ``spec.options`` speaks another one, and unknown spec fields would be pruned.
+    """
     return {
         "apiVersion": "mesial.dev/v1alpha1",
         "kind": "ScanJob",
@@ -318,8 +323,9 @@ def scanjob_manifest(job: JobSpec) -> dict[str, Any]:
             "name": job.id.replace("_", "-"),
             "namespace": namespace_for(job.org),
             "labels": {"mesial.dev/job-id": job.id},
+            "annotations": {"mesial.dev/job-options": json.dumps(job.options, sort_keys=True)},
         },
-        "spec": {"upper": job.upper, "lower": job.lower, "bites": list(job.bites), "options": job.options},
+        "spec": {"scans": {"upper": job.upper, "lower": job.lower, "bites": list(job.bites)}},
     }
 
 
@@ -337,7 +343,11 @@ class ClusterDispatcher:
     ) -> None:
         self.create = create
         self.delete = delete
-        self.manifests: dict[str, dict[str, Any]] = {}
+
+    @classmethod
+    def for_api(cls, kube: Any) -> ClusterDispatcher:
+        """A dispatcher over a :class:`~mesial.api.kube.KubeApi` (in-cluster in production)."""
+        return cls(kube.create, kube.delete)
 
     def has_room(self) -> bool:
         return True  # Kubernetes queues: ResourceQuota bounds what runs
@@ -345,14 +355,15 @@ class ClusterDispatcher:
     async def submit(self, job: JobSpec) -> None:
         if self.create is None:
             raise ConfigurationError("cluster mode: no ScanJob client is wired into the API")
-        manifest = scanjob_manifest(job)
-        await self.create(manifest)
-        self.manifests[job.id] = manifest
+        await self.create(scanjob_manifest(job))
 
     async def cancel(self, job_id: str) -> None:
-        manifest = self.manifests.get(job_id)
-        if manifest is not None and self.delete is not None:
-            await self.delete(manifest)
+        job = await Job.get_or_none(id=job_id)
+        org = await Organization.get_or_none(id=job.org_id) if job else None
+        if job is None or org is None or self.delete is None:
+            return
+        spec = JobSpec(job.id, org.name, org.id, job.upper_id, job.lower_id, tuple(job.bite_ids), dict(job.options))
+        await self.delete(scanjob_manifest(spec))  # the operator stops the Job with its ScanJob
 
     async def start(self) -> None:
         return None

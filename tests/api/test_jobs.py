@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 import sys
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from mesial.api.errors import Busy
 from mesial.api.executor import LocalExecutor, job_arguments, scanjob_manifest
@@ -183,7 +185,18 @@ def test_job_command_line_and_scanjob_manifest() -> None:
     ]  # fmt: skip
     manifest = scanjob_manifest(spec)
     assert manifest["kind"] == "ScanJob" and manifest["metadata"]["namespace"] == "mesial-org-lab"
-    assert manifest["spec"]["bites"] == ["scn_b1", "scn_b2"]
+    assert manifest["spec"]["scans"]["bites"] == ["scn_b1", "scn_b2"]
+    # The spec fits the CRD's schema: known fields, required ones, id patterns.
+    crd = yaml.safe_load((Path(__file__).resolve().parents[2] / "crds" / "scanjob.yaml").read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert set(manifest["spec"]) <= set(schema["properties"]) and set(schema["required"]) <= set(manifest["spec"])
+    scans = schema["properties"]["scans"]
+    assert set(scans["required"]) <= set(manifest["spec"]["scans"])
+    pattern = re.compile(scans["properties"]["upper"]["pattern"])
+    real_ids = JobSpec(
+        "job_" + "0" * 24, "lab", "org_1", "scn_" + "1" * 24, "scn_" + "2" * 24, ("scn_" + "3" * 24,), {}
+    )
+    assert all(pattern.fullmatch(i) for i in [real_ids.upper, real_ids.lower, *real_ids.bites])
 
 
 def test_mesial_job_run_accepts_the_executor_arguments() -> None:
