@@ -418,6 +418,7 @@ def refine_joint(
     max_distance_mm: float | None = None,
     max_iterations: int | None = None,
     threshold_mm: float | None = None,
+    evaluate: bool = True,
 ) -> JointFit:
     """Robust point-to-plane ICP of bite scans against one or both arches.
 
@@ -440,6 +441,8 @@ def refine_joint(
         Default ``params.max_iterations``.
     threshold_mm : float, optional
         Convergence threshold (default ``params.threshold_mm``).
+    evaluate : bool
+        Measure each bite's fit at the end (``JointFit.bites``; empty without).
 
     Returns
     -------
@@ -497,6 +500,7 @@ def refine_joint(
     fits = tuple(
         _bite_fit(source, pose, upper, lower, lower_pose, params.inlier_distance_mm)
         for source, pose in zip(bites, poses, strict=True)
+        if evaluate
     )
     return JointFit(tuple(poses), lower_pose, fits, iterations, sigma)
 

@@ -39,14 +39,15 @@ class AlignParams:
     lower_yaw_deg: tuple[float, float] = (4.0, 2.0)
     lower_x_mm: tuple[float, float] = (2.0, 1.0)
     lower_y_mm: tuple[float, float] = (3.0, 1.0)
-    lower_z_mm: tuple[float, float] = (3.0, 0.5)
-    residual_points: int = 250
+    lower_z_mm: tuple[float, float] = (3.0, 1.0)
+    residual_points: int = 200
     # A bite point is explained by an arch within this distance when poses are compared.
     pair_distance_mm: float = 0.3
     # Two poses of a bite are the same hypothesis within these.
     distinct_rotation_deg: float = 8.0
     distinct_translation_mm: float = 3.0
-    # Fine step: bite points are thinned to one per voxel of this size.
+    # Fine step: bite points are thinned to one per voxel of this size (one bite
+    # scan; with n scans, sqrt(n) times this: the same number of points in all).
     fine_voxel_mm: float = 0.2
     # Correspondences farther than this are ignored at the start of the fine
     # step; the gate shrinks to ``fine_gate_sigmas`` robust sigmas (not below the floor).
@@ -60,13 +61,13 @@ class AlignParams:
     # the arch less than plane_threshold_mm, then at most exact_iterations on
     # exact closest points of the triangles (the nearest vertex's plane is off
     # the surface by curvature x spacing², which low-resolution arches show).
-    plane_threshold_mm: float = 0.01
+    plane_threshold_mm: float = 0.02
     exact_iterations: int = 8
     # The plane stage uses bite points thinned to this voxel size (fewer, it only has to converge).
-    rough_voxel_mm: float = 0.4
+    rough_voxel_mm: float = 0.5
     # Stop when the largest update moves no point of a 50 mm arch more than this
-    # (1 µm: float32 closest-point queries leave a ~0.1 µm jitter between iterations).
-    threshold_mm: float = 1e-3
+    # (2 µm; float32 closest-point queries leave a ~0.1 µm jitter between iterations).
+    threshold_mm: float = 2e-3
     # Confidence: a bite point is explained when within this distance of an arch.
     inlier_distance_mm: float = 0.25
     min_fitness: float = 0.6
@@ -104,7 +105,7 @@ class OcclusionParams:
     # Points within this distance of the antagonist take part in the optimisation.
     optimise_band_mm: float = 0.6
     # At most about this many of them besides the penetrating ones (evenly spaced).
-    optimise_points: int = 6000
+    optimise_points: int = 3000
     # Share of the arch depth (from the front) counted as the anterior region.
     anterior_share: float = 0.3
 

@@ -148,13 +148,18 @@ def register_bite(
     upper_model = transform_points(coarse["upper"].points, to_canonical)
     lower_model = transform_points(coarse["lower"].points, lower_start)
     both = np.vstack([upper_model, lower_model])
-    search_field = DistanceField(both[voxel_representatives(both, params.frame_voxel_mm)], 0.6, 3.0)
+    # look-ups farther than the score's reach (search_tau_mm, 2 x pair_distance_mm) all score 0
+    search_field = DistanceField(
+        both[voxel_representatives(both, params.frame_voxel_mm)], 0.6, params.search_tau_mm + 0.6
+    )
     outline = both[np.abs(both[:, 2]) < 4.0]
-    lower_field = DistanceField(lower_model, 0.4, 2.0)
+    lower_field = DistanceField(lower_model, 0.5, 2 * params.pair_distance_mm + 0.5)
     pivot = lower_model.mean(axis=0) * np.array([1.0, 1.0, 0.0])
     motions = yaw_grid(params.lower_yaw_deg, params.lower_x_mm, params.lower_y_mm, params.lower_z_mm, pivot)
     fine = {name: scan.surface() for name, scan in arch_scans.items()}
-    fine_points = [bite.vertices[voxel_representatives(bite.vertices, params.fine_voxel_mm)] for bite in bites]
+    # the same number of fine points in all: each of n bites thinned sqrt(n) times coarser
+    fine_voxel = params.fine_voxel_mm * float(np.sqrt(len(bites)))
+    fine_points = [bite.vertices[voxel_representatives(bite.vertices, fine_voxel)] for bite in bites]
     rough_points = [bite.vertices[voxel_representatives(bite.vertices, params.rough_voxel_mm)] for bite in bites]
     timings["preprocess"] = time.perf_counter() - clock
     report("preprocess", 1.0)
@@ -186,7 +191,7 @@ def register_bite(
     planes = {name: fine[name].vertex_planes(scan.vertex_normals) for name, scan in arch_scans.items()}
     rough = refine_joint(
         rough_points, planes["upper"], planes["lower"], bite_to_upper, lower_to_upper, params,
-        threshold_mm=params.plane_threshold_mm,
+        threshold_mm=params.plane_threshold_mm, evaluate=False,
     )  # fmt: skip
     fit = refine_joint(
         fine_points, fine["upper"], fine["lower"], list(rough.bite_to_upper), rough.lower_to_upper, params,
@@ -265,8 +270,8 @@ def _global_one_bite(
         best = int(np.argmax(grid_scores(residual, motions, lower_field, 2 * tau)))
         lower_pose = from_canonical @ motions[best] @ lower_start
         joint = refine_joint(
-            [points], coarse["upper"], coarse["lower"], [pose], lower_pose, params,
-            max_distance_mm=1.0, max_iterations=8,
+            [thin], coarse["upper"], coarse["lower"], [pose], lower_pose, params,
+            max_distance_mm=1.0, max_iterations=8, threshold_mm=params.plane_threshold_mm, evaluate=False,
         )  # fmt: skip
         assert joint.lower_to_upper is not None
         explained = _explained(points, joint.bite_to_upper[0], joint.lower_to_upper, coarse, tau)
