@@ -11,8 +11,9 @@ from tortoise.exceptions import IntegrityError as DbIntegrityError
 from mesial.api.auth import issue_key, new_member
 from mesial.api.errors import Conflict, NotFound, ValidationFailed
 from mesial.api.models import ApiKey, Member, Organization
+from mesial.api.services.scope import OPAQUE_ID_RE
 from mesial.api.types import TENANT_ROLES, Role, iso, new_id, utcnow
-from mesial.common.tenancy import validate_org_name
+from mesial.common.tenancy import ORG_NAME_RE, validate_org_name
 from mesial.common.vault import TenantKeys
 
 
@@ -49,7 +50,7 @@ async def create_org(name: str, keys: TenantKeys | None, retention_days: int = 9
 
 
 async def org_by_name(name: str) -> Organization:
-    org = await Organization.get_or_none(name=name)
+    org = await Organization.get_or_none(name=name) if ORG_NAME_RE.fullmatch(name) else None
     if org is None:
         raise NotFound("organization not found")
     return org
@@ -70,7 +71,7 @@ async def issue_service_key(name: str, org_id: str | None = None) -> tuple[ApiKe
 
 
 async def revoke_key(org_id: str, key_id: str) -> ApiKey:
-    key = await ApiKey.get_or_none(id=key_id, org_id=org_id)
+    key = await ApiKey.get_or_none(id=key_id, org_id=org_id) if OPAQUE_ID_RE.fullmatch(key_id) else None
     if key is None:
         raise NotFound("key not found")
     if key.revoked_at is None:
@@ -80,7 +81,7 @@ async def revoke_key(org_id: str, key_id: str) -> ApiKey:
 
 
 async def disable_member(org_id: str, member_id: str) -> Member:
-    member = await Member.get_or_none(id=member_id, org_id=org_id)
+    member = await Member.get_or_none(id=member_id, org_id=org_id) if OPAQUE_ID_RE.fullmatch(member_id) else None
     if member is None:
         raise NotFound("member not found")
     if member.disabled_at is None:

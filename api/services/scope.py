@@ -16,6 +16,7 @@ from mesial.api.models import Artifact, Job, Scan
 from mesial.api.types import Principal, Role
 
 OPAQUE_ID_RE = re.compile(r"^[a-z]{3}_[0-9a-f]{24}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # artifact names
 
 
 class TenantScope:
@@ -57,7 +58,11 @@ class TenantScope:
 
     async def artifact(self, job_id: str, name: str) -> Artifact:
         job = await self.job(job_id)
-        row = await Artifact.get_or_none(org_id=self.org_id, job_id=job.id, name=name)
+        row = (
+            await Artifact.get_or_none(org_id=self.org_id, job_id=job.id, name=name)
+            if _NAME_RE.fullmatch(name)
+            else None
+        )
         if row is None:
             raise NotFound("artifact not found")
         return row

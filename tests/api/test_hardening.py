@@ -138,3 +138,20 @@ async def test_org_admin_sets_retention_and_it_is_audited(api: Harness) -> None:
     assert changed.status_code == 200 and changed.json()["retention_days"] == 30
     listed = (await api.client.get("/v1/orgs", headers=bearer(await api.platform_key()))).json()["items"]
     assert next(o for o in listed if o["name"] == org)["retention_days"] == 30
+
+
+@pytest.mark.parametrize("junk", ["%00", "%ED%A0%80", "x" * 600, "..%2F..%2Fetc", "%F0%9F%A6%B7"])
+async def test_malformed_path_ids_are_404_not_errors(api: Harness, junk: str) -> None:
+    _org, admin = await api.new_org()
+    platform = await api.platform_key()
+    for method, path, key in [
+        ("GET", f"/v1/scans/{junk}", admin),
+        ("DELETE", f"/v1/keys/{junk}", admin),
+        ("DELETE", f"/v1/members/{junk}", admin),
+        ("GET", f"/v1/jobs/{junk}/artifacts", admin),
+        ("POST", f"/v1/jobs/job_{'0' * 24}/artifacts/{junk}/link", admin),
+        ("POST", f"/v1/orgs/{junk}/keys", platform),
+        ("GET", f"/v1/links/{junk}", admin),
+    ]:
+        response = await api.client.request(method, path, headers=bearer(key), json={"role": "auditor"})
+        assert response.status_code in (403, 404), (method, path, response.status_code, response.text)
