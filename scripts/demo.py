@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from mesial.aligner.io import read_mesh
 from mesial.aligner.samples import generate_case, write_case
 from mesial.common.services import ServiceStack, free_port
 from mesial.common.settings import VaultSettings
@@ -173,10 +174,8 @@ def registration_tre(result: dict[str, Any], truth_path: Path, lower_file: Path)
     """RMS TRE of the registered lower arch relative to the upper (before the bite optimisation)."""
     if "transforms" not in result:
         return None
-    import trimesh
-
     truth = json.loads(truth_path.read_text())
-    vertices = np.asarray(trimesh.load(lower_file, process=False).vertices, dtype=np.float64)
+    vertices = read_mesh(lower_file, max_bytes=1 << 30, max_triangles=10_000_000).vertices
     est_u, est_l = (np.asarray(result["transforms"][k]) for k in ("upper", "lower"))
     correction = result.get("occlusion", {}).get("correction", {}).get("matrix")
     if correction is not None:  # the optimisation then moves the lower on purpose
