@@ -1,7 +1,7 @@
 """Schemathesis against the OpenAPI document of a real server: no server errors.
 
 The document is the committed one (``test_docs`` proves it equals the served one); the
-server runs ``mesial api serve`` in its own process on a fresh SQLite database, and every
+server runs ``mesial api serve`` in its own process (on PostgreSQL when the run has it), and every
 generated request is authenticated as an org-admin of a fresh organization. Bounded:
 ``MAX_EXAMPLES`` cases per operation. (Schemathesis' pytest plugin does not run on
 pytest 9 yet, so the strategies are driven with hypothesis directly.)
@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
 from mesial.common.settings import Settings
+from tests.api.conftest import BACKEND
 from tests.api.test_cli import cli_env, run, serve
 
 MAX_EXAMPLES = 15
@@ -32,10 +33,14 @@ for _result in cast(Any, SCHEMA).get_all_operations():
 
 
 @pytest.fixture(scope="module")
-def live(service_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def live(
+    service_settings: Settings, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[tuple[str, str]]:
     home = tmp_path_factory.mktemp("schemathesis")
     env = {**cli_env(service_settings, home), "HOME": str(home)}
     env.update({"MESIAL_API__RATE_PER_KEY_PER_MIN": "100000", "MESIAL_API__RATE_PER_IP_PER_MIN": "100000"})
+    if BACKEND == "postgres":  # the stricter database (NUL bytes, lengths) when this run has it
+        env["MESIAL_DATABASE_URL"] = request.getfixturevalue("postgres").url
     assert run(env, "admin", "create-org", "fuzz-lab").returncode == 0
     key = run(env, "admin", "issue-key", "--org", "fuzz-lab", "--role", "org-admin").stdout.strip()
     server, base = serve(env, home)
