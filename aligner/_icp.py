@@ -136,11 +136,12 @@ def raycasting_scene(vertices: FloatArray, faces: NDArray[np.int64]) -> Any:
     return scene
 
 
-KD_THREADS_FROM = 50_000
+KD_THREADS_FROM = 1_000_000
 
 
 def workers(n: int) -> int:
-    """k-d tree query threads: one for small batches (thread start-up costs more than it saves)."""
+    """k-d tree query threads: one below a million points (SciPy's Python threads cost more than they save
+    at these sizes, and far more on a loaded machine)."""
     return -1 if n > KD_THREADS_FROM else 1
 
 

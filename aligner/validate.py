@@ -152,10 +152,11 @@ def clean_mesh(raw: RawMesh, role: str, *, unit: str | None = None, orient: bool
 
     # degenerate: a repeated corner or (near) zero area
     corners = vertices[faces]
-    area2 = np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1)
+    cross = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])  # kept for the normals
+    area2 = np.linalg.norm(cross, axis=1)
     repeated = (faces[:, 0] == faces[:, 1]) | (faces[:, 1] == faces[:, 2]) | (faces[:, 0] == faces[:, 2])
     degenerate = repeated | (area2 < 2 * DEGENERATE_AREA_MM2)
-    faces = faces[~degenerate]
+    faces, cross = faces[~degenerate], cross[~degenerate]
     # duplicate: the same three vertices, whatever the order or winding (one integer key per triangle)
     low = np.minimum(np.minimum(faces[:, 0], faces[:, 1]), faces[:, 2])
     high = np.maximum(np.maximum(faces[:, 0], faces[:, 1]), faces[:, 2])
@@ -166,7 +167,8 @@ def clean_mesh(raw: RawMesh, role: str, *, unit: str | None = None, orient: bool
     else:
         _, keep = np.unique(ordered, axis=0, return_index=True)
     duplicates = len(faces) - len(keep)
-    faces = faces[np.sort(keep)]
+    keep = np.sort(keep)
+    faces, cross = faces[keep], cross[keep]
     if len(faces) == 0:
         raise EmptyScan("every triangle is degenerate", role)
     # unreferenced vertices
@@ -192,7 +194,7 @@ def clean_mesh(raw: RawMesh, role: str, *, unit: str | None = None, orient: bool
             suggested_unit=likely,
         )
 
-    normals = vertex_normals(vertices, faces)
+    normals = vertex_normals(vertices, faces, face_normals=cross)  # a uniform rescale keeps the directions
     flipped = False
     cache: dict[str, Any] = {}
     if orient:
@@ -215,21 +217,26 @@ def clean_mesh(raw: RawMesh, role: str, *, unit: str | None = None, orient: bool
     return Scan(role, vertices, faces.astype(np.int64), normals, raw.sha256, raw.file_format, report, cache)
 
 
-def vertex_normals(vertices: NDArray[np.float64], faces: NDArray[np.int64]) -> NDArray[np.float64]:
+def vertex_normals(
+    vertices: NDArray[np.float64], faces: NDArray[np.int64], face_normals: NDArray[np.float64] | None = None
+) -> NDArray[np.float64]:
     """Area-weighted unit vertex normals.
 
     Parameters
     ----------
     vertices : (n, 3) float, millimetres
     faces : (m, 3) int
+    face_normals : (m, 3) float, optional
+        Area-weighted face normals (twice the area), when already computed.
 
     Returns
     -------
     normals : (n, 3) float
         Unit vectors (zero for a vertex whose triangles cancel out).
     """
-    corners = vertices[faces]
-    face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    if face_normals is None:
+        corners = vertices[faces]
+        face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
     normals = np.zeros_like(vertices)
     flat = faces.ravel()
     for axis in range(3):
