@@ -74,6 +74,7 @@ class Row:
     render: float
     peak_mib: float
     margin: float
+    cpu: float = float("nan")
     base_time: float = float("nan")
     base_tre: float = float("nan")
     best_time: float = float("nan")
@@ -173,9 +174,9 @@ def run_case(seed: int, noise: float, one_sided: bool, vertices: int, baseline: 
     paths = write_case(case, work / f"case{seed}")
     bites = [paths["bite"]] + ([paths["bite2"]] if "bite2" in paths else [])
     with PeakRss() as memory:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         result = align_scans(paths["upper"], paths["lower"], bites)
-        total = time.perf_counter() - start
+        total, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     start = time.perf_counter()
     write_outputs(result, work / f"out{seed}", "bench")
     render = time.perf_counter() - start
@@ -186,7 +187,7 @@ def run_case(seed: int, noise: float, one_sided: bool, vertices: int, baseline: 
         error = tre(invert(registration.upper_to_bite) @ registration.lower_to_bite, case.truth, case.lower.vertices)
         margin = min(item.margin for item in registration.evidence)
     row = Row(seed, result.status, float(np.sqrt(np.mean(error**2))), float(error.max()), dict(result.timings),
-              total, render, memory.peak, margin)  # fmt: skip
+              total, render, memory.peak, margin, cpu)  # fmt: skip
     if result.registration is not None:
         row.extra = {
             "fitness": min(b.fitness for b in result.registration.fit.bites),
@@ -222,7 +223,8 @@ def main() -> int:
     cases = args.cases or (2 if args.quick else 20)
     baseline, sweep = not args.no_baseline, not (args.no_baseline or args.no_sweep)
     print(hardware())
-    print(f"{cases} cases per set, {args.vertices:,} vertices per arch\n")
+    print(f"{cases} cases per set, {args.vertices:,} vertices per arch; load average at start "
+          f"{os.getloadavg()[0]:.1f} (other processes share the cores: wall times include their load)\n")  # fmt: skip
     failures: list[str] = []
     all_rows: list[tuple[str, float, Row]] = []
     summary: list[list[object]] = []
@@ -244,17 +246,18 @@ def main() -> int:
             print(f"## {name} (goal: TRE RMS < {goal} mm)")
             print(table(
                 ["seed", "status", "TRE rms mm", "TRE max mm", "margin", "min fitness", "max rmse mm",
-                 *[f"{s} s" for s in STAGES], "total s", "render s", "peak RSS MiB"],
+                 *[f"{s} s" for s in STAGES], "total s", "CPU s", "render s", "peak RSS MiB"],
                 [[r.seed, r.status, f"{r.tre_rms:.4f}", f"{r.tre_max:.4f}", f"{r.margin:.2f}",
                   f"{r.extra.get('fitness', float('nan')):.3f}", f"{r.extra.get('rmse', float('nan')):.4f}",
-                  *[f"{r.stages.get(s, 0.0):.2f}" for s in STAGES], f"{r.total:.2f}", f"{r.render:.2f}",
+                  *[f"{r.stages.get(s, 0.0):.2f}" for s in STAGES], f"{r.total:.2f}", f"{r.cpu:.2f}", f"{r.render:.2f}",
                   f"{r.peak_mib:.0f}"] for r in rows],
             ))  # fmt: skip
             ok = [r for r in rows if r.status == "ok" and r.tre_rms < goal]
             wrong_ok = [r for r in rows if r.status == "ok" and r.tre_rms >= 0.1]
             line = (f"success {len(ok)}/{len(rows)} (ok but TRE >= 0.1 mm: {len(wrong_ok)}); "
                     f"TRE RMS mean/max {_stats([r.tre_rms for r in rows])} mm; "
-                    f"time mean/max {np.mean([r.total for r in rows]):.2f} / {max(r.total for r in rows):.2f} s; "
+                    f"time mean/max {np.mean([r.total for r in rows]):.2f} / {max(r.total for r in rows):.2f} s "
+                    f"(CPU mean {np.mean([r.cpu for r in rows]):.2f} s, load average {os.getloadavg()[0]:.1f}); "
                     f"stage means " + ", ".join(f"{s} {np.mean([r.stages.get(s, 0.0) for r in rows]):.2f}"
                                                 for s in STAGES) +
                     f"; peak RSS max {max(r.peak_mib for r in rows):.0f} MiB")  # fmt: skip
