@@ -153,8 +153,12 @@ class Harness:
         if self.task is None or self.stop_flag is None:
             return
         self.stop_flag.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(self.task, 20)
+        try:
+            await asyncio.wait_for(asyncio.shield(self.task), 10)
+        except (TimeoutError, asyncio.CancelledError):
+            self.task.cancel()  # kopf did not stop in time (a daemon stuck in a request): end it
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
         self.task = None
         for old in (self.client, self.runtime.k8s):
             await old.close()
