@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -65,6 +66,10 @@ class _LateSink:
 
 async def open_database(settings: Settings, *, migrate: bool) -> Any:
     """A tortoise context on ``settings.database_url`` with the API models, migrated if asked."""
+    if settings.database_url.startswith("sqlite://"):
+        path = settings.database_url.removeprefix("sqlite://").split("?", 1)[0]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)  # local mode: .mesial/ on first start
     context = TortoiseContext()
     with _current(context):
         await context.init(db_url=settings.database_url, modules={"models": ["mesial.api.models"]})

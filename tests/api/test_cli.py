@@ -21,7 +21,7 @@ MESIAL = str(Path(sys.executable).parent / "mesial")
 def cli_env(settings: Settings, tmp_path: Path) -> dict[str, str]:
     return {
         **os.environ,
-        "MESIAL_DATABASE_URL": f"sqlite://{tmp_path / 'cli.sqlite3'}",
+        "MESIAL_DATABASE_URL": f"sqlite://{tmp_path / 'db' / 'cli.sqlite3'}",  # db/ does not exist yet
         "MESIAL_DATA_DIR": str(tmp_path / "data"),
         "MESIAL_VAULT__ADDR": settings.vault.addr,
         "MESIAL_VAULT__TOKEN": settings.vault.token.get_secret_value(),
