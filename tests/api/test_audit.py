@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -262,3 +263,39 @@ async def test_export_range_is_contiguous_and_verifies(api: Harness) -> None:
     assert later[0]["sequence"] == 2 and verify_export(await export(api, admin, **{"from": middle})).ok
     empty = await export(api, admin, **{"from": "2001-01-01T00:00:00Z", "to": "2001-01-02T00:00:00Z"})
     assert events(empty) == [] and verify_export(empty).ok
+
+
+APPENDER = """
+import asyncio, sys
+from mesial.api.app import _current, open_database
+from mesial.api.audit.collector import AuditCollector
+from mesial.common.audit import AuditEvent
+from mesial.common.settings import Settings
+
+async def main(url, tenant, count, who):
+    context = await open_database(Settings(database_url=url), migrate=False)
+    with _current(context):
+        collector = AuditCollector(None, "postgres")
+        await asyncio.gather(*(
+            collector.append(AuditEvent(tenant, f"service:{who}", "test.multiprocess", "scan", f"r{who}{i}"))
+            for i in range(count)
+        ))
+    await context.close_connections()
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]))
+"""
+
+
+async def test_chain_stays_linear_across_processes_on_postgres(pg: Harness) -> None:
+    """Several API replicas: the advisory lock keeps one chain per tenant, no forks, no failures."""
+    org, admin = await pg.new_org()
+    url = pg.runtime.settings.database_url
+    processes = [
+        await asyncio.create_subprocess_exec(sys.executable, "-c", APPENDER, url, org, "40", f"p{n}") for n in range(3)
+    ]
+    codes = [await process.wait() for process in processes]
+    assert codes == [0, 0, 0]
+    lines = await export(pg, admin)
+    report = verify_export(lines)
+    assert report.ok, str(report)
+    assert sum(e["action"] == "test.multiprocess" for e in events(lines)) == 120
