@@ -144,11 +144,11 @@ async def test_deletion_waits_for_running_scanjobs_unless_forced(harness: Harnes
         deleting = condition(await status(k8s, name), "Deleting")
         return deleting if deleting.get("reason") == "DeletionBlocked" else None
 
-    deleting = await eventually(blocked)
+    deleting = await eventually(blocked, timeout=40)
     assert "case-1" in deleting["message"] and "force" in deleting["message"]
     assert await k8s.get("v1", "Namespace", ns) is not None
     await k8s.patch(*ORG, name, {"spec": {"deletion": {"force": True}}})
-    await eventually(lambda: _gone(k8s, name))
+    await eventually(lambda: _gone(k8s, name), timeout=40)
 
     async def stopped() -> bool:
         return (
@@ -156,7 +156,7 @@ async def test_deletion_waits_for_running_scanjobs_unless_forced(harness: Harnes
             and await k8s.get("batch/v1", "Job", "scanjob-case-1", ns) is None
         )
 
-    await eventually(stopped)
+    await eventually(stopped, timeout=40)
 
 
 async def test_two_tenants_share_nothing(harness: Harness, operator_settings: Settings, org_name) -> None:
