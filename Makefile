@@ -15,7 +15,7 @@ TOOLS := .tools
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(TOOLS)/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install test lint format demo bench chart services-up services-down clean
+.PHONY: help install test e2e lint format demo bench chart services-up services-down clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ install: $(STAMP) ## Create .venv, install the project, its tools and the Debian
 
 test: install ## Run the whole test suite against real services (started and stopped by the suite)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+e2e: install ## kind end-to-end: cluster, CRDs, operator, examples (needs Docker; says so and stops where it is missing)
+	bash scripts/e2e-kind.sh
 
 lint: install ## ruff (lint + format check) and mypy --strict over the whole tree
 	$(VENV)/bin/ruff check .
