@@ -28,3 +28,7 @@ path "sys/policies/acl/mesial-org-*" {
 path "auth/kubernetes/role/mesial-org-*" {
   capabilities = ["create", "read", "update", "delete"]
 }
+# Whether the Kubernetes auth method is mounted (it is configured by the platform team).
+path "sys/auth" {
+  capabilities = ["read"]
+}
