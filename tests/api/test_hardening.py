@@ -43,7 +43,7 @@ async def test_internal_errors_are_sanitized(api: Harness, monkeypatch: pytest.M
     async def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("db password is hunter2 at /srv/secret/path")
 
-    monkeypatch.setattr("mesial.api.services.scope.TenantScope.scans", lambda self: broken())
+    monkeypatch.setattr("mesial.api.routes.scans.page", broken)
     response = await api.client.get("/v1/scans", headers=bearer(admin))
     assert response.status_code == 500
     assert response.json() == {
