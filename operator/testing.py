@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import datetime
 import uuid
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Collection, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,6 +122,52 @@ def declare_resources(emulator: kmock.KubernetesEmulator) -> None:
             )
 
 
+# Set in the operator's task (and so inherited by every task kopf creates from it).
+_in_operator: contextvars.ContextVar[bool] = contextvars.ContextVar("mesial_in_operator", default=False)
+
+
+class _NotTheOperators(Collection[asyncio.Task[Any]]):
+    """kopf's ``ignored`` tasks: every task the operator did not create.
+
+    On exit, kopf waits up to 5 s for every task created since its start that is still pending,
+    then cancels them. In a test those include the test's own task (it awaits the operator's
+    end), the emulator's keep-alive connection handlers and the Vault proxy's pipes: the wait
+    always ran to its end (the 5 s per teardown) and the cancellation killed the emulator's
+    connections. Only the operator's own tasks are its to wait for and cancel."""
+
+    def __init__(self, owned: weakref.WeakSet[asyncio.Task[Any]]) -> None:
+        self.owned = owned
+
+    def __contains__(self, task: object) -> bool:
+        return task not in self.owned
+
+    def __iter__(self) -> Iterator[asyncio.Task[Any]]:
+        return iter(t for t in asyncio.all_tasks() if t not in self.owned)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+@contextlib.contextmanager
+def _tracking_operator_tasks() -> Iterator[weakref.WeakSet[asyncio.Task[Any]]]:
+    """A loop task factory that records the tasks created from within the operator's context."""
+    loop = asyncio.get_running_loop()
+    previous = loop.get_task_factory()
+    owned: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kwargs: Any) -> asyncio.Future[Any]:
+        task = previous(loop, coro, **kwargs) if previous is not None else asyncio.Task(coro, loop=loop, **kwargs)
+        if _in_operator.get() and isinstance(task, asyncio.Task):
+            owned.add(task)
+        return task
+
+    loop.set_task_factory(factory)  # type: ignore[arg-type]
+    try:
+        yield owned
+    finally:
+        loop.set_task_factory(previous)
+
+
 @dataclass
 class Harness:
     """An emulator, the operator running against it, and a client for the test's own requests."""
@@ -130,21 +178,31 @@ class Harness:
     client: K8s
     task: asyncio.Task[None] | None = None
     stop_flag: asyncio.Event | None = None
+    owned: weakref.WeakSet[asyncio.Task[Any]] | None = None
+    root_tasks: list[asyncio.Task[Any]] | None = None
+
+    async def _run_operator(self, registry: kopf.OperatorRegistry, stop_flag: asyncio.Event) -> None:
+        """``kopf.operator`` (spawn + run), waiting at exit only for the operator's own tasks."""
+        assert self.owned is not None
+        tasks = await kopf.spawn_tasks(
+            registry=registry,
+            clusterwide=True,
+            standalone=True,
+            stop_flag=stop_flag,
+            memo=kopf.Memo(runtime=self.runtime),
+        )
+        self.root_tasks = list(tasks)
+        await kopf.run_tasks(tasks, ignored=_NotTheOperators(self.owned))
 
     async def start_operator(self, settings: Settings) -> None:
         """Start (or restart) the real operator against the emulator."""
         registry = build_registry(settings, login=self.login)
         self.stop_flag = asyncio.Event()
         self.runtime.settings = settings
-        self.task = asyncio.create_task(
-            kopf.operator(
-                registry=registry,
-                clusterwide=True,
-                standalone=True,
-                stop_flag=self.stop_flag,
-                memo=kopf.Memo(runtime=self.runtime),
-            )
-        )
+        assert self.owned is not None, "start the harness through emulated()"
+        context = contextvars.copy_context()
+        context.run(_in_operator.set, True)
+        self.task = asyncio.create_task(self._run_operator(registry, self.stop_flag), context=context)
 
     async def stop_operator(self) -> None:
         """Stop the operator (as a pod would be stopped). The clients are then replaced: on exit kopf
@@ -153,6 +211,14 @@ class Harness:
         if self.task is None or self.stop_flag is None:
             return
         self.stop_flag.set()
+        # Once kopf's root tasks have ended, what the operator left running (a timer respawned by
+        # a watch event that arrived while stopping) is cancelled now; kopf would wait 5 s first.
+        roots = [t for t in self.root_tasks or [] if not t.done()]
+        if roots:
+            await asyncio.wait(roots, timeout=10)
+        for task in list(self.owned or ()):
+            if task is not self.task and not task.done():
+                task.cancel()
         try:
             await asyncio.wait_for(asyncio.shield(self.task), 10)
         except (TimeoutError, asyncio.CancelledError):
@@ -175,13 +241,14 @@ async def emulated(settings: Settings, runtime_factory: Any) -> AsyncIterator[Ha
     emulator = Emulator()
     declare_resources(emulator)
     async with emulator, kmock.Server(emulator):
-        url = str(emulator.url).rstrip("/")
-        runtime: Runtime = await runtime_factory(K8s.for_server(url, "emulated"))
-        harness = Harness(emulator, url, runtime, K8s.for_server(url, "emulated"))
-        await harness.start_operator(settings)
-        try:
-            yield harness
-        finally:
-            await harness.stop_operator()
-            await harness.client.close()
-            await runtime.close()
+        with _tracking_operator_tasks() as owned:
+            url = str(emulator.url).rstrip("/")
+            runtime: Runtime = await runtime_factory(K8s.for_server(url, "emulated"))
+            harness = Harness(emulator, url, runtime, K8s.for_server(url, "emulated"), owned=owned)
+            await harness.start_operator(settings)
+            try:
+                yield harness
+            finally:
+                await harness.stop_operator()
+                await harness.client.close()
+                await runtime.close()
