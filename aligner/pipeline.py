@@ -169,7 +169,7 @@ def align_scans(
         result.correction @ registration.lower_to_bite,
         result,
         timings,
-        params.as_dict(),
+        {**params.as_dict(), "occlusion": occlusion.as_dict()},
     )
 
 

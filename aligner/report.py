@@ -101,6 +101,8 @@ def write_outputs(result: AlignmentResult, out: str | Path, version: str) -> dic
 
 
 def _html(document: dict[str, Any], images: dict[str, bytes]) -> str:
+    contact = document.get("params", {}).get("occlusion", {}).get("contact_threshold_mm")
+    threshold = f"{contact:g} mm" if isinstance(contact, int | float) else "not measured"
     rows = []
     for section in ("before", "after"):
         for arch, values in document.get("occlusion", {}).get(section, {}).items():
@@ -125,7 +127,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px}}figure{{display:inline-block;margi
 <p class="status">Status: {html.escape(document["status"])}</p>
 <ul>{reasons}</ul>
 <p>Mesial {html.escape(document["software"]["version"])}; frame: first bite scan; timings: {timings}</p>
-<h2>Contacts (threshold {document.get("params_contact_threshold", "")})</h2>
+<h2>Contacts (threshold {threshold})</h2>
 <table><tr><th>stage</th><th>arch</th><th>contact area mm²</th><th>by region mm²</th>
 <th>patches</th><th>max penetration mm</th></tr>{"".join(rows)}</table>
 {figures}

@@ -40,3 +40,12 @@ def test_align_generated_case_exit_code_matches_status(tmp_path):
     assert {"ok": 0, "not_confident": 3}[document["status"]] == result.exit_code
     assert document["frame"] == "bite"
     assert len(document["inputs"]["upper"]["sha256"]) == 64
+
+
+def test_report_names_the_contact_threshold() -> None:
+    from mesial.aligner.report import _html
+
+    document = {"status": "ok", "reasons": [], "software": {"version": "0"}, "timings_s": {},
+                "params": {"occlusion": {"contact_threshold_mm": 0.15}}}  # fmt: skip
+    assert "Contacts (threshold 0.15 mm)" in _html(document, {})
+    assert "Contacts (threshold not measured)" in _html({**document, "params": {}}, {})
