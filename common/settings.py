@@ -212,6 +212,14 @@ class OperatorSettings(BaseModel):
     retention_tick_s: float = Field(60.0, gt=0)
     # Delay before a handler retries after a temporary failure (Vault or the store down).
     retry_delay_s: float = Field(15.0, gt=0)
+    # Seconds between kopf's checks that a timer caught mid-run by a deletion has exited (kopf's default
+    # is 60: a ScanJob deleted while its status was being mirrored kept its finalizer for a minute).
+    timer_exit_poll_s: float = Field(1.0, gt=0)
+    # kopf's wait for a patched object's new version before running handlers on it again (seconds).
+    consistency_timeout_s: float = Field(2.0, gt=0)
+    # kopf batching: seconds an idle per-object worker lives; ceiling on concurrent workers (0: none).
+    worker_idle_s: float = Field(5.0, gt=0)
+    worker_limit: int = Field(0, ge=0)
     # Tolerated clock skew: an object dated further in the future is kept and reported.
     clock_skew_s: float = Field(300.0, ge=0)
     # kopf peering: standalone (one replica, strategy Recreate) or a peering object's name.

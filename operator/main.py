@@ -36,7 +36,12 @@ def configure(kopf_settings: kopf.OperatorSettings, settings: Settings) -> None:
     kopf_settings.execution.default_backoff = op.retry_delay_s
     kopf_settings.networking.error_backoffs = [min(op.retry_delay_s, b) for b in (1, 2, 5, 10)]
     kopf_settings.watching.server_timeout = 300
-    kopf_settings.persistence.consistency_timeout = 2.0
+    kopf_settings.persistence.consistency_timeout = op.consistency_timeout_s
+    # A timer caught mid-run by its object's deletion keeps the finalizer until it exits; kopf
+    # re-checks after this many seconds (default 60) unless another event comes first.
+    kopf_settings.background.cancellation_polling = op.timer_exit_poll_s
+    kopf_settings.queueing.idle_timeout = op.worker_idle_s
+    kopf_settings.queueing.worker_limit = op.worker_limit or None
 
 
 def build_registry(settings: Settings, *, login: Callable[..., Any] | None = None) -> kopf.OperatorRegistry:

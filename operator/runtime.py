@@ -6,6 +6,7 @@ handed to every handler through kopf's ``memo``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,15 @@ class Runtime:
     # The clock retention sweeps by (tests move it to age objects).
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+    _org_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def org_lock(self, org: str) -> asyncio.Lock:
+        """One Organization's lock: a drift pass caught mid-run by a deletion (kopf runs the deletion
+        handler while the timer is still exiting) must not recreate what the deletion removes."""
+        return self._org_locks.setdefault(org, asyncio.Lock())
+
+    def forget_org(self, org: str) -> None:
+        self._org_locks.pop(org, None)
 
     @classmethod
     async def create(

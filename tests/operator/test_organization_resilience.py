@@ -150,13 +150,16 @@ async def test_deletion_waits_for_running_scanjobs_unless_forced(harness: Harnes
     await k8s.patch(*ORG, name, {"spec": {"deletion": {"force": True}}})
     await eventually(lambda: _gone(k8s, name), timeout=40)
 
-    async def stopped() -> bool:
-        return (
-            await k8s.get(*SCANJOB, "case-1", ns) is None
-            and await k8s.get("batch/v1", "Job", "scanjob-case-1", ns) is None
-        )
+    left: list[Any] = []
 
-    await eventually(stopped, timeout=40)
+    async def stopped() -> bool:
+        left[:] = [await k8s.get(*SCANJOB, "case-1", ns), await k8s.get("batch/v1", "Job", "scanjob-case-1", ns)]
+        return left == [None, None]
+
+    try:
+        await eventually(stopped, timeout=40)
+    except AssertionError:
+        raise AssertionError(f"left behind: {left}") from None
 
 
 async def test_two_tenants_share_nothing(harness: Harness, operator_settings: Settings, org_name) -> None:

@@ -85,3 +85,15 @@ def test_every_domain_error_has_a_retry_decision() -> None:
     assert isinstance(to_kopf(errors.VaultUnavailable("down"), 2.0), kopf.TemporaryError)
     assert isinstance(to_kopf(errors.InputError("bad"), 2.0), kopf.PermanentError)
     assert isinstance(to_kopf(DeletionBlocked("busy"), 2.0), kopf.TemporaryError)
+
+
+def test_kopf_rechecks_an_exiting_timer_within_seconds() -> None:
+    """A ScanJob deleted while its mirror timer runs keeps its finalizer until kopf re-checks
+    (kopf's default: 60 s, which made the forced-deletion test fail under load)."""
+    from mesial.operator.main import configure
+
+    kopf_settings = kopf.OperatorSettings()
+    settings = Settings()
+    configure(kopf_settings, settings)
+    assert kopf_settings.background.cancellation_polling == settings.operator.timer_exit_poll_s <= 5
+    assert kopf_settings.persistence.consistency_timeout == settings.operator.consistency_timeout_s

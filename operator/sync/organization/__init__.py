@@ -84,11 +84,18 @@ class Report:
 
 async def reconcile(rt: Runtime, body: Any, *, mode: str) -> Report:
     """Create or correct everything an Organization owns; write its status; report."""
-    settings = rt.settings.operator
     org = OrgView.from_body(body)
-    # kopf may hand over a body older than our last status write: judge from the live object
-    live = await rt.k8s.get(*ORG, org.name)
-    old = dict(((live or body).get("status")) or {})
+    async with rt.org_lock(org.name):
+        # kopf may hand over a body older than our last status write: judge from the live object
+        live = await rt.k8s.get(*ORG, org.name)
+        if live is None or live["metadata"].get("deletionTimestamp"):
+            return Report("deleting")  # the deletion handler owns it now: recreate nothing
+        return await _reconcile(rt, org, live, mode)
+
+
+async def _reconcile(rt: Runtime, org: OrgView, live: Any, mode: str) -> Report:
+    settings = rt.settings.operator
+    old = dict(live.get("status") or {})
     report = Report(classify(mode, old, org.generation))
     for step, sync in K8S_STEPS:
         if step != "namespace" and "namespace" in report.errors:

@@ -33,6 +33,14 @@ class DeletionBlocked(MesialError):
 
 async def delete_organization(rt: Runtime, body: Any) -> list[Note]:
     org = OrgView.from_body(body)
+    # a reconcile pass still running (a drift timer caught by the deletion) finishes first
+    async with rt.org_lock(org.name):
+        notes = await _delete(rt, org, body)
+    rt.forget_org(org.name)
+    return notes
+
+
+async def _delete(rt: Runtime, org: OrgView, body: Any) -> list[Note]:
     # kopf may hand over a body older than our own status writes: resume from the live object
     live = await rt.k8s.get(*ORG, org.name)
     status = dict((live or body).get("status") or {})
