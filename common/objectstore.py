@@ -19,7 +19,7 @@ import contextlib
 import hashlib
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 
@@ -38,6 +38,8 @@ META_FORMAT = "mesial-format"
 META_KEY_VERSION = "mesial-key-version"
 META_WRAPPED_KEY = "mesial-wrapped-key"
 META_TENANT = "mesial-tenant"
+# When the object was first uploaded (ISO 8601, UTC); kept by rewrap, which resets the store's timestamp.
+META_CREATED = "mesial-created"
 FORMAT_NAME = f"MSLE{envelope.FORMAT_VERSION}"
 READ_SIZE = 1 << 20
 
@@ -177,6 +179,7 @@ class ObjectStore:
             META_KEY_VERSION: str(data_key.key_version),
             META_WRAPPED_KEY: data_key.wrapped,
             META_TENANT: org,
+            META_CREATED: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
         stored, parts = await self._upload(key, sealed(), metadata, {LEGAL_HOLD_TAG: "true"} if legal_hold else {})
         return StoredObject(key, size, hasher.hexdigest(), data_key.key_version, stored, parts)
@@ -389,6 +392,9 @@ class ObjectStore:
                 META_WRAPPED_KEY: new_wrapped,
                 META_TENANT: org,
             }
+            created = (response.get("Metadata") or {}).get(META_CREATED)
+            if created:
+                metadata[META_CREATED] = created
             await self._upload(key, rewritten(), metadata, tags)
             return new_version
         finally:

@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, runtime_checkable
 
+import botocore.exceptions
+
 from mesial.common.audit import AuditEvent, AuditSink
 from mesial.common.errors import LegalHoldActive, ObjectNotFound, StorageError, StoreUnavailable
-from mesial.common.objectstore import ObjectStore
+from mesial.common.objectstore import META_CREATED, ObjectStore
 from mesial.common.tenancy import tenant_prefix
 
 # What a RetentionPolicy can cover, and the object prefix (below the tenant prefix) of each.
@@ -107,6 +109,22 @@ class RecordSweeper(Protocol):
     ) -> RecordSweepResult: ...
 
 
+async def _created(store: ObjectStore, key: str, fallback: datetime) -> datetime | str:
+    """When the object was uploaded: its ``mesial-created`` metadata, else the store's timestamp.
+
+    Only young-looking objects are asked (the creation time is never later than the store's
+    timestamp, so an object old by the latter is old by the former). A malformed value is
+    returned as is: the object is kept and reported, not aged by a guess."""
+    try:
+        response = await store.client.head_object(Bucket=store.bucket, Key=key)
+    except botocore.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return fallback  # deleted meanwhile; the delete below finds out
+        raise StorageError(f"cannot read the metadata of {key}: {exc}") from exc
+    created = (response.get("Metadata") or {}).get(META_CREATED)
+    return created if created else fallback
+
+
 async def sweep_objects(
     store: ObjectStore,
     audit: AuditSink,
@@ -138,6 +156,11 @@ async def sweep_objects(
             parts = relative.split("/")
             resource_id = parts[1] if len(parts) > 1 and parts[1] else relative
             verdict = decide(meta.last_modified, now=now, max_age=max_age, skew=skew)
+            if verdict is Verdict.young:
+                # a rewrap rewrites the object (a fresh store timestamp): its age runs from its upload
+                verdict = decide(
+                    await _created(store, meta.key, meta.last_modified), now=now, max_age=max_age, skew=skew
+                )
             if verdict is Verdict.expired:
                 groups[resource_id].append(relative)
             elif verdict in (Verdict.future, Verdict.malformed):

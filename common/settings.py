@@ -193,6 +193,15 @@ class OperatorSettings(BaseModel):
     # Job defaults: retries of a failed pod, seconds a finished Job is kept.
     job_backoff_limit: int = Field(2, ge=0, le=10)
     job_ttl_after_finished_s: int = Field(3600, ge=0)
+    # The store identity aligner Jobs use, copied by the operator into a Secret in each tenant namespace
+    # (a pod can only reference Secrets of its own namespace). Give it object read/write on the bucket
+    # and nothing else; unset, the operator's own store credentials are copied (development only).
+    job_store_access_key: SecretStr | None = None
+    job_store_secret_key: SecretStr | None = None
+    # Name of that Secret in tenant namespaces, and the store endpoint as seen from tenant pods
+    # (defaults to ``store.endpoint_url``).
+    job_store_secret: str = "mesial-store"
+    store_endpoint_in_cluster: str = ""
     # Audience of the projected ServiceAccount token the aligner logs in to Vault with.
     vault_token_audience: str = "vault"
     # Vault address as seen from tenant pods (defaults to ``vault.addr``).

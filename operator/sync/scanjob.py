@@ -22,6 +22,7 @@ from typing import Any
 
 from mesial.common.errors import InputError, MesialError
 from mesial.common.progress import read_progress, sanitize_text
+from mesial.common.provisioning import policy_name_for
 from mesial.common.settings import OperatorSettings, Settings
 from mesial.operator.errors import describe
 from mesial.operator.k8s import K8s, K8sError, Obj
@@ -130,10 +131,17 @@ def build_job(body: Any, org: str, spec: JobSpec, settings: Settings, tier: Oper
         {"name": "MESIAL_MODE", "value": "cluster"},
         {"name": "MESIAL_VAULT__ADDR", "value": op.vault_addr_in_cluster or settings.vault.addr},
         {"name": "MESIAL_VAULT__AUTH", "value": "kubernetes"},
-        {"name": "MESIAL_VAULT__KUBERNETES_ROLE", "value": f"mesial-org-{org}"},
+        {"name": "MESIAL_VAULT__KUBERNETES_ROLE", "value": policy_name_for(org)},
+        {"name": "MESIAL_VAULT__KUBERNETES_MOUNT", "value": settings.vault.kubernetes_mount},
+        {"name": "MESIAL_VAULT__TRANSIT_MOUNT", "value": settings.vault.transit_mount},
         {"name": "MESIAL_VAULT__SERVICE_ACCOUNT_TOKEN_PATH", "value": f"{VAULT_TOKEN_DIR}/token"},
-        {"name": "MESIAL_STORE__ENDPOINT_URL", "value": settings.store.endpoint_url},
+        {"name": "MESIAL_STORE__ENDPOINT_URL", "value": op.store_endpoint_in_cluster or settings.store.endpoint_url},
         {"name": "MESIAL_STORE__BUCKET", "value": settings.store.bucket},
+        {"name": "MESIAL_STORE__REGION", "value": settings.store.region},
+        *(
+            {"name": f"MESIAL_STORE__{var}", "valueFrom": {"secretKeyRef": {"name": op.job_store_secret, "key": key}}}
+            for var, key in (("ACCESS_KEY", "access-key"), ("SECRET_KEY", "secret-key"))
+        ),
         {"name": "MESIAL_DATA_DIR", "value": "/scratch"},
         {"name": "TMPDIR", "value": "/scratch/tmp"},
     ]

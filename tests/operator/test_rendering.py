@@ -97,3 +97,16 @@ def test_kopf_rechecks_an_exiting_timer_within_seconds() -> None:
     configure(kopf_settings, settings)
     assert kopf_settings.background.cancellation_polling == settings.operator.timer_exit_poll_s <= 5
     assert kopf_settings.persistence.consistency_timeout == settings.operator.consistency_timeout_s
+
+
+def test_job_store_identity_is_the_restricted_one_when_configured() -> None:
+    from pydantic import SecretStr
+
+    from mesial.operator.sync.organization.store import desired_store_secret
+
+    op = OperatorSettings(job_store_access_key=SecretStr("job-ak"), job_store_secret_key=SecretStr("job-sk"))
+    settings = Settings().model_copy(update={"operator": op})
+    secret = desired_store_secret(OrgView.from_body(BODY), settings)
+    assert kubernetes_validate.validate(secret, "1.33", strict=True)
+    assert secret["metadata"]["namespace"] == "mesial-org-acme"
+    assert secret["data"] == {"access-key": "am9iLWFr", "secret-key": "am9iLXNr"}  # job-ak, job-sk

@@ -132,3 +132,46 @@ async def _policy_phase(k8s, ns: str, name: str, phase: str) -> dict[str, Any] |
 async def _sj_phase(k8s, ns: str, name: str, phase: str) -> bool:
     obj = await k8s.get(*SCANJOB, name, ns)
     return bool(obj and (obj.get("status") or {}).get("phase") == phase)
+
+
+async def test_age_runs_from_upload_not_from_the_last_rewrap(harness: Harness, org_name) -> None:
+    """A rewrap rewrites an object (fresh store timestamp); ``mesial-created`` keeps its upload time.
+    Objects without it (written before the field existed) are aged by the store's timestamp."""
+    from mesial.common.objectstore import META_CREATED
+    from mesial.common.tenancy import object_key_for
+
+    org = org_name("rewrap")
+    k8s = harness.client
+    await k8s.create(organization(org))
+    await eventually(lambda: ready(k8s, org))
+    ns = f"mesial-org-{org}"
+    store = harness.runtime.store
+    await store.put(org, "scans/old", b"uploaded long ago, rewrapped today")
+    await store.put(org, "scans/new", b"uploaded today")
+    await store.put(org, "scans/legacy", b"no creation metadata")
+    # rewrap keeps the creation time it finds
+    key = object_key_for(org, "scans/old")
+    head = await store.client.head_object(Bucket=store.bucket, Key=key)
+    created = head["Metadata"][META_CREATED]
+    assert datetime.fromisoformat(created.replace("Z", "+00:00")) <= datetime.now(UTC)
+    await store.rewrap(org, "scans/old")
+    assert (await store.client.head_object(Bucket=store.bucket, Key=key))["Metadata"][META_CREATED] == created
+    # "scans/old" was uploaded 100 days ago (and rewrapped since: the store dates it today)
+    old_meta = {**head["Metadata"], META_CREATED: (datetime.now(UTC) - 100 * DAY).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    await store.client.copy_object(Bucket=store.bucket, Key=key, CopySource={"Bucket": store.bucket, "Key": key},
+                                   Metadata=old_meta, MetadataDirective="REPLACE")  # fmt: skip
+    legacy = object_key_for(org, "scans/legacy")
+    legacy_meta = dict((await store.client.head_object(Bucket=store.bucket, Key=legacy))["Metadata"])
+    legacy_meta.pop(META_CREATED)
+    await store.client.copy_object(Bucket=store.bucket, Key=legacy, CopySource={"Bucket": store.bucket, "Key": legacy},
+                                   Metadata=legacy_meta, MetadataDirective="REPLACE")  # fmt: skip
+    await k8s.create(policy("retention", ns, covers=["scans"]))
+
+    async def swept() -> dict[str, Any] | None:
+        st = await pstatus(k8s, ns, "retention")
+        return st if st.get("lastSweep") else None
+
+    counts = (await eventually(swept))["lastSweep"]
+    assert counts["deleted"] == 1 and counts["errors"] == 0 and counts["kept"] == 0
+    assert not await store.exists(org, "scans/old")
+    assert await store.exists(org, "scans/new") and await store.exists(org, "scans/legacy")

@@ -3,6 +3,7 @@ progress object, refusals, a hostile spec, and deletion stopping the Job."""
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -53,6 +54,27 @@ async def test_job_is_hardened_and_status_is_mirrored(harness: Harness, org_name
     assert "emptyDir" in volumes["scratch"]
     token = volumes["vault-token"]["projected"]["sources"][0]["serviceAccountToken"]
     assert token["audience"] == "vault"
+    # Vault login through the projected token and the tenant's role; store credentials from the
+    # tenant namespace's Secret (by reference: the values are not in the Job).
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MESIAL_VAULT__AUTH"]["value"] == "kubernetes"
+    assert env["MESIAL_VAULT__KUBERNETES_ROLE"]["value"] == f"mesial-org-{org}"
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "vault-token")
+    assert env["MESIAL_VAULT__SERVICE_ACCOUNT_TOKEN_PATH"]["value"] == mount["mountPath"] + "/token"
+    assert token["path"] == "token" and mount["readOnly"] is True
+    assert "MESIAL_VAULT__TOKEN" not in env
+    settings = harness.runtime.settings
+    assert env["MESIAL_STORE__ENDPOINT_URL"]["value"] == settings.store.endpoint_url
+    assert env["MESIAL_STORE__BUCKET"]["value"] == settings.store.bucket
+    for var, key in (("MESIAL_STORE__ACCESS_KEY", "access-key"), ("MESIAL_STORE__SECRET_KEY", "secret-key")):
+        assert "value" not in env[var]
+        assert env[var]["valueFrom"] == {"secretKeyRef": {"name": "mesial-store", "key": key}}
+    secret = await k8s.get("v1", "Secret", "mesial-store", ns)
+    assert secret is not None and secret["metadata"]["labels"]["mesial.dev/tenant"] == org
+    stored = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert stored == {"access-key": settings.store.access_key.get_secret_value(),
+                      "secret-key": settings.store.secret_key.get_secret_value()}  # fmt: skip
+    assert settings.store.secret_key.get_secret_value() not in json.dumps(job)
     assert container["command"] == ["mesial", "job", "run"]
     assert container["args"][:4] == ["--tenant", org, "--job-id", "case-1"]
     assert container["resources"]["limits"] == {"cpu": "4", "memory": "8Gi"}  # the medium tier

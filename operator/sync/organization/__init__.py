@@ -26,6 +26,7 @@ from mesial.operator.sync.organization.namespaces import sync_namespace
 from mesial.operator.sync.organization.networkpolicies import sync_networkpolicies
 from mesial.operator.sync.organization.quotas import sync_quotas
 from mesial.operator.sync.organization.rbac import sync_rbac
+from mesial.operator.sync.organization.store import sync_store_secret
 from mesial.operator.sync.organization.vault import sync_vault
 
 ORG = ("mesial.dev/v1alpha1", "Organization")
@@ -105,6 +106,12 @@ async def _reconcile(rt: Runtime, org: OrgView, live: Any, mode: str) -> Report:
                 report.applied(applied)
         except (MesialError, K8sError) as exc:
             report.failed(step, exc)
+    if "namespace" not in report.errors:
+        try:
+            for applied in await sync_store_secret(rt.k8s, org, rt.settings):
+                report.applied(applied)
+        except (MesialError, K8sError) as exc:
+            report.failed("store", exc)
     try:
         report.vault = await sync_vault(rt.provisioner, org, settings)
         for text in report.vault.corrected:
@@ -140,7 +147,7 @@ def build_status(org: OrgView, old: dict[str, Any], report: Report) -> dict[str,
             return None, "WaitingForNamespace", "the tenant namespace is not there yet"
         return True, "Synced", ""
 
-    ns_ok, ns_reason, ns_message = outcome("namespace", "rbac", "quotas")
+    ns_ok, ns_reason, ns_message = outcome("namespace", "rbac", "quotas", "store")
     net_ok, net_reason, net_message = outcome("network")
     vault_ok, vault_reason, vault_message = outcome("vault")
     ready = not errors
