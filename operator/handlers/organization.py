@@ -15,8 +15,16 @@ PLURAL = ("mesial.dev", "v1alpha1", "organizations")
 
 
 def post(body: kopf.Body, notes: list[Note]) -> None:
+    """One Event per Warning; the Normal notes of a pass, one Event per reason (a creation is one
+    Event listing what was created, not nine API requests)."""
+    grouped: dict[str, list[str]] = {}
     for note in notes:
-        kopf.event(body, type=note.type, reason=note.reason, message=note.message)
+        if note.type == "Normal":
+            grouped.setdefault(note.reason, []).append(note.message)
+        else:
+            kopf.event(body, type=note.type, reason=note.reason, message=note.message)
+    for reason, messages in grouped.items():
+        kopf.event(body, type="Normal", reason=reason, message="; ".join(messages)[:1000])
 
 
 async def _reconcile(body: kopf.Body, memo: kopf.Memo, mode: str) -> None:
