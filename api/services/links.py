@@ -68,6 +68,10 @@ class LinkSigner:
         return f"{payload}.{self._mac(payload)}"
 
     def verify(self, token: str, now: float | None = None) -> LinkClaims:
+        # Tokens are URL-safe base64: anything else is refused before compare_digest,
+        # which raises on non-ASCII text.
+        if not token.isascii():
+            raise LinkRefused("link is invalid")
         payload, dot, mac = token.partition(".")
         if not dot or not hmac.compare_digest(self._mac(payload), mac):
             raise LinkRefused("link is invalid")
