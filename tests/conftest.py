@@ -7,17 +7,25 @@ ports: two runs (or two checkouts) on one machine do not meet.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from mesial.common import services as svc
 from mesial.common.settings import Settings, StoreSettings, VaultSettings
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# In CI every property test replays the same examples, so a red build means a change
+# broke something; developers' runs draw new examples and keep exploring.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+if os.environ.get("CI") == "true":
+    settings.load_profile("ci")
 
 
 def _own_tempdir(prefix: str) -> Iterator[Path]:
