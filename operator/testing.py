@@ -91,7 +91,14 @@ class Emulator(kmock.KubernetesEmulator):
             ):
                 generation = int(current.get("metadata", {}).get("generation", 1)) + 1
                 request.data.setdefault("metadata", {})["generation"] = generation
-        return await super()._handle(request)
+        try:
+            return await super()._handle(request)
+        finally:
+            # kmock keeps every request it served, and matching each new request to its reactions
+            # scans that whole history: quadratic, minutes at a few thousand requests. The harness
+            # never asserts on the history, so only the requests in flight are kept.
+            with contextlib.suppress(ValueError):
+                self._requests.remove(request)
 
     def _current(self, request: Any) -> dict[str, Any] | None:
         for (resource, namespace, name), obj in self._objects.items():
