@@ -154,3 +154,4 @@ def test_chart_environment_is_understood_by_the_settings(
     assert operator.operator.egress_audit.pod_selector["app.kubernetes.io/component"] == "api"
     assert operator.operator.aligner_image == "ghcr.io/mesial/mesial:0.1.0"
     assert api.api.migrate_on_start is False
+    assert operator.operator.job_store_access_key is not None  # from aligner.storeCredentialsSecret
