@@ -25,7 +25,6 @@ import asyncio
 import json
 import multiprocessing
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _common import hardware
 
 from mesial.common import services as svc
 
@@ -120,24 +120,6 @@ def run(env: dict[str, str], *args: str) -> str:
     if done.returncode != 0:
         raise SystemExit(f"mesial {' '.join(args)} failed: {done.stderr}")
     return done.stdout.strip()
-
-
-def hardware() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kib = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f", {kib / 1024 / 1024:.1f} GiB RAM"
-    except (OSError, ValueError, IndexError):
-        pass
-    return f"{cpu}, {os.cpu_count()} CPU(s){mem}, Python {platform.python_version()}, {platform.system()}"
 
 
 async def audit_rates(env: dict[str, str], appends: int, verify_events: int) -> dict[str, float]:

@@ -18,7 +18,6 @@ import ctypes
 import gc
 import hashlib
 import os
-import platform
 import random
 import resource
 import sys
@@ -27,6 +26,7 @@ import tracemalloc
 from collections.abc import Iterator
 
 import cryptography
+from _common import hardware
 from cryptography.hazmat.backends.openssl.backend import backend as openssl_backend
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -42,33 +42,15 @@ OBJECT_KEY = "org-bench/scans/bench.stl"
 WRAPPED = "vault:v1:" + "A" * 80
 
 
-def hardware() -> str:
-    model = "unknown CPU"
+def crypto_stack() -> str:
+    """What AES-GCM runs on here: AES-NI, and the cryptography/OpenSSL versions."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        model = platform.processor() or model
-    ram = 0
-    try:
-        with open("/proc/meminfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    ram = int(line.split()[1]) * 1024
-                    break
-    except OSError:
-        pass
-    try:
-        flags = open("/proc/cpuinfo", encoding="utf-8").read()
-        aesni = " aes " in flags.replace("\n", " ")
+            aesni = " aes " in f.read().replace("\n", " ")
     except OSError:
         aesni = False
     return (
-        f"{model}, {os.cpu_count()} logical cores, {ram / (1 << 30):.1f} GiB RAM, AES-NI {'yes' if aesni else 'no'}\n"
-        f"Python {platform.python_version()}, cryptography {cryptography.__version__}, "
+        f"AES-NI {'yes' if aesni else 'no'}, cryptography {cryptography.__version__}, "
         f"{openssl_backend.openssl_version_text()}"
     )
 
@@ -221,6 +203,7 @@ def main() -> int:
 
     print("Mesial envelope benchmark")
     print("hardware:", hardware())
+    print("crypto:", crypto_stack())
     print("affinity:", pin_single_core())
     failures: list[str] = []
 

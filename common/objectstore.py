@@ -174,13 +174,9 @@ class ObjectStore:
                     yield out
             yield sealer.finalize()
 
-        metadata = {
-            META_FORMAT: FORMAT_NAME,
-            META_KEY_VERSION: str(data_key.key_version),
-            META_WRAPPED_KEY: data_key.wrapped,
-            META_TENANT: org,
-            META_CREATED: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }
+        metadata = _metadata(
+            org, data_key.wrapped, data_key.key_version, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        )
         stored, parts = await self._upload(key, sealed(), metadata, {LEGAL_HOLD_TAG: "true"} if legal_hold else {})
         return StoredObject(key, size, hasher.hexdigest(), data_key.key_version, stored, parts)
 
@@ -386,19 +382,25 @@ class ObjectStore:
                 async for piece in chunks:
                     yield piece
 
-            metadata = {
-                META_FORMAT: FORMAT_NAME,
-                META_KEY_VERSION: str(new_version),
-                META_WRAPPED_KEY: new_wrapped,
-                META_TENANT: org,
-            }
             created = (response.get("Metadata") or {}).get(META_CREATED)
-            if created:
-                metadata[META_CREATED] = created
+            metadata = _metadata(org, new_wrapped, new_version, created)
             await self._upload(key, rewritten(), metadata, tags)
             return new_version
         finally:
             body.close()
+
+
+def _metadata(org: str, wrapped: str, key_version: int, created: str | None) -> dict[str, str]:
+    """S3 metadata of a sealed object (inventory only: decryption trusts the header)."""
+    metadata = {
+        META_FORMAT: FORMAT_NAME,
+        META_KEY_VERSION: str(key_version),
+        META_WRAPPED_KEY: wrapped,
+        META_TENANT: org,
+    }
+    if created:
+        metadata[META_CREATED] = created
+    return metadata
 
 
 async def _aiter(source: bytes | Iterable[bytes] | AsyncIterable[bytes]) -> AsyncIterator[bytes]:

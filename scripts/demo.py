@@ -28,6 +28,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mesial.aligner.io import read_mesh
+from mesial.aligner.registration import relative_error
 from mesial.aligner.samples import generate_case, write_case
 from mesial.common.services import ServiceStack, free_port
 from mesial.common.settings import VaultSettings
@@ -181,9 +182,8 @@ def registration_tre(result: dict[str, Any], truth_path: Path, lower_file: Path)
     if correction is not None:  # the optimisation then moves the lower on purpose
         est_l = np.linalg.inv(np.asarray(correction)) @ est_l
     true_u, true_l = (np.asarray(truth["file_to_bite"][k]) for k in ("upper", "lower"))
-    homogeneous = np.c_[vertices, np.ones(len(vertices))]
-    error = homogeneous @ (np.linalg.inv(est_u) @ est_l).T - homogeneous @ (np.linalg.inv(true_u) @ true_l).T
-    return float(np.sqrt((error[:, :3] ** 2).sum(axis=1).mean()))
+    error = relative_error(np.linalg.inv(est_u) @ est_l, np.linalg.inv(true_u) @ true_l, vertices)
+    return float(np.sqrt((error**2).mean()))
 
 
 def summary(job: dict[str, Any], files: dict[str, Path]) -> None:
