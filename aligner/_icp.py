@@ -20,6 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mesial.aligner._field import DistanceField
+from mesial.aligner._mesh import vertex_normals
 from mesial.aligner.params import AlignParams
 from mesial.aligner.transforms import exp_se3, invert, rotate_vectors, transform_points
 
@@ -69,10 +70,17 @@ class PlaneTarget:
 class _MeshIndex:
     """Search structures of one triangle mesh in its own frame, built on first use and shared."""
 
-    def __init__(self, vertices: FloatArray, faces: NDArray[np.int64], scene: object | None = None) -> None:
+    def __init__(
+        self,
+        vertices: FloatArray,
+        faces: NDArray[np.int64],
+        scene: object | None = None,
+        normals: FloatArray | None = None,
+    ) -> None:
         self.vertices = np.ascontiguousarray(vertices, dtype=np.float64)
         self.faces = np.ascontiguousarray(faces, dtype=np.int64)
         self._scene = scene
+        self._normals = normals
         self._tree: object | None = None
         self._field: DistanceField | None = None
         self._longest_edge: float | None = None
@@ -84,6 +92,13 @@ class _MeshIndex:
         if self._scene is None:
             self._scene = raycasting_scene(self.vertices, self.faces)
         return self._scene
+
+    @property
+    def normals(self) -> FloatArray:
+        """Unit outward vertex normals (area-weighted)."""
+        if self._normals is None:
+            self._normals = vertex_normals(self.vertices, self.faces)
+        return self._normals
 
     @property
     def tree(self) -> Any:
@@ -155,8 +170,10 @@ class SurfaceTarget:
 
     # Deeper than this (mm), a point behind an open surface is not counted as inside.
     max_penetration_mm = 1.5
-    # Signed distances are exact within this distance of the surface (mm).
+    # Signed distances are exact within this distance of the surface (mm) and behind it ...
     exact_band_mm = 0.5
+    # ... within about 0.02 mm up to this one (nearest vertex), coarse beyond (distance field).
+    near_band_mm = max_penetration_mm
 
     def __init__(
         self,
@@ -181,9 +198,15 @@ class SurfaceTarget:
         return self._vertices
 
     @classmethod
-    def of_mesh(cls, vertices: FloatArray, faces: NDArray[np.int64], scene: object | None = None) -> SurfaceTarget:
-        """A target in the mesh's own frame, optionally with an already built scene of the same triangles."""
-        return cls(vertices, faces, index=_MeshIndex(vertices, faces, scene))
+    def of_mesh(
+        cls,
+        vertices: FloatArray,
+        faces: NDArray[np.int64],
+        scene: object | None = None,
+        normals: FloatArray | None = None,
+    ) -> SurfaceTarget:
+        """A target in the mesh's own frame, optionally with an already built scene and the vertex normals."""
+        return cls(vertices, faces, index=_MeshIndex(vertices, faces, scene, normals))
 
     def placed(self, pose: FloatArray) -> SurfaceTarget:
         """The same surface moved by ``pose`` (mesh frame -> query frame), sharing the search structures."""
@@ -282,12 +305,15 @@ class SurfaceTarget:
     ) -> tuple[FloatArray, FloatArray]:
         """Signed distance (positive outside, along the outward normal) and closest points.
 
-        Exact closest points only where it matters: within ``exact_band_mm`` of
-        the surface (contacts, penetrations, the interpolated contact border).
-        Far points (most of an arch) get a coarse distance (a 1 mm distance
-        field: at least the band, within about 2 mm of the exact distance,
-        capped at 4 mm); the k-d tree is queried only for the points the field
-        cannot rule out.
+        Exact closest points where it matters: within ``exact_band_mm`` of the
+        surface (contacts, the interpolated contact border) and for every point
+        behind it up to ``max_penetration_mm`` (penetrations). Other points
+        within ``near_band_mm`` (the rest of the colour scale) get the
+        nearest-vertex distance, an upper bound at most about 0.02 mm too long
+        on a scan with 0.3 mm edges. Far points (most of an arch) get a coarse
+        distance (a 1 mm distance field: at least ``near_band_mm``, within
+        about 2 mm of the exact distance, capped at 4 mm); the k-d tree is
+        queried only for the points the field cannot rule out.
 
         Parameters
         ----------
@@ -313,23 +339,37 @@ class SurfaceTarget:
                 distance[subset], closest[subset] = self.signed_distance(points[subset])
             return distance, closest
         coarse, bound = self.coarse_distance(points)
-        distance = np.maximum(coarse, self.exact_band_mm)
+        distance = np.maximum(coarse, self.near_band_mm)
         closest = np.array(points, dtype=np.float64)
-        near = coarse < self.exact_band_mm + bound
-        if near.any():
-            candidates = np.flatnonzero(near)
-            vertex = self.vertex_distance(points[candidates], upper_bound=self.exact_band_mm)
-            near[candidates[~np.isfinite(vertex)]] = False
         inside = np.zeros(len(points), dtype=bool)
-        if near.any():
-            exact, normals, _ = self.closest(points[near])
-            offset = points[near] - exact
+        candidates = np.flatnonzero(coarse < self.near_band_mm + bound)
+        vertex, index = self.nearest_vertex(points[candidates], gate=self.near_band_mm)
+        found = np.isfinite(vertex)
+        candidates, vertex, index = candidates[found], vertex[found], index[found]
+        distance[candidates] = vertex
+        # A point at distance d from the surface has a vertex within sqrt(d^2 + r^2), r the farthest
+        # a point of a triangle can be from its nearest corner; so the nearest-vertex distance is an
+        # upper bound, r^2 / 2d at most too long (~0.02 mm at 0.5 mm): exact only within the band,
+        # and behind the surface, where the sign matters and a penetration must not read as a gap.
+        spread = self._index.longest_edge / float(np.sqrt(3.0))
+        behind = (
+            np.einsum(
+                "ij,ij->i",
+                self._local(points[candidates]) - self._index.vertices[index],
+                self._index.normals[index],
+            )
+            < 0
+        )
+        exact = candidates[(vertex < float(np.hypot(self.exact_band_mm, spread))) | behind]
+        if len(exact):
+            foot, normals, _ = self.closest(points[exact])
+            offset = points[exact] - foot
             gap = np.linalg.norm(offset, axis=1)
             side = np.einsum("ij,ij->i", offset, normals)
             # an open scan has no inside far from its surface or past its border: a
             # point is inside only when near and behind the face it projects onto
-            inside[near] = (side < 0) & (gap < self.max_penetration_mm) & (-side > 0.5 * gap)
-            distance[near], closest[near] = gap, exact
+            inside[exact] = (side < 0) & (gap < self.max_penetration_mm) & (-side > 0.5 * gap)
+            distance[exact], closest[exact] = gap, foot
         return np.where(inside, -distance, distance), closest
 
 

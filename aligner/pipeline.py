@@ -203,7 +203,7 @@ def analyse(
     moved = transform_points(low, correction)
     # vertices farther than the band plus the largest displacement stay far: their
     # (approximate, >= band) distances are kept
-    reach = SurfaceTarget.exact_band_mm + float(np.linalg.norm(moved - low, axis=1).max()) + 1e-6
+    reach = SurfaceTarget.near_band_mm + float(np.linalg.norm(moved - low, axis=1).max()) + 1e-6
     after_distances = {
         "upper": lower.surface()
         .placed(correction @ lower_to_bite)

@@ -63,3 +63,29 @@ def test_bite_optimisation_removes_penetration():
     assert after.max_penetration_mm <= params.penetration_tolerance_mm + 2e-3
     assert after.contact_area_mm2 > 0.5  # still in contact
     assert np.linalg.norm(correction[:3, 3]) < 0.15
+
+
+@pytest.mark.parametrize("depth", [0.3, 0.7, 1.2])
+def test_deep_bite_through_is_measured_not_read_as_a_gap(depth):
+    # a misregistered bite often sinks a cusp 0.5-1 mm into the antagonist: the map must show it red
+    plane_v, plane_f = grid_plane(16.0, 0.2, up=True)
+    sphere_v, sphere_f = uv_sphere(5.0, (0, 0, 5.0 - depth))
+    result = arch_contacts(sphere_v, sphere_f, SurfaceTarget(plane_v, plane_f), threshold_mm=0.1)
+    assert result.max_penetration_mm == pytest.approx(depth, abs=2e-3)
+    # every vertex below the plane is reported as a penetration of its own depth
+    below = sphere_v[:, 2] < 0
+    assert np.allclose(result.distance[below], sphere_v[below, 2], atol=2e-3)
+    # spherical cap below the plane: 2 pi R h
+    assert result.penetration_area_mm2 == pytest.approx(2 * np.pi * 5.0 * depth, rel=0.03)
+
+
+@pytest.mark.parametrize("gap", [0.6, 0.9, 1.3])
+def test_distances_across_the_colour_scale_are_close_to_exact(gap):
+    # vertices off the antagonist's grid (half a step across): the nearest vertex is never straight below
+    lower_v, lower_f = grid_plane(10.0, 0.3, z=0.0, up=True)
+    upper_v, upper_f = grid_plane(8.0, 0.3, z=gap, up=False)
+    upper_v[:, :2] += 0.15
+    result = arch_contacts(upper_v, upper_f, SurfaceTarget(lower_v, lower_f), threshold_mm=0.1)
+    assert result.contact_area_mm2 == 0.0
+    assert np.all(result.distance >= gap - 1e-6)  # an upper bound: never a false contact
+    assert np.all(result.distance < gap + 0.04)
