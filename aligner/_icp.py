@@ -58,13 +58,19 @@ class PlaneTarget:
         return np.asarray(distance, dtype=np.float64), np.asarray(index, dtype=np.int64)
 
     def near(self, points: FloatArray, gate: float) -> tuple[FloatArray, FloatArray, FloatArray]:
-        distance, index = self.match(points, gate + self.spacing)
-        found = np.isfinite(distance)
-        closest = np.zeros_like(points)
-        normals = np.zeros_like(points)
-        closest[found] = self.points[index[found]]
-        normals[found] = self.normals[index[found]]
-        return closest, normals, distance
+        return _tangent_planes(self.points, self.normals, *self.match(points, gate + self.spacing))
+
+
+def _tangent_planes(
+    samples: FloatArray, normals: FloatArray, distance: FloatArray, index: NDArray[np.int64]
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """The matched samples and their normals (zeros where ``distance`` is inf), and ``distance``."""
+    found = np.isfinite(distance)
+    closest = np.zeros((len(distance), 3))
+    plane_normals = np.zeros((len(distance), 3))
+    closest[found] = samples[index[found]]
+    plane_normals[found] = normals[index[found]]
+    return closest, plane_normals, distance
 
 
 class _MeshIndex:
@@ -389,13 +395,7 @@ class VertexPlanes:
         self.normals = np.asarray(normals, dtype=np.float64)
 
     def near(self, points: FloatArray, gate: float) -> tuple[FloatArray, FloatArray, FloatArray]:
-        distance, index = self.surface.nearest_vertex(points, gate + self.spacing)
-        found = np.isfinite(distance)
-        closest = np.zeros_like(points)
-        normals = np.zeros_like(points)
-        closest[found] = self.points[index[found]]
-        normals[found] = self.normals[index[found]]
-        return closest, normals, distance
+        return _tangent_planes(self.points, self.normals, *self.surface.nearest_vertex(points, gate + self.spacing))
 
 
 @dataclass(frozen=True)
