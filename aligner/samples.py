@@ -8,8 +8,14 @@ the buccal gingiva. Crowns carry cusps, a central fissure and interproximal
 embrasures; a gingiva band with a scalloped margin runs below them.
 
 The upper arch's occlusal surface is built on the lower one plus a designed
-vertical gap field, so that the arches meet at a few dozen contact spots, three
-of which penetrate slightly (as an uncompensated bite does).
+vertical gap field, so that the arches meet at two contact spots per posterior
+tooth (16 in all, 0-0.06 mm apart), three of which penetrate slightly
+(0.03-0.08 mm, as an uncompensated bite does); everywhere else they are apart.
+The upper's buccal cusps hang over the lower's buccal wall (up to 1.3 mm below
+its edge, at least 0.2 mm from it), and its incisors over the lower incisors'
+labial face. The occlusion holds between the meshes as built, not only between
+the analytic surfaces: both arches are grids over the same sections of the arch,
+compared there (see ``build_arches``).
 
 Bite scans are made like a scanner makes them: rays from the buccal side hit the
 two arches in occlusion; hits get normal noise, holes, and are re-triangulated
@@ -47,6 +53,14 @@ CROWN_HEIGHT = {"incisor": 9.0, "canine": 10.0, "premolar": 8.0, "molar": 7.0}
 POSTERIOR = {"incisor": 0.0, "canine": 0.4, "premolar": 1.0, "molar": 1.0}
 GINGIVA_DEPTH_MM = 15.0  # how far the gingiva band reaches from the occlusal plane
 ELLIPSE_MM = (23.5, 38.0)  # arch curve half-width and depth
+# Profile parameter v at the joints: lingual gingiva | lingual wall | occlusal | buccal wall | buccal gingiva.
+PROFILE_KNOTS = (0.0, 0.14, 0.30, 0.70, 0.86, 1.0)
+# Outside the designed occlusal table the upper keeps at least this distance (mm) from
+# the lower: its buccal cusps hang over the lower's buccal wall without touching it.
+CLEARANCE_MM = 0.2
+OVERHANG_MM = 1.3  # how far the upper's buccal cusps reach below the lower's buccal edge, at most
+SPOT_SIGMA_MM = 0.7  # radius scale of a designed contact spot (a flat-bottomed dip of the gap field)
+MIN_WALL_MM = 1.5  # least height of a crown wall between the occlusal edge and the gingival margin
 
 
 @dataclass(frozen=True)
@@ -85,7 +99,7 @@ class SampleCase:
 
 
 class _Arch:
-    """Arch curve and tooth layout shared by both arches (arc length ``s`` in mm)."""
+    """Arch curve, tooth layouts and designed gap field shared by both arches (arc length ``s`` in mm)."""
 
     def __init__(self, rng: np.random.Generator) -> None:
         a, b = ELLIPSE_MM
@@ -98,6 +112,7 @@ class _Arch:
         self._arc, self._phi, self._half = arc, phi, half
         self.lower = self._layout(LOWER_TEETH, half, rng)
         self.upper = self._layout(UPPER_TEETH, half, rng)
+        self.gap = _GapField(self.lower, rng)
 
     @staticmethod
     def _layout(teeth: tuple[tuple[str, float], ...], half: float, rng: np.random.Generator) -> list[dict[str, Any]]:
@@ -168,41 +183,151 @@ def _lower_occlusal(arch: _Arch, s: FloatArray, b: FloatArray) -> FloatArray:
             db = b[near] - cusp_beta * width[near] / 2
             h[near] += height * np.exp(-(ds**2 + db**2) / (2 * radius**2))
     for edge in arch.boundaries(layout):
-        h -= 2.2 * np.exp(-(((s - edge) / 0.55) ** 2))  # interproximal embrasure
+        h -= 2.2 * np.exp(-(((s - edge) / 0.8) ** 2))  # interproximal embrasure
     return h
 
 
-def _gap_field(arch: _Arch, rng: np.random.Generator) -> Any:
+class _GapField:
     """Designed vertical gap (mm) between the arches as a function of ``(s, b)``.
 
-    Minima sit at two contact spots per posterior tooth; three of them are
-    negative (a small penetration) and the rest between 0 and 0.06 mm.
-    """
-    phase = rng.uniform(0, 2 * np.pi, 2)
-    spots = []
-    for tooth in arch.lower:
-        if tooth["kind"] in ("premolar", "molar"):
-            width = CROWN_WIDTH[tooth["kind"]] * tooth["scale"]
-            for beta in (-0.35, 0.25):
-                ds = rng.uniform(-0.25, 0.25) * tooth["length"]
-                spots.append((tooth["centre"] + ds, beta * width / 2))
-    targets = rng.uniform(0.0, 0.06, len(spots))
-    targets[rng.choice(len(spots), 3, replace=False)] = -rng.uniform(0.03, 0.08, 3)
+    Minima sit at two contact spots per posterior tooth, exactly at their
+    targets: three are negative (a small penetration, -0.08..-0.03 mm) and the
+    rest between 0 and 0.06 mm. Elsewhere the gap is 0.25-0.65 mm on the
+    posterior teeth and 0.6 mm more on the anterior ones.
 
-    def base(s: FloatArray, b: FloatArray) -> FloatArray:
-        post = _interp_tooth(s, arch.lower, [POSTERIOR[t["kind"]] for t in arch.lower])
-        wave = np.sin(2 * np.pi * s / 13.0 + phase[0]) * np.cos(2 * np.pi * b / 9.0 + phase[1])
+    Attributes
+    ----------
+    spots : (k, 2) float
+        ``(s, b)`` of the contact spots, millimetres.
+    targets : (k,) float
+        The gap at each spot, millimetres.
+    """
+
+    def __init__(self, layout: list[dict[str, Any]], rng: np.random.Generator) -> None:
+        self._layout = layout
+        self._phase = rng.uniform(0, 2 * np.pi, 2)
+        spots = []
+        for tooth in layout:
+            if tooth["kind"] in ("premolar", "molar"):
+                width = CROWN_WIDTH[tooth["kind"]] * tooth["scale"]
+                for beta in (-0.35, 0.25):
+                    ds = rng.uniform(-0.25, 0.25) * tooth["length"]
+                    spots.append((tooth["centre"] + ds, beta * width / 2))
+        self.spots = np.array(spots)
+        self.targets = rng.uniform(0.0, 0.06, len(spots))
+        self.targets[rng.choice(len(spots), 3, replace=False)] = -rng.uniform(0.03, 0.08, 3)
+
+    def _base(self, s: FloatArray, b: FloatArray) -> FloatArray:
+        post = _interp_tooth(s, self._layout, [POSTERIOR[t["kind"]] for t in self._layout])
+        wave = np.sin(2 * np.pi * s / 13.0 + self._phase[0]) * np.cos(2 * np.pi * b / 9.0 + self._phase[1])
         return np.asarray(0.45 + 0.2 * wave + 0.6 * (1 - post), dtype=np.float64)
 
-    def gap(s: FloatArray, b: FloatArray) -> FloatArray:
-        value = base(s, b)
-        for (s0, b0), target in zip(spots, targets, strict=True):
-            near = (np.abs(s - s0) < 3) & (np.abs(b - b0) < 3)
-            depth = base(np.array([s0]), np.array([b0]))[0] - target
-            value[near] -= depth * np.exp(-((s[near] - s0) ** 2 + (b[near] - b0) ** 2) / (2 * 0.5**2))
+    def __call__(self, s: FloatArray, b: FloatArray) -> FloatArray:
+        value = self._base(s, b)
+        for (s0, b0), target in zip(self.spots, self.targets, strict=True):
+            # blended towards the target rather than dipped by a fixed depth: the spot's
+            # centre is then exactly at its target whatever the slope of the base and the
+            # tails of the neighbouring spots, and the gap is negative only near a
+            # negative spot (a dip would overshoot by up to 0.02 mm and bite through
+            # at spots designed to just touch)
+            # flat-bottomed (exp of r^4), as a wear facet: a small rigid correction of
+            # the bite (see occlusion.optimise_bite) shrinks such a contact, not erases it
+            near = (np.abs(s - s0) < 4 * SPOT_SIGMA_MM) & (np.abs(b - b0) < 4 * SPOT_SIGMA_MM)
+            spread = ((s[near] - s0) ** 2 + (b[near] - b0) ** 2) / (2 * SPOT_SIGMA_MM**2)
+            weight = np.exp(-(spread**2))
+            value[near] = target + (value[near] - target) * (1 - weight)
         return value
 
-    return gap
+
+def _envelope(b_line: FloatArray, z_line: FloatArray, b_query: FloatArray, radius: float) -> FloatArray:
+    """Top of polylines dilated by a disk, per cross-section.
+
+    Parameters
+    ----------
+    b_line, z_line : (c, k) float, millimetres
+        One polyline per cross-section (a grid column), in its ``(b, z)`` plane.
+    b_query : (c, q) float, millimetres
+    radius : float, millimetres, >= 0
+        Dilation radius (0: the polyline itself).
+
+    Returns
+    -------
+    z : (c, q) float, millimetres
+        Highest ``z`` at ``b_query`` of the points within ``radius`` of the
+        polyline; ``-inf`` where none is.
+    """
+    top = np.full(b_query.shape, -np.inf)
+    for start in range(0, len(b_query), 32):  # 32 columns at a time: (32, k, q) temporaries
+        rows = slice(start, start + 32)
+        q, r = b_query[rows, None, :], radius
+        b, z = b_line[rows, :, None], z_line[rows, :, None]
+        # the segments offset by the radius along their upward normal (the dilation's top
+        # where it is tangent to a segment) ...
+        db, dz = np.diff(b, axis=1), np.diff(z, axis=1)
+        length = np.maximum(np.hypot(db, dz), 1e-12)
+        up = np.where(db >= 0, 1.0, -1.0) / length
+        nb, nz = -dz * up, db * up
+        b0, z0 = b[:, :-1] + r * nb, z[:, :-1] + r * nz
+        b1, z1 = b[:, 1:] + r * nb, z[:, 1:] + r * nz
+        span = b1 - b0
+        on = (q - np.minimum(b0, b1) >= 0) & (np.maximum(b0, b1) - q >= 0) & (np.abs(span) > 1e-9)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            along = np.where(on, z0 + (q - b0) * (z1 - z0) / np.where(on, span, 1.0), -np.inf)
+        # ... and the disks around its vertices (the top between two tangents)
+        room = r**2 - (q - b) ** 2
+        disk = np.where(room >= 0, z + np.sqrt(np.maximum(room, 0.0)), -np.inf)
+        top[rows] = np.maximum(along.max(axis=1), disk.max(axis=1))
+    return top
+
+
+def _dilated_top(lower: tuple[FloatArray, FloatArray], b_query: FloatArray, radius: float, ds: float) -> FloatArray:
+    """Top of the lower mesh dilated by a ball, above points of the grid's sections.
+
+    Both arches are grids over the same columns ``s``, and a column is a plane
+    section of the arch (``s`` constant), so a mesh meets that plane in its
+    column's polyline. The ball of ``radius`` around a point of one section
+    meets the neighbouring sections (``ds`` apart) in smaller disks: the top
+    is the highest over the point's own and the neighbouring sections.
+
+    Parameters
+    ----------
+    lower : ((c, k), (c, k)) float, millimetres
+        ``(b, z)`` of the lower's vertices by column.
+    b_query : (c, q) float, millimetres
+        Abscissae in each column's section.
+    radius : float, millimetres
+    ds : float
+        Spacing of the columns (arc length, mm).
+
+    Returns
+    -------
+    z : (c, q) float, millimetres
+        ``-inf`` where the dilated lower is not below the point.
+    """
+    b_low, z_low = lower
+    top = np.full(b_query.shape, -np.inf)
+    reach = int(np.floor(radius / ds))
+    for shift in range(-reach, reach + 1):
+        own = slice(max(0, -shift), len(b_query) - max(0, shift))
+        other = slice(max(0, shift), len(b_low) - max(0, -shift))
+        disk = float(np.sqrt(radius**2 - (shift * ds) ** 2))
+        top[own] = np.maximum(top[own], _envelope(b_low[other], z_low[other], b_query[own], disk))
+    return top
+
+
+def _running_min(values: FloatArray, half: int) -> FloatArray:
+    """Smoothed lower bound of ``values (n,)``: never above any value within ``half`` samples.
+
+    A running minimum over ``2 half + 1`` samples, averaged over ``half + 1``
+    (each average only mixes minima of windows that contain the sample).
+    """
+    if half <= 0:
+        return values
+    padded = np.pad(values, half, mode="edge")
+    low = np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1).min(axis=1)
+    inner = half // 2
+    padded = np.pad(low, inner, mode="edge")
+    return np.asarray(np.lib.stride_tricks.sliding_window_view(padded, 2 * inner + 1).mean(axis=1))
 
 
 def _smoothstep(x: FloatArray) -> FloatArray:
@@ -228,9 +353,8 @@ def _profile(
     b_ling, b_bucc = b_edges
     b = np.empty_like(v)
     z = np.empty_like(v)
-    knots = (0.0, 0.14, 0.30, 0.70, 0.86, 1.0)
-    seg = np.clip(np.searchsorted(knots, v, side="right") - 1, 0, 4)
-    t = (v - np.take(knots, seg)) / np.diff(knots)[seg]
+    seg = np.clip(np.searchsorted(PROFILE_KNOTS, v, side="right") - 1, 0, 4)
+    t = (v - np.take(PROFILE_KNOTS, seg)) / np.diff(PROFILE_KNOTS)[seg]
     z_ling = occlusal(b_ling)
     z_bucc = occlusal(b_bucc)
     # lingual gingiva: from the vestibule up/down to the margin, bulging out
@@ -281,10 +405,13 @@ def build_arches(seed: int, vertices: int = 150_000) -> tuple[Mesh, Mesh, _Arch]
     def width(layout: list[dict[str, Any]]) -> FloatArray:
         return _interp_tooth(s, layout, [CROWN_WIDTH[t["kind"]] * t["scale"] for t in layout])
 
-    def margin(layout: list[dict[str, Any]], sign: float) -> FloatArray:
+    def margin(layout: list[dict[str, Any]], sign: float, edges: tuple[FloatArray, FloatArray]) -> FloatArray:
         height = _interp_tooth(s, layout, [CROWN_HEIGHT[t["kind"]] * t["scale"] for t in layout])
         papillae = sum(np.exp(-(((s - e) / 1.3) ** 2)) for e in arch.boundaries(layout))
-        return np.asarray(sign * (height - 1.0 - 2.0 * papillae), dtype=np.float64)
+        # at an embrasure the papilla would reach the dipped occlusal edge: the crown wall,
+        # which bulges out 0.65 mm, would fold into a fin of no height
+        crown = np.maximum(height - 1.0 - 2.0 * papillae, np.maximum(*(sign * e for e in edges)) + MIN_WALL_MM)
+        return np.asarray(sign * crown, dtype=np.float64)
 
     # lower arch
     w_low = width(arch.lower)
@@ -292,13 +419,29 @@ def build_arches(seed: int, vertices: int = 150_000) -> tuple[Mesh, Mesh, _Arch]
     def lower_occ(bb: FloatArray, mask: NDArray[np.bool_] | None = None) -> FloatArray:
         return _lower_occlusal(arch, s if mask is None else s[mask], bb)
 
-    b_low, z_low = _profile(v, (-w_low / 2, w_low / 2), lower_occ, margin(arch.lower, -1.0), -GINGIVA_DEPTH_MM)
+    lower_edges = (lower_occ(-w_low / 2), lower_occ(w_low / 2))
+    b_low, z_low = _profile(
+        v, (-w_low / 2, w_low / 2), lower_occ, margin(arch.lower, -1.0, lower_edges), -GINGIVA_DEPTH_MM
+    )
     lower_vertices = point + b_low[:, None] * buccal + z_low[:, None] * up
 
     # upper arch: on the lower surface plus the gap; its buccal cusps hang outside
-    gap = _gap_field(arch, rng)
+    gap = arch.gap
     upper_embrasure = sum(2.0 * np.exp(-(((s - e) / 0.6) ** 2)) for e in arch.boundaries(arch.upper))
-    b_ul, b_ub = -w_low / 2 + 1.2, w_low / 2 + 1.0
+    # The upper's occlusal table is the lower's shifted buccally by about 1.1 mm, by a whole
+    # number of the lower's row steps (a fixed share of the crown width, so the shift
+    # follows the width smoothly). Over the shared span the upper's vertices then stand
+    # right above the lower's (same s and b) at the designed gap, and both grids are
+    # triangulated alike: the designed gap holds between the meshes, not only between the
+    # analytic surfaces (whose chords, at different b, differed by up to 0.07 mm at 20k vertices).
+    row_share = 1.0 / (np.diff(PROFILE_KNOTS)[2] * (n_v - 1))  # one occlusal row's share of the width
+    offset = max(1, round(1.1 / (9.0 * row_share))) * row_share * w_low
+    b_ul, b_ub = -w_low / 2 + offset, w_low / 2 + offset
+    hang = np.zeros_like(s)  # how far the buccal cusp reaches below the lower's buccal edge (mm)
+
+    def dip(bb: FloatArray, wl: FloatArray, off: FloatArray) -> FloatArray:
+        """0 -> 1 from 0.1 mm inside the lower's buccal edge to 0.2 mm before the upper's."""
+        return _smoothstep((bb - wl / 2 + 0.1) / (off - 0.1))
 
     def upper_occ(bb: FloatArray, mask: NDArray[np.bool_] | None = None) -> FloatArray:
         ss = s if mask is None else s[mask]
@@ -307,10 +450,37 @@ def build_arches(seed: int, vertices: int = 150_000) -> tuple[Mesh, Mesh, _Arch]
         inside = np.clip(bb, -wl / 2, wl / 2)
         z = _lower_occlusal(arch, ss, inside) + gap(ss, inside) + emb
         z += 1.6 * (1 - _smoothstep((bb + wl / 2 - 1.2) / 1.0))  # rounded lingual edge
-        z -= 1.3 * _smoothstep((bb - wl / 2 + 0.1) / 0.9)  # buccal cusp hanging over the lower
+        # the buccal cusp, flat for its last 0.2 mm: it meets the buccal wall square (an
+        # acute edge flips the sign of distances measured to the faces next to it)
+        z -= (hang if mask is None else hang[mask]) * dip(bb, wl, offset if mask is None else offset[mask])
         return np.asarray(z, dtype=np.float64)
 
-    b_up, z_up = _profile(v, (b_ul, b_ub), upper_occ, margin(arch.upper, 1.0), GINGIVA_DEPTH_MM)
+    # The buccal cusps hang down to OVERHANG_MM below the lower's buccal edge, less where
+    # the lower's buccal wall is in the way: it bulges out 0.65 mm, and at embrasures it
+    # is short (the papilla) and high. A fixed depth bit up to 0.6 mm into the lower's wall
+    # there. Per column of the grid, the depth is the largest that keeps the cusp
+    # CLEARANCE_MM from the lower mesh (exactly, on the columns' polylines: see
+    # _dilated_top), then smoothed along the arch without ever exceeding it.
+    grid = (n_s, n_v)
+    ds = float(s_line[1] - s_line[0])
+    buccal_rows = v_line >= PROFILE_KNOTS[2]  # the lower's occlusal table, buccal wall and gingiva
+    lower_sections = (b_low.reshape(grid)[:, buccal_rows], z_low.reshape(grid)[:, buccal_rows])
+    occ = (v >= PROFILE_KNOTS[2]) & (v < PROFILE_KNOTS[3])  # the upper's occlusal rows
+    t = (v[occ] - PROFILE_KNOTS[2]) / (PROFILE_KNOTS[3] - PROFILE_KNOTS[2])
+    b_occ = b_ul[occ] + (b_ub[occ] - b_ul[occ]) * t
+    z_occ = upper_occ(b_occ, occ).reshape(n_s, -1)  # without the cusp (hang is still 0)
+    dips = dip(b_occ, w_low[occ], offset[occ]).reshape(n_s, -1)
+    b_occ = b_occ.reshape(n_s, -1)
+    # (rows where the cusp has hardly begun to dip bound its depth poorly, and the table before
+    # them keeps the designed gap: they are left out)
+    rows = (dips > 0.25).any(axis=0)
+    top = _dilated_top(lower_sections, b_occ[:, rows], CLEARANCE_MM, ds)
+    allowed = np.where(dips[:, rows] > 0.25, (z_occ[:, rows] - top) / np.maximum(dips[:, rows], 0.25), np.inf)
+    depth = _running_min(np.clip(allowed.min(axis=1), 0.0, OVERHANG_MM), round(0.5 / ds))
+    hang[:] = np.repeat(depth, n_v)
+
+    upper_edges = (upper_occ(b_ul), upper_occ(b_ub))
+    b_up, z_up = _profile(v, (b_ul, b_ub), upper_occ, margin(arch.upper, 1.0, upper_edges), GINGIVA_DEPTH_MM)
     upper_vertices = point + b_up[:, None] * buccal + z_up[:, None] * up
 
     faces = _grid_faces(n_s, n_v)
