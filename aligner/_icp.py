@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mesial.aligner._field import DistanceField
-from mesial.aligner._mesh import vertex_normals
+from mesial.aligner._sides import MeshSides, unit
 from mesial.aligner.params import AlignParams
 from mesial.aligner.transforms import exp_se3, invert, rotate_vectors, transform_points
 
@@ -76,17 +76,11 @@ def _tangent_planes(
 class _MeshIndex:
     """Search structures of one triangle mesh in its own frame, built on first use and shared."""
 
-    def __init__(
-        self,
-        vertices: FloatArray,
-        faces: NDArray[np.int64],
-        scene: object | None = None,
-        normals: FloatArray | None = None,
-    ) -> None:
+    def __init__(self, vertices: FloatArray, faces: NDArray[np.int64], scene: object | None = None) -> None:
         self.vertices = np.ascontiguousarray(vertices, dtype=np.float64)
         self.faces = np.ascontiguousarray(faces, dtype=np.int64)
         self._scene = scene
-        self._normals = normals
+        self._sides: MeshSides | None = None
         self._tree: object | None = None
         self._field: DistanceField | None = None
         self._longest_edge: float | None = None
@@ -100,11 +94,11 @@ class _MeshIndex:
         return self._scene
 
     @property
-    def normals(self) -> FloatArray:
-        """Unit outward vertex normals (area-weighted)."""
-        if self._normals is None:
-            self._normals = vertex_normals(self.vertices, self.faces)
-        return self._normals
+    def sides(self) -> MeshSides:
+        """Pseudonormals of the corners and edges, for the side of a point (see :mod:`._sides`)."""
+        if self._sides is None:
+            self._sides = MeshSides(self.vertices, self.faces)
+        return self._sides
 
     @property
     def tree(self) -> Any:
@@ -204,15 +198,9 @@ class SurfaceTarget:
         return self._vertices
 
     @classmethod
-    def of_mesh(
-        cls,
-        vertices: FloatArray,
-        faces: NDArray[np.int64],
-        scene: object | None = None,
-        normals: FloatArray | None = None,
-    ) -> SurfaceTarget:
-        """A target in the mesh's own frame, optionally with an already built scene and the vertex normals."""
-        return cls(vertices, faces, index=_MeshIndex(vertices, faces, scene, normals))
+    def of_mesh(cls, vertices: FloatArray, faces: NDArray[np.int64], scene: object | None = None) -> SurfaceTarget:
+        """A target in the mesh's own frame, optionally with an already built scene of the same triangles."""
+        return cls(vertices, faces, index=_MeshIndex(vertices, faces, scene))
 
     def placed(self, pose: FloatArray) -> SurfaceTarget:
         """The same surface moved by ``pose`` (mesh frame -> query frame), sharing the search structures."""
@@ -290,21 +278,56 @@ class SurfaceTarget:
             Unit outward normal of the triangle hit.
         triangles : (n,) int
         """
+        closest, normals, triangles, _ = self._closest_local(self._local(points))
+        return (*self._placed(closest, normals), triangles)
+
+    def exact_signed(self, points: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """Exact signed distances: closest points, and the side from the closest feature's pseudonormal.
+
+        An open scan has no inside far from its surface (``max_penetration_mm``) or past
+        its border: a point whose closest point lies on the border is outside.
+
+        Parameters
+        ----------
+        points : (n, 3) float, millimetres
+
+        Returns
+        -------
+        distance : (n,) float, millimetres
+            Positive outside, negative inside.
+        closest : (n, 3) float, millimetres
+        normals : (n, 3) float
+            Unit outward normal of the triangle hit (the plane to linearise on).
+        """
+        local = self._local(points)
+        closest, normals, triangles, weights = self._closest_local(local)
+        sign, on_border = self._index.sides.side_normals(triangles, weights, normals)
+        offset = local - closest
+        gap = np.linalg.norm(offset, axis=1)
+        inside = (np.einsum("ij,ij->i", offset, sign) < 0) & (gap < self.max_penetration_mm) & ~on_border
+        closest, normals = self._placed(closest, normals)
+        return np.where(inside, -gap, gap), closest, normals
+
+    def _closest_local(self, local: FloatArray) -> tuple[FloatArray, FloatArray, NDArray[np.int64], FloatArray]:
+        """Closest points, unit face normals, triangles and barycentric weights ``(n, 3)``, in the mesh frame."""
         from mesial.aligner._o3d import open3d
 
-        local = self._local(points)
         query = open3d().core.Tensor(np.ascontiguousarray(local, dtype=np.float32))
         answer = self._index.scene.compute_closest_points(query)
         closest = answer["points"].numpy().astype(np.float64)
         # float32 closest points are re-projected in float64 onto the triangle's plane
         triangles = answer["primitive_ids"].numpy().astype(np.int64)
-        normals = answer["primitive_normals"].numpy().astype(np.float64)
-        normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+        normals = unit(answer["primitive_normals"].numpy().astype(np.float64))
         anchor = self._index.vertices[self.faces[triangles, 0]]
         closest -= np.einsum("ij,ij->i", closest - anchor, normals)[:, None] * normals
+        uv = answer["primitive_uvs"].numpy().astype(np.float64)
+        weights = np.column_stack([1.0 - uv.sum(axis=1), uv])
+        return closest, normals, triangles, weights
+
+    def _placed(self, closest: FloatArray, normals: FloatArray) -> tuple[FloatArray, FloatArray]:
         if self._moved:
-            closest, normals = transform_points(closest, self.pose), rotate_vectors(normals, self.pose)
-        return closest, normals, triangles
+            return transform_points(closest, self.pose), rotate_vectors(normals, self.pose)
+        return closest, normals
 
     def signed_distance(
         self, points: FloatArray, subset: NDArray[np.bool_] | None = None, previous: FloatArray | None = None
@@ -347,7 +370,6 @@ class SurfaceTarget:
         coarse, bound = self.coarse_distance(points)
         distance = np.maximum(coarse, self.near_band_mm)
         closest = np.array(points, dtype=np.float64)
-        inside = np.zeros(len(points), dtype=bool)
         candidates = np.flatnonzero(coarse < self.near_band_mm + bound)
         vertex, index = self.nearest_vertex(points[candidates], gate=self.near_band_mm)
         found = np.isfinite(vertex)
@@ -358,25 +380,16 @@ class SurfaceTarget:
         # upper bound, r^2 / 2d at most too long (~0.02 mm at 0.5 mm): exact only within the band,
         # and behind the surface, where the sign matters and a penetration must not read as a gap.
         spread = self._index.longest_edge / float(np.sqrt(3.0))
-        behind = (
-            np.einsum(
-                "ij,ij->i",
-                self._local(points[candidates]) - self._index.vertices[index],
-                self._index.normals[index],
-            )
-            < 0
-        )
-        exact = candidates[(vertex < float(np.hypot(self.exact_band_mm, spread))) | behind]
+        wanted = vertex < float(np.hypot(self.exact_band_mm, spread))
+        beyond = np.flatnonzero(~wanted)
+        if len(beyond):
+            normal, _ = self._index.sides.corner_normals(index[beyond])
+            offset = self._local(points[candidates[beyond]]) - self._index.vertices[index[beyond]]
+            wanted[beyond] = np.einsum("ij,ij->i", offset, normal) < 0
+        exact = candidates[wanted]
         if len(exact):
-            foot, normals, _ = self.closest(points[exact])
-            offset = points[exact] - foot
-            gap = np.linalg.norm(offset, axis=1)
-            side = np.einsum("ij,ij->i", offset, normals)
-            # an open scan has no inside far from its surface or past its border: a
-            # point is inside only when near and behind the face it projects onto
-            inside[exact] = (side < 0) & (gap < self.max_penetration_mm) & (-side > 0.5 * gap)
-            distance[exact], closest[exact] = gap, foot
-        return np.where(inside, -distance, distance), closest
+            distance[exact], closest[exact], _ = self.exact_signed(points[exact])
+        return distance, closest
 
 
 class VertexPlanes:

@@ -20,6 +20,8 @@ from mesial.aligner.transforms import exp_se3, rotation_angle_deg, transform_poi
 
 FloatArray = NDArray[np.float64]
 REGIONS = ("right_posterior", "anterior", "left_posterior")
+# The bite optimisation stops within this (mm) of the tolerance, or when a step moves less.
+SETTLED_MM = 0.001
 
 
 def area_below(vertices: FloatArray, faces: NDArray[np.int64], values: FloatArray, level: float) -> FloatArray:
@@ -243,25 +245,26 @@ def optimise_bite(
     tol, threshold = params.penetration_tolerance_mm, params.contact_threshold_mm
     for _ in range(params.optimise_iterations):
         moved = transform_points(band, correction)
-        closest, normals, _ = upper.closest(moved)
-        offset = moved - closest
-        d = np.where(np.einsum("ij,ij->i", offset, normals) < 0, -1.0, 1.0) * np.linalg.norm(offset, axis=1)
+        d, _, normals = upper.exact_signed(moved)
         deep = d < -tol
-        if not deep.any():
+        if not (d < -tol - SETTLED_MM).any():
             break
         keep = (d >= -tol) & (d < threshold)
         rows = np.hstack([np.cross(moved - centre, normals), normals])
         a = np.vstack([rows[deep] * 10.0, rows[keep], np.diag([lever] * 3 + [1.0] * 3) * 0.05])
         b = np.concatenate([-(d[deep] + tol) * 10.0, np.zeros(int(keep.sum())), np.zeros(6)])
         step, *_ = np.linalg.lstsq(a, b, rcond=None)
+        if lever * float(np.linalg.norm(step[:3])) + float(np.linalg.norm(step[3:])) < SETTLED_MM:
+            break  # the active set balances: further steps would not move a vertex a micrometre
         about = np.eye(4)
         about[:3, 3] = centre
         back = np.eye(4)
         back[:3, 3] = -centre
-        correction = about @ exp_se3(step) @ back @ correction
+        proposed = about @ exp_se3(step) @ back @ correction
         if (
-            float(np.linalg.norm(correction[:3, 3])) > params.max_correction_mm
-            or rotation_angle_deg(correction) > params.max_correction_deg
+            float(np.linalg.norm(proposed[:3, 3])) > params.max_correction_mm
+            or rotation_angle_deg(proposed) > params.max_correction_deg
         ):
-            break
+            break  # the last step within the bounds stands: never more than the limits allow
+        correction = proposed
     return correction

@@ -16,7 +16,6 @@ from numpy.typing import NDArray
 
 from mesial.aligner._features import first_occurrences
 from mesial.aligner._icp import SurfaceTarget, raycasting_scene
-from mesial.aligner._mesh import vertex_normals
 from mesial.aligner.errors import CorruptScan, EmptyScan, ImplausibleScale, InvalidScanShape, ScanInputError
 from mesial.aligner.io import RawMesh, read_mesh
 from mesial.aligner.units import DENTAL_EXTENT_MM, guess_unit, unit_conversion
@@ -73,9 +72,7 @@ class Scan:
     def surface(self) -> SurfaceTarget:
         """Exact closest-point queries on this scan, in its own frame (built once, then shared)."""
         if "surface" not in self._cache:
-            self._cache["surface"] = SurfaceTarget.of_mesh(
-                self.vertices, self.faces, self._cache.pop("scene", None), self.vertex_normals
-            )
+            self._cache["surface"] = SurfaceTarget.of_mesh(self.vertices, self.faces, self._cache.pop("scene", None))
         surface: SurfaceTarget = self._cache["surface"]
         return surface
 
@@ -218,6 +215,34 @@ def clean_mesh(raw: RawMesh, role: str, *, unit: str | None = None, orient: bool
         scale_factor=scale,
     )
     return Scan(role, vertices, faces.astype(np.int64), normals, raw.sha256, raw.file_format, report, cache)
+
+
+def vertex_normals(
+    vertices: NDArray[np.float64], faces: NDArray[np.int64], face_normals: NDArray[np.float64] | None = None
+) -> NDArray[np.float64]:
+    """Area-weighted unit vertex normals.
+
+    Parameters
+    ----------
+    vertices : (n, 3) float, millimetres
+    faces : (m, 3) int
+    face_normals : (m, 3) float, optional
+        Area-weighted face normals (twice the area), when already computed.
+
+    Returns
+    -------
+    normals : (n, 3) float
+        Unit vectors (zero for a vertex whose triangles cancel out).
+    """
+    if face_normals is None:
+        corners = vertices[faces]
+        face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    normals = np.zeros_like(vertices)
+    flat = faces.ravel()
+    for axis in range(3):
+        normals[:, axis] = np.bincount(flat, weights=np.repeat(face_normals[:, axis], 3), minlength=len(vertices))
+    lengths = np.linalg.norm(normals, axis=1, keepdims=True)
+    return np.asarray(np.divide(normals, lengths, out=np.zeros_like(normals), where=lengths > 0), dtype=np.float64)
 
 
 def orientation_is_inward(

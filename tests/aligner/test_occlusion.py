@@ -89,3 +89,81 @@ def test_distances_across_the_colour_scale_are_close_to_exact(gap):
     assert result.contact_area_mm2 == 0.0
     assert np.all(result.distance >= gap - 1e-6)  # an upper bound: never a false contact
     assert np.all(result.distance < gap + 0.04)
+
+
+def _ridge(half_angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
+    """A roof-shaped surface whose ridge (along y, at z = 0) has the given half opening angle; normals up."""
+    slope = 1.0 / np.tan(np.radians(half_angle_deg))
+    x = np.linspace(-2.0, 2.0, 41)
+    y = np.linspace(-3.0, 3.0, 61)
+    xx, yy = np.meshgrid(x, y, indexing="ij")
+    vertices = np.stack([xx.ravel(), yy.ravel(), -slope * np.abs(xx.ravel())], axis=1)
+    n = len(y)
+    i, j = np.meshgrid(np.arange(len(x) - 1), np.arange(n - 1), indexing="ij")
+    a = (i * n + j).ravel()
+    faces = np.concatenate([np.stack([a, a + n, a + 1], 1), np.stack([a + 1, a + n, a + n + 1], 1)])
+    return vertices, faces.astype(np.int64)
+
+
+@pytest.mark.parametrize("half_angle_deg", [15.0, 30.0, 60.0])
+def test_side_at_a_sharp_ridge_follows_the_pseudonormal(half_angle_deg):
+    # a cusp tip: the points whose closest point is the ridge line lie anywhere between the two faces'
+    # normals; the normal of whichever face the query returns would put some of them inside
+    vertices, faces = _ridge(half_angle_deg)
+    surface = SurfaceTarget(vertices, faces)
+    face_normal = np.radians(90.0 - half_angle_deg)  # each face's normal, from the vertical
+    sweep = np.linspace(-face_normal, face_normal, 25)
+    outside = np.stack([0.3 * np.sin(sweep), np.zeros_like(sweep), 0.3 * np.cos(sweep)], axis=1)
+    distance, _, _ = surface.exact_signed(outside)
+    assert np.allclose(distance, 0.3, atol=1e-5)
+    # below each face, straight in along its normal: inside, as deep as placed
+    depth = 0.05
+    sides = np.array([[1.0, 0, 0], [-1.0, 0, 0]])
+    on_face = sides * 0.5 + np.array([[0, 0, -0.5 / np.tan(np.radians(half_angle_deg))]] * 2)
+    normals = np.stack([sides[:, 0] * np.cos(np.radians(half_angle_deg)), [0, 0],
+                        [np.sin(np.radians(half_angle_deg))] * 2], axis=1)  # fmt: skip
+    distance, _, _ = surface.exact_signed(on_face - depth * normals)
+    assert np.allclose(distance, -depth, atol=1e-5)
+
+
+def test_past_an_open_border_is_outside():
+    plane_v, plane_f = grid_plane(4.0, 0.25, up=True)
+    surface = SurfaceTarget(plane_v, plane_f)
+    beyond = np.array([[2.5, 0.0, -0.2], [0.0, -2.4, -0.05], [2.3, 2.3, -0.3]])
+    distance, _, _ = surface.exact_signed(beyond)
+    assert np.all(distance > 0)
+    behind = np.array([[1.0, 1.0, -0.2], [-1.9, 0.0, -0.05]])
+    distance, _, _ = surface.exact_signed(behind)
+    assert np.allclose(distance, [-0.2, -0.05], atol=1e-6)
+
+
+def test_bite_optimisation_stays_within_its_limits():
+    # a 1 mm bite-through needs more than the allowed correction: the result keeps to the bounds
+    upper_v, upper_f = grid_plane(10.0, 0.25, z=0.0, up=False)
+    sphere_v, _ = uv_sphere(4.0, (0, 0, -4.0 + 1.0))
+    params = OcclusionParams(max_correction_mm=0.3)
+    correction = optimise_bite(SurfaceTarget(upper_v, upper_f), sphere_v, params)
+    assert np.linalg.norm(correction[:3, 3]) <= params.max_correction_mm + 1e-9
+
+
+@pytest.mark.parametrize("shape", ["box", "icosahedron"])
+def test_side_is_right_around_every_face_edge_and_corner(shape):
+    # coarse closed convex solids: most closest points near them fall on an edge or a corner
+    import trimesh
+
+    solid = trimesh.creation.box(extents=(4.0, 3.0, 2.0)) if shape == "box" else trimesh.creation.icosahedron()
+    vertices, faces = np.asarray(solid.vertices, dtype=float) * 2.0, np.asarray(solid.faces, dtype=np.int64)
+    surface = SurfaceTarget(vertices, faces)
+    normals = np.asarray(solid.face_normals, dtype=float)
+    offsets = np.einsum("ij,ij->i", normals, vertices[faces[:, 0]])
+    rng = np.random.default_rng(5)
+    points = rng.uniform(-5.0, 5.0, (20_000, 3))
+    # convex: inside exactly when behind every face plane, and then as deep as the nearest plane
+    planes = points @ normals.T - offsets
+    inside = (planes < 0).all(axis=1)
+    distance, closest, _ = surface.exact_signed(points)
+    gap = np.linalg.norm(points - closest, axis=1)
+    counted = ~inside | (gap < SurfaceTarget.max_penetration_mm)
+    assert counted.sum() > 15_000
+    assert np.array_equal(distance[counted] < 0, inside[counted])
+    assert np.allclose(distance[inside & counted], planes[inside & counted].max(axis=1), atol=1e-4)

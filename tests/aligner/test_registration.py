@@ -60,6 +60,5 @@ def test_truth_occlusion_has_contacts_and_small_penetrations(small_case):
     low = case.lower.vertices @ case.truth["lower"][:3, :3].T + case.truth["lower"][:3, 3]
     contacts = arch_contacts(low, case.lower.faces, SurfaceTarget(up, case.upper.faces), 0.1)
     assert contacts.patches >= 5
-    # designed bite-through is <= 0.08 mm at full resolution (150k vertices: measured 0.097 mm);
-    # this 20k-vertex case discretises the conformal surfaces coarsely
-    assert 0.0 < contacts.max_penetration_mm < 0.6
+    # the generator designs three bite-throughs of 0.03-0.08 mm, between the meshes as written
+    assert 0.0 < contacts.max_penetration_mm <= 0.1

@@ -1,0 +1,131 @@
+"""Which side of a triangle mesh a point is on, from the feature its closest point lies on.
+
+The normal of the triangle a closest-point query returns tells the side only when
+the closest point is inside that triangle. On an edge or at a corner (a cusp tip,
+a fissure floor) the query may return any of the triangles there, whose normal can
+point well away from the point: near a sharp ridge a point outside reads as inside.
+The angle-weighted pseudonormal of the feature (at an edge the sum of its two
+faces' normals, at a corner the faces' normals weighted by their angles there)
+gives the right side for any dihedral angle (Baerentzen and Aanaes, IEEE TVCG 2005).
+
+Only the corners and edges that queries actually land on are looked at: the
+faces around a vertex come from one sort of the face list, built on first use.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+BoolArray = NDArray[np.bool_]
+
+# A barycentric weight below this puts the closest point on the opposite edge (float32 queries).
+ON_EDGE = 1e-5
+
+
+class MeshSides:
+    """Pseudonormals of a triangle mesh's corners and edges, on demand.
+
+    Parameters
+    ----------
+    vertices : (n, 3) float, millimetres
+    faces : (m, 3) int
+        Consistently wound (outward normals by the right-hand rule).
+    """
+
+    def __init__(self, vertices: FloatArray, faces: IntArray) -> None:
+        self.vertices = vertices
+        self.faces = faces
+        flat = faces.ravel()
+        # corners around each vertex: order[start[v]:start[v + 1]] are face * 3 + corner
+        self._order = np.argsort(flat, kind="stable").astype(np.int64)
+        self._start = np.concatenate([[0], np.cumsum(np.bincount(flat, minlength=len(vertices)))]).astype(np.int64)
+
+    def side_normals(
+        self, triangles: IntArray, weights: FloatArray, face_normals: FloatArray
+    ) -> tuple[FloatArray, BoolArray]:
+        """The normal that tells the side of each query, and whether its closest point is on the border.
+
+        Parameters
+        ----------
+        triangles : (h,) int
+            Triangle of each closest point.
+        weights : (h, 3) float
+            Barycentric weights of the closest points in their triangles.
+        face_normals : (h, 3) float
+            Unit normals of those triangles (used where the closest point is inside one).
+
+        Returns
+        -------
+        normals : (h, 3) float
+            Unit pseudonormal of the closest feature.
+        border : (h,) bool
+            The closest point is on an edge used by one triangle only (or a corner of one):
+            past an open scan's border there is no inside.
+        """
+        normals = np.array(face_normals, dtype=np.float64)
+        border = np.zeros(len(triangles), dtype=bool)
+        off = weights < ON_EDGE
+        count = off.sum(axis=1)
+        edge = np.flatnonzero(count == 1)
+        if len(edge):
+            # the edge opposite the corner whose weight vanished
+            gone = np.argmax(off[edge], axis=1)
+            ends = self.faces[triangles[edge]]
+            rows = np.arange(len(edge))
+            normals[edge], border[edge] = self._edges(ends[rows, (gone + 1) % 3], ends[rows, (gone + 2) % 3])
+        corner = np.flatnonzero(count >= 2)
+        if len(corner):
+            vertex = self.faces[triangles[corner], np.argmax(weights[corner], axis=1)]
+            normals[corner], border[corner] = self.corner_normals(vertex)
+        return normals, border
+
+    def _around(self, vertex: IntArray) -> tuple[IntArray, IntArray, BoolArray]:
+        """Faces ``(h, k)`` around each vertex, the vertex's corner in each, and which entries are real."""
+        first, count = self._start[vertex], self._start[vertex + 1] - self._start[vertex]
+        width = max(int(count.max()), 1)
+        slot = np.arange(width)
+        real = slot[None, :] < count[:, None]
+        entry = self._order[np.where(real, first[:, None] + slot[None, :], 0)]
+        return entry // 3, entry % 3, real
+
+    def _unit_normals(self, faces: IntArray) -> FloatArray:
+        corners = self.vertices[self.faces[faces]]
+        cross = np.cross(corners[..., 1, :] - corners[..., 0, :], corners[..., 2, :] - corners[..., 0, :])
+        return unit(cross)
+
+    def _edges(self, a: IntArray, b: IntArray) -> tuple[FloatArray, BoolArray]:
+        """Sum of the normals of the faces sharing edge ``(a, b)``; border where only one does."""
+        faces, _, real = self._around(a)
+        shares = real & (self.faces[faces] == b[:, None, None]).any(axis=2)
+        summed = (self._unit_normals(faces) * shares[..., None]).sum(axis=1)
+        return unit(summed), shares.sum(axis=1) < 2
+
+    def corner_normals(self, vertex: IntArray) -> tuple[FloatArray, BoolArray]:
+        """Angle-weighted pseudonormal ``(h, 3)`` of each vertex, and whether it is on the border ``(h,)``."""
+        faces, corner, real = self._around(vertex)
+        ring = self.faces[faces]  # (h, k, 3)
+        following = np.take_along_axis(ring, ((corner + 1) % 3)[..., None], axis=2)[..., 0]
+        preceding = np.take_along_axis(ring, ((corner + 2) % 3)[..., None], axis=2)[..., 0]
+        here = self.vertices[vertex][:, None, :]
+        a, b = self.vertices[following] - here, self.vertices[preceding] - here
+        cosine = np.einsum("hki,hki->hk", a, b) / np.maximum(
+            np.sqrt(np.einsum("hki,hki->hk", a, a) * np.einsum("hki,hki->hk", b, b)), 1e-300
+        )
+        angle = np.arccos(np.clip(cosine, -1.0, 1.0)) * real
+        summed = (self._unit_normals(faces) * angle[..., None]).sum(axis=1)
+        # a closed fan uses each neighbour twice (once following, once preceding): an open one has
+        # two neighbours used once, the ends of the border through this vertex
+        neighbours = np.sort(np.concatenate([np.where(real, following, -1), np.where(real, preceding, -1)], axis=1))
+        alone = np.ones(neighbours.shape, dtype=bool)
+        alone[:, 1:] &= neighbours[:, 1:] != neighbours[:, :-1]
+        alone[:, :-1] &= neighbours[:, :-1] != neighbours[:, 1:]
+        return unit(summed), np.asarray((alone & (neighbours >= 0)).any(axis=1), dtype=bool)
+
+
+def unit(vectors: FloatArray) -> FloatArray:
+    """``vectors (..., 3)`` scaled to unit length (zero ones stay zero)."""
+    length = np.sqrt(np.einsum("...i,...i->...", vectors, vectors))[..., None]
+    return np.asarray(np.divide(vectors, length, out=np.zeros_like(vectors), where=length > 0), dtype=np.float64)
