@@ -157,8 +157,10 @@ def register_bite(
     pivot = lower_model.mean(axis=0) * np.array([1.0, 1.0, 0.0])
     motions = yaw_grid(params.lower_yaw_deg, params.lower_x_mm, params.lower_y_mm, params.lower_z_mm, pivot)
     fine = {name: scan.surface() for name, scan in arch_scans.items()}
-    # the same number of fine points in all: each of n bites thinned sqrt(n) times coarser
-    fine_voxel = params.fine_voxel_mm * float(np.sqrt(len(bites)))
+    if len(bites) == 1:
+        fine_voxel = params.one_bite_fine_voxel_mm
+    else:  # the same number of fine points in all: each of n bites thinned sqrt(n) times coarser
+        fine_voxel = params.fine_voxel_mm * float(np.sqrt(len(bites)))
     fine_points = [bite.vertices[voxel_representatives(bite.vertices, fine_voxel)] for bite in bites]
     rough_points = [bite.vertices[voxel_representatives(bite.vertices, params.rough_voxel_mm)] for bite in bites]
     timings["preprocess"] = time.perf_counter() - clock
