@@ -12,8 +12,10 @@ The aligner library knows nothing of Vault or S3; this module adds the I/O. One 
    through ``mesial.common.progress.parse_progress``, which keeps the fields it knows).
 
 A tenant pod may not patch its ScanJob's status, so the status object is how progress
-and results travel: the operator and the API read it. Exit codes match ``mesial align``:
-0 aligned, 2 invalid input, 3 not confident, 1 failure of the job itself.
+and results travel: the operator and the API read it. Exit codes: 0 the alignment ran
+(``ok`` or ``not_confident``: the verdict is the status object's ``result_status``, since
+a Kubernetes Job is either complete or failed), 2 invalid input (final), 1 failure of the
+job itself (may be retried). ``mesial align`` exits 3 on ``not_confident``: a person reads it.
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ from mesial.common.settings import Settings, get_settings
 from mesial.common.tenancy import validate_org_name, validate_relative_key
 from mesial.common.vault import TenantKeys
 
-EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_NOT_CONFIDENT = 0, 1, 2, 3
+# Exit codes of `mesial job run`: 2 (invalid input) is final, retrying cannot help; 1 may be transient.
+# A not-confident alignment exits 0: the job ran, its verdict is in the status object.
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 STATUS_VERSION = 1
 # Status writes are throttled: progress callbacks can fire many times a second.
 MIN_STATUS_INTERVAL_S = 1.0
@@ -209,11 +213,16 @@ async def run_job(spec: JobSpec, settings: Settings, scratch_root: Path | None =
                 await reporter.finish("failed", f"invalid input: {result.reasons[0]}")
                 return EXIT_INVALID
             if result.status == "not_confident":
+                # The job did its work: the report and result.json say why the alignment is not
+                # trusted. Exit 0, so that Kubernetes neither retries it nor calls it failed;
+                # the verdict travels in the status object (`result_status`).
                 await reporter.finish("succeeded", "not confident: " + "; ".join(result.reasons))
-                return EXIT_NOT_CONFIDENT
+                return EXIT_OK
             await reporter.finish("succeeded")
             return EXIT_OK
         except MesialError as exc:
+            if isinstance(exc, InputError):
+                reporter.status.result_status = "invalid_input"
             await reporter.finish("failed", _sanitized(exc))
             return EXIT_INVALID if isinstance(exc, InputError) else EXIT_FAILED
         except Exception as exc:

@@ -151,6 +151,7 @@ class JobResults:
         fields: dict[str, Any] = {"state": state.value, "message": message, "finished_at": utcnow()}
         if progress is not None:
             fields["metrics"] = progress.metrics
+            fields["result"] = progress.result
         if state is JobState.succeeded:
             fields["progress"] = 1.0
         done = await Job.filter(id=job.id).exclude(state__in=[s.value for s in FINAL]).update(**fields)

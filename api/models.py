@@ -80,6 +80,8 @@ class Job(Model):
     progress = fields.FloatField(default=0.0)
     metrics: Any = fields.JSONField()
     message = fields.CharField(max_length=500, default="")
+    # the alignment's verdict, apart from the job's state: ok | not_confident | invalid_input | ''
+    result = fields.CharField(max_length=16, default="")
     created_at = fields.DatetimeField()
     started_at = fields.DatetimeField(null=True)
     finished_at = fields.DatetimeField(null=True)

@@ -125,6 +125,10 @@ class Job(BaseModel):
     progress: float
     metrics: dict[str, Any]
     message: str
+    result: Literal["", "ok", "not_confident", "invalid_input"] = Field(
+        description="the alignment's verdict ('' until the job has run): a job that ran to the end "
+        "succeeded even when its alignment is not_confident; its report says why"
+    )
     upper: str
     lower: str
     bites: list[str]

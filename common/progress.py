@@ -31,6 +31,8 @@ MAX_DOCUMENT_BYTES = 16 * 1024
 MAX_METRICS = 32
 MAX_ARTIFACTS = 32
 MAX_TEXT = 256
+# What an alignment can conclude (result.json `status`).
+RESULTS = ("ok", "not_confident", "invalid_input")
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.]{0,63}$")
 _SAFE_TEXT_RE = re.compile(r"[^\w .,:;=+\-()/%#@'\[\]]", re.UNICODE)
 
@@ -53,11 +55,13 @@ class JobProgress:
     message: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     artifacts: list[str] = field(default_factory=list)
+    result: str = ""  # the alignment's verdict once known: one of RESULTS
 
     def as_document(self) -> dict[str, Any]:
         return {
             "stage": self.stage,
             "percent": self.percent,
+            "result_status": self.result,
             "message": self.message,
             "metrics": dict(self.metrics),
             "artifacts": list(self.artifacts),
@@ -106,6 +110,7 @@ def parse_progress(raw: bytes) -> JobProgress:
         message=sanitize_text(doc.get("message", "")),
         metrics=metrics,
         artifacts=artifacts,
+        result=result if isinstance(result := doc.get("result_status"), str) and result in RESULTS else "",
     )
 
 

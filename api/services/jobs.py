@@ -50,6 +50,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "progress": job.progress,
         "metrics": job.metrics,
         "message": job.message,
+        "result": job.result,
         "upper": job.upper_id,
         "lower": job.lower_id,
         "bites": job.bite_ids,

@@ -242,7 +242,12 @@ async def test_operator_reports_a_cluster_job_through_the_internal_endpoint(api:
     assert running.json()["state"] == "running" and running.json()["progress"] == 0.4
     await store.put(org, f"jobs/{job.id}/artifacts/report.json", b'{"ok": true}')
     final = JobProgress(
-        stage="done", percent=100, metrics={"rmse_mm": 0.05}, artifacts=[f"jobs/{job.id}/artifacts/report.json"]
+        stage="done",
+        percent=100,
+        message="not confident: margin 0.04 under 0.1",
+        metrics={"rmse_mm": 0.05},
+        artifacts=[f"jobs/{job.id}/artifacts/report.json"],
+        result="not_confident",
     )
     await write_progress(store, org, job.id, final)
     for _ in range(2):  # a repeated report changes nothing
@@ -250,6 +255,8 @@ async def test_operator_reports_a_cluster_job_through_the_internal_endpoint(api:
         assert done.status_code == 200 and done.json()["state"] == "succeeded"
     seen = (await api.client.get(f"/v1/jobs/{job.id}", headers=bearer(admin))).json()
     assert seen["metrics"] == {"rmse_mm": 0.05} and seen["progress"] == 1.0
+    # the job ran to the end: succeeded, with the alignment's verdict and its reason beside
+    assert seen["result"] == "not_confident" and seen["message"] == "not confident: margin 0.04 under 0.1"
     artifacts = (await api.client.get(f"/v1/jobs/{job.id}/artifacts", headers=bearer(admin))).json()["items"]
     assert [(a["name"], a["size"]) for a in artifacts] == [("report.json", 12)]
     assert (await api.client.get(f"/v1/jobs/{job.id}", headers=bearer(admin_b))).status_code == 404

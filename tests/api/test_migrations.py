@@ -50,11 +50,12 @@ async def connection(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
 
 
 async def test_migrations_apply_once_in_order(connection: Any) -> None:
-    assert await migrations.migrate(connection) == [1]
+    assert await migrations.migrate(connection) == [1, 2]
     assert await migrations.migrate(connection) == []
-    rows = await connection.execute_query_dict("SELECT version, name, checksum FROM schema_migrations")
-    assert [(r["version"], r["name"]) for r in rows] == [(1, "initial")]
-    assert rows[0]["checksum"] == migrations.discover(migrations.dialect_of(connection))[0].checksum
+    rows = await connection.execute_query_dict("SELECT version, name, checksum FROM schema_migrations ORDER BY version")
+    assert [(r["version"], r["name"]) for r in rows] == [(1, "initial"), (2, "job_result")]
+    discovered = migrations.discover(migrations.dialect_of(connection))
+    assert [r["checksum"] for r in rows] == [m.checksum for m in discovered]
 
 
 async def test_audit_tables_are_append_only_in_the_database(connection: Any) -> None:

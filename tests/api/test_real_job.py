@@ -40,7 +40,7 @@ async def test_real_alignment_job(api: Harness, tmp_path: Path) -> None:
         done = await wait_job(app, admin, job["id"], timeout=300)
         log = (Path(app.runtime.settings.data_dir) / "jobs" / job["id"] / "job.log").read_text()[-3000:]
         assert done["state"] == "succeeded", (done, log)
-        assert done["progress"] == 1.0 and done["metrics"]
+        assert done["progress"] == 1.0 and done["metrics"] and done["result"] == "ok"
         artifacts = (await app.client.get(f"/v1/jobs/{job['id']}/artifacts", headers=bearer(admin))).json()["items"]
         assert artifacts, log
         first = artifacts[0]
