@@ -37,13 +37,11 @@ import click
 
 from mesial.common.errors import InputError, InvalidObjectKey, MesialError
 from mesial.common.objectstore import ObjectStore
+from mesial.common.progress import EXIT_FAILED, EXIT_INVALID, EXIT_OK
 from mesial.common.settings import Settings, get_settings
 from mesial.common.tenancy import validate_org_name, validate_relative_key
 from mesial.common.vault import TenantKeys
 
-# Exit codes of `mesial job run`: 2 (invalid input) is final, retrying cannot help; 1 may be transient.
-# A not-confident alignment exits 0: the job ran, its verdict is in the status object.
-EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 STATUS_VERSION = 1
 # Status writes are throttled: progress callbacks can fire many times a second.
 MIN_STATUS_INTERVAL_S = 1.0

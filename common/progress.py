@@ -33,6 +33,10 @@ MAX_ARTIFACTS = 32
 MAX_TEXT = 256
 # What an alignment can conclude (result.json `status`).
 RESULTS = ("ok", "not_confident", "invalid_input")
+# Exit codes of a job (`mesial job run`): 0 the alignment ran (its verdict is `result_status`,
+# confident or not), 2 invalid input (final: no retry can fix the scans), 1 the job itself
+# failed (may be transient, retried).
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.]{0,63}$")
 _SAFE_TEXT_RE = re.compile(r"[^\w .,:;=+\-()/%#@'\[\]]", re.UNICODE)
 

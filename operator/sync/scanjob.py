@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from mesial.common.errors import InputError, MesialError
-from mesial.common.progress import read_progress, sanitize_text
+from mesial.common.progress import EXIT_INVALID, read_progress, sanitize_text
 from mesial.common.provisioning import policy_name_for
 from mesial.common.settings import OperatorSettings, Settings
 from mesial.operator.errors import describe
@@ -165,6 +165,17 @@ def build_job(body: Any, org: str, spec: JobSpec, settings: Settings, tier: Oper
         },
         "spec": {
             "backoffLimit": spec.retries,
+            # `mesial job run` exits 2 on invalid input: no retry can fix the scans. A pod
+            # evicted or preempted (DisruptionTarget) is retried without using up the budget.
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {"containerName": "aligner", "operator": "In", "values": [EXIT_INVALID]},
+                    },
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                ]
+            },
             "activeDeadlineSeconds": min(spec.deadline_s, tier.max_deadline_s),
             "ttlSecondsAfterFinished": op.job_ttl_after_finished_s,
             "template": {

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from mesial.aligner.job import EXIT_FAILED, EXIT_INVALID, JobSpec, artifact_key, run_job, status_key
+from mesial.aligner.job import JobSpec, artifact_key, run_job, status_key
 from mesial.aligner.samples import generate_case, write_case
 from mesial.common.errors import InputError
 from mesial.common.objectstore import ObjectStore
+from mesial.common.progress import EXIT_FAILED, EXIT_INVALID
 from mesial.common.settings import Settings
 from mesial.common.vault import TenantKeys
 

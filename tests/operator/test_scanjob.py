@@ -79,6 +79,13 @@ async def test_job_is_hardened_and_status_is_mirrored(harness: Harness, org_name
     assert container["args"][:4] == ["--tenant", org, "--job-id", "case-1"]
     assert container["resources"]["limits"] == {"cpu": "4", "memory": "8Gi"}  # the medium tier
     assert job["spec"]["activeDeadlineSeconds"] == 900 and job["spec"]["backoffLimit"] == 2
+    # invalid input (exit 2) fails the Job at once; evictions do not use up the retries
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0] == {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "aligner", "operator": "In", "values": [2]},
+    }
+    assert rules[1]["action"] == "Ignore"
     assert job["spec"]["ttlSecondsAfterFinished"] == 3600
     owner = job["metadata"]["ownerReferences"][0]
     assert owner["kind"] == "ScanJob" and owner["name"] == "case-1" and owner["controller"] is True
