@@ -1,20 +1,26 @@
-"""Audit sinks that need no collector: JSON Lines on disk, and in memory.
+"""Audit sinks of the operator: the API's collector, JSON Lines on disk, and in memory.
 
-The operator appends deletion receipts through :class:`~mesial.common.audit.AuditSink`.
-Until the API's collector takes events over its internal endpoint, the operator writes
-them to a JSON Lines file (one event a line, appended and flushed to disk before
-``append`` returns), from which the collector can ingest them later. The in-memory sink
-is for local mode and tests.
+The operator appends deletion and retention receipts through
+:class:`~mesial.common.audit.AuditSink`. With the API configured
+(``operator.api_url`` and ``operator.api_service_key``) they go to the collector's
+internal endpoint (:class:`CollectorAuditSink` over
+:class:`~mesial.common.audit.HttpAuditSink`); without it (local mode, development) to a
+JSON Lines file (one event a line, appended and flushed to disk before ``append``
+returns), from which the collector can ingest them later. The in-memory sink is for
+local mode and tests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
+import urllib.error
 from pathlib import Path
 
-from mesial.common.audit import AuditEvent
+from mesial.common.audit import PLATFORM_TENANT, AuditEvent, HttpAuditSink
+from mesial.common.errors import ServiceError
 
 
 class JsonlAuditSink:
@@ -53,3 +59,33 @@ class MemoryAuditSink:
 
     async def append(self, event: AuditEvent) -> None:
         self.events.append(event)
+
+
+class CollectorAuditSink:
+    """The API's audit collector, for the operator: each event in its tenant's chain.
+
+    An event of an organization the collector does not know (it answers 403: an
+    Organization made with ``kubectl`` only, never created in the API) goes to the
+    platform chain instead, with the tenant named in ``details["tenant"]``: a deletion
+    receipt must land somewhere, and a refusal that retrying cannot change would keep the
+    Organization's finalizer forever. Any other failure (collector down, 5xx, a bad key)
+    raises :class:`~mesial.common.errors.ServiceError`: the handler retries.
+    """
+
+    def __init__(self, http: HttpAuditSink) -> None:
+        self.http = http
+
+    async def append(self, event: AuditEvent) -> None:
+        try:
+            await self.http.append(event)
+        except ServiceError as exc:
+            if event.tenant == PLATFORM_TENANT or http_status(exc) != 403:
+                raise
+            details = {**event.details, "tenant": event.tenant}
+            await self.http.append(dataclasses.replace(event, tenant=PLATFORM_TENANT, details=details))
+
+
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status behind a :class:`ServiceError` of the HTTP sink (None: no answer at all)."""
+    cause = exc.__cause__
+    return cause.code if isinstance(cause, urllib.error.HTTPError) else None

@@ -12,7 +12,7 @@ import enum
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -240,8 +240,32 @@ class OperatorSettings(BaseModel):
     posting_level: str = "INFO"
     # Log lines as JSON (one object a line) instead of text.
     log_json: bool = True
-    # The operator's audit sink while the API's collector is not there: a JSON Lines file.
+    # The operator's audit sink when the API is not configured (local mode, development): a JSON Lines file.
     audit_jsonl_path: Path = Path(".mesial/audit/operator.jsonl")
+    # The API as seen from the operator (cluster mode), e.g. ``http://mesial-api.mesial-system:8080``, and the
+    # operator's service key (``mesial admin service-key operator``, from a mounted Secret; never logged). Both
+    # set: receipts go to the API's audit collector and ScanJobs created by the API are reported to it
+    # (``POST /internal/v1/jobs/{id}/status``). No key (the URL alone is ignored, with a warning at start):
+    # receipts go to ``audit_jsonl_path`` and nothing is reported (local mode, development).
+    api_url: str = ""
+    api_service_key: SecretStr | None = None
+    # PEM CA bundle of the API's certificate (https only; None: the system's), and one request's timeout.
+    api_ca_cert: Path | None = None
+    api_timeout_s: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _api_url_with_key(self) -> OperatorSettings:
+        if self.api_url and not self.api_url.startswith(("http://", "https://")):
+            raise ValueError("operator.api_url must be an http:// or https:// URL")
+        if self.api_service_key is not None and self.api_service_key.get_secret_value() and not self.api_url:
+            raise ValueError("operator.api_service_key is set but operator.api_url is not")
+        return self
+
+    @property
+    def api_configured(self) -> bool:
+        """Whether the operator talks to the API: its URL and the service key are both set."""
+        key = self.api_service_key
+        return bool(self.api_url) and key is not None and bool(key.get_secret_value())
 
 
 class ApiSettings(BaseModel):

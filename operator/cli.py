@@ -51,6 +51,15 @@ def run(standalone: bool | None, liveness: str | None) -> None:
         JsonFormatter() if op.log_json else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
     )
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
+    log = logging.getLogger("mesial.operator")
+    if op.api_configured:
+        log.info("reporting ScanJobs and audit receipts to the API at %s", op.api_url)
+    elif op.api_url:
+        log.warning(
+            "operator.api_url is set but no service key: receipts go to %s, no job reports", op.audit_jsonl_path
+        )
+    else:
+        log.info("no API configured: receipts go to %s, no job reports", op.audit_jsonl_path)
     asyncio.run(
         _run(settings, standalone if standalone is not None else op.standalone, liveness or op.liveness_endpoint)
     )

@@ -59,7 +59,7 @@ def build_registry(settings: Settings, *, login: Callable[..., Any] | None = Non
     else:
         kopf.on.login(registry=registry, id="login")(_login)
     organization.register(registry, op.drift_interval_s)
-    scanjob.register(registry, op.scanjob_sync_interval_s)
+    scanjob.register(registry, op.scanjob_sync_interval_s, report_to_api=op.api_configured)
     retention.register(registry, op.retention_tick_s)
     return registry
 

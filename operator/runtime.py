@@ -12,14 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from mesial.common.audit import AuditSink
-from mesial.common.audit_sinks import JsonlAuditSink
+from mesial.common.audit import AuditSink, HttpAuditSink
+from mesial.common.audit_sinks import CollectorAuditSink, JsonlAuditSink
 from mesial.common.objectstore import ObjectStore
 from mesial.common.provisioning import TenantProvisioner
 from mesial.common.retention import RecordSweeper
 from mesial.common.settings import Settings
 from mesial.common.vault import TenantKeys
 from mesial.operator.k8s import K8s
+from mesial.operator.reporting import JobReporter
 
 
 @dataclass
@@ -32,6 +33,8 @@ class Runtime:
     audit: AuditSink
     # The database side of retention (rows belong to the API); None until the API provides it.
     records: RecordSweeper | None = None
+    # Job states to the API (cluster mode, ``operator.api_url`` set); None: ScanJobs are not reported.
+    reporter: JobReporter | None = None
     # The clock retention sweeps by (tests move it to age objects).
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
@@ -58,8 +61,9 @@ class Runtime:
         provisioner = TenantProvisioner(keys, settings.vault, settings.operator)
         stack = contextlib.AsyncExitStack()
         store = await stack.enter_async_context(ObjectStore(settings.store, keys))
-        sink = audit if audit is not None else JsonlAuditSink(settings.operator.audit_jsonl_path)
-        return cls(settings, k8s, keys, provisioner, store, sink, records, _stack=stack)
+        sink = audit if audit is not None else default_audit_sink(settings)
+        reporter = JobReporter.from_settings(settings.operator)
+        return cls(settings, k8s, keys, provisioner, store, sink, records, reporter, _stack=stack)
 
     def now(self) -> datetime:
         return self.clock()
@@ -67,3 +71,13 @@ class Runtime:
     async def close(self) -> None:
         await self._stack.aclose()
         await self.k8s.close()
+
+
+def default_audit_sink(settings: Settings) -> AuditSink:
+    """The API's collector when the operator knows the API (cluster mode), else the JSON Lines file."""
+    op = settings.operator
+    if op.api_configured and op.api_service_key is not None:
+        cafile = str(op.api_ca_cert) if op.api_ca_cert else None
+        token = op.api_service_key.get_secret_value()
+        return CollectorAuditSink(HttpAuditSink(op.api_url, token, timeout_s=op.api_timeout_s, cafile=cafile))
+    return JsonlAuditSink(op.audit_jsonl_path)

@@ -1,4 +1,4 @@
-"""ScanJob handlers: dispatch a Job, mirror its state, stop it on deletion."""
+"""ScanJob handlers: dispatch a Job, mirror its state, report it to the API, stop it on deletion."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import kopf
 
 from mesial.operator.errors import to_kopf
 from mesial.operator.k8s import K8sError
+from mesial.operator.reporting import ReportRefused
 from mesial.operator.runtime import Runtime
+from mesial.operator.sync.jobreport import report, unreported
 from mesial.operator.sync.scanjob import SCANJOB, TERMINAL, dispatch, mirror, stop
 
 PLURAL = ("mesial.dev", "v1alpha1", "scanjobs")
@@ -48,6 +50,23 @@ async def scanjob_sync(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
             kopf.event(body, type=kind, reason=status["phase"], message=status.get("message") or status["phase"])
 
 
+async def scanjob_report(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    runtime: Runtime = memo.runtime
+    if runtime.reporter is None:
+        return
+    # tell the API the new state; API down: retry (the phase stays unreported)
+    try:
+        reported = await report(runtime.reporter, body)
+    except ReportRefused as exc:
+        # the API will never take it (unknown job): record it as reported, say so
+        kopf.event(body, type="Warning", reason="NotReported", message=str(exc))
+        reported = {"reportedPhase": (body.get("status") or {}).get("phase")}
+    except Exception as exc:
+        raise to_kopf(exc, runtime.settings.operator.retry_delay_s) from exc
+    if reported is not None:
+        await _write(runtime, body, reported)
+
+
 async def scanjob_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime = memo.runtime
     try:
@@ -60,7 +79,13 @@ def _active(status: kopf.Status, **_: Any) -> bool:
     return status.get("phase") not in TERMINAL and bool(status.get("jobName"))
 
 
-def register(registry: kopf.OperatorRegistry, interval: float) -> None:
+def _unreported(body: kopf.Body, **_: Any) -> bool:
+    return unreported(body)
+
+
+def register(registry: kopf.OperatorRegistry, interval: float, *, report_to_api: bool = False) -> None:
     kopf.on.create(*PLURAL, id="dispatch", registry=registry)(scanjob_created)
     kopf.timer(*PLURAL, id="mirror", registry=registry, interval=interval, when=_active)(scanjob_sync)
+    if report_to_api:
+        kopf.timer(*PLURAL, id="report", registry=registry, interval=interval, when=_unreported)(scanjob_report)
     kopf.on.delete(*PLURAL, id="stop", registry=registry)(scanjob_deleted)

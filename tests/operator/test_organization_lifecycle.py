@@ -120,7 +120,7 @@ async def test_delete_shreds_key_clears_store_and_writes_receipt(
     assert len(receipts) == 1
     details = receipts[0]["details"]
     assert details["objects_deleted"] == 2 and details["key_shredded"] is True
-    assert "no longer unwraps" in details["shred_proof"]
+    assert "no_longer_unwraps" in details["shred_proof"]  # the collector's detail vocabulary
 
 
 async def _gone(k8s, name: str) -> bool:

@@ -188,3 +188,15 @@ A tenant egress destination of values (camelCase) as the operator's settings JSO
 {{- define "mesial.egressJson" -}}
 {{- dict "cidrs" (default list .cidrs) "namespace_selector" (default dict .namespaceSelector) "pod_selector" (default dict .podSelector) "ports" (default list .ports) | toJson -}}
 {{- end -}}
+
+{{/*
+The API's base URL as the operator reaches it: operator.api.url, else the chart's own API Service
+(empty when neither: the operator is then not wired to the API).
+*/}}
+{{- define "mesial.operatorApiUrl" -}}
+{{- if .Values.operator.api.url -}}
+{{- .Values.operator.api.url -}}
+{{- else if .Values.api.enabled -}}
+{{- printf "http://%s-api.%s.svc:%d" (include "mesial.fullname" .) .Release.Namespace (int .Values.api.service.port) -}}
+{{- end -}}
+{{- end -}}

@@ -12,6 +12,7 @@ condition says which step waits and why.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 from mesial.common.audit import AuditEvent
@@ -24,6 +25,8 @@ from mesial.operator.sync.organization import ORG, Note
 from mesial.operator.sync.organization.model import OrgView
 
 SCANJOB = ("mesial.dev/v1alpha1", "ScanJob")
+# What the audit collector accepts as a detail's text (api/schemas.py DetailText).
+_DETAIL_UNSAFE_RE = re.compile(r"[^A-Za-z0-9_.:/-]+")
 ACTIVE_PHASES = (None, "", "Pending", "Running")
 
 
@@ -110,7 +113,7 @@ async def _delete(rt: Runtime, org: OrgView, body: Any) -> list[Note]:
                     "objects_deleted": int(progress.get("objectsDeleted", 0)),
                     "key": org.key_name,
                     "key_shredded": bool(progress.get("keyShredded")),
-                    "shred_proof": str(progress.get("shredProof", "")),
+                    "shred_proof": detail_text(progress.get("shredProof", "")),
                     "namespace": org.namespace,
                     "started_at": str(progress.get("startedAt", "")),
                 },
@@ -125,3 +128,8 @@ async def _delete(rt: Runtime, org: OrgView, body: Any) -> list[Note]:
     await step("namespace", "namespaceDeleted", delete_namespace)
     await step("receipt", "receiptWritten", write_receipt)
     return notes
+
+
+def detail_text(value: object) -> str:
+    """A receipt detail as the collector takes it: safe characters (runs of others become ``_``), 128 at most."""
+    return _DETAIL_UNSAFE_RE.sub("_", str(value))[:128]

@@ -1,0 +1,87 @@
+"""The operator's client of the API's internal job-report endpoint (cluster mode).
+
+``POST /internal/v1/jobs/{job_id}/status`` with the operator's service key: the API moves
+its job row to running (``job.started``) or concludes it (artifacts registered,
+``job.succeeded``/``job.failed``). The endpoint tolerates repeats, so a report retried
+after a lost answer does no harm. Standard library only (urllib in a thread), as
+:class:`~mesial.common.audit.HttpAuditSink`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any, Literal
+
+from mesial.common.errors import MesialError, ServiceError
+from mesial.common.progress import sanitize_text
+from mesial.common.settings import OperatorSettings
+
+State = Literal["running", "succeeded", "failed"]
+# The endpoint's bound on ``message`` (api/schemas.py JobReport).
+MAX_MESSAGE = 256
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+# Statuses worth retrying: the API overloaded or restarting, a key being fixed.
+_RETRY = frozenset({401, 403, 408, 425, 429})
+
+
+class ReportRefused(MesialError):
+    """The API refused the report for good (unknown job, invalid report): retrying cannot help."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        self.status = status
+        super().__init__(f"the API refused the job report ({status}): {detail}")
+
+
+class JobReporter:
+    """Reports job states to the API; one per operator process."""
+
+    path = "/internal/v1/jobs/{job_id}/status"
+
+    def __init__(self, base_url: str, token: str, *, timeout_s: float = 10.0, cafile: str | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._token = token
+        self.timeout_s = timeout_s
+        self.context = ssl.create_default_context(cafile=cafile) if base_url.startswith("https") else None
+
+    @classmethod
+    def from_settings(cls, op: OperatorSettings) -> JobReporter | None:
+        if not op.api_configured or op.api_service_key is None:
+            return None
+        cafile = str(op.api_ca_cert) if op.api_ca_cert else None
+        return cls(op.api_url, op.api_service_key.get_secret_value(), timeout_s=op.api_timeout_s, cafile=cafile)
+
+    def __repr__(self) -> str:  # never the key
+        return f"JobReporter({self.base_url!r})"
+
+    async def report(self, job_id: str, state: State, message: str = "") -> dict[str, Any]:
+        """Report one state; the API's view of the job. ServiceError: retry later; ReportRefused: don't."""
+        if not JOB_ID_RE.fullmatch(job_id):
+            raise ReportRefused(0, "malformed job id")
+        url = self.base_url + self.path.format(job_id=urllib.parse.quote(job_id, safe=""))
+        body = json.dumps({"state": state, "message": sanitize_text(message, MAX_MESSAGE)}).encode()
+        return await asyncio.to_thread(self._post, url, body)
+
+    def _post(self, url: str, body: bytes) -> dict[str, Any]:
+        request = urllib.request.Request(
+            url,
+            data=body,
+            method="POST",
+            headers={"Authorization": f"Bearer {self._token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s, context=self.context) as response:
+                answer: dict[str, Any] = json.loads(response.read())
+                return answer
+        except urllib.error.HTTPError as exc:
+            detail = sanitize_text(exc.read()[:300].decode(errors="replace"), 200)
+            if exc.code in _RETRY or exc.code >= 500:
+                raise ServiceError(f"the API did not take the job report ({exc.code}): {detail}") from exc
+            raise ReportRefused(exc.code, detail) from exc
+        except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
+            raise ServiceError(f"the API is unreachable: {type(exc).__name__}") from exc

@@ -1,0 +1,62 @@
+"""Reporting ScanJob states to the API (cluster mode): what to report next, and reporting it.
+
+A ScanJob the API created carries the API's job id in its label ``mesial.dev/job-id``
+(``api/executor.py`` ``scanjob_manifest``); one made by hand has none and is never
+reported. What was reported is kept in the ScanJob's status (``reportedPhase``,
+``reportedProgress``): a phase is reported until the API has taken it, and a terminal
+one exactly until then. ``Running`` is reported again when the progress moves (the
+API copies the job's progress document then). A job that ended before a ``Running``
+was reported but had started reports ``running`` first, so the API's chain says
+``job.started`` before ``job.succeeded``/``job.failed``. The API tolerates repeats
+(a report whose answer was lost is sent again).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mesial.operator.reporting import JOB_ID_RE, MAX_MESSAGE, JobReporter, State
+
+JOB_ID_LABEL = "mesial.dev/job-id"
+TERMINAL = ("Succeeded", "Failed")
+STATES: dict[str, State] = {"Running": "running", "Succeeded": "succeeded", "Failed": "failed"}
+
+
+def api_job_id(body: Any) -> str | None:
+    """The API's job id of a ScanJob, or None for one made by hand (or a malformed label)."""
+    value = ((body.get("metadata") or {}).get("labels") or {}).get(JOB_ID_LABEL)
+    return value if isinstance(value, str) and JOB_ID_RE.fullmatch(value) else None
+
+
+def unreported(body: Any) -> bool:
+    """Whether the ScanJob's state has something the API was not told yet."""
+    if api_job_id(body) is None:
+        return False
+    status = body.get("status") or {}
+    phase, reported = status.get("phase"), status.get("reportedPhase")
+    if phase not in STATES or reported in TERMINAL:
+        return False
+    if phase != reported:
+        return True
+    return phase == "Running" and status.get("progress") != status.get("reportedProgress")
+
+
+async def report(reporter: JobReporter, body: Any) -> dict[str, Any] | None:
+    """Tell the API the ScanJob's state; the status fields recording it (None: nothing to report)."""
+    if not unreported(body):
+        return None
+    job_id = api_job_id(body)
+    assert job_id is not None
+    status = body.get("status") or {}
+    phase = status["phase"]
+    if phase in TERMINAL and status.get("reportedPhase") is None and status.get("startTime"):
+        await reporter.report(job_id, "running")
+    message = ""
+    if phase == "Failed":
+        reason, text = status.get("reason") or "", status.get("message") or ""
+        message = f"{reason}: {text}" if reason and text else reason or text
+    await reporter.report(job_id, STATES[phase], message[:MAX_MESSAGE])
+    recorded: dict[str, Any] = {"reportedPhase": phase}
+    if "progress" in status:
+        recorded["reportedProgress"] = status["progress"]
+    return recorded
