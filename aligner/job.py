@@ -37,7 +37,7 @@ import click
 
 from mesial.common.errors import InputError, InvalidObjectKey, MesialError
 from mesial.common.objectstore import ObjectStore
-from mesial.common.progress import EXIT_FAILED, EXIT_INVALID, EXIT_OK
+from mesial.common.progress import CONTACT_THRESHOLD_MM, EXIT_FAILED, EXIT_INVALID, EXIT_OK
 from mesial.common.settings import Settings, get_settings
 from mesial.common.tenancy import validate_org_name, validate_relative_key
 from mesial.common.vault import TenantKeys
@@ -151,6 +151,9 @@ class JobSpec:
                 raise InputError(f"{value!r} is an id, not a path")
         if not 1 <= len(self.bites) <= 2:
             raise InputError("a job takes one or two bite scans")
+        low, high = CONTACT_THRESHOLD_MM
+        if not low <= self.contact_threshold_mm <= high:
+            raise InputError(f"the contact threshold must be from {low} to {high} mm")
 
 
 async def run_job(spec: JobSpec, settings: Settings, scratch_root: Path | None = None) -> int:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -314,9 +313,14 @@ async def _terminate(process: asyncio.subprocess.Process, grace_s: float = 5.0) 
 def scanjob_manifest(job: JobSpec) -> dict[str, Any]:
     """The ScanJob the operator runs in the tenant namespace (``crds/scanjob.yaml``).
 
-    The API's job options (``mesial job run``'s vocabulary) travel in an annotation: the
-    CRD's ``spec.options`` speaks another one, and unknown spec fields would be pruned.
+    ``spec.options`` speaks the vocabulary of ``mesial job run`` (contact threshold, bite
+    optimisation), in the CRD's camelCase; the operator passes it on as that command's options.
     """
+    options: dict[str, Any] = {}
+    if "contact_threshold_mm" in job.options:
+        options["contactThresholdMm"] = float(job.options["contact_threshold_mm"])
+    if "optimise" in job.options:
+        options["optimiseBite"] = bool(job.options["optimise"])
     return {
         "apiVersion": "mesial.dev/v1alpha1",
         "kind": "ScanJob",
@@ -324,9 +328,8 @@ def scanjob_manifest(job: JobSpec) -> dict[str, Any]:
             "name": job.id.replace("_", "-"),
             "namespace": namespace_for(job.org),
             "labels": {"mesial.dev/job-id": job.id},
-            "annotations": {"mesial.dev/job-options": json.dumps(job.options, sort_keys=True)},
         },
-        "spec": {"scans": {"upper": job.upper, "lower": job.lower, "bites": list(job.bites)}},
+        "spec": {"scans": {"upper": job.upper, "lower": job.lower, "bites": list(job.bites)}, "options": options},
     }
 
 

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mesial.api.services.scans import ScanKind
 from mesial.api.types import Role
+from mesial.common.progress import CONTACT_THRESHOLD_MM
 
 Id = Annotated[str, Field(pattern=r"^[a-z]{3}_[0-9a-f]{24}$", description="opaque id")]
 
@@ -108,7 +109,9 @@ class ScanList(BaseModel):
 
 
 class JobOptions(Strict):
-    contact_threshold_mm: float = Field(0.1, gt=0, le=2.0, description="occlusal contact distance, mm")
+    contact_threshold_mm: float = Field(
+        0.1, ge=CONTACT_THRESHOLD_MM[0], le=CONTACT_THRESHOLD_MM[1], description="occlusal contact distance, mm"
+    )
     optimise: bool = Field(True, description="correct bite-through after registration")
 
 

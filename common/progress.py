@@ -37,6 +37,8 @@ RESULTS = ("ok", "not_confident", "invalid_input")
 # confident or not), 2 invalid input (final: no retry can fix the scans), 1 the job itself
 # failed (may be transient, retried).
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+# The contact threshold a job accepts (mm): the API, the ScanJob CRD and `mesial job run` agree.
+CONTACT_THRESHOLD_MM = (0.01, 2.0)
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.]{0,63}$")
 _SAFE_TEXT_RE = re.compile(r"[^\w .,:;=+\-()/%#@'\[\]]", re.UNICODE)
 

@@ -21,13 +21,14 @@ from datetime import datetime
 from typing import Any
 
 from mesial.common.errors import InputError, MesialError
-from mesial.common.progress import EXIT_INVALID, read_progress, sanitize_text
+from mesial.common.progress import CONTACT_THRESHOLD_MM, EXIT_INVALID, read_progress, sanitize_text
 from mesial.common.provisioning import policy_name_for
 from mesial.common.settings import OperatorSettings, Settings
 from mesial.operator.errors import describe
 from mesial.operator.k8s import K8s, K8sError, Obj
 from mesial.operator.runtime import Runtime
 from mesial.operator.sync.conditions import now_iso
+from mesial.operator.sync.jobreport import api_job_id
 
 SCANJOB = ("mesial.dev/v1alpha1", "ScanJob")
 JOB = ("batch/v1", "Job")
@@ -55,9 +56,8 @@ class JobSpec:
     upper: str
     lower: str
     bites: tuple[str, ...]
-    voxel_size_mm: float
-    max_iterations: int
-    analyse_contacts: bool
+    contact_threshold_mm: float
+    optimise: bool
     deadline_s: int
     retries: int
 
@@ -69,26 +69,30 @@ class JobSpec:
         for value in ids:
             if not isinstance(value, str) or not SCAN_ID_RE.fullmatch(value):
                 raise InputError(f"invalid scan id {sanitize_text(value, 40)!r}")
-        if len(set(ids)) != len(ids) or len(ids) > 6:
-            raise InputError("scan ids must be distinct (upper, lower, up to 4 bites)")
+        if len(set(ids)) != len(ids) or not 3 <= len(ids) <= 4:
+            raise InputError("scan ids must be distinct: upper, lower and one or two bites")
         options = spec.get("options") or {}
         timeouts = spec.get("timeouts") or {}
-        voxel = _number(options.get("voxelSizeMm", 0.2), 0.05, 2.0, "options.voxelSizeMm")
-        iterations = int(_number(options.get("maxIterations", 50), 1, 500, "options.maxIterations"))
+        threshold = _number(options.get("contactThresholdMm", 0.1), *CONTACT_THRESHOLD_MM, "options.contactThresholdMm")
         deadline = int(
             _number(timeouts.get("activeDeadlineSeconds", 1800), 60, 86400, "timeouts.activeDeadlineSeconds")
         )
         retries = int(_number(spec.get("retries", 2), 0, 5, "retries"))
-        contacts = options.get("analyseContacts", True)
-        if not isinstance(contacts, bool):
-            raise InputError("options.analyseContacts must be true or false")
-        return cls(ids[0], ids[1], tuple(ids[2:]), voxel, iterations, contacts, deadline, retries)
+        optimise = options.get("optimiseBite", True)
+        if not isinstance(optimise, bool):
+            raise InputError("options.optimiseBite must be true or false")
+        return cls(ids[0], ids[1], tuple(ids[2:]), threshold, optimise, deadline, retries)
 
 
 def _number(value: Any, low: float, high: float, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
         raise InputError(f"{name} must be a number from {low} to {high}")
     return float(value)
+
+
+def job_id_of(body: Any) -> str:
+    """Where the Job keeps its progress and artifacts: the API's job id, else the ScanJob's name."""
+    return api_job_id(body) or str(body["metadata"]["name"])
 
 
 def job_name_for(scanjob: str) -> str:
@@ -121,11 +125,11 @@ def build_job(body: Any, org: str, spec: JobSpec, settings: Settings, tier: Oper
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
     labels = {op.tenant_label: org, SCANJOB_LABEL: name, "app.kubernetes.io/managed-by": "mesial-operator"}
+    # `mesial job run`'s own options (tests/operator parses them with its click command)
     args = [
-        "--tenant", org, "--job-id", name, "--upper", spec.upper, "--lower", spec.lower,
+        "--org", org, "--job-id", job_id_of(body), "--upper", spec.upper, "--lower", spec.lower,
         *[arg for bite in spec.bites for arg in ("--bite", bite)],
-        "--voxel-size-mm", str(spec.voxel_size_mm), "--max-iterations", str(spec.max_iterations),
-        "--contacts" if spec.analyse_contacts else "--no-contacts",
+        "--contact-threshold", repr(spec.contact_threshold_mm), *([] if spec.optimise else ["--no-optimise"]),
     ]  # fmt: skip
     env = [
         {"name": "MESIAL_MODE", "value": "cluster"},
@@ -173,7 +177,7 @@ def build_job(body: Any, org: str, spec: JobSpec, settings: Settings, tier: Oper
                         "action": "FailJob",
                         "onExitCodes": {"containerName": "aligner", "operator": "In", "values": [EXIT_INVALID]},
                     },
-                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
                 ]
             },
             "activeDeadlineSeconds": min(spec.deadline_s, tier.max_deadline_s),
@@ -296,7 +300,7 @@ async def mirror(rt: Runtime, body: Any) -> dict[str, Any] | None:
     org = status.get("tenant")
     if org:
         try:
-            progress = await read_progress(rt.store, org, name)
+            progress = await read_progress(rt.store, org, job_id_of(body))
         except MesialError as exc:
             new["stage"] = sanitize_text(f"progress unreadable: {describe(exc)}", 64)
             progress = None
@@ -305,6 +309,8 @@ async def mirror(rt: Runtime, body: Any) -> dict[str, Any] | None:
             new["stage"] = progress.stage
             if progress.metrics:
                 new["metrics"] = progress.metrics
+            if progress.result:
+                new["result"] = progress.result
             if new["phase"] == "Succeeded":
                 new["artifacts"] = progress.artifacts
             if progress.message and new["phase"] != "Failed":

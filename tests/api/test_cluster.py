@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -55,7 +54,8 @@ async def test_job_becomes_a_scanjob_and_cancel_deletes_it(cluster_api: tuple[Ha
     assert stored is not None and stored["kind"] == "ScanJob"
     assert stored["spec"]["scans"] == {"upper": case["upper"], "lower": case["lower"], "bites": [case["bite"]]}
     assert stored["metadata"]["labels"]["mesial.dev/job-id"] == job["id"]
-    assert json.loads(stored["metadata"]["annotations"]["mesial.dev/job-options"])["optimise"] is False
+    # the options in the CRD's words, which the operator hands to `mesial job run`
+    assert stored["spec"]["options"] == {"contactThresholdMm": 0.1, "optimiseBite": False}
     cancelled = await api.client.post(f"/v1/jobs/{job['id']}/cancel", headers=bearer(admin))
     assert cancelled.json()["state"] == "cancelled"
     assert await kube.get(manifest) is None

@@ -135,7 +135,7 @@ async def test_deletion_waits_for_running_scanjobs_unless_forced(harness: Harnes
     await k8s.create(organization(name))
     await eventually(lambda: ready(k8s, name))
     scanjob = {"apiVersion": "mesial.dev/v1alpha1", "kind": "ScanJob", "metadata": {"name": "case-1", "namespace": ns},
-               "spec": {"scans": {"upper": "u1", "lower": "l1"}}}  # fmt: skip
+               "spec": {"scans": {"upper": "u1", "lower": "l1", "bites": ["b1"]}}}  # fmt: skip
     await k8s.create(scanjob)
     await eventually(lambda: _phase(k8s, ns, "case-1", "Pending"))
     await k8s.delete(*ORG, name)

@@ -58,7 +58,7 @@ async def test_sweep_deletes_old_unheld_objects_with_receipts(harness: Harness, 
     await store.put(org, "results/j1/report.json", b"result")
     await store.put(org, "other/x", b"not covered")
     finished = {"apiVersion": "mesial.dev/v1alpha1", "kind": "ScanJob", "metadata": {"name": "old-job", "namespace": ns},
-                "spec": {"scans": {"upper": "a", "lower": "b"}}}  # fmt: skip
+                "spec": {"scans": {"upper": "a", "lower": "b", "bites": ["c"]}}}  # fmt: skip
     await k8s.create(finished)
     await eventually(lambda: _sj_phase(k8s, ns, "old-job", "Pending"))
     await k8s.patch("batch/v1", "Job", "scanjob-old-job", {"status": {"succeeded": 1, "startTime": "2025-12-31T23:00:00Z",

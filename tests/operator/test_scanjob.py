@@ -39,7 +39,8 @@ async def tenant(harness: Harness, org_name) -> tuple[str, str]:
 async def test_job_is_hardened_and_status_is_mirrored(harness: Harness, org_name) -> None:
     org, ns = await tenant(harness, org_name)
     k8s = harness.client
-    await k8s.create(scanjob("case-1", ns, timeouts={"activeDeadlineSeconds": 900}))
+    options = {"contactThresholdMm": 0.25, "optimiseBite": False}
+    await k8s.create(scanjob("case-1", ns, timeouts={"activeDeadlineSeconds": 900}, options=options))
     job = await eventually(lambda: k8s.get(*JOB, "scanjob-case-1", ns))
     pod = job["spec"]["template"]["spec"]
     container = pod["containers"][0]
@@ -76,7 +77,13 @@ async def test_job_is_hardened_and_status_is_mirrored(harness: Harness, org_name
                       "secret-key": settings.store.secret_key.get_secret_value()}  # fmt: skip
     assert settings.store.secret_key.get_secret_value() not in json.dumps(job)
     assert container["command"] == ["mesial", "job", "run"]
-    assert container["args"][:4] == ["--tenant", org, "--job-id", "case-1"]
+    # the arguments are those `mesial job run` takes: parsed by its own command line
+    from mesial.aligner.job import run as job_run
+
+    assert container["command"][-2:] == ["job", "run"]
+    parsed = job_run.make_context("run", list(container["args"])).params
+    assert (parsed["org"], parsed["job_id"], parsed["bites"]) == (org, "case-1", ("scan-b",))
+    assert parsed["contact_threshold"] == 0.25 and parsed["no_optimise"] is True
     assert container["resources"]["limits"] == {"cpu": "4", "memory": "8Gi"}  # the medium tier
     assert job["spec"]["activeDeadlineSeconds"] == 900 and job["spec"]["backoffLimit"] == 2
     # invalid input (exit 2) fails the Job at once; evictions do not use up the retries
