@@ -186,6 +186,12 @@ class Ingested(BaseModel):
 
 class JobReport(Strict):
     state: Literal["running", "succeeded", "failed"]
+    tenant: str = Field(
+        min_length=1,
+        max_length=52,
+        pattern=r"^[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?$",
+        description="the organization whose namespace ran the job; a report for another's job is refused (404)",
+    )
     message: str = Field("", max_length=256)
 
 

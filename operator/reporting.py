@@ -59,12 +59,16 @@ class JobReporter:
     def __repr__(self) -> str:  # never the key
         return f"JobReporter({self.base_url!r})"
 
-    async def report(self, job_id: str, state: State, message: str = "") -> dict[str, Any]:
-        """Report one state; the API's view of the job. ServiceError: retry later; ReportRefused: don't."""
+    async def report(self, job_id: str, tenant: str, state: State, message: str = "") -> dict[str, Any]:
+        """Report one state of ``tenant``'s job; the API's view of it. ServiceError: retry later; ReportRefused: don't.
+
+        The API refuses a report naming another tenant than the job's: the operator's key is
+        platform-wide, and a job id in a label could be copied into another tenant's ScanJob.
+        """
         if not JOB_ID_RE.fullmatch(job_id):
             raise ReportRefused(0, "malformed job id")
         url = self.base_url + self.path.format(job_id=urllib.parse.quote(job_id, safe=""))
-        body = json.dumps({"state": state, "message": sanitize_text(message, MAX_MESSAGE)}).encode()
+        body = json.dumps({"state": state, "tenant": tenant, "message": sanitize_text(message, MAX_MESSAGE)}).encode()
         return await asyncio.to_thread(self._post, url, body)
 
     def _post(self, url: str, body: bytes) -> dict[str, Any]:

@@ -32,7 +32,8 @@ async def report_job(call: Call) -> Response:
     query = Job.filter(id=call.param("job_id"))
     job = await (query.filter(org_id=me.org_id) if me.org_id else query).first()
     org = await Organization.get_or_none(id=job.org_id) if job else None
-    if job is None or org is None:
+    # the operator's key is platform-wide: the tenant it saw the job run for must be the job's own
+    if job is None or org is None or org.name != call.body.tenant:
         raise NotFound("job not found")
     spec = JobSpec(job.id, org.name, org.id, job.upper_id, job.lower_id, tuple(job.bite_ids), dict(job.options))
     results = JobResults(rt.need_store(), rt.need_collector())

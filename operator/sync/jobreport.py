@@ -30,9 +30,9 @@ def api_job_id(body: Any) -> str | None:
 
 def unreported(body: Any) -> bool:
     """Whether the ScanJob's state has something the API was not told yet."""
-    if api_job_id(body) is None:
-        return False
     status = body.get("status") or {}
+    if api_job_id(body) is None or not status.get("tenant"):
+        return False  # made by hand, or in no tenant's namespace: nobody's job to report
     phase, reported = status.get("phase"), status.get("reportedPhase")
     if phase not in STATES or reported in TERMINAL:
         return False
@@ -49,13 +49,14 @@ async def report(reporter: JobReporter, body: Any) -> dict[str, Any] | None:
     assert job_id is not None
     status = body.get("status") or {}
     phase = status["phase"]
+    tenant = str(status["tenant"])
     if phase in TERMINAL and status.get("reportedPhase") is None and status.get("startTime"):
-        await reporter.report(job_id, "running")
+        await reporter.report(job_id, tenant, "running")
     message = ""
     if phase == "Failed":
         reason, text = status.get("reason") or "", status.get("message") or ""
         message = f"{reason}: {text}" if reason and text else reason or text
-    await reporter.report(job_id, STATES[phase], message[:MAX_MESSAGE])
+    await reporter.report(job_id, tenant, STATES[phase], message[:MAX_MESSAGE])
     recorded: dict[str, Any] = {"reportedPhase": phase}
     if "progress" in status:
         recorded["reportedProgress"] = status["progress"]

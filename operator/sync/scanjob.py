@@ -42,9 +42,10 @@ VAULT_TOKEN_DIR = "/var/run/secrets/vault"
 class ScanJobRefused(MesialError):
     """The ScanJob cannot run here (not a ready tenant namespace, or an invalid spec)."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, tenant: str | None = None) -> None:
         self.reason = reason
         self.message = message
+        self.tenant = tenant  # the Organization, when the namespace is known to be its own
         super().__init__(reason, message)
 
     def __str__(self) -> str:
@@ -114,7 +115,9 @@ async def tenant_of(k8s: K8s, namespace: str, settings: Settings) -> tuple[str, 
     if organization is None or status.get("namespace") != namespace:
         raise ScanJobRefused("NotATenantNamespace", f"namespace {namespace} does not belong to a live Organization")
     if status.get("phase") != "Ready":
-        raise ScanJobRefused("TenantNotReady", f"Organization {org} is not Ready (phase {status.get('phase')})")
+        raise ScanJobRefused(
+            "TenantNotReady", f"Organization {org} is not Ready (phase {status.get('phase')})", tenant=str(org)
+        )
     assert organization is not None
     return str(org), organization
 
@@ -245,13 +248,23 @@ def build_job(body: Any, org: str, spec: JobSpec, settings: Settings, tier: Oper
 async def dispatch(rt: Runtime, body: Any) -> dict[str, Any]:
     """Admit the ScanJob and create its Job; the status to write (Failed with a reason if refused)."""
     namespace = body["metadata"]["namespace"]
+    # the tenant first: a refusal in a tenant's own namespace is reported to the API as that tenant's
     try:
-        spec = JobSpec.from_spec(body.get("spec") or {})
         org, organization = await tenant_of(rt.k8s, namespace, rt.settings)
     except ScanJobRefused as exc:
-        return {"phase": "Failed", "reason": exc.reason, "message": exc.message, "completionTime": now_iso()}
+        refused = {"phase": "Failed", "reason": exc.reason, "message": exc.message, "completionTime": now_iso()}
+        return refused | ({"tenant": exc.tenant} if exc.tenant else {})
+    try:
+        spec = JobSpec.from_spec(body.get("spec") or {})
     except InputError as exc:
-        return {"phase": "Failed", "reason": "InvalidSpec", "message": sanitize_text(exc), "completionTime": now_iso()}
+        message = sanitize_text(exc)
+        return {
+            "phase": "Failed",
+            "reason": "InvalidSpec",
+            "message": message,
+            "completionTime": now_iso(),
+            "tenant": org,
+        }
     tiers = rt.settings.operator.tiers
     tier = tiers.get(str((organization.get("spec") or {}).get("tier", "small"))) or tiers["small"]
     job = build_job(body, org, spec, rt.settings, tier)

@@ -235,9 +235,14 @@ async def test_operator_reports_a_cluster_job_through_the_internal_endpoint(api:
     url = f"/internal/v1/jobs/{job.id}/status"
     store = api.runtime.store
     await write_progress(store, org, job.id, JobProgress(stage="global", percent=40, metrics={"rmse_mm": 0.3}))
-    assert (await api.client.post(url, json={"state": "running"}, headers=bearer(foreign))).status_code == 404
-    assert (await api.client.post(url, json={"state": "running"}, headers=bearer(admin))).status_code == 403
-    running = await api.client.post(url, json={"state": "running"}, headers=bearer(operator))
+    report = {"state": "running", "tenant": org}
+    assert (await api.client.post(url, json=report, headers=bearer(foreign))).status_code == 404
+    assert (await api.client.post(url, json=report, headers=bearer(admin))).status_code == 403
+    # the platform-wide operator key cannot conclude a job in the name of another tenant
+    elsewhere = await api.client.post(url, json={**report, "tenant": _other}, headers=bearer(operator))
+    assert elsewhere.status_code == 404 and elsewhere.json()["error"]["request_id"]
+    assert (await api.client.post(url, json={"state": "running"}, headers=bearer(operator))).status_code == 422
+    running = await api.client.post(url, json=report, headers=bearer(operator))
     assert running.status_code == 200, running.text
     assert running.json()["state"] == "running" and running.json()["progress"] == 0.4
     await store.put(org, f"jobs/{job.id}/artifacts/report.json", b'{"ok": true}')
@@ -251,7 +256,7 @@ async def test_operator_reports_a_cluster_job_through_the_internal_endpoint(api:
     )
     await write_progress(store, org, job.id, final)
     for _ in range(2):  # a repeated report changes nothing
-        done = await api.client.post(url, json={"state": "succeeded"}, headers=bearer(operator))
+        done = await api.client.post(url, json={"state": "succeeded", "tenant": org}, headers=bearer(operator))
         assert done.status_code == 200 and done.json()["state"] == "succeeded"
     seen = (await api.client.get(f"/v1/jobs/{job.id}", headers=bearer(admin))).json()
     assert seen["metrics"] == {"rmse_mm": 0.05} and seen["progress"] == 1.0

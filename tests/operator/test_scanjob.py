@@ -169,7 +169,7 @@ async def test_refused_outside_a_ready_tenant_namespace(harness: Harness) -> Non
 
 
 async def test_hostile_spec_never_reaches_the_pod(harness: Harness, org_name) -> None:
-    _, ns = await tenant(harness, org_name)
+    org, ns = await tenant(harness, org_name)
     k8s = harness.client
     hostile = scanjob("evil", ns)
     hostile["spec"]["scans"]["upper"] = "x; rm -rf / #"
@@ -177,6 +177,7 @@ async def test_hostile_spec_never_reaches_the_pod(harness: Harness, org_name) ->
     await k8s.create(hostile)
     st = await eventually(lambda: _failed(k8s, ns, "evil"))
     assert st["reason"] == "InvalidSpec" and "rm -rf" not in json.dumps(st).replace("x; rm -rf / #", "")
+    assert st["tenant"] == org  # refused in its tenant's namespace: the API is told that tenant's job failed
     assert await k8s.get(*JOB, "scanjob-evil", ns) is None
     # Unknown fields are ignored and a deadline past the tier's maximum is capped.
     sneaky = scanjob("sneaky", ns, timeouts={"activeDeadlineSeconds": 86400})
