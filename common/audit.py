@@ -16,9 +16,6 @@ import base64
 import binascii
 import hashlib
 import json
-import ssl
-import urllib.error
-import urllib.request
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -27,7 +24,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from mesial.common.errors import ServiceError
+from mesial.common.service_http import post_json, tls_context
 
 Outcome = Literal["success", "denied", "failure"]
 GENESIS_HASH = "0" * 64
@@ -341,24 +338,12 @@ class HttpAuditSink:
         self.url = base_url.rstrip("/") + self.path
         self.token = token
         self.timeout_s = timeout_s
-        self.context = ssl.create_default_context(cafile=cafile) if base_url.startswith("https") else None
+        self.context = tls_context(base_url, cafile)
 
     def _post(self, body: bytes) -> dict[str, Any]:
-        request = urllib.request.Request(
-            self.url,
-            data=body,
-            method="POST",
-            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        return post_json(
+            self.url, self.token, body, service="audit collector", timeout_s=self.timeout_s, context=self.context
         )
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s, context=self.context) as response:
-                answer: dict[str, Any] = json.loads(response.read())
-                return answer
-        except urllib.error.HTTPError as exc:
-            detail = exc.read()[:500].decode(errors="replace")
-            raise ServiceError(f"audit collector refused the event ({exc.code}): {detail}") from exc
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            raise ServiceError(f"audit collector unreachable: {type(exc).__name__}") from exc
 
     async def append(self, event: AuditEvent) -> None:
         await self.append_record(event)

@@ -16,11 +16,11 @@ import asyncio
 import dataclasses
 import json
 import os
-import urllib.error
 from pathlib import Path
 
 from mesial.common.audit import PLATFORM_TENANT, AuditEvent, HttpAuditSink
 from mesial.common.errors import ServiceError
+from mesial.common.service_http import HttpRefused
 
 
 class JsonlAuditSink:
@@ -87,5 +87,4 @@ class CollectorAuditSink:
 
 def http_status(exc: BaseException) -> int | None:
     """The HTTP status behind a :class:`ServiceError` of the HTTP sink (None: no answer at all)."""
-    cause = exc.__cause__
-    return cause.code if isinstance(cause, urllib.error.HTTPError) else None
+    return exc.code if isinstance(exc, HttpRefused) else None

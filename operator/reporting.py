@@ -3,7 +3,7 @@
 ``POST /internal/v1/jobs/{job_id}/status`` with the operator's service key: the API moves
 its job row to running (``job.started``) or concludes it (artifacts registered,
 ``job.succeeded``/``job.failed``). The endpoint tolerates repeats, so a report retried
-after a lost answer does no harm. Standard library only (urllib in a thread), as
+after a lost answer does no harm. Standard library only (``common/service_http.py``), as
 :class:`~mesial.common.audit.HttpAuditSink`.
 """
 
@@ -12,14 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import ssl
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Any, Literal
 
 from mesial.common.errors import MesialError, ServiceError
 from mesial.common.progress import sanitize_text
+from mesial.common.service_http import HttpRefused, post_json, tls_context
 from mesial.common.settings import OperatorSettings
 
 State = Literal["running", "succeeded", "failed"]
@@ -47,7 +45,7 @@ class JobReporter:
         self.base_url = base_url.rstrip("/")
         self._token = token
         self.timeout_s = timeout_s
-        self.context = ssl.create_default_context(cafile=cafile) if base_url.startswith("https") else None
+        self.context = tls_context(base_url, cafile)
 
     @classmethod
     def from_settings(cls, op: OperatorSettings) -> JobReporter | None:
@@ -72,20 +70,10 @@ class JobReporter:
         return await asyncio.to_thread(self._post, url, body)
 
     def _post(self, url: str, body: bytes) -> dict[str, Any]:
-        request = urllib.request.Request(
-            url,
-            data=body,
-            method="POST",
-            headers={"Authorization": f"Bearer {self._token}", "Content-Type": "application/json"},
-        )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s, context=self.context) as response:
-                answer: dict[str, Any] = json.loads(response.read())
-                return answer
-        except urllib.error.HTTPError as exc:
-            detail = sanitize_text(exc.read()[:300].decode(errors="replace"), 200)
+            return post_json(url, self._token, body, service="the API", timeout_s=self.timeout_s, context=self.context)
+        except HttpRefused as exc:
+            detail = sanitize_text(exc.detail[:300], 200)
             if exc.code in _RETRY or exc.code >= 500:
                 raise ServiceError(f"the API did not take the job report ({exc.code}): {detail}") from exc
             raise ReportRefused(exc.code, detail) from exc
-        except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
-            raise ServiceError(f"the API is unreachable: {type(exc).__name__}") from exc
