@@ -302,13 +302,16 @@ async def _failed(harness: Harness, ns: str, name: str) -> dict[str, Any] | None
 
 
 def test_chart_wires_the_operator_to_its_api(k8s_tools: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    def operator_env(*args: str) -> list[dict[str, Any]]:
+    def operator_pod(*args: str) -> dict[str, Any]:
         (deployment,) = [
             d
             for d in render(k8s_tools, *args)
             if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-operator")
         ]
-        return list(deployment["spec"]["template"]["spec"]["containers"][0]["env"])
+        return dict(deployment["spec"]["template"]["spec"])
+
+    def operator_env(*args: str) -> list[dict[str, Any]]:
+        return list(operator_pod(*args)["containers"][0]["env"])
 
     env = operator_env()
     key = next(e for e in env if e["name"] == "MESIAL_OPERATOR__API_SERVICE_KEY")
@@ -328,6 +331,14 @@ def test_chart_wires_the_operator_to_its_api(k8s_tools: dict[str, Path], monkeyp
     assert not settings_from({"env": operator_env("--set", "api.enabled=false")}, monkeypatch).operator.api_url
     custom = operator_env("--set", "api.enabled=false", "--set", "operator.api.url=https://api.example.org")
     assert settings_from({"env": custom}, monkeypatch).operator.api_url == "https://api.example.org"
+    assert not any(e["name"] == "MESIAL_OPERATOR__API_CA_CERT" for e in custom)
+    # an https API signed by a private CA: its certificate mounted from a ConfigMap, and named
+    args = ("--set", "operator.api.url=https://api.example.org", "--set", "operator.api.caConfigMap=api-ca")
+    pod = operator_pod(*args)
+    ca = next(e for e in pod["containers"][0]["env"] if e["name"] == "MESIAL_OPERATOR__API_CA_CERT")
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "api-ca")
+    assert ca["value"] == mount["mountPath"] + "/ca.crt" and mount["readOnly"] is True
+    assert next(v for v in pod["volumes"] if v["name"] == "api-ca")["configMap"]["name"] == "api-ca"
 
 
 def test_api_settings_are_checked() -> None:
