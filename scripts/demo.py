@@ -260,7 +260,10 @@ def main() -> int:
                 note(f"another organization asking for scan {ids['upper']}: {leaked.status_code}")
 
                 job = step("align: the local executor runs `mesial job run`", lambda: run_job(client, clinician, ids))
-                note(f"job {job['id']}: {job['state']}" + (f" — {job['message']}" if job.get("message") else ""))
+                verdict = f", alignment {job['result']}" if job.get("result") else ""
+                note(
+                    f"job {job['id']}: {job['state']}{verdict}" + (f" — {job['message']}" if job.get("message") else "")
+                )
                 artifacts = step(f"download the results through signed links into {OUT}/",
                                  lambda: fetch_artifacts(client, clinician, job["id"]))  # fmt: skip
                 note("artifacts: " + ", ".join(a["name"] for a in artifacts))
