@@ -128,10 +128,11 @@ class _MeshIndex:
     def longest_edge(self) -> float:
         """Longest edge (mm): no point of a triangle is farther than this from its nearest corner."""
         if self._longest_edge is None:
-            corners = self.vertices[self.faces]
-            self._longest_edge = float(
-                max(np.linalg.norm(corners[:, i] - corners[:, (i + 1) % 3], axis=1).max() for i in range(3))
-            )
+            longest = 0.0
+            for i in range(3):  # squared lengths, one square root at the end
+                edge = self.vertices[self.faces[:, i]] - self.vertices[self.faces[:, (i + 1) % 3]]
+                longest = max(longest, float(np.einsum("ij,ij->i", edge, edge).max()))
+            self._longest_edge = float(np.sqrt(longest))
         return self._longest_edge
 
 
@@ -261,10 +262,15 @@ class SurfaceTarget:
         """A cheaper target on the same k-d tree: the nearest vertex's tangent plane (``normals``: per vertex)."""
         return VertexPlanes(self, normals)
 
-    def nearest_vertex(self, points: FloatArray, gate: float) -> tuple[FloatArray, NDArray[np.int64]]:
-        """Distance to the nearest vertex (inf beyond ``gate``) and its index (``len(vertices)`` there)."""
+    def nearest_vertex(
+        self, points: FloatArray, gate: float, *, threads: int | None = None
+    ) -> tuple[FloatArray, NDArray[np.int64]]:
+        """Distance to the nearest vertex (inf beyond ``gate``) and its index (``len(vertices)`` there).
+
+        ``threads``: SciPy's query workers (default: :func:`workers`).
+        """
         distance, index = self._index.tree.query(
-            self._local(points), workers=workers(len(points)), distance_upper_bound=gate
+            self._local(points), workers=threads or workers(len(points)), distance_upper_bound=gate
         )
         return np.asarray(distance, dtype=np.float64), np.asarray(index, dtype=np.int64)
 
@@ -375,7 +381,8 @@ class SurfaceTarget:
         distance = np.maximum(coarse, self.near_band_mm)
         closest = np.array(points, dtype=np.float64)
         candidates = np.flatnonzero(coarse < self.near_band_mm + bound)
-        vertex, index = self.nearest_vertex(points[candidates], gate=self.near_band_mm)
+        # one query of ~100 000 points per arch: worth both cores (the ICP's many small ones are not)
+        vertex, index = self.nearest_vertex(points[candidates], gate=self.near_band_mm, threads=-1)
         found = np.isfinite(vertex)
         candidates, vertex, index = candidates[found], vertex[found], index[found]
         distance[candidates] = vertex
@@ -387,7 +394,7 @@ class SurfaceTarget:
         wanted = vertex < float(np.hypot(self.exact_band_mm, spread))
         beyond = np.flatnonzero(~wanted)
         if len(beyond):
-            normal, _ = self._index.sides.corner_normals(index[beyond])
+            normal = self._index.sides.vertex_normals[index[beyond]]
             offset = self._local(points[candidates[beyond]]) - self._index.vertices[index[beyond]]
             wanted[beyond] = np.einsum("ij,ij->i", offset, normal) < 0
         exact = candidates[wanted]
