@@ -76,10 +76,17 @@ def _tangent_planes(
 class _MeshIndex:
     """Search structures of one triangle mesh in its own frame, built on first use and shared."""
 
-    def __init__(self, vertices: FloatArray, faces: NDArray[np.int64], scene: object | None = None) -> None:
+    def __init__(
+        self,
+        vertices: FloatArray,
+        faces: NDArray[np.int64],
+        scene: object | None = None,
+        normals: FloatArray | None = None,
+    ) -> None:
         self.vertices = np.ascontiguousarray(vertices, dtype=np.float64)
         self.faces = np.ascontiguousarray(faces, dtype=np.int64)
         self._scene = scene
+        self._normals = normals
         self._sides: MeshSides | None = None
         self._tree: object | None = None
         self._field: DistanceField | None = None
@@ -92,6 +99,15 @@ class _MeshIndex:
         if self._scene is None:
             self._scene = raycasting_scene(self.vertices, self.faces)
         return self._scene
+
+    @property
+    def normals(self) -> FloatArray:
+        """Area-weighted unit vertex normals (the scan's own when it was validated)."""
+        if self._normals is None:
+            from mesial.aligner.validate import vertex_normals  # validate builds on this module
+
+            self._normals = vertex_normals(self.vertices, self.faces)
+        return self._normals
 
     @property
     def sides(self) -> MeshSides:
@@ -203,9 +219,15 @@ class SurfaceTarget:
         return self._vertices
 
     @classmethod
-    def of_mesh(cls, vertices: FloatArray, faces: NDArray[np.int64], scene: object | None = None) -> SurfaceTarget:
-        """A target in the mesh's own frame, optionally with an already built scene of the same triangles."""
-        return cls(vertices, faces, index=_MeshIndex(vertices, faces, scene))
+    def of_mesh(
+        cls,
+        vertices: FloatArray,
+        faces: NDArray[np.int64],
+        scene: object | None = None,
+        normals: FloatArray | None = None,
+    ) -> SurfaceTarget:
+        """A target in the mesh's own frame, optionally with its already built scene and vertex normals."""
+        return cls(vertices, faces, index=_MeshIndex(vertices, faces, scene, normals))
 
     def placed(self, pose: FloatArray) -> SurfaceTarget:
         """The same surface moved by ``pose`` (mesh frame -> query frame), sharing the search structures."""
@@ -394,7 +416,8 @@ class SurfaceTarget:
         wanted = vertex < float(np.hypot(self.exact_band_mm, spread))
         beyond = np.flatnonzero(~wanted)
         if len(beyond):
-            normal = self._index.sides.vertex_normals[index[beyond]]
+            # a filter only (which points get an exact query): the vertex's own normal will do
+            normal = self._index.normals[index[beyond]]
             offset = self._local(points[candidates[beyond]]) - self._index.vertices[index[beyond]]
             wanted[beyond] = np.einsum("ij,ij->i", offset, normal) < 0
         exact = candidates[wanted]

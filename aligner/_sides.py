@@ -8,9 +8,8 @@ The angle-weighted pseudonormal of the feature (at an edge the sum of its two
 faces' normals, at a corner the faces' normals weighted by their angles there)
 gives the right side for any dihedral angle (Baerentzen and Aanaes, IEEE TVCG 2005).
 
-Face normals and every vertex's pseudonormal are computed once per mesh (one pass
-over the corners); the edges and the border are looked at only where queries land:
-the faces around a vertex come from one sort of the face list.
+Only the corners and edges that queries actually land on are looked at: the
+faces around a vertex come from one sort of the face list, built on first use.
 """
 
 from __future__ import annotations
@@ -43,20 +42,6 @@ class MeshSides:
         # corners around each vertex: order[start[v]:start[v + 1]] are face * 3 + corner
         self._order = np.argsort(flat, kind="stable").astype(np.int64)
         self._start = np.concatenate([[0], np.cumsum(np.bincount(flat, minlength=len(vertices)))]).astype(np.int64)
-        corners = vertices[faces]
-        self.face_normals = unit(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]))
-        # every vertex's pseudonormal at once (one pass over the corners): the occlusal analysis
-        # asks for tens of thousands of them, twice per arch
-        summed = np.zeros((len(vertices), 3))
-        for k in range(3):
-            a, b = corners[:, (k + 1) % 3] - corners[:, k], corners[:, (k + 2) % 3] - corners[:, k]
-            cosine = np.einsum("ij,ij->i", a, b) / np.maximum(
-                np.sqrt(np.einsum("ij,ij->i", a, a) * np.einsum("ij,ij->i", b, b)), 1e-300
-            )
-            weighted = np.arccos(np.clip(cosine, -1.0, 1.0))[:, None] * self.face_normals
-            for axis in range(3):
-                summed[:, axis] += np.bincount(faces[:, k], weights=weighted[:, axis], minlength=len(vertices))
-        self.vertex_normals = unit(summed)
 
     def side_normals(
         self, triangles: IntArray, weights: FloatArray, face_normals: FloatArray
@@ -106,11 +91,16 @@ class MeshSides:
         entry = self._order[np.where(real, first[:, None] + slot[None, :], 0)]
         return entry // 3, entry % 3, real
 
+    def _unit_normals(self, faces: IntArray) -> FloatArray:
+        corners = self.vertices[self.faces[faces]]
+        cross = np.cross(corners[..., 1, :] - corners[..., 0, :], corners[..., 2, :] - corners[..., 0, :])
+        return unit(cross)
+
     def _edges(self, a: IntArray, b: IntArray) -> tuple[FloatArray, BoolArray]:
         """Sum of the normals of the faces sharing edge ``(a, b)``; border where only one does."""
         faces, _, real = self._around(a)
         shares = real & (self.faces[faces] == b[:, None, None]).any(axis=2)
-        summed = (self.face_normals[faces] * shares[..., None]).sum(axis=1)
+        summed = (self._unit_normals(faces) * shares[..., None]).sum(axis=1)
         return unit(summed), shares.sum(axis=1) < 2
 
     def corner_normals(self, vertex: IntArray) -> tuple[FloatArray, BoolArray]:
@@ -119,13 +109,20 @@ class MeshSides:
         ring = self.faces[faces]  # (h, k, 3)
         following = np.take_along_axis(ring, ((corner + 1) % 3)[..., None], axis=2)[..., 0]
         preceding = np.take_along_axis(ring, ((corner + 2) % 3)[..., None], axis=2)[..., 0]
+        here = self.vertices[vertex][:, None, :]
+        a, b = self.vertices[following] - here, self.vertices[preceding] - here
+        cosine = np.einsum("hki,hki->hk", a, b) / np.maximum(
+            np.sqrt(np.einsum("hki,hki->hk", a, a) * np.einsum("hki,hki->hk", b, b)), 1e-300
+        )
+        angle = np.arccos(np.clip(cosine, -1.0, 1.0)) * real
+        summed = (self._unit_normals(faces) * angle[..., None]).sum(axis=1)
         # a closed fan uses each neighbour twice (once following, once preceding): an open one has
         # two neighbours used once, the ends of the border through this vertex
         neighbours = np.sort(np.concatenate([np.where(real, following, -1), np.where(real, preceding, -1)], axis=1))
         alone = np.ones(neighbours.shape, dtype=bool)
         alone[:, 1:] &= neighbours[:, 1:] != neighbours[:, :-1]
         alone[:, :-1] &= neighbours[:, :-1] != neighbours[:, 1:]
-        return self.vertex_normals[vertex], np.asarray((alone & (neighbours >= 0)).any(axis=1), dtype=bool)
+        return unit(summed), np.asarray((alone & (neighbours >= 0)).any(axis=1), dtype=bool)
 
 
 def unit(vectors: FloatArray) -> FloatArray:

@@ -72,7 +72,9 @@ class Scan:
     def surface(self) -> SurfaceTarget:
         """Exact closest-point queries on this scan, in its own frame (built once, then shared)."""
         if "surface" not in self._cache:
-            self._cache["surface"] = SurfaceTarget.of_mesh(self.vertices, self.faces, self._cache.pop("scene", None))
+            self._cache["surface"] = SurfaceTarget.of_mesh(
+                self.vertices, self.faces, self._cache.pop("scene", None), self.vertex_normals
+            )
         surface: SurfaceTarget = self._cache["surface"]
         return surface
 
