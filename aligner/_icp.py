@@ -20,9 +20,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mesial.aligner._field import DistanceField
-from mesial.aligner._sides import MeshSides, unit
+from mesial.aligner._sides import MeshSides
 from mesial.aligner.params import AlignParams
-from mesial.aligner.transforms import exp_se3, invert, rotate_vectors, transform_points
+from mesial.aligner.transforms import exp_se3, invert, rotate_vectors, transform_points, unit
 
 FloatArray = NDArray[np.float64]
 
@@ -242,10 +242,7 @@ class SurfaceTarget:
         Within one vertex spacing of the exact surface distance; cheap, and
         cheapest for far points, so used to gate and to score hypotheses.
         """
-        distance, _ = self._index.tree.query(
-            self._local(points), workers=workers(len(points)), distance_upper_bound=upper_bound
-        )
-        return np.asarray(distance, dtype=np.float64)
+        return self.nearest_vertex(points, upper_bound)[0]
 
     @property
     def longest_edge(self) -> float:

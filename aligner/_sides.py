@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from mesial.aligner.transforms import unit
+
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 BoolArray = NDArray[np.bool_]
@@ -79,7 +81,7 @@ class MeshSides:
         corner = np.flatnonzero(count >= 2)
         if len(corner):
             vertex = self.faces[triangles[corner], np.argmax(weights[corner], axis=1)]
-            normals[corner], border[corner] = self.corner_normals(vertex)
+            normals[corner], border[corner] = self._corners(vertex)
         return normals, border
 
     def _around(self, vertex: IntArray) -> tuple[IntArray, IntArray, BoolArray]:
@@ -103,7 +105,7 @@ class MeshSides:
         summed = (self._unit_normals(faces) * shares[..., None]).sum(axis=1)
         return unit(summed), shares.sum(axis=1) < 2
 
-    def corner_normals(self, vertex: IntArray) -> tuple[FloatArray, BoolArray]:
+    def _corners(self, vertex: IntArray) -> tuple[FloatArray, BoolArray]:
         """Angle-weighted pseudonormal ``(h, 3)`` of each vertex, and whether it is on the border ``(h,)``."""
         faces, corner, real = self._around(vertex)
         ring = self.faces[faces]  # (h, k, 3)
@@ -123,9 +125,3 @@ class MeshSides:
         alone[:, 1:] &= neighbours[:, 1:] != neighbours[:, :-1]
         alone[:, :-1] &= neighbours[:, :-1] != neighbours[:, 1:]
         return unit(summed), np.asarray((alone & (neighbours >= 0)).any(axis=1), dtype=bool)
-
-
-def unit(vectors: FloatArray) -> FloatArray:
-    """``vectors (..., 3)`` scaled to unit length (zero ones stay zero)."""
-    length = np.sqrt(np.einsum("...i,...i->...", vectors, vectors))[..., None]
-    return np.asarray(np.divide(vectors, length, out=np.zeros_like(vectors), where=length > 0), dtype=np.float64)

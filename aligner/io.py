@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mesial.aligner.errors import CorruptScan, ScanTooLarge, UnsupportedScanFormat
+from mesial.aligner.transforms import unit
 
 _STL_HEADER_BYTES = 84
 _STL_RECORD_BYTES = 50
@@ -272,9 +273,7 @@ def write_stl(path: str | Path, vertices: NDArray[np.float64], faces: NDArray[np
     faces : (m, 3) int
     """
     corners = np.asarray(vertices, dtype=np.float64)[np.asarray(faces)]
-    normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
-    lengths = np.linalg.norm(normals, axis=1, keepdims=True)
-    normals = np.divide(normals, lengths, out=np.zeros_like(normals), where=lengths > 0)
+    normals = unit(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]))
     records = np.zeros(len(corners), dtype=_STL_DTYPE)
     records["normal"] = normals
     records["corners"] = corners

@@ -222,10 +222,11 @@ async def run_job(spec: JobSpec, settings: Settings, scratch_root: Path | None =
             await reporter.finish("succeeded")
             return EXIT_OK
         except MesialError as exc:
-            if isinstance(exc, InputError):
+            invalid = isinstance(exc, InputError)
+            if invalid:
                 reporter.status.result_status = "invalid_input"
             await reporter.finish("failed", _sanitized(exc))
-            return EXIT_INVALID if isinstance(exc, InputError) else EXIT_FAILED
+            return EXIT_INVALID if invalid else EXIT_FAILED
         except Exception as exc:
             # The message names the error type only: internals stay in the pod's log.
             await reporter.finish("failed", f"internal error ({type(exc).__name__})")

@@ -1,4 +1,4 @@
-"""Rigid transforms as 4x4 homogeneous matrices (row-major, millimetres)."""
+"""Rigid transforms as 4x4 homogeneous matrices (row-major, millimetres), and unit vectors."""
 
 from __future__ import annotations
 
@@ -100,3 +100,9 @@ def rotation_angle_deg(matrix: FloatArray) -> float:
     """Rotation angle of a ``(4, 4)`` transform, degrees."""
     cos = (np.trace(matrix[:3, :3]) - 1) / 2
     return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
+
+
+def unit(vectors: FloatArray) -> FloatArray:
+    """``vectors (..., 3)`` scaled to unit length (zero ones stay zero)."""
+    length = np.sqrt(np.einsum("...i,...i->...", vectors, vectors))[..., None]
+    return np.asarray(np.divide(vectors, length, out=np.zeros_like(vectors), where=length > 0), dtype=np.float64)

@@ -18,6 +18,7 @@ from mesial.aligner._features import first_occurrences
 from mesial.aligner._icp import SurfaceTarget, raycasting_scene
 from mesial.aligner.errors import CorruptScan, EmptyScan, ImplausibleScale, InvalidScanShape, ScanInputError
 from mesial.aligner.io import RawMesh, read_mesh
+from mesial.aligner.transforms import unit
 from mesial.aligner.units import DENTAL_EXTENT_MM, guess_unit, unit_conversion
 
 # Triangles with less area than this (mm²) are degenerate: 1e-10 mm² is a
@@ -243,8 +244,7 @@ def vertex_normals(
     flat = faces.ravel()
     for axis in range(3):
         normals[:, axis] = np.bincount(flat, weights=np.repeat(face_normals[:, axis], 3), minlength=len(vertices))
-    lengths = np.linalg.norm(normals, axis=1, keepdims=True)
-    return np.asarray(np.divide(normals, lengths, out=np.zeros_like(normals), where=lengths > 0), dtype=np.float64)
+    return unit(normals)
 
 
 def orientation_is_inward(
