@@ -39,13 +39,13 @@ async def report_job(call: Call) -> Response:
     results = JobResults(rt.need_store(), rt.need_collector())
     if call.body.state == "running":
         progress = await results.progress(spec)
-        started = await Job.filter(id=job.id, state=JobState.queued.value).update(state="running", started_at=utcnow())
-        if started:
+        # one update: a reader never sees the job running without the progress it was reported with
+        known = {} if progress is None else {"progress": progress.percent / 100, "metrics": progress.metrics}
+        queued = Job.filter(id=job.id, state=JobState.queued.value)
+        if await queued.update(state="running", started_at=utcnow(), **known):
             await results.audit(spec, "job.started", me.actor)
-        if progress is not None:
-            await Job.filter(id=job.id, state="running").update(
-                progress=progress.percent / 100, metrics=progress.metrics
-            )
+        elif known:
+            await Job.filter(id=job.id, state="running").update(**known)
     else:
         await results.conclude(spec, call.body.state == "succeeded", sanitize_text(call.body.message), me.actor)
     await job.refresh_from_db()
