@@ -19,7 +19,6 @@ import os
 from pathlib import Path
 
 from mesial.common.audit import PLATFORM_TENANT, AuditEvent, HttpAuditSink
-from mesial.common.errors import ServiceError
 from mesial.common.service_http import HttpRefused
 
 
@@ -78,13 +77,8 @@ class CollectorAuditSink:
     async def append(self, event: AuditEvent) -> None:
         try:
             await self.http.append(event)
-        except ServiceError as exc:
-            if event.tenant == PLATFORM_TENANT or http_status(exc) != 403:
+        except HttpRefused as exc:
+            if event.tenant == PLATFORM_TENANT or exc.code != 403:
                 raise
             details = {**event.details, "tenant": event.tenant}
             await self.http.append(dataclasses.replace(event, tenant=PLATFORM_TENANT, details=details))
-
-
-def http_status(exc: BaseException) -> int | None:
-    """The HTTP status behind a :class:`ServiceError` of the HTTP sink (None: no answer at all)."""
-    return exc.code if isinstance(exc, HttpRefused) else None

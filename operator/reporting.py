@@ -13,7 +13,8 @@ import asyncio
 import json
 import re
 import urllib.parse
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
 
 from mesial.common.errors import MesialError, ServiceError
 from mesial.common.progress import sanitize_text
@@ -21,6 +22,7 @@ from mesial.common.service_http import HttpRefused, post_json, tls_context
 from mesial.common.settings import OperatorSettings
 
 State = Literal["running", "succeeded", "failed"]
+Client = TypeVar("Client")
 # The endpoint's bound on ``message`` (api/schemas.py JobReport).
 MAX_MESSAGE = 256
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -49,10 +51,7 @@ class JobReporter:
 
     @classmethod
     def from_settings(cls, op: OperatorSettings) -> JobReporter | None:
-        if not op.api_configured or op.api_service_key is None:
-            return None
-        cafile = str(op.api_ca_cert) if op.api_ca_cert else None
-        return cls(op.api_url, op.api_service_key.get_secret_value(), timeout_s=op.api_timeout_s, cafile=cafile)
+        return api_client(op, cls)
 
     def __repr__(self) -> str:  # never the key
         return f"JobReporter({self.base_url!r})"
@@ -77,3 +76,14 @@ class JobReporter:
             if exc.code in _RETRY or exc.code >= 500:
                 raise ServiceError(f"the API did not take the job report ({exc.code}): {detail}") from exc
             raise ReportRefused(exc.code, detail) from exc
+
+
+def api_client(op: OperatorSettings, client: Callable[..., Client]) -> Client | None:
+    """``client(url, key, timeout_s=, cafile=)`` for the API the operator is configured with; None without one.
+
+    The job reporter and the audit collector's sink reach the same API with the same key.
+    """
+    if not op.api_configured or op.api_service_key is None:
+        return None
+    cafile = str(op.api_ca_cert) if op.api_ca_cert else None
+    return client(op.api_url, op.api_service_key.get_secret_value(), timeout_s=op.api_timeout_s, cafile=cafile)

@@ -20,7 +20,7 @@ from mesial.common.retention import RecordSweeper
 from mesial.common.settings import Settings
 from mesial.common.vault import TenantKeys
 from mesial.operator.k8s import K8s
-from mesial.operator.reporting import JobReporter
+from mesial.operator.reporting import JobReporter, api_client
 
 
 @dataclass
@@ -75,9 +75,5 @@ class Runtime:
 
 def default_audit_sink(settings: Settings) -> AuditSink:
     """The API's collector when the operator knows the API (cluster mode), else the JSON Lines file."""
-    op = settings.operator
-    if op.api_configured and op.api_service_key is not None:
-        cafile = str(op.api_ca_cert) if op.api_ca_cert else None
-        token = op.api_service_key.get_secret_value()
-        return CollectorAuditSink(HttpAuditSink(op.api_url, token, timeout_s=op.api_timeout_s, cafile=cafile))
-    return JsonlAuditSink(op.audit_jsonl_path)
+    http = api_client(settings.operator, HttpAuditSink)
+    return CollectorAuditSink(http) if http is not None else JsonlAuditSink(settings.operator.audit_jsonl_path)

@@ -15,17 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from mesial.operator.reporting import JOB_ID_RE, MAX_MESSAGE, JobReporter, State
+from mesial.operator.reporting import MAX_MESSAGE, JobReporter, State
+from mesial.operator.sync.scanjob import TERMINAL, api_job_id
 
-JOB_ID_LABEL = "mesial.dev/job-id"
-TERMINAL = ("Succeeded", "Failed")
 STATES: dict[str, State] = {"Running": "running", "Succeeded": "succeeded", "Failed": "failed"}
-
-
-def api_job_id(body: Any) -> str | None:
-    """The API's job id of a ScanJob, or None for one made by hand (or a malformed label)."""
-    value = ((body.get("metadata") or {}).get("labels") or {}).get(JOB_ID_LABEL)
-    return value if isinstance(value, str) and JOB_ID_RE.fullmatch(value) else None
 
 
 def unreported(body: Any) -> bool:

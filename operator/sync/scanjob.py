@@ -26,9 +26,9 @@ from mesial.common.provisioning import policy_name_for
 from mesial.common.settings import OperatorSettings, Settings
 from mesial.operator.errors import describe
 from mesial.operator.k8s import K8s, K8sError, Obj
+from mesial.operator.reporting import JOB_ID_RE
 from mesial.operator.runtime import Runtime
 from mesial.operator.sync.conditions import now_iso
-from mesial.operator.sync.jobreport import api_job_id
 
 SCANJOB = ("mesial.dev/v1alpha1", "ScanJob")
 JOB = ("batch/v1", "Job")
@@ -36,6 +36,8 @@ ORG = ("mesial.dev/v1alpha1", "Organization")
 TERMINAL = ("Succeeded", "Failed")
 SCAN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 SCANJOB_LABEL = "mesial.dev/scanjob"
+# The API's job id on the ScanJobs it creates (api/executor.py scanjob_manifest).
+JOB_ID_LABEL = "mesial.dev/job-id"
 VAULT_TOKEN_DIR = "/var/run/secrets/vault"
 
 
@@ -89,6 +91,12 @@ def _number(value: Any, low: float, high: float, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
         raise InputError(f"{name} must be a number from {low} to {high}")
     return float(value)
+
+
+def api_job_id(body: Any) -> str | None:
+    """The API's job id of a ScanJob, or None for one made by hand (or a malformed label)."""
+    value = ((body.get("metadata") or {}).get("labels") or {}).get(JOB_ID_LABEL)
+    return value if isinstance(value, str) and JOB_ID_RE.fullmatch(value) else None
 
 
 def job_id_of(body: Any) -> str:
