@@ -12,6 +12,8 @@ from mesial.api.types import Role
 from mesial.common.progress import CONTACT_THRESHOLD_MM
 
 Id = Annotated[str, Field(pattern=r"^[a-z]{3}_[0-9a-f]{24}$", description="opaque id")]
+# An organization's name: a DNS label once prefixed (its namespace is mesial-org-<name>).
+OrgName = Annotated[str, Field(min_length=1, max_length=52, pattern=r"^[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?$")]
 
 
 # Ingested event details: short machine values only (ids, counts, hashes, reasons), no free text.
@@ -35,7 +37,7 @@ class Error(BaseModel):
 
 
 class OrgCreate(Strict):
-    name: str = Field(min_length=1, max_length=52, pattern=r"^[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?$")
+    name: OrgName
     retention_days: int = Field(90, ge=1, le=36500)
 
 
@@ -186,11 +188,8 @@ class Ingested(BaseModel):
 
 class JobReport(Strict):
     state: Literal["running", "succeeded", "failed"]
-    tenant: str = Field(
-        min_length=1,
-        max_length=52,
-        pattern=r"^[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?$",
-        description="the organization whose namespace ran the job; a report for another's job is refused (404)",
+    tenant: OrgName = Field(
+        description="the organization whose namespace ran the job; a report for another's job is refused (404)"
     )
     message: str = Field("", max_length=256)
 
