@@ -321,13 +321,12 @@ def _running_min(values: FloatArray, half: int) -> FloatArray:
     A running minimum over ``2 half + 1`` samples, averaged over ``half + 1``
     (each average only mixes minima of windows that contain the sample).
     """
+    from scipy.ndimage import minimum_filter1d, uniform_filter1d
+
     if half <= 0:
         return values
-    padded = np.pad(values, half, mode="edge")
-    low = np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1).min(axis=1)
-    inner = half // 2
-    padded = np.pad(low, inner, mode="edge")
-    return np.asarray(np.lib.stride_tricks.sliding_window_view(padded, 2 * inner + 1).mean(axis=1))
+    low = minimum_filter1d(values, 2 * half + 1, mode="nearest")
+    return np.asarray(uniform_filter1d(low, 2 * (half // 2) + 1, mode="nearest"), dtype=np.float64)
 
 
 def _smoothstep(x: FloatArray) -> FloatArray:
