@@ -88,6 +88,9 @@ def _translated(key: str) -> Any:
     """Translate botocore's errors into the storage error tree, at this one edge."""
     try:
         yield
+    except botocore.exceptions.SSLError as exc:
+        # a certificate no trusted CA signed: store.ca_cert (the chart's store.caSecret) names the CA
+        raise StoreUnavailable(f"object store TLS failed (is its CA in store.ca_cert?): {exc}"[:300]) from exc
     except _UNAVAILABLE as exc:
         raise StoreUnavailable(f"object store unreachable: {type(exc).__name__}") from exc
     except botocore.exceptions.ClientError as exc:
@@ -122,7 +125,7 @@ class ObjectStore:
                 region_name=self.settings.region,
                 aws_access_key_id=self.settings.access_key.get_secret_value(),
                 aws_secret_access_key=self.settings.secret_key.get_secret_value(),
-                verify=self.settings.verify_tls,
+                verify=self._verify(),
                 config=config,
             )
         )
@@ -133,6 +136,13 @@ class ObjectStore:
     ) -> None:
         await self._stack.aclose()
         self._client = None
+
+    def _verify(self) -> bool | str:
+        """botocore's ``verify``: the private CA's path when one is set (``True`` would make botocore
+        ignore ``AWS_CA_BUNDLE`` and trust only its own bundle), else whether to check at all."""
+        if not self.settings.verify_tls:
+            return False
+        return str(self.settings.ca_cert) if self.settings.ca_cert else True
 
     @property
     def client(self) -> Any:

@@ -60,6 +60,8 @@ class StoreSettings(BaseModel):
     timeout_s: float = Field(30.0, gt=0)
     max_attempts: int = Field(4, ge=1, le=20)
     verify_tls: bool = True
+    # PEM CA bundle the endpoint's certificate is checked against (a private CA); None: the system's.
+    ca_cert: Path | None = None
 
     @field_validator("bucket")
     @classmethod

@@ -22,7 +22,7 @@ import weakref
 from collections.abc import AsyncIterator, Collection, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import kmock
 import kopf
@@ -35,6 +35,22 @@ from mesial.operator.main import build_registry
 from mesial.operator.runtime import Runtime
 
 CRDS_DIR = Path(__file__).resolve().parent.parent / "crds"
+# The bearer tokens of the operator (kopf and the runtime's client) and of the test's own client:
+# the emulator tells the operator's requests apart by them (``Emulator.request_log``).
+OPERATOR_TOKEN = "operator"
+CLIENT_TOKEN = "emulated"
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request the operator made: method, path, query and JSON body (as sent)."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    body: Any
+
+
 _parse_path = parsing.parse_path
 
 
@@ -60,7 +76,12 @@ parsing.parse_path = _parse_path_with_namespaces
 
 
 class Emulator(kmock.KubernetesEmulator):
-    """kmock with uids, creation timestamps, generations (bumped on spec changes) and generateName."""
+    """kmock with uids, creation timestamps, generations (bumped on spec changes) and generateName.
+
+    While ``request_log`` is a list, every request made with the operator's token is appended to
+    it (``tests/operator/test_least_privilege.py`` checks them against the chart's RBAC)."""
+
+    request_log: ClassVar[list[RecordedRequest] | None] = None
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -68,6 +89,10 @@ class Emulator(kmock.KubernetesEmulator):
 
     async def _handle(self, request: Any) -> Any:
         self.request_count += 1
+        log = Emulator.request_log
+        if log is not None and request.headers.get("Authorization") == f"Bearer {OPERATOR_TOKEN}":
+            body = request.data if request.method.value in ("POST", "PUT", "PATCH") else None
+            log.append(RecordedRequest(request.method.value, request.url.path, dict(request.params), body))
         if request.resource is not None and request.action == enums.action.CREATE and isinstance(request.data, dict):
             meta = request.data.setdefault("metadata", {})
             if not meta.get("name") and meta.get("generateName"):
@@ -235,11 +260,11 @@ class Harness:
         self.task = None
         for old in (self.client, self.runtime.k8s):
             await old.close()
-        self.client = K8s.for_server(self.url, "emulated")
-        self.runtime.k8s = K8s.for_server(self.url, "emulated")
+        self.client = K8s.for_server(self.url, CLIENT_TOKEN)
+        self.runtime.k8s = K8s.for_server(self.url, OPERATOR_TOKEN)
 
     def login(self, **_: Any) -> kopf.ConnectionInfo:
-        return kopf.ConnectionInfo(server=self.url, scheme="Bearer", token="emulated", insecure=True)
+        return kopf.ConnectionInfo(server=self.url, scheme="Bearer", token=OPERATOR_TOKEN, insecure=True)
 
 
 @contextlib.asynccontextmanager
@@ -250,8 +275,8 @@ async def emulated(settings: Settings, runtime_factory: Any) -> AsyncIterator[Ha
     async with emulator, kmock.Server(emulator):
         with _tracking_operator_tasks() as owned:
             url = str(emulator.url).rstrip("/")
-            runtime: Runtime = await runtime_factory(K8s.for_server(url, "emulated"))
-            harness = Harness(emulator, url, runtime, K8s.for_server(url, "emulated"), owned=owned)
+            runtime: Runtime = await runtime_factory(K8s.for_server(url, OPERATOR_TOKEN))
+            harness = Harness(emulator, url, runtime, K8s.for_server(url, CLIENT_TOKEN), owned=owned)
             await harness.start_operator(settings)
             try:
                 yield harness

@@ -155,3 +155,25 @@ def test_chart_environment_is_understood_by_the_settings(
     assert operator.operator.aligner_image == "ghcr.io/mesial/mesial:0.1.0"
     assert api.api.migrate_on_start is False
     assert operator.operator.job_store_access_key is not None  # from aligner.storeCredentialsSecret
+
+
+def test_every_pod_gets_the_pull_secrets(k8s_tools: dict[str, Path]) -> None:
+    docs = render(k8s_tools, "--set", "global.imagePullSecrets[0].name=regcred")
+    specs = pod_specs(docs)
+    assert {name.split("/")[0] for name, _ in specs} == {"Deployment", "Job", "Pod"}  # migrate hook, helm test
+    for name, spec in specs:
+        assert spec.get("imagePullSecrets") == [{"name": "regcred"}], name
+
+
+def test_store_ca_reaches_the_store_client_settings(
+    k8s_tools: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = render(k8s_tools, "-f", str(CHART / "ci" / "strict-values.yaml"))
+    for doc in (d for d in docs if d["kind"] == "Deployment"):
+        pod = doc["spec"]["template"]["spec"]
+        settings = settings_from(pod["containers"][0], monkeypatch)
+        assert str(settings.store.ca_cert) == "/etc/mesial/store-ca/ca.crt"
+        mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert mounts["store-ca"] == "/etc/mesial/store-ca"
+        assert volumes["store-ca"]["secret"]["secretName"] == "store-ca"

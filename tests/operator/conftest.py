@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,30 @@ from mesial.common.services import free_port
 from mesial.common.settings import OperatorSettings, Settings
 from mesial.operator.k8s import K8s
 from mesial.operator.runtime import Runtime
-from mesial.operator.testing import Harness, emulated
+from mesial.operator.testing import Emulator, Harness, RecordedRequest, emulated
 
 _names = itertools.count(1)
+# Runs after every other operator test: it judges the requests they all made.
+LAST = "test_least_privilege.py"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def operator_requests() -> Iterator[list[RecordedRequest]]:
+    """Every request the operator makes to an emulator during the session, in order."""
+    log: list[RecordedRequest] = []
+    Emulator.request_log = log
+    yield log
+    if os.environ.get("MESIAL_DUMP_REQUESTS"):
+        import json
+
+        Path(os.environ["MESIAL_DUMP_REQUESTS"]).write_text(
+            "\n".join(json.dumps([r.method, r.path, r.query, r.body]) for r in log)
+        )
+    Emulator.request_log = None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.nodeid.split("::")[0].endswith(LAST))
 
 
 @pytest.fixture

@@ -130,7 +130,7 @@ Settings every component reads (MESIAL_* environment); call with (dict "ctx" $ "
   valueFrom:
     secretKeyRef: {name: {{ $v.store.credentialsSecret | quote }}, key: secret-key}
 {{- if $v.store.caSecret }}
-- name: AWS_CA_BUNDLE
+- name: MESIAL_STORE__CA_CERT
   value: /etc/mesial/store-ca/ca.crt
 {{- end }}
 {{- end -}}
@@ -198,5 +198,15 @@ The API's base URL as the operator reaches it: operator.api.url, else the chart'
 {{- .Values.operator.api.url -}}
 {{- else if .Values.api.enabled -}}
 {{- printf "http://%s-api.%s.svc:%d" (include "mesial.fullname" .) .Release.Namespace (int .Values.api.service.port) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+imagePullSecrets of every pod the chart creates (global.imagePullSecrets).
+*/}}
+{{- define "mesial.imagePullSecrets" -}}
+{{- with .Values.global.imagePullSecrets -}}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
 {{- end -}}
 {{- end -}}
