@@ -18,6 +18,8 @@ class Organization(Model):
     name = fields.CharField(max_length=64, unique=True)
     retention_days = fields.IntField(default=90)
     created_at = fields.DatetimeField()
+    # whether the platform admin may issue a break-glass org-admin key once the organization lost its own
+    break_glass_allowed = fields.BooleanField(default=True)
 
     class Meta:
         table = "organizations"

@@ -45,10 +45,18 @@ class Retention(Strict):
     retention_days: int = Field(ge=1, le=36500, description="days scans and results are kept (legal holds excepted)")
 
 
+class BreakGlass(Strict):
+    allowed: bool = Field(
+        description="whether the platform admin may issue a one-day org-admin key once the organization "
+        "has no active org-admin left (audited as key.break_glass in the organization's chain)"
+    )
+
+
 class Org(BaseModel):
     id: str
     name: str
     retention_days: int
+    break_glass_allowed: bool
     created_at: str
 
 
@@ -59,6 +67,14 @@ class OrgList(BaseModel):
 class KeyCreate(Strict):
     role: Literal["org-admin", "clinician", "technician", "auditor"]
     expires_in_days: int | None = Field(None, ge=1, le=3650)
+
+
+class PlatformKeyCreate(KeyCreate):
+    break_glass: bool = Field(
+        False,
+        description="issue a one-day org-admin key into an organization that has no active org-admin left "
+        "(refused if it forbade break-glass); without it, only an organization's first key is issued",
+    )
 
 
 class Key(BaseModel):

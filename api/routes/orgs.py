@@ -44,21 +44,23 @@ async def list_orgs(call: Call) -> Response:
     Spec(
         "POST",
         "/v1/orgs/{name}/keys",
-        "Issue a key in an organization (e.g. its first org-admin)",
+        "Issue an organization's first key, or a break-glass org-admin key",
         PLATFORM,
         action="key.issued",
         resource_type="api_key",
-        body=schemas.KeyCreate,
+        body=schemas.PlatformKeyCreate,
         response=schemas.NewKey,
         status=201,
     )
 )
 async def issue_org_key(call: Call) -> Response:
     org = await orgs.org_by_name(call.param("name"))
-    key, secret = await orgs.issue_member_key(org.id, Role(call.body.role), call.body.expires_in_days)
+    b = call.body
+    if call.mark is not None:  # the organization's own chain shows who issued its keys, or tried to
+        call.mark.tenant = org.name
+        call.mark.action = "key.break_glass" if b.break_glass else call.mark.action
+    key, secret = await orgs.issue_platform_key(org, Role(b.role), b.expires_in_days, break_glass=b.break_glass)
     call.audit(key.id)
-    if call.mark is not None:
-        call.mark.tenant = org.name  # the organization's own chain shows who issued its keys
     return ok({**orgs.key_view(key), "key": secret}, 201)
 
 
@@ -148,4 +150,33 @@ async def set_retention(call: Call) -> Response:
     return ok(orgs.org_view(org))
 
 
-ROUTES = [create_org, list_orgs, issue_org_key, me, issue_key, list_keys, revoke_key, disable_member, set_retention]
+@route(
+    Spec(
+        "PUT",
+        "/v1/org/break-glass",
+        "Allow or forbid the platform admin's break-glass key (once no org-admin is left)",
+        ADMIN,
+        action="org.break_glass_changed",
+        resource_type="organization",
+        body=schemas.BreakGlass,
+        response=schemas.Org,
+    )
+)
+async def set_break_glass(call: Call) -> Response:
+    org = await orgs.set_break_glass(call.scope.org_id, call.body.allowed)
+    call.audit(org.id, allowed=call.body.allowed)
+    return ok(orgs.org_view(org))
+
+
+ROUTES = [
+    create_org,
+    list_orgs,
+    issue_org_key,
+    me,
+    issue_key,
+    list_keys,
+    revoke_key,
+    disable_member,
+    set_retention,
+    set_break_glass,
+]

@@ -9,16 +9,25 @@ from typing import Any
 from tortoise.exceptions import IntegrityError as DbIntegrityError
 
 from mesial.api.auth import issue_key, new_member
-from mesial.api.errors import Conflict, NotFound, ValidationFailed
+from mesial.api.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from mesial.api.models import ApiKey, Member, Organization
 from mesial.api.services.scope import OPAQUE_ID_RE
 from mesial.api.types import TENANT_ROLES, Role, iso, new_id, utcnow
 from mesial.common.tenancy import ORG_NAME_RE, validate_org_name
 from mesial.common.vault import TenantKeys
 
+# A break-glass key lives one day at most: long enough to issue the organization a new admin of its own.
+BREAK_GLASS_TTL_DAYS = 1
+
 
 def org_view(org: Organization) -> dict[str, Any]:
-    return {"id": org.id, "name": org.name, "retention_days": org.retention_days, "created_at": iso(org.created_at)}
+    return {
+        "id": org.id,
+        "name": org.name,
+        "retention_days": org.retention_days,
+        "break_glass_allowed": org.break_glass_allowed,
+        "created_at": iso(org.created_at),
+    }
 
 
 def key_view(key: ApiKey) -> dict[str, Any]:
@@ -62,6 +71,51 @@ async def issue_member_key(org_id: str | None, role: Role, ttl_days: int | None)
         raise ValidationFailed(f"role {role.value} cannot belong to an organization")
     member = await new_member(org_id, role)
     return await issue_key(member=member, role=role, org_id=org_id, ttl=timedelta(days=ttl_days) if ttl_days else None)
+
+
+async def issue_platform_key(
+    org: Organization, role: Role, ttl_days: int | None, *, break_glass: bool = False
+) -> tuple[ApiKey, str]:
+    """A key the platform admin issues into ``org``: its first keys, or break-glass.
+
+    The platform admin reaches no scan content: once the organization has a member, its
+    keys are its org-admins' to issue. Break-glass gives one org-admin key (one day at
+    most) only to an organization that has no active org-admin left and has not forbidden
+    it; the route audits it as ``key.break_glass`` in the organization's own chain.
+    """
+    if not break_glass:
+        if await Member.filter(org_id=org.id, role__in=[r.value for r in TENANT_ROLES]).exists():
+            raise Forbidden(
+                "the organization has members: its org-admins issue its keys (break-glass if it has lost them all)"
+            )
+        return await issue_member_key(org.id, role, ttl_days)
+    if role is not Role.org_admin:
+        raise ValidationFailed("break-glass issues an org-admin key only")
+    if not org.break_glass_allowed:
+        raise Forbidden("the organization has forbidden break-glass access")
+    if await has_active_admin(org.id):
+        raise Conflict("the organization has an active org-admin: keys are theirs to issue")
+    return await issue_member_key(org.id, Role.org_admin, min(ttl_days or BREAK_GLASS_TTL_DAYS, BREAK_GLASS_TTL_DAYS))
+
+
+async def has_active_admin(org_id: str) -> bool:
+    """Whether an org-admin of ``org_id`` can still act: a member not disabled, with a live key or SSO."""
+    now = utcnow()
+    for member in await Member.filter(org_id=org_id, role=Role.org_admin.value, disabled_at=None):
+        if member.subject.startswith("oidc:"):
+            return True
+        live = ApiKey.filter(member_id=member.id, revoked_at=None)
+        if await live.filter(expires_at=None).exists() or await live.filter(expires_at__gt=now).exists():
+            return True
+    return False
+
+
+async def set_break_glass(org_id: str, allowed: bool) -> Organization:
+    org = await Organization.get(id=org_id)
+    if org.break_glass_allowed != allowed:
+        org.break_glass_allowed = allowed
+        await org.save(update_fields=["break_glass_allowed"])
+    return org
 
 
 async def issue_service_key(name: str, org_id: str | None = None) -> tuple[ApiKey, str]:

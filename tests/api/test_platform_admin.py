@@ -1,0 +1,76 @@
+"""The platform admin creates organizations and issues their first keys, and reaches no scan content.
+
+Once an organization has a member, its keys are its own admins' business. The one way
+back in is break-glass: only when the organization has no active org-admin left, only if
+the organization has not forbidden it, and always as a ``key.break_glass`` event in the
+organization's own chain.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from tests.api.conftest import Harness, bearer
+from tests.api.test_audit import events, export
+
+
+async def _org(api: Harness) -> tuple[str, dict[str, str]]:
+    name = f"org-{secrets.token_hex(4)}"
+    platform = bearer(await api.platform_key())
+    assert (await api.client.post("/v1/orgs", json={"name": name}, headers=platform)).status_code == 201
+    return name, platform
+
+
+async def test_platform_admin_issues_first_keys_only(api: Harness) -> None:
+    name, platform = await _org(api)
+    first = await api.client.post(f"/v1/orgs/{name}/keys", json={"role": "org-admin"}, headers=platform)
+    assert first.status_code == 201, first.text
+    admin = first.json()["key"]
+    scan = await api.upload(admin, "upper")
+    for role in ("org-admin", "technician", "auditor"):
+        again = await api.client.post(f"/v1/orgs/{name}/keys", json={"role": role}, headers=platform)
+        assert again.status_code == 403, (role, again.status_code, again.text)
+        assert again.json()["error"]["code"] == "forbidden"
+    # no key of the platform's making reaches the scan; the organization's own admin still does
+    assert (await api.client.get(f"/v1/scans/{scan['id']}", headers=platform)).status_code == 403
+    keys = (await api.client.get("/v1/keys", headers=bearer(admin))).json()["items"]
+    assert len(keys) == 1
+    found = events(await export(api, admin))
+    refused = [e for e in found if e["action"] == "key.issued" and e["outcome"] == "denied"]
+    assert len(refused) == 3 and all(e["actor"].startswith("key:") for e in refused)
+
+
+async def test_break_glass_needs_a_lost_admin_and_is_in_the_tenant_chain(api: Harness) -> None:
+    name, platform = await _org(api)
+    admin = (await api.client.post(f"/v1/orgs/{name}/keys", json={"role": "org-admin"}, headers=platform)).json()["key"]
+    auditor = await api.key(admin, "auditor")
+    # an organization with an active admin recovers itself: break-glass is refused
+    glass = {"role": "org-admin", "break_glass": True}
+    refused = await api.client.post(f"/v1/orgs/{name}/keys", json=glass, headers=platform)
+    assert refused.status_code == 409, refused.text
+    # the admin is lost (its member disabled by itself): break-glass works, for one day at most
+    me = (await api.client.get("/v1/keys", headers=bearer(admin))).json()["items"][0]
+    assert (await api.client.delete(f"/v1/members/{me['member_id']}", headers=bearer(admin))).status_code == 204
+    for wrong in ({"role": "technician", "break_glass": True}, {"role": "org-admin"}):
+        assert (await api.client.post(f"/v1/orgs/{name}/keys", json=wrong, headers=platform)).status_code in (403, 422)
+    issued = await api.client.post(f"/v1/orgs/{name}/keys", json=glass, headers=platform)
+    assert issued.status_code == 201, issued.text
+    assert issued.json()["expires_at"] is not None
+    recovered = issued.json()["key"]
+    response = await api.client.get("/v1/audit/export", headers=bearer(auditor))
+    chain = [line for line in events(response.text.splitlines()) if line["action"] == "key.break_glass"]
+    assert [(e["outcome"], e["resource_id"]) for e in chain][-1] == ("success", issued.json()["id"])
+    # the recovered admin forbids it from now on; a later break-glass is refused and audited too
+    forbid = await api.client.put("/v1/org/break-glass", json={"allowed": False}, headers=bearer(recovered))
+    assert forbid.status_code == 200 and forbid.json()["break_glass_allowed"] is False
+    me = (await api.client.get("/v1/me", headers=bearer(recovered))).json()
+    key_id = me["actor"].removeprefix("key:")
+    keys = (await api.client.get("/v1/keys", headers=bearer(recovered))).json()["items"]
+    member = next(k["member_id"] for k in keys if k["id"] == key_id)
+    assert (await api.client.delete(f"/v1/members/{member}", headers=bearer(recovered))).status_code == 204
+    again = await api.client.post(f"/v1/orgs/{name}/keys", json=glass, headers=platform)
+    assert again.status_code == 403 and "forbidden" in again.json()["error"]["message"]
+    response = await api.client.get("/v1/audit/export", headers=bearer(auditor))
+    found = events(response.text.splitlines())
+    assert ("org.break_glass_changed", "success") in [(e["action"], e["outcome"]) for e in found]
+    assert [e["outcome"] for e in found if e["action"] == "key.break_glass"][-1] == "denied"
