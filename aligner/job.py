@@ -1,15 +1,17 @@
 """``mesial job run``: the aligner Job entrypoint (Kubernetes Job and local executor alike).
 
-The aligner library knows nothing of Vault or S3; this module adds the I/O. One run:
+The aligner library knows nothing of Vault or S3; this module adds the I/O. Its
+arguments, keys and progress document are the job contract of
+:mod:`mesial.common.contract` (one :class:`~mesial.common.contract.JobSpec`). One run:
 
-1. reads the tenant's scans ``tenants/<org>/scans/<scan-id>`` through the encrypted
-   store (decrypted with the tenant's key, authenticated) into a private scratch dir;
+1. reads the tenant's scans (``scan_key``) through the encrypted store (decrypted with
+   the tenant's key, authenticated) into a private scratch dir;
 2. runs :func:`mesial.aligner.align_scans` with the requested options;
-3. writes every output as an encrypted artifact ``jobs/<job-id>/artifacts/<name>``;
-4. keeps ``jobs/<job-id>/progress.json`` current (encrypted too): stage, percent, and at
-   the end flat numeric metrics, the artifact keys, the job's state and result status, or
-   a sanitized message. The operator and the API read it as untrusted input (the operator
-   through ``mesial.common.progress.parse_progress``, which keeps the fields it knows).
+3. writes every output as an encrypted artifact (``artifact_key``);
+4. keeps its progress document (``progress_key``, encrypted too) current: state, stage,
+   percent, and at the end flat numeric metrics, the artifact keys and the result status,
+   or a sanitized message. The operator and the API read it as untrusted input
+   (``parse_progress`` keeps the fields it knows).
 
 A tenant pod may not patch its ScanJob's status, so the status object is how progress
 and results travel: the operator and the API read it. Exit codes: 0 the alignment ran
@@ -28,87 +30,61 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 
-from mesial.common.errors import InputError, InvalidObjectKey, MesialError
+from mesial.common.contract import (
+    DEFAULT_CONTACT_THRESHOLD_MM,
+    EXIT_FAILED,
+    EXIT_INVALID,
+    EXIT_OK,
+    JobProgress,
+    JobSpec,
+    artifact_key,
+    sanitize_text,
+    scan_key,
+    write_progress,
+)
+from mesial.common.errors import InputError, MesialError
 from mesial.common.objectstore import ObjectStore
-from mesial.common.progress import CONTACT_THRESHOLD_MM, EXIT_FAILED, EXIT_INVALID, EXIT_OK
 from mesial.common.settings import Settings, get_settings
-from mesial.common.tenancy import validate_org_name, validate_relative_key
 from mesial.common.vault import TenantKeys
 
-STATUS_VERSION = 1
-# Status writes are throttled: progress callbacks can fire many times a second.
+# Progress writes are throttled: progress callbacks can fire many times a second.
 MIN_STATUS_INTERVAL_S = 1.0
 
 
-def status_key(job_id: str) -> str:
-    """The progress/status object of a job, below the tenant prefix."""
-    return f"jobs/{job_id}/progress.json"
-
-
-def artifact_key(job_id: str, name: str) -> str:
-    """An artifact of a job, below the tenant prefix."""
-    return f"jobs/{job_id}/artifacts/{name}"
-
-
-@dataclass
-class JobStatus:
-    """The document in ``status.json`` (schema version ``STATUS_VERSION``)."""
-
-    job_id: str
-    state: str = "running"  # running | succeeded | failed
-    stage: str = "starting"
-    progress: float = 0.0
-    result_status: str | None = None  # ok | not_confident | invalid_input
-    message: str = ""
-    metrics: dict[str, Any] = field(default_factory=dict)
-    artifacts: list[str] = field(default_factory=list)
-    started_at: str = field(default_factory=lambda: _now())
-    updated_at: str = field(default_factory=lambda: _now())
-    finished_at: str | None = None
-
-    def document(self) -> dict[str, Any]:
-        return {"version": STATUS_VERSION, "percent": int(self.progress * 100), **self.__dict__}
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 class StatusReporter:
-    """Writes the job's status object, at most once a second except for the last word."""
+    """Keeps the job's progress document current, at most once a second except for the last word."""
 
     def __init__(self, store: ObjectStore, org: str, job_id: str) -> None:
         self.store = store
         self.org = org
-        self.status = JobStatus(job_id)
+        self.job_id = job_id
+        self.status = JobProgress(stage="starting")
         self._last = 0.0
+
+    def update(self, **fields: Any) -> None:
+        self.status = replace(self.status, **fields)
 
     async def publish(self, *, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last < MIN_STATUS_INTERVAL_S:
             return
         self._last = now
-        self.status.updated_at = _now()
-        body = json.dumps(self.status.document(), sort_keys=True).encode()
-        await self.store.put(self.org, status_key(self.status.job_id), body)
+        await write_progress(self.store, self.org, self.job_id, self.status)
 
     async def stage(self, stage: str, progress: float) -> None:
-        self.status.stage = stage
-        self.status.progress = round(min(max(progress, 0.0), 1.0), 3)
+        self.update(stage=stage, percent=int(min(max(progress, 0.0), 1.0) * 100))
         await self.publish()
 
     async def finish(self, state: str, message: str = "") -> None:
-        self.status.state = state
-        self.status.message = message
-        self.status.progress = 1.0 if state == "succeeded" else self.status.progress
-        self.status.finished_at = _now()
+        self.update(state=state, message=sanitize_text(message))
+        if state == "succeeded":
+            self.update(percent=100)
         await self.publish(force=True)
 
 
@@ -130,32 +106,6 @@ def overall(stage: str, fraction: float) -> float:
     return low + (high - low) * min(max(fraction, 0.0), 1.0)
 
 
-@dataclass(frozen=True)
-class JobSpec:
-    org: str
-    job_id: str
-    upper: str
-    lower: str
-    bites: tuple[str, ...]
-    contact_threshold_mm: float = 0.1
-    optimise: bool = True
-
-    def __post_init__(self) -> None:
-        validate_org_name(self.org)
-        for value in (self.job_id, self.upper, self.lower, *self.bites):
-            try:
-                validate_relative_key(value)
-            except InvalidObjectKey as exc:
-                raise InputError(f"invalid id {value!r}: {exc}") from exc
-            if "/" in value:
-                raise InputError(f"{value!r} is an id, not a path")
-        if not 1 <= len(self.bites) <= 2:
-            raise InputError("a job takes one or two bite scans")
-        low, high = CONTACT_THRESHOLD_MM
-        if not low <= self.contact_threshold_mm <= high:
-            raise InputError(f"the contact threshold must be from {low} to {high} mm")
-
-
 async def run_job(spec: JobSpec, settings: Settings, scratch_root: Path | None = None) -> int:
     """Run one job end to end; returns the exit code. Never raises for a failed alignment."""
     from mesial.aligner.params import OcclusionParams
@@ -175,7 +125,7 @@ async def run_job(spec: JobSpec, settings: Settings, scratch_root: Path | None =
             roles += [(f"bite{i + 1}", scan) for i, scan in enumerate(spec.bites)]
             for index, (role, scan_id) in enumerate(roles):
                 await reporter.stage("download", index / len(roles))
-                inputs[role] = await _download(store, spec.org, f"scans/{scan_id}", scratch / role)
+                inputs[role] = await _download(store, spec.org, scan_key(scan_id), scratch / role)
 
             loop = asyncio.get_running_loop()
             pending: list[concurrent.futures.Future[None]] = []
@@ -206,10 +156,9 @@ async def run_job(spec: JobSpec, settings: Settings, scratch_root: Path | None =
                 key = artifact_key(spec.job_id, path.name)
                 with path.open("rb") as handle:
                     await store.put(spec.org, key, iter(lambda: handle.read(1 << 20), b""))
-                reporter.status.artifacts.append(key)
+                reporter.update(artifacts=[*reporter.status.artifacts, key])
             document = json.loads(outputs["result"].read_text())
-            reporter.status.result_status = result.status
-            reporter.status.metrics = flat_metrics(document)
+            reporter.update(result=result.status, metrics=flat_metrics(document))
             if result.status == "invalid_input":
                 await reporter.finish("failed", f"invalid input: {result.reasons[0]}")
                 return EXIT_INVALID
@@ -224,7 +173,7 @@ async def run_job(spec: JobSpec, settings: Settings, scratch_root: Path | None =
         except MesialError as exc:
             invalid = isinstance(exc, InputError)
             if invalid:
-                reporter.status.result_status = "invalid_input"
+                reporter.update(result="invalid_input")
             await reporter.finish("failed", _sanitized(exc))
             return EXIT_INVALID if invalid else EXIT_FAILED
         except Exception as exc:
@@ -291,7 +240,13 @@ def job() -> None:
 @click.option("--upper", required=True, help="Scan id of the upper arch.")
 @click.option("--lower", required=True, help="Scan id of the lower arch.")
 @click.option("--bite", "bites", required=True, multiple=True, help="Scan id of a bite scan (once or twice).")
-@click.option("--contact-threshold", type=float, default=0.1, show_default=True, help="Contact distance, mm.")
+@click.option(
+    "--contact-threshold",
+    type=float,
+    default=DEFAULT_CONTACT_THRESHOLD_MM,
+    show_default=True,
+    help="Contact distance, mm.",
+)
 @click.option("--no-optimise", is_flag=True, help="Do not correct bite-through.")
 @click.option(
     "--scratch",

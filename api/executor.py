@@ -1,23 +1,19 @@
 """Running jobs: the local executor (a subprocess per job, bounded queue) and the cluster seam.
 
-Both run the same Job entrypoint. The contract with it (``mesial job run``):
+Both run the same Job entrypoint, under the job contract of :mod:`mesial.common.contract`:
 
-* arguments: ``--org ORG --job-id JOB_ID --upper SCAN_ID --lower SCAN_ID --bite SCAN_ID
-  [--bite SCAN_ID] [--contact-threshold MM] [--no-optimise] --scratch DIR``, appended to
-  ``ApiSettings.job_command``; Vault and store settings
-  come in the usual ``MESIAL_*`` environment variables; the working directory is a
-  scratch directory of the job;
-* input: the scans at ``tenants/<org>/scans/<scan id>`` (sealed; ObjectStore.get);
-* output: artifacts at ``tenants/<org>/jobs/<job id>/artifacts/<name>`` (ObjectStore.put)
-  and the progress document of :mod:`mesial.common.progress` at
-  ``jobs/<job id>/progress.json``, rewritten after each stage (stage, percent, message,
-  flat metrics, artifact keys);
-* exit code 0 means success; anything else (1 failure, 2 invalid input, 3 not
-  confident) is failure (the last progress message, which
-  progress.py sanitizes, becomes the job's message).
+* arguments: ``JobSpec.argv()`` then ``--scratch DIR``, appended to
+  ``ApiSettings.job_command``; Vault and store settings come in the ``MESIAL_*``
+  environment variables of ``job_environment``; the working directory is a scratch
+  directory of the job;
+* input: the scans (``scan_key``, sealed; ObjectStore.get);
+* output: artifacts (``artifact_key``) and the progress document (``progress_key``),
+  rewritten after each stage (state, stage, percent, message, flat metrics, artifact keys);
+* exit code 0 means success; anything else (1 failure, 2 invalid input) is failure
+  (the last progress message, which ``parse_progress`` sanitizes, becomes the job's message).
 
 The local executor polls the progress document while the job runs, and at the end
-registers the artifacts it lists (keys under ``jobs/<job id>/artifacts/`` only; each is
+registers the artifacts it lists (the job's own artifact keys only; each is
 read back once, authenticated, to record its size and SHA-256), and audits the job's
 lifecycle in its tenant's chain. In cluster mode the dispatcher renders a ScanJob for
 the operator (`ClusterDispatcher`), which mirrors the same document into the ScanJob.
@@ -40,12 +36,12 @@ from typing import Any, Protocol
 from mesial.api.audit.collector import AuditCollector
 from mesial.api.errors import Busy
 from mesial.api.models import Artifact, Job, Organization
-from mesial.api.services.jobs import ARTIFACT_NAME_RE, FINAL, JobSpec, JobState, artifact_key
+from mesial.api.services.jobs import FINAL, JobState, job_spec
 from mesial.api.types import new_id, utcnow
 from mesial.common.audit import AuditEvent
+from mesial.common.contract import JobProgress, JobSpec, artifact_key, artifact_name, job_environment, read_progress
 from mesial.common.errors import ConfigurationError, MesialError
 from mesial.common.objectstore import ObjectStore
-from mesial.common.progress import JobProgress, read_progress
 from mesial.common.settings import Settings
 from mesial.common.tenancy import namespace_for
 
@@ -63,14 +59,7 @@ class Dispatcher(Protocol):
 
 def job_arguments(job: JobSpec, scratch: Path) -> list[str]:
     """The arguments of ``mesial job run`` for one job (appended to ``job_command``)."""
-    args = ["--org", job.org, "--job-id", job.id, "--upper", job.upper, "--lower", job.lower]
-    for bite in job.bites:
-        args += ["--bite", bite]
-    if "contact_threshold_mm" in job.options:
-        args += ["--contact-threshold", repr(float(job.options["contact_threshold_mm"]))]
-    if job.options.get("optimise") is False:
-        args.append("--no-optimise")
-    return [*args, "--scratch", str(scratch)]
+    return [*job.argv(), "--scratch", str(scratch)]
 
 
 def resolve_command(command: list[str]) -> list[str]:
@@ -80,29 +69,6 @@ def resolve_command(command: list[str]) -> list[str]:
         if sibling.is_file():
             return [str(sibling), *command[1:]]
     return list(command)
-
-
-def job_environment(settings: Settings) -> dict[str, str]:
-    """The settings a job needs, as ``MESIAL_*`` variables (over a minimal base environment)."""
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH")}
-    vault, store = settings.vault, settings.store
-    env.update(
-        {
-            "MESIAL_MODE": settings.mode.value,
-            "MESIAL_LOG_LEVEL": settings.log_level,
-            "MESIAL_VAULT__ADDR": vault.addr,
-            "MESIAL_VAULT__TOKEN": vault.token.get_secret_value(),
-            "MESIAL_VAULT__TRANSIT_MOUNT": vault.transit_mount,
-            "MESIAL_STORE__ENDPOINT_URL": store.endpoint_url,
-            "MESIAL_STORE__BUCKET": store.bucket,
-            "MESIAL_STORE__REGION": store.region,
-            "MESIAL_STORE__ACCESS_KEY": store.access_key.get_secret_value(),
-            "MESIAL_STORE__SECRET_KEY": store.secret_key.get_secret_value(),
-            "MESIAL_STORE__CHUNK_SIZE": str(store.chunk_size),
-            "MESIAL_STORE__VERIFY_TLS": str(store.verify_tls).lower(),
-        }
-    )
-    return env
 
 
 class JobResults:
@@ -117,30 +83,30 @@ class JobResults:
         self.collector = collector
 
     async def audit(self, job: JobSpec, action: str, actor: str = ACTOR) -> None:
-        await self.collector.append(AuditEvent(job.org, actor, action, "job", job.id))
+        await self.collector.append(AuditEvent(job.org, actor, action, "job", job.job_id))
 
     async def progress(self, job: JobSpec) -> JobProgress | None:
         try:
-            return await read_progress(self.store, job.org, job.id)
+            return await read_progress(self.store, job.org, job.job_id)
         except MesialError as exc:  # unreadable or malformed: keep the last known state
-            log.warning("job %s: progress unreadable (%s)", job.id, type(exc).__name__)
+            log.warning("job %s: progress unreadable (%s)", job.job_id, type(exc).__name__)
             return None
 
     async def register_artifacts(self, job: JobSpec, keys: list[str]) -> None:
-        prefix = f"jobs/{job.id}/artifacts/"
+        row = await Job.get(id=job.job_id)
         for key in keys:
-            name = key[len(prefix) :] if key.startswith(prefix) else ""
-            if not ARTIFACT_NAME_RE.fullmatch(name):
-                log.warning("job %s: artifact outside its job's prefix ignored", job.id)
+            name = artifact_name(job.job_id, key)
+            if name is None:
+                log.warning("job %s: artifact outside its job's prefix ignored", job.job_id)
                 continue
-            if await Artifact.exists(job_id=job.id, name=name):
+            if await Artifact.exists(job_id=job.job_id, name=name):
                 continue  # a repeated report (operator retry)
             hasher, size = hashlib.sha256(), 0
-            async for piece in self.store.get(job.org, artifact_key(job.id, name)):
+            async for piece in self.store.get(job.org, artifact_key(job.job_id, name)):
                 hasher.update(piece)
                 size += len(piece)
             await Artifact.create(
-                id=new_id("art"), org_id=job.org_id, job_id=job.id, name=name, size=size,
+                id=new_id("art"), org_id=row.org_id, job_id=job.job_id, name=name, size=size,
                 sha256=hasher.hexdigest(), created_at=utcnow(),
             )  # fmt: skip
 
@@ -153,13 +119,13 @@ class JobResults:
             fields["result"] = progress.result
         if state is JobState.succeeded:
             fields["progress"] = 1.0
-        done = await Job.filter(id=job.id).exclude(state__in=[s.value for s in FINAL]).update(**fields)
+        done = await Job.filter(id=job.job_id).exclude(state__in=[s.value for s in FINAL]).update(**fields)
         if done or state is JobState.cancelled:
             await self.audit(job, f"job.{state.value}", actor)
 
     async def conclude(self, job: JobSpec, succeeded: bool, message: str, actor: str = ACTOR) -> None:
         """The end of a job that ran: its last progress, its artifacts if it succeeded."""
-        if await Job.filter(id=job.id, state__in=[s.value for s in FINAL]).exists():
+        if await Job.filter(id=job.job_id, state__in=[s.value for s in FINAL]).exists():
             return  # already concluded (or cancelled)
         progress = await self.progress(job)
         if not succeeded:
@@ -189,7 +155,9 @@ class LocalExecutor:
         try:
             self.queue.put_nowait(job)
         except asyncio.QueueFull:
-            await Job.filter(id=job.id).update(state=JobState.failed.value, message="queue full", finished_at=utcnow())
+            await Job.filter(id=job.job_id).update(
+                state=JobState.failed.value, message="queue full", finished_at=utcnow()
+            )
             raise Busy("the job queue is full; retry later") from None
 
     async def cancel(self, job_id: str) -> None:
@@ -210,7 +178,7 @@ class LocalExecutor:
             org = await Organization.get_or_none(id=job.org_id)
             if org is None:
                 continue
-            spec = JobSpec(job.id, org.name, org.id, job.upper_id, job.lower_id, tuple(job.bite_ids), dict(job.options))
+            spec = job_spec(job, org.name)
             if job.state == JobState.queued.value and self.has_room():
                 self.queue.put_nowait(spec)
             else:
@@ -237,21 +205,21 @@ class LocalExecutor:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # one job's failure never stops the worker
-                log.error("job %s: executor error %s", job.id, type(exc).__name__, exc_info=exc)
+                log.error("job %s: executor error %s", job.job_id, type(exc).__name__, exc_info=exc)
                 await self.results.finish(job, JobState.failed, "executor error", None)
             finally:
                 self.queue.task_done()
 
     async def _run(self, job: JobSpec) -> None:
-        if job.id in self.cancelled:
+        if job.job_id in self.cancelled:
             return
-        updated = await Job.filter(id=job.id, state=JobState.queued.value).update(
+        updated = await Job.filter(id=job.job_id, state=JobState.queued.value).update(
             state=JobState.running.value, started_at=utcnow()
         )
         if not updated:
             return  # cancelled while queued
         await self.results.audit(job, "job.started")
-        workdir = Path(self.settings.data_dir) / "jobs" / job.id
+        workdir = Path(self.settings.data_dir) / "jobs" / job.job_id
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "scratch").mkdir(mode=0o700, exist_ok=True)  # decrypted inputs: this user only
         with (workdir / "job.log").open("wb") as logfile:
@@ -265,14 +233,14 @@ class LocalExecutor:
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
             )
-            self.running[job.id] = process
+            self.running[job.job_id] = process
             try:
                 code = await self._watch(job, process)
             finally:
-                self.running.pop(job.id, None)
-        if job.id in self.cancelled:
+                self.running.pop(job.job_id, None)
+        if job.job_id in self.cancelled:
             await self.results.finish(job, JobState.cancelled, "cancelled", None)
-            self.cancelled.discard(job.id)
+            self.cancelled.discard(job.job_id)
         elif code is None:
             await self.results.finish(job, JobState.failed, "deadline exceeded", None)
         else:
@@ -289,7 +257,7 @@ class LocalExecutor:
                 pass
             progress = await self.results.progress(job)
             if progress is not None:
-                await Job.filter(id=job.id, state=JobState.running.value).update(
+                await Job.filter(id=job.job_id, state=JobState.running.value).update(
                     progress=progress.percent / 100, metrics=progress.metrics
                 )
             if loop.time() > deadline:
@@ -313,23 +281,18 @@ async def _terminate(process: asyncio.subprocess.Process, grace_s: float = 5.0) 
 def scanjob_manifest(job: JobSpec) -> dict[str, Any]:
     """The ScanJob the operator runs in the tenant namespace (``crds/scanjob.yaml``).
 
-    ``spec.options`` speaks the vocabulary of ``mesial job run`` (contact threshold, bite
-    optimisation), in the CRD's camelCase; the operator passes it on as that command's options.
+    Its ``spec`` is the job contract's (``JobSpec.scanjob_spec``), which the operator reads
+    back with ``JobSpec.from_scanjob``; the label carries the API's job id.
     """
-    options: dict[str, Any] = {}
-    if "contact_threshold_mm" in job.options:
-        options["contactThresholdMm"] = float(job.options["contact_threshold_mm"])
-    if "optimise" in job.options:
-        options["optimiseBite"] = bool(job.options["optimise"])
     return {
         "apiVersion": "mesial.dev/v1alpha1",
         "kind": "ScanJob",
         "metadata": {
-            "name": job.id.replace("_", "-"),
+            "name": job.job_id.replace("_", "-"),
             "namespace": namespace_for(job.org),
-            "labels": {"mesial.dev/job-id": job.id},
+            "labels": {"mesial.dev/job-id": job.job_id},
         },
-        "spec": {"scans": {"upper": job.upper, "lower": job.lower, "bites": list(job.bites)}, "options": options},
+        "spec": job.scanjob_spec(),
     }
 
 
@@ -366,8 +329,7 @@ class ClusterDispatcher:
         org = await Organization.get_or_none(id=job.org_id) if job else None
         if job is None or org is None or self.delete is None:
             return
-        spec = JobSpec(job.id, org.name, org.id, job.upper_id, job.lower_id, tuple(job.bite_ids), dict(job.options))
-        await self.delete(scanjob_manifest(spec))  # the operator stops the Job with its ScanJob
+        await self.delete(scanjob_manifest(job_spec(job, org.name)))  # the operator stops the Job with its ScanJob
 
     async def start(self) -> None:
         return None

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mesial.api.services.scans import ScanKind
 from mesial.api.types import Role
-from mesial.common.progress import CONTACT_THRESHOLD_MM
+from mesial.common.contract import CONTACT_THRESHOLD_MM
 
 Id = Annotated[str, Field(pattern=r"^[a-z]{3}_[0-9a-f]{24}$", description="opaque id")]
 # An organization's name: a DNS label once prefixed (its namespace is mesial-org-<name>).

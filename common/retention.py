@@ -1,14 +1,17 @@
-"""Retention: what is past its age is deleted, unless held, with one receipt per scan.
+"""Retention: what is past its age is deleted, unless held, with one receipt per resource.
 
 The decision is a pure function (:func:`decide`) over a timestamp, the clock, the
 maximum age and the tolerated clock skew. A timestamp that cannot be trusted, because
 it is malformed, naive, or further in the future than the skew allows, never leads
 to a deletion: the item is kept and reported.
 
-:func:`sweep_objects` applies it to a tenant's objects in the store (``scans/<id>...``
-and ``results/<id>...``). Each deletion goes through :meth:`ObjectStore.delete`, which
+:func:`sweep_objects` applies it to every object under the tenant's prefix, classified
+by the one key layout (:func:`mesial.common.contract.classify_key`): a scan's objects,
+a job's artifacts and progress document, and any key outside the layout (nothing of a
+tenant escapes the promise because nobody listed its prefix). Each deletion goes
+through :meth:`ObjectStore.delete`, which
 re-reads the legal-hold tag at that moment and refuses a held object, so a hold placed
-mid-sweep is still honoured. Receipts are appended after the objects of a scan are
+mid-sweep is still honoured. Receipts are appended after the objects of a resource are
 deleted. A sweep is safe to interrupt and rerun: it keeps no state, and a rerun finds
 only what is still there.
 
@@ -28,13 +31,15 @@ from typing import Protocol, runtime_checkable
 import botocore.exceptions
 
 from mesial.common.audit import AuditEvent, AuditSink
+from mesial.common.contract import classify_key
 from mesial.common.errors import LegalHoldActive, ObjectNotFound, StorageError, StoreUnavailable
 from mesial.common.objectstore import META_CREATED, ObjectStore
 from mesial.common.tenancy import tenant_prefix
 
-# What a RetentionPolicy can cover, and the object prefix (below the tenant prefix) of each.
-OBJECT_PREFIXES = {"scans": "scans/", "results": "results/"}
-RESOURCE_TYPES = {"scans": "scan", "results": "result"}
+# What a RetentionPolicy can cover (crds/retentionpolicy.yaml), and its default: everything.
+# Keys outside the layout (kind "other") are swept whatever the policy covers.
+COVERS = ("scans", "results", "scanjobs")
+DEFAULT_COVERS = COVERS
 MAX_PROBLEMS = 20
 
 
@@ -137,7 +142,8 @@ async def sweep_objects(
     policy: str = "",
     report: SweepReport | None = None,
 ) -> SweepReport:
-    """Delete the tenant's expired, unheld objects under the covered prefixes; one receipt per scan.
+    """Delete the tenant's expired, unheld objects of the covered kinds (and any key outside the
+    layout); one receipt per resource (a scan, a job, a top-level name outside the layout).
 
     ``StoreUnavailable`` propagates (the sweep is retried later); other per-object failures
     are counted as errors and the sweep goes on.
@@ -145,59 +151,54 @@ async def sweep_objects(
     now = now or datetime.now(UTC)
     report = report or SweepReport()
     base = tenant_prefix(org)
-    for kind in covers:
-        prefix = OBJECT_PREFIXES.get(kind)
-        if prefix is None:
+    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+    async for meta in store.list(org):
+        relative = meta.key[len(base) :]
+        kind = classify_key(relative)
+        if kind.kind != "other" and kind.kind not in covers:
             continue
-        groups: dict[str, list[str]] = defaultdict(list)
-        async for meta in store.list(org, prefix):
-            report.examined += 1
-            relative = meta.key[len(base) :]
-            parts = relative.split("/")
-            resource_id = parts[1] if len(parts) > 1 and parts[1] else relative
-            verdict = decide(meta.last_modified, now=now, max_age=max_age, skew=skew)
-            if verdict is Verdict.young:
-                # a rewrap rewrites the object (a fresh store timestamp): its age runs from its upload
-                verdict = decide(
-                    await _created(store, meta.key, meta.last_modified), now=now, max_age=max_age, skew=skew
+        report.examined += 1
+        verdict = decide(meta.last_modified, now=now, max_age=max_age, skew=skew)
+        if verdict is Verdict.young:
+            # a rewrap rewrites the object (a fresh store timestamp): its age runs from its upload
+            verdict = decide(await _created(store, meta.key, meta.last_modified), now=now, max_age=max_age, skew=skew)
+        if verdict is Verdict.expired:
+            groups[(kind.resource_type, kind.resource_id)].append(relative)
+        elif verdict in (Verdict.future, Verdict.malformed):
+            report.kept += 1
+            report.problem(f"{kind.resource_type} {kind.resource_id}: kept, timestamp {verdict.value}")
+    for (resource_type, resource_id), keys in sorted(groups.items()):
+        deleted = held = 0
+        for relative in keys:
+            try:
+                await store.delete(org, relative)
+                deleted += 1
+            except LegalHoldActive:
+                held += 1
+            except ObjectNotFound:
+                continue  # deleted meanwhile (an interrupted earlier sweep, or the tenant)
+            except StoreUnavailable:
+                raise
+            except StorageError as exc:
+                report.errors += 1
+                report.problem(f"{resource_type} {resource_id}: {type(exc).__name__}")
+        report.deleted += deleted
+        report.held += held
+        if deleted:
+            await audit.append(
+                AuditEvent(
+                    tenant=org,
+                    actor="service:retention",
+                    action="retention.deleted",
+                    resource_type=resource_type,
+                    resource_id=resource_id,
+                    details={
+                        "objects_deleted": deleted,
+                        "objects_held": held,
+                        "max_age_days": max_age.days,
+                        "policy": policy,
+                    },
                 )
-            if verdict is Verdict.expired:
-                groups[resource_id].append(relative)
-            elif verdict in (Verdict.future, Verdict.malformed):
-                report.kept += 1
-                report.problem(f"{RESOURCE_TYPES[kind]} {resource_id}: kept, timestamp {verdict.value}")
-        for resource_id, keys in sorted(groups.items()):
-            deleted = held = 0
-            for relative in keys:
-                try:
-                    await store.delete(org, relative)
-                    deleted += 1
-                except LegalHoldActive:
-                    held += 1
-                except ObjectNotFound:
-                    continue  # deleted meanwhile (an interrupted earlier sweep, or the tenant)
-                except StoreUnavailable:
-                    raise
-                except StorageError as exc:
-                    report.errors += 1
-                    report.problem(f"{RESOURCE_TYPES[kind]} {resource_id}: {type(exc).__name__}")
-            report.deleted += deleted
-            report.held += held
-            if deleted:
-                await audit.append(
-                    AuditEvent(
-                        tenant=org,
-                        actor="service:retention",
-                        action="retention.deleted",
-                        resource_type=RESOURCE_TYPES[kind],
-                        resource_id=resource_id,
-                        details={
-                            "objects_deleted": deleted,
-                            "objects_held": held,
-                            "max_age_days": max_age.days,
-                            "policy": policy,
-                        },
-                    )
-                )
-                report.receipts += 1
+            )
+            report.receipts += 1
     return report

@@ -16,8 +16,8 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
+from mesial.common.contract import sanitize_text
 from mesial.common.errors import MesialError, ServiceError
-from mesial.common.progress import sanitize_text
 from mesial.common.service_http import HttpRefused, post_json, tls_context
 from mesial.common.settings import OperatorSettings
 

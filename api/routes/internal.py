@@ -10,9 +10,9 @@ from mesial.api.executor import JobResults
 from mesial.api.models import Job, Organization
 from mesial.api.routes._util import ok, route
 from mesial.api.routing import Call, Spec
-from mesial.api.services.jobs import JobSpec, JobState, job_view
+from mesial.api.services.jobs import JobState, job_spec, job_view
 from mesial.api.types import Role, utcnow
-from mesial.common.progress import sanitize_text
+from mesial.common.contract import sanitize_text
 
 SERVICE = frozenset({Role.service})
 
@@ -35,7 +35,7 @@ async def report_job(call: Call) -> Response:
     # the operator's key is platform-wide: the tenant it saw the job run for must be the job's own
     if job is None or org is None or org.name != call.body.tenant:
         raise NotFound("job not found")
-    spec = JobSpec(job.id, org.name, org.id, job.upper_id, job.lower_id, tuple(job.bite_ids), dict(job.options))
+    spec = job_spec(job, org.name)
     results = JobResults(rt.need_store(), rt.need_collector())
     if call.body.state == "running":
         progress = await results.progress(spec)

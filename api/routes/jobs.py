@@ -16,6 +16,7 @@ from mesial.api.routing import Call, Spec
 from mesial.api.services import jobs
 from mesial.api.services.pagination import page
 from mesial.api.types import CASE_ROLES
+from mesial.common.contract import artifact_key
 from mesial.common.errors import ObjectNotFound
 from mesial.common.objectstore import ObjectStore
 
@@ -110,7 +111,7 @@ async def link_artifact(call: Call) -> Response:
 
 
 async def _stream(store: ObjectStore, org: str, job_id: str, name: str) -> AsyncIterator[bytes]:
-    async for piece in store.get(org, jobs.artifact_key(job_id, name)):
+    async for piece in store.get(org, artifact_key(job_id, name)):
         yield piece
 
 

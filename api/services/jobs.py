@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import enum
-import re
-from dataclasses import dataclass
 from typing import Any
 
 from mesial.api.errors import Busy, Conflict, ValidationFailed
 from mesial.api.models import Artifact, Job
 from mesial.api.services.scope import TenantScope
 from mesial.api.types import iso, new_id, utcnow
-
-ARTIFACT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+from mesial.common.contract import JobSpec
 
 
 class JobState(enum.StrEnum):
@@ -26,21 +23,9 @@ class JobState(enum.StrEnum):
 FINAL = frozenset({JobState.succeeded, JobState.failed, JobState.cancelled})
 
 
-@dataclass(frozen=True)
-class JobSpec:
-    """What a dispatcher needs to run a job: opaque ids only, no ORM row."""
-
-    id: str
-    org: str
-    org_id: str
-    upper: str
-    lower: str
-    bites: tuple[str, ...]
-    options: dict[str, Any]
-
-
-def artifact_key(job_id: str, name: str) -> str:
-    return f"jobs/{job_id}/artifacts/{name}"
+def job_spec(job: Job, org: str) -> JobSpec:
+    """The job contract's spec of a job row (what a dispatcher runs: opaque ids only, no ORM row)."""
+    return JobSpec.from_options(org, job.id, job.upper_id, job.lower_id, job.bite_ids, job.options)
 
 
 def job_view(job: Job) -> dict[str, Any]:
@@ -95,7 +80,7 @@ async def create(
         metrics={},
         created_at=utcnow(),
     )
-    await dispatcher.submit(JobSpec(job.id, scope.org, scope.org_id, upper, lower, tuple(bites), options))
+    await dispatcher.submit(job_spec(job, scope.org))
     return job
 
 

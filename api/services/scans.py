@@ -11,6 +11,7 @@ from mesial.api.models import Job, LegalHold, Scan
 from mesial.api.services.meshcheck import MeshCheck, MeshInfo
 from mesial.api.services.scope import TenantScope
 from mesial.api.types import iso, new_id, utcnow
+from mesial.common.contract import scan_key
 from mesial.common.errors import ObjectNotFound
 from mesial.common.objectstore import ObjectStore
 
@@ -19,10 +20,6 @@ class ScanKind(enum.StrEnum):
     UPPER = "upper"
     LOWER = "lower"
     BITE = "bite"
-
-
-def scan_key(scan_id: str) -> str:
-    return f"scans/{scan_id}"
 
 
 def scan_view(scan: Scan) -> dict[str, Any]:

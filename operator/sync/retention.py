@@ -6,7 +6,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from mesial.common.retention import SweepReport, Verdict, decide, sweep_objects
+from mesial.common.retention import DEFAULT_COVERS, SweepReport, Verdict, decide, sweep_objects
 from mesial.operator.k8s import K8s
 from mesial.operator.runtime import Runtime
 from mesial.operator.sync.conditions import condition, merge_conditions
@@ -73,7 +73,7 @@ async def sweep(rt: Runtime, body: Any, org: str, now: datetime) -> dict[str, An
     """One sweep of the tenant's objects, stale ScanJobs and records; the status to write."""
     spec = body.get("spec") or {}
     max_age = timedelta(days=int(spec.get("maxAgeDays", 90)))
-    covers = list(spec.get("covers") or ["scans", "results", "scanjobs"])
+    covers = list(spec.get("covers") or DEFAULT_COVERS)
     interval = parse_duration(str(spec.get("sweepInterval", "1h")))
     skew = timedelta(seconds=rt.settings.operator.clock_skew_s)
     name = body["metadata"]["name"]

@@ -7,21 +7,21 @@ Vault audience is its only credential (for Vault's kubernetes login). The spec i
 untrusted: every value that reaches the pod is re-validated here and passed as an
 argument list, never through a shell.
 
-Progress comes from the object the Job writes under its tenant prefix
-(:mod:`mesial.common.progress`), read and sanitized by the operator: tenant pods may
-not patch ScanJob status.
+The Job runs the job contract of :mod:`mesial.common.contract` (one ``JobSpec``: its
+arguments and progress document). Progress comes from the object the Job writes under
+its tenant prefix, read and sanitized by the operator: tenant pods may not patch
+ScanJob status.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from mesial.common.contract import EXIT_INVALID, JobSpec, read_progress, sanitize_text
 from mesial.common.errors import InputError, MesialError
-from mesial.common.progress import CONTACT_THRESHOLD_MM, EXIT_INVALID, read_progress, sanitize_text
 from mesial.common.provisioning import policy_name_for
 from mesial.common.settings import OperatorSettings, Settings
 from mesial.operator.errors import describe
@@ -34,7 +34,6 @@ SCANJOB = ("mesial.dev/v1alpha1", "ScanJob")
 JOB = ("batch/v1", "Job")
 ORG = ("mesial.dev/v1alpha1", "Organization")
 TERMINAL = ("Succeeded", "Failed")
-SCAN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 SCANJOB_LABEL = "mesial.dev/scanjob"
 # The API's job id on the ScanJobs it creates (api/executor.py scanjob_manifest).
 JOB_ID_LABEL = "mesial.dev/job-id"
@@ -55,42 +54,30 @@ class ScanJobRefused(MesialError):
 
 
 @dataclass(frozen=True)
-class JobSpec:
-    upper: str
-    lower: str
-    bites: tuple[str, ...]
-    contact_threshold_mm: float
-    optimise: bool
+class RunLimits:
+    """What the Kubernetes Job adds to the job contract: its deadline and its retries."""
+
     deadline_s: int
     retries: int
 
     @classmethod
-    def from_spec(cls, spec: Any) -> JobSpec:
-        """Re-validate the spec (the emulator and a misconfigured cluster do not)."""
-        scans = spec.get("scans") or {}
-        ids = [scans.get("upper"), scans.get("lower"), *(scans.get("bites") or [])]
-        for value in ids:
-            if not isinstance(value, str) or not SCAN_ID_RE.fullmatch(value):
-                raise InputError(f"invalid scan id {sanitize_text(value, 40)!r}")
-        if len(set(ids)) != len(ids) or not 3 <= len(ids) <= 4:
-            raise InputError("scan ids must be distinct: upper, lower and one or two bites")
-        options = spec.get("options") or {}
+    def from_spec(cls, spec: Any) -> RunLimits:
         timeouts = spec.get("timeouts") or {}
-        threshold = _number(options.get("contactThresholdMm", 0.1), *CONTACT_THRESHOLD_MM, "options.contactThresholdMm")
-        deadline = int(
-            _number(timeouts.get("activeDeadlineSeconds", 1800), 60, 86400, "timeouts.activeDeadlineSeconds")
-        )
-        retries = int(_number(spec.get("retries", 2), 0, 5, "retries"))
-        optimise = options.get("optimiseBite", True)
-        if not isinstance(optimise, bool):
-            raise InputError("options.optimiseBite must be true or false")
-        return cls(ids[0], ids[1], tuple(ids[2:]), threshold, optimise, deadline, retries)
+        deadline = _number(timeouts.get("activeDeadlineSeconds", 1800), 60, 86400, "timeouts.activeDeadlineSeconds")
+        return cls(int(deadline), int(_number(spec.get("retries", 2), 0, 5, "retries")))
 
 
 def _number(value: Any, low: float, high: float, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
         raise InputError(f"{name} must be a number from {low} to {high}")
     return float(value)
+
+
+def job_spec(body: Any, org: str) -> tuple[JobSpec, RunLimits]:
+    """The job contract's spec and the run limits of a ScanJob (re-validated: the emulator and a
+    misconfigured cluster do not)."""
+    spec = body.get("spec") or {}
+    return JobSpec.from_scanjob(org, job_id_of(body), spec), RunLimits.from_spec(spec)
 
 
 def api_job_id(body: Any) -> str | None:
@@ -130,18 +117,14 @@ async def tenant_of(k8s: K8s, namespace: str, settings: Settings) -> tuple[str, 
     return str(org), organization
 
 
-def build_job(body: Any, org: str, spec: JobSpec, settings: Settings, tier: OperatorSettings.Tier) -> Obj:
+def build_job(body: Any, spec: JobSpec, limits: RunLimits, settings: Settings, tier: OperatorSettings.Tier) -> Obj:
     """The hardened batch/v1 Job of a ScanJob, sized by the tenant's tier."""
     op = settings.operator
     meta = body["metadata"]
-    name, namespace = meta["name"], meta["namespace"]
+    name, namespace, org = meta["name"], meta["namespace"], spec.org
     labels = {op.tenant_label: org, SCANJOB_LABEL: name, "app.kubernetes.io/managed-by": "mesial-operator"}
     # `mesial job run`'s own options (tests/operator parses them with its click command)
-    args = [
-        "--org", org, "--job-id", job_id_of(body), "--upper", spec.upper, "--lower", spec.lower,
-        *[arg for bite in spec.bites for arg in ("--bite", bite)],
-        "--contact-threshold", repr(spec.contact_threshold_mm), *([] if spec.optimise else ["--no-optimise"]),
-    ]  # fmt: skip
+    args = spec.argv()
     env = [
         {"name": "MESIAL_MODE", "value": "cluster"},
         {"name": "MESIAL_VAULT__ADDR", "value": op.vault_addr_in_cluster or settings.vault.addr},
@@ -179,7 +162,7 @@ def build_job(body: Any, org: str, spec: JobSpec, settings: Settings, tier: Oper
             ],
         },
         "spec": {
-            "backoffLimit": spec.retries,
+            "backoffLimit": limits.retries,
             # `mesial job run` exits 2 on invalid input: no retry can fix the scans. A pod
             # evicted or preempted (DisruptionTarget) is retried without using up the budget.
             "podFailurePolicy": {
@@ -191,7 +174,7 @@ def build_job(body: Any, org: str, spec: JobSpec, settings: Settings, tier: Oper
                     {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
                 ]
             },
-            "activeDeadlineSeconds": min(spec.deadline_s, tier.max_deadline_s),
+            "activeDeadlineSeconds": min(limits.deadline_s, tier.max_deadline_s),
             "ttlSecondsAfterFinished": op.job_ttl_after_finished_s,
             "template": {
                 "metadata": {"labels": labels},
@@ -263,7 +246,7 @@ async def dispatch(rt: Runtime, body: Any) -> dict[str, Any]:
         refused = {"phase": "Failed", "reason": exc.reason, "message": exc.message, "completionTime": now_iso()}
         return refused | ({"tenant": exc.tenant} if exc.tenant else {})
     try:
-        spec = JobSpec.from_spec(body.get("spec") or {})
+        spec, limits = job_spec(body, org)
     except InputError as exc:
         message = sanitize_text(exc)
         return {
@@ -275,7 +258,7 @@ async def dispatch(rt: Runtime, body: Any) -> dict[str, Any]:
         }
     tiers = rt.settings.operator.tiers
     tier = tiers.get(str((organization.get("spec") or {}).get("tier", "small"))) or tiers["small"]
-    job = build_job(body, org, spec, rt.settings, tier)
+    job = build_job(body, spec, limits, rt.settings, tier)
     try:
         await rt.k8s.create(job)
     except K8sError as exc:

@@ -1,7 +1,7 @@
 """A small real job for the executor tests, following the ``mesial job run`` contract.
 
 Same arguments as ``mesial job run``. It reads (decrypts) every input scan from the
-store, writes the progress document of :mod:`mesial.common.progress` after each stage and
+store, writes the progress document of :mod:`mesial.common.contract` after each stage and
 one artifact (``summary.json``: the inputs' sizes and SHA-256). ``--behaviour`` (put in
 the app's ``job_command`` by a test) makes it ``fail`` (exit 3) or ``sleep`` for a minute.
 """
@@ -16,8 +16,8 @@ import sys
 import time
 from typing import Any
 
+from mesial.common.contract import JobProgress, write_progress
 from mesial.common.objectstore import ObjectStore
-from mesial.common.progress import JobProgress, write_progress
 from mesial.common.settings import Settings
 from mesial.common.vault import TenantKeys
 

@@ -17,8 +17,8 @@ import yaml
 
 from mesial.api.errors import Busy
 from mesial.api.executor import LocalExecutor, job_arguments, scanjob_manifest
-from mesial.api.services.jobs import JobSpec
 from mesial.api.types import utcnow
+from mesial.common.contract import JobSpec
 from tests.api.conftest import Harness, bearer, variant
 
 
@@ -171,7 +171,7 @@ async def test_local_queue_is_bounded(api: Harness) -> None:
         update={"api": api.runtime.settings.api.model_copy(update={"executor_queue_size": 2})}
     )
     executor = LocalExecutor(settings, api.runtime.store, api.runtime.collector)  # no workers started
-    spec = JobSpec("job_" + "0" * 24, "org-x", "org_" + "0" * 24, "scn_a", "scn_b", ("scn_c",), {})
+    spec = JobSpec("org-x", "job_" + "0" * 24, "scn_a", "scn_b", ("scn_c",))
     await executor.submit(spec)
     await executor.submit(spec)
     assert not executor.has_room()
@@ -181,7 +181,7 @@ async def test_local_queue_is_bounded(api: Harness) -> None:
 
 def test_job_command_line_and_scanjob_manifest() -> None:
     options = {"contact_threshold_mm": 0.2, "optimise": False}
-    spec = JobSpec("job_1", "lab", "org_1", "scn_u", "scn_l", ("scn_b1", "scn_b2"), options)
+    spec = JobSpec.from_options("lab", "job_1", "scn_u", "scn_l", ("scn_b1", "scn_b2"), options)
     assert job_arguments(spec, Path("/scratch")) == [
         "--org", "lab", "--job-id", "job_1", "--upper", "scn_u", "--lower", "scn_l",
         "--bite", "scn_b1", "--bite", "scn_b2", "--contact-threshold", "0.2", "--no-optimise", "--scratch", "/scratch",
@@ -196,9 +196,7 @@ def test_job_command_line_and_scanjob_manifest() -> None:
     scans = schema["properties"]["scans"]
     assert set(scans["required"]) <= set(manifest["spec"]["scans"])
     pattern = re.compile(scans["properties"]["upper"]["pattern"])
-    real_ids = JobSpec(
-        "job_" + "0" * 24, "lab", "org_1", "scn_" + "1" * 24, "scn_" + "2" * 24, ("scn_" + "3" * 24,), {}
-    )
+    real_ids = JobSpec("lab", "job_" + "0" * 24, "scn_" + "1" * 24, "scn_" + "2" * 24, ("scn_" + "3" * 24,))
     assert all(pattern.fullmatch(i) for i in [real_ids.upper, real_ids.lower, *real_ids.bites])
 
 
@@ -207,7 +205,7 @@ def test_mesial_job_run_accepts_the_executor_arguments() -> None:
     from click.testing import CliRunner
 
     job = pytest.importorskip("mesial.aligner.job")
-    spec = JobSpec("job_1", "lab", "org_1", "scn_u", "scn_l", ("scn_b",), {"contact_threshold_mm": 0.1})
+    spec = JobSpec("lab", "job_1", "scn_u", "scn_l", ("scn_b",), 0.1)
     run = job.job.commands["run"]
     context = run.make_context("run", job_arguments(spec, Path("/tmp/x")), resilient_parsing=False)
     assert context.params["job_id"] == "job_1" and context.params["bites"] == ("scn_b",)
@@ -219,7 +217,7 @@ async def test_operator_reports_a_cluster_job_through_the_internal_endpoint(api:
     from mesial.api.app import db_context
     from mesial.api.models import Job
     from mesial.api.services import orgs
-    from mesial.common.progress import JobProgress, write_progress
+    from mesial.common.contract import JobProgress, write_progress
 
     org, admin = await api.new_org()
     _other, admin_b = await api.new_org()

@@ -30,7 +30,7 @@ from mesial.api.kube import KubeApi
 from mesial.api.services import orgs
 from mesial.api.types import Role
 from mesial.common.audit_sinks import CollectorAuditSink
-from mesial.common.progress import JobProgress, write_progress
+from mesial.common.contract import JobProgress, write_progress
 from mesial.common.services import ServiceInfo, free_port
 from mesial.common.settings import ApiSettings, OperatorSettings, Settings
 from mesial.operator.k8s import K8s

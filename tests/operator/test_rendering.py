@@ -19,7 +19,7 @@ from mesial.operator.sync.organization.namespaces import desired_namespace
 from mesial.operator.sync.organization.networkpolicies import desired_networkpolicies
 from mesial.operator.sync.organization.quotas import desired_quotas
 from mesial.operator.sync.organization.rbac import desired_rbac
-from mesial.operator.sync.scanjob import JobSpec, build_job, job_name_for
+from mesial.operator.sync.scanjob import build_job, job_name_for, job_spec
 
 BODY = {
     "metadata": {"name": "acme", "uid": "u-1", "generation": 3},
@@ -60,7 +60,7 @@ def test_job_is_valid_kubernetes() -> None:
     settings = Settings()
     body = {"metadata": {"name": "case-1", "namespace": "mesial-org-acme", "uid": "u-2"},
             "spec": {"scans": {"upper": "a", "lower": "b", "bites": ["c"]}}}  # fmt: skip
-    job = build_job(body, "acme", JobSpec.from_spec(body["spec"]), settings, settings.operator.tiers["small"])
+    job = build_job(body, *job_spec(body, "acme"), settings, settings.operator.tiers["small"])
     assert kubernetes_validate.validate(job, "1.33", strict=True)
 
 

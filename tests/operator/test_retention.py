@@ -55,8 +55,9 @@ async def test_sweep_deletes_old_unheld_objects_with_receipts(harness: Harness, 
     await store.put(org, "scans/s1", b"old")
     await store.put(org, "scans/s1/meta", b"old too")
     await store.put(org, "scans/s2", b"held", legal_hold=True)
-    await store.put(org, "results/j1/report.json", b"result")
-    await store.put(org, "other/x", b"not covered")
+    await store.put(org, "jobs/j1/artifacts/report.json", b"result")
+    await store.put(org, "jobs/j1/progress.json", b"progress")
+    await store.put(org, "other/x", b"outside the layout: swept too")
     finished = {"apiVersion": "mesial.dev/v1alpha1", "kind": "ScanJob", "metadata": {"name": "old-job", "namespace": ns},
                 "spec": {"scans": {"upper": "a", "lower": "b", "bites": ["c"]}}}  # fmt: skip
     await k8s.create(finished)
@@ -75,13 +76,17 @@ async def test_sweep_deletes_old_unheld_objects_with_receipts(harness: Harness, 
     st = await eventually(swept)
     assert st["phase"] == "Active"
     counts = st["lastSweep"]
-    assert counts["deleted"] == 3 and counts["held"] == 1 and counts["errors"] == 0
-    assert counts["scanJobsDeleted"] == 1 and counts["receipts"] == 2
+    assert counts["deleted"] == 5 and counts["held"] == 1 and counts["errors"] == 0
+    assert counts["scanJobsDeleted"] == 1 and counts["receipts"] == 3
     remaining = sorted([m.key.split("/", 2)[2] async for m in store.list(org)])
-    assert remaining == ["other/x", "scans/s2"]
+    assert remaining == ["scans/s2"]
     assert await store.legal_hold(org, "scans/s2")
     receipts = [e for e in audit_events(harness.runtime) if e["action"] == "retention.deleted" and e["tenant"] == org]
-    assert sorted((e["resource_type"], e["resource_id"]) for e in receipts) == [("result", "j1"), ("scan", "s1")]
+    assert sorted((e["resource_type"], e["resource_id"]) for e in receipts) == [
+        ("job", "j1"),
+        ("object", "other"),
+        ("scan", "s1"),
+    ]
     assert next(e for e in receipts if e["resource_id"] == "s1")["details"]["objects_deleted"] == 2
     assert await k8s.get(*SCANJOB, "old-job", ns) is None
     assert st["nextSweepTime"] > st["lastSweepTime"]

@@ -7,7 +7,7 @@ import base64
 import json
 from typing import Any
 
-from mesial.common.progress import JobProgress, write_progress
+from mesial.common.contract import JobProgress, write_progress
 from mesial.operator.testing import Harness
 from tests.operator.conftest import eventually
 from tests.operator.helpers import SCANJOB, organization, ready

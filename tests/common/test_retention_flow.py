@@ -1,0 +1,80 @@
+"""The retention promise over a whole run: every object a tenant has expires, held ones excepted.
+
+A real flow: scans uploaded through the API, aligned by ``mesial job run`` on the local
+executor (real artifacts and progress document, wherever the Job entrypoint writes them),
+then one sweep (:func:`mesial.common.retention.sweep_objects`, the operator's) at +91
+days. Listing the tenant's prefix afterwards shows only the scan under legal hold.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from mesial.common.audit_sinks import MemoryAuditSink
+from mesial.common.contract import classify_key
+from mesial.common.retention import DEFAULT_COVERS, sweep_objects
+from mesial.common.settings import Settings
+from mesial.common.tenancy import tenant_prefix
+from tests.api.conftest import BACKEND, Harness, _started, bearer, make_settings
+from tests.api.test_jobs import wait_job
+
+MESIAL = str(Path(sys.executable).parent / "mesial")
+
+
+@pytest.fixture
+async def app(service_settings: Settings, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    if BACKEND == "sqlite":
+        url = f"sqlite://{tmp_path / 'api.sqlite3'}"
+    else:
+        url = request.getfixturevalue("postgres").url
+    settings = make_settings(
+        service_settings, tmp_path / "data", url, job_command=["mesial", "job", "run"], job_timeout_s=300,
+        max_upload_bytes=64 << 20,
+    )  # fmt: skip
+    async for harness in _started(settings, BACKEND):
+        yield harness
+
+
+async def test_nothing_of_a_tenant_outlives_retention_but_held_objects(app: Harness, tmp_path: Path) -> None:
+    pytest.importorskip("mesial.aligner.job")
+    case_dir = tmp_path / "case"
+    generated = subprocess.run(
+        [MESIAL, "samples", "generate", "--out", str(case_dir), "--seed", "5", "--vertices", "6000", "--one-sided"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert generated.returncode == 0, generated.stderr
+    org, admin = await app.new_org()
+    ids: dict[str, list[str]] = {}
+    for path in sorted(p for p in case_dir.iterdir() if p.suffix in (".ply", ".stl")):
+        kind = "upper" if "upper" in path.stem else "lower" if "lower" in path.stem else "bite"
+        ids.setdefault(kind, []).append((await app.upload(admin, kind, path.read_bytes()))["id"])
+    body = {"upper": ids["upper"][0], "lower": ids["lower"][0], "bites": ids["bite"]}
+    job = (await app.client.post("/v1/jobs", json=body, headers=bearer(admin))).json()
+    done = await wait_job(app, admin, job["id"], timeout=300)
+    assert done["state"] == "succeeded", done
+    held = ids["upper"][0]
+    response = await app.client.put(f"/v1/scans/{held}/legal-hold", headers=bearer(admin))
+    assert response.status_code in (200, 201), response.text
+
+    store = app.runtime.store
+    before = sorted([m.key async for m in store.list(org)])
+    kinds = {classify_key(key[len(tenant_prefix(org)) :]).kind for key in before}
+    # the run left scans, artifacts and its progress document in the store
+    assert kinds >= {"scans", "results"}, before
+    assert any("/artifacts/" in key for key in before) and any(key.endswith("progress.json") for key in before)
+
+    audit = MemoryAuditSink()
+    report = await sweep_objects(
+        store, audit, org, covers=DEFAULT_COVERS, max_age=timedelta(days=90), now=datetime.now(UTC) + timedelta(days=91)
+    )
+    after = sorted([m.key async for m in store.list(org)])
+    assert after == [f"{tenant_prefix(org)}scans/{held}"], after
+    assert report.errors == 0 and report.held == 1 and report.deleted == len(before) - 1
+    receipts = {(e.resource_type, e.resource_id) for e in audit.events}
+    assert ("job", job["id"]) in receipts and ("scan", ids["lower"][0]) in receipts
