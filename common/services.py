@@ -585,6 +585,7 @@ class SeaweedFSService(ManagedService):
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",  # fixed default ports otherwise
             f"-s3.config={self.data_dir / 's3.json'}",
+            "-s3.iam.readOnly=false",  # tenants' own identities are made through the IAM API (store_identity)
             "-master.telemetry=false",
             "-master.volumeSizeLimitMB=1024",
             "-volume.max=64",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -62,6 +63,9 @@ class StoreSettings(BaseModel):
     verify_tls: bool = True
     # PEM CA bundle the endpoint's certificate is checked against (a private CA); None: the system's.
     ca_cert: Path | None = None
+    # The store's IAM API, where tenants' own identities are managed (empty: ``endpoint_url``, as
+    # SeaweedFS serves it on its S3 port; AWS: https://iam.amazonaws.com). See common/store_identity.py.
+    iam_endpoint_url: str = ""
 
     @field_validator("bucket")
     @classmethod
@@ -195,9 +199,12 @@ class OperatorSettings(BaseModel):
     # Job defaults: retries of a failed pod, seconds a finished Job is kept.
     job_backoff_limit: int = Field(2, ge=0, le=10)
     job_ttl_after_finished_s: int = Field(3600, ge=0)
-    # The store identity aligner Jobs use, copied by the operator into a Secret in each tenant namespace
-    # (a pod can only reference Secrets of its own namespace). Give it object read/write on the bucket
-    # and nothing else; unset, the operator's own store credentials are copied (development only).
+    # The store identity aligner Jobs use, put by the operator into a Secret in each tenant namespace
+    # (a pod can only reference Secrets of its own namespace). ``per-tenant``: each Organization gets an
+    # identity of its own, limited to tenants/<org>/, made through the store's IAM API at provisioning
+    # and removed at deletion (common/store_identity.py). ``shared``: every tenant gets the one below
+    # (unset: the operator's own credentials; development only), which reaches every tenant's prefix.
+    job_store_identity: Literal["per-tenant", "shared"] = "per-tenant"
     job_store_access_key: SecretStr | None = None
     job_store_secret_key: SecretStr | None = None
     # Name of that Secret in tenant namespaces, and the store endpoint as seen from tenant pods

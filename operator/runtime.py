@@ -18,6 +18,7 @@ from mesial.common.objectstore import ObjectStore
 from mesial.common.provisioning import TenantProvisioner
 from mesial.common.retention import RecordSweeper
 from mesial.common.settings import Settings
+from mesial.common.store_identity import TenantStoreIdentities
 from mesial.common.vault import TenantKeys
 from mesial.operator.k8s import K8s
 from mesial.operator.reporting import JobReporter, api_client
@@ -35,6 +36,8 @@ class Runtime:
     records: RecordSweeper | None = None
     # Job states to the API (cluster mode, ``operator.api_url`` set); None: ScanJobs are not reported.
     reporter: JobReporter | None = None
+    # Tenants' own store identities (``operator.job_store_identity: per-tenant``); None: one shared identity.
+    identities: TenantStoreIdentities | None = None
     # The clock retention sweeps by (tests move it to age objects).
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
@@ -63,7 +66,9 @@ class Runtime:
         store = await stack.enter_async_context(ObjectStore(settings.store, keys))
         sink = audit if audit is not None else default_audit_sink(settings)
         reporter = JobReporter.from_settings(settings.operator)
-        return cls(settings, k8s, keys, provisioner, store, sink, records, reporter, _stack=stack)
+        per_tenant = settings.operator.job_store_identity == "per-tenant"
+        identities = TenantStoreIdentities(settings.store) if per_tenant else None
+        return cls(settings, k8s, keys, provisioner, store, sink, records, reporter, identities, _stack=stack)
 
     def now(self) -> datetime:
         return self.clock()

@@ -155,6 +155,7 @@ def test_chart_environment_is_understood_by_the_settings(
     assert operator.operator.aligner_image == "ghcr.io/mesial/mesial:0.1.0"
     assert api.api.migrate_on_start is False
     assert operator.operator.job_store_access_key is not None  # from aligner.storeCredentialsSecret
+    assert operator.operator.job_store_identity == "shared"  # that one identity, by the installer's choice
 
 
 def test_every_pod_gets_the_pull_secrets(k8s_tools: dict[str, Path]) -> None:

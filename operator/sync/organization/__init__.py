@@ -108,7 +108,7 @@ async def _reconcile(rt: Runtime, org: OrgView, live: Any, mode: str) -> Report:
             report.failed(step, exc)
     if "namespace" not in report.errors:
         try:
-            for applied in await sync_store_secret(rt.k8s, org, rt.settings):
+            for applied in await sync_store_secret(rt.k8s, org, rt.settings, rt.identities):
                 report.applied(applied)
         except (MesialError, K8sError) as exc:
             report.failed("store", exc)

@@ -2,8 +2,8 @@
 
 Order: refuse while ScanJobs run (unless ``spec.deletion.force``, which stops them),
 delete the tenant's objects in the store (held ones too: the key is shredded next),
-crypto-shred the key, remove the Vault role and policy, delete the namespace, write the
-deletion receipt to the audit sink. Each step is idempotent and marked done in the
+crypto-shred the key, remove the Vault role and policy and the tenant's store identity,
+delete the namespace, write the deletion receipt to the audit sink. Each step is idempotent and marked done in the
 status as soon as it is, so an operator restarted midway resumes at the next step. A
 failing step (Vault or the store down) raises; the finalizer stays; the ``Deleting``
 condition says which step waits and why.
@@ -16,7 +16,7 @@ import re
 from typing import Any
 
 from mesial.common.audit import AuditEvent
-from mesial.common.errors import MesialError
+from mesial.common.errors import MesialError, StorageError
 from mesial.operator.errors import describe
 from mesial.operator.k8s import K8sError
 from mesial.operator.runtime import Runtime
@@ -97,6 +97,13 @@ async def _delete(rt: Runtime, org: OrgView, body: Any) -> list[Note]:
         await asyncio.to_thread(rt.provisioner.revoke_access, org.name)
         await record(None, "InProgress", "Vault role and policy removed", vaultCleared=True)
 
+    async def remove_store_identity() -> None:
+        if rt.identities is not None:
+            await asyncio.to_thread(rt.identities.remove, org.name)
+            if await asyncio.to_thread(rt.identities.exists, org.name):  # proven from the store, not assumed
+                raise StorageError(f"store identity of {org.name} still exists after its removal")
+        await record(None, "InProgress", "store identity removed", storeIdentityRemoved=True)
+
     async def delete_namespace() -> None:
         await rt.k8s.delete("v1", "Namespace", org.namespace)
         await record(None, "InProgress", "namespace deleted", namespaceDeleted=True)
@@ -115,6 +122,7 @@ async def _delete(rt: Runtime, org: OrgView, body: Any) -> list[Note]:
                     "key_shredded": bool(progress.get("keyShredded")),
                     "shred_proof": detail_text(progress.get("shredProof", "")),
                     "namespace": org.namespace,
+                    "store_identity_removed": bool(progress.get("storeIdentityRemoved")),
                     "started_at": str(progress.get("startedAt", "")),
                 },
             )
@@ -125,6 +133,7 @@ async def _delete(rt: Runtime, org: OrgView, body: Any) -> list[Note]:
     await step("store", "storeCleared", clear_store)
     await step("shred", "keyShredded", shred_key)
     await step("vault", "vaultCleared", revoke_vault)
+    await step("store identity", "storeIdentityRemoved", remove_store_identity)
     await step("namespace", "namespaceDeleted", delete_namespace)
     await step("receipt", "receiptWritten", write_receipt)
     return notes

@@ -1,19 +1,25 @@
 """The aligner Jobs' store credentials: a Secret in the tenant namespace, kept by the operator.
 
 A pod can reference Secrets of its own namespace only, so the identity aligner Jobs use
-(``operator.job_store_access_key``/``job_store_secret_key``: object read/write on the
-bucket, no bucket administration) is copied here. Nothing in the namespace may read it
-through the API (the aligner's Role grants ``get`` on scanjobs only); the Job's container
-gets the two values as environment variables by ``secretKeyRef``. Store objects are
-envelope-encrypted with the tenant's own Vault key, which only the tenant's Vault role
-can use: a store credential alone reads ciphertext, never another tenant's plaintext.
+is put here. By default (``operator.job_store_identity: per-tenant``) it is the tenant's
+own store identity, limited to ``tenants/<org>/`` (:mod:`mesial.common.store_identity`):
+made at provisioning, its key kept while the Secret holds a working one and replaced
+otherwise, removed at deletion. ``shared`` copies one identity into every tenant
+(``operator.job_store_access_key``/``job_store_secret_key``, else the operator's own:
+development only). Nothing in the namespace may read the Secret through the API (the
+aligner's Role grants ``get`` on scanjobs only); the Job's container gets the two values
+as environment variables by ``secretKeyRef``. Store objects are envelope-encrypted with
+the tenant's own Vault key on top.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import binascii
 
 from mesial.common.settings import Settings
+from mesial.common.store_identity import StoreCredentials, TenantStoreIdentities
 from mesial.operator.k8s import Applied, K8s, Obj
 from mesial.operator.sync.organization.model import OrgView
 
@@ -28,8 +34,11 @@ def job_store_credentials(settings: Settings) -> tuple[str, str]:
     return settings.store.access_key.get_secret_value(), settings.store.secret_key.get_secret_value()
 
 
-def desired_store_secret(org: OrgView, settings: Settings) -> Obj:
-    access, secret = job_store_credentials(settings)
+def desired_store_secret(org: OrgView, settings: Settings, credentials: StoreCredentials | None = None) -> Obj:
+    """The Secret with ``credentials`` (the tenant's own identity), or the shared ones."""
+    access, secret = (
+        (credentials.access_key, credentials.secret_key) if credentials else job_store_credentials(settings)
+    )
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -47,5 +56,22 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-async def sync_store_secret(k8s: K8s, org: OrgView, settings: Settings) -> list[Applied]:
-    return [await k8s.apply(desired_store_secret(org, settings))]
+def _held(secret: Obj | None) -> StoreCredentials | None:
+    """The credentials a live Secret holds, if it holds a readable pair."""
+    data = (secret or {}).get("data") or {}
+    try:
+        return StoreCredentials(
+            base64.b64decode(data[ACCESS_KEY]).decode(), base64.b64decode(data[SECRET_KEY]).decode()
+        )
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        return None
+
+
+async def sync_store_secret(
+    k8s: K8s, org: OrgView, settings: Settings, identities: TenantStoreIdentities | None = None
+) -> list[Applied]:
+    credentials = None
+    if identities is not None:
+        live = await k8s.get("v1", "Secret", settings.operator.job_store_secret, org.namespace)
+        credentials = await asyncio.to_thread(identities.ensure, org.name, _held(live))
+    return [await k8s.apply(desired_store_secret(org, settings, credentials))]
