@@ -15,7 +15,7 @@ TOOLS := .tools
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(TOOLS)/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install test e2e lint format demo bench chart services-up services-down clean
+.PHONY: help install test e2e e2e-kind cluster-tools cluster-up cluster-down lint format demo bench chart services-up services-down clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
@@ -31,11 +31,23 @@ $(STAMP): pyproject.toml scripts/install-system-deps.sh scripts/install_k8s_tool
 install: $(STAMP) ## Create .venv, install the project, its tools and the Debian packages it needs
 	@bash scripts/install-system-deps.sh
 
-test: install ## Run the whole test suite against real services (started and stopped by the suite)
+test: install cluster-tools ## Run the whole test suite against real services and a real control plane (started and stopped by the suite)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-e2e: install ## kind end-to-end: cluster, CRDs, operator, examples (needs Docker; says so and stops where it is missing)
+e2e: install cluster-tools ## End-to-end on a real control plane built from Go modules (chart, operator, tenant lifecycle)
+	$(PY) -m pytest tests/e2e_cluster $(PYTEST_ARGS)
+
+e2e-kind: install ## kind end-to-end: cluster, CRDs, operator, examples (needs Docker; says so and stops where it is missing)
 	bash scripts/e2e-kind.sh
+
+cluster-tools: ## Build etcd, kube-apiserver, kube-controller-manager, kube-scheduler (tests/cluster/go.mod) into .tools/bin
+	bash scripts/cluster-tools.sh
+
+cluster-up: install cluster-tools ## Start the control plane and the node agent on loopback; prints the kubeconfig
+	$(PY) scripts/cluster.py up
+
+cluster-down: ## Stop what cluster-up started
+	$(PY) scripts/cluster.py down
 
 lint: install ## ruff (lint + format check) and mypy --strict over the whole tree
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,669 @@
+"""A test node agent: registers a Node and really runs the pods bound to it, on this host.
+
+No kubelet can run here (no container runtime). Like KWOK the agent keeps a Node and writes pod
+status, but it runs the work: each container's command (the image's entrypoint when the pod
+gives none: ``--entrypoint``, by default ``mesial``, found on this checkout's virtualenv PATH)
+as a process of the host, with
+
+- the pod's environment (``env`` with values, ``secretKeyRef``, ``configMapKeyRef``,
+  ``fieldRef``; ``envFrom``; ``$(VAR)`` expansion; ``KUBERNETES_SERVICE_HOST/PORT`` pointing at
+  the loopback API server),
+- its volumes at their mount paths, in a private mount namespace of the container (``unshare``
+  and bind mounts): ``emptyDir``, ``secret``, ``configMap``, ``projected`` (ServiceAccount
+  tokens from TokenRequest bound to the pod, with their audience and expiry; ConfigMaps,
+  Secrets, the downward API's namespace) — every read goes through the API server as
+  ``system:node:<node>``, so the Node authorizer decides what the pod may see,
+- the pod's ``runAsUser``/``runAsGroup``/``fsGroup`` (``setpriv``) and a read-only root
+  filesystem when ``readOnlyRootFilesystem`` is set (the root mount of its namespace is
+  remounted read-only),
+
+and writes the pod's status back (``Running``, container states, exit codes, ``Succeeded``
+or ``Failed``; restarts for ``restartPolicy: Always/OnFailure``). A pod being deleted has its
+processes stopped (SIGTERM, SIGKILL after the grace period) and is then removed, as a kubelet
+does. Not emulated: images (the host's programs run, not the image's), network namespaces
+(every pod shares the host's loopback; NetworkPolicies are stored but not enforced), cgroups
+(resource limits are not enforced), probes, ``kubectl logs``/``exec`` (logs are files under
+``--pods-dir``), capabilities and seccomp (the process runs with what ``setpriv`` leaves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger("node-agent")
+Obj = dict[str, Any]
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"{status}: {body[:300]}")
+        self.status = status
+
+
+class Api:
+    """The API server as the node sees it (client certificate from a kubeconfig)."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        config = yaml.safe_load(kubeconfig.read_text())
+        cluster = config["clusters"][0]["cluster"]
+        user = config["users"][0]["user"]
+        self.server = cluster["server"].rstrip("/")
+        self.context = ssl.create_default_context(cafile=cluster["certificate-authority"])
+        self.context.load_cert_chain(user["client-certificate"], user["client-key"])
+
+    def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.server + path, data=data, method=method)
+        req.add_header("Accept", "application/json")
+        if data is not None:
+            req.add_header("Content-Type", content_type)
+        try:
+            with urllib.request.urlopen(req, context=self.context, timeout=30) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            raise ApiError(exc.code, exc.read().decode(errors="replace")) from exc
+        return json.loads(raw) if raw else None
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def merge_patch(self, path: str, body: Any) -> Any:
+        return self.request("PATCH", path, body, "application/merge-patch+json")
+
+
+# -- one pod ---------------------------------------------------------------------------------------
+
+
+class PodError(Exception):
+    """The pod cannot start (a missing Secret, a bad reference): reported as a waiting reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+_VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)|\$\$")
+
+
+def expand(value: str, env: dict[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion: known names are replaced, ``$$`` is a literal ``$``."""
+
+    def repl(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1)
+        return env.get(name, match.group(0))
+
+    return _VAR.sub(repl, value)
+
+
+class Container:
+    """One container's process and what the status needs of it."""
+
+    def __init__(self, spec: Obj) -> None:
+        self.spec = spec
+        self.name: str = spec["name"]
+        self.process: subprocess.Popen[bytes] | None = None
+        self.state: Obj = {"waiting": {"reason": "ContainerCreating"}}
+        self.last_state: Obj = {}
+        self.restarts = 0
+
+    def status(self) -> Obj:
+        running = "running" in self.state
+        return {
+            "name": self.name,
+            "image": self.spec.get("image", ""),
+            "imageID": "",
+            "containerID": f"host://{self.process.pid}" if self.process else "",
+            "ready": running,
+            "started": running,
+            "restartCount": self.restarts,
+            "state": self.state,
+            "lastState": self.last_state,
+        }
+
+
+class PodRunner(threading.Thread):
+    """Runs one pod to its end (or until stopped) and keeps its status in the API."""
+
+    def __init__(self, agent: Agent, pod: Obj) -> None:
+        super().__init__(name=f"pod-{pod['metadata']['namespace']}/{pod['metadata']['name']}", daemon=True)
+        self.agent = agent
+        self.pod = pod
+        meta = pod["metadata"]
+        self.ns: str = meta["namespace"]
+        self.pod_name: str = meta["name"]
+        self.uid: str = meta["uid"]
+        self.dir = agent.pods_dir / f"{self.ns}_{self.pod_name}_{self.uid[:8]}"
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.init = [Container(c) for c in pod["spec"].get("initContainers") or []]
+        self.main = [Container(c) for c in pod["spec"]["containers"]]
+        self.started_at = _now()
+        self.phase = "Pending"
+        self.waiting: tuple[str, str] | None = None
+        self.finished = threading.Event()
+
+    # -- status -------------------------------------------------------------------------------
+    def write_status(self) -> None:
+        with self.lock:
+            ready = self.phase == "Running" and all("running" in c.state for c in self.main)
+            initialized = all("terminated" in c.state for c in self.init)
+            conditions = [
+                {"type": "PodScheduled", "status": "True"},
+                {"type": "Initialized", "status": "True" if initialized else "False"},
+                {"type": "ContainersReady", "status": "True" if ready else "False"},
+                {"type": "Ready", "status": "True" if ready else "False"},
+            ]
+            for cond in conditions:
+                cond["lastTransitionTime"] = self.started_at
+            status: Obj = {
+                "phase": self.phase,
+                "conditions": conditions,
+                "hostIP": "127.0.0.1",
+                "hostIPs": [{"ip": "127.0.0.1"}],
+                "podIP": "127.0.0.1",
+                "podIPs": [{"ip": "127.0.0.1"}],
+                "startTime": self.started_at,
+                "initContainerStatuses": [c.status() for c in self.init] or None,
+                "containerStatuses": [c.status() for c in self.main],
+            }
+            if self.waiting is not None:
+                for c in status["containerStatuses"]:
+                    c["state"] = {"waiting": {"reason": self.waiting[0], "message": self.waiting[1]}}
+                status["message"] = self.waiting[1]
+        try:
+            self.agent.api.merge_patch(f"/api/v1/namespaces/{self.ns}/pods/{self.pod_name}/status", {"status": status})
+        except ApiError as exc:
+            if exc.status != 404:
+                log.warning("status of %s/%s: %s", self.ns, self.pod_name, exc)
+
+    # -- volumes and environment ---------------------------------------------------------------
+    def _secret(self, name: str) -> Obj:
+        try:
+            data: Obj = self.agent.api.get(f"/api/v1/namespaces/{self.ns}/secrets/{name}")
+        except ApiError as exc:
+            raise PodError("CreateContainerConfigError", f'secret "{name}" not found ({exc})') from exc
+        return {k: base64.b64decode(v) for k, v in (data.get("data") or {}).items()}
+
+    def _configmap(self, name: str) -> Obj:
+        try:
+            data: Obj = self.agent.api.get(f"/api/v1/namespaces/{self.ns}/configmaps/{name}")
+        except ApiError as exc:
+            raise PodError("CreateContainerConfigError", f'configmap "{name}" not found ({exc})') from exc
+        return {k: v.encode() for k, v in (data.get("data") or {}).items()}
+
+    def _token(self, sa: str, audience: str | None, seconds: int) -> bytes:
+        spec: Obj = {
+            "expirationSeconds": seconds,
+            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": self.pod_name, "uid": self.uid},
+        }
+        if audience:
+            spec["audiences"] = [audience]
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
+        try:
+            answer = self.agent.api.request("POST", f"/api/v1/namespaces/{self.ns}/serviceaccounts/{sa}/token", body)
+        except ApiError as exc:
+            raise PodError("CreateContainerConfigError", f"token for serviceaccount {sa}: {exc}") from exc
+        return str(answer["status"]["token"]).encode()
+
+    def _ids(self, container: Obj | None = None) -> tuple[int, int, int | None]:
+        pod_sc = self.pod["spec"].get("securityContext") or {}
+        sc = (container or {}).get("securityContext") or {}
+        uid = sc.get("runAsUser", pod_sc.get("runAsUser", 0))
+        gid = sc.get("runAsGroup", pod_sc.get("runAsGroup", uid if uid else 0))
+        return int(uid), int(gid), pod_sc.get("fsGroup")
+
+    def _write(self, directory: Path, files: dict[str, bytes], items: list[Obj] | None, mode: int) -> None:
+        uid, gid, fs_group = self._ids()
+        chosen: dict[str, str] = (
+            {i["key"]: str(i.get("path", i["key"])) for i in items} if items else {k: k for k in files}
+        )
+        for key, rel in chosen.items():
+            if key not in files:
+                raise PodError("CreateContainerConfigError", f"key {key} not found")
+            path = directory / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(files[key])
+            path.chmod(mode)
+            os.chown(path, uid, fs_group if fs_group is not None else gid)
+
+    def prepare_volumes(self) -> dict[str, Path]:
+        volumes: dict[str, Path] = {}
+        sa = self.pod["spec"].get("serviceAccountName") or "default"
+        uid, gid, fs_group = self._ids()
+        for volume in self.pod["spec"].get("volumes") or []:
+            path = self.dir / "volumes" / volume["name"]
+            path.mkdir(parents=True, exist_ok=True)
+            volumes[volume["name"]] = path
+            if "emptyDir" in volume:
+                path.chmod(0o777)
+            elif "secret" in volume:
+                src = volume["secret"]
+                try:
+                    files = self._secret(src["secretName"])
+                except PodError:
+                    if src.get("optional"):
+                        continue
+                    raise
+                self._write(path, files, src.get("items"), src.get("defaultMode", 0o644))
+            elif "configMap" in volume:
+                src = volume["configMap"]
+                try:
+                    files = self._configmap(src["name"])
+                except PodError:
+                    if src.get("optional"):
+                        continue
+                    raise
+                self._write(path, files, src.get("items"), src.get("defaultMode", 0o644))
+            elif "projected" in volume:
+                mode = volume["projected"].get("defaultMode", 0o644)
+                for source in volume["projected"].get("sources") or []:
+                    if "serviceAccountToken" in source:
+                        tok = source["serviceAccountToken"]
+                        token = self._token(sa, tok.get("audience"), int(tok.get("expirationSeconds", 3600)))
+                        # A token is readable by the pod's user only (kubelet: 0600, or 0640 with fsGroup).
+                        target = path / str(tok["path"])
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        target.write_bytes(token)
+                        target.chmod(0o640 if fs_group is not None else 0o600)
+                        os.chown(target, uid, fs_group if fs_group is not None else gid)
+                    elif "configMap" in source:
+                        self._write(
+                            path, self._configmap(source["configMap"]["name"]), source["configMap"].get("items"), mode
+                        )
+                    elif "secret" in source:
+                        self._write(path, self._secret(source["secret"]["name"]), source["secret"].get("items"), mode)
+                    elif "downwardAPI" in source:
+                        for item in source["downwardAPI"].get("items") or []:
+                            value = self._field(item.get("fieldRef", {}).get("fieldPath", ""))
+                            self._write(path, {item["path"]: value.encode()}, None, mode)
+            else:
+                raise PodError(
+                    "CreateContainerConfigError", f"volume {volume['name']}: type not supported by the node agent"
+                )
+            if fs_group is not None:
+                os.chown(path, 0, int(fs_group))
+                path.chmod(0o2777 if "emptyDir" in volume else 0o2755)
+        return volumes
+
+    def _field(self, field_path: str) -> str:
+        meta = self.pod["metadata"]
+        values = {
+            "metadata.name": meta["name"],
+            "metadata.namespace": meta["namespace"],
+            "metadata.uid": meta["uid"],
+            "spec.nodeName": self.agent.node,
+            "spec.serviceAccountName": self.pod["spec"].get("serviceAccountName", "default"),
+            "status.podIP": "127.0.0.1",
+            "status.hostIP": "127.0.0.1",
+        }
+        match = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", field_path)
+        if match:
+            return str((meta.get(match.group(1)) or {}).get(match.group(2), ""))
+        if field_path not in values:
+            raise PodError("CreateContainerConfigError", f"fieldRef {field_path} not supported by the node agent")
+        return str(values[field_path])
+
+    def environment(self, spec: Obj) -> dict[str, str]:
+        env: dict[str, str] = {
+            "PATH": self.agent.path,
+            "HOSTNAME": self.pod_name,
+            "HOME": "/",
+            "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+            "KUBERNETES_SERVICE_PORT": str(self.agent.api_port),
+            "KUBERNETES_SERVICE_PORT_HTTPS": str(self.agent.api_port),
+        }
+        for source in spec.get("envFrom") or []:
+            prefix = source.get("prefix", "")
+            if "secretRef" in source:
+                data = self._secret(source["secretRef"]["name"])
+            else:
+                data = self._configmap(source["configMapRef"]["name"])
+            env.update({prefix + k: v.decode() for k, v in data.items()})
+        for var in spec.get("env") or []:
+            if "value" in var:
+                env[var["name"]] = expand(var["value"], env)
+                continue
+            ref = var.get("valueFrom") or {}
+            if "fieldRef" in ref:
+                env[var["name"]] = self._field(ref["fieldRef"]["fieldPath"])
+            elif "secretKeyRef" in ref or "configMapKeyRef" in ref:
+                key_ref = ref.get("secretKeyRef") or ref["configMapKeyRef"]
+                try:
+                    data = self._secret(key_ref["name"]) if "secretKeyRef" in ref else self._configmap(key_ref["name"])
+                    env[var["name"]] = data[key_ref["key"]].decode()
+                except (PodError, KeyError) as exc:
+                    if key_ref.get("optional"):
+                        continue
+                    raise PodError("CreateContainerConfigError", f"env {var['name']}: {exc}") from exc
+            elif "resourceFieldRef" in ref:
+                resources = spec.get("resources") or {}
+                field = ref["resourceFieldRef"]["resource"]
+                kind, _, name = field.partition(".")
+                env[var["name"]] = str((resources.get(kind) or {}).get(name, ""))
+            else:
+                env[var["name"]] = ""
+        return env
+
+    # -- running ----------------------------------------------------------------------------------
+    def _argv(self, spec: Obj, env: dict[str, str]) -> list[str]:
+        command = spec.get("command") or self.agent.entrypoint
+        return [expand(a, env) for a in [*command, *(spec.get("args") or [])]]
+
+    def _script(self, spec: Obj, volumes: dict[str, Path], argv: list[str]) -> str:
+        """The shell that sets up the container's mount namespace, then becomes its process."""
+        lines = ["set -e"]
+        for mount in spec.get("volumeMounts") or []:
+            src = volumes[mount["name"]]
+            if mount.get("subPath"):
+                src = src / mount["subPath"]
+            target = shlex.quote(mount["mountPath"])
+            lines.append(f"mkdir -p {target}")
+            lines.append(f"mount --bind {shlex.quote(str(src))} {target}")
+            if mount.get("readOnly"):
+                lines.append(f"mount -o remount,bind,ro {target}")
+        sc = spec.get("securityContext") or {}
+        if sc.get("readOnlyRootFilesystem"):
+            lines.append("mount -o remount,bind,ro /")
+        workdir = spec.get("workingDir") or "/"
+        lines.append(f"cd {shlex.quote(workdir)}")
+        uid, gid, fs_group = self._ids(spec)
+        groups = f"--groups={fs_group}" if fs_group is not None else "--clear-groups"
+        setpriv = f"setpriv --reuid={uid} --regid={gid} {groups} --no-new-privs --"
+        lines.append(f"exec {setpriv} {shlex.join(argv)}")
+        return "\n".join(lines)
+
+    def start_container(self, container: Container, volumes: dict[str, Path]) -> None:
+        env = self.environment(container.spec)
+        argv = self._argv(container.spec, env)
+        if shutil.which(argv[0], path=env["PATH"]) is None and not Path(argv[0]).is_absolute():
+            raise PodError("CreateContainerError", f"{argv[0]}: not found on the node agent's PATH")
+        script = self._script(container.spec, volumes, argv)
+        log_path = self.dir / f"{container.name}.log"
+        with log_path.open("ab") as out:
+            out.write(f"--- {_now()} {shlex.join(argv)}\n".encode())
+            out.flush()
+            container.process = subprocess.Popen(
+                ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+        container.state = {"running": {"startedAt": _now()}}
+
+    def _wait(self, container: Container) -> int:
+        assert container.process is not None
+        code = container.process.wait()
+        finished = _now()
+        started = container.state.get("running", {}).get("startedAt", finished)
+        code = 128 - code if code < 0 else code  # killed by a signal: 128 + signal, as a runtime reports it
+        container.state = {
+            "terminated": {
+                "exitCode": code,
+                "reason": "Completed" if code == 0 else "Error",
+                "startedAt": started,
+                "finishedAt": finished,
+            }
+        }
+        return code
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except Exception:
+            log.exception("pod %s/%s", self.ns, self.pod_name)
+        finally:
+            self.finished.set()
+
+    def _run(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        restart = self.pod["spec"].get("restartPolicy", "Always")
+        while not self.stopping.is_set():
+            try:
+                volumes = self.prepare_volumes()
+                break
+            except PodError as exc:
+                self.waiting = (exc.reason, str(exc))
+                self.write_status()
+                self.stopping.wait(2.0)
+        else:
+            return
+        self.waiting = None
+        for container in self.init:
+            if self.stopping.is_set():
+                return
+            try:
+                self.start_container(container, volumes)
+            except PodError as exc:
+                self.waiting = (exc.reason, str(exc))
+                self.write_status()
+                return
+            self.write_status()
+            if self._wait(container) != 0:
+                self.phase = "Failed"
+                self.write_status()
+                return
+        self.phase = "Running"
+        threads = [threading.Thread(target=self._keep, args=(c, volumes, restart), daemon=True) for c in self.main]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if self.stopping.is_set():
+            return
+        codes = [c.state.get("terminated", {}).get("exitCode", 1) for c in self.main]
+        self.phase = "Succeeded" if all(code == 0 for code in codes) else "Failed"
+        self.write_status()
+
+    def _keep(self, container: Container, volumes: dict[str, Path], restart: str) -> None:
+        backoff = 1.0
+        while not self.stopping.is_set():
+            try:
+                self.start_container(container, volumes)
+            except PodError as exc:
+                self.waiting = (exc.reason, str(exc))
+                self.write_status()
+                self.stopping.wait(2.0)
+                continue
+            self.waiting = None
+            self.write_status()
+            code = self._wait(container)
+            self.write_status()
+            if self.stopping.is_set() or restart == "Never" or (restart == "OnFailure" and code == 0):
+                return
+            container.restarts += 1
+            container.last_state, container.state = container.state, {"waiting": {"reason": "CrashLoopBackOff"}}
+            self.write_status()
+            self.stopping.wait(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    def stop(self, grace: float) -> None:
+        """SIGTERM every process of the pod, SIGKILL what is left after ``grace`` seconds."""
+        self.stopping.set()
+        processes = [c.process for c in self.init + self.main if c.process is not None and c.process.poll() is None]
+        for process in processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for process in processes:
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+# -- the node ----------------------------------------------------------------------------------------
+
+
+class Agent:
+    def __init__(self, api: Api, node: str, pods_dir: Path, api_port: int, entrypoint: list[str], path: str) -> None:
+        self.api = api
+        self.node = node
+        self.pods_dir = pods_dir
+        self.api_port = api_port
+        self.entrypoint = entrypoint
+        self.path = path
+        self.runners: dict[str, PodRunner] = {}
+        self.stopped = threading.Event()
+
+    def register(self) -> None:
+        node = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": self.node,
+                "labels": {
+                    "kubernetes.io/hostname": self.node,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64",
+                },
+            },
+        }
+        try:
+            self.api.request("POST", "/api/v1/nodes", node)
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+        self.heartbeat()
+
+    def heartbeat(self) -> None:
+        now = _now()
+        resources = {"cpu": "16", "memory": "64Gi", "pods": "110", "ephemeral-storage": "100Gi"}
+        status = {
+            "capacity": resources,
+            "allocatable": resources,
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": self.node}],
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "NodeAgentReady",
+                    "message": "mesial test node agent (runs pods' commands on the host)",
+                    "lastHeartbeatTime": now,
+                    "lastTransitionTime": now,
+                }
+            ],
+            "nodeInfo": {
+                "architecture": "amd64",
+                "operatingSystem": "linux",
+                "kubeletVersion": "v1.35.4-mesial-node-agent",
+                "kubeProxyVersion": "",
+                "containerRuntimeVersion": "host://",
+                "osImage": "host",
+                "kernelVersion": os.uname().release,
+                "machineID": "",
+                "systemUUID": "",
+                "bootID": "",
+            },
+        }
+        self.api.merge_patch(f"/api/v1/nodes/{self.node}/status", {"status": status})
+
+    def sync(self) -> None:
+        selector = urllib.parse.quote(f"spec.nodeName={self.node}")
+        pods = self.api.get(f"/api/v1/pods?fieldSelector={selector}")["items"]
+        seen = set()
+        for pod in pods:
+            uid = pod["metadata"]["uid"]
+            seen.add(uid)
+            runner = self.runners.get(uid)
+            if pod["metadata"].get("deletionTimestamp"):
+                self._delete(pod, runner)
+                continue
+            if runner is None and pod.get("status", {}).get("phase") not in ("Succeeded", "Failed"):
+                runner = PodRunner(self, pod)
+                self.runners[uid] = runner
+                runner.write_status()
+                runner.start()
+        for uid in set(self.runners) - seen:
+            # Deleted from the API without us (force deletion): stop what still runs.
+            runner = self.runners.pop(uid)
+            threading.Thread(target=runner.stop, args=(2.0,), daemon=True).start()
+
+    def _delete(self, pod: Obj, runner: PodRunner | None) -> None:
+        meta = pod["metadata"]
+        if runner is not None and not runner.stopping.is_set():
+            grace = float(meta.get("deletionGracePeriodSeconds") or 30)
+
+            def finish() -> None:
+                runner.stop(grace)
+                self._remove(meta)
+
+            threading.Thread(target=finish, daemon=True).start()
+        elif runner is None or runner.finished.is_set() or not runner.is_alive():
+            self._remove(meta)
+
+    def _remove(self, meta: Obj) -> None:
+        body = {
+            "kind": "DeleteOptions",
+            "apiVersion": "v1",
+            "gracePeriodSeconds": 0,
+            "preconditions": {"uid": meta["uid"]},
+        }
+        with contextlib.suppress(ApiError):
+            self.api.request("DELETE", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}", body)
+        self.runners.pop(meta["uid"], None)
+
+    def run(self) -> None:
+        self.register()
+        last_beat = time.monotonic()
+        while not self.stopped.is_set():
+            try:
+                self.sync()
+                if time.monotonic() - last_beat > 20:
+                    self.heartbeat()
+                    last_beat = time.monotonic()
+            except (ApiError, OSError) as exc:
+                log.warning("sync: %s", exc)
+            self.stopped.wait(0.5)
+        for runner in list(self.runners.values()):
+            runner.stop(5.0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="node-agent", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--kubeconfig", type=Path, required=True)
+    parser.add_argument("--node", default="mesial-node")
+    parser.add_argument("--pods-dir", type=Path, required=True)
+    parser.add_argument("--api-port", type=int, required=True)
+    parser.add_argument(
+        "--entrypoint", default="mesial", help="the images' entrypoint (when a container has no command)"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    venv_bin = str(Path(sys.executable).parent)
+    path = f"{venv_bin}:/usr/local/bin:/usr/bin:/bin"
+    args.pods_dir.mkdir(parents=True, exist_ok=True)
+    agent = Agent(Api(args.kubeconfig), args.node, args.pods_dir, args.api_port, shlex.split(args.entrypoint), path)
+    signal.signal(signal.SIGTERM, lambda *_: agent.stopped.set())
+    agent.run()

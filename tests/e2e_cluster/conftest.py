@@ -1,0 +1,246 @@
+"""The e2e stack: a real control plane (tests/cluster), OpenBao with its Kubernetes auth against it,
+SeaweedFS, and the chart installed by `helm install`, its operator Deployment run by the node agent
+with the chart's own ServiceAccount.
+
+One stack per test session (starting it takes about a minute on the shared 2-core machine); tests
+use Organizations of their own names so they do not meet.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hvac
+import pytest
+import yaml
+
+from mesial.common import services as svc
+from tests.cluster.controlplane import BIN, ClusterInfo, ControlPlane, ControlPlaneError, kubectl
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "mesial"
+RELEASE = "mesial"
+NAMESPACE = "mesial-system"
+
+
+@dataclass
+class Kube:
+    """kubectl as the cluster admin (the platform engineer), and a few waits."""
+
+    info: ClusterInfo
+
+    def __call__(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return kubectl(self.info.kubeconfig, *args, check=check, input=input)
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self(*args, "-o", "json").stdout)
+
+    def get(self, *args: str) -> Any | None:
+        result = self(*args, "-o", "json", check=False)
+        if result.returncode != 0:
+            if "NotFound" in result.stderr or "not found" in result.stderr:
+                return None
+            raise ControlPlaneError(result.stderr)
+        return json.loads(result.stdout)
+
+    def apply(self, obj: dict[str, Any] | str, *, check: bool = True) -> subprocess.CompletedProcess[str]:
+        text = obj if isinstance(obj, str) else yaml.safe_dump(obj)
+        return self("apply", "-f", "-", input=text, check=check)
+
+    def create(self, obj: dict[str, Any], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self("create", "-f", "-", input=yaml.safe_dump(obj), check=check)
+
+
+def eventually(check: Callable[[], Any], timeout: float = 90.0, interval: float = 0.5, what: str = "") -> Any:
+    """``check()`` until it returns something truthy; its last error or value in the failure."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = check()
+            if last:
+                return last
+        except (AssertionError, ControlPlaneError, KeyError, TypeError) as exc:
+            last = exc
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout:.0f} s: {what or check}: last: {last!r}"[:4000])
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[ClusterInfo]:
+    """The control plane and its node agent (outside /tmp: pods bind a volume over /tmp)."""
+    for tool in ("kubectl", "helm"):
+        if not (BIN / tool).exists():
+            pytest.fail(f"{tool} is missing in {BIN}: run `make install`")
+    base = Path(tempfile.mkdtemp(prefix="mesial-e2e-", dir="/var/tmp"))
+    try:
+        plane = ControlPlane(base)
+    except ControlPlaneError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield plane.start()
+    finally:
+        plane.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def kube(cluster: ClusterInfo) -> Kube:
+    return Kube(cluster)
+
+
+@dataclass
+class VaultSetup:
+    url: str
+    root_token: str
+    client: hvac.Client
+
+
+@pytest.fixture(scope="session")
+def vault(openbao: svc.ServiceInfo, kube: Kube, cluster: ClusterInfo) -> VaultSetup:
+    """OpenBao as the platform team prepares it (chart README, "Before installing"): transit, and the
+    Kubernetes auth method verifying ServiceAccount tokens through this API server's TokenReview."""
+    root = openbao.credentials["root_token"]
+    client = hvac.Client(url=openbao.url, token=root)
+    mounts = client.sys.list_mounted_secrets_engines()
+    if "transit/" not in mounts.get("data", mounts):
+        client.sys.enable_secrets_engine("transit", path="transit")
+    client.sys.enable_auth_method("kubernetes", path="kubernetes")
+    # The reviewer: a ServiceAccount allowed to create TokenReviews (system:auth-delegator).
+    kube("create", "serviceaccount", "vault-auth", "-n", "kube-system")
+    kube(
+        "create",
+        "clusterrolebinding",
+        "vault-auth-delegator",
+        "--clusterrole=system:auth-delegator",
+        "--serviceaccount=kube-system:vault-auth",
+    )
+    reviewer = kube("create", "token", "vault-auth", "-n", "kube-system", "--duration=24h").stdout.strip()
+    client.write(
+        "auth/kubernetes/config",
+        kubernetes_host=cluster.server,
+        kubernetes_ca_cert=Path(cluster.ca).read_text(),
+        token_reviewer_jwt=reviewer,
+        disable_local_ca_jwt=True,
+    )
+    return VaultSetup(openbao.url, root, client)
+
+
+def _bind_role(vault: VaultSetup, name: str, policy_file: Path, service_account: str) -> None:
+    vault.client.sys.create_or_update_policy(name, policy_file.read_text())
+    vault.client.write(
+        f"auth/kubernetes/role/{name}",
+        bound_service_account_names=[service_account],
+        bound_service_account_namespaces=[NAMESPACE],
+        audience="vault",
+        token_policies=[name],
+        token_ttl="1h",
+    )
+
+
+@dataclass
+class Release:
+    name: str
+    namespace: str
+    values: dict[str, Any]
+    operator_sa: str
+
+
+def helm(cluster: ClusterInfo, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [str(BIN / "helm"), f"--kubeconfig={cluster.kubeconfig}", *args], capture_output=True, text=True, timeout=300
+    )
+    if check and result.returncode != 0:
+        raise ControlPlaneError(f"helm {' '.join(args)}: {result.stderr.strip()}")
+    return result
+
+
+def release_values(vault: VaultSetup, seaweedfs: svc.ServiceInfo) -> dict[str, Any]:
+    return {
+        "vault": {"addr": vault.url},
+        "store": {"endpointUrl": seaweedfs.url, "bucket": seaweedfs.credentials["bucket"]},
+        "api": {"enabled": False},
+        "operator": {"driftIntervalSeconds": 5, "retryDelaySeconds": 2, "scanJobSyncIntervalSeconds": 2},
+    }
+
+
+@pytest.fixture(scope="session")
+def release(
+    cluster: ClusterInfo,
+    kube: Kube,
+    vault: VaultSetup,
+    seaweedfs: svc.ServiceInfo,
+    postgres: svc.ServiceInfo,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Release]:
+    """`helm install` of the chart; the operator Deployment's pod runs on the node agent."""
+    kube("create", "namespace", NAMESPACE)
+    kube(
+        "create",
+        "secret",
+        "generic",
+        "mesial-store",
+        "-n",
+        NAMESPACE,
+        f"--from-literal=access-key={seaweedfs.credentials['access_key']}",
+        f"--from-literal=secret-key={seaweedfs.credentials['secret_key']}",
+    )
+    kube("create", "secret", "generic", "mesial-database", "-n", NAMESPACE, f"--from-literal=url={postgres.url}")
+    values = release_values(vault, seaweedfs)
+    values_file = tmp_path_factory.mktemp("helm") / "values.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    manifest = helm(cluster, "template", RELEASE, str(CHART), "-n", NAMESPACE, "-f", str(values_file)).stdout
+    accounts = [
+        d["metadata"]["name"]
+        for d in yaml.safe_load_all(manifest)
+        if d and d.get("kind") == "ServiceAccount" and "operator" in d["metadata"]["name"]
+    ]
+    assert len(accounts) == 1, accounts
+    _bind_role(vault, "mesial-operator", CHART / "files" / "vault" / "operator-policy.hcl", accounts[0])
+    helm(cluster, "install", RELEASE, str(CHART), "-n", NAMESPACE, "-f", str(values_file))
+    rel = Release(RELEASE, NAMESPACE, values, accounts[0])
+    eventually(lambda: operator_pod(kube, running=True), timeout=120, what="the operator pod runs")
+    yield rel
+    helm(cluster, "uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout=120s", check=False)
+
+
+def operator_pod(kube: Kube, *, running: bool = False) -> dict[str, Any] | None:
+    pods = kube.json("get", "pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=operator")["items"]
+    live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+    if running:
+        live = [p for p in live if p.get("status", {}).get("phase") == "Running"]
+    return live[0] if live else None
+
+
+def pod_log(cluster: ClusterInfo, pod: dict[str, Any], container: str) -> str:
+    meta = pod["metadata"]
+    logs = Path(cluster.pods_dir).glob(f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}/{container}.log")
+    return "".join(p.read_text(errors="replace") for p in logs)
+
+
+def forbidden(cluster: ClusterInfo, user: str) -> list[str]:
+    """Requests of ``user`` the API server refused with 403, from its audit log."""
+    refused = []
+    for line in Path(cluster.audit_log).read_text().splitlines():
+        event = json.loads(line)
+        if event.get("user", {}).get("username") == user and event.get("responseStatus", {}).get("code") == 403:
+            refused.append(f"{event['verb']} {event['requestURI']}: {event['responseStatus'].get('message', '')}")
+    return refused
+
+
+@pytest.fixture
+def operator_authorised(cluster: ClusterInfo, release: Release) -> Iterator[None]:
+    """Fails the test if the API server refused any request of the operator's ServiceAccount."""
+    yield
+    user = f"system:serviceaccount:{release.namespace}:{release.operator_sa}"
+    refused = forbidden(cluster, user)
+    assert not refused, "the chart's ClusterRole refused the operator:\n" + "\n".join(refused[:20])
