@@ -1,29 +1,49 @@
-# Vault policy of the Mesial API (Kubernetes-auth role `mesial-api`).
-# It seals and opens tenant objects and signs audit checkpoints; it cannot create,
-# configure, export or delete a key.
+{{- $transit := .Values.vault.transitMount -}}
+{{- $audit := .Values.vault.auditSigningKey -}}
+# Vault policy of the Mesial API (Kubernetes-auth role `{{ .Values.api.vaultRole }}`), rendered by
+# the chart from vault.transitMount and vault.auditSigningKey (tests/policies runs every call
+# of the API with a token holding exactly this policy).
+# It seals and opens tenant objects, creates a new tenant's key (never exportable, rotation
+# period only) and signs audit checkpoints. It cannot delete, export, back up or otherwise
+# configure a key, and needs no sys/ path.
 
-path "transit/datakey/plaintext/org-*" {
+# Tenant keys: read (versions, fingerprint); create (POST, an `update`) with the fixed type
+# and the rotation period; `update` also covers keys/org-<name>/config and /rotate, limited to
+# these parameters (so no deletion_allowed, min_decryption_version or exportable=true).
+path "{{ $transit }}/keys/org-*" {
+  capabilities = ["read", "update"]
+  allowed_parameters = {
+    "type" = ["aes256-gcm96"]
+    "exportable" = [false]
+    "allow_plaintext_backup" = [false]
+    "auto_rotate_period" = []
+  }
+}
+# Data keys: new ones (plaintext + wrapped), unwrap, rewrap to the newest key version.
+path "{{ $transit }}/datakey/plaintext/org-*" {
   capabilities = ["update"]
 }
-path "transit/decrypt/org-*" {
+path "{{ $transit }}/decrypt/org-*" {
   capabilities = ["update"]
 }
-path "transit/rewrap/org-*" {
+path "{{ $transit }}/rewrap/org-*" {
   capabilities = ["update"]
 }
-path "transit/keys/org-*" {
-  capabilities = ["read"]
-}
-path "transit/hmac/org-*" {
+# Key fingerprints: an HMAC over a fixed label.
+path "{{ $transit }}/hmac/org-*" {
   capabilities = ["update"]
 }
-# Audit checkpoints: sign with the audit key, read its public keys for exports.
-path "transit/sign/mesial-audit" {
+# Audit checkpoints: create the ed25519 key once (idempotent), sign, verify, read its public keys.
+path "{{ $transit }}/keys/{{ $audit }}" {
+  capabilities = ["read", "update"]
+  allowed_parameters = {
+    "type" = ["ed25519"]
+    "exportable" = [false]
+  }
+}
+path "{{ $transit }}/sign/{{ $audit }}" {
   capabilities = ["update"]
 }
-path "transit/verify/mesial-audit" {
+path "{{ $transit }}/verify/{{ $audit }}" {
   capabilities = ["update"]
-}
-path "transit/keys/mesial-audit" {
-  capabilities = ["read"]
 }

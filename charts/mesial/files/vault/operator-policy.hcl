@@ -1,34 +1,54 @@
-# Vault policy of the Mesial operator (Kubernetes-auth role `mesial-operator`).
-# It manages tenant keys, tenant policies and tenant login roles, and nothing else.
+{{- $transit := .Values.vault.transitMount -}}
+{{- $auth := .Values.vault.kubernetesMount -}}
+# Vault policy of the Mesial operator (Kubernetes-auth role `{{ .Values.operator.vaultRole }}`), rendered
+# by the chart from vault.transitMount, vault.kubernetesMount and vault.tokenAudience
+# (tests/policies runs every call of the operator with a token holding exactly this policy).
+# It manages tenant keys, tenant policies and tenant login roles, and needs no sys/ path
+# but the tenant policies. What it can still do is in docs/operator.md ("Vault powers").
 
-# Tenant transit keys: create, configure (rotation, deletion_allowed), rotate, read, delete.
-path "transit/keys/org-*" {
-  capabilities = ["create", "read", "update", "delete", "list"]
-}
-path "transit/keys/org-*/rotate" {
-  capabilities = ["update"]
-}
-path "transit/keys/org-*/config" {
-  capabilities = ["update"]
+# Tenant keys: create (fixed type, never exportable), read, rotate, set the rotation period,
+# allow deletion and delete (crypto-shredding). The glob also covers keys/org-<name>/config
+# and /rotate; the parameters are limited to these for all of them.
+path "{{ $transit }}/keys/org-*" {
+  capabilities = ["read", "update", "delete"]
+  allowed_parameters = {
+    "type" = ["aes256-gcm96"]
+    "exportable" = [false]
+    "allow_plaintext_backup" = [false]
+    "auto_rotate_period" = []
+    "deletion_allowed" = [true]
+  }
 }
 # Key fingerprints (HMAC over a fixed label) and the shred proof (a probe data key, then a failed unwrap).
-path "transit/hmac/org-*" {
+path "{{ $transit }}/hmac/org-*" {
   capabilities = ["update"]
 }
-path "transit/datakey/plaintext/org-*" {
+path "{{ $transit }}/datakey/plaintext/org-*" {
   capabilities = ["update"]
 }
-path "transit/decrypt/org-*" {
+path "{{ $transit }}/decrypt/org-*" {
   capabilities = ["update"]
 }
-# One policy and one Kubernetes-auth role per tenant, named after it.
+# One policy per tenant, named after it (the operator renders policies/vault/tenant-policy.hcl.tmpl).
 path "sys/policies/acl/mesial-org-*" {
   capabilities = ["create", "read", "update", "delete"]
 }
-path "auth/kubernetes/role/mesial-org-*" {
+# One login role per tenant, named after it. Vault compares list parameters as whole values
+# and globs only strings, so the operator sends single names as strings: the role can only
+# bind the ServiceAccount mesial-aligner, in one namespace mesial-org-<...>, to one policy
+# mesial-org-<...>, with the chart's token audience and a one-hour token. A comma would name a
+# second namespace or policy: refused.
+path "auth/{{ $auth }}/role/mesial-org-*" {
   capabilities = ["create", "read", "update", "delete"]
-}
-# Whether the Kubernetes auth method is mounted (it is configured by the platform team).
-path "sys/auth" {
-  capabilities = ["read"]
+  allowed_parameters = {
+    "bound_service_account_names" = ["mesial-aligner"]
+    "bound_service_account_namespaces" = ["mesial-org-*"]
+    "policies" = ["mesial-org-*"]
+    "audience" = [{{ .Values.vault.tokenAudience | quote }}]
+    "ttl" = ["1h"]
+  }
+  denied_parameters = {
+    "bound_service_account_namespaces" = ["*,*"]
+    "policies" = ["*,*"]
+  }
 }
