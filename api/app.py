@@ -70,9 +70,13 @@ async def open_database(settings: Settings, *, migrate: bool) -> Any:
         path = settings.database_url.removeprefix("sqlite://").split("?", 1)[0]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)  # local mode: .mesial/ on first start
+    url = settings.database_url
+    if url.startswith("sqlite://") and "recursive_triggers" not in url:
+        # REPLACE's implicit deletes fire DELETE triggers too (the audit tables' triggers refuse them anyway)
+        url += ("&" if "?" in url else "?") + "recursive_triggers=ON"
     context = TortoiseContext()
     with _current(context):
-        await context.init(db_url=settings.database_url, modules={"models": ["mesial.api.models"]})
+        await context.init(db_url=url, modules={"models": ["mesial.api.models"]})
         if migrate:
             await migrations.migrate(context.db())
     return context

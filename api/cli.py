@@ -228,7 +228,7 @@ def export(tenant: str, start: datetime | None, end: datetime | None, output: Pa
 @click.option("--public-key", default=None, help="Pinned ed25519 public key (base64) instead of the file's own.")
 def verify(file: Path, public_key: str | None) -> None:
     """Verify an export offline; names the first bad line. Exit 0 if intact, 1 if not."""
-    with file.open(encoding="utf-8") as handle:
+    with file.open("rb") as handle:  # bytes: a line that is not UTF-8 is reported by number, not raised
         report = verify_export(handle, pinned_public_key=public_key)
     click.echo(str(report))
     if not report.ok:

@@ -178,12 +178,14 @@ class _Bad(Exception):
         self.reason = reason
 
 
-def verify_export(lines: Iterable[str], pinned_public_key: str | None = None) -> VerifyReport:
+def verify_export(lines: Iterable[str | bytes], pinned_public_key: str | None = None) -> VerifyReport:
     """Verify an export offline: header, hash chain, checkpoints and the signed manifest.
 
     Any change, deletion, insertion, reordering or truncation makes the report name the
     first line that is not what the signed chain says it must be. ``pinned_public_key``
     (base64 raw ed25519) replaces the keys the export carries, for auditors who hold it.
+    Lines may be bytes (a file read as such): a line that is not UTF-8 is named like any
+    other bad line.
     """
     report = VerifyReport(ok=False)
     try:
@@ -193,6 +195,16 @@ def verify_export(lines: Iterable[str], pinned_public_key: str | None = None) ->
         return report
     report.ok = True
     return report
+
+
+def _text(number: int, line: str | bytes) -> str:
+    """A line as text without its newline; bytes that are not UTF-8 are a bad line, not a crash."""
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Bad(number, "not UTF-8 text") from None
+    return line.rstrip("\n")
 
 
 def _parse(number: int, text: str) -> dict[str, Any]:
@@ -207,8 +219,8 @@ def _parse(number: int, text: str) -> dict[str, Any]:
     return value
 
 
-def _verify(lines: Iterable[str], pinned: str | None, report: VerifyReport) -> None:
-    numbered = enumerate((line.rstrip("\n") for line in lines), start=1)
+def _verify(lines: Iterable[str | bytes], pinned: str | None, report: VerifyReport) -> None:
+    numbered = ((number, _text(number, line)) for number, line in enumerate(lines, start=1))
     first = next(numbered, None)
     if first is None:
         raise _Bad(1, "empty export")

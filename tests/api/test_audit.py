@@ -254,6 +254,28 @@ async def test_cli_verify_works_offline_on_the_file(exported: tuple[list[str], P
     assert result.exit_code == 1 and f"line {number}" in result.output
 
 
+async def test_cli_verify_names_the_line_of_bytes_that_are_not_utf8(
+    exported: tuple[list[str], Path], tmp_path: Path
+) -> None:
+    lines, _ = exported
+    raw = bytearray("".join(lines).encode())
+    line_starts = [0]
+    for line in lines[:-1]:
+        line_starts.append(line_starts[-1] + len(line.encode()))
+    # one flipped bit: an ASCII letter of the fourth line becomes a lone continuation byte
+    at = raw.index(b'"outcome"', line_starts[3])
+    raw[at + 1] ^= 0x80
+    bad = tmp_path / "flipped.jsonl"
+    bad.write_bytes(bytes(raw))
+    result = CliRunner().invoke(audit_cli, ["verify", str(bad)])
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "FAILED at line 4: not UTF-8 text" in result.output and "Traceback" not in result.output
+    # the library names it the same way when handed the bytes
+    report = verify_export(bytes(raw).splitlines(keepends=True))
+    assert (report.ok, report.first_bad_line) == (False, 4)
+
+
 async def test_export_range_is_contiguous_and_verifies(api: Harness) -> None:
     _org, admin = await api.new_org()
     await api.upload(admin)

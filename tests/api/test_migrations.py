@@ -17,11 +17,30 @@ from mesial.api import migrations
 from mesial.common import services as svc
 from mesial.common.errors import ConfigurationError
 
-AUDIT_ROW = (
-    "INSERT INTO audit_events (tenant, sequence, time, actor, source_ip, action, resource_type, resource_id, "
+GENESIS = "0" * 64
+EVENT_INSERT = (
+    "INSERT {verb} audit_events ({id}tenant, sequence, time, actor, source_ip, action, resource_type, resource_id, "
     "outcome, request_id, details, previous_hash, hash) VALUES "
-    "('t', 1, '2026-01-01T00:00:00.000000Z', 'a', '', 'x.y', 'scan', 'r', 'success', '', '{}', 'p', 'h')"
+    "({id_value}'t', {sequence}, '2026-01-01T00:00:00.000000Z', 'a', '', 'x.y', 'scan', 'r', 'success', '', '{{}}', "
+    "'{previous}', '{hash}'){tail}"
 )
+
+
+def event_insert(
+    sequence: int, previous: str, digest: str, *, verb: str = "INTO", id_value: int | None = None, tail: str = ""
+) -> str:
+    return EVENT_INSERT.format(
+        verb=verb,
+        id="" if id_value is None else "id, ",
+        id_value="" if id_value is None else f"{id_value}, ",
+        sequence=sequence,
+        previous=previous,
+        hash=digest,
+        tail=tail,
+    )
+
+
+AUDIT_ROW = event_insert(1, GENESIS, "h")
 CHECKPOINT_ROW = (
     "INSERT INTO audit_checkpoints (tenant, sequence, head_hash, time, signature) "
     "VALUES ('t', 1, 'h', '2026-01-01T00:00:00.000000Z', 'vault:v1:AA==')"
@@ -83,6 +102,53 @@ async def test_audit_tables_are_append_only_in_the_database(connection: Any) -> 
         "INSERT INTO organizations (id, name, retention_days, created_at) VALUES ('o1', 'lab', 90, '2026-01-01 00:00:00');"
         "UPDATE organizations SET retention_days = 30; DELETE FROM organizations;"
     )
+
+
+async def test_audit_tables_take_only_a_new_head(connection: Any) -> None:
+    """No write but a new head: no replace of the head (SQLite's INSERT OR REPLACE, which fires no
+    DELETE trigger; PostgreSQL's ON CONFLICT DO UPDATE), no replace by id, no gap, no forged link."""
+    await migrations.migrate(connection)
+    dialect = migrations.dialect_of(connection)
+    await connection.execute_script(AUDIT_ROW)
+    await connection.execute_script(CHECKPOINT_ROW)
+    head = await connection.execute_query_dict("SELECT id FROM audit_events")
+    first_id = int(head[0]["id"])
+    refused = [
+        event_insert(1, GENESIS, "forged"),  # the head again
+        event_insert(3, "h", "gap"),  # a gap
+        event_insert(2, "not-the-head", "forged"),  # a new sequence not linked to the head
+        event_insert(2, "h", "by-id", id_value=first_id),  # a new head that takes an old row's id
+    ]
+    if dialect == "sqlite":
+        refused += [
+            event_insert(1, GENESIS, "forged", verb="OR REPLACE INTO"),
+            event_insert(1, GENESIS, "forged", verb="INTO").replace("INSERT INTO", "REPLACE INTO"),
+            event_insert(2, "h", "by-id", verb="OR REPLACE INTO", id_value=first_id),
+            event_insert(1, GENESIS, "forged", tail=" ON CONFLICT (tenant, sequence) DO UPDATE SET hash = 'x'"),
+            CHECKPOINT_ROW.replace(
+                "INSERT INTO audit_checkpoints (", "INSERT OR REPLACE INTO audit_checkpoints (id, "
+            ).replace("VALUES (", "VALUES (1, "),
+        ]
+    else:
+        refused += [
+            event_insert(1, GENESIS, "forged", tail=" ON CONFLICT (tenant, sequence) DO UPDATE SET hash = 'x'"),
+            event_insert(2, "h", "by-id", id_value=first_id, tail=" ON CONFLICT (id) DO UPDATE SET hash = 'x'"),
+            CHECKPOINT_ROW.replace("INSERT INTO audit_checkpoints (", "INSERT INTO audit_checkpoints (id, ").replace(
+                "VALUES (", "VALUES (1, "
+            )
+            + " ON CONFLICT (id) DO UPDATE SET signature = 'vault:v1:BB=='",
+        ]
+    for statement in refused:
+        with pytest.raises(BaseORMException, match="append-only"):
+            await connection.execute_script(statement)
+        rows = await connection.execute_query_dict("SELECT id, sequence, hash FROM audit_events ORDER BY id")
+        assert [(int(r["id"]), int(r["sequence"]), r["hash"]) for r in rows] == [(first_id, 1, "h")], statement
+        checkpoints = await connection.execute_query_dict("SELECT signature FROM audit_checkpoints")
+        assert [c["signature"] for c in checkpoints] == ["vault:v1:AA=="], statement
+    await connection.execute_script(event_insert(2, "h", "h2"))  # the one write that is allowed
+    await connection.execute_script(AUDIT_ROW.replace("'t'", "'t2'"))  # another tenant's first event
+    rows = await connection.execute_query_dict("SELECT tenant, sequence FROM audit_events ORDER BY id")
+    assert [(r["tenant"], int(r["sequence"])) for r in rows] == [("t", 1), ("t", 2), ("t2", 1)]
 
 
 async def test_a_changed_or_unknown_migration_is_refused(connection: Any, tmp_path: Path) -> None:
