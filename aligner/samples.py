@@ -34,6 +34,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mesial.aligner.io import write_ply, write_stl
+from mesial.aligner.rangescan import BuccalPath
 from mesial.aligner.transforms import invert, random_rigid, transform_points
 
 FloatArray = NDArray[np.float64]
@@ -500,7 +501,7 @@ def _outward(vertices: FloatArray, faces: NDArray[np.int64], occlusal_dir: Float
 def scan_bite(
     upper: Mesh,
     lower: Mesh,
-    arch: _Arch,
+    arch: BuccalPath,
     s_range: tuple[float, float],
     rng: np.random.Generator,
     *,
@@ -508,6 +509,7 @@ def scan_bite(
     spacing_mm: float = 0.15,
     z_range: tuple[float, float] = (-6.0, 6.0),
     holes: int = 5,
+    depth_mm: float = 8.0,
 ) -> Mesh:
     """A buccal bite scan of both arches in occlusion, made with a virtual range scanner.
 
@@ -527,6 +529,8 @@ def scan_bite(
         Heights covered, mm from the occlusal plane.
     holes : int
         Number of missing disks (0.8-2.5 mm radius).
+    depth_mm : float
+        Depth of field: hits farther than this inside the arch curve are not returned.
 
     Returns
     -------
@@ -552,8 +556,10 @@ def scan_bite(
     t_hit = hit["t_hit"].numpy().astype(np.float64)
     normals = hit["primitive_normals"].numpy().astype(np.float64)
     valid = np.isfinite(t_hit)
-    cos = np.abs(np.einsum("ij,ij->i", normals, buccal))
-    valid &= cos > 0.2  # grazing angles return nothing, as on a real scanner
+    cos = np.einsum("ij,ij->i", normals, buccal)
+    # grazing angles and surfaces facing away return nothing, as on a real scanner, and nothing
+    # beyond its depth of field (a ray through a gap between teeth does not see the far side)
+    valid &= (cos > 0.2) & (t_hit < 20.0 + depth_mm)
     for _ in range(holes):
         s0, z0 = rng.uniform(*s_range), rng.uniform(*z_range)
         radius = rng.uniform(0.8, 2.5)
@@ -581,6 +587,7 @@ def generate_case(
     noise_mm: float = 0.02,
     one_sided: bool = False,
     vertices: int = 150_000,
+    simulator: str = "strip",
 ) -> SampleCase:
     """A complete synthetic case in random poses with its ground truth.
 
@@ -594,11 +601,17 @@ def generate_case(
         One bite scan (right side) instead of two (right, then left).
     vertices : int
         Approximate vertex count per arch.
+    simulator : str
+        ``"strip"`` (:func:`scan_bite`: parallel rays, a rectangular cut) or
+        ``"range"`` (:func:`mesial.aligner.rangescan.range_image_bite`: a swept
+        perspective scanner, depth noise along the ray, an irregular cut).
 
     Returns
     -------
     case : SampleCase
     """
+    if simulator not in ("strip", "range"):
+        raise ValueError(f"simulator must be 'strip' or 'range', not {simulator!r}")
     upper, lower, arch = build_arches(seed, vertices)
     rng = np.random.default_rng([seed, 1])
     canine_r = next(t for t in arch.lower if t["kind"] == "canine" and t["side"] > 0)
@@ -607,7 +620,13 @@ def generate_case(
     left = (1.5, canine_l["centre"] + 0.5 * canine_l["length"])
     spacing = 0.15 if vertices >= 60_000 else 0.25
     ranges = [right] if one_sided else [right, left]
-    bites = [scan_bite(upper, lower, arch, r, rng, noise_mm=noise_mm, spacing_mm=spacing) for r in ranges]
+    if simulator == "range":
+        from mesial.aligner.rangescan import range_image_bite
+
+        arches = [(upper.vertices, upper.faces), (lower.vertices, lower.faces)]
+        bites = [Mesh(*range_image_bite(arches, arch, r, rng, noise_mm=noise_mm, spacing_mm=spacing)) for r in ranges]
+    else:
+        bites = [scan_bite(upper, lower, arch, r, rng, noise_mm=noise_mm, spacing_mm=spacing) for r in ranges]
     # poses: file = pose @ occlusion
     poses = {name: random_rigid(rng, translation_mm=40.0) for name in ("upper", "lower", "bite", "bite2")}
     to_bite = poses["bite"]
