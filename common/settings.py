@@ -215,6 +215,10 @@ class OperatorSettings(BaseModel):
     vault_token_audience: str = "vault"
     # Vault address as seen from tenant pods (defaults to ``vault.addr``).
     vault_addr_in_cluster: str = ""
+    # The ClusterRole the operator binds itself to in each tenant namespace (RoleBinding ``mesial-operator``)
+    # and its own ServiceAccount as ``<namespace>/<name>``; empty: no binding (the operator's role is broad).
+    tenant_cluster_role: str = ""
+    service_account: str = ""
     # Configure the kubernetes auth method if it is not (dev servers); a real cluster sets it up itself.
     vault_configure_kubernetes_auth: bool = True
     vault_kubernetes_host: str = "https://kubernetes.default.svc"

@@ -7,6 +7,8 @@
   refused) plus the few constraints in ``CONSTRAINTS`` below (enums, bounds, patterns).
 - ``README.md`` lists every value with its type, default and its ``# --`` comment.
 - ``crds/`` is a copy of the project's ``crds/*.yaml`` (the single source; not the examples).
+- ``files/admission/`` is a copy of ``policies/admission/*.yaml`` (the operator's admission policy,
+  a Helm template rendered by ``templates/operator-admission.yaml``).
 """
 
 from __future__ import annotations
@@ -165,10 +167,16 @@ def crd_copies() -> dict[str, str]:
     return {path.name: path.read_text() for path in sorted((ROOT / "crds").glob("*.yaml"))}
 
 
+def admission_copies() -> dict[str, str]:
+    return {path.name: path.read_text() for path in sorted((ROOT / "policies" / "admission").glob("*.yaml"))}
+
+
 def expected() -> dict[Path, str]:
     files = {CHART / "values.schema.json": values_schema(), CHART / "README.md": readme()}
     for name, text in crd_copies().items():
         files[CHART / "crds" / name] = text
+    for name, text in admission_copies().items():
+        files[CHART / "files" / "admission" / name] = text
     return files
 
 
@@ -180,14 +188,17 @@ def stale() -> list[str]:
             problems.append(str(path.relative_to(ROOT)))
     extra = {p for p in (CHART / "crds").glob("*.yaml")} - set(wanted)
     problems += [f"{p.relative_to(ROOT)} (no longer in crds/)" for p in sorted(extra)]
+    extra = {p for p in (CHART / "files" / "admission").glob("*.yaml")} - set(wanted)
+    problems += [f"{p.relative_to(ROOT)} (no longer in policies/admission/)" for p in sorted(extra)]
     return problems
 
 
 def main(argv: list[str]) -> int:
     if argv[1:] == ["write"]:
-        (CHART / "crds").mkdir(exist_ok=True)
-        for path in (CHART / "crds").glob("*.yaml"):
-            path.unlink()
+        for folder in (CHART / "crds", CHART / "files" / "admission"):
+            folder.mkdir(parents=True, exist_ok=True)
+            for path in folder.glob("*.yaml"):
+                path.unlink()
         for path, text in expected().items():
             path.write_text(text)
         return 0

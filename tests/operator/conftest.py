@@ -26,6 +26,7 @@ from mesial.operator.testing import Emulator, Harness, RecordedRequest, emulated
 _names = itertools.count(1)
 # Runs after every other operator test: it judges the requests they all made.
 LAST = "test_least_privilege.py"
+RELEASE, RELEASE_NAMESPACE = "rel", "mesial-system"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -34,12 +35,6 @@ def operator_requests() -> Iterator[list[RecordedRequest]]:
     log: list[RecordedRequest] = []
     Emulator.request_log = log
     yield log
-    if os.environ.get("MESIAL_DUMP_REQUESTS"):
-        import json
-
-        Path(os.environ["MESIAL_DUMP_REQUESTS"]).write_text(
-            "\n".join(json.dumps([r.method, r.path, r.query, r.body]) for r in log)
-        )
     Emulator.request_log = None
 
 
@@ -64,6 +59,9 @@ def operator_settings(service_settings: Settings, tmp_path: Path) -> Settings:
         standalone=True,
         liveness_endpoint="",
         audit_jsonl_path=tmp_path / "audit.jsonl",
+        # the names the chart renders for release "rel" in "mesial-system" (test_least_privilege.py)
+        tenant_cluster_role=f"{RELEASE}-mesial-operator-tenant",
+        service_account=f"{RELEASE_NAMESPACE}/{RELEASE}-mesial-operator",
     )
     return service_settings.model_copy(update={"operator": op})
 

@@ -210,3 +210,10 @@ imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The ServiceAccount of aligner Jobs in each tenant namespace (the operator's default, operator.aligner_service_account).
+*/}}
+{{- define "mesial.alignerServiceAccount" -}}
+mesial-aligner
+{{- end -}}

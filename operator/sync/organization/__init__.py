@@ -21,6 +21,7 @@ from mesial.operator.errors import describe
 from mesial.operator.k8s import Applied, Change, K8s, K8sError
 from mesial.operator.runtime import Runtime
 from mesial.operator.sync.conditions import condition, merge_conditions, same_status
+from mesial.operator.sync.organization.access import sync_access
 from mesial.operator.sync.organization.model import OrgView
 from mesial.operator.sync.organization.namespaces import sync_namespace
 from mesial.operator.sync.organization.networkpolicies import sync_networkpolicies
@@ -33,6 +34,7 @@ ORG = ("mesial.dev/v1alpha1", "Organization")
 Step = Callable[[K8s, OrgView, OperatorSettings], Awaitable[list[Applied]]]
 K8S_STEPS: list[tuple[str, Step]] = [
     ("namespace", sync_namespace),
+    ("access", sync_access),
     ("rbac", sync_rbac),
     ("quotas", sync_quotas),
     ("network", sync_networkpolicies),
@@ -147,7 +149,7 @@ def build_status(org: OrgView, old: dict[str, Any], report: Report) -> dict[str,
             return None, "WaitingForNamespace", "the tenant namespace is not there yet"
         return True, "Synced", ""
 
-    ns_ok, ns_reason, ns_message = outcome("namespace", "rbac", "quotas", "store")
+    ns_ok, ns_reason, ns_message = outcome("namespace", "access", "rbac", "quotas", "store")
     net_ok, net_reason, net_message = outcome("network")
     vault_ok, vault_reason, vault_message = outcome("vault")
     ready = not errors
