@@ -366,6 +366,13 @@ def _duration(start: str, end: str) -> str:
 
 
 async def stop(rt: Runtime, body: Any) -> None:
-    """Deleting a ScanJob stops its Job (and its pods: propagation Foreground)."""
+    """Deleting a ScanJob stops its Job (and its pods: propagation Foreground).
+
+    Not when its namespace is going (an Organization's deletion): the namespace takes the Job
+    with it, and the operator's access there (its RoleBinding) may already be gone."""
     job_name = (body.get("status") or {}).get("jobName") or job_name_for(body["metadata"]["name"])
-    await rt.k8s.delete(*JOB, job_name, body["metadata"]["namespace"], propagation="Foreground")
+    namespace = body["metadata"]["namespace"]
+    ns = await rt.k8s.get("v1", "Namespace", namespace)
+    if ns is None or ns["metadata"].get("deletionTimestamp"):
+        return
+    await rt.k8s.delete(*JOB, job_name, namespace, propagation="Foreground")

@@ -104,7 +104,11 @@ async def test_every_owned_kind_edited_by_hand_is_restored(harness: Harness, org
         return True
 
     await eventually(restored, timeout=30)
-    assert any(e["reason"] == "DriftCorrected" for e in await events(k8s, name))
+
+    async def reported() -> bool:
+        return any(e["reason"] == "DriftCorrected" for e in await events(k8s, name))
+
+    await eventually(reported)
 
 
 def test_outside_tenant_namespaces_the_operator_reads_no_secret_and_runs_no_job(
