@@ -2,7 +2,10 @@
 
 A :class:`Scan` is what the rest of the aligner accepts: finite millimetre
 coordinates of a plausible dental size, no degenerate or duplicate triangles, no
-unreferenced vertex, unit vertex normals pointing out of the teeth.
+unreferenced vertex, unit vertex normals pointing out of the teeth; an upper or lower
+arch also has the shape of one (:func:`mesial.common.meshformat.check_arch_shape`).
+The checks that refuse a file are those of :mod:`mesial.common.meshformat`, the same
+the API applies to an upload; this module cleans what passed them.
 """
 
 from __future__ import annotations
@@ -16,14 +19,13 @@ from numpy.typing import NDArray
 
 from mesial.aligner._features import first_occurrences
 from mesial.aligner._icp import SurfaceTarget, raycasting_scene
-from mesial.aligner.errors import CorruptScan, EmptyScan, ImplausibleScale, InvalidScanShape, ScanInputError
+from mesial.aligner.errors import EmptyScan, InvalidScanShape, ScanInputError
 from mesial.aligner.io import RawMesh, read_mesh
 from mesial.aligner.transforms import unit
-from mesial.aligner.units import DENTAL_EXTENT_MM, guess_unit, unit_conversion
+from mesial.aligner.units import unit_conversion
+from mesial.common.meshformat import DEGENERATE_AREA_MM2, check_arch_shape, check_arrays
 
-# Triangles with less area than this (mm²) are degenerate: 1e-10 mm² is a
-# triangle with 10 nm sides, far below any scanner's resolution.
-DEGENERATE_AREA_MM2 = 1e-10
+ARCH_ROLES = frozenset({"upper", "lower"})
 
 
 @dataclass(frozen=True)
@@ -114,12 +116,14 @@ def load_scan(
     Returns
     -------
     scan : Scan
+
+    Raises
+    ------
+    ScanInputError
+        For the reasons of :mod:`mesial.common.meshformat` (format, grammar with the
+        line, limits, geometry, and for ``"upper"``/``"lower"`` the shape of an arch).
     """
-    try:
-        raw = read_mesh(path, max_bytes=max_bytes, max_triangles=max_triangles)
-    except ScanInputError as exc:
-        exc.role = role
-        raise
+    raw = read_mesh(path, max_bytes=max_bytes, max_triangles=max_triangles, unit=unit, role=role)
     return clean_mesh(raw, role, unit=unit, orient=orient)
 
 
@@ -138,20 +142,23 @@ def scan_from_arrays(
         raise InvalidScanShape(f"{role} vertices must be (n, 3), got {vertices.shape}")
     if faces.ndim != 2 or faces.shape[1] != 3 or not np.issubdtype(faces.dtype, np.integer):
         raise InvalidScanShape(f"{role} faces must be (m, 3) integers, got {faces.shape} {faces.dtype}")
-    raw = RawMesh(vertices, faces.astype(np.int64), "arrays", "", 0)
-    return clean_mesh(raw, role, unit=unit, orient=orient)
+    faces = faces.astype(np.int64)
+    try:
+        check_arrays(vertices, faces, unit=unit)
+    except ScanInputError as exc:
+        exc.role = role
+        raise
+    return clean_mesh(RawMesh(vertices, faces, "arrays", "", 0), role, unit=unit, orient=orient)
 
 
 def clean_mesh(raw: RawMesh, role: str, *, unit: str | None = None, orient: bool = True) -> Scan:
-    """Validate a raw mesh and clean it (see :class:`Scan` for the guarantees)."""
+    """Clean a checked mesh (see :class:`Scan` for the guarantees); an arch's shape is checked here.
+
+    ``raw`` has passed :mod:`mesial.common.meshformat`'s checks (:func:`read_mesh`
+    and :func:`scan_from_arrays` apply them): at least one triangle with an area,
+    indices in range, finite coordinates of a dental size.
+    """
     vertices, faces = raw.vertices, raw.faces
-    if len(faces) == 0 or len(vertices) == 0:
-        raise EmptyScan("the file holds no triangle", role)
-    if faces.min() < 0 or faces.max() >= len(vertices):
-        raise CorruptScan("triangle indices point outside the vertex list", role)
-    finite = np.isfinite(vertices).all(axis=1)
-    if not finite.all():
-        raise CorruptScan(f"{int((~finite).sum()):,} vertices have NaN or infinite coordinates", role)
 
     # degenerate: a repeated corner or (near) zero area
     corners = vertices[faces]
@@ -181,21 +188,12 @@ def clean_mesh(raw: RawMesh, role: str, *, unit: str | None = None, orient: bool
     vertices = vertices[used]
     faces = remap[faces]
 
-    extent = float(np.linalg.norm(np.ptp(vertices, axis=0)))
     scale = 1.0
-    low, high = DENTAL_EXTENT_MM
     if unit is not None:
         scale = unit_conversion(unit, "mm")
         vertices = vertices * scale
-        extent *= scale
-    if not low <= extent <= high:
-        likely = guess_unit(extent) if unit is None else None
-        hint = f"; it looks like {likely} (pass unit={likely!r} to rescale)" if likely else ""
-        raise ImplausibleScale(
-            f"bounding box diagonal is {extent:.4g} mm, a dental scan is {low:g}-{high:g} mm{hint}",
-            role,
-            suggested_unit=likely,
-        )
+    if role in ARCH_ROLES:
+        check_arch_shape(vertices, role)
 
     normals = vertex_normals(vertices, faces, face_normals=cross)  # a uniform rescale keeps the directions
     flipped = False

@@ -106,6 +106,14 @@ DOMAIN_MAP: dict[type[domain.MesialError], tuple[int, str, str]] = {
     domain.InvalidObjectKey: (404, "not_found", "not found"),
     domain.LegalHoldActive: (409, "legal_hold", "the resource is on legal hold"),
     domain.InputError: (422, "validation_failed", ""),  # InputError messages are written for users
+    # a refused mesh (common/meshformat.py, the aligner's own checks): the reason, with the line
+    domain.ScanInputError: (422, "validation_failed", ""),
+    domain.ScanTooLarge: (413, "payload_too_large", ""),
+    domain.UnsupportedScanFormat: (415, "unsupported_media_type", ""),
+    domain.CorruptScan: (422, "validation_failed", ""),
+    domain.EmptyScan: (422, "validation_failed", ""),
+    domain.ImplausibleScale: (422, "validation_failed", ""),
+    domain.NotADentalArch: (422, "validation_failed", ""),
 }
 
 

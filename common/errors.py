@@ -20,7 +20,14 @@ the CLI)::
     │   ├── ObjectNotFound            no such object
     │   ├── InvalidObjectKey          a key outside the tenant's prefix, or malformed
     │   └── LegalHoldActive           deletion refused: the object is on legal hold
-    └── InputError                    user input refused (bad mesh, bad id); see aligner
+    └── InputError                    user input refused (bad mesh, bad id)
+        └── ScanInputError            a mesh file or array refused before any work (common/meshformat.py)
+            ├── ScanTooLarge          file size or triangle count over the limit
+            ├── UnsupportedScanFormat not STL (binary/ASCII), PLY or OBJ
+            ├── CorruptScan           truncated, malformed (with the line), inconsistent, NaN/inf
+            ├── EmptyScan             no usable triangle
+            ├── ImplausibleScale      not the size of a dental scan in millimetres
+            └── NotADentalArch        an arch scan too small, too sparse, too flat or not U-shaped
 """
 
 from __future__ import annotations
@@ -125,3 +132,43 @@ class LegalHoldActive(StorageError):
 
 class InputError(MesialError, ValueError):
     """User input refused with a reason a person can act on."""
+
+
+class ScanInputError(InputError):
+    """A scan refused before any work, with the reason and the scan's role."""
+
+    def __init__(self, reason: str, role: str = "") -> None:
+        self.reason = reason
+        self.role = role
+        super().__init__(reason, role)
+
+    def __str__(self) -> str:
+        return f"{self.role} scan: {self.reason}" if self.role else self.reason
+
+
+class ScanTooLarge(ScanInputError):
+    """The file or its triangle count exceeds the configured limit."""
+
+
+class UnsupportedScanFormat(ScanInputError):
+    """The file is not an STL (binary or ASCII), PLY or OBJ mesh."""
+
+
+class CorruptScan(ScanInputError):
+    """Truncated, malformed or inconsistent data, or non-finite coordinates."""
+
+
+class EmptyScan(ScanInputError):
+    """No usable triangle."""
+
+
+class ImplausibleScale(ScanInputError):
+    """The bounding box is not that of a dental scan in millimetres."""
+
+    def __init__(self, reason: str, role: str = "", suggested_unit: str | None = None) -> None:
+        self.suggested_unit = suggested_unit
+        super().__init__(reason, role)
+
+
+class NotADentalArch(ScanInputError):
+    """An upper or lower arch scan that is too small, too sparse, too flat or not U-shaped."""

@@ -8,11 +8,11 @@ from typing import Any
 
 from mesial.api.errors import Conflict
 from mesial.api.models import Job, LegalHold, Scan
-from mesial.api.services.meshcheck import MeshCheck, MeshInfo
 from mesial.api.services.scope import TenantScope
 from mesial.api.types import iso, new_id, utcnow
 from mesial.common.contract import scan_key
 from mesial.common.errors import ObjectNotFound
+from mesial.common.meshformat import MeshData, MeshStream
 from mesial.common.objectstore import ObjectStore
 
 
@@ -40,13 +40,16 @@ async def upload(
 ) -> Scan:
     """Check the mesh while it streams into the store, sealed with the tenant's key.
 
-    Any failure (wrong type, bad counts, size limit, client gone, store down) raises
-    inside the stream, which makes the store abort the write: no object and no row.
-    The row is written only after the object is complete; if that fails, the object goes.
+    The check is the aligner's own (:class:`mesial.common.meshformat.MeshStream`): format,
+    strict grammar, limits, finite coordinates in range, dental size; a job never meets
+    a file the upload would have refused. Any failure (a refused mesh, size limit, client
+    gone, store down) raises inside the stream, which makes the store abort the write:
+    no object and no row. The row is written only after the object is complete; if that
+    fails, the object goes.
     """
     scan_id = new_id("scn")
-    check = MeshCheck(max_triangles)
-    info: MeshInfo | None = None
+    check = MeshStream(max_triangles=max_triangles, keep=False, role=kind.value)
+    info: MeshData | None = None
 
     async def checked() -> AsyncIterator[bytes]:
         nonlocal info
@@ -64,10 +67,10 @@ async def upload(
             org_id=scope.org_id,
             created_by=scope.principal.member_id,
             kind=kind.value,
-            format=info.format,
+            format=info.file_format.split("-")[0],  # "stl", "ply" or "obj"
             size=stored.size,
             sha256=stored.sha256,
-            triangles=info.triangles,
+            triangles=info.triangle_count,
             created_at=utcnow(),
         )
     except BaseException:

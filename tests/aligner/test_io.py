@@ -10,12 +10,14 @@ from mesial.aligner.errors import (
     CorruptScan,
     EmptyScan,
     ImplausibleScale,
+    NotADentalArch,
     ScanTooLarge,
     UnsupportedScanFormat,
 )
-from mesial.aligner.io import write_ply, write_stl
+from mesial.aligner.io import read_mesh, write_ply, write_stl
 from mesial.aligner.validate import load_scan
 from mesial.common.errors import InputError
+from tests.hostile_meshes import hostile_corpus, valid_corpus
 
 from .conftest import grid_plane
 
@@ -30,7 +32,7 @@ def plane():
 def test_binary_stl_roundtrip_merges_vertices(tmp_path, plane):
     vertices, faces = plane
     write_stl(tmp_path / "p.stl", vertices, faces)
-    scan = load_scan(tmp_path / "p.stl", "upper", **LIMITS)
+    scan = load_scan(tmp_path / "p.stl", "bite", **LIMITS)
     assert scan.file_format == "stl-binary"
     assert len(scan.vertices) == len(vertices) and len(scan.faces) == len(faces)
     assert len(scan.sha256) == 64
@@ -49,15 +51,15 @@ def test_ascii_stl_ply_and_obj(tmp_path, plane):
     obj = [f"v {x} {y} {z}" for x, y, z in vertices] + [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in faces]
     (tmp_path / "p.obj").write_text("\n".join(obj) + "\n")
     for name, fmt in (("a.stl", "stl-ascii"), ("p.ply", "ply"), ("p.obj", "obj")):
-        scan = load_scan(tmp_path / name, "lower", **LIMITS)
+        scan = load_scan(tmp_path / name, "bite", **LIMITS)
         assert scan.file_format == fmt
         assert len(scan.faces) == len(faces)
 
 
 def test_empty_file(tmp_path):
     (tmp_path / "e.stl").write_bytes(b"")
-    with pytest.raises(CorruptScan, match="empty"):
-        load_scan(tmp_path / "e.stl", "upper", **LIMITS)
+    with pytest.raises(UnsupportedScanFormat, match="empty"):
+        load_scan(tmp_path / "e.stl", "bite", **LIMITS)
 
 
 def test_truncated_binary_stl(tmp_path, plane):
@@ -65,7 +67,7 @@ def test_truncated_binary_stl(tmp_path, plane):
     data = (tmp_path / "t.stl").read_bytes()
     (tmp_path / "t.stl").write_bytes(data[:-20])
     with pytest.raises(CorruptScan, match="truncated"):
-        load_scan(tmp_path / "t.stl", "upper", **LIMITS)
+        load_scan(tmp_path / "t.stl", "bite", **LIMITS)
 
 
 def test_wrong_triangle_count(tmp_path, plane):
@@ -73,8 +75,8 @@ def test_wrong_triangle_count(tmp_path, plane):
     data = bytearray((tmp_path / "w.stl").read_bytes())
     data[80:84] = struct.pack("<I", len(plane[1]) - 3)
     (tmp_path / "w.stl").write_bytes(bytes(data))
-    with pytest.raises(CorruptScan, match="header claims"):
-        load_scan(tmp_path / "w.stl", "upper", **LIMITS)
+    with pytest.raises(CorruptScan, match="longer than its header says"):
+        load_scan(tmp_path / "w.stl", "bite", **LIMITS)
 
 
 def test_claimed_two_gigabyte_stl_refused_from_header(tmp_path):
@@ -88,7 +90,7 @@ def test_claimed_two_gigabyte_stl_refused_from_header(tmp_path):
 def test_file_size_limit(tmp_path, plane):
     write_stl(tmp_path / "p.stl", *plane)
     with pytest.raises(ScanTooLarge):
-        load_scan(tmp_path / "p.stl", "upper", max_bytes=1000, max_triangles=10)
+        load_scan(tmp_path / "p.stl", "bite", max_bytes=1000, max_triangles=10)
 
 
 def test_nan_coordinates(tmp_path, plane):
@@ -97,23 +99,23 @@ def test_nan_coordinates(tmp_path, plane):
     vertices[5] = np.nan
     write_stl(tmp_path / "n.stl", vertices, faces)
     with pytest.raises(CorruptScan, match="NaN"):
-        load_scan(tmp_path / "n.stl", "upper", **LIMITS)
+        load_scan(tmp_path / "n.stl", "bite", **LIMITS)
 
 
 def test_not_a_mesh(tmp_path):
     (tmp_path / "x.stl").write_bytes(bytes(range(256))[:60])
     with pytest.raises(UnsupportedScanFormat):
-        load_scan(tmp_path / "x.stl", "upper", **LIMITS)
+        load_scan(tmp_path / "x.stl", "bite", **LIMITS)
     (tmp_path / "notes.obj").write_text("hello, this is a letter\n")
     with pytest.raises(InputError):
-        load_scan(tmp_path / "notes.obj", "upper", **LIMITS)
+        load_scan(tmp_path / "notes.obj", "bite", **LIMITS)
 
 
 def test_all_degenerate_is_empty(tmp_path):
     vertices = np.array([[0, 0, 0], [1, 0, 0], [2, 0, 0]], dtype=float)
     write_stl(tmp_path / "d.stl", vertices, np.array([[0, 1, 2]]))
     with pytest.raises(EmptyScan):
-        load_scan(tmp_path / "d.stl", "upper", **LIMITS)
+        load_scan(tmp_path / "d.stl", "bite", **LIMITS)
 
 
 def test_cleaning_counts(tmp_path, plane):
@@ -121,7 +123,7 @@ def test_cleaning_counts(tmp_path, plane):
     vertices = np.vstack([vertices, [[100.0, 0, 0]]])  # unreferenced
     faces = np.vstack([faces, faces[:3], faces[:2, ::-1], [[0, 0, 1]]])
     write_ply(tmp_path / "c.ply", vertices, faces)
-    scan = load_scan(tmp_path / "c.ply", "upper", **LIMITS)
+    scan = load_scan(tmp_path / "c.ply", "bite", **LIMITS)
     report = scan.cleaning
     assert report.duplicate_triangles == 5
     assert report.degenerate_triangles == 1
@@ -133,9 +135,9 @@ def test_metres_refused_then_rescaled(tmp_path, plane):
     vertices, faces = plane
     write_stl(tmp_path / "m.stl", vertices / 1000.0, faces)
     with pytest.raises(ImplausibleScale, match="looks like m") as info:
-        load_scan(tmp_path / "m.stl", "upper", **LIMITS)
+        load_scan(tmp_path / "m.stl", "bite", **LIMITS)
     assert info.value.suggested_unit == "m"
-    scan = load_scan(tmp_path / "m.stl", "upper", unit="m", **LIMITS)
+    scan = load_scan(tmp_path / "m.stl", "bite", unit="m", **LIMITS)
     assert np.isclose(scan.extent_mm, np.linalg.norm(np.ptp(vertices, axis=0)), rtol=1e-5)
 
 
@@ -144,31 +146,42 @@ def test_inward_winding_is_flipped(tmp_path):
 
     vertices, faces = uv_sphere(5.0, (0, 0, 0), rings=30, segments=60)
     write_ply(tmp_path / "s.ply", vertices, faces[:, ::-1])
-    scan = load_scan(tmp_path / "s.ply", "upper", **LIMITS)
+    scan = load_scan(tmp_path / "s.ply", "bite", **LIMITS)
     assert scan.cleaning.normals_flipped
     assert np.all(np.einsum("ij,ij->i", scan.vertex_normals, scan.vertices) > 0)
 
 
-def test_binary_ply_fast_reader_matches_the_general_one(tmp_path, plane):
-    """The vectorised binary PLY reader gives trimesh's result, with extra properties too; polygons fall back."""
-    from mesial.aligner.io import _parse_simple_binary_ply, _parse_with_trimesh
+@pytest.mark.parametrize("extra", [False, True])
+def test_readers_match_trimesh(tmp_path, plane, extra):
+    """Every format reads to trimesh's vertices and faces (binary PLY with extra properties too)."""
+    import trimesh
 
     vertices, faces = plane
     rng = np.random.default_rng(0)
-    colors = rng.integers(0, 255, (len(vertices), 3), dtype=np.uint8)
-    write_ply(tmp_path / "c.ply", vertices, faces, colors=colors, scalars={"distance": rng.normal(size=len(vertices))})
-    data = (tmp_path / "c.ply").read_bytes()
-    fast = _parse_simple_binary_ply(data)
-    assert fast is not None
-    general = _parse_with_trimesh(data, "ply")
-    assert np.array_equal(fast[0], general[0]) and np.array_equal(fast[1], general[1])
-    # a quad face: not the simple layout, the general reader decides
+    colors = rng.integers(0, 255, (len(vertices), 3), dtype=np.uint8) if extra else None
+    scalars = {"distance": rng.normal(size=len(vertices))} if extra else None
+    write_ply(tmp_path / "c.ply", vertices, faces, colors=colors, scalars=scalars)
+    obj = [f"v {x} {y} {z}" for x, y, z in vertices] + [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in faces]
+    (tmp_path / "c.obj").write_text("\n".join(obj) + "\n")
+    for name in ("c.ply", "c.obj"):
+        ours = read_mesh(tmp_path / name, **LIMITS)
+        theirs = trimesh.load(tmp_path / name, process=False, force="mesh")
+        assert isinstance(theirs, trimesh.Trimesh)
+        assert np.allclose(ours.vertices, theirs.vertices) and np.array_equal(ours.faces, theirs.faces)
+    write_stl(tmp_path / "c.stl", vertices, faces)
+    ours = read_mesh(tmp_path / "c.stl", **LIMITS)
+    theirs = trimesh.load(tmp_path / "c.stl", process=False, force="mesh")
+    assert isinstance(theirs, trimesh.Trimesh)
+    assert np.allclose(ours.vertices[ours.faces], theirs.vertices[theirs.faces])
+
+
+def test_ply_polygons_are_fanned(tmp_path):
     header = b"ply\nformat binary_little_endian 1.0\nelement vertex 4\nproperty float x\nproperty float y\n"
     header += b"property float z\nelement face 1\nproperty list uchar int vertex_indices\nend_header\n"
-    quad = header + np.zeros((4, 3), "<f4").tobytes() + bytes([4]) + np.arange(4, dtype="<i4").tobytes()
-    assert _parse_simple_binary_ply(quad) is None
-    # a truncated payload is not read past its end
-    assert _parse_simple_binary_ply(data[:-5]) is None
+    corners = np.array([[0, 0, 0], [10, 0, 0], [10, 10, 0], [0, 10, 0]], "<f4")
+    (tmp_path / "q.ply").write_bytes(header + corners.tobytes() + bytes([4]) + np.arange(4, dtype="<i4").tobytes())
+    mesh = read_mesh(tmp_path / "q.ply", **LIMITS)
+    assert mesh.faces.tolist() == [[0, 1, 2], [0, 2, 3]]
 
 
 def test_duplicate_faces_in_any_order_are_removed(plane):
@@ -176,6 +189,60 @@ def test_duplicate_faces_in_any_order_are_removed(plane):
 
     vertices, faces = plane
     doubled = np.vstack([faces, faces[:10, ::-1], np.roll(faces[10:20], 1, axis=1)])
-    scan = scan_from_arrays(vertices, doubled, "upper")
+    scan = scan_from_arrays(vertices, doubled, "bite")
     assert len(scan.faces) == len(faces)
     assert scan.cleaning.duplicate_triangles == 20
+
+
+# --- strict input (issue 10, goal 6) and the corpus shared with the upload check -----------
+
+
+@pytest.mark.parametrize("name", sorted(hostile_corpus()))
+def test_hostile_files_are_refused_with_the_reason(tmp_path, name):
+    case = hostile_corpus()[name]
+    (tmp_path / "scan").write_bytes(case.data)
+    with pytest.raises(case.error) as info:
+        load_scan(tmp_path / "scan", "bite", **LIMITS)
+    assert case.message in str(info.value) and str(info.value).startswith("bite scan: ")
+
+
+@pytest.mark.parametrize("name", sorted(valid_corpus()))
+def test_valid_files_of_every_format_are_read(tmp_path, name):
+    case = valid_corpus()[name]
+    (tmp_path / "scan").write_bytes(case.data)
+    scan = load_scan(tmp_path / "scan", "bite", **LIMITS)
+    assert scan.file_format == case.file_format
+    assert scan.cleaning.input_triangles == case.triangles
+
+
+def test_an_arch_must_look_like_one(tmp_path, small_case):
+    """Upper and lower scans that are too sparse, flat, short or straight are invalid input, with the measure."""
+    from mesial.aligner.validate import scan_from_arrays
+
+    upper = scan_from_arrays(small_case.upper.vertices, small_case.upper.faces, "upper")  # a generated arch passes
+    assert len(upper.vertices) > 10_000
+    flat = grid_plane(40.0, 0.5)
+    with pytest.raises(NotADentalArch, match=r"upper scan: 0\.00 mm thick .* flat"):
+        scan_from_arrays(*flat, "upper")
+    sparse = grid_plane(30.0, 2.0)  # 256 vertices
+    with pytest.raises(NotADentalArch, match="256 vertices"):
+        scan_from_arrays(*sparse, "lower")
+    bar_vertices, bar_faces = grid_plane(40.0, 0.5)
+    bar_vertices = bar_vertices * [1.0, 0.2, 1.0] + [0, 0, 0]
+    bar_vertices[:, 2] = np.sin(bar_vertices[:, 0]) * 3  # wavy, thick enough, but straight
+    with pytest.raises(NotADentalArch, match="U-shaped"):
+        scan_from_arrays(bar_vertices, bar_faces, "lower")
+    scan_from_arrays(*flat, "bite")  # a bite scan is a patch: not held to an arch's shape
+
+
+def test_a_small_object_is_invalid_input_not_unconfident(tmp_path, small_case):
+    """A 50-triangle, 3 mm object given as the upper arch stops the case as invalid input, with the reason."""
+    from mesial.aligner.pipeline import align_scans
+
+    vertices, faces = grid_plane(2.0, 0.4)
+    write_stl(tmp_path / "tiny.stl", vertices, faces[:50])
+    write_stl(tmp_path / "lower.stl", small_case.lower.vertices, small_case.lower.faces)
+    write_stl(tmp_path / "bite.stl", small_case.bites[0].vertices, small_case.bites[0].faces)
+    result = align_scans(tmp_path / "tiny.stl", tmp_path / "lower.stl", [tmp_path / "bite.stl"])
+    assert result.status == "invalid_input"
+    assert "upper scan: bounding box diagonal is 2.8" in result.reasons[0]

@@ -60,7 +60,7 @@ async def test_each_mesh_format_is_accepted_and_stored_encrypted(
         (b"hello, this is not a mesh at all\n", 415),
         (b"\x89PNG\r\n\x1a\n" + b"\0" * 200, 415),
         (meshes.stl_binary(4)[:-10], 422),  # size does not match the triangle count
-        (meshes.stl_ascii().replace(b"      vertex 1.0 0.0 0.0\n", b"", 1), 422),
+        (meshes.stl_ascii().replace(b"      vertex 10.0 0.0 0.0\n", b"", 1), 422),
         (meshes.ply_ascii()[:-8], 422),  # fewer faces than declared
         (meshes.obj() + b"f 1 2 9\n", 422),  # face refers to a missing vertex
         (b"", 415),
