@@ -44,7 +44,7 @@ def align(
 
     from mesial.aligner.params import AlignParams, OcclusionParams
     from mesial.aligner.pipeline import align_scans
-    from mesial.aligner.report import write_outputs
+    from mesial.aligner.report import write_artifacts, write_result
     from mesial.common import __version__
     from mesial.common.settings import get_settings
 
@@ -73,26 +73,26 @@ def align(
             unit=unit,
             progress=progress,
         )
-        progress("report", 0.0)
-        paths = write_outputs(result, out, __version__)
-        progress("report", 1.0)
+    # the verdict first: result.json, then the answer on the terminal, then the pictures
+    result_path = write_result(result, out, __version__)
     if as_json:
-        click.echo(paths["result"].read_text())
+        click.echo(result_path.read_text(), nl=False)
+        sys.stdout.flush()  # a pipe reads the verdict now, not when the pictures are done
     if result.status == "invalid_input":
         console.print(f"[red]invalid input:[/red] {result.reasons[0]}")
-        sys.exit(EXIT_INVALID)
-    if result.status == "not_confident":
+    elif result.status == "not_confident":
         console.print("[yellow]not confident:[/yellow] " + "; ".join(result.reasons))
-        sys.exit(EXIT_NOT_CONFIDENT)
-    if not as_json:
-        document = json.loads(paths["result"].read_text())
+    elif not as_json:
+        document = json.loads(result_path.read_text())
         for arch, values in document["occlusion"]["after"].items():
             console.print(
                 f"{arch}: contact {values['contact_area_mm2']:.2f} mm², {values['patches']} patches, "
                 f"max penetration {values['max_penetration_mm']:.3f} mm"
             )
+    write_artifacts(result, out)
+    if result.status == "ok" and not as_json:
         console.print(f"[green]ok[/green]: {out}")
-    sys.exit(EXIT_OK)
+    sys.exit({"ok": EXIT_OK, "invalid_input": EXIT_INVALID}.get(result.status, EXIT_NOT_CONFIDENT))
 
 
 @click.group()

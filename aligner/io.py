@@ -24,7 +24,6 @@ from mesial.common.meshformat import STL_DTYPE, MeshStream, merge_identical_poin
 __all__ = ["RawMesh", "merge_identical_points", "read_mesh", "sha256_file", "sniff_format", "write_ply", "write_stl"]
 
 
-
 @dataclass(frozen=True)
 class RawMesh:
     """A mesh as read from a file, checked but not cleaned.

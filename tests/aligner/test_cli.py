@@ -22,7 +22,7 @@ def test_samples_then_invalid_input_exit_2(tmp_path):
          "--bite", str(tmp_path / "c" / "bite.stl"), "--out", str(tmp_path / "o")],
     )  # fmt: skip
     assert result.exit_code == 2
-    assert "upper scan: file is empty" in result.output
+    assert "upper scan: the file is empty" in result.output
     document = json.loads((tmp_path / "o" / "result.json").read_text())
     assert document["status"] == "invalid_input"
 
