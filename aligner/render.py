@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -38,6 +39,8 @@ def render_orthographic(
     *,
     pixel_mm: float = 0.1,
     max_pixels: int = 900,
+    scene: Any = None,
+    pose: FloatArray | None = None,
 ) -> View:
     """Ray-cast an orthographic image of a mesh looking along ``view_dir``.
 
@@ -55,6 +58,10 @@ def render_orthographic(
         Pixel size, mm (raised if the image would exceed ``max_pixels``).
     max_pixels : int
         Largest width or height.
+    scene : open3d RaycastingScene, optional
+        Of these triangles in their own frame, when the caller has one (its BVH is reused).
+    pose : (4, 4) float, optional
+        Places the scene's triangles at ``vertices`` (``vertices = pose @ own``).
 
     Returns
     -------
@@ -81,9 +88,16 @@ def render_orthographic(
         + (top - (ii.ravel() + 0.5) * pixel_mm)[:, None] * up
         + (depth.min() - 5.0) * forward
     )
-    rays = np.hstack([origin, np.broadcast_to(forward, origin.shape)]).astype(np.float32)
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(vertices.astype(np.float32), faces.astype(np.uint32))
+    direction = np.broadcast_to(forward, origin.shape)
+    rotation = np.eye(3)
+    if scene is None:
+        scene = o3d.t.geometry.RaycastingScene()
+        scene.add_triangles(vertices.astype(np.float32), faces.astype(np.uint32))
+    elif pose is not None:  # the rays into the scene's own frame
+        rotation = np.asarray(pose, dtype=np.float64)[:3, :3]
+        origin = (origin - pose[:3, 3]) @ rotation
+        direction = direction @ rotation
+    rays = np.hstack([origin, direction]).astype(np.float32)
     hit = scene.cast_rays(o3d.core.Tensor(rays))
     t_hit = hit["t_hit"].numpy()
     ok = np.isfinite(t_hit)
@@ -91,7 +105,7 @@ def render_orthographic(
     uv = hit["primitive_uvs"].numpy().astype(np.float64)[ok]
     corner = values[faces[tri]]
     interpolated = corner[:, 0] * (1 - uv[:, 0] - uv[:, 1]) + corner[:, 1] * uv[:, 0] + corner[:, 2] * uv[:, 1]
-    normals = hit["primitive_normals"].numpy().astype(np.float64)[ok]
+    normals = hit["primitive_normals"].numpy().astype(np.float64)[ok] @ rotation.T
     light = -forward + 0.5 * up
     light /= np.linalg.norm(light)
     image = np.full(rows * cols, np.nan)

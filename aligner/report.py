@@ -70,14 +70,22 @@ def png_bytes(rgb: NDArray[np.uint8], text: dict[str, str] | None = None) -> byt
 
 
 def occlusal_view_png(
-    vertices: FloatArray, faces: NDArray[np.int64], distance: FloatArray, view: FloatArray, up: FloatArray, title: str
+    vertices: FloatArray,
+    faces: NDArray[np.int64],
+    distance: FloatArray,
+    view: FloatArray,
+    up: FloatArray,
+    title: str,
+    *,
+    scene: Any = None,
+    pose: FloatArray | None = None,
 ) -> tuple[bytes, float]:
     """PNG bytes of an orthographic occlusal view coloured by distance, with a colour bar; and its pixel size (mm).
 
     White where no surface is seen; shaded by the surface's slope; the colour bar at the
     right runs from :data:`COLOUR_RANGE_MM`'s high end (top) to its low end (bottom).
     """
-    image = render_orthographic(vertices, faces, distance, view, up)
+    image = render_orthographic(vertices, faces, distance, view, up, scene=scene, pose=pose)
     seen = ~np.isnan(image.image)
     rgb = distance_colours(np.nan_to_num(image.image, nan=COLOUR_RANGE_MM[1])).astype(np.float64)
     rgb *= np.nan_to_num(image.shade, nan=1.0)[..., None]
@@ -144,6 +152,7 @@ def write_artifacts(result: AlignmentResult, out: str | Path) -> dict[str, Path]
             "lower": transform_points(result.scans["lower"].vertices, result.lower_to_bite),
         }
         frame = arch_frame(placed["upper"], placed["lower"])
+        poses = {"upper": result.upper_to_bite, "lower": result.lower_to_bite}
 
         def one(arch: str) -> tuple[bytes, float]:
             distance = occ.after[arch].distance
@@ -153,7 +162,11 @@ def write_artifacts(result: AlignmentResult, out: str | Path) -> dict[str, Path]
                 scalars={"distance": distance},
             )  # fmt: skip
             look = frame.superior if arch == "upper" else -frame.superior  # look at the occlusal surface
-            png = occlusal_view_png(placed[arch], faces, distance, look, frame.anterior, f"{arch} arch, occlusal view")
+            title = f"{arch} arch, occlusal view"
+            scan = result.scans[arch]  # its ray-casting scene (built in validation) seen through its pose
+            png = occlusal_view_png(
+                placed[arch], faces, distance, look, frame.anterior, title, scene=scan.scene(), pose=poses[arch]
+            )
             (out / f"{arch}_occlusal.png").write_bytes(png[0])
             return png
 

@@ -75,11 +75,16 @@ class Scan:
     def surface(self) -> SurfaceTarget:
         """Exact closest-point queries on this scan, in its own frame (built once, then shared)."""
         if "surface" not in self._cache:
-            self._cache["surface"] = SurfaceTarget.of_mesh(
-                self.vertices, self.faces, self._cache.pop("scene", None), self.vertex_normals
-            )
+            self._cache["surface"] = SurfaceTarget.of_mesh(self.vertices, self.faces, self.scene(), self.vertex_normals)
         surface: SurfaceTarget = self._cache["surface"]
         return surface
+
+    def scene(self) -> Any:
+        """Open3D RaycastingScene of this scan in its own frame (one, shared by validation, the
+        closest-point queries and the rendered views: its BVH is built once)."""
+        if "scene" not in self._cache:
+            self._cache["scene"] = raycasting_scene(self.vertices, self.faces)
+        return self._cache["scene"]
 
     @property
     def extent_mm(self) -> float:
