@@ -25,6 +25,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import struct
 import subprocess
 import sys
 import tempfile
@@ -39,7 +40,16 @@ from mesial.common import services as svc
 
 ROOT = Path(__file__).resolve().parents[1]
 MESIAL = str(Path(sys.executable).parent / "mesial")
-STL = b"bench".ljust(80, b" ") + (2).to_bytes(4, "little") + b"\0" * 100
+# two triangles, 10 mm across (uploads are checked like the aligner's inputs: no degenerate-only,
+# dental-size meshes)
+STL = (
+    b"bench".ljust(80, b" ")
+    + (2).to_bytes(4, "little")
+    + b"".join(
+        struct.pack("<12fH", 0, 0, 1, *a, *b, *c, 0)
+        for a, b, c in (((0, 0, 0), (10, 0, 0), (0, 10, 0)), ((10, 0, 0), (10, 10, 0), (0, 10, 0)))
+    )
+)
 
 
 # -- load generator (runs in its own process) ----------------------------------------------

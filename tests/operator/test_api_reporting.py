@@ -44,9 +44,9 @@ from tests.operator.test_scanjob import JOB, scanjob, sj_status
 
 
 def _stl() -> bytes:
-    """A two-triangle binary STL (the API accepts only valid meshes)."""
+    """A two-triangle binary STL, 10 mm across (the API accepts only valid meshes of a dental scan's size)."""
     out = bytearray(b"mesial operator test".ljust(80, b" ")) + struct.pack("<I", 2)
-    for tri in (((0, 0, 0), (1, 0, 0), (0, 1, 0)), ((1, 0, 0), (1, 1, 0), (0, 1, 0))):
+    for tri in (((0, 0, 0), (10, 0, 0), (0, 10, 0)), ((10, 0, 0), (10, 10, 0), (0, 10, 0))):
         out += struct.pack("<3f", 0.0, 0.0, 1.0)
         for vertex in tri:
             out += struct.pack("<3f", *map(float, vertex))
