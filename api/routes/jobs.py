@@ -8,12 +8,11 @@ from datetime import UTC, datetime
 from starlette.responses import Response, StreamingResponse
 
 from mesial.api import schemas
-from mesial.api.auth import actor_active, authenticate, credential_of
-from mesial.api.errors import LinkRefused, NotFound
-from mesial.api.models import Artifact, Organization
+from mesial.api.auth import credential_of
+from mesial.api.errors import NotFound
 from mesial.api.routes._util import ok, route
 from mesial.api.routing import Call, Spec
-from mesial.api.services import jobs
+from mesial.api.services import downloads, jobs
 from mesial.api.services.pagination import page
 from mesial.api.types import CASE_ROLES
 from mesial.common.contract import artifact_key
@@ -127,20 +126,12 @@ async def _stream(store: ObjectStore, org: str, job_id: str, name: str) -> Async
     )
 )
 async def download(call: Call) -> Response:
-    claims = call.runtime.links.verify(call.param("token"))
-    if not await actor_active(claims.issued_by):
-        raise LinkRefused("the credential that issued this link was revoked")
-    token = credential_of({k.lower(): v for k, v in call.request.headers.items()})
-    if token is not None and (await authenticate(token, call.runtime.oidc)).org_id != claims.org_id:
-        raise LinkRefused("this link belongs to another organization")
-    org = await Organization.get_or_none(id=claims.org_id)
-    artifact = await Artifact.get_or_none(org_id=claims.org_id, job_id=claims.job_id, name=claims.artifact)
-    if org is None or artifact is None:
-        raise NotFound("artifact not found")
-    if call.mark is not None:
-        call.mark.tenant, call.mark.actor, call.mark.resource_id = org.name, f"link:{claims.issued_by}", artifact.id
-    store = call.runtime.need_store()
-    stream = _stream(store, org.name, artifact.job_id, artifact.name)
+    rt = call.runtime
+    presented = credential_of({k.lower(): v for k, v in call.request.headers.items()})
+    opened = await downloads.open_link(rt.links, rt.oidc, call.param("token"), presented, call.mark)
+    artifact = opened.artifact
+    store = rt.need_store()
+    stream = _stream(store, opened.org, artifact.job_id, artifact.name)
     try:
         first = await anext(stream, b"")  # fail before the status line if the object is gone or bad
     except ObjectNotFound:

@@ -68,6 +68,14 @@ class LinkSigner:
         return f"{payload}.{self._mac(payload)}"
 
     def verify(self, token: str, now: float | None = None) -> LinkClaims:
+        """The claims of an authentic link that has not expired; else :class:`LinkRefused`."""
+        claims = self.authentic(token)
+        if expired(claims, now):
+            raise LinkRefused("link has expired")
+        return claims
+
+    def authentic(self, token: str) -> LinkClaims:
+        """The claims of a link this API signed, expired or not (its tenant can be trusted)."""
         # Tokens are URL-safe base64: anything else is refused before compare_digest,
         # which raises on non-ASCII text.
         if not token.isascii():
@@ -80,6 +88,8 @@ class LinkSigner:
             claims = LinkClaims(str(data["o"]), str(data["j"]), str(data["a"]), int(data["e"]), str(data["k"]))
         except (ValueError, KeyError, TypeError, binascii.Error):
             raise LinkRefused("link is invalid") from None
-        if (now if now is not None else time.time()) >= claims.expires:
-            raise LinkRefused("link has expired")
         return claims
+
+
+def expired(claims: LinkClaims, now: float | None = None) -> bool:
+    return (now if now is not None else time.time()) >= claims.expires

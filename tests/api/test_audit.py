@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -321,3 +322,47 @@ async def test_chain_stays_linear_across_processes_on_postgres(pg: Harness) -> N
     report = verify_export(lines)
     assert report.ok, str(report)
     assert sum(e["action"] == "test.multiprocess" for e in events(lines)) == 120
+
+
+async def test_refused_link_downloads_are_in_the_data_owners_chain(api: Harness) -> None:
+    """Denials of data access are audited: an expired link, a revoked issuer, a foreign credential,
+    and an authentic link to an artifact that is gone, each a denied event in the owner's chain."""
+    from tests.api.test_jobs import finished_job
+
+    org, admin = await api.new_org()
+    _other, admin_b = await api.new_org()
+    job = await finished_job(api, admin)
+    tech = await api.key(admin, "technician")
+    path = f"/v1/jobs/{job['id']}/artifacts/summary.json/link"
+    links = api.runtime.links
+    with db_context(api.app):
+        org_id = (await orgs.org_by_name(org)).id
+    me = (await api.client.get("/v1/me", headers=bearer(admin))).json()["actor"]
+    expired = links.token(links.sign(org_id, job["id"], "summary.json", me, now=time.time() - 3600))
+    gone = links.token(links.sign(org_id, job["id"], "missing.json", me))
+    revoked = (await api.client.post(path, headers=bearer(tech))).json()["url"]
+    valid = (await api.client.post(path, headers=bearer(admin))).json()["url"]
+    tech_key = next(
+        k["id"]
+        for k in (await api.client.get("/v1/keys", headers=bearer(admin))).json()["items"]
+        if k["role"] == "technician"
+    )
+    assert (await api.client.delete(f"/v1/keys/{tech_key}", headers=bearer(admin))).status_code == 200
+    before = len(events(await export(api, admin)))
+    assert (await api.client.get(f"/v1/links/{expired}")).status_code == 403
+    assert (await api.client.get(revoked)).status_code == 403
+    assert (await api.client.get(valid, headers=bearer(admin_b))).status_code == 403
+    assert (await api.client.get(f"/v1/links/{gone}")).status_code == 404
+    assert (await api.client.get("/v1/links/" + "A" * 40 + ".bogus")).status_code == 403  # no tenant to name
+    assert (await api.client.get(valid)).status_code == 200
+    found = events(await export(api, admin))[before:]
+    downloads = [e for e in found if e["action"] == "artifact.downloaded"]
+    assert [(e["outcome"], e["details"].get("reason")) for e in downloads] == [
+        ("denied", "expired"),
+        ("denied", "issuer_revoked"),
+        ("denied", "foreign_credential"),
+        ("denied", None),
+        ("success", None),
+    ]
+    assert all(e["tenant"] == org and e["actor"].startswith("link:") for e in downloads)
+    assert downloads[2]["details"]["presented_by"].startswith("key:")
