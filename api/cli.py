@@ -174,7 +174,8 @@ def issue_key(org_name: str, role: str, expires_in_days: int | None) -> None:
 @click.argument("service")
 @click.option("--org", "org_name", default=None, help="Bind the key to one organization (jobs).")
 def service_key(service: str, org_name: str | None) -> None:
-    """Issue a key for a service (operator, jobs): internal audit ingestion only."""
+    """Issue a service key: SERVICE is `operator` (platform-wide) or `job` (with --org); internal endpoints only,
+    and only the audit events that service writes (api/services/ingest.py)."""
 
     async def work(settings: Settings) -> str:
         from mesial.api.services.orgs import issue_service_key, org_by_name

@@ -5,11 +5,11 @@ from __future__ import annotations
 from starlette.responses import Response, StreamingResponse
 
 from mesial.api import schemas
-from mesial.api.errors import Forbidden
 from mesial.api.routes._util import ok, route
 from mesial.api.routing import Call, Spec
+from mesial.api.services.ingest import check_event
 from mesial.api.types import Role
-from mesial.common.audit import PLATFORM_TENANT, AuditEvent
+from mesial.common.audit import AuditEvent
 
 AUDITOR = frozenset({Role.auditor})
 SERVICE = frozenset({Role.service})
@@ -47,11 +47,10 @@ async def export(call: Call) -> Response:
     )
 )
 async def ingest(call: Call) -> Response:
-    b, me = call.body, call.me
-    if me.org_name is not None and b.tenant != me.org_name:
-        raise Forbidden("this service key may only write its own organization's chain")
-    if me.org_name is None and b.tenant != PLATFORM_TENANT and not await _org_exists(b.tenant):
-        raise Forbidden("unknown organization")
+    b, me, rt = call.body, call.me, call.runtime
+    await check_event(
+        me, b.tenant, b.action, b.resource_type, b.resource_id, b.details, store=rt.need_store(), keys=rt.keys
+    )
     event = AuditEvent(
         b.tenant,
         me.actor,
@@ -66,12 +65,6 @@ async def ingest(call: Call) -> Response:
     )
     record = await call.runtime.need_collector().append_record(event)
     return ok({"tenant": b.tenant, "sequence": record["sequence"], "hash": record["hash"]}, 201)
-
-
-async def _org_exists(name: str) -> bool:
-    from mesial.api.models import Organization
-
-    return bool(await Organization.exists(name=name))
 
 
 ROUTES = [export, ingest]

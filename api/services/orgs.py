@@ -11,6 +11,7 @@ from tortoise.exceptions import IntegrityError as DbIntegrityError
 from mesial.api.auth import issue_key, new_member
 from mesial.api.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from mesial.api.models import ApiKey, Member, Organization
+from mesial.api.services.ingest import grant_for
 from mesial.api.services.scope import OPAQUE_ID_RE
 from mesial.api.types import TENANT_ROLES, Role, iso, new_id, utcnow
 from mesial.common.tenancy import ORG_NAME_RE, validate_org_name
@@ -119,7 +120,11 @@ async def set_break_glass(org_id: str, allowed: bool) -> Organization:
 
 
 async def issue_service_key(name: str, org_id: str | None = None) -> tuple[ApiKey, str]:
-    """A key for a service (operator, jobs) that may only use the internal ingestion endpoint."""
+    """A key for a service (operator, jobs) that may only use the internal endpoints.
+
+    ``name`` is one of :data:`mesial.api.services.ingest.SERVICES`, bound to one organization
+    or platform-wide as that service is: it decides which audit events the key may write."""
+    grant_for(name, bound=org_id is not None)
     member = await new_member(org_id, Role.service, subject=name)
     return await issue_key(member=member, role=Role.service, org_id=org_id)
 

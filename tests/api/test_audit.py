@@ -16,6 +16,7 @@ from tortoise.exceptions import BaseORMException
 
 from mesial.api.app import db_context
 from mesial.api.cli import audit as audit_cli
+from mesial.api.errors import ValidationFailed
 from mesial.api.models import AuditCheckpoint, AuditEventRow
 from mesial.api.services import orgs
 from mesial.common.audit import GENESIS_HASH, verify_export
@@ -125,22 +126,32 @@ async def test_audit_tables_refuse_update_and_delete(api: Harness) -> None:
         assert await AuditEventRow.filter(tenant=org, outcome="failure").count() == 0
 
 
+async def _gone_scan(api: Harness, admin: str, org: str) -> str:
+    """A scan whose row is there and whose object retention has deleted (what a receipt is about)."""
+    scan = await api.upload(admin, "upper")
+    await api.runtime.store.delete(org, f"scans/{scan['id']}")
+    return str(scan["id"])
+
+
 async def test_internal_ingestion_is_per_service(api: Harness) -> None:
     org, admin = await api.new_org()
     other, _ = await api.new_org()
+    from tests.api.test_jobs import finished_job
+
+    job = await finished_job(api, admin)
     with db_context(api.app):
         org_row = await orgs.org_by_name(org)
-        _, job_key = await orgs.issue_service_key("job-runner", org_row.id)
+        _, job_key = await orgs.issue_service_key("job", org_row.id)
         _, operator_key = await orgs.issue_service_key("operator")
-    event = {"tenant": org, "action": "retention.deleted", "resource_type": "scan", "resource_id": "scn_x"}
+    gone = await _gone_scan(api, admin, org)
+    event = {"tenant": org, "action": "retention.deleted", "resource_type": "scan", "resource_id": gone}
     ok = await api.client.post("/internal/v1/audit/events", json=event, headers=bearer(operator_key))
     assert ok.status_code == 201, ok.text
-    own = await api.client.post(
-        "/internal/v1/audit/events", json={**event, "action": "job.progress"}, headers=bearer(job_key)
-    )
+    progress = {**event, "action": "job.progress", "resource_type": "job", "resource_id": job["id"]}
+    own = await api.client.post("/internal/v1/audit/events", json=progress, headers=bearer(job_key))
     assert own.status_code == 201 and own.json()["sequence"] == ok.json()["sequence"] + 1
     foreign = await api.client.post(
-        "/internal/v1/audit/events", json={**event, "tenant": other}, headers=bearer(job_key)
+        "/internal/v1/audit/events", json={**progress, "tenant": other}, headers=bearer(job_key)
     )
     assert foreign.status_code == 403
     assert (await api.client.post("/internal/v1/audit/events", json=event, headers=bearer(admin))).status_code == 403
@@ -156,7 +167,7 @@ async def test_internal_ingestion_is_per_service(api: Harness) -> None:
     found = events(await export(api, admin))
     receipt = next(e for e in found if e["action"] == "retention.deleted")
     assert receipt["actor"] == "service:operator"
-    assert next(e for e in found if e["action"] == "job.progress")["actor"] == "service:job-runner"
+    assert next(e for e in found if e["action"] == "job.progress")["actor"] == "service:job"
 
 
 async def test_scheduled_checkpoints_sign_moved_heads(api: Harness) -> None:
@@ -366,3 +377,49 @@ async def test_refused_link_downloads_are_in_the_data_owners_chain(api: Harness)
     ]
     assert all(e["tenant"] == org and e["actor"].startswith("link:") for e in downloads)
     assert downloads[2]["details"]["presented_by"].startswith("key:")
+
+
+async def test_a_service_writes_only_its_own_actions_about_what_exists(api: Harness) -> None:
+    """No forged receipts: a service key writes only its service's actions, about resources of that
+    tenant, and a deletion receipt only for what is gone (the store, Vault) — never an API action."""
+    org, admin = await api.new_org()
+    other, admin_b = await api.new_org()
+    live = await api.upload(admin, "upper")
+    foreign_scan = await api.upload(admin_b, "upper")
+    with db_context(api.app):
+        _, operator_key = await orgs.issue_service_key("operator")
+        _, job_key = await orgs.issue_service_key("job", (await orgs.org_by_name(org)).id)
+        for name, bound in (("job-runner", None), ("operator", "bound"), ("job", None)):
+            org_id = (await orgs.org_by_name(org)).id if bound else None
+            with pytest.raises(ValidationFailed):
+                await orgs.issue_service_key(name, org_id)
+    url = "/internal/v1/audit/events"
+    scan_event = {"tenant": org, "resource_type": "scan", "resource_id": live["id"]}
+    cases = [
+        # the API's own action, claimed by a service, for a live scan: the finding
+        ({**scan_event, "action": "scan.deleted"}, operator_key, 422),
+        ({**scan_event, "action": "scan.deleted"}, job_key, 422),
+        # a retention receipt for a scan whose object is still in the store
+        ({**scan_event, "action": "retention.deleted"}, operator_key, 409),
+        # ... for another tenant's scan, or for one that never existed
+        ({**scan_event, "action": "retention.deleted", "resource_id": foreign_scan["id"]}, operator_key, 404),
+        ({**scan_event, "action": "retention.deleted", "resource_id": "scn_" + "0" * 24}, operator_key, 404),
+        # the organization's deletion receipt while its key is alive
+        ({"tenant": org, "action": "organization.deleted", "resource_type": "organization", "resource_id": org},
+         operator_key, 409),
+        # a job key writing the operator's receipts, or progress of a job that is not there
+        ({**scan_event, "action": "retention.deleted"}, job_key, 422),
+        ({"tenant": org, "action": "job.progress", "resource_type": "job", "resource_id": "job_" + "0" * 24},
+         job_key, 404),
+        ({**scan_event, "action": "job.progress"}, job_key, 422),
+    ]  # fmt: skip
+    for body, key, status in cases:
+        response = await api.client.post(url, json=body, headers=bearer(key))
+        assert response.status_code == status, (body, response.status_code, response.text)
+    assert (await api.client.get(f"/v1/scans/{live['id']}", headers=bearer(admin))).status_code == 200
+    found = events(await export(api, admin))
+    assert not [e for e in found if e["actor"].startswith("service:")]
+    gone = await _gone_scan(api, admin, org)
+    receipt = {**scan_event, "action": "retention.deleted", "resource_id": gone}
+    assert (await api.client.post(url, json=receipt, headers=bearer(operator_key))).status_code == 201
+    assert other not in json.dumps(events(await export(api, admin)))

@@ -225,7 +225,7 @@ async def test_operator_reports_a_cluster_job_through_the_internal_endpoint(api:
     with db_context(api.app):
         org_row = await orgs.org_by_name(org)
         _, operator = await orgs.issue_service_key("operator")
-        _, foreign = await orgs.issue_service_key("job-runner", (await orgs.org_by_name(_other)).id)
+        _, foreign = await orgs.issue_service_key("job", (await orgs.org_by_name(_other)).id)
         job = await Job.create(
             id="job_" + "a1" * 12, org_id=org_row.id, created_by="mem_x", upper_id=case["upper"],
             lower_id=case["lower"], bite_ids=[case["bite"]], options={}, state="queued", metrics={}, created_at=utcnow(),
