@@ -15,7 +15,7 @@ TOOLS := .tools
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(TOOLS)/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install test e2e e2e-kind cluster-tools cluster-up cluster-down lint format demo bench chart services-up services-down clean
+.PHONY: help install test e2e e2e-kind cluster-tools cluster-up cluster-down lint format demo bench chart services-up services-down clean image image-test
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
@@ -68,6 +68,12 @@ bench: install ## Benchmarks, printed as tables with the hardware and the baseli
 
 chart: install ## Regenerate the chart's values.schema.json, README.md and crds/ from their sources
 	$(PY) scripts/chart.py write
+
+image: install ## Build the OCI image with buildah (root, no Docker): .tools/image/mesial.oci.tar, its SBOM and digest
+	bash scripts/image.sh
+
+image-test: image ## Build the image, then run its entrypoints inside it as the chart's UID (tests/image/test_image.py)
+	MESIAL_IMAGE=$(CURDIR)/$(TOOLS)/image/mesial.oci.tar $(PY) -m pytest tests/image/test_image.py $(PYTEST_ARGS)
 
 services-up: install ## Start PostgreSQL, OpenBao and SeaweedFS (S3) on free ports; print URLs and credentials
 	$(VENV)/bin/mesial services up

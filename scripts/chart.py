@@ -29,6 +29,7 @@ FREE_MAPS = {"nodeSelector", "affinity", "namespaceSelector", "podSelector", "re
 PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
 CONSTRAINTS: dict[str, dict[str, Any]] = {
     "global.image.pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]},
+    "global.image.digest": {"pattern": "^(sha256:[a-f0-9]{64})?$"},
     "global.logLevel": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR"]},
     "vault.addr": {"pattern": "^https?://"},
     "store.endpointUrl": {"pattern": "^https?://"},

@@ -46,19 +46,27 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{/*
-The image reference of a component; the tag defaults to the chart's appVersion.
+The image reference of a component: repository@digest when global.image.digest is set (the
+tag is then ignored), else repository:tag with the tag defaulting to the chart's appVersion.
 */}}
 {{- define "mesial.image" -}}
+{{- if .Values.global.image.digest -}}
+{{- printf "%s@%s" .Values.global.image.repository .Values.global.image.digest -}}
+{{- else -}}
 {{- $tag := default .Chart.AppVersion .Values.global.image.tag -}}
 {{- printf "%s:%s" .Values.global.image.repository $tag -}}
 {{- end -}}
+{{- end -}}
 
 {{/*
-The image of aligner Jobs (aligner.tag overrides the tag).
+The image of aligner Jobs: aligner.tag overrides the tag (and the digest), else as mesial.image.
 */}}
 {{- define "mesial.alignerImage" -}}
-{{- $tag := default (default .Chart.AppVersion .Values.global.image.tag) .Values.aligner.tag -}}
-{{- printf "%s:%s" .Values.global.image.repository $tag -}}
+{{- if .Values.aligner.tag -}}
+{{- printf "%s:%s" .Values.global.image.repository .Values.aligner.tag -}}
+{{- else -}}
+{{- include "mesial.image" . -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
