@@ -10,7 +10,9 @@ Per pair:
 1. Both arches are read and subdivided (Loop, twice: ~8 000 -> ~130 000 vertices).
 2. The occlusion frame is the lower arch's canonical frame (``_anatomy.arch_frame``:
    z towards the crowns, y anterior). The upper starts where the files put it.
-3. **Intercuspal position**: a rigid search seats the upper on the lower. Per motion
+3. **Intercuspal position**: both occlusal tables are levelled (plane through the
+   highest crown-facing points) and the upper's table laid over the lower's in the plane
+   (2D ICP); from there a rigid search seats the upper on the lower. Per motion
    (yaw, two translations in the occlusal plane, roll, pitch) the upper is dropped
    along z until it touches the lower's height map; the position with the most
    contacts on the *weaker* posterior side (gap < 0.2 mm) wins, coarse to fine. The
@@ -94,6 +96,62 @@ def _frame(mesh: Mesh) -> FloatArray:
     return arch_frame(mesh.vertices[pick], _vertex_normals(mesh)[pick], mesh.vertices, mesh.faces).to_canonical
 
 
+def _table(mesh: Mesh, crown: FloatArray) -> FloatArray:
+    """The occlusal table: the highest 20 % of the points along ``crown`` whose normals face that way."""
+    height = mesh.vertices @ crown
+    normals = _vertex_normals(mesh)
+    pick = (height > np.percentile(height, 80)) & (normals @ crown > 0.5)
+    table = mesh.vertices[pick]
+    return np.asarray(table[voxel_representatives(table, 0.5)], dtype=np.float64)
+
+
+def _level(mesh: Mesh, crown: FloatArray) -> Mesh:
+    """Turn the mesh so that the plane through its occlusal table is ``z = 0`` (crowns along ``crown``)."""
+    for _ in range(3):
+        table = _table(mesh, crown)
+        centre = table.mean(axis=0)
+        _, vectors = np.linalg.eigh((table - centre).T @ (table - centre))
+        normal = vectors[:, 0] * np.sign(vectors[:, 0] @ crown)
+        axis = np.cross(normal, crown)
+        angle = float(np.arcsin(min(1.0, np.linalg.norm(axis))))
+        twist = np.zeros(6)
+        if angle > 1e-9:
+            twist[:3] = axis / np.linalg.norm(axis) * angle
+        rotation = exp_se3(twist)
+        moved = transform_points(mesh.vertices - centre, rotation)
+        mesh = Mesh(moved + centre * np.array([1.0, 1.0, 0.0]), mesh.faces)  # the table at z = 0
+    return mesh
+
+
+def _match_tables(upper: Mesh, lower: Mesh) -> FloatArray:
+    """Rigid motion in the plane (yaw, x, y) laying the upper's occlusal table over the lower's (2D ICP)."""
+    from scipy.spatial import cKDTree
+
+    source = _table(upper, np.array([0.0, 0.0, -1.0]))[:, :2]
+    target = _table(lower, np.array([0.0, 0.0, 1.0]))[:, :2]
+    tree = cKDTree(target)
+    motion = np.eye(3)
+    motion[:2, 2] = target.mean(axis=0) - source.mean(axis=0)
+    for gate in (8.0, 4.0, 4.0, 2.0, 2.0, 2.0, 1.5, 1.5, 1.5, 1.5):
+        moved = source @ motion[:2, :2].T + motion[:2, 2]
+        distance, index = tree.query(moved, distance_upper_bound=gate)
+        use = np.isfinite(distance)
+        a, b = moved[use], target[index[use]]
+        ca, cb = a.mean(axis=0), b.mean(axis=0)
+        u, _, vt = np.linalg.svd((a - ca).T @ (b - cb))
+        rotation = (u @ vt).T
+        if np.linalg.det(rotation) < 0:
+            vt[-1] *= -1
+            rotation = (u @ vt).T
+        step = np.eye(3)
+        step[:2, :2] = rotation
+        step[:2, 2] = cb - rotation @ ca
+        motion = step @ motion
+    out = np.eye(4)
+    out[:2, :2], out[:2, 3] = motion[:2, :2], motion[:2, 2]
+    return out
+
+
 def _motions(yaw: FloatArray, dx: FloatArray, dy: FloatArray, roll: FloatArray, pitch: FloatArray) -> FloatArray:
     grid = np.stack(np.meshgrid(roll, pitch, yaw, dx, dy, indexing="ij"), axis=-1).reshape(-1, 5)
     twists = np.zeros((len(grid), 6))
@@ -149,7 +207,11 @@ def occlude(folder: Path, name: str) -> Occluded:
     lower = _outward(Mesh(transform_points(lower.vertices, _frame(lower)), lower.faces), np.array([0.0, 0.0, 1.0]))
     upper = Mesh(transform_points(upper.vertices, FLIP @ _frame(upper)), upper.faces)
     upper = _outward(upper, np.array([0.0, 0.0, -1.0]))
-    # start: the upper above the lower, centred as the canonical frames put it
+    # level both occlusal tables (a palate or a slanted base tilts the principal axes), then
+    # match the tables' outlines in the plane (2D ICP): the start of the seating search
+    lower = _level(lower, np.array([0.0, 0.0, 1.0]))
+    upper = _level(upper, np.array([0.0, 0.0, -1.0]))
+    upper = Mesh(transform_points(upper.vertices, _match_tables(upper, lower)), upper.faces)
     lift = np.eye(4)
     lift[2, 3] = np.percentile(lower.vertices[:, 2], 99) - np.percentile(upper.vertices[:, 2], 1) + 3.0
     upper = Mesh(transform_points(upper.vertices, lift), upper.faces)
@@ -159,7 +221,7 @@ def occlude(folder: Path, name: str) -> Occluded:
     down = down[voxel_representatives(down, 0.4)]
     seater = _Seater(lower, down, down.mean(axis=0))
     best = np.eye(4)
-    for yaw, dx, dy, tilt in (((5.0, 1.0), (2.0, 0.5), (6.0, 0.5), (0.0, 1.0)),
+    for yaw, dx, dy, tilt in (((4.0, 1.0), (2.0, 0.5), (3.0, 0.5), (0.0, 1.0)),
                               ((1.0, 0.5), (0.5, 0.25), (0.5, 0.25), (2.0, 1.0)),
                               ((0.5, 0.5), (0.25, 0.25), (0.25, 0.25), (0.5, 0.5))):  # fmt: skip
 

@@ -53,6 +53,8 @@ from mesial.aligner.samples import SampleCase, generate_case, write_case
 from mesial.aligner.transforms import invert
 
 GOAL_MM = 0.05
+# a constructed intercuspal position needs contacts on both posterior sides (mm² closer than 0.1 mm)
+MIN_CONTACT_MM2 = 0.05
 MESIAL = Path(sys.executable).with_name("mesial")
 # name, simulator, noise mm, one-sided
 GENERATED = (("two bites", "strip", 0.02, False), ("two bites, noise 0.05", "strip", 0.05, False),
@@ -191,6 +193,9 @@ def main() -> int:
                 print(f"pair {stem}: posterior contact area right/left {occluded.contacts_mm2[0]:.2f} / "
                       f"{occluded.contacts_mm2[1]:.2f} mm², deepest penetration {occluded.penetration_mm:.3f} mm",
                       flush=True)  # fmt: skip
+                if min(occluded.contacts_mm2) < MIN_CONTACT_MM2:
+                    print(f"pair {stem} skipped: the constructed occlusion has no contact on a posterior side\n")
+                    continue
                 for name, simulator, noise, one_sided in REAL:
                     case = bite_case(occluded, 2000 + i, simulator=simulator, noise_mm=noise, one_sided=one_sided)
                     real[name].append(run_case(stem, case, work, baselines))
