@@ -113,7 +113,7 @@ def _level(mesh: Mesh, crown: FloatArray) -> Mesh:
         _, vectors = np.linalg.eigh((table - centre).T @ (table - centre))
         normal = vectors[:, 0] * np.sign(vectors[:, 0] @ crown)
         axis = np.cross(normal, crown)
-        angle = float(np.arcsin(min(1.0, np.linalg.norm(axis))))
+        angle = float(np.arcsin(min(1.0, float(np.linalg.norm(axis)))))
         twist = np.zeros(6)
         if angle > 1e-9:
             twist[:3] = axis / np.linalg.norm(axis) * angle
