@@ -11,12 +11,14 @@ Non-default mounts, audit key and audience prove that the values reach the polic
 
 from __future__ import annotations
 
+import json
 import secrets
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 import hvac
 import hvac.exceptions
 import pytest
@@ -25,7 +27,7 @@ import yaml
 from mesial.common import services as svc
 from mesial.common.errors import KeyAccessDenied, KeyNotFound
 from mesial.common.provisioning import TenantProvisioner, policy_name_for
-from mesial.common.settings import OperatorSettings, VaultSettings
+from mesial.common.settings import OperatorSettings, Settings, VaultSettings
 from mesial.common.vault import TenantKeys
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -262,3 +264,52 @@ def test_the_operator_cannot_bind_other_accounts_policies_or_namespaces(platform
     audit = value(platform.values, "vault.auditSigningKey")
     assert denied(lambda: client.secrets.transit.sign_data(audit, hash_input="eA==", mount_point=transit))
     assert denied(lambda: client.secrets.transit.delete_key(audit, mount_point=transit))
+
+
+def test_a_dev_server_token_still_mounts_what_is_missing(openbao: svc.ServiceInfo) -> None:
+    # Local mode and the tests run with a root token: the narrow probes (sys/mounts/<mount>,
+    # sys/auth/<mount>) find the mounts missing and create them, as the list calls did.
+    suffix = secrets.token_hex(3)
+    vault = VaultSettings(
+        addr=openbao.url,
+        token=openbao.credentials["root_token"],
+        transit_mount=f"transit-{suffix}",
+        kubernetes_mount=f"k8s-{suffix}",
+        backoff_s=0.05,
+    )
+    keys = TenantKeys(vault)
+    keys.ensure_transit()
+    keys.ensure_transit()  # found the second time
+    root = keys.client
+    assert root.sys.list_mounted_secrets_engines()["data"][f"transit-{suffix}/"]["type"] == "transit"
+    TenantProvisioner(keys, vault, OperatorSettings()).ensure_kubernetes_auth()
+    assert root.sys.list_auth_methods()["data"][f"k8s-{suffix}/"]["type"] == "kubernetes"
+    assert root.auth.kubernetes.read_config(mount_point=f"k8s-{suffix}")["kubernetes_host"]
+
+
+async def test_the_api_app_starts_and_serves_with_exactly_its_policy(
+    platform: Platform, service_settings: Settings, postgres: svc.ServiceInfo, tmp_path: Path
+) -> None:
+    """The real app (lifespan, routes) with the API's token: start, an organization, a sealed
+    upload, a signed audit export. Its own database, so no other test's rows meet it."""
+    from tests.api.conftest import _started, make_settings
+
+    name = f"pol_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(postgres.url)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+    finally:
+        await admin.close()
+    base = service_settings.model_copy(update={"vault": platform.vault(platform.tokens["api"])})
+    settings = make_settings(base, tmp_path, postgres.url.rsplit("/", 1)[0] + "/" + name)
+    async for api in _started(settings, "postgres"):
+        org, org_admin = await api.new_org()
+        key = platform.root.secrets.transit.read_key(f"org-{org}", mount_point=settings.vault.transit_mount)
+        assert key["data"]["exportable"] is False
+        scan = await api.upload(org_admin, "upper")
+        assert scan["id"]
+        auditor = await api.key(org_admin, "auditor")
+        response = await api.client.get("/v1/audit/export", headers={"authorization": f"Bearer {auditor}"})
+        assert response.status_code == 200, response.text
+        manifest = [json.loads(line) for line in response.text.splitlines()][-1]
+        assert manifest["signature"].startswith("vault:v1:")
