@@ -219,6 +219,9 @@ class OperatorSettings(BaseModel):
     # and its own ServiceAccount as ``<namespace>/<name>``; empty: no binding (the operator's role is broad).
     tenant_cluster_role: str = ""
     service_account: str = ""
+    # Registry pull secrets for aligner Jobs: one folder per Secret name holding its ``.dockerconfigjson``
+    # (the chart mounts global.imagePullSecrets here); copied into each tenant namespace. None: none.
+    pull_secrets_dir: Path | None = None
     # Configure the kubernetes auth method if it is not (dev servers); a real cluster sets it up itself.
     vault_configure_kubernetes_auth: bool = True
     vault_kubernetes_host: str = "https://kubernetes.default.svc"

@@ -78,6 +78,7 @@ KINDS: dict[tuple[str, str], tuple[str, bool]] = {
     ("v1", "Namespace"): ("namespaces", False),
     ("v1", "ServiceAccount"): ("serviceaccounts", True),
     ("v1", "Secret"): ("secrets", True),
+    ("v1", "ConfigMap"): ("configmaps", True),
     ("v1", "ResourceQuota"): ("resourcequotas", True),
     ("v1", "LimitRange"): ("limitranges", True),
     ("v1", "Pod"): ("pods", True),

@@ -29,6 +29,7 @@ from mesial.operator.k8s import K8s, K8sError, Obj
 from mesial.operator.reporting import JOB_ID_RE
 from mesial.operator.runtime import Runtime
 from mesial.operator.sync.conditions import now_iso
+from mesial.operator.sync.organization.trust import job_trust
 
 SCANJOB = ("mesial.dev/v1alpha1", "ScanJob")
 JOB = ("batch/v1", "Job")
@@ -143,6 +144,9 @@ def build_job(body: Any, spec: JobSpec, limits: RunLimits, settings: Settings, t
         {"name": "MESIAL_DATA_DIR", "value": "/scratch"},
         {"name": "TMPDIR", "value": "/scratch/tmp"},
     ]
+    # private CAs and registry credentials, copied into the tenant namespace by the operator
+    trust = job_trust(settings)
+    env += trust.env
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -183,6 +187,7 @@ def build_job(body: Any, spec: JobSpec, limits: RunLimits, settings: Settings, t
                     "serviceAccountName": op.aligner_service_account,
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
+                    **({"imagePullSecrets": trust.image_pull_secrets} if trust.image_pull_secrets else {}),
                     "securityContext": {
                         "runAsNonRoot": True,
                         "runAsUser": 10001,
@@ -210,6 +215,7 @@ def build_job(body: Any, spec: JobSpec, limits: RunLimits, settings: Settings, t
                             "volumeMounts": [
                                 {"name": "scratch", "mountPath": "/scratch"},
                                 {"name": "vault-token", "mountPath": VAULT_TOKEN_DIR, "readOnly": True},
+                                *trust.mounts,
                             ],
                         }
                     ],
@@ -229,6 +235,7 @@ def build_job(body: Any, spec: JobSpec, limits: RunLimits, settings: Settings, t
                                 ]
                             },
                         },
+                        *trust.volumes,
                     ],
                 },
             },

@@ -178,3 +178,24 @@ def test_store_ca_reaches_the_store_client_settings(
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert mounts["store-ca"] == "/etc/mesial/store-ca"
         assert volumes["store-ca"]["secret"]["secretName"] == "store-ca"
+
+
+def test_the_operator_gets_the_pull_secrets_to_copy_for_aligner_jobs(
+    k8s_tools: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = render(k8s_tools, "--set", "global.imagePullSecrets[0].name=regcred")
+    (pod,) = [
+        d["spec"]["template"]["spec"]
+        for d in docs
+        if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-operator")
+    ]
+    settings = settings_from(pod["containers"][0], monkeypatch)
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert settings.operator.pull_secrets_dir is not None
+    assert str(settings.operator.pull_secrets_dir) == mounts["pull-secrets"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "pull-secrets"]
+    assert volume["projected"]["sources"] == [
+        {"secret": {"name": "regcred", "items": [{"key": ".dockerconfigjson", "path": "regcred/.dockerconfigjson"}]}}
+    ]
+    plain = render(k8s_tools)
+    assert "MESIAL_OPERATOR__PULL_SECRETS_DIR" not in str(plain)

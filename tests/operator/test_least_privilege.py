@@ -99,6 +99,9 @@ async def test_every_owned_kind_edited_by_hand_is_restored(harness: Harness, org
                     labels = wanted[(kind, obj)]["metadata"]["labels"]
                     if any(live["metadata"]["labels"].get(k) != v for k, v in labels.items()):
                         return False
+                elif kind == "Secret":  # the store identity's key may be replaced, never the forged one kept
+                    if live["data"]["access-key"] == patch["data"]["access-key"]:
+                        return False
                 elif live.get(field) != wanted[(kind, obj)].get(field):
                     return False
         return True
@@ -168,5 +171,4 @@ def test_the_admission_policy_admits_every_write_the_operator_made(
     for r in operator_requests:
         replay.feed(r.method, r.path, r.query, r.body)
     assert not replay.denied, "the operator's admission policy denies:\n" + "\n".join(sorted(set(replay.denied)))
-    writes = [r for r in operator_requests if r.method in ("POST", "PATCH", "DELETE")]
-    assert any("/jobs" in r.path and r.method == "POST" for r in writes)
+    assert len(replay.objects) > 1, "nothing was written: is the emulator's request_log set?"

@@ -28,6 +28,7 @@ from mesial.operator.sync.organization.networkpolicies import sync_networkpolici
 from mesial.operator.sync.organization.quotas import sync_quotas
 from mesial.operator.sync.organization.rbac import sync_rbac
 from mesial.operator.sync.organization.store import sync_store_secret
+from mesial.operator.sync.organization.trust import sync_trust
 from mesial.operator.sync.organization.vault import sync_vault
 
 ORG = ("mesial.dev/v1alpha1", "Organization")
@@ -114,6 +115,11 @@ async def _reconcile(rt: Runtime, org: OrgView, live: Any, mode: str) -> Report:
                 report.applied(applied)
         except (MesialError, K8sError) as exc:
             report.failed("store", exc)
+        try:
+            for applied in await sync_trust(rt.k8s, org, rt.settings):
+                report.applied(applied)
+        except (MesialError, K8sError) as exc:
+            report.failed("trust", exc)
     try:
         report.vault = await sync_vault(rt.provisioner, org, settings)
         for text in report.vault.corrected:
@@ -149,7 +155,7 @@ def build_status(org: OrgView, old: dict[str, Any], report: Report) -> dict[str,
             return None, "WaitingForNamespace", "the tenant namespace is not there yet"
         return True, "Synced", ""
 
-    ns_ok, ns_reason, ns_message = outcome("namespace", "access", "rbac", "quotas", "store")
+    ns_ok, ns_reason, ns_message = outcome("namespace", "access", "rbac", "quotas", "store", "trust")
     net_ok, net_reason, net_message = outcome("network")
     vault_ok, vault_reason, vault_message = outcome("vault")
     ready = not errors
