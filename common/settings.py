@@ -250,6 +250,9 @@ class OperatorSettings(BaseModel):
     # kopf peering: standalone (one replica, strategy Recreate) or a peering object's name.
     standalone: bool = True
     peering_name: str = "mesial"
+    # Prometheus metrics and readiness (``/metrics``, ``/readyz``) on this address; port 0: not served.
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = Field(0, ge=0, le=65535)
     # kopf liveness endpoint (empty: none).
     liveness_endpoint: str = "http://0.0.0.0:8080/healthz"
     # Lowest level of kopf log lines posted as Kubernetes Events.

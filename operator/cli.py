@@ -13,6 +13,7 @@ import kopf
 from mesial.common.settings import get_settings
 from mesial.operator.k8s import K8s
 from mesial.operator.main import build_registry
+from mesial.operator.metrics import MetricsServer
 from mesial.operator.runtime import Runtime
 
 
@@ -70,6 +71,10 @@ async def _run(settings: object, standalone: bool, liveness: str) -> None:
 
     assert isinstance(settings, Settings)
     runtime = await Runtime.create(settings, await K8s.from_environment())
+    server = None
+    if settings.operator.metrics_port:
+        server = MetricsServer(settings.operator.metrics_host, settings.operator.metrics_port)
+        await server.start()
     try:
         await kopf.operator(
             registry=build_registry(settings),
@@ -80,4 +85,6 @@ async def _run(settings: object, standalone: bool, liveness: str) -> None:
             memo=kopf.Memo(runtime=runtime),
         )
     finally:
+        if server is not None:
+            await server.stop()
         await runtime.close()

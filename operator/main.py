@@ -15,6 +15,7 @@ from typing import Any
 import kopf
 
 from mesial.common.settings import Settings
+from mesial.operator import metrics
 from mesial.operator.handlers import organization, retention, scanjob
 
 # kopf keeps handler progress and the last-handled spec in annotations under this prefix.
@@ -61,6 +62,8 @@ def build_registry(settings: Settings, *, login: Callable[..., Any] | None = Non
     organization.register(registry, op.drift_interval_s)
     scanjob.register(registry, op.scanjob_sync_interval_s, report_to_api=op.api_configured)
     retention.register(registry, op.retention_tick_s)
+    # counted, timed, permanent failures posted as Events (operator/metrics.py)
+    metrics.instrument(registry)
     return registry
 
 
