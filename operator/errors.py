@@ -32,6 +32,14 @@ RETRY: dict[type[errors.MesialError], tuple[bool, float]] = {
     errors.InvalidObjectKey: (False, 0.0),
     errors.LegalHoldActive: (True, 4.0),
     errors.InputError: (False, 0.0),
+    # a scan refused before any work: the same file fails the same way every time
+    errors.ScanInputError: (False, 0.0),
+    errors.UnsupportedScanFormat: (False, 0.0),
+    errors.CorruptScan: (False, 0.0),
+    errors.EmptyScan: (False, 0.0),
+    errors.ScanTooLarge: (False, 0.0),
+    errors.ImplausibleScale: (False, 0.0),
+    errors.NotADentalArch: (False, 0.0),
 }
 
 
