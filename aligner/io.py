@@ -50,7 +50,13 @@ class RawMesh:
 
 
 def read_mesh(
-    path: str | Path, *, max_bytes: int, max_triangles: int, unit: str | None = None, role: str = ""
+    path: str | Path,
+    *,
+    max_bytes: int,
+    max_triangles: int,
+    unit: str | None = None,
+    role: str = "",
+    arch: bool = False,
 ) -> RawMesh:
     """Read and check a mesh file, refusing oversize or inconsistent files early.
 
@@ -67,6 +73,8 @@ def read_mesh(
         The file's length unit when not millimetres (for the size check).
     role : str
         Named in error messages.
+    arch : bool
+        An upper or lower arch: its shape is checked too.
 
     Returns
     -------
@@ -80,7 +88,7 @@ def read_mesh(
     if size > max_bytes:
         raise ScanTooLarge(f"file is {size:,} bytes, the limit is {max_bytes:,}", role)
     data = path.read_bytes()
-    stream = MeshStream(max_triangles=max_triangles, unit=unit, role=role)
+    stream = MeshStream(max_triangles=max_triangles, unit=unit, role=role, arch=arch)
     stream.feed(data)
     mesh = stream.finish()
     return RawMesh(mesh.vertices, mesh.faces, mesh.file_format, hashlib.sha256(data).hexdigest(), size)

@@ -23,7 +23,7 @@ from mesial.aligner.errors import EmptyScan, InvalidScanShape, ScanInputError
 from mesial.aligner.io import RawMesh, read_mesh
 from mesial.aligner.transforms import unit
 from mesial.aligner.units import unit_conversion
-from mesial.common.meshformat import DEGENERATE_AREA_MM2, check_arch_shape, check_arrays
+from mesial.common.meshformat import DEGENERATE_AREA_MM2, check_arrays
 
 ARCH_ROLES = frozenset({"upper", "lower"})
 
@@ -128,7 +128,9 @@ def load_scan(
         For the reasons of :mod:`mesial.common.meshformat` (format, grammar with the
         line, limits, geometry, and for ``"upper"``/``"lower"`` the shape of an arch).
     """
-    raw = read_mesh(path, max_bytes=max_bytes, max_triangles=max_triangles, unit=unit, role=role)
+    raw = read_mesh(
+        path, max_bytes=max_bytes, max_triangles=max_triangles, unit=unit, role=role, arch=role in ARCH_ROLES
+    )
     return clean_mesh(raw, role, unit=unit, orient=orient)
 
 
@@ -149,7 +151,7 @@ def scan_from_arrays(
         raise InvalidScanShape(f"{role} faces must be (m, 3) integers, got {faces.shape} {faces.dtype}")
     faces = faces.astype(np.int64)
     try:
-        check_arrays(vertices, faces, unit=unit)
+        check_arrays(vertices, faces, unit=unit, arch=role in ARCH_ROLES)
     except ScanInputError as exc:
         exc.role = role
         raise
@@ -157,11 +159,11 @@ def scan_from_arrays(
 
 
 def clean_mesh(raw: RawMesh, role: str, *, unit: str | None = None, orient: bool = True) -> Scan:
-    """Clean a checked mesh (see :class:`Scan` for the guarantees); an arch's shape is checked here.
+    """Clean a checked mesh (see :class:`Scan` for the guarantees).
 
     ``raw`` has passed :mod:`mesial.common.meshformat`'s checks (:func:`read_mesh`
     and :func:`scan_from_arrays` apply them): at least one triangle with an area,
-    indices in range, finite coordinates of a dental size.
+    indices in range, finite coordinates of a dental size, an arch's shape.
     """
     vertices, faces = raw.vertices, raw.faces
 
@@ -197,8 +199,6 @@ def clean_mesh(raw: RawMesh, role: str, *, unit: str | None = None, orient: bool
     if unit is not None:
         scale = unit_conversion(unit, "mm")
         vertices = vertices * scale
-    if role in ARCH_ROLES:
-        check_arch_shape(vertices, role)
 
     normals = vertex_normals(vertices, faces, face_normals=cross)  # a uniform rescale keeps the directions
     flipped = False

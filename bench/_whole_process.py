@@ -72,9 +72,9 @@ def case_arguments(case_dir: Path) -> list[str]:
     return args + (["--bite", str(bite2)] if bite2 is not None else [])
 
 
-def time_align(case_dir: Path, out_dir: Path) -> ProcessTiming:
-    """Run ``mesial align --json`` once on a case and time it."""
-    command = [*align_command(), "align", *case_arguments(case_dir), "--out", str(out_dir), "--json"]
+def time_align(case_dir: Path, out_dir: Path, mesial: list[str] | None = None) -> ProcessTiming:
+    """Run ``mesial align --json`` once on a case and time it (``mesial``: another build's command)."""
+    command = [*(mesial or align_command()), "align", *case_arguments(case_dir), "--out", str(out_dir), "--json"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as process:
@@ -100,14 +100,16 @@ def time_align(case_dir: Path, out_dir: Path) -> ProcessTiming:
     )
 
 
-def whole_process(case_dirs: list[Path], repeats: int = 1, out: Path | None = None) -> list[ProcessTiming]:
+def whole_process(
+    case_dirs: list[Path], repeats: int = 1, out: Path | None = None, mesial: list[str] | None = None
+) -> list[ProcessTiming]:
     """Time ``mesial align`` on every case, ``repeats`` times each (outputs in ``out`` or a temporary folder)."""
     timings = []
     with tempfile.TemporaryDirectory(prefix="mesial-whole-") as scratch:
         base = out or Path(scratch)
         for _ in range(repeats):
             for case_dir in case_dirs:
-                timings.append(time_align(case_dir, base / case_dir.name))
+                timings.append(time_align(case_dir, base / case_dir.name, mesial))
     return timings
 
 
@@ -126,10 +128,11 @@ def main() -> int:
     parser.add_argument("cases", nargs="+", type=Path, help="case directories")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None, help="keep the outputs here")
+    parser.add_argument("--mesial", default=None, help="another build's mesial command (e.g. a wrapper script)")
     args = parser.parse_args()
     with open("/proc/loadavg") as handle:
         load = handle.read().split()[:3]
-    timings = whole_process(args.cases, args.repeats, args.out)
+    timings = whole_process(args.cases, args.repeats, args.out, [args.mesial] if args.mesial else None)
     print(f"{'case':<16}{'status':<15}{'exit':>5}{'wall s':>9}{'verdict s':>11}{'cpu s':>8}{'user s':>8}{'sys s':>7}")
     for t in timings:
         print(

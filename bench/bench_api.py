@@ -52,6 +52,15 @@ STL = (
 )
 
 
+def _arches() -> dict[str, bytes]:
+    """Upper and lower arch files of a small generated case (an arch upload is checked for an arch's shape)."""
+    from mesial.aligner.samples import generate_case, write_case
+
+    with tempfile.TemporaryDirectory() as scratch:
+        paths = write_case(generate_case(0, vertices=5000), Path(scratch), arch_format="stl")
+        return {kind: paths[kind].read_bytes() for kind in ("upper", "lower")}
+
+
 # -- load generator (runs in its own process) ----------------------------------------------
 async def _load(url: str, key: str, clients: int, total: int, seconds: float) -> dict[str, Any]:
     latencies: list[float] = []
@@ -225,8 +234,10 @@ def main() -> None:
                         time.sleep(0.2)
                 auth = {"authorization": f"Bearer {key}"}
                 scans = {}
+                arches = _arches()
                 for kind in ("upper", "lower", "bite"):
-                    r = httpx.post(f"{url}/v1/scans", params={"kind": kind}, content=STL, headers=auth)
+                    body = arches.get(kind, STL)
+                    r = httpx.post(f"{url}/v1/scans", params={"kind": kind}, content=body, headers=auth)
                     scans[kind] = r.json()["id"]
                 for _ in range(47):  # a listing page of 50
                     httpx.post(f"{url}/v1/scans", params={"kind": "bite"}, content=STL, headers=auth)

@@ -14,8 +14,9 @@ The API's upload path and the aligner use this one module (components depend onl
 - The geometric checks every scan passes, whatever its role: at least one triangle
   with an area, finite coordinates, a bounding box of a dental scan in millimetres (or
   the unit it was probably written in, see :data:`DENTAL_EXTENT_MM`).
-  :func:`check_arch_shape` adds what an upper or lower arch must be: enough vertices,
-  long enough, not flat, curved like a dental arch.
+  :func:`check_arch_shape` adds, for an upper or lower arch, what one must be: enough
+  triangles, long enough, not flat, curved like a dental arch (on a sample of its points
+  that does not depend on how the file was cut into pieces).
 
 Limits (file size, triangle count) are checked from headers before any payload is
 read where the format has them. Errors are :class:`~mesial.common.errors.ScanInputError`
@@ -94,21 +95,26 @@ def guess_unit(extent: float) -> str | None:
 
 # --- the shape of an arch ------------------------------------------------------------------
 
-# An upper or lower arch scan, even decimated (public sets ship ~8 000 vertices) and
-# shortened (missing molars), has far more vertices, length and height than these; a
-# bite scan is a buccal patch and is not held to them.
-ARCH_MIN_VERTICES = 1000
+# An upper or lower arch scan, even decimated (public sets ship ~8 000 vertices, 16 000
+# triangles) and shortened (missing molars), has far more triangles, length and height than
+# these (the 120 arches of 3D-IOSSeg's train split: at least 54.7 mm long, 14.8 mm thick,
+# outline bent by 19.2 mm); a bite scan is a buccal patch and is not held to them.
+ARCH_MIN_TRIANGLES = 2000
+ARCH_SAMPLE_POINTS = 20_000  # the shape is measured on about this many points (at most twice)
 ARCH_MIN_LENGTH_MM = 20.0  # longest side of the arch's own box (2-98 % of the points)
 ARCH_MIN_THICKNESS_MM = 2.0  # its shortest side: crowns stand up from the gingiva
 ARCH_MIN_CURVATURE_MM = 4.0  # sagitta of the arch's outline across its length (a U, not a bar)
 
 
-def check_arch_shape(vertices: FloatArray, role: str = "") -> None:
+def check_arch_shape(points: FloatArray, triangles: int, role: str = "") -> None:
     """Refuse an upper or lower arch that is too sparse, too small, too flat or not curved.
 
     Parameters
     ----------
-    vertices : (n, 3) float, millimetres
+    points : (n, 3) float, millimetres
+        Points of the surface (all its vertices, or an even sample of them).
+    triangles : int
+        The mesh's triangle count.
     role : str
         Named in the message.
 
@@ -117,10 +123,9 @@ def check_arch_shape(vertices: FloatArray, role: str = "") -> None:
     NotADentalArch
         With the measured value and the bound it missed.
     """
-    n = len(vertices)
-    if n < ARCH_MIN_VERTICES:
-        raise NotADentalArch(f"{n:,} vertices: a dental arch scan has at least {ARCH_MIN_VERTICES:,}", role)
-    points = np.asarray(vertices[:: max(1, n // 20_000)], dtype=np.float64)
+    if triangles < ARCH_MIN_TRIANGLES:
+        raise NotADentalArch(f"{triangles:,} triangles: a dental arch scan has at least {ARCH_MIN_TRIANGLES:,}", role)
+    points = np.asarray(points, dtype=np.float64)
     centred = points - points.mean(axis=0)
     _, _, axes = np.linalg.svd(centred, full_matrices=False)
     local = centred @ axes.T  # columns: longest, middle, shortest direction
@@ -272,10 +277,38 @@ class MeshData:
     triangle_count: int
 
 
+class _Sample:
+    """Every k-th point of a stream, k doubling whenever more than twice the target are kept.
+
+    Which points are kept depends only on their order, not on how they arrive in pieces.
+    """
+
+    def __init__(self, target: int = ARCH_SAMPLE_POINTS) -> None:
+        self.target = target
+        self.step = 1
+        self.seen = 0
+        self.parts: list[FloatArray] = []
+        self.kept = 0
+
+    def add(self, points: NDArray[np.floating]) -> None:
+        first = (-self.seen) % self.step  # the next index that is a multiple of step
+        picked = np.asarray(points[first :: self.step], dtype=np.float64)
+        self.seen += len(points)
+        self.parts.append(picked)
+        self.kept += len(picked)
+        while self.kept > 2 * self.target:
+            every = np.concatenate(self.parts)[::2]
+            self.parts, self.kept, self.step = [every], len(every), self.step * 2
+
+    def points(self) -> FloatArray:
+        return np.concatenate(self.parts) if self.parts else np.zeros((0, 3))
+
+
 @dataclass
 class _Tally:
     """What the geometric checks need, gathered chunk by chunk."""
 
+    sample: _Sample | None = None  # points of the surface, for an arch's shape
     triangles: int = 0
     usable: bool = False  # some triangle has an area and three distinct vertices
     nonfinite: int = 0  # coordinates (of vertices or STL corners) that are NaN or infinite
@@ -289,6 +322,8 @@ class _Tally:
         finite = np.isfinite(corners).all(axis=2)
         self.nonfinite += int((~finite).sum())
         flat = corners.reshape(-1, 3)[finite.ravel()]
+        if self.sample is not None:
+            self.sample.add(corners.reshape(-1, 3))
         if len(flat):
             self.low = np.minimum(self.low, flat.min(axis=0))
             self.high = np.maximum(self.high, flat.max(axis=0))
@@ -311,12 +346,14 @@ class _Tally:
         """Add the vertices of an indexed mesh (the box counts those a face uses)."""
         finite = np.isfinite(vertices).all(axis=1)
         self.nonfinite += int((~finite).sum())
+        if self.sample is not None:
+            self.sample.add(vertices[used])
         inside = vertices[finite & used]
         if len(inside):
             self.low = np.minimum(self.low, inside.min(axis=0))
             self.high = np.maximum(self.high, inside.max(axis=0))
 
-    def verdict(self, unit: str | None) -> None:
+    def verdict(self, unit: str | None, role: str = "") -> None:
         if self.triangles == 0:
             raise EmptyScan("the file holds no triangle")
         if self.nonfinite:
@@ -335,6 +372,8 @@ class _Tally:
                 f"bounding box diagonal is {extent:.4g} mm, a dental scan is {low:g}-{high:g} mm{hint}",
                 suggested_unit=likely,
             )
+        if self.sample is not None:
+            check_arch_shape(self.sample.points() * scale, self.triangles, role)
 
 
 def _has_area(corners: FloatArray) -> NDArray[np.bool_]:
@@ -348,7 +387,7 @@ def _has_area(corners: FloatArray) -> NDArray[np.bool_]:
         return np.asarray(x * x + y * y + z * z >= (2 * DEGENERATE_AREA_MM2) ** 2)
 
 
-def check_arrays(vertices: FloatArray, faces: IntArray, *, unit: str | None = None) -> None:
+def check_arrays(vertices: FloatArray, faces: IntArray, *, unit: str | None = None, arch: bool = False) -> None:
     """The checks :class:`MeshStream` applies to a file, for a mesh given as arrays.
 
     Parameters
@@ -357,8 +396,10 @@ def check_arrays(vertices: FloatArray, faces: IntArray, *, unit: str | None = No
     faces : (m, 3) int
     unit : str, optional
         The unit of ``vertices`` when not millimetres.
+    arch : bool
+        An upper or lower arch: :func:`check_arch_shape` too.
     """
-    tally = _Tally()
+    tally = _Tally(_Sample() if arch else None)
     if len(faces) and (faces.min() < 0 or faces.max() >= len(vertices)):
         raise CorruptScan("triangle indices point outside the vertex list")
     used = np.zeros(len(vertices), dtype=bool)
@@ -383,6 +424,8 @@ class MeshStream:
         The file's unit when not millimetres (for the size check).
     role : str
         Named in error messages (``"upper"``, ``"lower"``, ``"bite"``).
+    arch : bool
+        An upper or lower arch: :func:`check_arch_shape` too.
 
     Example
     -------
@@ -392,8 +435,11 @@ class MeshStream:
     >>> mesh = stream.finish()  # doctest: +SKIP
     """
 
-    def __init__(self, *, max_triangles: int, keep: bool = True, unit: str | None = None, role: str = "") -> None:
+    def __init__(
+        self, *, max_triangles: int, keep: bool = True, unit: str | None = None, role: str = "", arch: bool = False
+    ) -> None:
         self.max_triangles = max_triangles
+        self.arch = arch
         self.keep = keep
         self.unit = unit
         self.role = role
@@ -430,7 +476,7 @@ class MeshStream:
                 if head:
                     self._parser.feed(head)
             mesh = self._parser.finish()
-            self._parser.tally.verdict(self.unit)
+            self._parser.tally.verdict(self.unit, self.role)
             return mesh
         except ScanInputError as exc:
             exc.role = exc.role or self.role
@@ -447,9 +493,11 @@ class MeshStream:
         self._parser = parsers[self.file_format](self)
 
 
-def read_mesh_bytes(data: bytes, *, max_triangles: int, unit: str | None = None, role: str = "") -> MeshData:
+def read_mesh_bytes(
+    data: bytes, *, max_triangles: int, unit: str | None = None, role: str = "", arch: bool = False
+) -> MeshData:
     """Parse and check a whole mesh file held in memory (see :class:`MeshStream`)."""
-    stream = MeshStream(max_triangles=max_triangles, unit=unit, role=role)
+    stream = MeshStream(max_triangles=max_triangles, unit=unit, role=role, arch=arch)
     stream.feed(data)
     return stream.finish()
 
@@ -459,7 +507,7 @@ class _Parser:
 
     def __init__(self, owner: MeshStream) -> None:
         self.owner = owner
-        self.tally = _Tally()
+        self.tally = _Tally(_Sample() if owner.arch else None)
 
     def feed(self, piece: bytes) -> None:
         raise NotImplementedError
@@ -527,9 +575,13 @@ class _BinaryStl(_Parser):
         if not self.owner.keep or not self.parts:
             return MeshData(self.file_format, np.zeros((0, 3)), np.zeros((0, 3), np.int64), 3 * self.count, self.count)
         corners = self.parts[0] if len(self.parts) == 1 else np.concatenate(self.parts)
+        if self.tally.sample is not None:  # the corners, as a stream that is not kept samples them
+            self.tally.sample.add(corners.reshape(-1, 3))
         merged, inverse = merge_identical_points(corners.reshape(-1, 3))
         vertices, faces = merged.astype(np.float64), inverse.reshape(-1, 3)
+        sample, self.tally.sample = self.tally.sample, None
         self.tally.points(vertices, np.ones(len(vertices), dtype=bool))
+        self.tally.sample = sample
         self.tally.indexed(vertices, faces)
         return MeshData(self.file_format, vertices, faces, len(vertices), len(faces))
 

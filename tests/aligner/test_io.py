@@ -224,8 +224,8 @@ def test_an_arch_must_look_like_one(tmp_path, small_case):
     flat = grid_plane(40.0, 0.5)
     with pytest.raises(NotADentalArch, match=r"upper scan: 0\.00 mm thick .* flat"):
         scan_from_arrays(*flat, "upper")
-    sparse = grid_plane(30.0, 2.0)  # 256 vertices
-    with pytest.raises(NotADentalArch, match="256 vertices"):
+    sparse = grid_plane(30.0, 2.0)  # 450 triangles
+    with pytest.raises(NotADentalArch, match="lower scan: 450 triangles: a dental arch scan has at least 2,000"):
         scan_from_arrays(*sparse, "lower")
     bar_vertices, bar_faces = grid_plane(40.0, 0.5)
     bar_vertices = bar_vertices * [1.0, 0.2, 1.0] + [0, 0, 0]
@@ -233,6 +233,12 @@ def test_an_arch_must_look_like_one(tmp_path, small_case):
     with pytest.raises(NotADentalArch, match="U-shaped"):
         scan_from_arrays(bar_vertices, bar_faces, "lower")
     scan_from_arrays(*flat, "bite")  # a bite scan is a patch: not held to an arch's shape
+    # from a file, the same verdicts (the check is the upload's too)
+    write_stl(tmp_path / "flat.stl", *flat)
+    with pytest.raises(NotADentalArch, match=r"upper scan: 0\.00 mm thick"):
+        load_scan(tmp_path / "flat.stl", "upper", **LIMITS)
+    write_ply(tmp_path / "arch.ply", small_case.lower.vertices, small_case.lower.faces)
+    assert load_scan(tmp_path / "arch.ply", "lower", **LIMITS).file_format == "ply"
 
 
 def test_a_small_object_is_invalid_input_not_unconfident(tmp_path, small_case):

@@ -81,7 +81,11 @@ class Harness:
         response = await self.client.post(
             "/v1/scans",
             params={"kind": kind},
-            content=data if data is not None else meshes.stl_binary(),
+            content=data
+            if data is not None
+            else meshes.arch_stl()
+            if kind in ("upper", "lower")
+            else meshes.stl_binary(),
             headers={**bearer(key), "content-type": "application/octet-stream"},
         )
         assert response.status_code == 201, response.text

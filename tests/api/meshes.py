@@ -1,7 +1,8 @@
 """Small, valid meshes of each accepted format (and helpers to break them).
 
 They have the size of a dental scan (10 mm squares; the upload refuses what is not
-5-120 mm across, as the aligner does).
+5-120 mm across, as the aligner does); :func:`arch_stl` is what an upper or lower arch
+upload must be (enough triangles, long, not flat, U-shaped).
 """
 
 from __future__ import annotations
@@ -56,3 +57,21 @@ def ply_binary() -> bytes:
 
 def obj() -> bytes:
     return b"# test\nv 0 0 0\nv 10 0 0\nv 10 10 0\nv 0 10 0\nf 1 2 3\nf 1 3 4\n"
+
+
+def arch_stl(header: bytes = b"mesial test arch") -> bytes:
+    """A U-shaped tube (a horseshoe 50 mm wide, 8 mm thick, 2 856 triangles): an arch to the upload check."""
+    s = np.linspace(-1.8, 1.8, 120)  # angle along the horseshoe
+    path = np.stack([25.0 * np.sin(s), 20.0 * np.cos(s), np.zeros_like(s)], axis=1)
+    tangent = np.stack([25.0 * np.cos(s), -20.0 * np.sin(s), np.zeros_like(s)], axis=1)
+    tangent /= np.linalg.norm(tangent, axis=1, keepdims=True)
+    normal = np.stack([tangent[:, 1], -tangent[:, 0], np.zeros_like(s)], axis=1)
+    phi = np.linspace(0.0, 2 * np.pi, 12, endpoint=False)
+    ring = np.cos(phi)[None, :, None] * normal[:, None, :] + np.sin(phi)[None, :, None] * np.array([0.0, 0.0, 1.0])
+    vertices = (path[:, None, :] + 4.0 * ring).reshape(-1, 3)
+    i, j = np.meshgrid(np.arange(len(s) - 1), np.arange(len(phi)), indexing="ij")
+    a, b = (i * len(phi) + j).ravel(), (i * len(phi) + (j + 1) % len(phi)).ravel()
+    faces = np.concatenate([np.stack([a, a + len(phi), b], 1), np.stack([b, a + len(phi), b + len(phi)], 1)])
+    records = np.zeros(len(faces), dtype=[("normal", "<f4", (3,)), ("corners", "<f4", (3, 3)), ("attribute", "<u2")])
+    records["corners"] = vertices[faces]
+    return header.ljust(80, b" ")[:80] + struct.pack("<I", len(faces)) + records.tobytes()

@@ -43,7 +43,7 @@ def events(lines: list[str]) -> list[dict[str, Any]]:
 
 async def test_actions_are_audited_with_who_what_where_and_no_names(api: Harness) -> None:
     org, admin = await api.new_org()
-    scan = await api.upload(admin, "upper", meshes.stl_binary(2, header=b"PATIENT Jane Doe 1970-01-01"))
+    scan = await api.upload(admin, "upper", meshes.arch_stl(header=b"PATIENT Jane Doe 1970-01-01"))
     await api.client.get(f"/v1/scans/{scan['id']}", headers=bearer(admin))
     await api.client.delete(
         f"/v1/scans/{scan['id']}", headers={**bearer(admin), "x-request-id": "0b1e0f2c-5d3a-4c1b-9e7f-123456789abc"}

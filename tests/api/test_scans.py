@@ -46,8 +46,8 @@ async def test_each_mesh_format_is_accepted_and_stored_encrypted(
     api: Harness, data: bytes, fmt: str, triangles: int
 ) -> None:
     org, admin = await api.new_org()
-    scan = await api.upload(admin, "lower", data)
-    assert (scan["format"], scan["triangles"], scan["size"], scan["kind"]) == (fmt, triangles, len(data), "lower")
+    scan = await api.upload(admin, "bite", data)
+    assert (scan["format"], scan["triangles"], scan["size"], scan["kind"]) == (fmt, triangles, len(data), "bite")
     [key] = await _objects(api, org)
     raw = await _raw_object(api, key)
     assert raw.startswith(b"MSLE") and data not in raw

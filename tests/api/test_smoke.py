@@ -6,8 +6,8 @@ from tests.api.conftest import Harness, bearer
 
 async def test_upload_list_get(api: Harness) -> None:
     _org, admin = await api.new_org()
-    scan = await api.upload(admin, "upper", meshes.stl_binary())
-    assert scan["format"] == "stl" and scan["triangles"] == 2
+    scan = await api.upload(admin, "upper", meshes.arch_stl())
+    assert scan["format"] == "stl" and scan["triangles"] == 2856
     listed = await api.client.get("/v1/scans", headers=bearer(admin))
     assert listed.status_code == 200, listed.text
     assert [s["id"] for s in listed.json()["items"]] == [scan["id"]]

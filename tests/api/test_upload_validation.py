@@ -10,8 +10,9 @@ import pytest
 
 from mesial.api.app import db_context
 from mesial.api.models import Organization, Scan
+from tests.api import meshes
 from tests.api.conftest import Harness, bearer
-from tests.hostile_meshes import hostile_corpus, valid_corpus
+from tests.hostile_meshes import grid, hostile_corpus, stl_binary, valid_corpus
 
 HOSTILE = hostile_corpus()
 VALID = valid_corpus()
@@ -54,3 +55,19 @@ async def test_valid_uploads_of_every_format_are_stored(api: Harness, name: str)
         case.triangles,
         len(case.data),
     )
+
+
+async def test_an_arch_upload_must_look_like_an_arch(api: Harness) -> None:
+    """An upper or lower scan that is a flat plate, or too small a mesh, is refused as the aligner would; a bite is a patch."""
+    org, admin = await api.new_org()
+    plate = stl_binary(*grid(40.0, 0.5))  # 6 400 triangles, flat
+    response = await api.client.post("/v1/scans", params={"kind": "lower"}, content=plate, headers=bearer(admin))
+    assert response.status_code == 422
+    assert response.json()["error"]["message"].startswith("lower scan: 0.00 mm thick")
+    sparse = meshes.stl_binary(40)
+    response = await api.client.post("/v1/scans", params={"kind": "upper"}, content=sparse, headers=bearer(admin))
+    assert response.status_code == 422
+    assert response.json()["error"]["message"] == "upper scan: 40 triangles: a dental arch scan has at least 2,000"
+    assert await _nothing_stored(api, org)
+    assert (await api.upload(admin, "bite", plate))["triangles"] == 6400
+    assert (await api.upload(admin, "upper", meshes.arch_stl()))["triangles"] == 2856

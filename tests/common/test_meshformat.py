@@ -60,3 +60,31 @@ def test_the_triangle_limit_is_checked_from_the_header_or_as_faces_arrive():
     for data in (stl_binary(vertices, faces), obj(vertices, faces)):
         with pytest.raises(ScanInputError, match="the limit is 100"):
             read_mesh_bytes(data, max_triangles=100)
+
+
+def test_an_arch_is_judged_on_the_same_points_in_any_pieces():
+    """The shape sample depends on the order of the points only, so streamed uploads get the aligner's verdict."""
+    from mesial.common.meshformat import _Sample
+    from tests.api.meshes import arch_stl
+
+    points = np.random.default_rng(0).normal(size=(100_003, 3))
+    whole = _Sample(1000)
+    whole.add(points)
+    for piece in (1, 999, 4096):
+        pieces = _Sample(1000)
+        for start in range(0, len(points), piece):
+            pieces.add(points[start : start + piece])
+        assert np.array_equal(pieces.points(), whole.points())
+    assert 1000 <= len(whole.points()) <= 2000
+    arch, plate = arch_stl(), stl_binary(*grid(40.0, 0.5))
+    for piece in (13, 4096, 1 << 20):
+        assert _streamed_arch(arch, piece).triangle_count == 2856
+        with pytest.raises(ScanInputError, match=r"upper scan: 0\.00 mm thick"):
+            _streamed_arch(plate, piece)
+
+
+def _streamed_arch(data: bytes, piece: int):
+    stream = MeshStream(max_triangles=MAX_TRIANGLES, keep=False, role="upper", arch=True)
+    for start in range(0, len(data), piece):
+        stream.feed(data[start : start + piece])
+    return stream.finish()

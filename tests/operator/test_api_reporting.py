@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from mesial.operator.k8s import K8s
 from mesial.operator.reporting import JobReporter
 from mesial.operator.runtime import Runtime
 from mesial.operator.testing import Harness, emulated
+from tests.api.meshes import arch_stl
 from tests.chart.test_chart import render, settings_from
 from tests.operator.conftest import TcpProxy, eventually
 from tests.operator.helpers import ORG, SCANJOB, organization, ready
@@ -44,14 +44,8 @@ from tests.operator.test_scanjob import JOB, scanjob, sj_status
 
 
 def _stl() -> bytes:
-    """A two-triangle binary STL, 10 mm across (the API accepts only valid meshes of a dental scan's size)."""
-    out = bytearray(b"mesial operator test".ljust(80, b" ")) + struct.pack("<I", 2)
-    for tri in (((0, 0, 0), (10, 0, 0), (0, 10, 0)), ((10, 0, 0), (10, 10, 0), (0, 10, 0))):
-        out += struct.pack("<3f", 0.0, 0.0, 1.0)
-        for vertex in tri:
-            out += struct.pack("<3f", *map(float, vertex))
-        out += b"\0\0"
-    return bytes(out)
+    """An arch-shaped binary STL (the API accepts only valid meshes, and arches shaped like one)."""
+    return arch_stl(b"mesial operator test")
 
 
 @dataclass
