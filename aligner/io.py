@@ -11,6 +11,7 @@ is refused with its line number), and the geometry (finite, in range, dental siz
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,10 +89,12 @@ def read_mesh(
     if size > max_bytes:
         raise ScanTooLarge(f"file is {size:,} bytes, the limit is {max_bytes:,}", role)
     data = path.read_bytes()
-    stream = MeshStream(max_triangles=max_triangles, unit=unit, role=role, arch=arch)
-    stream.feed(data)
-    mesh = stream.finish()
-    return RawMesh(mesh.vertices, mesh.faces, mesh.file_format, hashlib.sha256(data).hexdigest(), size)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # hashlib and numpy's sort both release the GIL
+        digest = pool.submit(lambda: hashlib.sha256(data).hexdigest())
+        stream = MeshStream(max_triangles=max_triangles, unit=unit, role=role, arch=arch)
+        stream.feed(data)
+        mesh = stream.finish()
+        return RawMesh(mesh.vertices, mesh.faces, mesh.file_format, digest.result(), size)
 
 
 def write_stl(path: str | Path, vertices: NDArray[np.float64], faces: NDArray[np.int64]) -> None:

@@ -536,12 +536,17 @@ class _BinaryStl(_Parser):
     def feed(self, piece: bytes) -> None:
         view = memoryview(piece)
         if self.count is None:
-            self.pending += view
+            if not self.pending and len(view) >= _STL_HEADER_BYTES:  # the whole header in this piece: no copy
+                self.pending, view = bytearray(view[:_STL_HEADER_BYTES]), view[_STL_HEADER_BYTES:]
+            else:
+                self.pending += view
+                view = memoryview(b"")
             if len(self.pending) < _STL_HEADER_BYTES:
                 return
             self.count = int.from_bytes(self.pending[80:84], "little")
             self.too_many(self.count, "binary STL header claims")
-            view = memoryview(bytes(self.pending[_STL_HEADER_BYTES:]))
+            if len(self.pending) > _STL_HEADER_BYTES:
+                view = memoryview(bytes(self.pending[_STL_HEADER_BYTES:]))
             self.pending = bytearray()
         if self.pending:
             view = memoryview(bytes(self.pending) + bytes(view))
@@ -601,7 +606,8 @@ def merge_identical_points(points: NDArray[np.floating]) -> tuple[NDArray[np.flo
         ``unique[inverse] == points``.
     """
     points = np.ascontiguousarray(points)
-    bits = points.view(np.uint32 if points.dtype == np.float32 else np.uint64).astype(np.uint64)
+    raw = points.view(np.uint32 if points.dtype == np.float32 else np.uint64)  # compared bit for bit (NaN too)
+    bits = raw.astype(np.uint64)
     key = (
         (bits[:, 0] * np.uint64(0x9E3779B97F4A7C15))
         ^ (bits[:, 1] * np.uint64(0xC2B2AE3D27D4EB4F))
@@ -614,10 +620,11 @@ def merge_identical_points(points: NDArray[np.floating]) -> tuple[NDArray[np.flo
     np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
     inverse = np.empty(len(key), dtype=np.int64)
     inverse[order] = np.cumsum(starts) - 1
-    unique = points[order[starts]]
-    if not np.array_equal(unique[inverse], points, equal_nan=True):  # a hash collision: exact, slower path
+    first = order[starts]
+    if not (raw[first][inverse] == raw).all():  # a hash collision: exact, slower path
         exact, inverse = np.unique(points.view(f"V{3 * points.itemsize}").ravel(), return_inverse=True)
-        unique = exact.view(points.dtype).reshape(-1, 3)
+        return exact.view(points.dtype).reshape(-1, 3), inverse.astype(np.int64)
+    unique = points[first]
     return unique, inverse.astype(np.int64)
 
 

@@ -41,14 +41,15 @@ async def upload(
     """Check the mesh while it streams into the store, sealed with the tenant's key.
 
     The check is the aligner's own (:class:`mesial.common.meshformat.MeshStream`): format,
-    strict grammar, limits, finite coordinates in range, dental size; a job never meets
-    a file the upload would have refused. Any failure (a refused mesh, size limit, client
-    gone, store down) raises inside the stream, which makes the store abort the write:
-    no object and no row. The row is written only after the object is complete; if that
-    fails, the object goes.
+    strict grammar, limits, finite coordinates in range, dental size, and for an upper or
+    lower scan the shape of an arch; a job never meets a file the upload would have
+    refused. Any failure (a refused mesh, size limit, client gone, store down) raises
+    inside the stream, which makes the store abort the write: no object and no row. The
+    row is written only after the object is complete; if that fails, the object goes.
     """
     scan_id = new_id("scn")
-    check = MeshStream(max_triangles=max_triangles, keep=False, role=kind.value)
+    arch = kind in (ScanKind.UPPER, ScanKind.LOWER)  # an arch must also have the shape of one
+    check = MeshStream(max_triangles=max_triangles, keep=False, role=kind.value, arch=arch)
     info: MeshData | None = None
 
     async def checked() -> AsyncIterator[bytes]:

@@ -60,7 +60,7 @@ async def test_valid_uploads_of_every_format_are_stored(api: Harness, name: str)
 async def test_an_arch_upload_must_look_like_an_arch(api: Harness) -> None:
     """An upper or lower scan that is a flat plate, or too small a mesh, is refused as the aligner would; a bite is a patch."""
     org, admin = await api.new_org()
-    plate = stl_binary(*grid(40.0, 0.5))  # 6 400 triangles, flat
+    plate = stl_binary(*grid(40.0, 0.5))  # 12 800 triangles, flat
     response = await api.client.post("/v1/scans", params={"kind": "lower"}, content=plate, headers=bearer(admin))
     assert response.status_code == 422
     assert response.json()["error"]["message"].startswith("lower scan: 0.00 mm thick")
@@ -69,5 +69,5 @@ async def test_an_arch_upload_must_look_like_an_arch(api: Harness) -> None:
     assert response.status_code == 422
     assert response.json()["error"]["message"] == "upper scan: 40 triangles: a dental arch scan has at least 2,000"
     assert await _nothing_stored(api, org)
-    assert (await api.upload(admin, "bite", plate))["triangles"] == 6400
+    assert (await api.upload(admin, "bite", plate))["triangles"] == 12800
     assert (await api.upload(admin, "upper", meshes.arch_stl()))["triangles"] == 2856
