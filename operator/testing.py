@@ -125,6 +125,17 @@ class Emulator(kmock.KubernetesEmulator):
             with contextlib.suppress(ValueError):
                 self._requests.remove(request)
 
+    async def _serve_list(self, request: Any) -> Any:
+        """kmock's list with the ``apiVersion`` and ``kind`` a real server gives it (kubectl needs them)."""
+        raw: Any = await super()._serve_list(request)
+        payload: dict[str, Any] = dict(raw)
+        items = payload.get("items") or []
+        res = request.resource
+        group_version = f"{res.group}/{res.version}" if res.group else res.version
+        if items and items[0].get("kind"):
+            return {"apiVersion": group_version, "kind": f"{items[0]['kind']}List", **payload}
+        return {"apiVersion": "v1", "kind": "List", **payload}
+
     def _current(self, request: Any) -> dict[str, Any] | None:
         for (resource, namespace, name), obj in self._objects.items():
             if resource == request.resource and namespace == request.namespace and name == request.name:

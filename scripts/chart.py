@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "mesial"
 
 # Values whose keys are free-form (label maps, Kubernetes objects passed through).
-FREE_MAPS = {"nodeSelector", "affinity", "namespaceSelector", "podSelector", "resources"}
+FREE_MAPS = {"nodeSelector", "affinity", "namespaceSelector", "podSelector", "resources", "podAnnotations", "labels"}
 PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
 CONSTRAINTS: dict[str, dict[str, Any]] = {
     "global.image.pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]},
@@ -42,6 +42,9 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
     "operator.driftIntervalSeconds": {"minimum": 1},
     "operator.scanJobSyncIntervalSeconds": {"minimum": 1},
     "operator.retryDelaySeconds": {"minimum": 1},
+    "operator.metrics.port": PORT,
+    "operator.metrics.serviceMonitor.interval": {"pattern": "^[0-9]+(ms|s|m|h)$"},
+    "api.podDisruptionBudget.minAvailable": {"minimum": 0},
 }
 EGRESS = {
     "type": "object",
@@ -141,9 +144,16 @@ def readme() -> str:
         "- Vault or OpenBao with the transit engine and the Kubernetes auth method enabled, and two roles:",
         "  `mesial-operator` and `mesial-api` with the policies this chart renders from your values",
         "  (`helm template mesial charts/mesial -f my-values.yaml --show-only templates/vault-policies.yaml`,",
-        "  keys `operator.hcl` and `api.hcl`), bound to the ServiceAccounts `<release>-mesial-operator`",
-        "  and `<release>-mesial-api` with the audience `vault.tokenAudience`.",
+        "  keys `operator.hcl` and `api.hcl`), bound to the ServiceAccounts `<fullname>-operator` and",
+        "  `<fullname>-api` with the audience `vault.tokenAudience`. `<fullname>` is the release name when",
+        "  it contains `mesial` (release `mesial`: `mesial-operator`, `mesial-api`), else",
+        "  `<release>-mesial`, or `fullnameOverride`.",
         "- With more than one API replica: a Secret with key `link-secret` (`api.linkSecret`).",
+        "",
+        "Every command, from an empty cluster to a first aligned case and an audit export, is in the",
+        "project's `docs/install.md`; upgrading and uninstalling (CRDs, finalizers) in `docs/operator.md`.",
+        "To try it without any of the above: `--set trial.enabled=true` (OpenBao dev, SeaweedFS and",
+        "PostgreSQL in the release, in memory or on emptyDir: never for patient data).",
         "",
         "```sh",
         "helm install mesial charts/mesial -n mesial-system --create-namespace -f my-values.yaml",
@@ -151,7 +161,7 @@ def readme() -> str:
         "```",
         "",
         "The CRDs in `crds/` are installed by Helm on first install; on upgrade apply them with",
-        "`kubectl apply -f charts/mesial/crds/` (Helm does not upgrade CRDs).",
+        "`kubectl apply --server-side --force-conflicts -f charts/mesial/crds/` (Helm does not upgrade CRDs).",
         "",
         "## Values",
         "",

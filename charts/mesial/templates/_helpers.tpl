@@ -104,9 +104,9 @@ Settings every component reads (MESIAL_* environment); call with (dict "ctx" $ "
   value: /tmp/mesial
 - name: MESIAL_DATABASE_URL
   valueFrom:
-    secretKeyRef: {name: {{ $v.database.urlSecret | quote }}, key: url}
+    secretKeyRef: {name: {{ include "mesial.databaseSecret" .ctx | quote }}, key: url}
 - name: MESIAL_VAULT__ADDR
-  value: {{ $v.vault.addr | quote }}
+  value: {{ include "mesial.vaultAddr" .ctx | quote }}
 - name: MESIAL_VAULT__AUTH
   value: kubernetes
 - name: MESIAL_VAULT__KUBERNETES_ROLE
@@ -121,23 +121,23 @@ Settings every component reads (MESIAL_* environment); call with (dict "ctx" $ "
   value: {{ $v.vault.keyRotationPeriod | quote }}
 - name: MESIAL_VAULT__AUDIT_SIGNING_KEY
   value: {{ $v.vault.auditSigningKey | quote }}
-{{- if $v.vault.caSecret }}
+{{- if and $v.vault.caSecret (not $v.trial.enabled) }}
 - name: MESIAL_VAULT__CA_CERT
   value: /etc/mesial/vault-ca/ca.crt
 {{- end }}
 - name: MESIAL_STORE__ENDPOINT_URL
-  value: {{ $v.store.endpointUrl | quote }}
+  value: {{ include "mesial.storeEndpoint" .ctx | quote }}
 - name: MESIAL_STORE__BUCKET
   value: {{ $v.store.bucket | quote }}
 - name: MESIAL_STORE__REGION
   value: {{ $v.store.region | quote }}
 - name: MESIAL_STORE__ACCESS_KEY
   valueFrom:
-    secretKeyRef: {name: {{ $v.store.credentialsSecret | quote }}, key: access-key}
+    secretKeyRef: {name: {{ include "mesial.storeSecret" .ctx | quote }}, key: access-key}
 - name: MESIAL_STORE__SECRET_KEY
   valueFrom:
-    secretKeyRef: {name: {{ $v.store.credentialsSecret | quote }}, key: secret-key}
-{{- if $v.store.caSecret }}
+    secretKeyRef: {name: {{ include "mesial.storeSecret" .ctx | quote }}, key: secret-key}
+{{- if and $v.store.caSecret (not $v.trial.enabled) }}
 - name: MESIAL_STORE__CA_CERT
   value: /etc/mesial/store-ca/ca.crt
 {{- end }}
@@ -157,12 +157,12 @@ Volumes every component mounts: a writable /tmp, the projected Vault token, the 
           path: token
           audience: {{ .Values.vault.tokenAudience | quote }}
           expirationSeconds: 3600
-{{- if .Values.vault.caSecret }}
+{{- if and .Values.vault.caSecret (not .Values.trial.enabled) }}
 - name: vault-ca
   secret:
     secretName: {{ .Values.vault.caSecret | quote }}
 {{- end }}
-{{- if .Values.store.caSecret }}
+{{- if and .Values.store.caSecret (not .Values.trial.enabled) }}
 - name: store-ca
   secret:
     secretName: {{ .Values.store.caSecret | quote }}
@@ -178,12 +178,12 @@ Mounts of mesial.commonVolumes.
 - name: vault-token
   mountPath: /var/run/secrets/mesial/vault
   readOnly: true
-{{- if .Values.vault.caSecret }}
+{{- if and .Values.vault.caSecret (not .Values.trial.enabled) }}
 - name: vault-ca
   mountPath: /etc/mesial/vault-ca
   readOnly: true
 {{- end }}
-{{- if .Values.store.caSecret }}
+{{- if and .Values.store.caSecret (not .Values.trial.enabled) }}
 - name: store-ca
   mountPath: /etc/mesial/store-ca
   readOnly: true
@@ -224,4 +224,46 @@ The ServiceAccount of aligner Jobs in each tenant namespace (the operator's defa
 */}}
 {{- define "mesial.alignerServiceAccount" -}}
 mesial-aligner
+{{- end -}}
+
+{{/*
+Trial mode (trial.enabled): the name prefix of the bundled OpenBao, SeaweedFS and PostgreSQL, and of their Secret.
+*/}}
+{{- define "mesial.trialName" -}}
+{{- printf "%s-trial" (include "mesial.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Vault's address: vault.addr, or the trial OpenBao.
+*/}}
+{{- define "mesial.vaultAddr" -}}
+{{- if .Values.trial.enabled -}}
+{{- printf "http://%s-openbao.%s.svc:8200" (include "mesial.trialName" .) .Release.Namespace -}}
+{{- else -}}
+{{- .Values.vault.addr -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The S3 endpoint: store.endpointUrl, or the trial SeaweedFS.
+*/}}
+{{- define "mesial.storeEndpoint" -}}
+{{- if .Values.trial.enabled -}}
+{{- printf "http://%s-seaweedfs.%s.svc:8333" (include "mesial.trialName" .) .Release.Namespace -}}
+{{- else -}}
+{{- .Values.store.endpointUrl -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Secrets of the database URL (key url), the store credentials (access-key, secret-key) and the link key (link-secret).
+*/}}
+{{- define "mesial.databaseSecret" -}}
+{{- if .Values.trial.enabled }}{{ include "mesial.trialName" . }}{{ else }}{{ .Values.database.urlSecret }}{{ end -}}
+{{- end -}}
+{{- define "mesial.storeSecret" -}}
+{{- if .Values.trial.enabled }}{{ include "mesial.trialName" . }}{{ else }}{{ .Values.store.credentialsSecret }}{{ end -}}
+{{- end -}}
+{{- define "mesial.linkSecret" -}}
+{{- if .Values.trial.enabled }}{{ include "mesial.trialName" . }}{{ else }}{{ .Values.api.linkSecret }}{{ end -}}
 {{- end -}}
