@@ -40,3 +40,42 @@ def first_occurrences(key: NDArray[np.int64]) -> NDArray[np.int64]:
     start = np.ones(len(key), dtype=bool)
     start[1:] = ordered[1:] != ordered[:-1]
     return np.asarray(order[start], dtype=np.int64)
+
+
+def invariant_representatives(points: FloatArray, voxel_mm: float) -> NDArray[np.int64]:
+    """Index of one input point per occupied voxel of a grid fixed to the points themselves.
+
+    The grid is centred on the centroid and aligned with the principal axes (their
+    signs set by the third moment, the third axis completing a right-handed frame),
+    and each voxel keeps the point nearest its centre: the same surface points are
+    kept whatever the file's pose and whatever the order of its vertices, so a
+    registration built on them does not depend on either.
+
+    Parameters
+    ----------
+    points : (n, 3) float, millimetres
+    voxel_mm : float
+
+    Returns
+    -------
+    index : (k,) int, increasing
+    """
+    centre = points.mean(axis=0)
+    local = points - centre
+    _, vectors = np.linalg.eigh(local.T @ local)
+    axes = np.array(vectors[:, ::-1])
+    for i in range(2):
+        if float(np.sum((local @ axes[:, i]) ** 3)) < 0:
+            axes[:, i] = -axes[:, i]
+    axes[:, 2] = np.cross(axes[:, 0], axes[:, 1])
+    scaled = local @ axes / voxel_mm
+    cell = np.floor(scaled).astype(np.int64)
+    offset = np.einsum("ij,ij->i", scaled - cell - 0.5, scaled - cell - 0.5)
+    cell -= cell.min(axis=0)
+    dims = cell.max(axis=0) + 1
+    flat = (cell[:, 0] * dims[1] + cell[:, 1]) * dims[2] + cell[:, 2]
+    order = np.lexsort((offset, flat))  # by voxel, the nearest to its centre first
+    ordered = flat[order]
+    start = np.ones(len(flat), dtype=bool)
+    start[1:] = ordered[1:] != ordered[:-1]
+    return np.sort(order[start])

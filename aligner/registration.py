@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 
 from mesial.aligner._anatomy import FLIP, ArchFrame, arch_frame
 from mesial.aligner._coarse import distinct, grid_scores, icp, search_bite, strip_frame, yaw_grid
-from mesial.aligner._features import voxel_representatives
+from mesial.aligner._features import invariant_representatives, voxel_representatives
 from mesial.aligner._field import DistanceField
 from mesial.aligner._icp import JointFit, PlaneTarget, SurfaceTarget, _match, refine_joint
 from mesial.aligner.errors import AlignmentError
@@ -161,8 +161,9 @@ def register_bite(
         fine_voxel = params.one_bite_fine_voxel_mm
     else:  # the same number of fine points in all: each of n bites thinned sqrt(n) times coarser
         fine_voxel = params.fine_voxel_mm * float(np.sqrt(len(bites)))
-    fine_points = [bite.vertices[voxel_representatives(bite.vertices, fine_voxel)] for bite in bites]
-    rough_points = [bite.vertices[voxel_representatives(bite.vertices, params.rough_voxel_mm)] for bite in bites]
+    # the fine step's points do not depend on the bite file's pose or vertex order (nor then does its result)
+    fine_points = [bite.vertices[invariant_representatives(bite.vertices, fine_voxel)] for bite in bites]
+    rough_points = [bite.vertices[invariant_representatives(bite.vertices, params.rough_voxel_mm)] for bite in bites]
     timings["preprocess"] = time.perf_counter() - clock
     report("preprocess", 1.0)
 
