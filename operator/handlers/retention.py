@@ -21,8 +21,9 @@ async def _write(runtime: Runtime, body: kopf.Body, status: dict[str, Any]) -> N
 async def policy_admitted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime = memo.runtime
     # one policy per tenant namespace: accept or reject with a reason
-    tenant, status = await admit(runtime.k8s, body, runtime.settings.operator.tenant_label)
-    if (body.get("status") or {}).get("phase") != status["phase"]:
+    tenant, status = await admit(runtime.k8s, body, runtime.settings)
+    old = body.get("status") or {}
+    if (old.get("phase"), old.get("reason")) != (status["phase"], status["reason"]):
         await _write(runtime, body, status)
         kind = "Normal" if tenant else "Warning"
         kopf.event(body, type=kind, reason=status["reason"], message=status["message"] or "policy accepted")
@@ -31,12 +32,16 @@ async def policy_admitted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 async def policy_sweep(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime = memo.runtime
     now = runtime.now()
+    if (body.get("status") or {}).get("phase") != "Active":
+        await policy_admitted(body=body, memo=memo)  # a rival deleted, a namespace fixed: admit again
+        return
     if not sweep_due(body, now):
         return
     # re-admit (the namespace or a rival may have changed), then sweep
-    tenant, admission = await admit(runtime.k8s, body, runtime.settings.operator.tenant_label)
+    tenant, admission = await admit(runtime.k8s, body, runtime.settings)
     if tenant is None:
         await _write(runtime, body, admission)
+        kopf.event(body, type="Warning", reason=admission["reason"], message=admission["message"])
         return
     try:
         status = await sweep(runtime, body, tenant, now)

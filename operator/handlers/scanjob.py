@@ -11,7 +11,15 @@ from mesial.operator.k8s import K8sError
 from mesial.operator.reporting import ReportRefused
 from mesial.operator.runtime import Runtime
 from mesial.operator.sync.jobreport import report, unreported
-from mesial.operator.sync.scanjob import SCANJOB, TERMINAL, dispatch, mirror, stop
+from mesial.operator.sync.scanjob import (
+    SCANJOB,
+    TERMINAL,
+    TenantNotReady,
+    dispatch,
+    mirror,
+    stop,
+    succeeded_in_world,
+)
 
 PLURAL = ("mesial.dev", "v1alpha1", "scanjobs")
 
@@ -23,13 +31,18 @@ async def _write(runtime: Runtime, body: kopf.Body, status: dict[str, Any]) -> N
 
 async def scanjob_created(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime = memo.runtime
-    # admit (tenant namespace, spec) and create the Job, or refuse
+    delay = runtime.settings.operator.retry_delay_s
+    # admit (tenant namespace, spec) and create the Job, or refuse; a tenant not Ready yet: wait
     try:
         status = await dispatch(runtime, body)
+    except TenantNotReady as exc:
+        await _write(runtime, body, {"phase": "Pending", "reason": "TenantNotReady", "message": str(exc)})
+        raise kopf.TemporaryError(str(exc), delay=delay) from exc
     except K8sError as exc:
-        raise to_kopf(exc, runtime.settings.operator.retry_delay_s) from exc
-    # record the outcome; a refusal is an Event too
-    await _write(runtime, body, status)
+        raise to_kopf(exc, delay) from exc
+    # record the outcome (whatever status the object came with is replaced: it is no record of ours)
+    stale = {key: None for key in body.get("status") or {} if key not in status and key != "kopf"}
+    await _write(runtime, body, {**stale, **status})
     if status["phase"] == "Failed":
         kopf.event(body, type="Warning", reason=status["reason"], message=status["message"])
     else:
@@ -54,6 +67,17 @@ async def scanjob_report(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime = memo.runtime
     if runtime.reporter is None:
         return
+    # a success is reported only when the world shows it (the Job, else the job's own last word)
+    if (body.get("status") or {}).get("phase") == "Succeeded" and unreported(body):
+        try:
+            verified = await succeeded_in_world(runtime, body)
+        except Exception as exc:
+            raise to_kopf(exc, runtime.settings.operator.retry_delay_s) from exc
+        if not verified:
+            message = "Succeeded is not shown by the ScanJob's own Job or progress; status reset"
+            kopf.event(body, type="Warning", reason="StatusNotVerified", message=message)
+            await _write(runtime, body, {"phase": "Pending", "reason": "StatusNotVerified", "message": message})
+            return
     # tell the API the new state; API down: retry (the phase stays unreported)
     try:
         reported = await report(runtime.reporter, body)

@@ -1,18 +1,26 @@
-"""RetentionPolicies: one per tenant namespace, swept by a timer when ``sweepInterval`` is due."""
+"""RetentionPolicies: one per tenant namespace the operator created, with a checked spec, swept by a
+timer when ``sweepInterval`` is due. A Rejected policy is admitted again on each tick, so the
+second policy of a namespace takes over once the first is deleted."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from mesial.common.retention import DEFAULT_COVERS, SweepReport, Verdict, decide, sweep_objects
+from mesial.common.errors import InputError
+from mesial.common.retention import COVERS, DEFAULT_COVERS, SweepReport, Verdict, decide, sweep_objects
+from mesial.common.settings import Settings
 from mesial.operator.k8s import K8s
 from mesial.operator.runtime import Runtime
 from mesial.operator.sync.conditions import condition, merge_conditions
+from mesial.operator.sync.tenancy import NotATenantNamespace, tenant_namespace
 
 POLICY = ("mesial.dev/v1alpha1", "RetentionPolicy")
 SCANJOB = ("mesial.dev/v1alpha1", "ScanJob")
+MAX_AGE_DAYS = 3650
+MIN_INTERVAL, MAX_INTERVAL = timedelta(minutes=1), timedelta(hours=168)
 _DURATION_RE = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
@@ -28,15 +36,52 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def admit(k8s: K8s, body: Any, tenant_label: str) -> tuple[str | None, dict[str, Any]]:
-    """(tenant, status): the tenant if this policy is the namespace's one, else a Rejected status."""
+@dataclass(frozen=True)
+class PolicySpec:
+    """A RetentionPolicy's spec, re-checked (the CRD's bounds are not the only gate: the emulator,
+    an old CRD or a hand-made object may let anything through)."""
+
+    max_age: timedelta
+    covers: tuple[str, ...]
+    interval: timedelta
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> PolicySpec:
+        days = spec.get("maxAgeDays", 90)
+        if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_AGE_DAYS:
+            raise InputError(f"maxAgeDays must be a whole number of days from 1 to {MAX_AGE_DAYS}")
+        covers = spec.get("covers") or list(DEFAULT_COVERS)
+        if not isinstance(covers, list) or not set(covers) <= set(COVERS):
+            raise InputError(f"covers must list some of {', '.join(COVERS)}")
+        try:
+            interval = parse_duration(str(spec.get("sweepInterval", "1h")))
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        if not MIN_INTERVAL <= interval <= min(MAX_INTERVAL, timedelta(days=days)):
+            raise InputError("sweepInterval must be from 1m to 168h and not longer than maxAgeDays")
+        return cls(timedelta(days=days), tuple(covers), interval)
+
+
+async def admit(k8s: K8s, body: Any, settings: Settings) -> tuple[str | None, dict[str, Any]]:
+    """(tenant, status): the tenant if this policy is valid and its namespace's one, else a Rejected status.
+
+    The namespace must be the live tenant namespace the operator created (``sync.tenancy``):
+    a tenant label alone names no tenant."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
-    ns = await k8s.get("v1", "Namespace", namespace)
-    org = ((ns or {}).get("metadata", {}).get("labels") or {}).get(tenant_label)
-    if not org:
-        return None, _rejected("NotATenantNamespace", f"namespace {namespace} is not a Mesial tenant namespace")
-    others = [p for p in await k8s.list(*POLICY, namespace=namespace) if p["metadata"]["name"] != name]
+    try:
+        org = (await tenant_namespace(k8s, namespace, settings)).org
+    except NotATenantNamespace as exc:
+        return None, _rejected(NotATenantNamespace.reason, str(exc))
+    try:
+        PolicySpec.from_spec(body.get("spec") or {})
+    except InputError as exc:
+        return None, _rejected("InvalidSpec", str(exc))
+    others = [
+        p
+        for p in await k8s.list(*POLICY, namespace=namespace)
+        if p["metadata"]["name"] != name and not p["metadata"].get("deletionTimestamp")
+    ]
     active = [p for p in others if (p.get("status") or {}).get("phase") == "Active"]
 
     def age_key(policy: Any) -> tuple[str, str]:
@@ -71,10 +116,8 @@ def sweep_due(body: Any, now: datetime) -> bool:
 
 async def sweep(rt: Runtime, body: Any, org: str, now: datetime) -> dict[str, Any]:
     """One sweep of the tenant's objects, stale ScanJobs and records; the status to write."""
-    spec = body.get("spec") or {}
-    max_age = timedelta(days=int(spec.get("maxAgeDays", 90)))
-    covers = list(spec.get("covers") or DEFAULT_COVERS)
-    interval = parse_duration(str(spec.get("sweepInterval", "1h")))
+    policy = PolicySpec.from_spec(body.get("spec") or {})
+    max_age, covers, interval = policy.max_age, policy.covers, policy.interval
     skew = timedelta(seconds=rt.settings.operator.clock_skew_s)
     name = body["metadata"]["name"]
     report = SweepReport()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from mesial.common.contract import EXIT_INVALID, JobSpec, read_progress, sanitize_text
+from mesial.common.contract import EXIT_INVALID, ID_RE, JobSpec, read_progress, sanitize_text
 from mesial.common.errors import InputError, MesialError
 from mesial.common.provisioning import policy_name_for
 from mesial.common.settings import OperatorSettings, Settings
@@ -30,6 +30,7 @@ from mesial.operator.reporting import JOB_ID_RE
 from mesial.operator.runtime import Runtime
 from mesial.operator.sync.conditions import now_iso
 from mesial.operator.sync.organization.trust import job_trust
+from mesial.operator.sync.tenancy import NotATenantNamespace, tenant_namespace
 
 SCANJOB = ("mesial.dev/v1alpha1", "ScanJob")
 JOB = ("batch/v1", "Job")
@@ -39,6 +40,8 @@ SCANJOB_LABEL = "mesial.dev/scanjob"
 # The API's job id on the ScanJobs it creates (api/executor.py scanjob_manifest).
 JOB_ID_LABEL = "mesial.dev/job-id"
 VAULT_TOKEN_DIR = "/var/run/secrets/vault"
+# On every aligner Job and pod: the NetworkPolicy allowing Vault and the store selects them.
+ALIGNER_LABELS = {"app.kubernetes.io/managed-by": "mesial-operator", "app.kubernetes.io/component": "aligner"}
 
 
 class ScanJobRefused(MesialError):
@@ -88,8 +91,12 @@ def api_job_id(body: Any) -> str | None:
 
 
 def job_id_of(body: Any) -> str:
-    """Where the Job keeps its progress and artifacts: the API's job id, else the ScanJob's name."""
-    return api_job_id(body) or str(body["metadata"]["name"])
+    """Where the Job keeps its progress and artifacts: the API's job id, else the ScanJob's name
+    (a name that is no job id, with dots or over 64 characters, as a stable hash of it)."""
+    name = str(body["metadata"]["name"])
+    return api_job_id(body) or (
+        name if ID_RE.fullmatch(name) else "sj-" + hashlib.sha256(name.encode()).hexdigest()[:32]
+    )
 
 
 def job_name_for(scanjob: str) -> str:
@@ -100,22 +107,41 @@ def job_name_for(scanjob: str) -> str:
     return f"{name[:54]}-{hashlib.sha256(scanjob.encode()).hexdigest()[:8]}"
 
 
+class TenantNotReady(MesialError):
+    """The tenant namespace is the operator's but its Organization is not Ready yet: retry."""
+
+    def __init__(self, message: str, tenant: str) -> None:
+        self.tenant = tenant
+        super().__init__(message)
+
+
 async def tenant_of(k8s: K8s, namespace: str, settings: Settings) -> tuple[str, Obj]:
-    """The Organization (name, object) whose ready tenant namespace this is, else ``ScanJobRefused``."""
-    ns = await k8s.get("v1", "Namespace", namespace)
-    org = ((ns or {}).get("metadata", {}).get("labels") or {}).get(settings.operator.tenant_label)
-    if not org:
-        raise ScanJobRefused("NotATenantNamespace", f"namespace {namespace} is not a Mesial tenant namespace")
-    organization = await k8s.get(*ORG, org)
-    status = (organization or {}).get("status") or {}
-    if organization is None or status.get("namespace") != namespace:
-        raise ScanJobRefused("NotATenantNamespace", f"namespace {namespace} does not belong to a live Organization")
-    if status.get("phase") != "Ready":
-        raise ScanJobRefused(
-            "TenantNotReady", f"Organization {org} is not Ready (phase {status.get('phase')})", tenant=str(org)
-        )
-    assert organization is not None
-    return str(org), organization
+    """The Organization (name, object) whose ready tenant namespace this is, else ``ScanJobRefused``
+    (not the operator's tenant namespace: final) or ``TenantNotReady`` (wait and retry)."""
+    try:
+        tenant = await tenant_namespace(k8s, namespace, settings)
+    except NotATenantNamespace as exc:
+        raise ScanJobRefused(NotATenantNamespace.reason, str(exc)) from None
+    phase = (tenant.organization.get("status") or {}).get("phase")
+    if phase != "Ready":
+        raise TenantNotReady(f"Organization {tenant.org} is not Ready (phase {phase}); waiting", tenant.org)
+    return tenant.org, tenant.organization
+
+
+def label_value(name: str) -> str:
+    """A label value (<= 63 characters) for a name of up to 253: the name, or a prefix and a hash."""
+    if len(name) <= 63:
+        return name
+    return f"{name[:54]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def owns_job(scanjob: Any, job: Obj) -> bool:
+    """Whether ``job`` is the one the operator made for ``scanjob``: its controller is that ScanJob (uid)."""
+    uid = (scanjob.get("metadata") or {}).get("uid")
+    refs = (job.get("metadata") or {}).get("ownerReferences") or []
+    return bool(uid) and any(
+        r.get("uid") == uid and r.get("kind") == "ScanJob" and r.get("controller") is True for r in refs
+    )
 
 
 def build_job(body: Any, spec: JobSpec, limits: RunLimits, settings: Settings, tier: OperatorSettings.Tier) -> Obj:
@@ -123,7 +149,7 @@ def build_job(body: Any, spec: JobSpec, limits: RunLimits, settings: Settings, t
     op = settings.operator
     meta = body["metadata"]
     name, namespace, org = meta["name"], meta["namespace"], spec.org
-    labels = {op.tenant_label: org, SCANJOB_LABEL: name, "app.kubernetes.io/managed-by": "mesial-operator"}
+    labels = {op.tenant_label: org, SCANJOB_LABEL: label_value(name), **ALIGNER_LABELS}
     # `mesial job run`'s own options (tests/operator parses them with its click command)
     args = spec.argv()
     env = [
@@ -244,7 +270,9 @@ def build_job(body: Any, spec: JobSpec, limits: RunLimits, settings: Settings, t
 
 
 async def dispatch(rt: Runtime, body: Any) -> dict[str, Any]:
-    """Admit the ScanJob and create its Job; the status to write (Failed with a reason if refused)."""
+    """Admit the ScanJob and create its Job; the status to write (Failed with a reason if refused).
+
+    ``TenantNotReady`` propagates: the handler retries until the Organization is Ready."""
     namespace = body["metadata"]["namespace"]
     # the tenant first: a refusal in a tenant's own namespace is reported to the API as that tenant's
     try:
@@ -255,29 +283,33 @@ async def dispatch(rt: Runtime, body: Any) -> dict[str, Any]:
     try:
         spec, limits = job_spec(body, org)
     except InputError as exc:
-        message = sanitize_text(exc)
-        return {
-            "phase": "Failed",
-            "reason": "InvalidSpec",
-            "message": message,
-            "completionTime": now_iso(),
-            "tenant": org,
-        }
+        return _refused("InvalidSpec", sanitize_text(exc), org)
     tiers = rt.settings.operator.tiers
     tier = tiers.get(str((organization.get("spec") or {}).get("tier", "small"))) or tiers["small"]
     job = build_job(body, spec, limits, rt.settings, tier)
+    name = job["metadata"]["name"]
     try:
-        await rt.k8s.create(job)
+        created = await rt.k8s.create(job)
     except K8sError as exc:
         if not exc.conflict:
             raise
+        existing = await rt.k8s.get(*JOB, name, namespace)
+        if existing is None or not owns_job(body, existing):
+            # a Job of that name the operator did not make for this ScanJob: never adopted
+            return _refused("JobNameTaken", f"a Job named {name} exists and is not this ScanJob's", org)
+        created = existing
     return {
         "phase": "Pending",
         "reason": "JobCreated",
         "message": "",
-        "jobName": job["metadata"]["name"],
+        "jobName": name,
+        "jobUid": str((created or {}).get("metadata", {}).get("uid") or ""),
         "tenant": org,
     }
+
+
+def _refused(reason: str, message: str, org: str) -> dict[str, Any]:
+    return {"phase": "Failed", "reason": reason, "message": message, "completionTime": now_iso(), "tenant": org}
 
 
 async def mirror(rt: Runtime, body: Any) -> dict[str, Any] | None:
@@ -288,6 +320,10 @@ async def mirror(rt: Runtime, body: Any) -> dict[str, Any] | None:
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     job = await rt.k8s.get(*JOB, status["jobName"], namespace)
     new: dict[str, Any] = {}
+    if job is not None and not owns_job(body, job):
+        new.update(phase="Failed", reason="JobNotOwned", message=f"the Job {status['jobName']} is not this ScanJob's")
+        new["completionTime"] = now_iso()
+        return _changed(status, new)
     if job is None:
         new.update(phase="Failed", reason="JobMissing", message="the Job was deleted before it finished")
         new["completionTime"] = now_iso()
@@ -336,7 +372,7 @@ def _changed(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any] | None:
 
 
 async def _pods(k8s: K8s, namespace: str, scanjob: str) -> list[Obj]:
-    return await k8s.list("v1", "Pod", namespace=namespace, labels={SCANJOB_LABEL: scanjob})
+    return await k8s.list("v1", "Pod", namespace=namespace, labels={SCANJOB_LABEL: label_value(scanjob)})
 
 
 async def _pod_waiting(k8s: K8s, namespace: str, scanjob: str) -> str:
@@ -373,13 +409,34 @@ def _duration(start: str, end: str) -> str:
 
 
 async def stop(rt: Runtime, body: Any) -> None:
-    """Deleting a ScanJob stops its Job (and its pods: propagation Foreground).
+    """Deleting a ScanJob stops its Job (and its pods: propagation Foreground), and only its own.
 
     Not when its namespace is going (an Organization's deletion): the namespace takes the Job
     with it, and the operator's access there (its RoleBinding) may already be gone."""
-    job_name = (body.get("status") or {}).get("jobName") or job_name_for(body["metadata"]["name"])
-    namespace = body["metadata"]["namespace"]
-    ns = await rt.k8s.get("v1", "Namespace", namespace)
+    meta = body["metadata"]
+    job_name = job_name_for(meta["name"])
+    ns = await rt.k8s.get("v1", "Namespace", meta["namespace"])
     if ns is None or ns["metadata"].get("deletionTimestamp"):
         return
-    await rt.k8s.delete(*JOB, job_name, namespace, propagation="Foreground")
+    job = await rt.k8s.get(*JOB, job_name, meta["namespace"])
+    if job is not None and owns_job(body, job):
+        await rt.k8s.delete(*JOB, job_name, meta["namespace"], propagation="Foreground")
+
+
+async def succeeded_in_world(rt: Runtime, body: Any) -> bool:
+    """Whether the world shows the ScanJob succeeded: its own Job complete, or (that Job gone after
+    its TTL) the job's last progress document saying so. A phase written by hand proves nothing."""
+    meta = body["metadata"]
+    job = await rt.k8s.get(*JOB, job_name_for(meta["name"]), meta["namespace"])
+    if job is not None:
+        js = job.get("status") or {}
+        complete = any(c.get("type") == "Complete" and c.get("status") == "True" for c in js.get("conditions") or [])
+        return owns_job(body, job) and (complete or bool(js.get("succeeded")))
+    org = (body.get("status") or {}).get("tenant")
+    if not org:
+        return False
+    try:
+        progress = await read_progress(rt.store, str(org), job_id_of(body))
+    except MesialError:
+        return False
+    return progress is not None and progress.state == "succeeded"

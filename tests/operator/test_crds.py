@@ -89,7 +89,6 @@ def test_example_matches_its_crd_schema(path: Path) -> None:
     ("kind", "patch", "fragment"),
     [
         ("Organization", {"spec": {"tier": "huge"}}, "is not one of"),
-        ("Organization", {"spec": {"retentionDays": 0}}, "less than the minimum"),
         ("Organization", {"spec": {"keyRotationPeriod": "1 week"}}, "does not match"),
         ("Organization", {"spec": {"egress": {"extra": [{"cidr": "10.0.0.0/33", "ports": [443]}]}}}, "does not match"),
         ("Organization", {"spec": {"displayName": ""}}, "should be non-empty"),
@@ -128,6 +127,16 @@ def test_cel_rules_are_declared_where_rules_span_fields() -> None:
     assert any("self.upper != self.lower" in v["rule"] for v in scans["x-kubernetes-validations"])
     policy = crd_for("RetentionPolicy")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert "maxAgeDays" in policy["x-kubernetes-validations"][0]["rule"]
+
+
+def test_scanjob_spec_is_immutable_and_organization_has_no_unread_field() -> None:
+    """An edited ScanJob spec was silently ignored: the API server refuses the edit (CEL transition
+    rule). Organization.spec.retentionDays was documented and never read: it is gone."""
+    spec = crd_for("ScanJob")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    rules = spec.get("x-kubernetes-validations") or []
+    assert any(v["rule"].replace(" ", "") == "self==oldSelf" and "immutable" in v["message"] for v in rules)
+    org = crd_for("Organization")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert "retentionDays" not in org["properties"]
 
 
 async def test_kubectl_apply_dry_run_client(k8s_tools: dict[str, Path], tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ handler posts as a Kubernetes Event.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ from mesial.operator.sync.organization.rbac import sync_rbac
 from mesial.operator.sync.organization.store import sync_store_secret
 from mesial.operator.sync.organization.trust import sync_trust
 from mesial.operator.sync.organization.vault import sync_vault
+from mesial.operator.sync.tenancy import NamespaceNotOwned
 
 ORG = ("mesial.dev/v1alpha1", "Organization")
 Step = Callable[[K8s, OrgView, OperatorSettings], Awaitable[list[Applied]]]
@@ -120,6 +122,25 @@ async def _reconcile(rt: Runtime, org: OrgView, live: Any, mode: str) -> Report:
                 report.applied(applied)
         except (MesialError, K8sError) as exc:
             report.failed("trust", exc)
+    if isinstance(report.errors.get("namespace"), NamespaceNotOwned):
+        # someone else's namespace of that name: the tenant's Vault role must not point at it
+        report.notes.append(Note("Warning", NamespaceNotOwned.reason, describe(report.errors["namespace"])))
+        try:
+            await asyncio.to_thread(rt.provisioner.revoke_access, org.name)
+        except MesialError as exc:
+            report.failed("vault", exc)
+    elif "namespace" in report.errors:
+        pass  # the Vault role is bound only to a namespace known to be the operator's
+    else:
+        await _sync_vault(rt, org, report)
+    report.status = build_status(org, old, report)
+    if not same_status(old, report.status):
+        await rt.k8s.patch(*ORG, org.name, {"status": report.status}, status=True)
+    return report
+
+
+async def _sync_vault(rt: Runtime, org: OrgView, report: Report) -> None:
+    settings = rt.settings.operator
     try:
         report.vault = await sync_vault(rt.provisioner, org, settings)
         for text in report.vault.corrected:
@@ -129,10 +150,6 @@ async def _reconcile(rt: Runtime, org: OrgView, live: Any, mode: str) -> Report:
                 report.notes.append(Note("Normal", "VaultProvisioned", text.replace("was missing", "created")))
     except MesialError as exc:
         report.failed("vault", exc)
-    report.status = build_status(org, old, report)
-    if not same_status(old, report.status):
-        await rt.k8s.patch(*ORG, org.name, {"status": report.status}, status=True)
-    return report
 
 
 def classify(hint: str, old: dict[str, Any], generation: int | None) -> str:

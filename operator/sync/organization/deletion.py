@@ -1,12 +1,17 @@
-"""Deleting an Organization: resumable steps, each recorded in ``status.deletion``.
+"""Deleting an Organization: resumable steps, each proven in the world, recorded in ``status.deletion``.
 
 Order: refuse while ScanJobs run (unless ``spec.deletion.force``, which stops them),
 delete the tenant's objects in the store (held ones too: the key is shredded next),
 crypto-shred the key, remove the Vault role and policy and the tenant's store identity,
-delete the namespace, write the deletion receipt to the audit sink. Each step is idempotent and marked done in the
-status as soon as it is, so an operator restarted midway resumes at the next step. A
-failing step (Vault or the store down) raises; the finalizer stays; the ``Deleting``
-condition says which step waits and why.
+delete the namespace, write the deletion receipt to the audit sink. ``status.deletion`` is a record for people, never a
+proof: every pass asks the world whether each step is done (Jobs still active in the
+tenant namespace, objects left under the tenant prefix, the key still in Vault, the
+namespace still there and the operator's) and redoes what is not, so a hand-written
+``keyShredded: true`` neither skips the shredding nor reaches the receipt. Only a
+namespace the operator created (``sync.tenancy``) is touched: someone else's namespace
+of that name keeps its ScanJobs and is never deleted. A failing step (Vault or the
+store down) raises; the finalizer stays; the ``Deleting`` condition says which step
+waits and why.
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ import re
 from typing import Any
 
 from mesial.common.audit import AuditEvent
-from mesial.common.errors import MesialError, StorageError
+from mesial.common.errors import KeyNotFound, MesialError, StorageError, VaultError
 from mesial.operator.errors import describe
 from mesial.operator.k8s import K8sError
 from mesial.operator.runtime import Runtime
 from mesial.operator.sync.conditions import condition, merge_conditions, now_iso
 from mesial.operator.sync.organization import ORG, Note
 from mesial.operator.sync.organization.model import OrgView
+from mesial.operator.sync.scanjob import job_name_for, owns_job
+from mesial.operator.sync.tenancy import owned_by
 
 SCANJOB = ("mesial.dev/v1alpha1", "ScanJob")
 # What the audit collector accepts as a detail's text (api/schemas.py DetailText).
@@ -57,9 +64,7 @@ async def _delete(rt: Runtime, org: OrgView, body: Any) -> list[Note]:
         patch = {"status": {"phase": "Terminating", "deletion": dict(progress), "conditions": conditions}}
         await rt.k8s.patch(*ORG, org.name, patch, status=True)
 
-    async def step(name: str, key: str, action: Any) -> Any:
-        if progress.get(key):
-            return None
+    async def step(name: str, action: Any) -> Any:
         try:
             result = await action()
         except (MesialError, K8sError) as exc:
@@ -71,11 +76,17 @@ async def _delete(rt: Runtime, org: OrgView, body: Any) -> list[Note]:
     if not progress.get("startedAt"):
         await record(None, "Started", "deletion started", startedAt=now_iso())
 
+    namespace = await rt.k8s.get("v1", "Namespace", org.namespace)
+    ours = owned_by(namespace, org.uid)
+
     async def stop_scanjobs() -> None:
+        if not ours:
+            await record(None, "InProgress", "no tenant namespace of the operator's: no ScanJobs to stop")
+            return
         scanjobs = await rt.k8s.list(*SCANJOB, namespace=org.namespace)
-        active = [sj for sj in scanjobs if (sj.get("status") or {}).get("phase") in ACTIVE_PHASES]
+        active = [sj["metadata"]["name"] for sj in scanjobs if await _running(rt, sj)]
         if active and not org.force_delete:
-            names = ", ".join(sorted(sj["metadata"]["name"] for sj in active)[:5])
+            names = ", ".join(sorted(active)[:5])
             raise DeletionBlocked(
                 f"{len(active)} ScanJob(s) still running ({names}); wait, or set spec.deletion.force=true"
             )
@@ -86,12 +97,20 @@ async def _delete(rt: Runtime, org: OrgView, body: Any) -> list[Note]:
     async def clear_store() -> None:
         report = await rt.store.delete_prefix(org.name, include_held=True)
         deleted = int(progress.get("objectsDeleted", 0)) + report.deleted  # a rerun after a crash adds up
+        progress["objectsDeleted"] = deleted
+        left = [meta.key async for meta in rt.store.list(org.name)]
+        if left:
+            raise StorageError(f"{len(left)} object(s) still under the tenant prefix after deleting it")
         await record(None, "InProgress", f"{deleted} object(s) deleted", storeCleared=True, objectsDeleted=deleted)
 
     async def shred_key() -> None:
-        receipt = await asyncio.to_thread(rt.provisioner.shred, org.name)
-        progress["keyVersionsDestroyed"] = receipt.versions_destroyed
-        await record(None, "InProgress", "key crypto-shredded", keyShredded=True, shredProof=receipt.proof)
+        if await asyncio.to_thread(_key_exists, rt, org.name):
+            receipt = await asyncio.to_thread(rt.provisioner.shred, org.name)
+            progress["keyVersionsDestroyed"] = receipt.versions_destroyed
+            progress["shredProof"] = receipt.proof
+            if await asyncio.to_thread(_key_exists, rt, org.name):
+                raise VaultError(f"key {org.key_name} is still in Vault after shredding it")
+        await record(None, "InProgress", "key crypto-shredded", keyShredded=True)
 
     async def revoke_vault() -> None:
         await asyncio.to_thread(rt.provisioner.revoke_access, org.name)
@@ -105,8 +124,14 @@ async def _delete(rt: Runtime, org: OrgView, body: Any) -> list[Note]:
         await record(None, "InProgress", "store identity removed", storeIdentityRemoved=True)
 
     async def delete_namespace() -> None:
-        await rt.k8s.delete("v1", "Namespace", org.namespace)
-        await record(None, "InProgress", "namespace deleted", namespaceDeleted=True)
+        if namespace is None:
+            await record(None, "InProgress", "namespace gone", namespaceDeleted=True)
+        elif ours:
+            await rt.k8s.delete("v1", "Namespace", org.namespace)
+            await record(None, "InProgress", "namespace deleted", namespaceDeleted=True)
+        else:
+            notes.append(Note("Warning", "NamespaceNotOwned", f"namespace {org.namespace} is not the operator's: left"))
+            await record(None, "InProgress", "namespace not the operator's: left untouched", namespaceLeft=True)
 
     async def write_receipt() -> None:
         await rt.audit.append(
@@ -119,24 +144,48 @@ async def _delete(rt: Runtime, org: OrgView, body: Any) -> list[Note]:
                 details={
                     "objects_deleted": int(progress.get("objectsDeleted", 0)),
                     "key": org.key_name,
-                    "key_shredded": bool(progress.get("keyShredded")),
+                    "key_shredded": not await asyncio.to_thread(_key_exists, rt, org.name),
                     "shred_proof": detail_text(progress.get("shredProof", "")),
                     "namespace": org.namespace,
                     "store_identity_removed": bool(progress.get("storeIdentityRemoved")),
+                    "namespace_deleted": bool(progress.get("namespaceDeleted")),
                     "started_at": str(progress.get("startedAt", "")),
                 },
             )
         )
         await record(True, "Done", "deletion receipt written; releasing the finalizer", receiptWritten=True)
 
-    await step("scanjobs", "scanJobsStopped", stop_scanjobs)
-    await step("store", "storeCleared", clear_store)
-    await step("shred", "keyShredded", shred_key)
-    await step("vault", "vaultCleared", revoke_vault)
-    await step("store identity", "storeIdentityRemoved", remove_store_identity)
-    await step("namespace", "namespaceDeleted", delete_namespace)
-    await step("receipt", "receiptWritten", write_receipt)
+    # every step checks the world and is idempotent: none is skipped on the word of the status
+    await step("scanjobs", stop_scanjobs)
+    await step("store", clear_store)
+    await step("shred", shred_key)
+    await step("vault", revoke_vault)
+    await step("store identity", remove_store_identity)
+    await step("namespace", delete_namespace)
+    if not progress.get("receiptWritten"):  # the receipt is written once (the audit chain is append-only)
+        await step("receipt", write_receipt)
     return notes
+
+
+def _key_exists(rt: Runtime, org: str) -> bool:
+    try:
+        rt.provisioner.keys.key_info(org)
+    except KeyNotFound:
+        return False
+    return True
+
+
+async def _running(rt: Runtime, scanjob: Any) -> bool:
+    """Whether a ScanJob still runs, judged from its Job (an active Job the operator made for it)
+    as well as its status: a hand-set terminal phase does not stop a running Job."""
+    if (scanjob.get("status") or {}).get("phase") in ACTIVE_PHASES:
+        return True
+    meta = scanjob["metadata"]
+    job = await rt.k8s.get("batch/v1", "Job", job_name_for(meta["name"]), meta["namespace"])
+    if job is None or not owns_job(scanjob, job):
+        return False
+    conditions = {c.get("type") for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"}
+    return not conditions & {"Complete", "Failed"}
 
 
 def detail_text(value: object) -> str:
