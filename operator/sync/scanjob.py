@@ -30,7 +30,7 @@ from mesial.operator.reporting import JOB_ID_RE
 from mesial.operator.runtime import Runtime
 from mesial.operator.sync.conditions import now_iso
 from mesial.operator.sync.organization.trust import job_trust
-from mesial.operator.sync.tenancy import NotATenantNamespace, tenant_namespace
+from mesial.operator.sync.tenancy import OWNER_ANNOTATION, NotATenantNamespace, tenant_namespace
 
 SCANJOB = ("mesial.dev/v1alpha1", "ScanJob")
 JOB = ("batch/v1", "Job")
@@ -418,6 +418,8 @@ async def stop(rt: Runtime, body: Any) -> None:
     ns = await rt.k8s.get("v1", "Namespace", meta["namespace"])
     if ns is None or ns["metadata"].get("deletionTimestamp"):
         return
+    if OWNER_ANNOTATION not in (ns["metadata"].get("annotations") or {}):
+        return  # not a namespace the operator created: it ran no Job there (and may not look)
     job = await rt.k8s.get(*JOB, job_name, meta["namespace"])
     if job is not None and owns_job(body, job):
         await rt.k8s.delete(*JOB, job_name, meta["namespace"], propagation="Foreground")
