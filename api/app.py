@@ -194,5 +194,8 @@ def create_app(
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )
+    # Starlette answers /v1/scans/ with a 307 to a URL built from the request's Host header:
+    # a client-controlled redirect target. Paths are exact instead (404).
+    app.router.redirect_slashes = False
     app.state.runtime = runtime
     return app

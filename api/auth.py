@@ -21,11 +21,13 @@ import json
 import re
 import secrets
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import jwt
+from starlette.datastructures import Headers
 
 from mesial.api.errors import Unauthenticated
 from mesial.api.models import ApiKey, Member, Organization
@@ -66,9 +68,15 @@ async def new_member(org_id: str | None, role: Role, subject: str | None = None)
     )
 
 
-def credential_of(headers: dict[str, str]) -> str | None:
-    value = headers.get("authorization", "")
-    scheme, _, token = value.partition(" ")
+def credential_of(headers: Mapping[str, str]) -> str | None:
+    """The bearer token of a request's headers (Starlette's ``Headers``: every value of a repeated name).
+
+    More than one ``Authorization`` header is refused: proxies and frameworks disagree on which
+    one counts, so a bad credential beside a good one must not pass as either."""
+    values = headers.getlist("authorization") if isinstance(headers, Headers) else [headers.get("authorization", "")]
+    if len(values) > 1:
+        raise Unauthenticated("more than one Authorization header")
+    scheme, _, token = (values[0] if values else "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
@@ -138,7 +146,8 @@ class OidcVerifier:
     def __init__(self, settings: ApiSettings) -> None:
         self.settings = settings
         self._keys: dict[str, Any] = {}
-        self._fetched = 0.0
+        self._fetched = 0.0  # when the keys were last loaded
+        self._attempted = float("-inf")  # when a load was last tried (it may have failed)
         self._lock = asyncio.Lock()
 
     @property
@@ -158,14 +167,22 @@ class OidcVerifier:
         return keys
 
     async def _key(self, kid: str) -> Any:
+        """The JWKS key ``kid``: keys are reloaded when stale or when a kid is unknown, but not more
+        often than ``oidc_jwks_min_refetch_s`` (unknown kids are cached as unknown until then)."""
         async with self._lock:
-            stale = time.monotonic() - self._fetched > self.settings.oidc_jwks_ttl_s
-            if stale or kid not in self._keys:
+            now = time.monotonic()
+            stale = now - self._fetched > self.settings.oidc_jwks_ttl_s
+            due = now - self._attempted >= self.settings.oidc_jwks_min_refetch_s
+            if (stale or kid not in self._keys) and due:
+                self._attempted = now
                 try:
                     self._keys = await asyncio.to_thread(self._load_jwks)
+                    self._fetched = now
                 except Exception as exc:
-                    raise Unauthenticated("identity provider keys unavailable") from exc
-                self._fetched = time.monotonic()
+                    if stale:
+                        raise Unauthenticated("identity provider keys unavailable") from exc
+            elif stale:
+                raise Unauthenticated("identity provider keys unavailable")
         if kid not in self._keys:
             raise Unauthenticated("invalid credential")
         return self._keys[kid]

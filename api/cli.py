@@ -58,19 +58,17 @@ def api() -> None:
 @click.option("--host", default=None, help="Address to bind (default: settings api.host).")
 @click.option("--port", default=None, type=int, help="Port (default: settings api.port).")
 def serve(host: str | None, port: int | None) -> None:
-    """Run the API with uvicorn."""
+    """Run the API with uvicorn (h11; its own 400s carry the security headers too)."""
     import uvicorn
 
     from mesial.api.app import create_app
     from mesial.api.logs import configure
+    from mesial.api.server import server_config
 
     settings = get_settings()
     configure(settings.log_level)
     app = create_app(settings)
-    uvicorn.run(
-        app, host=host or settings.api.host, port=port or settings.api.port, log_config=None,
-        access_log=False, proxy_headers=False, server_header=False,
-    )  # fmt: skip
+    uvicorn.Server(server_config(app, host or settings.api.host, port or settings.api.port)).run()
 
 
 @api.command()

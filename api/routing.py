@@ -85,17 +85,19 @@ def _errors(exc: ValidationError, where: str) -> list[dict[str, Any]]:
 
 
 async def _principal(request: Request, runtime: Runtime) -> Principal:
+    """The caller, from its credential. Failures spend the address's failure budget; once it is
+    spent they are 429, but a valid credential from that address is still accepted: 30 bad
+    requests from one NAT or untrusted proxy must not lock out a whole clinic."""
     ip = request.state.client_ip
-    wait = runtime.auth_failures.exhausted(ip)
-    if wait:
-        raise RateLimited(wait)
-    token = credential_of({k.lower(): v for k, v in request.headers.items()})
     try:
+        token = credential_of(request.headers)
         if token is None:
             raise Unauthenticated("credential required")
         return await authenticate(token, runtime.oidc)
     except Unauthenticated:
-        runtime.auth_failures.retry_after(ip)
+        wait = runtime.auth_failures.retry_after(ip)
+        if wait:
+            raise RateLimited(wait) from None
         raise
 
 

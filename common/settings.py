@@ -328,6 +328,9 @@ class ApiSettings(BaseModel):
     oidc_role_claim: str = "mesial_role"
     # Seconds a fetched JWKS is reused before it is fetched again.
     oidc_jwks_ttl_s: float = Field(300.0, gt=0)
+    # Seconds between JWKS fetches at most: a token with an unknown key id (a new IdP key, or a
+    # forged one) triggers one fetch, not one per token, and an IdP that is down is not hammered.
+    oidc_jwks_min_refetch_s: float = Field(30.0, ge=0)
 
 
 class Settings(BaseSettings):

@@ -11,6 +11,7 @@ from mesial.api.models import Job, Organization
 from mesial.api.routes._util import ok, route
 from mesial.api.routing import Call, Spec
 from mesial.api.services.jobs import JobState, job_spec, job_view
+from mesial.api.services.scope import OPAQUE_ID_RE
 from mesial.api.types import Role, utcnow
 from mesial.common.contract import sanitize_text
 
@@ -29,7 +30,10 @@ SERVICE = frozenset({Role.service})
 )
 async def report_job(call: Call) -> Response:
     me, rt = call.me, call.runtime
-    query = Job.filter(id=call.param("job_id"))
+    job_id = call.param("job_id")
+    if not OPAQUE_ID_RE.fullmatch(job_id):  # a 41-character id or a NUL never reaches the database
+        raise NotFound("job not found")
+    query = Job.filter(id=job_id)
     job = await (query.filter(org_id=me.org_id) if me.org_id else query).first()
     org = await Organization.get_or_none(id=job.org_id) if job else None
     # the operator's key is platform-wide: the tenant it saw the job run for must be the job's own

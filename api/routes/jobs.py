@@ -127,7 +127,7 @@ async def _stream(store: ObjectStore, org: str, job_id: str, name: str) -> Async
 )
 async def download(call: Call) -> Response:
     rt = call.runtime
-    presented = credential_of({k.lower(): v for k, v in call.request.headers.items()})
+    presented = credential_of(call.request.headers)
     opened = await downloads.open_link(rt.links, rt.oidc, call.param("token"), presented, call.mark)
     artifact = opened.artifact
     store = rt.need_store()
