@@ -33,6 +33,7 @@ from mesial.api.errors import Unauthenticated
 from mesial.api.models import ApiKey, Member, Organization
 from mesial.api.types import Principal, Role, new_id, utcnow
 from mesial.common.settings import ApiSettings
+from mesial.common.tenancy import ORG_NAME_RE
 
 KEY_RE = re.compile(r"^mesial_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 JWT_ALGORITHMS = ["RS256", "ES256", "EdDSA"]
@@ -212,10 +213,15 @@ class OidcVerifier:
             raise Unauthenticated("token carries no valid role") from None
         if role in (Role.platform_admin, Role.service):
             raise Unauthenticated("token role not accepted over OIDC")
-        org = await Organization.get_or_none(name=str(org_name)) if isinstance(org_name, str) else None
+        # Claims are client text: only an organization name's shape and a printable subject reach the database.
+        known = isinstance(org_name, str) and ORG_NAME_RE.fullmatch(org_name) is not None
+        org = await Organization.get_or_none(name=org_name) if known else None
         if org is None:
             raise Unauthenticated("token names no known organization")
-        subject = f"oidc:{claims['sub']}"[:255]
+        sub = claims["sub"]
+        if not isinstance(sub, str) or not sub or len(sub) > 240 or not sub.isprintable():
+            raise Unauthenticated("token subject is not usable")
+        subject = f"oidc:{sub}"
         member = await Member.get_or_none(org_id=org.id, subject=subject)
         if member is None:
             member = await Member.create(
