@@ -418,8 +418,10 @@ class MeshStream:
     max_triangles : int
         Largest accepted triangle count (checked from headers where the format has one).
     keep : bool
-        Keep the vertices and faces (the aligner) or only check them (an upload: the
-        memory held is then bounded by the vertex list of an indexed format).
+        Keep the vertices and faces (the aligner) or only check them (an upload). Not
+        kept, a binary or ASCII STL holds nothing but the current piece and a sample of
+        points; a PLY or OBJ holds its vertex list and its faces as 32-bit indices until
+        the end (about the size of the file at most).
     unit : str, optional
         The file's unit when not millimetres (for the size check).
     role : str
@@ -862,7 +864,7 @@ class _Obj(_Lines):
     def _faces(self, faces: IntArray) -> None:
         self.triangles += len(faces)
         self.too_many(self.triangles, "the file holds more than")
-        self.face_parts.append(faces)
+        self.face_parts.append(faces if self.owner.keep else faces.astype(np.int32))
 
     def _flush(self) -> None:
         if self.slow_vertices:
@@ -965,6 +967,7 @@ class _Ply(_Parser):
         self.face_parts: list[IntArray] = []
         self.vertices: FloatArray = np.zeros((0, 3))
         self.filled = 0
+        self.face_total = 0
 
     # header
     def _header(self) -> bool:
@@ -1196,8 +1199,9 @@ class _Ply(_Parser):
                 f"{where}: a face refers to vertex {int(faces[k][bad[k]][0])}, "
                 f"the file has {self.vertex_count:,} vertices (0 to {self.vertex_count - 1:,})"
             )
-        self.face_parts.append(faces)
-        self.too_many(sum(len(f) for f in self.face_parts), "the file holds more than")
+        self.face_parts.append(faces if self.owner.keep else faces.astype(np.int32))
+        self.face_total += len(faces)
+        self.too_many(self.face_total, "the file holds more than")
 
     def finish(self) -> MeshData:
         if self.elements is None:

@@ -88,3 +88,56 @@ def _streamed_arch(data: bytes, piece: int):
     for start in range(0, len(data), piece):
         stream.feed(data[start : start + piece])
     return stream.finish()
+
+
+def _ply(header_lines: list[str], body: bytes, fmt: str = "binary_little_endian") -> bytes:
+    return ("\n".join(["ply", f"format {fmt} 1.0", *header_lines, "end_header"]) + "\n").encode() + body
+
+
+def test_ply_layouts_other_exporters_write():
+    vertices, faces = grid(10.0, 1.0)
+    expected = read_mesh_bytes(obj(vertices, faces), max_triangles=MAX_TRIANGLES)
+    xyz = ["property float x", "property float y", "property float z"]
+    # big-endian, double coordinates, a colour per face after the list, unsigned short indices
+    table = np.zeros(len(faces), dtype=[("n", "u1"), ("i", ">u2", (3,)), ("red", "u1")])
+    table["n"], table["i"], table["red"] = 3, faces, 200
+    big = _ply(
+        [f"element vertex {len(vertices)}", "property double x", "property double y", "property double z",
+         f"element face {len(faces)}", "property list uchar ushort vertex_indices", "property uchar red"],
+        vertices.astype(">f8").tobytes() + table.tobytes(), "binary_big_endian",
+    )  # fmt: skip
+    # the face element first, and an extra element without lists
+    extra = np.zeros(2, dtype=[("a", "<f4")])
+    table = np.zeros(len(faces), dtype=[("n", "u1"), ("i", "<i4", (3,))])
+    table["n"], table["i"] = 3, faces
+    first = _ply(
+        [f"element face {len(faces)}", "property list uchar int vertex_index", "element camera 2", "property float a",
+         f"element vertex {len(vertices)}", *xyz],
+        table.tobytes() + extra.tobytes() + vertices.astype("<f4").tobytes(),
+    )  # fmt: skip
+    for data in (big, first):
+        for piece in (11, 1 << 20):
+            stream = MeshStream(max_triangles=MAX_TRIANGLES)
+            for start in range(0, len(data), piece):
+                stream.feed(data[start : start + piece])
+            mesh = stream.finish()
+            assert np.array_equal(mesh.faces, expected.faces) and np.allclose(mesh.vertices, expected.vertices)
+    # an ASCII PLY with a quad: fanned
+    quad = _ply(["element vertex 4", *xyz, "element face 1", "property list uchar int vertex_indices"],
+                b"0 0 0\n10 0 0\n10 10 0\n0 10 0\n4 0 1 2 3\n", "ascii")  # fmt: skip
+    assert read_mesh_bytes(quad, max_triangles=10).faces.tolist() == [[0, 1, 2], [0, 2, 3]]
+
+
+def test_text_formats_other_exporters_write():
+    lines = [
+        "solid first", "facet normal 0 0 1", "outer loop", "vertex 0 0 0", "vertex 10 0 0", "vertex 0 10 0",
+        "endloop", "endfacet", "endsolid first", "solid second", "  facet   normal 0 0 1  ", "outer   loop",
+        "vertex 10 0 0", "vertex 10 10 0", "vertex 0 10 0", "endloop", "endfacet", "endsolid second", "",
+    ]  # fmt: skip
+    two_solids = read_mesh_bytes("\r\n".join(lines).encode(), max_triangles=10)
+    assert (two_solids.file_format, two_solids.triangle_count, two_solids.vertex_count) == ("stl-ascii", 2, 4)
+    with pytest.raises(ScanInputError, match=r"line 20: expected 'solid' or the end of the file"):
+        read_mesh_bytes(("\n".join(lines) + "\ngarbage\n").encode(), max_triangles=10)
+    text = b"v 0 0 0 1\nv 10 0 0 0.5 0.5 0.5\nv 10 10 0\nvt 0 0\nvn 0 0 1\nl 1 2\nf 1/1/1 2/1/1 3/1/1\n"
+    mesh = read_mesh_bytes(text, max_triangles=10)
+    assert mesh.faces.tolist() == [[0, 1, 2]] and mesh.vertices[1].tolist() == [10.0, 0.0, 0.0]
