@@ -40,6 +40,12 @@ def test_align_generated_case_exit_code_matches_status(tmp_path):
     assert {"ok": 0, "not_confident": 3}[document["status"]] == result.exit_code
     assert document["frame"] == "bite"
     assert len(document["inputs"]["upper"]["sha256"]) == 64
+    # the verdict first: printed as written, and written before every picture
+    assert json.loads(result.stdout) == document
+    if document["status"] == "ok":
+        written = (tmp_path / "o" / "result.json").stat().st_mtime_ns
+        artifacts = [tmp_path / "o" / name for name in document["artifacts"] if name != "result.json"]
+        assert len(artifacts) == 5 and all(written <= path.stat().st_mtime_ns for path in artifacts)
 
 
 def test_report_names_the_contact_threshold() -> None:
