@@ -141,6 +141,26 @@ class OperatorSettings(BaseModel):
         pod_selector={"app.kubernetes.io/component": "api"},
         ports=[8080],
     )
+    # The cluster's own ranges (pod and service CIDRs, node network): an Organization's
+    # spec.egress.extra may not reach into them, nor cover them (nor 169.254.0.0/16, 127.0.0.0/8
+    # or 0.0.0.0/8, always refused), unless the destination lies inside egress_extra_allowed.
+    cluster_cidrs: list[str] = Field(default_factory=list)
+    # Destinations the platform explicitly allows in spec.egress.extra although they overlap a
+    # refused range (e.g. a database inside the cluster network).
+    egress_extra_allowed: list[str] = Field(default_factory=list)
+
+    @field_validator("cluster_cidrs", "egress_extra_allowed")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.IPv4Network(item, strict=True)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not an IPv4 CIDR: {exc}") from None
+        return value
+
     # Tier table: quota, LimitRange and Job resources per Organization tier.
     tiers: dict[str, OperatorSettings.Tier] = Field(
         default_factory=lambda: {

@@ -14,6 +14,8 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "mesial-operator"}
 
 @dataclass(frozen=True)
 class ExtraEgress:
+    """One checked ``spec.egress.extra`` destination (``networkpolicies.extra_egress``)."""
+
     cidr: str
     ports: tuple[int, ...]
 
@@ -24,7 +26,7 @@ class OrgView:
     namespace: str
     key_name: str
     tier: str
-    extra_egress: tuple[ExtraEgress, ...]
+    extra_egress: tuple[Any, ...]  # spec.egress.extra as written: checked by the network step
     rotation_period: str
     force_delete: bool
     generation: int | None
@@ -36,17 +38,14 @@ class OrgView:
         name = validate_org_name(body["metadata"]["name"])
         spec = body.get("spec") or {}
         tier = spec.get("tier", "small")
-        extra = []
-        for item in (spec.get("egress") or {}).get("extra") or []:
-            ports = tuple(int(p) for p in item.get("ports", []) if 0 < int(p) < 65536)
-            extra.append(ExtraEgress(str(item["cidr"]), ports))
+        extra = (spec.get("egress") or {}).get("extra") or []
         deletion = spec.get("deletion") or {}
         return cls(
             name=name,
             namespace=namespace_for(name),
             key_name=transit_key_for(name),
             tier=str(tier),
-            extra_egress=tuple(extra),
+            extra_egress=tuple(extra) if isinstance(extra, list) else (extra,),
             rotation_period=str(spec.get("keyRotationPeriod", "720h")),
             force_delete=bool(deletion.get("force", False)),
             generation=body["metadata"].get("generation"),
