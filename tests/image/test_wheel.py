@@ -110,5 +110,9 @@ def test_the_installed_wheel_renders_its_templates(unpacked_wheel: Path) -> None
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
     assert 'path "kms/decrypt/org-acme"' in out["policy"]
-    assert sorted(out["networkpolicies"]) == ["mesial-allow-egress", "mesial-allow-egress-aligner", "mesial-default-deny"]
+    assert sorted(out["networkpolicies"]) == [
+        "mesial-allow-egress",
+        "mesial-allow-egress-aligner",
+        "mesial-default-deny",
+    ]
     assert out["crds"] == ["organization.yaml", "retentionpolicy.yaml", "scanjob.yaml"]
