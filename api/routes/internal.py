@@ -10,6 +10,7 @@ from mesial.api.executor import JobResults
 from mesial.api.models import Job, Organization
 from mesial.api.routes._util import ok, route
 from mesial.api.routing import Call, Spec
+from mesial.api.services.ingest import check_job_reporter
 from mesial.api.services.jobs import JobState, job_spec, job_view
 from mesial.api.services.scope import OPAQUE_ID_RE
 from mesial.api.types import Role, utcnow
@@ -30,6 +31,7 @@ SERVICE = frozenset({Role.service})
 )
 async def report_job(call: Call) -> Response:
     me, rt = call.me, call.runtime
+    check_job_reporter(me)
     job_id = call.param("job_id")
     if not OPAQUE_ID_RE.fullmatch(job_id):  # a 41-character id or a NUL never reaches the database
         raise NotFound("job not found")

@@ -9,6 +9,8 @@ agrees with what the event says:
   ``organization.deleted`` receipts for an organization whose Vault key is gone;
 - ``job`` (a key bound to one organization): ``job.progress`` for a job of that tenant.
 
+Job state reports (``POST /internal/v1/jobs/{id}/status``) are the operator's alone.
+
 Everything the API itself records (``scan.deleted``, ``key.issued``, downloads, ...) is
 never accepted from a service: a receipt that claims the deletion of a live scan is
 refused. A new action a service sends needs its line in :data:`SERVICES`.
@@ -37,6 +39,8 @@ class ServiceGrant:
 
     bound: bool
     actions: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # reports job states (POST /internal/v1/jobs/{id}/status, audited as job.started/succeeded/failed)
+    reports_jobs: bool = False
 
 
 SERVICES: dict[str, ServiceGrant] = {
@@ -46,6 +50,7 @@ SERVICES: dict[str, ServiceGrant] = {
             "retention.deleted": frozenset({"scan", "job", "object"}),
             "organization.deleted": frozenset({"organization"}),
         },
+        reports_jobs=True,
     ),
     "job": ServiceGrant(bound=True, actions={"job.progress": frozenset({"job"})}),
 }
@@ -53,6 +58,13 @@ SERVICES: dict[str, ServiceGrant] = {
 
 def service_name(principal: Principal) -> str:
     return principal.actor.removeprefix("service:")
+
+
+def check_job_reporter(principal: Principal) -> None:
+    """Only the operator reports job states: a job's own key cannot conclude its job."""
+    grant = SERVICES.get(service_name(principal))
+    if grant is None or not grant.reports_jobs or grant.bound != (principal.org_id is not None):
+        raise Forbidden("this service does not report job states")
 
 
 def grant_for(name: str, bound: bool) -> ServiceGrant:

@@ -11,6 +11,7 @@ from typing import Any
 from tortoise.expressions import Q
 
 from mesial.api.errors import ValidationFailed
+from mesial.api.services.scope import OPAQUE_ID_RE
 from mesial.api.types import iso
 
 
@@ -19,11 +20,17 @@ def encode_cursor(created_at: datetime, row_id: str) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """A cursor's (time, id); anything this API did not write (a NUL, a long id, a naive time) is 422.
+
+    The cursor is client text: it must not reach the database in a shape its columns refuse."""
     try:
         created, row_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return datetime.fromisoformat(str(created).replace("Z", "+00:00")), str(row_id)
+        when = datetime.fromisoformat(str(created).replace("Z", "+00:00"))
     except (ValueError, TypeError, binascii.Error):
         raise ValidationFailed("invalid cursor") from None
+    if when.tzinfo is None or not isinstance(row_id, str) or not OPAQUE_ID_RE.fullmatch(row_id):
+        raise ValidationFailed("invalid cursor")
+    return when, row_id
 
 
 async def page(query: Any, limit: int, cursor: str | None) -> tuple[list[Any], str | None]:

@@ -423,3 +423,19 @@ async def test_a_service_writes_only_its_own_actions_about_what_exists(api: Harn
     receipt = {**scan_event, "action": "retention.deleted", "resource_id": gone}
     assert (await api.client.post(url, json=receipt, headers=bearer(operator_key))).status_code == 201
     assert other not in json.dumps(events(await export(api, admin)))
+
+
+async def test_only_the_operator_reports_job_states(api: Harness) -> None:
+    """A job's own bound key cannot conclude its job: the state reports (and their job.succeeded
+    events) are the operator's action."""
+    from tests.api.test_jobs import start_job
+
+    org, admin = await api.new_org()
+    job = await start_job(api, admin)
+    with db_context(api.app):
+        _, job_key = await orgs.issue_service_key("job", (await orgs.org_by_name(org)).id)
+    report = {"state": "failed", "tenant": org, "message": "forged"}
+    response = await api.client.post(f"/internal/v1/jobs/{job['id']}/status", json=report, headers=bearer(job_key))
+    assert response.status_code == 403, response.text
+    found = events(await export(api, admin))
+    assert not [e for e in found if e["action"] == "job.failed" and e["actor"] == "service:job"]

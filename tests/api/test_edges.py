@@ -190,3 +190,28 @@ async def test_oidc_claims_that_no_row_can_hold_are_401(api: Harness, tmp_path: 
         assert response.status_code in (200, 401), (claims, response.status_code, response.text)
         if "\x00" in json.dumps(claims, ensure_ascii=False) or len(str(claims.get("mesial_org", ""))) > 64:
             assert response.status_code == 401
+
+
+def _cursor(value: Any) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    ("cursor", "refused"),
+    [
+        (_cursor(["2026-01-01T00:00:00Z", "scn_\u0000"]), True),
+        (_cursor(["2026-01-01T00:00:00Z", "x" * 41]), True),
+        (_cursor(["2026-01-01T00:00:00", "scn_" + "0" * 24]), True),  # no time zone
+        (_cursor({"a": 1}), True),
+        (_cursor([1e308, 2]), True),
+        ("%00", True),
+        (_cursor(["9999-12-31T23:59:59+14:00", "scn_" + "0" * 24]), False),  # odd but well-formed
+    ],
+)
+async def test_crafted_cursors_are_422(api: Harness, cursor: str, refused: bool) -> None:
+    _org, admin = await api.new_org()
+    for path in ("/v1/scans", "/v1/jobs"):
+        response = await api.client.get(f"{path}?cursor={cursor}", headers=bearer(admin))
+        assert response.status_code == (422 if refused else 200), (path, cursor, response.status_code, response.text)

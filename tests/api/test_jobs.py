@@ -234,7 +234,7 @@ async def test_operator_reports_a_cluster_job_through_the_internal_endpoint(api:
     store = api.runtime.store
     await write_progress(store, org, job.id, JobProgress(stage="global", percent=40, metrics={"rmse_mm": 0.3}))
     report = {"state": "running", "tenant": org}
-    assert (await api.client.post(url, json=report, headers=bearer(foreign))).status_code == 404
+    assert (await api.client.post(url, json=report, headers=bearer(foreign))).status_code == 403  # not a reporter
     assert (await api.client.post(url, json=report, headers=bearer(admin))).status_code == 403
     # the platform-wide operator key cannot conclude a job in the name of another tenant
     elsewhere = await api.client.post(url, json={**report, "tenant": _other}, headers=bearer(operator))
