@@ -141,3 +141,19 @@ def test_text_formats_other_exporters_write():
     text = b"v 0 0 0 1\nv 10 0 0 0.5 0.5 0.5\nv 10 10 0\nvt 0 0\nvn 0 0 1\nl 1 2\nf 1/1/1 2/1/1 3/1/1\n"
     mesh = read_mesh_bytes(text, max_triangles=10)
     assert mesh.faces.tolist() == [[0, 1, 2]] and mesh.vertices[1].tolist() == [10.0, 0.0, 0.0]
+
+
+def test_ascii_stl_in_capitals_and_odd_spacing_reads_like_the_usual_one():
+    vertices, faces = grid(10.0, 2.0)
+    usual = read_mesh_bytes(text_stl(vertices, faces), max_triangles=MAX_TRIANGLES)
+    shouting = text_stl(vertices, faces).upper().replace(b"VERTEX", b"\tVERTEX  ")
+    valid = read_mesh_bytes(shouting, max_triangles=MAX_TRIANGLES)
+    assert np.array_equal(valid.faces, usual.faces) and np.array_equal(valid.vertices, usual.vertices)
+    exponents = text_stl(vertices * 1.0, faces).replace(b"vertex 2 ", b"vertex 2.0e+00 ")
+    assert np.array_equal(read_mesh_bytes(exponents, max_triangles=MAX_TRIANGLES).vertices, usual.vertices)
+
+
+def text_stl(vertices, faces) -> bytes:
+    from tests.hostile_meshes import stl_ascii_lines, text
+
+    return text(stl_ascii_lines(vertices, faces))
