@@ -210,6 +210,15 @@ def test_the_operator_provisions_corrects_revokes_and_shreds_and_the_aligner_unw
         aligner.data_key(other)
     with pytest.raises(KeyAccessDenied):
         aligner.unwrap(other, api.data_key(other).wrapped)
+    # Nothing but those two calls on its own key either.
+    for call in (
+        lambda: aligner.rewrap(org, sealed_by_api.wrapped),
+        lambda: aligner.key_info(org),
+        lambda: aligner.client.secrets.transit.encrypt_data(f"org-{org}", "eA==", mount_point=aligner.mount),
+        lambda: aligner.client.secrets.transit.delete_key(f"org-{org}", mount_point=aligner.mount),
+        aligner.ensure_signing_key,
+    ):
+        assert denied(call)
 
     # Deletion: role and policy removed, then the key shredded with proof.
     provisioner.revoke_access(org)
