@@ -17,17 +17,21 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 _core: Any = None
+_loading = threading.Lock()  # two threads must not load the extension twice
 
 
 def open3d() -> Any:
     """Open3D's compiled core (``open3d.pybind``), or the full package when that cannot be loaded alone."""
     global _core
     if _core is None:
-        _core = sys.modules.get("open3d.pybind") or _load_core() or importlib.import_module("open3d")
+        with _loading:
+            if _core is None:
+                _core = sys.modules.get("open3d.pybind") or _load_core() or importlib.import_module("open3d")
     return _core
 
 
