@@ -80,7 +80,10 @@ async def _run(settings: object, standalone: bool, liveness: str) -> None:
             registry=build_registry(settings),
             clusterwide=True,
             standalone=standalone,
-            peering_name=settings.operator.peering_name,
+            # kopf makes peering mandatory when given a peering name, and with standalone (no
+            # peering resources watched) then pauses every watch-stream for good ("peering CRD is
+            # missing"): the name only goes with peering.
+            peering_name=None if standalone else settings.operator.peering_name,
             liveness_endpoint=liveness or None,
             memo=kopf.Memo(runtime=runtime),
         )
