@@ -168,7 +168,9 @@ def build_job(body: Any, spec: JobSpec, limits: RunLimits, settings: Settings, t
             for var, key in (("ACCESS_KEY", "access-key"), ("SECRET_KEY", "secret-key"))
         ),
         {"name": "MESIAL_DATA_DIR", "value": "/scratch"},
-        {"name": "TMPDIR", "value": "/scratch/tmp"},
+        # The scratch volume itself: nothing creates a subdirectory first, and the root filesystem
+        # (/tmp included) is read-only, so Python found no temporary directory at all.
+        {"name": "TMPDIR", "value": "/scratch"},
     ]
     # private CAs and registry credentials, copied into the tenant namespace by the operator
     trust = job_trust(settings)
