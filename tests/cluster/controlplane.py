@@ -95,6 +95,22 @@ def write_kubeconfig(
     return path
 
 
+def free_service_ip() -> str:
+    """An address of 127.0.0.0/8 whose port 443 is free: the `kubernetes` Service of this cluster."""
+    import random
+    import socket
+
+    for _ in range(50):
+        ip = f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
+        with socket.socket() as probe:
+            try:
+                probe.bind((ip, 443))
+            except OSError:
+                continue
+        return ip
+    raise ControlPlaneError("no free address in 127.0.0.0/8 with port 443 free (the node agent runs as root)")
+
+
 # -- the processes ------------------------------------------------------------------------------
 
 
@@ -272,9 +288,12 @@ class Scheduler(_Client):
 class NodeAgent(_Client):
     name = "node-agent"
 
-    def __init__(self, base_dir: Path, *, kubeconfig: Path, api_port: int, tied_to_parent: bool) -> None:
+    def __init__(
+        self, base_dir: Path, *, kubeconfig: Path, api_port: int, service_ip: str, tied_to_parent: bool
+    ) -> None:
         super().__init__(base_dir, Path(sys.executable), kubeconfig=kubeconfig, tied_to_parent=tied_to_parent)
         self.api_port = api_port
+        self.service_ip = service_ip
 
     def command(self) -> list[str]:
         return [
@@ -286,6 +305,8 @@ class NodeAgent(_Client):
             f"--node={NODE}",
             f"--pods-dir={self.data_dir}",
             f"--api-port={self.api_port}",
+            f"--service-ip={self.service_ip}",
+            f"--service-ip={self.service_ip}",
         ]
 
 
@@ -335,6 +356,7 @@ class ControlPlane:
 
     def _start(self, node_agent: bool) -> ClusterInfo:
         pki = Pki(self.base / "pki")
+        service_ip = free_service_ip()
         pairs = {
             "ca": pki.ca,
             "sa": pki.service_account_keys(),
@@ -342,7 +364,7 @@ class ControlPlane:
                 "apiserver",
                 "kube-apiserver",
                 dns=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", ISSUER[8:]),
-                ips=(LOOPBACK, "10.96.0.1"),
+                ips=(LOOPBACK, service_ip, "10.96.0.1"),
                 server=True,
             ),
         }
@@ -369,7 +391,11 @@ class ControlPlane:
         self._run(Scheduler(self.base, self.bins["kube-scheduler"], kubeconfig=sched, tied_to_parent=self.tied))
         pods_dir = self.base / "node-agent"
         if node_agent:
-            self._run(NodeAgent(self.base, kubeconfig=node, api_port=api.port, tied_to_parent=self.tied))
+            self._run(
+                NodeAgent(
+                    self.base, kubeconfig=node, api_port=api.port, service_ip=service_ip, tied_to_parent=self.tied
+                )
+            )
         self.info = ClusterInfo(
             server=api.url,
             api_port=api.port,

@@ -6,8 +6,9 @@ gives none: ``--entrypoint``, by default ``mesial``, found on this checkout's vi
 as a process of the host, with
 
 - the pod's environment (``env`` with values, ``secretKeyRef``, ``configMapKeyRef``,
-  ``fieldRef``; ``envFrom``; ``$(VAR)`` expansion; ``KUBERNETES_SERVICE_HOST/PORT`` pointing at
-  the loopback API server),
+  ``fieldRef``; ``envFrom``; ``$(VAR)`` expansion; ``KUBERNETES_SERVICE_HOST/PORT``),
+- the ``kubernetes`` Service: ``kubernetes.default.svc:443`` (the pod's /etc/hosts) reaches the API
+  server through the agent's proxy on an address of 127.0.0.0/8 of the cluster's own,
 - its volumes at their mount paths, in a private mount namespace of the container (``unshare``
   and bind mounts): ``emptyDir``, ``secret``, ``configMap``, ``projected`` (ServiceAccount
   tokens from TokenRequest bound to the pod, with their audience and expiry; ConfigMaps,
@@ -336,9 +337,9 @@ class PodRunner(threading.Thread):
             "PATH": self.agent.path,
             "HOSTNAME": self.pod_name,
             "HOME": "/",
-            "KUBERNETES_SERVICE_HOST": "127.0.0.1",
-            "KUBERNETES_SERVICE_PORT": str(self.agent.api_port),
-            "KUBERNETES_SERVICE_PORT_HTTPS": str(self.agent.api_port),
+            "KUBERNETES_SERVICE_HOST": self.agent.service_ip,
+            "KUBERNETES_SERVICE_PORT": "443",
+            "KUBERNETES_SERVICE_PORT_HTTPS": "443",
         }
         for source in spec.get("envFrom") or []:
             prefix = source.get("prefix", "")
@@ -389,16 +390,49 @@ class PodRunner(threading.Thread):
             lines.append(f"mount --bind {shlex.quote(str(src))} {target}")
             if mount.get("readOnly"):
                 lines.append(f"mount -o remount,bind,ro {target}")
+        uid, gid, fs_group = self._ids(spec)
+        lines += self._identity(uid, gid)
+        hosts = self.dir / "hosts"
+        if not hosts.exists():
+            names = "kubernetes kubernetes.default kubernetes.default.svc kubernetes.default.svc.cluster.local"
+            hosts.write_text(f"127.0.0.1\tlocalhost\n{self.agent.service_ip}\t{names}\n127.0.0.1\t{self.pod_name}\n")
+            hosts.chmod(0o644)
+        lines.append(f"mount --bind {shlex.quote(str(hosts))} /etc/hosts")
         sc = spec.get("securityContext") or {}
         if sc.get("readOnlyRootFilesystem"):
             lines.append("mount -o remount,bind,ro /")
         workdir = spec.get("workingDir") or "/"
         lines.append(f"cd {shlex.quote(workdir)}")
-        uid, gid, fs_group = self._ids(spec)
         groups = f"--groups={fs_group}" if fs_group is not None else "--clear-groups"
         setpriv = f"setpriv --reuid={uid} --regid={gid} {groups} --no-new-privs --"
         lines.append(f"exec {setpriv} {shlex.join(argv)}")
         return "\n".join(lines)
+
+    def _identity(self, uid: int, gid: int) -> list[str]:
+        """The image names its user (Mesial's: ``mesial``, 10001, in /etc/passwd; some programs, kopf
+        among them, look the user up): a user the host lacks gets an entry in a copy of the host's
+        /etc/passwd and /etc/group, bind-mounted over them in the container's namespace only."""
+        import grp
+        import pwd
+
+        lines: list[str] = []
+        try:
+            pwd.getpwuid(uid)
+        except KeyError:
+            passwd = self.dir / "passwd"
+            passwd.write_text(
+                Path("/etc/passwd").read_text() + f"pod{uid}:x:{uid}:{gid}::/nonexistent:/usr/sbin/nologin\n"
+            )
+            passwd.chmod(0o644)
+            lines.append(f"mount --bind {shlex.quote(str(passwd))} /etc/passwd")
+        try:
+            grp.getgrgid(gid)
+        except KeyError:
+            group = self.dir / "group"
+            group.write_text(Path("/etc/group").read_text() + f"pod{gid}:x:{gid}:\n")
+            group.chmod(0o644)
+            lines.append(f"mount --bind {shlex.quote(str(group))} /etc/group")
+        return lines
 
     def start_container(self, container: Container, volumes: dict[str, Path]) -> None:
         env = self.environment(container.spec)
@@ -523,12 +557,62 @@ class PodRunner(threading.Thread):
                 process.wait()
 
 
+# -- the kubernetes Service ---------------------------------------------------------------------------
+
+
+class ServiceProxy(threading.Thread):
+    """The `kubernetes` Service as kube-proxy and cluster DNS give it to pods: ``ip:443`` forwards to the
+    API server's loopback port; pods resolve ``kubernetes.default.svc`` to ``ip`` (their /etc/hosts).
+    ``ip`` is an address of 127.0.0.0/8 of this cluster's own, so two clusters on one host do not meet."""
+
+    def __init__(self, ip: str, port: int, target: int) -> None:
+        super().__init__(name="service-proxy", daemon=True)
+        import socket
+
+        self.target = target
+        self.server = socket.create_server((ip, port), reuse_port=False)
+
+    def run(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: Any) -> None:
+        import socket
+
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target), timeout=10)
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+
+        def pipe(src: Any, dst: Any) -> None:
+            try:
+                while data := src.recv(65536):
+                    dst.sendall(data)
+            except OSError:
+                pass
+            finally:
+                with contextlib.suppress(OSError):
+                    dst.shutdown(socket.SHUT_WR)
+
+        threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
+        pipe(client, upstream)
+
+
 # -- the node ----------------------------------------------------------------------------------------
 
 
 class Agent:
-    def __init__(self, api: Api, node: str, pods_dir: Path, api_port: int, entrypoint: list[str], path: str) -> None:
+    def __init__(
+        self, api: Api, node: str, pods_dir: Path, api_port: int, service_ip: str, entrypoint: list[str], path: str
+    ) -> None:
         self.api = api
+        self.service_ip = service_ip
         self.node = node
         self.pods_dir = pods_dir
         self.api_port = api_port
@@ -656,6 +740,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--node", default="mesial-node")
     parser.add_argument("--pods-dir", type=Path, required=True)
     parser.add_argument("--api-port", type=int, required=True)
+    parser.add_argument("--service-ip", required=True, help="the kubernetes Service's address (in 127.0.0.0/8)")
     parser.add_argument(
         "--entrypoint", default="mesial", help="the images' entrypoint (when a container has no command)"
     )
@@ -664,6 +749,15 @@ def main(argv: list[str] | None = None) -> None:
     venv_bin = str(Path(sys.executable).parent)
     path = f"{venv_bin}:/usr/local/bin:/usr/bin:/bin"
     args.pods_dir.mkdir(parents=True, exist_ok=True)
-    agent = Agent(Api(args.kubeconfig), args.node, args.pods_dir, args.api_port, shlex.split(args.entrypoint), path)
+    ServiceProxy(args.service_ip, 443, args.api_port).start()
+    agent = Agent(
+        Api(args.kubeconfig),
+        args.node,
+        args.pods_dir,
+        args.api_port,
+        args.service_ip,
+        shlex.split(args.entrypoint),
+        path,
+    )
     signal.signal(signal.SIGTERM, lambda *_: agent.stopped.set())
     agent.run()
