@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from mesial.aligner.job import artifact_key
 from mesial.aligner.samples import generate_case, write_case
+from mesial.common.contract import artifact_key
 from mesial.common.objectstore import ObjectStore
 from mesial.common.settings import Settings, StoreSettings, VaultSettings
 from mesial.common.vault import TenantKeys
