@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from mesial.operator.reporting import MAX_MESSAGE, JobReporter, State
-from mesial.operator.sync.scanjob import TERMINAL, api_job_id
+from mesial.operator.sync.scanjob import TERMINAL, api_job_id, recorded_tenant
 
 STATES: dict[str, State] = {"Running": "running", "Succeeded": "succeeded", "Failed": "failed"}
 
@@ -24,7 +24,7 @@ STATES: dict[str, State] = {"Running": "running", "Succeeded": "succeeded", "Fai
 def unreported(body: Any) -> bool:
     """Whether the ScanJob's state has something the API was not told yet."""
     status = body.get("status") or {}
-    if api_job_id(body) is None or not status.get("tenant"):
+    if api_job_id(body) is None or recorded_tenant(body) is None:
         return False  # made by hand, or in no tenant's namespace: nobody's job to report
     phase, reported = status.get("phase"), status.get("reportedPhase")
     if phase not in STATES or reported in TERMINAL:
@@ -42,7 +42,8 @@ async def report(reporter: JobReporter, body: Any) -> dict[str, Any] | None:
     assert job_id is not None
     status = body.get("status") or {}
     phase = status["phase"]
-    tenant = str(status["tenant"])
+    tenant = recorded_tenant(body)
+    assert tenant is not None
     if phase in TERMINAL and status.get("reportedPhase") is None and status.get("startTime"):
         await reporter.report(job_id, tenant, "running")
     message = ""

@@ -24,6 +24,7 @@ from mesial.common.contract import EXIT_INVALID, ID_RE, JobSpec, read_progress, 
 from mesial.common.errors import InputError, MesialError
 from mesial.common.provisioning import policy_name_for
 from mesial.common.settings import OperatorSettings, Settings
+from mesial.common.tenancy import namespace_for
 from mesial.operator.errors import describe
 from mesial.operator.k8s import K8s, K8sError, Obj
 from mesial.operator.reporting import JOB_ID_RE
@@ -126,6 +127,18 @@ async def tenant_of(k8s: K8s, namespace: str, settings: Settings) -> tuple[str, 
     if phase != "Ready":
         raise TenantNotReady(f"Organization {tenant.org} is not Ready (phase {phase}); waiting", tenant.org)
     return tenant.org, tenant.organization
+
+
+def recorded_tenant(body: Any) -> str | None:
+    """The tenant in the ScanJob's status, if it is the one its namespace belongs to.
+
+    The status is a record, not a proof: a ScanJob in ``mesial-org-a`` is a's, whatever its
+    status says, so a hand-set ``tenant`` never makes the operator read another tenant's objects."""
+    org = (body.get("status") or {}).get("tenant")
+    try:
+        return org if isinstance(org, str) and namespace_for(org) == body["metadata"]["namespace"] else None
+    except InputError:
+        return None
 
 
 def label_value(name: str) -> str:
@@ -346,7 +359,7 @@ async def mirror(rt: Runtime, body: Any) -> dict[str, Any] | None:
         new.update(phase="Running", reason="PodRunning")
     else:
         new.update(phase="Pending", reason=await _pod_waiting(rt.k8s, namespace, name) or "JobCreated")
-    org = status.get("tenant")
+    org = recorded_tenant(body)
     if org:
         try:
             progress = await read_progress(rt.store, org, job_id_of(body))
@@ -436,11 +449,11 @@ async def succeeded_in_world(rt: Runtime, body: Any) -> bool:
         js = job.get("status") or {}
         complete = any(c.get("type") == "Complete" and c.get("status") == "True" for c in js.get("conditions") or [])
         return owns_job(body, job) and (complete or bool(js.get("succeeded")))
-    org = (body.get("status") or {}).get("tenant")
+    org = recorded_tenant(body)
     if not org:
         return False
     try:
-        progress = await read_progress(rt.store, str(org), job_id_of(body))
+        progress = await read_progress(rt.store, org, job_id_of(body))
     except MesialError:
         return False
     return progress is not None and progress.state == "succeeded"

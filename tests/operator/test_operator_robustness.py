@@ -120,3 +120,25 @@ async def test_a_policy_with_no_positive_age_is_rejected_and_deletes_nothing(har
         assert st["reason"] == "InvalidSpec" and "maxAgeDays" in st["message"]
         await k8s.delete(*POLICY, name, ns)
     assert await store.exists(org, "scans/s1")
+
+
+async def test_a_hand_set_next_sweep_far_ahead_does_not_stop_retention(harness: Harness, org_name: Any) -> None:
+    """Sibling of finding 4: status.nextSweepTime is a record; a sweep is due at most one interval on."""
+    org, ns = await tenant(harness, org_name, "nextsweep")
+    k8s = harness.client
+    store = harness.runtime.store
+    await k8s.create(policy("retention", ns, sweepInterval="1m"))
+
+    async def swept_once() -> dict[str, Any] | None:
+        st = await p_status(k8s, ns, "retention")
+        return st if st.get("lastSweepTime") else None
+
+    await eventually(swept_once)
+    await k8s.patch(*POLICY, "retention", {"status": {"nextSweepTime": "2100-01-01T00:00:00Z"}}, ns, status=True)
+    await store.put(org, "scans/s1", b"past its age by the moved clock")
+    harness.runtime.clock = lambda: datetime.now(UTC) + timedelta(days=31)
+
+    async def deleted() -> bool:
+        return not await store.exists(org, "scans/s1")
+
+    await eventually(deleted)

@@ -199,3 +199,25 @@ async def _gone(k8s: Any, name: str) -> bool:
 
 async def _absent(k8s: Any, kind: tuple[str, str], name: str, ns: str) -> bool:
     return await k8s.get(*kind, name, ns) is None
+
+
+async def test_a_hand_set_tenant_does_not_read_another_tenants_progress(harness: Harness, org_name: Any) -> None:
+    """Sibling of finding 4: status.tenant is a record; the tenant of a ScanJob is its namespace's."""
+    from mesial.common.contract import JobProgress, write_progress
+
+    mine, other = org_name("mine"), org_name("other")
+    k8s = harness.client
+    for name in (mine, other):
+        await k8s.create(organization(name))
+    await eventually(lambda: ready(k8s, mine))
+    await eventually(lambda: ready(k8s, other))
+    ns = f"mesial-org-{mine}"
+    await write_progress(harness.runtime.store, other, "case", JobProgress(stage="secret", metrics={"leak": 1.0}))
+    await k8s.create(scanjob("case", ns))
+    await eventually(lambda: _phase(k8s, ns, "case", "Pending"))  # admitted: the operator's status is written
+    await k8s.patch(*SCANJOB, "case", {"status": {"tenant": other}}, ns, status=True)
+    await k8s.patch(*JOB, "scanjob-case", {"status": {"active": 1, "startTime": "2026-01-01T00:00:00Z"}}, ns)
+    await eventually(lambda: _phase(k8s, ns, "case", "Running"))
+    await asyncio.sleep(1.0)
+    st = await sj_status(k8s, ns, "case")
+    assert "leak" not in (st.get("metrics") or {}) and st.get("stage") != "secret", st
