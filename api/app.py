@@ -8,7 +8,7 @@ Middleware, outermost first (Starlette's ServerErrorMiddleware sits outside them
     MetricsMiddleware counts and latencies per route template
     AuditTrail        one audit event per audited request, before the response leaves
     ErrorBodies       any exception → sanitized JSON error with the request id
-    IpRateLimit       per-address token buckets (tighter for signed links)
+    IpRateLimit       per-address token buckets (refusals spend a tighter one, in the routes)
     BodyLimit         413 above the route's body limit
     (router)          per-route authentication, per-key rate limit, role, validation
 """
@@ -179,11 +179,7 @@ def create_app(
             Middleware(MetricsMiddleware, metrics=runtime.metrics),
             Middleware(AuditTrail, sink=_LateSink(runtime)),
             Middleware(ErrorBodies),
-            Middleware(
-                IpRateLimit,
-                per_ip=RateLimiter(api.rate_per_ip_per_min),
-                tight=RateLimiter(api.rate_auth_per_ip_per_min),
-            ),
+            Middleware(IpRateLimit, per_ip=RateLimiter(api.rate_per_ip_per_min)),
             Middleware(
                 BodyLimit,
                 default_limit=api.max_json_bytes,

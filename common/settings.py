@@ -325,6 +325,7 @@ class ApiSettings(BaseModel):
     # Requests per minute per API key, per client IP, and per IP on credential-checking paths.
     rate_per_key_per_min: int = Field(600, ge=1)
     rate_per_ip_per_min: int = Field(1200, ge=1)
+    # failed authentications and refused signed links per address (valid ones never spend it)
     rate_auth_per_ip_per_min: int = Field(30, ge=1)
     # Trust X-Forwarded-For from these proxy addresses only (the ingress), else use the peer.
     trusted_proxies: list[str] = []

@@ -52,20 +52,19 @@ class RateLimiter:
 
 
 class IpRateLimit:
-    """Every API request spends a token of its client address; link downloads spend a tight one too."""
+    """Every API request spends a token of its client address.
 
-    def __init__(self, app: ASGIApp, per_ip: RateLimiter, tight: RateLimiter) -> None:
+    Refused credentials and refused signed links also spend the address's tighter failure
+    budget (in the routes, where the refusal is known): valid ones never do."""
+
+    def __init__(self, app: ASGIApp, per_ip: RateLimiter) -> None:
         self.app = app
         self.per_ip = per_ip
-        self.tight = tight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
         if scope["type"] == "http" and (path.startswith("/v1/") or path.startswith("/internal/")):
-            ip = scope.get("state", {}).get("client_ip", "")
-            self.per_ip.check(ip)
-            if path.startswith("/v1/links/"):
-                self.tight.check(ip)
+            self.per_ip.check(scope.get("state", {}).get("client_ip", ""))
         await self.app(scope, receive, send)
 
 

@@ -9,7 +9,7 @@ from starlette.responses import Response, StreamingResponse
 
 from mesial.api import schemas
 from mesial.api.auth import credential_of
-from mesial.api.errors import NotFound
+from mesial.api.errors import LinkRefused, NotFound, RateLimited, Unauthenticated
 from mesial.api.routes._util import ok, route
 from mesial.api.routing import Call, Spec
 from mesial.api.services import downloads, jobs
@@ -127,8 +127,15 @@ async def _stream(store: ObjectStore, org: str, job_id: str, name: str) -> Async
 )
 async def download(call: Call) -> Response:
     rt = call.runtime
-    presented = credential_of(call.request.headers)
-    opened = await downloads.open_link(rt.links, rt.oidc, call.param("token"), presented, call.mark)
+    try:
+        presented = credential_of(call.request.headers)
+        opened = await downloads.open_link(rt.links, rt.oidc, call.param("token"), presented, call.mark)
+    except (LinkRefused, Unauthenticated):
+        # refused links spend the address's failure budget (as failed authentications do); valid ones never
+        wait = rt.auth_failures.retry_after(call.request.state.client_ip)
+        if wait:
+            raise RateLimited(wait) from None
+        raise
     artifact = opened.artifact
     store = rt.need_store()
     stream = _stream(store, opened.org, artifact.job_id, artifact.name)

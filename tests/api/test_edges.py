@@ -215,3 +215,25 @@ async def test_crafted_cursors_are_422(api: Harness, cursor: str, refused: bool)
     for path in ("/v1/scans", "/v1/jobs"):
         response = await api.client.get(f"{path}?cursor={cursor}", headers=bearer(admin))
         assert response.status_code == (422 if refused else 200), (path, cursor, response.status_code, response.text)
+
+
+async def test_link_downloads_are_throttled_only_when_refused(
+    api: Harness,
+    strict_api: Harness,  # noqa: F811
+) -> None:
+    """A clinic behind one address downloads as many artifacts as it has links; only refused links
+    spend the address's failure budget (then 429)."""
+    from tests.api.test_jobs import finished_job
+
+    org, admin = await api.new_org()
+    job = await finished_job(api, admin)
+    links = strict_api.runtime.links  # its own link secret: links as it would sign them
+    with db_context(api.app):
+        org_id = (await orgs.org_by_name(org)).id
+    me = (await api.client.get("/v1/me", headers=bearer(admin))).json()["actor"]
+    urls = [f"/v1/links/{links.token(links.sign(org_id, job['id'], 'summary.json', me))}" for _ in range(5)]
+    assert [(await strict_api.client.get(url)).status_code for url in urls] == [200] * 5
+    expired = links.token(links.sign(org_id, job["id"], "summary.json", me, now=time.time() - 3600))
+    codes = [(await strict_api.client.get(f"/v1/links/{expired}")).status_code for _ in range(4)]
+    assert codes == [403, 403, 403, 429]
+    assert (await strict_api.client.get(urls[0])).status_code == 200
