@@ -88,8 +88,12 @@ async def test_sweep_deletes_old_unheld_objects_with_receipts(harness: Harness, 
         ("scan", "s1"),
     ]
     assert next(e for e in receipts if e["resource_id"] == "s1")["details"]["objects_deleted"] == 2
-    assert await k8s.get(*SCANJOB, "old-job", ns) is None
     assert st["nextSweepTime"] > st["lastSweepTime"]
+
+    async def scanjob_gone() -> bool:  # its finalizer (the stop handler) runs after the sweep
+        return await k8s.get(*SCANJOB, "old-job", ns) is None
+
+    await eventually(scanjob_gone)
 
 
 async def test_clock_skew_keeps_objects_and_reports_them(harness: Harness, org_name) -> None:
