@@ -126,6 +126,17 @@ BAD_SPECS: list[tuple[str, dict[str, Any], str | tuple[str, str]]] = [
         {"egress": {"extra": [{"cidr": "10.0.0.0/24", "ports": [443]}] * 2}},
         ("Organization", "exists_one"),
     ),
+    (
+        "Organization",
+        {"egress": {"extra": [{"cidr": "169.254.169.254/32", "ports": [80]}]}},
+        ("Organization", "169.254.0.0/16"),
+    ),
+    (
+        "Organization",
+        {"egress": {"extra": [{"cidr": "0.0.0.0/0", "ports": [443]}]}},
+        ("Organization", "169.254.0.0/16"),
+    ),
+    ("Organization", {"egress": {"extra": [{"cidr": "203.0.113.5/24", "ports": [443]}]}}, ("Organization", "masked()")),
     ("Organization", {"displayName": ""}, "spec.displayName"),
     ("Organization", {"image": "evil"}, 'unknown field "spec.image"'),
     ("ScanJob", {"scans": {"upper": "../../x", "lower": "b", "bites": ["c"]}}, "should match"),
@@ -155,6 +166,19 @@ def test_api_server_refuses_bad_specs_with_the_crds_messages(
     fragment = cel_message(*expected) if isinstance(expected, tuple) else expected
     assert result.returncode != 0, f"accepted: {doc}"
     assert fragment in result.stderr, result.stderr
+
+
+def test_scanjob_spec_is_immutable(kube: Kube, release: Release) -> None:
+    doc = next(d for p in sorted(EXAMPLES.glob("*.yaml")) if (d := yaml.safe_load(p.read_text()))["kind"] == "ScanJob")
+    doc = copy.deepcopy(doc)
+    doc["metadata"].update(name="immutable", namespace="default")
+    kube("apply", "-f", "-", input=yaml.safe_dump(doc))
+    try:
+        patch = '{"spec": {"options": {"contactThresholdMm": 0.5}}}'
+        result = kube("patch", "scanjob", "immutable", "-n", "default", "--type", "merge", "-p", patch, check=False)
+        assert result.returncode != 0 and cel_message("ScanJob", "self == oldSelf") in result.stderr, result.stderr
+    finally:
+        kube("delete", "scanjob", "immutable", "-n", "default", "--wait=false", check=False)
 
 
 def test_organization_name_too_long_for_a_label_is_refused(kube: Kube, release: Release) -> None:
