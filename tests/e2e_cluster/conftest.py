@@ -159,6 +159,7 @@ class Release:
     namespace: str
     values: dict[str, Any]
     operator_sa: str
+    values_file: Path
 
 
 def helm(cluster: ClusterInfo, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -218,7 +219,7 @@ def release(
     ]
     _bind_role(vault, "mesial-operator", policies["operator.hcl"], accounts[0])
     helm(cluster, "install", RELEASE, str(CHART), "-n", NAMESPACE, "-f", str(values_file))
-    rel = Release(RELEASE, NAMESPACE, values, accounts[0])
+    rel = Release(RELEASE, NAMESPACE, values, accounts[0], values_file)
     eventually(lambda: operator_pod(kube, running=True), timeout=120, what="the operator pod runs")
     yield rel
     helm(cluster, "uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout=120s", check=False)

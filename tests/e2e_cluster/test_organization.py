@@ -4,7 +4,9 @@ Pod Security and quotas are the API server's, and deletion ends with the namespa
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import json
 import os
 import signal
 from pathlib import Path
@@ -14,6 +16,8 @@ import hvac
 import pytest
 import yaml
 
+from mesial.common.objectstore import ObjectStore
+from mesial.common.vault import TenantKeys
 from tests.e2e_cluster.conftest import CHART, Kube, Release, VaultSetup, eventually, operator_pod
 
 pytestmark = pytest.mark.usefixtures("operator_authorised")
@@ -186,11 +190,28 @@ def test_organization_name_too_long_for_a_label_is_refused(kube: Kube, release: 
     assert result.returncode != 0 and "metadata.name" in result.stderr, result.stderr
 
 
+def receipts(cluster: Any) -> list[dict[str, Any]]:
+    """The operator's audit receipts (no API wired: its JSON Lines file, in its pods' /tmp volume)."""
+    files = Path(cluster.pods_dir).glob("mesial-system_*operator*/volumes/tmp/mesial/audit/operator.jsonl")
+    return [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
+
+
 def test_deletion_shreds_the_key_and_the_namespace_controller_removes_the_namespace(
-    kube: Kube, release: Release, vault: VaultSetup
+    kube: Kube, release: Release, vault: VaultSetup, seaweedfs: Any, cluster: Any
 ) -> None:
+    from tests.e2e_cluster.test_scanjob import root_settings
+
     kube.apply(organization("e2e-gone"))
     eventually(lambda: ready(kube, "e2e-gone"), timeout=120, what="Organization e2e-gone Ready")
+    settings = root_settings(vault, seaweedfs)
+
+    async def put_and_list(put: bool) -> list[str]:
+        async with ObjectStore(settings.store, TenantKeys(settings.vault)) as store:
+            if put:
+                await store.put("e2e-gone", "scans/s1", b"solid\n")
+            return [meta.key async for meta in store.list("e2e-gone")]
+
+    assert asyncio.run(put_and_list(True))
     kube("delete", "organization", "e2e-gone", "--wait=false")
     eventually(lambda: kube.get("organization", "e2e-gone") is None, timeout=180, what="Organization e2e-gone gone")
     # The namespace is removed by the namespace controller (its content deleted, finalizers run).
@@ -198,6 +219,11 @@ def test_deletion_shreds_the_key_and_the_namespace_controller_removes_the_namesp
     with pytest.raises(hvac.exceptions.InvalidPath):  # crypto-shredded
         vault.client.secrets.transit.read_key("org-e2e-gone")
     assert vault.client.read("auth/kubernetes/role/mesial-org-e2e-gone") is None
+    assert asyncio.run(put_and_list(False)) == []  # the tenant's prefix is empty
+    receipt = [
+        r for r in receipts(cluster) if r.get("action") == "organization.deleted" and "e2e-gone" in json.dumps(r)
+    ]
+    assert receipt, receipts(cluster)
 
 
 def test_drift_is_restored_with_events(kube: Kube, release: Release) -> None:
