@@ -63,10 +63,11 @@ def test_uninstall_as_documented_then_install_again(kube: Kube, release: Release
     names = [o["metadata"]["name"] for o in kube.json("get", "organizations")["items"]]
     assert names
     kube("delete", "organizations", "--all", "--wait", "--timeout=300s")
-    for name in names:
-        assert kube.get("namespace", f"mesial-org-{name}") is None or eventually(
-            lambda n=name: kube.get("namespace", f"mesial-org-{n}") is None, timeout=120, what=f"namespace of {name}"
-        )
+
+    def namespaces_gone() -> bool:
+        return all(kube.get("namespace", f"mesial-org-{name}") is None for name in names)
+
+    eventually(namespaces_gone, timeout=120, what="the tenant namespaces removed")
     helm(cluster, "uninstall", release.name, "-n", release.namespace, "--wait", "--timeout=120s")
     assert kube.get("deployment", "mesial-operator", "-n", release.namespace) is None
     assert kube.get("clusterrole", "mesial-operator") is None
