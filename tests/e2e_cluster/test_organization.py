@@ -265,3 +265,23 @@ def test_operator_killed_mid_provisioning_converges(kube: Kube, release: Release
     eventually(restarted, timeout=60, what="the operator container restarted")
     status = eventually(lambda: ready(kube, "e2e-crash"), timeout=120, what="Organization e2e-crash Ready")
     assert status["keyVersion"] >= 1
+
+
+def test_operator_killed_mid_deletion_converges(kube: Kube, release: Release, vault: VaultSetup) -> None:
+    """The operator's process is killed (SIGKILL) right after an Organization's deletion starts; the
+    restarted operator resumes it: the Organization, its namespace and its key are gone."""
+    kube.apply(organization("e2e-crash-del"))
+    eventually(lambda: ready(kube, "e2e-crash-del"), timeout=120, what="Organization e2e-crash-del Ready")
+    pod = operator_pod(kube, running=True)
+    assert pod is not None
+    status = pod["status"]["containerStatuses"][0]
+    kube("delete", "organization", "e2e-crash-del", "--wait=false")
+    os.killpg(int(status["containerID"].removeprefix("host://")), signal.SIGKILL)
+    eventually(lambda: kube.get("organization", "e2e-crash-del") is None, timeout=180, what="Organization gone")
+    eventually(lambda: kube.get("namespace", "mesial-org-e2e-crash-del") is None, timeout=120, what="namespace gone")
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        vault.client.secrets.transit.read_key("org-e2e-crash-del")
+    restarted = operator_pod(kube, running=True)
+    assert (
+        restarted is not None and restarted["status"]["containerStatuses"][0]["restartCount"] > status["restartCount"]
+    )
