@@ -84,7 +84,10 @@ class ArchPath:
         centres = (edges[:-1] + edges[1:]) / 2
         # the U: the longest run of filled bins through the anterior direction
         filled = np.isfinite(best)
-        mid = int(np.argmin(np.abs(centres)))
+        if not filled.any():
+            raise ValueError("no points near the occlusal plane: no arch outline")
+        # the filled bin nearest the anterior direction (missing incisors leave the front bins empty)
+        mid = int(np.flatnonzero(filled)[np.argmin(np.abs(centres[filled]))])
         lo = hi = mid
         while lo > 0 and filled[lo - 1]:
             lo -= 1

@@ -69,7 +69,12 @@ def _read(path: Path) -> Mesh:
     vertices = np.asarray(mesh.vertices, dtype=np.float64)
     faces = np.asarray(mesh.faces, dtype=np.int64)
     mesh = trimesh.Trimesh(vertices, faces, process=True)  # merge duplicates, drop degenerate faces
-    vertices, faces = trimesh.remesh.subdivide_loop(mesh.vertices, mesh.faces, iterations=2)  # type: ignore[no-untyped-call]
+    try:
+        vertices, faces = trimesh.remesh.subdivide_loop(mesh.vertices, mesh.faces, iterations=2)  # type: ignore[no-untyped-call]
+    except ValueError:  # Loop needs a manifold mesh (an edge of three faces): split at the midpoints instead
+        vertices, faces = mesh.vertices, mesh.faces
+        for _ in range(2):
+            vertices, faces = trimesh.remesh.subdivide(vertices, faces)  # type: ignore[no-untyped-call]
     return Mesh(np.asarray(vertices, dtype=np.float64), np.asarray(faces, dtype=np.int64))
 
 
