@@ -38,7 +38,7 @@ from mesial.api.kube import KubeApi
 from mesial.api.middleware.audit import AuditTrail
 from mesial.api.middleware.context import DatabaseContext, RequestContext
 from mesial.api.middleware.errors import ErrorBodies
-from mesial.api.middleware.headers import SecurityHeaders
+from mesial.api.middleware.headers import SECURITY_HEADERS, SecurityHeaders
 from mesial.api.middleware.limits import BodyLimit, IpRateLimit, RateLimiter
 from mesial.api.middleware.metrics import Metrics, MetricsMiddleware
 from mesial.api.routes import all_routes
@@ -170,6 +170,13 @@ def create_app(
         )
         return error_response(error, request.state.request_id)
 
+    async def server_error(request: Request, exc: Exception) -> Response:
+        # Starlette's ServerErrorMiddleware, outside every middleware above: an exception raised in
+        # the outermost ones lands here, so this answer gets the body and headers they would have added.
+        response = error_response(exc, str(request.scope.get("state", {}).get("request_id", "")))
+        response.headers.update({name.decode(): value.decode() for name, value in SECURITY_HEADERS})
+        return response
+
     app = Starlette(
         routes=all_routes(),
         middleware=[
@@ -187,7 +194,7 @@ def create_app(
                 upload_paths=UPLOAD_PATHS,
             ),
         ],
-        exception_handlers={HTTPException: http_error},
+        exception_handlers={HTTPException: http_error, Exception: server_error},
         lifespan=lifespan,
     )
     # Starlette answers /v1/scans/ with a 307 to a URL built from the request's Host header:

@@ -237,3 +237,28 @@ async def test_link_downloads_are_throttled_only_when_refused(
     codes = [(await strict_api.client.get(f"/v1/links/{expired}")).status_code for _ in range(4)]
     assert codes == [403, 403, 403, 429]
     assert (await strict_api.client.get(urls[0])).status_code == 200
+
+
+async def test_an_error_outside_the_apps_middleware_is_still_hardened(
+    api: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Starlette's outermost ServerErrorMiddleware answers an exception raised in the outer middleware
+    (outside SecurityHeaders and ErrorBodies): that 500 too carries the headers and no internals."""
+    from mesial.api.middleware.context import DatabaseContext
+
+    async def broken(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("db password is hunter2")
+
+    monkeypatch.setattr(DatabaseContext, "__call__", broken)
+    api.app.middleware_stack = None  # rebuilt on the next request, with the broken middleware
+    transport = httpx.ASGITransport(app=api.app, raise_app_exceptions=False)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as client:
+            response = await client.get("/healthz")
+    finally:
+        monkeypatch.undo()
+        api.app.middleware_stack = None
+    assert response.status_code == 500
+    assert "hunter2" not in response.text and response.json()["error"]["code"] == "internal"
+    for name, value in SECURITY_HEADERS:
+        assert response.headers[name.decode()] == value.decode()
