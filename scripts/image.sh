@@ -40,11 +40,8 @@ if [ -z "$base" ]; then
   fi
 fi
 
-# PyPI downloads are cached on the host between builds (a build-time volume, not a layer);
-# MESIAL_IMAGE_PIP_CACHE names another cache directory (an empty one measures a cold build).
-cache=${MESIAL_IMAGE_PIP_CACHE:-$("$root/.venv/bin/python" -P -m pip cache dir 2>/dev/null || echo "$out/pip-cache")}
-mkdir -p "$cache"
-build_args=(--build-arg "BASE=$base" --build-arg "VERSION=$version" --volume "$cache:/root/.cache/pip")
+# Every build downloads its Python packages from PyPI (the image has no pip cache).
+build_args=(--build-arg "BASE=$base" --build-arg "VERSION=$version")
 # The host's pip CA bundle (a proxy that intercepts TLS) and index reach the build, not the image.
 cert=${PIP_CERT:-$("$root/.venv/bin/python" -P -m pip config get global.cert 2>/dev/null || true)}
 if [ -n "$cert" ] && [ -f "$cert" ]; then
