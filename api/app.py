@@ -44,6 +44,7 @@ from mesial.api.middleware.metrics import Metrics, MetricsMiddleware
 from mesial.api.routes import all_routes
 from mesial.api.runtime import Runtime
 from mesial.api.services.links import LinkSigner
+from mesial.api.services.retention import sweep_local
 from mesial.common.audit import AuditEvent
 from mesial.common.errors import ConfigurationError
 from mesial.common.objectstore import ObjectStore
@@ -109,6 +110,17 @@ async def _checkpoints(collector: AuditCollector, interval: float) -> None:
             log.warning("scheduled audit checkpoint failed: %s", type(exc).__name__)
 
 
+async def _retention(store: ObjectStore, collector: AuditCollector, interval: float) -> None:
+    """Local mode's retention (no operator): every organization by its stored retention."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            report = await sweep_local(store, collector)
+            log.info("retention sweep: %s", report.as_status())
+        except Exception as exc:  # retried at the next tick
+            log.warning("scheduled retention sweep failed: %s", type(exc).__name__)
+
+
 def create_app(
     settings: Settings, *, keys: TenantKeys | None = None, dispatcher: Dispatcher | None = None
 ) -> Starlette:
@@ -159,6 +171,9 @@ def create_app(
                 if api.checkpoint_interval_s > 0:
                     task = asyncio.create_task(_checkpoints(collector, api.checkpoint_interval_s))
                     stack.callback(task.cancel)
+                if settings.mode is Mode.local and api.retention_interval_s > 0:
+                    sweeper = asyncio.create_task(_retention(store, collector, api.retention_interval_s))
+                    stack.callback(sweeper.cancel)
                 yield
 
     async def http_error(request: Request, exc: Exception) -> Response:

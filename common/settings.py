@@ -341,6 +341,8 @@ class ApiSettings(BaseModel):
     executor_recover_on_start: bool = True
     # Seconds between scheduled audit checkpoints (0 = only on export).
     checkpoint_interval_s: float = Field(300.0, ge=0)
+    # Local mode: seconds between retention sweeps of every organization (0 = none).
+    retention_interval_s: float = Field(3600.0, ge=0)
     # OIDC: issuer, audience, JWKS (URL or a local JSON file path), claims giving org and role.
     oidc_issuer: str = ""
     oidc_audience: str = ""

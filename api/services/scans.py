@@ -81,17 +81,23 @@ async def upload(
 
 async def delete(scope: TenantScope, store: ObjectStore, scan_id: str) -> Scan:
     scan = await scope.scan(scan_id)
+    await remove(scope.org, store, scan)
+    return scan
+
+
+async def remove(org: str, store: ObjectStore, scan: Scan) -> None:
+    """The one deletion of a scan (``DELETE /v1/scans/{id}`` and retention's record sweep):
+    refused while held or an input of a queued or running job; the object, then the row."""
     if scan.legal_hold:
         raise Conflict("scan is on legal hold")
-    active = await Job.filter(org_id=scope.org_id, state__in=["queued", "running"])
+    active = await Job.filter(org_id=scan.org_id, state__in=["queued", "running"])
     if any(scan.id in (job.upper_id, job.lower_id, *job.bite_ids) for job in active):
         raise Conflict("scan is an input of a queued or running job")
     try:
-        await store.delete(scope.org, scan_key(scan.id))  # refuses LegalHoldActive itself too
+        await store.delete(org, scan_key(scan.id))  # refuses LegalHoldActive itself too
     except ObjectNotFound:
-        pass  # already gone (an earlier attempt): the row still has to go
-    await Scan.filter(id=scan.id, org_id=scope.org_id).delete()
-    return scan
+        pass  # already gone (an earlier attempt, or retention): the row still has to go
+    await Scan.filter(id=scan.id, org_id=scan.org_id).delete()
 
 
 async def set_hold(scope: TenantScope, store: ObjectStore, scan_id: str, on: bool) -> Scan:

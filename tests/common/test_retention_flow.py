@@ -3,7 +3,13 @@
 A real flow: scans uploaded through the API, aligned by ``mesial job run`` on the local
 executor (real artifacts and progress document, wherever the Job entrypoint writes them),
 then one sweep (:func:`mesial.common.retention.sweep_objects`, the operator's) at +91
-days. Listing the tenant's prefix afterwards shows only the scan under legal hold.
+days. Listing the tenant's prefix afterwards shows only the scan under legal hold, and
+the API's record sweeper (:class:`mesial.api.services.retention.ApiRecords`) leaves no row
+of what is gone: the API lists the held scan and nothing else.
+
+Local mode (no operator): :func:`mesial.api.services.retention.sweep_local`, run
+periodically by the API's lifespan, applies each organization's stored retention
+(``PUT /v1/org/retention``) the same way, receipts in the tenant's chain.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from mesial.api.models import AuditEventRow
+from mesial.api.services.retention import ApiRecords, sweep_local
 from mesial.common.audit_sinks import MemoryAuditSink
 from mesial.common.contract import classify_key
 from mesial.common.retention import DEFAULT_COVERS, sweep_objects
@@ -78,3 +86,45 @@ async def test_nothing_of_a_tenant_outlives_retention_but_held_objects(app: Harn
     assert report.errors == 0 and report.held == 1 and report.deleted == len(before) - 1
     receipts = {(e.resource_type, e.resource_id) for e in audit.events}
     assert ("job", job["id"]) in receipts and ("scan", ids["lower"][0]) in receipts
+
+    # the rows go with their objects, through the path of DELETE /v1/scans; the held scan stays
+    later = datetime.now(UTC) + timedelta(days=91)
+    records = await ApiRecords(store).sweep(org, kinds=DEFAULT_COVERS, cutoff=later - timedelta(days=90), now=later)
+    scan_count = sum(len(v) for v in ids.values())
+    assert records.deleted == (scan_count - 1) + 1, records  # every scan but the held one, and the job
+    assert records.kept == 0 and not records.problems, records
+    scans = (await app.client.get("/v1/scans", headers=bearer(admin))).json()["items"]
+    assert [s["id"] for s in scans] == [held]
+    jobs = (await app.client.get("/v1/jobs", headers=bearer(admin))).json()["items"]
+    assert jobs == []
+    assert (await app.client.get(f"/v1/jobs/{job['id']}/artifacts", headers=bearer(admin))).status_code == 404
+
+
+async def test_local_mode_applies_the_stored_retention(app: Harness) -> None:
+    short, short_admin = await app.new_org()
+    long, long_admin = await app.new_org()
+    response = await app.client.put("/v1/org/retention", json={"retention_days": 2}, headers=bearer(short_admin))
+    assert response.status_code == 200, response.text
+    gone = (await app.upload(short_admin, "upper"))["id"]
+    kept_held = (await app.upload(short_admin, "upper"))["id"]
+    await app.client.put(f"/v1/scans/{kept_held}/legal-hold", headers=bearer(short_admin))
+    young = (await app.upload(long_admin, "upper"))["id"]
+
+    runtime = app.runtime
+    # three days on: past the 2 days of `short`, within the 90 of `long`
+    await sweep_local(runtime.store, runtime.collector, now=datetime.now(UTC) + timedelta(days=3))
+
+    store = runtime.store
+    assert sorted([m.key async for m in store.list(short)]) == [f"{tenant_prefix(short)}scans/{kept_held}"]
+    assert [m.key async for m in store.list(long)] == [f"{tenant_prefix(long)}scans/{young}"]
+    listed = (await app.client.get("/v1/scans", headers=bearer(short_admin))).json()["items"]
+    assert [s["id"] for s in listed] == [kept_held]
+    assert (await app.client.get(f"/v1/scans/{gone}", headers=bearer(short_admin))).status_code == 404
+    listed = (await app.client.get("/v1/scans", headers=bearer(long_admin))).json()["items"]
+    assert [s["id"] for s in listed] == [young]
+    # the receipt is in the tenant's own chain
+    receipts = await AuditEventRow.filter(tenant=short, action="retention.deleted").values_list(
+        "resource_id", flat=True
+    )
+    assert gone in receipts and kept_held not in receipts, receipts
+    assert not await AuditEventRow.filter(tenant=long, action="retention.deleted").exists()
