@@ -14,6 +14,8 @@ periodically by the API's lifespan, applies each organization's stored retention
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -29,7 +31,7 @@ from mesial.common.contract import classify_key
 from mesial.common.retention import DEFAULT_COVERS, sweep_objects
 from mesial.common.settings import Settings
 from mesial.common.tenancy import tenant_prefix
-from tests.api.conftest import BACKEND, Harness, _started, bearer, make_settings
+from tests.api.conftest import BACKEND, Harness, _started, bearer, make_settings, variant
 from tests.api.test_jobs import wait_job
 
 MESIAL = str(Path(sys.executable).parent / "mesial")
@@ -128,3 +130,20 @@ async def test_local_mode_applies_the_stored_retention(app: Harness) -> None:
     )
     assert gone in receipts and kept_held not in receipts, receipts
     assert not await AuditEventRow.filter(tenant=long, action="retention.deleted").exists()
+
+
+async def test_the_local_api_sweeps_on_its_own_schedule(
+    app: Harness, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The lifespan runs :func:`sweep_local` every ``api.retention_interval_s`` in local mode."""
+    _, admin = await app.new_org()
+    await app.upload(admin, "upper")
+    caplog.set_level(logging.INFO, logger="mesial.api")
+    async with variant(app, tmp_path / "variant", retention_interval_s=0.05):
+        for _ in range(100):
+            if any(r.getMessage().startswith("retention sweep:") for r in caplog.records):
+                break
+            await asyncio.sleep(0.05)
+    sweeps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("retention sweep:")]
+    assert sweeps and "'examined': 0" not in sweeps[0], sweeps  # it went through the stored scans
+    assert "'deleted': 0" in sweeps[0]  # nothing is past its age yet
