@@ -8,6 +8,7 @@ from mesial.api import schemas
 from mesial.api.routes._util import ok, route
 from mesial.api.routing import Call, Spec
 from mesial.api.services.ingest import check_event
+from mesial.api.services.retention import remove_receipted
 from mesial.api.types import Role
 from mesial.common.audit import AuditEvent
 
@@ -48,7 +49,7 @@ async def export(call: Call) -> Response:
 )
 async def ingest(call: Call) -> Response:
     b, me, rt = call.body, call.me, call.runtime
-    await check_event(
+    subject = await check_event(
         me, b.tenant, b.action, b.resource_type, b.resource_id, b.details, store=rt.need_store(), keys=rt.keys
     )
     event = AuditEvent(
@@ -64,6 +65,8 @@ async def ingest(call: Call) -> Response:
         **({"time": b.time} if b.time else {}),
     )
     record = await call.runtime.need_collector().append_record(event)
+    if b.action == "retention.deleted":  # checked: its objects are gone; the rows of what went go too
+        await remove_receipted(rt.need_store(), subject, b.resource_type, b.resource_id)
     return ok({"tenant": b.tenant, "sequence": record["sequence"], "hash": record["hash"]}, 201)
 
 

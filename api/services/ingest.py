@@ -5,7 +5,8 @@ only its own actions, on the resource types they concern, and only where the wor
 agrees with what the event says:
 
 - ``operator`` (platform-wide key): ``retention.deleted`` receipts for a scan or job of
-  that tenant (or a key outside the layout) whose objects are gone from the store, and
+  that tenant (or a key outside the layout) whose objects are gone from the store (an accepted
+  one then removes the scan's or job's rows: :func:`mesial.api.services.retention.remove_receipted`), and
   ``organization.deleted`` receipts for an organization whose Vault key is gone;
 - ``job`` (a key bound to one organization): ``job.progress`` for a job of that tenant.
 
@@ -89,8 +90,9 @@ async def check_event(
     *,
     store: ObjectStore,
     keys: TenantKeys | None,
-) -> None:
-    """Refuse an event its service may not write, or whose resource the world contradicts."""
+) -> str:
+    """Refuse an event its service may not write, or whose resource the world contradicts; returns the
+    name of the organization the event is about."""
     name = service_name(principal)
     grant = SERVICES.get(name)
     if grant is None or grant.bound != (principal.org_id is not None):
@@ -117,6 +119,7 @@ async def check_event(
         await _key_gone(keys, subject)
     elif action == "job.progress" and (org is None or not await Job.exists(id=resource_id, org_id=org.id)):
         raise NotFound("no such job in this organization")
+    return subject
 
 
 async def _objects_gone(

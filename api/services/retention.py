@@ -9,7 +9,9 @@ their age too). In cluster mode the operator's RetentionPolicy sweeps the store;
 mode nothing else runs, so :func:`sweep_local` (a periodic task of the API's lifespan)
 sweeps each organization by its stored ``retention_days`` with the same
 :func:`~mesial.common.retention.sweep_objects` and then this sweeper; receipts go to the
-tenant's chain.
+tenant's chain. In cluster mode an accepted ``retention.deleted`` receipt of the operator
+(``POST /internal/v1/audit/events``, its objects proven gone) removes its scan's or job's rows
+through the same removals (:func:`remove_receipted`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,39 @@ log = logging.getLogger(__name__)
 FINISHED = ("succeeded", "failed", "cancelled")
 
 
+async def remove_job(job: Job) -> None:
+    """The one removal of a job's rows (retention): refused unless finished; its artifact rows, then the job."""
+    if job.state not in FINISHED:
+        raise Conflict("job is not finished")
+    await Artifact.filter(org_id=job.org_id, job_id=job.id).delete()
+    await Job.filter(id=job.id, org_id=job.org_id).delete()
+
+
+async def remove_receipted(store: ObjectStore, org: str, resource_type: str, resource_id: str) -> bool:
+    """The rows of a scan or job an accepted ``retention.deleted`` receipt proved gone from the store
+    (cluster mode: the operator's sweep); through :func:`~mesial.api.services.scans.remove` and
+    :func:`remove_job`, so a held scan, an input of an active job and an unfinished job keep theirs.
+    Returns whether rows went."""
+    organization = await Organization.get_or_none(name=org)
+    if organization is None or resource_type not in ("scan", "job"):
+        return False
+    try:
+        if resource_type == "scan":
+            scan = await Scan.get_or_none(id=resource_id, org_id=organization.id)
+            if scan is None:
+                return False
+            await scans.remove(org, store, scan)
+        else:
+            job = await Job.get_or_none(id=resource_id, org_id=organization.id)
+            if job is None:
+                return False
+            await remove_job(job)
+    except (Conflict, LegalHoldActive) as exc:
+        log.warning("retention receipt for %s %s: rows kept, %s", resource_type, resource_id, type(exc).__name__)
+        return False
+    return True
+
+
 class ApiRecords:
     """Deletes a tenant's scan, job and artifact rows older than the cutoff, held scans excepted."""
 
@@ -47,8 +82,7 @@ class ApiRecords:
             for job in await Job.filter(org_id=organization.id, state__in=FINISHED):
                 if (job.finished_at or job.created_at) >= cutoff:
                     continue
-                await Artifact.filter(org_id=organization.id, job_id=job.id).delete()
-                await Job.filter(id=job.id, org_id=organization.id).delete()
+                await remove_job(job)
                 deleted += 1
         if "scans" in kinds:
             for scan in await Scan.filter(org_id=organization.id, created_at__lt=cutoff, legal_hold=False):

@@ -17,9 +17,11 @@ from tortoise.exceptions import BaseORMException
 from mesial.api.app import db_context
 from mesial.api.cli import audit as audit_cli
 from mesial.api.errors import ValidationFailed
-from mesial.api.models import AuditCheckpoint, AuditEventRow
+from mesial.api.models import Artifact, AuditCheckpoint, AuditEventRow, Job, Scan
 from mesial.api.services import orgs
 from mesial.common.audit import GENESIS_HASH, verify_export
+from mesial.common.contract import job_prefix
+from mesial.common.tenancy import tenant_prefix
 from tests.api import meshes
 from tests.api.conftest import Harness, bearer
 
@@ -377,6 +379,56 @@ async def test_refused_link_downloads_are_in_the_data_owners_chain(api: Harness)
     ]
     assert all(e["tenant"] == org and e["actor"].startswith("link:") for e in downloads)
     assert downloads[2]["details"]["presented_by"].startswith("key:")
+
+
+async def test_an_accepted_retention_receipt_removes_the_rows_of_what_is_gone(api: Harness) -> None:
+    """Cluster mode: the operator's accepted retention.deleted receipt for a scan or job removes its
+    rows (the scan through the one scan deletion; the job with its artifact rows) in the same request;
+    a refused receipt (the object still there) and a held scan keep theirs."""
+    from tests.api.test_jobs import finished_job
+
+    org, admin = await api.new_org()
+    job = await finished_job(api, admin)
+    held = await api.upload(admin, "upper")
+    live = await api.upload(admin, "upper")
+    with db_context(api.app):
+        _, operator_key = await orgs.issue_service_key("operator")
+        org_id = (await orgs.org_by_name(org)).id
+        assert await Artifact.filter(org_id=org_id, job_id=job["id"]).exists()
+    url = "/internal/v1/audit/events"
+    # refused while the scan's object still exists: the row stays
+    live_receipt = {"tenant": org, "action": "retention.deleted", "resource_type": "scan", "resource_id": live["id"]}
+    assert (await api.client.post(url, json=live_receipt, headers=bearer(operator_key))).status_code == 409
+    assert (await api.client.get(f"/v1/scans/{live['id']}", headers=bearer(admin))).status_code == 200
+    # the operator deleted the objects: the receipt is accepted and the rows go with it
+    gone = await _gone_scan(api, admin, org)
+    async for meta in api.runtime.store.list(org, job_prefix(job["id"])):
+        await api.runtime.store.delete(org, meta.key[len(tenant_prefix(org)) :])
+    for resource_type, resource_id in (("scan", gone), ("job", job["id"])):
+        receipt = {"tenant": org, "action": "retention.deleted", "resource_type": resource_type,
+                   "resource_id": resource_id}  # fmt: skip
+        response = await api.client.post(url, json=receipt, headers=bearer(operator_key))
+        assert response.status_code == 201, response.text
+    assert (await api.client.get(f"/v1/scans/{gone}", headers=bearer(admin))).status_code == 404
+    assert (await api.client.get(f"/v1/jobs/{job['id']}", headers=bearer(admin))).status_code == 404
+    listed = (await api.client.get("/v1/scans", headers=bearer(admin))).json()["items"]
+    assert gone not in {s["id"] for s in listed} and live["id"] in {s["id"] for s in listed}
+    assert job["id"] not in {j["id"] for j in (await api.client.get("/v1/jobs", headers=bearer(admin))).json()["items"]}
+    with db_context(api.app):
+        assert not await Scan.exists(id=gone)
+        assert not await Job.exists(id=job["id"])
+        assert not await Artifact.filter(job_id=job["id"]).exists()
+        assert await Scan.exists(id=live["id"])
+    # a held scan keeps its row even if a receipt for it is accepted (its object gone by other means)
+    assert (await api.client.put(f"/v1/scans/{held['id']}/legal-hold", headers=bearer(admin))).status_code < 300
+    with db_context(api.app):
+        assert (await Scan.get(id=held["id"])).legal_hold
+    await api.runtime.store.set_legal_hold(org, f"scans/{held['id']}", False)
+    await api.runtime.store.delete(org, f"scans/{held['id']}")
+    held_receipt = {**live_receipt, "resource_id": held["id"]}
+    assert (await api.client.post(url, json=held_receipt, headers=bearer(operator_key))).status_code == 201
+    with db_context(api.app):
+        assert await Scan.exists(id=held["id"])
 
 
 async def test_a_service_writes_only_its_own_actions_about_what_exists(api: Harness) -> None:
