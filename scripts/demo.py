@@ -307,7 +307,7 @@ def main() -> int:
         f"Open {OUT / 'report.html'} for the occlusion maps; {OUT}/ also holds the PNG views and the audit export."
     )
     console.print(
-        "Cluster mode (operator, ScanJobs, NetworkPolicies) is exercised by the test suite against the kmock emulator."
+        "Cluster mode (operator, ScanJobs, NetworkPolicies) is exercised by the test suite on a real kube-apiserver (tests/e2e_cluster) and the kmock emulator."
     )
     return 0
 
