@@ -75,6 +75,9 @@ class AlignParams:
     # Confidence: a bite point is explained when within this distance of an arch.
     inlier_distance_mm: float = 0.25
     min_fitness: float = 0.6
+    # Two bites not confident together: bite 0 alone may stand in only when it is the stronger
+    # (higher global score) and its own fit explains at least this share of its points.
+    strong_bite_min_fitness: float = 0.9
     # Each arch must explain at least this share of every bite scan.
     min_arch_share: float = 0.12
     max_inlier_rmse_mm: float = 0.12

@@ -79,10 +79,12 @@ class Registration:
     upper_to_bite, lower_to_bite : (4, 4) float
         Map each arch file's coordinates (mm) into the frame of bite scan 0.
     bite_to_bite : tuple of (4, 4) float
-        Each bite scan's frame into bite scan 0's (identity first).
-    pairs : tuple of BiteEvidence
+        Each bite scan's frame into bite scan 0's (identity first). Only bite 0's
+        when the result is the reference bite alone (see ``register_bite``).
+    evidence : tuple of BiteEvidence
+        Per bite used (bite 0 only for a reference-bite-alone result).
     fit : JointFit
-        The joint fine step (per-bite fitness and RMSE).
+        The joint fine step (per-bite fitness and RMSE) of the bites used.
     confident : bool
     reasons : tuple of str
         Why the result is not confident (empty when it is).
@@ -125,6 +127,11 @@ def register_bite(
     Returns
     -------
     registration : Registration
+        With two bites that are not confident together, bite 0 is refined alone
+        when its own global match is unambiguous and scores higher than bite 1's;
+        if its own fit then explains ``strong_bite_min_fitness`` of its points and
+        passes every one-bite check, the result is that one-bite registration (confident,
+        bite 1 left out of ``evidence``, ``fit`` and ``bite_to_bite``).
     """
     params = params or AlignParams()
     report = progress or _no_progress
@@ -192,6 +199,43 @@ def register_bite(
     lower_to_upper = max(candidates, key=lambda item: item[0])[1]
     # nearest-vertex planes until the poses settle, then exact closest points on the triangles
     planes = {name: fine[name].vertex_planes(scan.vertex_normals) for name, scan in arch_scans.items()}
+    fit = _refine(rough_points, fine_points, planes, fine, bite_to_upper, lower_to_upper, params)
+    timings["refine"] = time.perf_counter() - clock
+    report("refine", 1.0)
+
+    for k, item in enumerate(evidence):
+        runner_up = runners_up[k]
+        if item.margin < params.min_margin and runner_up is not None:
+            evidence[k] = _resolve(item, fine_points[k], fine, (bite_to_upper[k], candidates[k][1]), runner_up, params)
+    reasons = _reasons(evidence, fit, params, [pose for _, pose in candidates])
+    if (
+        reasons
+        and len(bites) == 2
+        and evidence[0].margin >= params.min_margin
+        and evidence[0].score > evidence[1].score
+    ):
+        # the two bites together are not confident: the reference bite alone may be (its own
+        # global match unambiguous, and every one-bite check passed on its own fit)
+        clock = time.perf_counter()
+        alone_fine = [bites[0].vertices[invariant_representatives(bites[0].vertices, params.one_bite_fine_voxel_mm)]]
+        alone = _refine(rough_points[:1], alone_fine, planes, fine, bite_to_upper[:1], candidates[0][1], params)
+        timings["refine_reference_bite"] = time.perf_counter() - clock
+        strong = alone.bites[0].fitness >= params.strong_bite_min_fitness
+        if strong and not _reasons(evidence[:1], alone, params, [candidates[0][1]]):
+            return _registration(alone, evidence[:1], (), timings)
+    return _registration(fit, evidence, tuple(reasons), timings)
+
+
+def _refine(
+    rough_points: list[FloatArray],
+    fine_points: list[FloatArray],
+    planes: dict[str, Any],
+    fine: dict[str, SurfaceTarget],
+    bite_to_upper: list[FloatArray],
+    lower_to_upper: FloatArray,
+    params: AlignParams,
+) -> JointFit:
+    """Joint fine step: nearest-vertex planes until the poses settle, then exact closest points."""
     rough = refine_joint(
         rough_points, planes["upper"], planes["lower"], bite_to_upper, lower_to_upper, params,
         threshold_mm=params.plane_threshold_mm, evaluate=False,
@@ -201,22 +245,20 @@ def register_bite(
         max_distance_mm=max(params.fine_gate_floor_mm, params.fine_gate_sigmas * rough.sigma_mm),
         max_iterations=params.exact_iterations,
     )  # fmt: skip
-    timings["refine"] = time.perf_counter() - clock
-    report("refine", 1.0)
-
     if fit.lower_to_upper is None:  # pragma: no cover - refine_joint always returns it with a lower arch
         raise AlignmentError("the joint fine step returned no lower pose")
+    return fit
+
+
+def _registration(
+    fit: JointFit, evidence: list[BiteEvidence], reasons: tuple[str, ...], timings: dict[str, float]
+) -> Registration:
+    """Both arches in the frame of the fit's first bite (bite scan 0)."""
+    assert fit.lower_to_upper is not None
     upper_to_bite = invert(fit.bite_to_upper[0])
     lower_to_bite = upper_to_bite @ fit.lower_to_upper
     bite_to_bite = tuple(upper_to_bite @ pose for pose in fit.bite_to_upper)
-    for k, item in enumerate(evidence):
-        runner_up = runners_up[k]
-        if item.margin < params.min_margin and runner_up is not None:
-            evidence[k] = _resolve(item, fine_points[k], fine, (bite_to_upper[k], candidates[k][1]), runner_up, params)
-    reasons = _reasons(evidence, fit, params, [pose for _, pose in candidates])
-    return Registration(
-        upper_to_bite, lower_to_bite, bite_to_bite, tuple(evidence), fit, not reasons, tuple(reasons), timings
-    )
+    return Registration(upper_to_bite, lower_to_bite, bite_to_bite, tuple(evidence), fit, not reasons, reasons, timings)
 
 
 def _global_one_bite(

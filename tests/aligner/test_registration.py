@@ -62,3 +62,27 @@ def test_truth_occlusion_has_contacts_and_small_penetrations(small_case):
     assert contacts.patches >= 5
     # the generator designs three bite-throughs of 0.03-0.08 mm, between the meshes as written
     assert 0.0 < contacts.max_penetration_mm <= 0.1
+
+
+def test_a_bad_second_bite_leaves_the_reference_bite_alone(small_case):
+    """Two bites where the second shows no teeth: the reference bite alone places the lower arch.
+
+    The joint fit fails the second bite's checks; the first bite, refined on its own, passes every
+    one-bite check, so the result is ``ok`` as a one-bite result (one evidence, one bite transform)
+    and within 0.05 mm of the truth.
+    """
+    from tests.aligner.conftest import grid_plane
+
+    case = small_case
+    upper = scan_from_arrays(case.upper.vertices, case.upper.faces, "upper")
+    lower = scan_from_arrays(case.lower.vertices, case.lower.faces, "lower")
+    bite = scan_from_arrays(case.bites[0].vertices, case.bites[0].faces, "bite", orient=False)
+    flat = scan_from_arrays(*grid_plane(20.0, 0.3), "bite2", orient=False)
+    result = align_scans(upper, lower, [bite, flat])
+    assert result.status == "ok", result.reasons
+    assert result.registration is not None and result.upper_to_bite is not None
+    assert len(result.registration.evidence) == 1 and len(result.registration.bite_to_bite) == 1
+    estimate = invert(result.upper_to_bite) @ result.registration.lower_to_bite
+    truth = invert(case.truth["upper"]) @ case.truth["lower"]
+    tre = relative_error(estimate, truth, case.lower.vertices)
+    assert np.sqrt(np.mean(tre**2)) < 0.05
