@@ -246,8 +246,7 @@ def occlude(folder: Path, name: str) -> Occluded:
     placement = seat @ back @ best @ to_pivot
     upper = Mesh(transform_points(upper.vertices, placement), upper.faces)
     upper, contacts, penetration = _settle(upper, lower)
-    # a lab trims the base: gingiva farther than DEPTH_MM from the occlusal plane goes (a few pairs
-    # would otherwise exceed the validator's 120 mm bounding-box diagonal)
+    # a lab trims the base: gingiva farther than DEPTH_MM from the occlusal plane goes
     upper, lower = _trim(upper, upper.vertices[:, 2] < DEPTH_MM), _trim(lower, lower.vertices[:, 2] > -DEPTH_MM)
     both = np.vstack([upper.vertices, lower.vertices])
     return Occluded(name, upper, lower, ArchPath.from_points(both), contacts, penetration)

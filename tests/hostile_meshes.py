@@ -145,7 +145,7 @@ def hostile_corpus() -> dict[str, Hostile]:
         "metres": Hostile(stl_binary(vertices / 1000.0, faces), ImplausibleScale, "looks like m"),
         "inches": Hostile(ply_binary(vertices / 25.4, faces), ImplausibleScale, "looks like in"),
         "one-point": Hostile(stl_binary(np.zeros_like(vertices) + 5.0, faces), EmptyScan, "degenerate"),
-        "tiny-object": Hostile(stl_binary(*tiny), ImplausibleScale, "a dental scan is 5-120 mm"),
+        "tiny-object": Hostile(stl_binary(*tiny), ImplausibleScale, "a dental scan is 5-160 mm"),
         "stl-no-outer-loop": Hostile(without(3), CorruptScan, "line 3: expected 'outer loop'"),
         "stl-no-endloop": Hostile(without(7), CorruptScan, "line 7: expected 'vertex x y z' or 'endloop'"),
         "stl-no-endfacet": Hostile(without(8), CorruptScan, "line 8: expected 'endfacet'"),

@@ -1,7 +1,7 @@
 """Small, valid meshes of each accepted format (and helpers to break them).
 
 They have the size of a dental scan (10 mm squares; the upload refuses what is not
-5-120 mm across, as the aligner does); :func:`arch_stl` is what an upper or lower arch
+5-160 mm across, as the aligner does); :func:`arch_stl` is what an upper or lower arch
 upload must be (enough triangles, long, not flat, U-shaped).
 """
 

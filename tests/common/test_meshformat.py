@@ -157,3 +157,32 @@ def text_stl(vertices, faces) -> bytes:
     from tests.hostile_meshes import stl_ascii_lines, text
 
     return text(stl_ascii_lines(vertices, faces))
+
+
+def test_a_large_real_sized_arch_is_accepted_in_any_pose():
+    """The scale check reads the box of the file as posed; a real arch in a tilted pose must still pass.
+
+    The largest arch of 3D-IOSSeg's train split is 86.7 mm across; turned in space, its
+    axis-aligned box diagonal reaches up to sqrt(3) times that (150 mm), so a 120 mm bound
+    refused real arches in some poses (seen on the held-out split, 120.6 mm).
+    """
+    from scipy.spatial.transform import Rotation
+
+    from mesial.common.meshformat import check_arrays
+    from tests.api.meshes import arch_stl
+
+    data = arch_stl()
+    count = int.from_bytes(data[80:84], "little")
+    corners = np.frombuffer(data[84:], dtype=[("n", "<f4", (3,)), ("c", "<f4", (3, 3)), ("a", "<u2")], count=count)["c"]
+    vertices, faces = np.unique(corners.reshape(-1, 3).astype(np.float64), axis=0, return_inverse=True)
+    faces = faces.reshape(-1, 3)
+    # as wide as the widest real arch (86.7 mm), as deep and as tall as real arches are (60, 25 mm)
+    vertices *= np.array([86.7, 60.0, 25.0]) / np.ptp(vertices, axis=0)
+    rotations = Rotation.random(400, random_state=1).as_matrix()
+    posed = [vertices @ r.T for r in rotations]
+    diagonals = [float(np.linalg.norm(np.ptp(p, axis=0))) for p in posed]
+    worst = posed[int(np.argmax(diagonals))]
+    assert max(diagonals) > 120.0  # the pose the old bound refused
+    check_arrays(worst, faces, arch=True)
+    with pytest.raises(ScanInputError, match="a dental scan is"):
+        check_arrays(vertices * 2.0, faces, arch=True)  # twice the widest real arch: not a dental scan
