@@ -668,6 +668,16 @@ class _Lines(_Parser):
     def block(self, data: bytes) -> None:
         raise NotImplementedError
 
+    def next_line(self, data: bytes, pos: int) -> int:
+        """Read the one line of ``data`` at ``pos`` the slow way; the position after it."""
+        newline = data.index(b"\n", pos)
+        self.line_no += 1
+        self._line(data[pos:newline])
+        return newline + 1
+
+    def _line(self, raw: bytes) -> None:
+        raise NotImplementedError
+
     def fail(self, line_no: int, message: str, line: bytes) -> CorruptScan:
         shown = line.strip()[:60].decode("utf-8", errors="replace")
         return CorruptScan(f"line {line_no}: {message}, found {shown!r}" if shown else f"line {line_no}: {message}")
@@ -718,10 +728,7 @@ class _AsciiStl(_Lines):
                     self._fast(match.group())
                     pos = match.end()
                     continue
-            newline = data.index(b"\n", pos)
-            self.line_no += 1
-            self._line(data[pos:newline])
-            pos = newline + 1
+            pos = self.next_line(data, pos)
 
     def _fast(self, text: bytes) -> None:
         self._flush()  # facets keep the file's order
@@ -856,10 +863,7 @@ class _Obj(_Lines):
                 self.line_no += text.count(b"\n")
                 pos = match.end()
                 continue
-            newline = data.index(b"\n", pos)
-            self.line_no += 1
-            self._line(data[pos:newline])
-            pos = newline + 1
+            pos = self.next_line(data, pos)
 
     def _missing(self, index: int) -> str:
         return f"a face refers to vertex {index}, {self.vertices:,} are defined before it"
