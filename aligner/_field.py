@@ -2,16 +2,59 @@
 
 The global step scores tens of thousands of candidate poses; a k-d tree query
 per point and pose would dominate the run time. A distance field is computed
-once per target (Euclidean distance transform of the occupied voxels) and every
-look-up is then one gather.
+once per target and every look-up is then one gather.
+
+The fields are truncated a few voxels from the points, so the exact Euclidean
+distance transform needs no general algorithm: per axis in turn, each cell takes
+the smallest ``g[i + k] + k²`` over ``|k| <= R`` (``R`` the truncation in voxels).
+The squared distance of the nearest occupied cell is found exactly whenever it is
+within the truncation (each of its offsets is then at most ``R``); beyond it the
+value only grows and is capped. The same values as SciPy's
+``distance_transform_edt`` within the cap, without importing ``scipy.ndimage``
+(about 0.3 s of a ``mesial align`` process).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from numpy.typing import NDArray
 
 FloatArray = NDArray[np.float64]
+# squared voxel distance of a cell with no occupied cell within the truncation
+_FAR = np.int32(1 << 24)
+
+
+def truncated_squared_distances(occupied: NDArray[np.bool_], reach: int) -> NDArray[np.int32]:
+    """Squared distance (in voxels²) of every cell to the nearest occupied cell, exact up to ``reach`` voxels.
+
+    Parameters
+    ----------
+    occupied : (...) bool
+        The grid (any number of axes).
+    reach : int
+        Truncation in voxels: a value is exact when it is at most ``reach²``; larger
+        values are at least ``reach²`` (not necessarily exact).
+
+    Returns
+    -------
+    squared : (...) int32
+    """
+    squared = np.where(occupied, np.int32(0), _FAR).astype(np.int32)
+    for axis in range(squared.ndim):
+        source = squared
+        squared = source.copy()
+        size = source.shape[axis]
+        for k in range(1, min(reach, size - 1) + 1):
+            cost = np.int32(k * k)
+            ahead = [slice(None)] * source.ndim
+            behind = [slice(None)] * source.ndim
+            ahead[axis], behind[axis] = slice(0, size - k), slice(k, size)
+            # a cell looks k cells ahead and k cells behind along this axis
+            np.minimum(squared[tuple(ahead)], source[tuple(behind)] + cost, out=squared[tuple(ahead)])
+            np.minimum(squared[tuple(behind)], source[tuple(ahead)] + cost, out=squared[tuple(behind)])
+    return squared
 
 
 class DistanceField:
@@ -27,19 +70,19 @@ class DistanceField:
     """
 
     def __init__(self, points: FloatArray, voxel_mm: float, margin_mm: float) -> None:
-        from scipy.ndimage import distance_transform_edt
-
         self.voxel = float(voxel_mm)
         self.cap = float(margin_mm)
         self.origin = points.min(axis=0) - margin_mm
         shape = np.ceil((points.max(axis=0) + margin_mm - self.origin) / voxel_mm).astype(np.int64) + 1
         self.shape = shape
         cells = np.floor((points - self.origin) / voxel_mm + 0.5).astype(np.int64)
-        empty = np.ones(tuple(int(s) for s in shape), dtype=bool)
-        empty[tuple(cells.T)] = False
-        distance = np.minimum(np.asarray(distance_transform_edt(empty, sampling=voxel_mm)), margin_mm)
+        occupied = np.zeros(tuple(int(s) for s in shape), dtype=bool)
+        occupied[tuple(cells.T)] = True
+        # every distance up to the cap is exact (one voxel more for the rounding of the cap)
+        squared = truncated_squared_distances(occupied, math.ceil(margin_mm / voxel_mm) + 1)
+        distance = np.minimum(np.sqrt(squared, dtype=np.float64) * voxel_mm, margin_mm)
         # the outermost cells hold the cap: clipped look-ups from outside land there
-        border = np.zeros_like(empty)
+        border = np.zeros_like(occupied)
         border[tuple(slice(1, -1) for _ in shape)] = True
         distance[~border] = margin_mm
         self.grid = np.asarray(distance, dtype=np.float32).ravel()

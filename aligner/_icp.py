@@ -44,7 +44,7 @@ class PlaneTarget:
     """
 
     def __init__(self, points: FloatArray, normals: FloatArray, spacing_mm: float = 0.0) -> None:
-        from scipy.spatial import cKDTree
+        from mesial.aligner._kdtree import cKDTree
 
         # the nearest sample of a point on the surface can be this far (thinned clouds)
         self.spacing = float(spacing_mm)
@@ -120,7 +120,7 @@ class _MeshIndex:
     def tree(self) -> Any:
         """k-d tree of the vertices."""
         if self._tree is None:
-            from scipy.spatial import cKDTree
+            from mesial.aligner._kdtree import cKDTree
 
             self._tree = cKDTree(self.vertices, **KD_TREE)
         return self._tree

@@ -60,20 +60,34 @@ def area_below(vertices: FloatArray, faces: NDArray[np.int64], values: FloatArra
 
 
 def count_patches(faces: NDArray[np.int64], mask: NDArray[np.bool_]) -> int:
-    """Connected patches of vertices where ``mask`` holds, joined along mesh edges."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+    """Connected patches of vertices where ``mask`` holds, joined along mesh edges.
 
+    Union-find by hooking and pointer jumping on the masked vertices (a few thousand
+    at most): every pass joins each edge's two trees under the smaller root, then
+    flattens the trees; it ends when every edge lies within one tree.
+    """
     index = np.flatnonzero(mask)
     if len(index) == 0:
         return 0
-    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    touched = faces[mask[faces].any(axis=1)]  # the triangles with a masked corner
+    edges = np.concatenate([touched[:, [0, 1]], touched[:, [1, 2]], touched[:, [2, 0]]])
     edges = edges[mask[edges[:, 0]] & mask[edges[:, 1]]]
-    remap = np.full(len(mask), -1)
+    remap = np.full(len(mask), -1, dtype=np.int64)
     remap[index] = np.arange(len(index))
-    graph = coo_matrix((np.ones(len(edges)), (remap[edges[:, 0]], remap[edges[:, 1]])), shape=(len(index), len(index)))
-    count, _ = connected_components(graph, directed=False)
-    return int(count)
+    a, b = remap[edges[:, 0]], remap[edges[:, 1]]
+    root = np.arange(len(index))
+    while True:
+        ra, rb = root[a], root[b]
+        split = ra != rb
+        if not split.any():
+            break
+        np.minimum.at(root, np.maximum(ra[split], rb[split]), np.minimum(ra[split], rb[split]))
+        while True:  # every vertex points at its tree's root
+            jumped = root[root]
+            if np.array_equal(jumped, root):
+                break
+            root = jumped
+    return int(np.count_nonzero(root == np.arange(len(index))))
 
 
 @dataclass(frozen=True)

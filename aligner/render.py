@@ -82,35 +82,35 @@ def render_orthographic(
     width_mm, height_mm = np.ptp(u) + 2 * margin, np.ptp(w) + 2 * margin
     pixel_mm = max(pixel_mm, max(width_mm, height_mm) / max_pixels)
     cols, rows = int(np.ceil(width_mm / pixel_mm)), int(np.ceil(height_mm / pixel_mm))
-    jj, ii = np.meshgrid(np.arange(cols), np.arange(rows))
-    origin = (
-        (left + (jj.ravel() + 0.5) * pixel_mm)[:, None] * right
-        + (top - (ii.ravel() + 0.5) * pixel_mm)[:, None] * up
-        + (depth.min() - 5.0) * forward
-    )
-    direction = np.broadcast_to(forward, origin.shape)
+    light = -forward + 0.5 * up
+    light /= np.linalg.norm(light)
+    # pixel (row i, column j) looks along forward from corner + i * step_down + j * step_right
+    corner = (left + 0.5 * pixel_mm) * right + (top - 0.5 * pixel_mm) * up + (depth.min() - 5.0) * forward
+    step_right, step_down = pixel_mm * right, -pixel_mm * up
     rotation = np.eye(3)
     if scene is None:
         scene = o3d.t.geometry.RaycastingScene()
         scene.add_triangles(vertices.astype(np.float32), faces.astype(np.uint32))
-    elif pose is not None:  # the rays into the scene's own frame
+    elif pose is not None:  # the rays into the scene's own frame: three vectors and a point, not every ray
         rotation = np.asarray(pose, dtype=np.float64)[:3, :3]
-        origin = (origin - pose[:3, 3]) @ rotation
-        direction = direction @ rotation
-    rays = np.hstack([origin, direction]).astype(np.float32)
-    hit = scene.cast_rays(o3d.core.Tensor(rays))
+        corner = (corner - pose[:3, 3]) @ rotation
+        step_right, step_down, forward = step_right @ rotation, step_down @ rotation, forward @ rotation
+    rays = np.empty((rows, cols, 6), dtype=np.float32)
+    down = corner + np.arange(rows, dtype=np.float64)[:, None, None] * step_down
+    rays[..., :3] = down + np.arange(cols, dtype=np.float64)[None, :, None] * step_right
+    rays[..., 3:] = forward
+    hit = scene.cast_rays(o3d.core.Tensor(rays.reshape(-1, 6)))
     t_hit = hit["t_hit"].numpy()
     ok = np.isfinite(t_hit)
-    tri = hit["primitive_ids"].numpy().astype(np.int64)[ok]
-    uv = hit["primitive_uvs"].numpy().astype(np.float64)[ok]
-    corner = values[faces[tri]]
-    interpolated = corner[:, 0] * (1 - uv[:, 0] - uv[:, 1]) + corner[:, 1] * uv[:, 0] + corner[:, 2] * uv[:, 1]
-    normals = hit["primitive_normals"].numpy().astype(np.float64)[ok] @ rotation.T
-    light = -forward + 0.5 * up
-    light /= np.linalg.norm(light)
+    tri = hit["primitive_ids"].numpy()[ok].astype(np.int64)
+    uv = hit["primitive_uvs"].numpy()[ok].astype(np.float64)
+    at = values[faces[tri]]  # the scalar at the corners of each triangle hit
+    interpolated = at[:, 0] * (1 - uv[:, 0] - uv[:, 1]) + at[:, 1] * uv[:, 0] + at[:, 2] * uv[:, 1]
+    # the normals stay in the scene's frame: the light goes there instead
+    normals = hit["primitive_normals"].numpy()[ok].astype(np.float64)
     image = np.full(rows * cols, np.nan)
     shade = np.full(rows * cols, np.nan)
     image[ok] = interpolated
-    shade[ok] = 0.35 + 0.65 * np.abs(normals @ light)
+    shade[ok] = 0.35 + 0.65 * np.abs(normals @ (light @ rotation))
     extent = (float(left), float(left + cols * pixel_mm), float(top - rows * pixel_mm), float(top))
     return View(image.reshape(rows, cols), shade.reshape(rows, cols), extent)

@@ -87,14 +87,13 @@ def occlusal_view_png(
     """
     image = render_orthographic(vertices, faces, distance, view, up, scene=scene, pose=pose)
     seen = ~np.isnan(image.image)
-    rgb = distance_colours(np.nan_to_num(image.image, nan=COLOUR_RANGE_MM[1])).astype(np.float64)
-    rgb *= np.nan_to_num(image.shade, nan=1.0)[..., None]
-    rgb[~seen] = 255.0
-    height = rgb.shape[0]
+    height, width = image.image.shape
     low, high = COLOUR_RANGE_MM
-    bar = distance_colours(np.linspace(high, low, height))[:, None, :].repeat(COLOUR_BAR_PIXELS, axis=1)
-    gap = np.full((height, 8, 3), 255, dtype=np.uint8)
-    picture = np.concatenate([np.asarray(np.round(rgb), dtype=np.uint8), gap, bar], axis=1)
+    # white where no surface is seen, the image at the left, a white gap, the colour bar at the right
+    picture = np.full((height, width + 8 + COLOUR_BAR_PIXELS, 3), 255, dtype=np.uint8)
+    shaded = distance_colours(image.image[seen]) * image.shade[seen][:, None]  # only the pixels seen
+    picture[:, :width][seen] = np.round(shaded)
+    picture[:, width + 8 :] = distance_colours(np.linspace(high, low, height))[:, None, :]
     left, right, _, _ = image.extent
     pixel_mm = (right - left) / image.image.shape[1]
     description = (

@@ -1,0 +1,63 @@
+"""The truncated distance fields (``_field.py``) against SciPy's exact transform, and the
+patch count (``occlusion.count_patches``) against SciPy's connected components."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.ndimage import distance_transform_edt
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from mesial.aligner._field import DistanceField, truncated_squared_distances
+from mesial.aligner.occlusion import count_patches
+
+from .conftest import grid_plane
+
+
+@pytest.mark.parametrize(("shape", "share", "reach"), [((30, 40, 20), 0.01, 4), ((50, 60), 0.02, 10), ((9,), 0.2, 3)])
+def test_truncated_distances_are_exact_within_the_reach(shape, share, reach):
+    rng = np.random.default_rng(len(shape))
+    occupied = rng.random(shape) < share
+    occupied.flat[0] = True
+    exact = np.asarray(distance_transform_edt(~occupied)) ** 2
+    squared = truncated_squared_distances(occupied, reach)
+    within = exact <= reach**2
+    assert np.array_equal(squared[within], np.round(exact[within]))
+    assert (squared[~within] >= reach**2).all()  # farther: never below the cap
+
+
+@pytest.mark.parametrize(("voxel", "cap"), [(1.0, 4.0), (0.6, 1.6), (0.5, 1.1)])
+def test_distance_field_matches_the_exact_transform(voxel, cap):
+    rng = np.random.default_rng(7)
+    points = rng.normal(size=(3000, 3)) * [12.0, 8.0, 3.0]
+    field = DistanceField(points, voxel, cap)
+    # the field as SciPy's transform of the same grid gives it
+    cells = np.floor((points - field.origin) / voxel + 0.5).astype(np.int64)
+    empty = np.ones(tuple(int(s) for s in field.shape), dtype=bool)
+    empty[tuple(cells.T)] = False
+    expected = np.minimum(np.asarray(distance_transform_edt(empty, sampling=voxel)), cap)
+    border = np.zeros_like(empty)
+    border[tuple(slice(1, -1) for _ in field.shape)] = True
+    expected[~border] = cap
+    assert np.array_equal(field.grid, expected.astype(np.float32).ravel())
+    queries = rng.normal(size=(500, 3)) * 20.0
+    nearest = np.linalg.norm(queries[:, None, :] - points[None, :, :], axis=2).min(axis=1)
+    # within one voxel diagonal of the true distance, and capped
+    assert (np.abs(field(queries) - np.minimum(nearest, cap)) <= np.sqrt(3.0) * voxel + 1e-9).all()
+
+
+def test_patch_count_is_the_number_of_connected_components():
+    vertices, faces = grid_plane(12.0, 0.25)
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        centre = rng.uniform(-6, 6, size=3) * [1, 1, 0]
+        mask = (np.linalg.norm(vertices - centre, axis=1) < rng.uniform(0.5, 8)) & (rng.random(len(vertices)) < 0.6)
+        index = np.flatnonzero(mask)
+        edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+        edges = edges[mask[edges[:, 0]] & mask[edges[:, 1]]]
+        remap = np.full(len(mask), -1)
+        remap[index] = np.arange(len(index))
+        graph = coo_matrix((np.ones(len(edges)), (remap[edges[:, 0]], remap[edges[:, 1]])), (len(index),) * 2)
+        expected = connected_components(graph, directed=False)[0] if len(index) else 0
+        assert count_patches(faces, mask) == expected
