@@ -1,15 +1,17 @@
-"""The tenancy service's Vault side: a tenant's transit key, its policy and its login role.
+"""The tenancy service's Vault side: a tenant's transit key and its login role.
 
 For an Organization ``<org>`` this keeps, idempotently:
 
-- the transit key ``org-<org>`` (``aes256-gcm96``, never exportable, auto-rotated);
-- the policy ``mesial-org-<org>``, rendered from ``policies/vault/tenant-policy.hcl.tmpl``,
-  allowing that key's data-key, decrypt, encrypt, rewrap and read paths only;
-- the Kubernetes-auth role ``mesial-org-<org>`` bound to the tenant's aligner
-  ServiceAccount in the tenant namespace, with the Vault audience, granting that policy.
+- the transit key ``mesial-org-<org>`` (``aes256-gcm96``, never exportable, auto-rotated), named as
+  the tenant namespace;
+- the Kubernetes-auth role ``mesial-org-<org>`` bound to the tenant's aligner ServiceAccount in the
+  tenant namespace, with the Vault audience, granting the one fixed aligner policy
+  (``operator.vault_aligner_policy``, the chart's ``files/vault/aligner-policy.hcl``). That policy is
+  templated on the login's Kubernetes alias (the ServiceAccount's namespace names the key), so a
+  Job's token reaches its own tenant's key only. The operator writes no policy.
 
 ``provision`` reports what it had to create or correct (drift), ``revoke_access`` removes
-the role and policy, and shredding the key is :meth:`TenantKeys.shred`. The calls are
+the role, and shredding the key is :meth:`TenantKeys.shred`. The calls are
 synchronous (hvac); async callers use ``asyncio.to_thread``. The operator and the local
 mode both call this service.
 """
@@ -17,14 +19,13 @@ mode both call this service.
 from __future__ import annotations
 
 import re
-import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import hvac.exceptions
 
-from mesial.common.errors import ConfigurationError, VaultError
+from mesial.common.errors import VaultError
 from mesial.common.settings import OperatorSettings, VaultSettings
 from mesial.common.tenancy import namespace_for, transit_key_for, validate_org_name
 from mesial.common.vault import KeyInfo, ShredReceipt, TenantKeys
@@ -33,8 +34,8 @@ DEFAULT_POLICIES_DIR = Path(__file__).resolve().parent.parent / "policies"
 ROLE_TOKEN_TTL = "1h"
 
 
-def policy_name_for(org: str) -> str:
-    """The Vault policy (and Kubernetes-auth role) name of an Organization."""
+def role_name_for(org: str) -> str:
+    """The Kubernetes-auth role name of an Organization's aligner Jobs."""
     return f"mesial-org-{validate_org_name(org)}"
 
 
@@ -43,13 +44,13 @@ class VaultTenant:
     """What Vault holds for a tenant after ``provision``, and what had to be fixed."""
 
     key: KeyInfo
-    policy: str
+    policy: str  # the fixed aligner policy the role grants (not the tenant's: there is none)
     role: str
     corrected: list[str] = field(default_factory=list)
 
 
 class TenantProvisioner:
-    """Creates, checks and removes a tenant's key, policy and role in Vault."""
+    """Creates, checks and removes a tenant's key and login role in Vault."""
 
     def __init__(self, keys: TenantKeys, vault: VaultSettings, operator: OperatorSettings) -> None:
         self.keys = keys
@@ -58,31 +59,17 @@ class TenantProvisioner:
         self.client: hvac.Client = keys.client
         self.auth_mount = vault.kubernetes_mount
         self._auth_ready = False
-        directory = operator.policies_dir or DEFAULT_POLICIES_DIR
-        template = directory / "vault" / "tenant-policy.hcl.tmpl"
-        try:
-            self._template = string.Template(template.read_text())
-        except OSError as exc:
-            raise ConfigurationError(f"Vault policy template not readable: {template}: {exc}") from exc
 
     def _call(self, call: Any, *, what: str, key: str | None = None) -> Any:
         # The retry budget and error translation of TenantKeys, shared on purpose.
         return self.keys._retrying(call, what=what, key=key)
 
-    # -- rendering ----------------------------------------------------------------------
-    def render_policy(self, org: str) -> str:
-        return self._template.substitute(
-            org=validate_org_name(org),
-            policy=policy_name_for(org),
-            mount=self.vault.transit_mount,
-            key=transit_key_for(org),
-        )
-
+    # -- the role -------------------------------------------------------------------------
     def desired_role(self, org: str, service_account: str) -> dict[str, Any]:
         return {
             "bound_service_account_names": [service_account],
-            "bound_service_account_namespaces": [namespace_for(org)],
-            "policies": [policy_name_for(org)],
+            "bound_service_account_namespaces": [namespace_for(validate_org_name(org))],
+            "policies": [self.operator.vault_aligner_policy],
             "audience": self.operator.vault_token_audience,
             "ttl": ROLE_TOKEN_TTL,
         }
@@ -133,7 +120,7 @@ class TenantProvisioner:
 
     # -- provisioning -------------------------------------------------------------------
     def provision(self, org: str, *, service_account: str, rotation_period: str) -> VaultTenant:
-        """Create or correct the tenant's key, policy and role; idempotent."""
+        """Create or correct the tenant's key and role; idempotent."""
         self.ensure_kubernetes_auth()
         corrected: list[str] = []
         keys = TenantKeys(self.vault.model_copy(update={"key_rotation_period": rotation_period}), self.client)
@@ -150,33 +137,18 @@ class TenantProvisioner:
                 corrected.append(f"rotation period of {info.name} set to {rotation_period}")
         else:
             info = before  # as wanted: no create, configure and re-read (4 Vault calls) on every drift pass
-        name = policy_name_for(org)
-        policy = self.render_policy(org)
-        if self._read_policy(name) != policy.strip():
-            corrected.append(f"Vault policy {name} was missing or edited")
-            self._call(lambda: self.client.sys.create_or_update_acl_policy(name, policy), what="write policy")
+        name = role_name_for(org)
         desired = self.desired_role(org, service_account)
         if not self._role_matches(name, desired):
             corrected.append(f"Vault role {name} was missing or edited")
             # Single names as strings, not lists: the operator's Vault policy globs string
-            # values only (mesial-org-*), and hvac's create_role would send lists.
+            # values only (mesial-org-*) and pins the policy, and hvac's create_role would send lists.
             body = {field: ",".join(value) if isinstance(value, list) else value for field, value in desired.items()}
             self._call(
                 lambda: self.client.adapter.post(f"/v1/auth/{self.auth_mount}/role/{name}", json=body),
                 what="write role",
             )
-        return VaultTenant(key=info, policy=name, role=name, corrected=corrected)
-
-    def _read_policy(self, name: str) -> str | None:
-        try:
-            response = self._call(lambda: self.client.sys.read_acl_policy(name), what="read policy")
-        except VaultError:
-            return None
-        if not response:
-            return None
-        data = response.get("data", response)
-        rules = data.get("rules") or data.get("policy")
-        return str(rules).strip() if rules is not None else None
+        return VaultTenant(key=info, policy=self.operator.vault_aligner_policy, role=name, corrected=corrected)
 
     def _role_matches(self, name: str, desired: dict[str, Any]) -> bool:
         try:
@@ -196,9 +168,9 @@ class TenantProvisioner:
 
     # -- deprovisioning -------------------------------------------------------------------
     def revoke_access(self, org: str) -> None:
-        """Delete the tenant's role and policy (idempotent)."""
+        """Delete the tenant's login role (idempotent): its Jobs can no longer log in."""
         self.ensure_kubernetes_auth()
-        name = policy_name_for(org)
+        name = role_name_for(org)
         try:
             self._call(
                 lambda: self.client.auth.kubernetes.delete_role(name, mount_point=self.auth_mount), what="delete role"
@@ -206,7 +178,6 @@ class TenantProvisioner:
         except VaultError as exc:
             if "no such path" not in str(exc):
                 raise
-        self._call(lambda: self.client.sys.delete_acl_policy(name), what="delete policy")
 
     def shred(self, org: str) -> ShredReceipt:
         """Crypto-shred the tenant key, with proof (idempotent)."""

@@ -233,6 +233,9 @@ class OperatorSettings(BaseModel):
     store_endpoint_in_cluster: str = ""
     # Audience of the projected ServiceAccount token the aligner logs in to Vault with.
     vault_token_audience: str = "vault"
+    # The one Vault policy every tenant's login role grants (the chart's files/vault/aligner-policy.hcl,
+    # written by the platform team): templated on the Job's ServiceAccount namespace, that tenant's key only.
+    vault_aligner_policy: str = Field("mesial-aligner", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     # Vault address as seen from tenant pods (defaults to ``vault.addr``).
     vault_addr_in_cluster: str = ""
     # The ClusterRole the operator binds itself to in each tenant namespace (RoleBinding ``mesial-operator``)
@@ -247,7 +250,7 @@ class OperatorSettings(BaseModel):
     vault_kubernetes_host: str = "https://kubernetes.default.svc"
     # PEM CA of that API server for the auth config (empty on a dev server: a throwaway one is made).
     vault_kubernetes_ca_cert: str = ""
-    # Where the Vault policy and NetworkPolicy templates are read from (None: the project's policies/).
+    # Where the NetworkPolicy templates are read from (None: the project's policies/).
     policies_dir: Path | None = None
     # Seconds between drift checks of each Organization's owned objects.
     drift_interval_s: float = Field(60.0, gt=0)

@@ -1,7 +1,8 @@
 """Tenant identifiers and the names derived from them, validated in one place.
 
 An Organization's name is the root of every per-tenant name: its namespace
-``mesial-org-<name>``, its Vault transit key ``org-<name>`` and its object prefix
+``mesial-org-<name>``, its Vault transit key (named as the namespace: the aligner Jobs' one Vault
+policy finds the key from the namespace of the Job's ServiceAccount) and its object prefix
 ``tenants/<name>/``. A name that could escape one of those (``..``, ``/``, upper case,
 over-long) is refused here, before any service sees it.
 """
@@ -36,8 +37,13 @@ def namespace_for(org: str) -> str:
 
 
 def transit_key_for(org: str) -> str:
-    """The Vault transit key name of an Organization."""
-    return f"org-{validate_org_name(org)}"
+    """The Vault transit key name of an Organization: its namespace's name.
+
+    The aligner Jobs' Vault policy (``charts/mesial/files/vault/aligner-policy.hcl``) is one policy
+    for every tenant, templated on the namespace of the Job's ServiceAccount: that namespace must
+    be the key's name.
+    """
+    return namespace_for(org)
 
 
 def tenant_prefix(org: str) -> str:

@@ -1,6 +1,6 @@
 """Per-tenant keys in Vault's transit engine (OpenBao in local mode and tests).
 
-Each Organization has one key-encryption key, ``org-<name>`` (``aes256-gcm96``, never
+Each Organization has one key-encryption key, ``mesial-org-<name>`` (``aes256-gcm96``, never
 exportable, rotated by Vault on ``auto_rotate_period``). Objects are encrypted with a
 fresh data key from ``transit/datakey``; only its wrapped form is stored. Deleting the
 transit key (crypto-shredding) makes every wrapped data key of that tenant, and so every

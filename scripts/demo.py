@@ -298,7 +298,9 @@ def main() -> int:
             keys = TenantKeys(
                 VaultSettings(addr=services["openbao"].url, token=services["openbao"].credentials["root_token"])
             )
-            receipt = step(f"crypto-shred org-{ORG} (what deleting the Organization does)", lambda: keys.shred(ORG))
+            receipt = step(
+                f"crypto-shred mesial-org-{ORG} (what deleting the Organization does)", lambda: keys.shred(ORG)
+            )
             note(receipt.proof)
         finally:
             stack.stop()

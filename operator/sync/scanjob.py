@@ -22,7 +22,7 @@ from typing import Any
 
 from mesial.common.contract import EXIT_INVALID, ID_RE, JobSpec, read_progress, sanitize_text
 from mesial.common.errors import InputError, MesialError
-from mesial.common.provisioning import policy_name_for
+from mesial.common.provisioning import role_name_for
 from mesial.common.settings import OperatorSettings, Settings
 from mesial.common.tenancy import namespace_for
 from mesial.operator.errors import describe
@@ -169,7 +169,7 @@ def build_job(body: Any, spec: JobSpec, limits: RunLimits, settings: Settings, t
         {"name": "MESIAL_MODE", "value": "cluster"},
         {"name": "MESIAL_VAULT__ADDR", "value": op.vault_addr_in_cluster or settings.vault.addr},
         {"name": "MESIAL_VAULT__AUTH", "value": "kubernetes"},
-        {"name": "MESIAL_VAULT__KUBERNETES_ROLE", "value": policy_name_for(org)},
+        {"name": "MESIAL_VAULT__KUBERNETES_ROLE", "value": role_name_for(org)},
         {"name": "MESIAL_VAULT__KUBERNETES_MOUNT", "value": settings.vault.kubernetes_mount},
         {"name": "MESIAL_VAULT__TRANSIT_MOUNT", "value": settings.vault.transit_mount},
         {"name": "MESIAL_VAULT__SERVICE_ACCOUNT_TOKEN_PATH", "value": f"{VAULT_TOKEN_DIR}/token"},

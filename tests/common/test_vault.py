@@ -25,7 +25,7 @@ def keys(service_settings: Settings) -> TenantKeys:
 def test_ensure_key_is_idempotent_and_not_exportable(keys: TenantKeys) -> None:
     first = keys.ensure_key("acme-lab")
     second = keys.ensure_key("acme-lab")
-    assert first.name == "org-acme-lab"
+    assert first.name == "mesial-org-acme-lab"
     assert first == second
     assert first.exportable is False
     assert first.auto_rotate_period_s == 720 * 3600
@@ -78,7 +78,7 @@ def test_shred_makes_every_data_key_unreadable(keys: TenantKeys) -> None:
     keys.rotate("leaving")
     wrapped.append(keys.data_key("leaving").wrapped)
     receipt = keys.shred("leaving")
-    assert receipt.key_name == "org-leaving"
+    assert receipt.key_name == "mesial-org-leaving"
     assert receipt.versions_destroyed == 2
     assert "no longer unwraps" in receipt.proof
     for value in wrapped:

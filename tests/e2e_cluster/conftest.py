@@ -109,6 +109,7 @@ class VaultSetup:
     url: str
     root_token: str
     client: hvac.Client
+    kubernetes_accessor: str = ""
 
 
 @pytest.fixture(scope="session")
@@ -138,7 +139,8 @@ def vault(openbao: svc.ServiceInfo, kube: Kube, cluster: ClusterInfo) -> VaultSe
         token_reviewer_jwt=reviewer,
         disable_local_ca_jwt=True,
     )
-    return VaultSetup(openbao.url, root, client)
+    accessor = client.sys.list_auth_methods()["data"]["kubernetes/"]["accessor"]
+    return VaultSetup(openbao.url, root, client, accessor)
 
 
 def _bind_role(vault: VaultSetup, name: str, policy: str, service_account: str) -> None:
@@ -175,7 +177,7 @@ def release_values(vault: VaultSetup, seaweedfs: svc.ServiceInfo) -> dict[str, A
     return {
         # MESIAL_E2E_LOG_LEVEL=DEBUG: the operator's log (in the kept pod logs) says more.
         "global": {"logLevel": os.environ.get("MESIAL_E2E_LOG_LEVEL", "INFO")},
-        "vault": {"addr": vault.url},
+        "vault": {"addr": vault.url, "kubernetesMountAccessor": vault.kubernetes_accessor},
         "store": {"endpointUrl": seaweedfs.url, "bucket": seaweedfs.credentials["bucket"]},
         "api": {"enabled": False},
         "operator": {"driftIntervalSeconds": 5, "retryDelaySeconds": 2, "scanJobSyncIntervalSeconds": 2},
@@ -218,6 +220,8 @@ def release(
         d["data"] for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-vault-policies")
     ]
     _bind_role(vault, "mesial-operator", policies["operator.hcl"], accounts[0])
+    # The aligner Jobs' one policy (templated on their login's namespace); the operator writes none.
+    vault.client.sys.create_or_update_acl_policy("mesial-aligner", policies["aligner.hcl"])
     helm(cluster, "install", RELEASE, str(CHART), "-n", NAMESPACE, "-f", str(values_file))
     rel = Release(RELEASE, NAMESPACE, values, accounts[0], values_file)
     eventually(lambda: operator_pod(kube, running=True), timeout=120, what="the operator pod runs")

@@ -65,7 +65,7 @@ def cel_message(kind: str, rule_part: str) -> str:
 def test_organization_becomes_ready_under_the_charts_rbac(kube: Kube, release: Release, vault: VaultSetup) -> None:
     kube.apply(organization("e2e-ready"))
     status = eventually(lambda: ready(kube, "e2e-ready"), timeout=120, what="Organization e2e-ready Ready")
-    assert status["keyVersion"] >= 1 and status["keyName"] == "org-e2e-ready"
+    assert status["keyVersion"] >= 1 and status["keyName"] == "mesial-org-e2e-ready"
     assert status["namespace"] == "mesial-org-e2e-ready"
 
     # Printer columns, as `kubectl get morg` prints them.
@@ -96,13 +96,16 @@ def test_organization_becomes_ready_under_the_charts_rbac(kube: Kube, release: R
     )
     assert quota
 
-    # Vault: the key, the policy and the role bound to the tenant's ServiceAccount with audience vault.
-    key = vault.client.secrets.transit.read_key("org-e2e-ready")["data"]
+    # Vault: the key (named as the namespace) and the role bound to the tenant's ServiceAccount with
+    # audience vault, granting the chart's one aligner policy; the operator wrote no policy.
+    key = vault.client.secrets.transit.read_key("mesial-org-e2e-ready")["data"]
     assert key["exportable"] is False and key["latest_version"] == status["keyVersion"]
     role = vault.client.read("auth/kubernetes/role/mesial-org-e2e-ready")["data"]
     assert role["bound_service_account_names"] == ["mesial-aligner"]
     assert role["bound_service_account_namespaces"] == ["mesial-org-e2e-ready"]
     assert role["audience"] == "vault"
+    assert role["token_policies"] == ["mesial-aligner"]
+    assert not [p for p in vault.client.sys.list_acl_policies()["data"]["keys"] if p.startswith("mesial-org-")]
 
     # A pod without the restricted profile's settings is refused there by Pod Security admission.
     pod = {
@@ -217,7 +220,7 @@ def test_deletion_shreds_the_key_and_the_namespace_controller_removes_the_namesp
     # The namespace is removed by the namespace controller (its content deleted, finalizers run).
     eventually(lambda: kube.get("namespace", "mesial-org-e2e-gone") is None, timeout=120, what="namespace removed")
     with pytest.raises(hvac.exceptions.InvalidPath):  # crypto-shredded
-        vault.client.secrets.transit.read_key("org-e2e-gone")
+        vault.client.secrets.transit.read_key("mesial-org-e2e-gone")
     assert vault.client.read("auth/kubernetes/role/mesial-org-e2e-gone") is None
     assert asyncio.run(put_and_list(False)) == []  # the tenant's prefix is empty
     receipt = [
@@ -280,7 +283,7 @@ def test_operator_killed_mid_deletion_converges(kube: Kube, release: Release, va
     eventually(lambda: kube.get("organization", "e2e-crash-del") is None, timeout=180, what="Organization gone")
     eventually(lambda: kube.get("namespace", "mesial-org-e2e-crash-del") is None, timeout=120, what="namespace gone")
     with pytest.raises(hvac.exceptions.InvalidPath):
-        vault.client.secrets.transit.read_key("org-e2e-crash-del")
+        vault.client.secrets.transit.read_key("mesial-org-e2e-crash-del")
     restarted = operator_pod(kube, running=True)
     assert (
         restarted is not None and restarted["status"]["containerStatuses"][0]["restartCount"] > status["restartCount"]

@@ -88,15 +88,15 @@ from mesial.operator.sync.organization.model import OrgView
 from mesial.operator.sync.organization.networkpolicies import desired_networkpolicies
 from mesial.operator.testing import CRDS_DIR
 
-class Keys:  # the provisioner reads its template at construction; no Vault call is made here
+class Keys:  # no Vault call is made here
     client = None
 
 settings = OperatorSettings()
-policy = TenantProvisioner(Keys(), VaultSettings(transit_mount="kms"), settings).render_policy("acme")
-org = OrgView(name="acme", namespace="mesial-org-acme", key_name="org-acme", tier="standard", extra_egress=(),
+role = TenantProvisioner(Keys(), VaultSettings(transit_mount="kms"), settings).desired_role("acme", "mesial-aligner")
+org = OrgView(name="acme", namespace="mesial-org-acme", key_name="mesial-org-acme", tier="standard", extra_egress=(),
               rotation_period="720h", force_delete=False, generation=1, uid="u")
 print(json.dumps({
-    "policy": policy,
+    "role": role,
     "networkpolicies": [p["metadata"]["name"] for p in desired_networkpolicies(org, settings)],
     "crds": sorted(p.name for p in CRDS_DIR.glob("*.yaml")),
 }))
@@ -109,7 +109,7 @@ def test_the_installed_wheel_renders_its_templates(unpacked_wheel: Path) -> None
     )
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
-    assert 'path "kms/decrypt/org-acme"' in out["policy"]
+    assert out["role"]["policies"] == ["mesial-aligner"]
     assert sorted(out["networkpolicies"]) == [
         "mesial-allow-egress",
         "mesial-allow-egress-aligner",

@@ -19,7 +19,7 @@ async def test_create_provisions_namespace_network_and_vault(
     await k8s.create(organization(name))
     st = await eventually(lambda: ready(k8s, name))
     ns = f"mesial-org-{name}"
-    assert st["namespace"] == ns and st["keyName"] == f"org-{name}"
+    assert st["namespace"] == ns and st["keyName"] == f"mesial-org-{name}"
     assert st["keyVersion"] == 1 and len(st["keyFingerprint"]) == 32
     assert st["observedGeneration"] == 1
     for type_ in ("Ready", "NamespaceReady", "NetworkReady", "VaultReady"):
@@ -44,11 +44,12 @@ async def test_create_provisions_namespace_network_and_vault(
     assert {"protocol": "UDP", "port": 53} in dns["ports"]
 
     client = vault(operator_settings)
-    key = client.secrets.transit.read_key(f"org-{name}", mount_point="transit")["data"]
+    key = client.secrets.transit.read_key(ns, mount_point="transit")["data"]  # named as the namespace
     assert key["exportable"] is False and key["type"] == "aes256-gcm96"
-    policy = client.sys.read_policy(f"mesial-org-{name}")["data"]["rules"]
-    assert f'path "transit/decrypt/org-{name}"' in policy and "org-other" not in policy
+    with pytest.raises(hvac.exceptions.InvalidPath):  # the operator writes no policy
+        client.sys.read_policy(f"mesial-org-{name}")
     role_data = client.auth.kubernetes.read_role(f"mesial-org-{name}")
+    assert role_data["token_policies"] == ["mesial-aligner"]  # the chart's one aligner policy
     assert role_data["bound_service_account_names"] == ["mesial-aligner"]
     assert role_data["bound_service_account_namespaces"] == [ns]
     assert role_data["audience"] == "vault"
@@ -89,7 +90,7 @@ async def test_spec_change_is_applied_in_place(harness: Harness, operator_settin
         "to": [{"ipBlock": {"cidr": "203.0.113.0/24"}}],
         "ports": [{"protocol": "TCP", "port": 443}],
     }
-    key = vault(operator_settings).secrets.transit.read_key(f"org-{name}", mount_point="transit")["data"]
+    key = vault(operator_settings).secrets.transit.read_key(f"mesial-org-{name}", mount_point="transit")["data"]
     assert key["auto_rotate_period"] == 48 * 3600
 
 
@@ -110,7 +111,7 @@ async def test_delete_shreds_key_clears_store_and_writes_receipt(
     assert [m async for m in store.list(name)] == []
     client = vault(operator_settings)
     with pytest.raises(hvac.exceptions.InvalidPath):
-        client.secrets.transit.read_key(f"org-{name}", mount_point="transit")
+        client.secrets.transit.read_key(f"mesial-org-{name}", mount_point="transit")
     with pytest.raises(hvac.exceptions.InvalidPath):
         client.sys.read_policy(f"mesial-org-{name}")
     with pytest.raises(hvac.exceptions.InvalidPath):

@@ -41,18 +41,18 @@ async def test_drift_is_corrected_within_the_interval_with_an_event(
     await k8s.patch("v1", "ResourceQuota", "mesial-quota", {"spec": {"hard": {"pods": "999", "secrets": "5"}}}, ns)
     await k8s.patch(*ROLE, "mesial-aligner", {"rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]}, ns)
     client = vault(operator_settings)
-    client.sys.create_or_update_policy(f"mesial-org-{name}", 'path "transit/*" { capabilities = ["update"] }')
+    client.write(f"auth/kubernetes/role/mesial-org-{name}", token_policies="root", audience="vault")
 
     async def restored() -> bool:
         deny = await k8s.get(*NP, "mesial-default-deny", ns)
         quota = await get(k8s, "v1", "ResourceQuota", "mesial-quota", ns)
         role = await get(k8s, *ROLE, "mesial-aligner", ns)
-        policy = client.sys.read_policy(f"mesial-org-{name}")["data"]["rules"]
+        vault_role = client.auth.kubernetes.read_role(f"mesial-org-{name}")
         return (
             deny is not None
             and quota["spec"]["hard"] == operator_settings.operator.tiers["small"].quota
             and role["rules"][0]["verbs"] == ["get"]
-            and 'path "transit/*"' not in policy
+            and vault_role["token_policies"] == ["mesial-aligner"]
         )
 
     await eventually(restored, timeout=5 * operator_settings.operator.drift_interval_s + 5)
@@ -63,7 +63,7 @@ async def test_drift_is_corrected_within_the_interval_with_an_event(
             "mesial-default-deny was missing",
             "mesial-quota edited: spec.hard",
             "mesial-aligner edited: rules",
-            "Vault policy",
+            "Vault role",
         )
         return messages if all(any(w in m for m in messages) for w in wanted) else None
 
@@ -125,7 +125,7 @@ async def test_restart_mid_deletion_resumes_and_writes_one_receipt(
     receipts = [e for e in audit_events(h.runtime) if e["action"] == "organization.deleted" and e["tenant"] == name]
     assert len(receipts) == 1 and receipts[0]["details"]["objects_deleted"] == 1
     with pytest.raises(hvac.exceptions.InvalidPath):
-        vault(operator_settings).secrets.transit.read_key(f"org-{name}", mount_point="transit")
+        vault(operator_settings).secrets.transit.read_key(f"mesial-org-{name}", mount_point="transit")
 
 
 async def test_deletion_waits_for_running_scanjobs_unless_forced(harness: Harness, org_name) -> None:
@@ -174,15 +174,13 @@ async def test_two_tenants_share_nothing(harness: Harness, operator_settings: Se
         for np in ("mesial-default-deny", "mesial-allow-egress"):
             policy = await get(k8s, *NP, np, f"mesial-org-{own}")
             assert other not in str(policy)
-    # A Vault token with tenant a's policy can use a's key and not b's.
+    # Each tenant's login role binds its own namespace's aligner to the one templated policy, which
+    # resolves to that namespace's key (a login of a's Job using b's key: tests/policies, real TokenReview).
     root = vault(operator_settings)
-    token = root.auth.token.create(policies=[f"mesial-org-{a}"], ttl="5m")["auth"]["client_token"]
-    tenant_a = hvac.Client(url=operator_settings.vault.addr, token=token)
-    tenant_a.secrets.transit.generate_data_key(f"org-{a}", key_type="plaintext", mount_point="transit")
-    with pytest.raises(hvac.exceptions.Forbidden):
-        tenant_a.secrets.transit.generate_data_key(f"org-{b}", key_type="plaintext", mount_point="transit")
-    with pytest.raises(hvac.exceptions.Forbidden):
-        tenant_a.secrets.transit.delete_key(f"org-{a}", mount_point="transit")
+    for own in (a, b):
+        role = root.auth.kubernetes.read_role(f"mesial-org-{own}")
+        assert role["bound_service_account_namespaces"] == [f"mesial-org-{own}"]
+        assert role["token_policies"] == ["mesial-aligner"]
     # Deleting a leaves b whole.
     store = harness.runtime.store
     await store.put(a, "scans/x", b"a")
@@ -191,7 +189,7 @@ async def test_two_tenants_share_nothing(harness: Harness, operator_settings: Se
     await eventually(lambda: _gone(k8s, a))
     assert await store.read_bytes(b, "scans/y") == b"b"
     assert (await ready(k8s, b)) is not None
-    assert root.secrets.transit.read_key(f"org-{b}", mount_point="transit")["data"]["latest_version"] == 1
+    assert root.secrets.transit.read_key(f"mesial-org-{b}", mount_point="transit")["data"]["latest_version"] == 1
 
 
 async def _gone(k8s, name: str) -> bool:

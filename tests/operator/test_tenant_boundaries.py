@@ -133,7 +133,7 @@ async def test_deletion_proves_each_step_in_the_world_not_from_status(
     assert [m async for m in store.list(name)] == []
     client = vault(operator_settings)
     with pytest.raises(hvac.exceptions.InvalidPath):
-        client.secrets.transit.read_key(f"org-{name}", mount_point="transit")
+        client.secrets.transit.read_key(f"mesial-org-{name}", mount_point="transit")
     with pytest.raises(hvac.exceptions.InvalidPath):
         client.auth.kubernetes.read_role(f"mesial-org-{name}")
     receipt = next(e for e in audit_events(harness.runtime) if e["action"] == "organization.deleted"

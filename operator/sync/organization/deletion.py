@@ -2,7 +2,7 @@
 
 Order: refuse while ScanJobs run (unless ``spec.deletion.force``, which stops them),
 delete the tenant's objects in the store (held ones too: the key is shredded next),
-crypto-shred the key, remove the Vault role and policy and the tenant's store identity,
+crypto-shred the key, remove the Vault role and the tenant's store identity,
 delete the namespace, write the deletion receipt to the audit sink. ``status.deletion`` is a record for people, never a
 proof: every pass asks the world whether each step is done (Jobs still active in the
 tenant namespace, objects left under the tenant prefix, the key still in Vault, the
@@ -114,7 +114,7 @@ async def _delete(rt: Runtime, org: OrgView, body: Any) -> list[Note]:
 
     async def revoke_vault() -> None:
         await asyncio.to_thread(rt.provisioner.revoke_access, org.name)
-        await record(None, "InProgress", "Vault role and policy removed", vaultCleared=True)
+        await record(None, "InProgress", "Vault role removed", vaultCleared=True)
 
     async def remove_store_identity() -> None:
         if rt.identities is not None:

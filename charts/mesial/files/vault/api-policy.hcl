@@ -8,9 +8,9 @@
 # configure a key, and needs no sys/ path.
 
 # Tenant keys: read (versions, fingerprint); create (POST, an `update`) with the fixed type
-# and the rotation period; `update` also covers keys/org-<name>/config and /rotate, limited to
+# and the rotation period; `update` also covers keys/mesial-org-<name>/config and /rotate, limited to
 # these parameters (so no deletion_allowed, min_decryption_version or exportable=true).
-path "{{ $transit }}/keys/org-*" {
+path "{{ $transit }}/keys/mesial-org-*" {
   capabilities = ["read", "update"]
   allowed_parameters = {
     "type" = ["aes256-gcm96"]
@@ -20,17 +20,17 @@ path "{{ $transit }}/keys/org-*" {
   }
 }
 # Data keys: new ones (plaintext + wrapped), unwrap, rewrap to the newest key version.
-path "{{ $transit }}/datakey/plaintext/org-*" {
+path "{{ $transit }}/datakey/plaintext/mesial-org-*" {
   capabilities = ["update"]
 }
-path "{{ $transit }}/decrypt/org-*" {
+path "{{ $transit }}/decrypt/mesial-org-*" {
   capabilities = ["update"]
 }
-path "{{ $transit }}/rewrap/org-*" {
+path "{{ $transit }}/rewrap/mesial-org-*" {
   capabilities = ["update"]
 }
 # Key fingerprints: an HMAC over a fixed label.
-path "{{ $transit }}/hmac/org-*" {
+path "{{ $transit }}/hmac/mesial-org-*" {
   capabilities = ["update"]
 }
 # Audit checkpoints: create the ed25519 key once (idempotent), sign, verify, read its public keys.
