@@ -121,13 +121,14 @@ def arch_frame(upper: FloatArray, lower: FloatArray) -> ArchFrame:
     """
     points = np.vstack([upper, lower])
     centre = points.mean(axis=0)
-    _, vectors = np.linalg.eigh((points - centre).T @ (points - centre))
+    centred = points - centre
+    _, vectors = np.linalg.eigh(centred.T @ centred)
     superior = vectors[:, 0]
     if float((upper.mean(axis=0) - lower.mean(axis=0)) @ superior) < 0:
         superior = -superior
     best, anterior = -1.0, vectors[:, 2]
     for axis in (vectors[:, 1], vectors[:, 2]):
-        projection = (points - centre) @ axis
+        projection = centred @ axis
         offset = -0.5 * (projection.max() + projection.min())  # centroid minus box centre
         if abs(offset) > best:
             best, anterior = abs(offset), axis if offset > 0 else -axis
@@ -207,16 +208,18 @@ def arch_contacts(
         if antagonist is None:
             raise ValueError("arch_contacts needs the antagonist or the distances")
         distance, _ = antagonist.signed_distance(vertices)
-    area = area_below(vertices, faces, distance, threshold_mm)
-    face_region = (region if region is not None else np.ones(len(vertices), dtype=np.int64))[faces[:, 0]]
+    # the measures concern the triangles with a corner below the threshold (or inside): the rest have none
+    near = faces[(distance < max(threshold_mm, 0.0))[faces].any(axis=1)]
+    area = area_below(vertices, near, distance, threshold_mm)
+    face_region = (region if region is not None else np.ones(len(vertices), dtype=np.int64))[near[:, 0]]
     by_region = {name: float(area[face_region == i].sum()) for i, name in enumerate(REGIONS)}
     return ArchContacts(
         distance=distance,
         contact_area_mm2=float(area.sum()),
         area_by_region_mm2=by_region,
-        patches=count_patches(faces, distance < threshold_mm),
+        patches=count_patches(near, distance < threshold_mm),
         max_penetration_mm=float(max(0.0, -distance.min())),
-        penetration_area_mm2=float(area_below(vertices, faces, distance, 0.0).sum()),
+        penetration_area_mm2=float(area_below(vertices, near, distance, 0.0).sum()),
     )
 
 

@@ -168,12 +168,12 @@ def clean_mesh(raw: RawMesh, role: str, *, unit: str | None = None, orient: bool
     vertices, faces = raw.vertices, raw.faces
 
     # degenerate: a repeated corner or (near) zero area
-    corners = vertices[faces]
-    cross = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])  # kept for the normals
+    cross = face_cross_products(vertices, faces)  # kept for the normals
     area2 = np.linalg.norm(cross, axis=1)
     repeated = (faces[:, 0] == faces[:, 1]) | (faces[:, 1] == faces[:, 2]) | (faces[:, 0] == faces[:, 2])
     degenerate = repeated | (area2 < 2 * DEGENERATE_AREA_MM2)
-    faces, cross = faces[~degenerate], cross[~degenerate]
+    if degenerate.any():  # (the usual scan has none: no copies then)
+        faces, cross = faces[~degenerate], cross[~degenerate]
     # duplicate: the same three vertices, whatever the order or winding (one integer key per triangle)
     low = np.minimum(np.minimum(faces[:, 0], faces[:, 1]), faces[:, 2])
     high = np.maximum(np.maximum(faces[:, 0], faces[:, 1]), faces[:, 2])
@@ -184,16 +184,18 @@ def clean_mesh(raw: RawMesh, role: str, *, unit: str | None = None, orient: bool
     else:
         _, keep = np.unique(ordered, axis=0, return_index=True)
     duplicates = len(faces) - len(keep)
-    keep = np.sort(keep)
-    faces, cross = faces[keep], cross[keep]
+    if duplicates:
+        keep = np.sort(keep)
+        faces, cross = faces[keep], cross[keep]
     if len(faces) == 0:
         raise EmptyScan("every triangle is degenerate", role)
     # unreferenced vertices
     used = np.zeros(len(vertices), dtype=bool)
     used[faces] = True
-    remap = np.cumsum(used) - 1
-    vertices = vertices[used]
-    faces = remap[faces]
+    if not used.all():
+        remap = np.cumsum(used) - 1
+        vertices = vertices[used]
+        faces = remap[faces]
 
     scale = 1.0
     if unit is not None:
@@ -223,6 +225,23 @@ def clean_mesh(raw: RawMesh, role: str, *, unit: str | None = None, orient: bool
     return Scan(role, vertices, faces.astype(np.int64), normals, raw.sha256, raw.file_format, report, cache)
 
 
+def face_cross_products(vertices: NDArray[np.float64], faces: NDArray[np.int64]) -> NDArray[np.float64]:
+    """``(v1 - v0) x (v2 - v0)`` per triangle ``(m, 3)``: the normal times twice the area.
+
+    The same arithmetic as ``np.cross`` on the gathered corners, a coordinate at a time
+    (no ``(m, 3, 3)`` array of corners): the same values, in half the time.
+    """
+    columns = np.ascontiguousarray(np.asarray(vertices, dtype=np.float64).T)
+    first = faces[:, 0]
+    a = [column[faces[:, 1]] - column[first] for column in columns]
+    b = [column[faces[:, 2]] - column[first] for column in columns]
+    cross = np.empty((len(faces), 3))
+    cross[:, 0] = a[1] * b[2] - a[2] * b[1]
+    cross[:, 1] = a[2] * b[0] - a[0] * b[2]
+    cross[:, 2] = a[0] * b[1] - a[1] * b[0]
+    return cross
+
+
 def vertex_normals(
     vertices: NDArray[np.float64], faces: NDArray[np.int64], face_normals: NDArray[np.float64] | None = None
 ) -> NDArray[np.float64]:
@@ -241,8 +260,7 @@ def vertex_normals(
         Unit vectors (zero for a vertex whose triangles cancel out).
     """
     if face_normals is None:
-        corners = vertices[faces]
-        face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+        face_normals = face_cross_products(vertices, faces)
     normals = np.zeros_like(vertices)
     flat = faces.ravel()
     for axis in range(3):

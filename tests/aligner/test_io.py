@@ -252,3 +252,14 @@ def test_a_small_object_is_invalid_input_not_unconfident(tmp_path, small_case):
     result = align_scans(tmp_path / "tiny.stl", tmp_path / "lower.stl", [tmp_path / "bite.stl"])
     assert result.status == "invalid_input"
     assert "upper scan: bounding box diagonal is 2.8" in result.reasons[0]
+
+
+def test_face_cross_products_are_numpys_cross_products():
+    from mesial.aligner.validate import face_cross_products
+
+    rng = np.random.default_rng(5)
+    vertices = rng.normal(size=(500, 3)) * 30.0
+    faces = rng.integers(0, 500, size=(2000, 3))
+    corners = vertices[faces]
+    expected = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    assert np.array_equal(face_cross_products(vertices, faces), expected)  # the same arithmetic, bit for bit
