@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.chart.test_chart import render
+from tests.chart.test_chart import CHART, helm, render
 from tests.operator.admission import Policy
 
 OPERATOR = "system:serviceaccount:mesial-system:rel-mesial-operator"
@@ -141,3 +141,39 @@ def test_the_policy_follows_the_release_and_image(k8s_tools: dict[str, Path]) ->
     assert not [
         d for d in render(k8s_tools, "--set", "operator.admissionPolicy.enabled=false") if "Admission" in d["kind"]
     ]
+
+
+# What the chart supports, and why: the Organization CRD's CEL rules use the CIDR library
+# (`isCIDR`, `cidr()`), which kube-apiserver offers to new rules from 1.31 (introduced in 1.30's
+# CEL environment, usable once 1.30 is the minimum compatibility version, i.e. from 1.31), and the
+# admission policy is admissionregistration.k8s.io/v1 (GA in 1.30). Below that, `helm install`
+# refuses at once rather than failing half-way on the CRD.
+@pytest.mark.parametrize("version", ["1.27.16", "1.28.15", "1.29.0", "1.30.14"])
+def test_a_cluster_older_than_1_31_is_refused_by_the_chart(k8s_tools: dict[str, Path], version: str) -> None:
+    result = helm(k8s_tools, "template", "rel", str(CHART), "--kube-version", version, check=False)
+    assert result.returncode != 0
+    assert "kubeVersion: >=1.31.0-0" in result.stderr and f"v{version}" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("version", ["1.31.0", "1.33.4", "1.35.4"])
+def test_from_1_31_the_admission_policy_is_installed(k8s_tools: dict[str, Path], version: str) -> None:
+    kinds = {d["kind"]: d for d in render(k8s_tools, "--kube-version", version)}
+    assert kinds["ValidatingAdmissionPolicy"]["apiVersion"] == "admissionregistration.k8s.io/v1"
+    assert kinds["ValidatingAdmissionPolicyBinding"]["apiVersion"] == "admissionregistration.k8s.io/v1"
+
+
+# A cluster's discovery (what `helm install` sees, or `helm template --api-versions`) that serves
+# admission webhooks but not ValidatingAdmissionPolicy (switched off by --runtime-config): the
+# chart says so instead of installing an operator its RBAC alone would not confine.
+def test_a_cluster_without_the_policy_api_is_refused_unless_the_policy_is_disabled(
+    k8s_tools: dict[str, Path],
+) -> None:
+    webhooks = ("--api-versions", "admissionregistration.k8s.io/v1/ValidatingWebhookConfiguration")
+    refused = helm(k8s_tools, "template", "rel", str(CHART), *webhooks, check=False)
+    assert refused.returncode != 0
+    assert "does not serve admissionregistration.k8s.io/v1 ValidatingAdmissionPolicy" in refused.stderr
+    assert "operator.admissionPolicy.enabled=false" in refused.stderr
+    without = render(k8s_tools, *webhooks, "--set", "operator.admissionPolicy.enabled=false")
+    assert not [d for d in without if "Admission" in d["kind"]] and any(d["kind"] == "Deployment" for d in without)
+    served = (*webhooks, "--api-versions", "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy")
+    assert [d for d in render(k8s_tools, *served) if d["kind"] == "ValidatingAdmissionPolicy"]
