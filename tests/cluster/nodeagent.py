@@ -2,13 +2,16 @@
 
 No kubelet can run here (no container runtime). Like KWOK the agent keeps a Node and writes pod
 status, but it runs the work: each container's command (the image's entrypoint when the pod
-gives none: ``--entrypoint``, by default ``mesial``, found on this checkout's virtualenv PATH)
+gives none: ``--entrypoint``, by default ``mesial``, found on this checkout's virtualenv PATH; the
+trial mode's OpenBao, SeaweedFS and PostgreSQL images run the host's programs, tests/cluster/images.py)
 as a process of the host, with
 
 - the pod's environment (``env`` with values, ``secretKeyRef``, ``configMapKeyRef``,
   ``fieldRef``; ``envFrom``; ``$(VAR)`` expansion; ``KUBERNETES_SERVICE_HOST/PORT``),
-- the ``kubernetes`` Service: ``kubernetes.default.svc:443`` (the pod's /etc/hosts) reaches the API
-  server through the agent's proxy on an address of 127.0.0.0/8 of the cluster's own,
+- Services, as kube-proxy and cluster DNS give them: ``kubernetes.default.svc:443`` reaches the
+  API server, and every Service with a selector (``name.namespace.svc:port``, the pod's /etc/hosts)
+  reaches the ``targetPort`` of a running pod it selects, through the agent's proxy on an address
+  of 127.0.0.0/8 of its own (``<pods-dir>/services.json`` lists them for clients on the host),
 - its volumes at their mount paths, in a private mount namespace of the container (``unshare``
   and bind mounts): ``emptyDir``, ``secret``, ``configMap``, ``projected`` (ServiceAccount
   tokens from TokenRequest bound to the pod, with their audience and expiry; ConfigMaps,
@@ -52,6 +55,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tests.cluster.images import Image, image_map, repository
 
 log = logging.getLogger("node-agent")
 Obj = dict[str, Any]
@@ -104,9 +109,10 @@ class Api:
 class PodError(Exception):
     """The pod cannot start (a missing Secret, a bad reference): reported as a waiting reason."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, *, missing: bool = False) -> None:
         super().__init__(message)
         self.reason = reason
+        self.missing = missing  # the object does not exist (404): an `optional` reference is then skipped
 
 
 _VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)|\$\$")
@@ -210,14 +216,18 @@ class PodRunner(threading.Thread):
         try:
             data: Obj = self.agent.api.get(f"/api/v1/namespaces/{self.ns}/secrets/{name}")
         except ApiError as exc:
-            raise PodError("CreateContainerConfigError", f'secret "{name}" not found ({exc})') from exc
+            # Not found: an optional reference is skipped. Anything else (a 403 while the Node authorizer
+            # has not yet seen this pod's reference to the Secret) is retried, as a kubelet does.
+            raise PodError("CreateContainerConfigError", f'secret "{name}": {exc}', missing=exc.status == 404) from exc
         return {k: base64.b64decode(v) for k, v in (data.get("data") or {}).items()}
 
     def _configmap(self, name: str) -> Obj:
         try:
             data: Obj = self.agent.api.get(f"/api/v1/namespaces/{self.ns}/configmaps/{name}")
         except ApiError as exc:
-            raise PodError("CreateContainerConfigError", f'configmap "{name}" not found ({exc})') from exc
+            raise PodError(
+                "CreateContainerConfigError", f'configmap "{name}": {exc}', missing=exc.status == 404
+            ) from exc
         return {k: v.encode() for k, v in (data.get("data") or {}).items()}
 
     def _token(self, sa: str, audience: str | None, seconds: int) -> bytes:
@@ -269,8 +279,8 @@ class PodRunner(threading.Thread):
                 src = volume["secret"]
                 try:
                     files = self._secret(src["secretName"])
-                except PodError:
-                    if src.get("optional"):
+                except PodError as exc:
+                    if src.get("optional") and exc.missing:
                         continue
                     raise
                 self._write(path, files, src.get("items"), src.get("defaultMode", 0o644))
@@ -278,8 +288,8 @@ class PodRunner(threading.Thread):
                 src = volume["configMap"]
                 try:
                     files = self._configmap(src["name"])
-                except PodError:
-                    if src.get("optional"):
+                except PodError as exc:
+                    if src.get("optional") and exc.missing:
                         continue
                     raise
                 self._write(path, files, src.get("items"), src.get("defaultMode", 0o644))
@@ -333,8 +343,10 @@ class PodRunner(threading.Thread):
         return str(values[field_path])
 
     def environment(self, spec: Obj) -> dict[str, str]:
+        image = self.agent.image(spec)
         env: dict[str, str] = {
-            "PATH": self.agent.path,
+            **(image.env if image else {}),
+            "PATH": ":".join([*(image.path if image else ()), self.agent.path]),
             "HOSTNAME": self.pod_name,
             "HOME": "/",
             "KUBERNETES_SERVICE_HOST": self.agent.service_ip,
@@ -361,7 +373,7 @@ class PodRunner(threading.Thread):
                     data = self._secret(key_ref["name"]) if "secretKeyRef" in ref else self._configmap(key_ref["name"])
                     env[var["name"]] = data[key_ref["key"]].decode()
                 except (PodError, KeyError) as exc:
-                    if key_ref.get("optional"):
+                    if key_ref.get("optional") and (isinstance(exc, KeyError) or exc.missing):
                         continue
                     raise PodError("CreateContainerConfigError", f"env {var['name']}: {exc}") from exc
             elif "resourceFieldRef" in ref:
@@ -375,8 +387,18 @@ class PodRunner(threading.Thread):
 
     # -- running ----------------------------------------------------------------------------------
     def _argv(self, spec: Obj, env: dict[str, str]) -> list[str]:
-        command = spec.get("command") or self.agent.entrypoint
-        return [expand(a, env) for a in [*command, *(spec.get("args") or [])]]
+        """The container's command and args over the image's ENTRYPOINT and CMD (tests/cluster/images.py;
+        Mesial's image: ``--entrypoint``), as a runtime combines them."""
+        image = self.agent.image(spec)
+        if spec.get("command"):
+            argv = [*spec["command"], *(spec.get("args") or [])]
+        elif image is None:
+            argv = [*self.agent.entrypoint, *(spec.get("args") or [])]
+        elif image.entrypoint:
+            argv = [*image.entrypoint, *(spec.get("args") or image.cmd)]
+        else:
+            raise PodError("CreateContainerError", f"image {spec.get('image')}: give a command (no entrypoint known)")
+        return [expand(a, env) for a in argv]
 
     def _script(self, spec: Obj, volumes: dict[str, Path], argv: list[str]) -> str:
         """The shell that sets up the container's mount namespace, then becomes its process."""
@@ -392,11 +414,7 @@ class PodRunner(threading.Thread):
                 lines.append(f"mount -o remount,bind,ro {target}")
         uid, gid, fs_group = self._ids(spec)
         lines += self._identity(uid, gid)
-        hosts = self.dir / "hosts"
-        if not hosts.exists():
-            names = "kubernetes kubernetes.default kubernetes.default.svc kubernetes.default.svc.cluster.local"
-            hosts.write_text(f"127.0.0.1\tlocalhost\n{self.agent.service_ip}\t{names}\n127.0.0.1\t{self.pod_name}\n")
-            hosts.chmod(0o644)
+        hosts = self.write_hosts()
         lines.append(f"mount --bind {shlex.quote(str(hosts))} /etc/hosts")
         sc = spec.get("securityContext") or {}
         if sc.get("readOnlyRootFilesystem"):
@@ -407,6 +425,34 @@ class PodRunner(threading.Thread):
         setpriv = f"setpriv --reuid={uid} --regid={gid} {groups} --no-new-privs --"
         lines.append(f"exec {setpriv} {shlex.join(argv)}")
         return "\n".join(lines)
+
+    def write_hosts(self) -> Path:
+        """The pod's /etc/hosts: the cluster's Services by their DNS names (as cluster DNS answers them:
+        ``name.namespace.svc[.cluster.local]``, ``name.namespace``, and ``name`` in the pod's own
+        namespace). Rewritten in place (the bind mount keeps the inode) when Services change."""
+        hosts = self.dir / "hosts"
+        lines = ["127.0.0.1\tlocalhost", f"127.0.0.1\t{self.pod_name}"]
+        for (namespace, name), ip in sorted(self.agent.service_addresses().items()):
+            names = [f"{name}.{namespace}.svc.cluster.local", f"{name}.{namespace}.svc", f"{name}.{namespace}"]
+            if namespace == self.ns:
+                names.append(name)
+            lines.append(f"{ip}\t{' '.join(names)}")
+        text = "\n".join(lines) + "\n"
+        if not hosts.exists() or hosts.read_text() != text:
+            with hosts.open("w") as out:  # truncate and write: the same inode, seen through the bind mount
+                out.write(text)
+            hosts.chmod(0o644)
+        return hosts
+
+    def ports(self) -> dict[str, int]:
+        """The pod's named container ports (name -> port), and every port by its number."""
+        found: dict[str, int] = {}
+        for container in self.pod["spec"]["containers"]:
+            for port in container.get("ports") or []:
+                found[str(port["containerPort"])] = int(port["containerPort"])
+                if port.get("name"):
+                    found[port["name"]] = int(port["containerPort"])
+        return found
 
     def _identity(self, uid: int, gid: int) -> list[str]:
         """The image names its user (Mesial's: ``mesial``, 10001, in /etc/passwd; some programs, kopf
@@ -557,20 +603,44 @@ class PodRunner(threading.Thread):
                 process.wait()
 
 
-# -- the kubernetes Service ---------------------------------------------------------------------------
+# -- Services -------------------------------------------------------------------------------------
+
+
+def _pipe_both(client: Any, upstream: Any) -> None:
+    import socket
+
+    def pipe(src: Any, dst: Any) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+    upstream.settimeout(None)
+    threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
+    pipe(client, upstream)
+    with contextlib.suppress(OSError):
+        client.close()
+    with contextlib.suppress(OSError):
+        upstream.close()
 
 
 class ServiceProxy(threading.Thread):
-    """The `kubernetes` Service as kube-proxy and cluster DNS give it to pods: ``ip:443`` forwards to the
-    API server's loopback port; pods resolve ``kubernetes.default.svc`` to ``ip`` (their /etc/hosts).
-    ``ip`` is an address of 127.0.0.0/8 of this cluster's own, so two clusters on one host do not meet."""
+    """One port of a Service as kube-proxy gives it: ``ip:port`` forwards each connection to the port
+    ``target()`` answers on this host's loopback (every pod shares the host's network), or refuses it
+    when ``target()`` answers None (no running pod behind the Service). ``ip`` is an address of
+    127.0.0.0/8 of this cluster's own, so two clusters on one host do not meet."""
 
-    def __init__(self, ip: str, port: int, target: int) -> None:
-        super().__init__(name="service-proxy", daemon=True)
+    def __init__(self, ip: str, port: int, target: Any) -> None:
+        super().__init__(name=f"service-proxy-{ip}:{port}", daemon=True)
         import socket
 
-        self.target = target
-        self.server = socket.create_server((ip, port), reuse_port=False)
+        self.target = target if callable(target) else (lambda: target)
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        self.server = socket.create_server((ip, port), family=family, reuse_port=False)
 
     def run(self) -> None:
         while True:
@@ -580,28 +650,124 @@ class ServiceProxy(threading.Thread):
                 return
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
+    def close(self) -> None:
+        import socket
+
+        with contextlib.suppress(OSError):
+            self.server.shutdown(socket.SHUT_RDWR)
+        self.server.close()
+
     def _serve(self, client: Any) -> None:
         import socket
 
+        port = self.target()
         try:
-            upstream = socket.create_connection(("127.0.0.1", self.target), timeout=10)
+            if port is None:
+                raise OSError("no endpoint")
+            upstream = socket.create_connection(("127.0.0.1", port), timeout=10)
         except OSError:
             client.close()
             return
-        upstream.settimeout(None)
+        _pipe_both(client, upstream)
 
-        def pipe(src: Any, dst: Any) -> None:
-            try:
-                while data := src.recv(65536):
-                    dst.sendall(data)
-            except OSError:
-                pass
-            finally:
-                with contextlib.suppress(OSError):
-                    dst.shutdown(socket.SHUT_WR)
 
-        threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
-        pipe(client, upstream)
+class Services:
+    """The cluster's Services (type ClusterIP with a selector), as kube-proxy and cluster DNS give them
+    to pods: each gets an IPv6 address of its own on the host's loopback interface (its
+    ``spec.clusterIP`` does not route here), from a random unique-local /64 of this agent's, with a
+    listener per port that forwards to the ``targetPort`` (a number, or a container port's name) of a
+    running pod of this node matching the selector; pods find it by name in their /etc/hosts.
+    IPv6, because pods share the host's network and listen on ``0.0.0.0:<port>``: an IPv4 listener
+    of the Service's on the same port would take it from them. Every address is written to
+    ``<pods-dir>/services.json`` (``namespace/name`` -> address) for clients outside the cluster
+    (what ``kubectl port-forward svc/...`` would give them)."""
+
+    def __init__(self, agent: Agent) -> None:
+        import secrets
+
+        self.agent = agent
+        self.known: dict[tuple[str, str], tuple[str, str, list[ServiceProxy]]] = {}  # key -> (version, ip, proxies)
+        a, b, c = secrets.randbelow(256), secrets.randbelow(65536), secrets.randbelow(65536)
+        self.prefix = f"fd{a:02x}:{b:04x}:{c:04x}::"
+        self.next_host = 1
+        self.addresses_added: list[str] = []
+
+    def _new_address(self) -> str:
+        ip = f"{self.prefix}{self.next_host:x}"
+        self.next_host += 1
+        subprocess.run(["ip", "-6", "addr", "add", f"{ip}/128", "dev", "lo"], check=True, capture_output=True)
+        self.addresses_added.append(ip)
+        return ip
+
+    def close(self) -> None:
+        """Stop every proxy and take the addresses off the loopback interface."""
+        for _, _, proxies in self.known.values():
+            for proxy in proxies:
+                proxy.close()
+        self.known.clear()
+        for ip in self.addresses_added:
+            subprocess.run(["ip", "-6", "addr", "del", f"{ip}/128", "dev", "lo"], check=False, capture_output=True)
+        self.addresses_added.clear()
+
+    def addresses(self) -> dict[tuple[str, str], str]:
+        found = {key: ip for key, (_, ip, _) in self.known.items()}
+        found[("default", "kubernetes")] = self.agent.service_ip
+        return found
+
+    def _endpoint(self, namespace: str, selector: dict[str, str], target: int | str) -> int | None:
+        for runner in list(self.agent.runners.values()):
+            labels = runner.pod["metadata"].get("labels") or {}
+            if runner.ns != namespace or runner.phase != "Running" or runner.stopping.is_set():
+                continue
+            if all(labels.get(k) == v for k, v in selector.items()):
+                port = runner.ports().get(str(target))
+                if port is None and isinstance(target, int):
+                    port = target
+                if port is not None:
+                    return port
+        return None
+
+    def sync(self) -> bool:
+        """Open and close proxies as Services come and go; True when the set of addresses changed."""
+        items = self.agent.api.get("/api/v1/services")["items"]
+        seen: set[tuple[str, str]] = set()
+        changed = False
+        for svc in items:
+            meta, spec = svc["metadata"], svc.get("spec") or {}
+            key = (meta["namespace"], meta["name"])
+            if key == ("default", "kubernetes") or not spec.get("selector") or spec.get("clusterIP") == "None":
+                continue
+            seen.add(key)
+            version = meta["resourceVersion"]
+            if key in self.known and self.known[key][0] == version:
+                continue
+            ip = self.known[key][1] if key in self.known else self._new_address()
+            if key in self.known:
+                for proxy in self.known.pop(key)[2]:
+                    proxy.close()
+            proxies = []
+            for port in spec.get("ports") or []:
+                if port.get("protocol", "TCP") != "TCP":
+                    continue
+                target = port.get("targetPort", port["port"])
+                selector = dict(spec["selector"])
+
+                def resolve(ns: str = key[0], sel: dict[str, str] = selector, t: int | str = target) -> int | None:
+                    return self._endpoint(ns, sel, t)
+
+                proxy = ServiceProxy(ip, int(port["port"]), resolve)
+                proxy.start()
+                proxies.append(proxy)
+            self.known[key] = (version, ip, proxies)
+            changed = True
+        for key in set(self.known) - seen:
+            for proxy in self.known.pop(key)[2]:
+                proxy.close()
+            changed = True
+        if changed:
+            listing = {f"{ns}/{name}": ip for (ns, name), ip in self.addresses().items()}
+            (self.agent.pods_dir / "services.json").write_text(json.dumps(listing, indent=2, sort_keys=True))
+        return changed
 
 
 # -- the node ----------------------------------------------------------------------------------------
@@ -620,6 +786,15 @@ class Agent:
         self.path = path
         self.runners: dict[str, PodRunner] = {}
         self.stopped = threading.Event()
+        self.services = Services(self)
+        self.images: dict[str, Image] = image_map()
+
+    def image(self, spec: Obj) -> Image | None:
+        """What a container's image runs here (tests/cluster/images.py); None: Mesial's image."""
+        return self.images.get(repository(str(spec.get("image", ""))))
+
+    def service_addresses(self) -> dict[tuple[str, str], str]:
+        return self.services.addresses()
 
     def register(self) -> None:
         node = {
@@ -674,6 +849,10 @@ class Agent:
         self.api.merge_patch(f"/api/v1/nodes/{self.node}/status", {"status": status})
 
     def sync(self) -> None:
+        if self.services.sync():
+            for runner in list(self.runners.values()):
+                if runner.dir.exists():
+                    runner.write_hosts()
         selector = urllib.parse.quote(f"spec.nodeName={self.node}")
         pods = self.api.get(f"/api/v1/pods?fieldSelector={selector}")["items"]
         seen = set()
@@ -732,6 +911,7 @@ class Agent:
             self.stopped.wait(0.5)
         for runner in list(self.runners.values()):
             runner.stop(5.0)
+        self.services.close()
 
 
 def main(argv: list[str] | None = None) -> None:

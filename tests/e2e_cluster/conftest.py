@@ -8,10 +8,12 @@ use Organizations of their own names so they do not meet.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -173,15 +175,61 @@ def helm(cluster: ClusterInfo, *args: str, check: bool = True) -> subprocess.Com
     return result
 
 
+def free_port() -> int:
+    """A free port below the ephemeral range (32768-60999): a port the kernel hands out may be taken by
+    some client connection's local end by the time a restarted pod binds it again."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise ControlPlaneError("no free port in 20000-32000")
+
+
 def release_values(vault: VaultSetup, seaweedfs: svc.ServiceInfo) -> dict[str, Any]:
     return {
         # MESIAL_E2E_LOG_LEVEL=DEBUG: the operator's log (in the kept pod logs) says more.
         "global": {"logLevel": os.environ.get("MESIAL_E2E_LOG_LEVEL", "INFO")},
-        "vault": {"addr": vault.url, "kubernetesMountAccessor": vault.kubernetes_accessor},
+        "vault": {
+            "addr": vault.url,
+            "kubernetesMountAccessor": vault.kubernetes_accessor,
+            "auditSigningKey": "mesial-e2e-audit",
+        },
         "store": {"endpointUrl": seaweedfs.url, "bucket": seaweedfs.credentials["bucket"]},
-        "api": {"enabled": False},
-        "operator": {"driftIntervalSeconds": 5, "retryDelaySeconds": 2, "scanJobSyncIntervalSeconds": 2},
+        # Pods share the host's network here (and other stacks may run beside this one): every port a
+        # pod listens on is a free one; one API replica (its Service still answers on 8080).
+        "api": {"enabled": True, "replicas": 1, "port": free_port()},
+        "operator": {
+            "driftIntervalSeconds": 5,
+            "retryDelaySeconds": 2,
+            "scanJobSyncIntervalSeconds": 2,
+            "healthPort": free_port(),
+            "metrics": {"port": free_port()},
+        },
     }
+
+
+def e2e_database(postgres: svc.ServiceInfo) -> str:
+    """A database of the release's own on the test run's PostgreSQL (the API tests use `mesial`)."""
+    import asyncpg
+
+    name = f"mesial_e2e_{os.getpid()}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(postgres.url)
+        try:
+            await conn.execute(f"DROP DATABASE IF EXISTS {name}")
+            await conn.execute(f"CREATE DATABASE {name}")
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    return postgres.url.rsplit("/", 1)[0] + "/" + name
 
 
 @pytest.fixture(scope="session")
@@ -205,7 +253,10 @@ def release(
         f"--from-literal=access-key={seaweedfs.credentials['access_key']}",
         f"--from-literal=secret-key={seaweedfs.credentials['secret_key']}",
     )
-    kube("create", "secret", "generic", "mesial-database", "-n", NAMESPACE, f"--from-literal=url={postgres.url}")
+    kube(
+        "create", "secret", "generic", "mesial-database", "-n", NAMESPACE, f"--from-literal=url={e2e_database(postgres)}"
+    )  # fmt: skip
+    kube("create", "secret", "generic", "mesial-api-links", "-n", NAMESPACE, "--from-literal=link-secret=" + "k" * 43)
     values = release_values(vault, seaweedfs)
     values_file = tmp_path_factory.mktemp("helm") / "values.yaml"
     values_file.write_text(yaml.safe_dump(values))
@@ -215,16 +266,18 @@ def release(
         d["metadata"]["name"] for d in docs if d.get("kind") == "ServiceAccount" and "operator" in d["metadata"]["name"]
     ]
     assert len(accounts) == 1, accounts
-    # The operator's policy as the chart renders it for these values (docs/install.md, "Vault policies").
+    # The policies as the chart renders them for these values (docs/install.md, "Vault policies").
     (policies,) = [
         d["data"] for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-vault-policies")
     ]
     _bind_role(vault, "mesial-operator", policies["operator.hcl"], accounts[0])
     # The aligner Jobs' one policy (templated on their login's namespace); the operator writes none.
     vault.client.sys.create_or_update_acl_policy("mesial-aligner", policies["aligner.hcl"])
+    _bind_role(vault, "mesial-api", policies["api.hcl"], f"{RELEASE}-api")
     helm(cluster, "install", RELEASE, str(CHART), "-n", NAMESPACE, "-f", str(values_file))
     rel = Release(RELEASE, NAMESPACE, values, accounts[0], values_file)
     eventually(lambda: operator_pod(kube, running=True), timeout=120, what="the operator pod runs")
+    eventually(lambda: api_pod(kube, running=True), timeout=120, what="the API pod runs")
     yield rel
     helm(cluster, "uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout=120s", check=False)
 
@@ -235,6 +288,22 @@ def operator_pod(kube: Kube, *, running: bool = False) -> dict[str, Any] | None:
     if running:
         live = [p for p in live if p.get("status", {}).get("phase") == "Running"]
     return live[0] if live else None
+
+
+def api_pod(kube: Kube, *, running: bool = False) -> dict[str, Any] | None:
+    pods = kube.json("get", "pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=api")["items"]
+    live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+    if running:
+        live = [p for p in live if p.get("status", {}).get("phase") == "Running"]
+    return live[0] if live else None
+
+
+def service_url(cluster: ClusterInfo, namespace: str, name: str, port: int) -> str:
+    """``http://<address>:<port>`` of a Service at the address the node agent gives it (what
+    `kubectl port-forward svc/NAME` gives a client outside the cluster)."""
+    listing = json.loads((Path(cluster.pods_dir) / "services.json").read_text())
+    address = str(listing[f"{namespace}/{name}"])
+    return f"http://[{address}]:{port}" if ":" in address else f"http://{address}:{port}"
 
 
 def pod_log(cluster: ClusterInfo, pod: dict[str, Any], container: str) -> str:
