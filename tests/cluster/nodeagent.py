@@ -850,9 +850,9 @@ class Agent:
 
     def sync(self) -> None:
         if self.services.sync():
-            for runner in list(self.runners.values()):
-                if runner.dir.exists():
-                    runner.write_hosts()
+            for live in list(self.runners.values()):
+                if live.dir.exists():
+                    live.write_hosts()
         selector = urllib.parse.quote(f"spec.nodeName={self.node}")
         pods = self.api.get(f"/api/v1/pods?fieldSelector={selector}")["items"]
         seen = set()

@@ -216,7 +216,7 @@ def release_values(vault: VaultSetup, seaweedfs: svc.ServiceInfo) -> dict[str, A
 
 def e2e_database(postgres: svc.ServiceInfo) -> str:
     """A database of the release's own on the test run's PostgreSQL (the API tests use `mesial`)."""
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]
 
     name = f"mesial_e2e_{os.getpid()}"
 
