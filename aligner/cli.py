@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
+
+R = TypeVar("R")
 
 EXIT_OK, EXIT_INVALID, EXIT_NOT_CONFIDENT = 0, 2, 3
 
@@ -39,11 +44,8 @@ def align(
 
     Exit 0 when aligned, 2 on invalid input, 3 when the alignment is not confident.
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-
     from mesial.aligner.params import AlignParams, OcclusionParams
-    from mesial.aligner.pipeline import align_scans
+    from mesial.aligner.pipeline import AlignmentResult, Progress, align_scans
     from mesial.aligner.report import write_artifacts, write_result
     from mesial.common import __version__
     from mesial.common.settings import get_settings
@@ -51,18 +53,9 @@ def align(
     if len(bites) > 2:
         raise click.UsageError("at most two --bite scans")
     limits = get_settings().aligner
-    console = Console(stderr=True)
-    with Progress(
-        TextColumn("{task.description:<10}"), BarColumn(), TimeElapsedColumn(), console=console, disable=as_json
-    ) as bar:
-        tasks: dict[str, TaskID] = {}
 
-        def progress(stage: str, fraction: float) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=1.0)
-            bar.update(tasks[stage], completed=fraction)
-
-        result = align_scans(
+    def run(progress: Progress | None) -> AlignmentResult:
+        return align_scans(
             upper,
             lower,
             list(bites),
@@ -73,26 +66,54 @@ def align(
             unit=unit,
             progress=progress,
         )
+
+    say: Callable[[str], None]
+    if as_json:  # the document is the output: no progress bar, and rich is not even imported
+        result = run(None)
+        say = functools.partial(click.echo, err=True)
+    else:
+        result, say = _with_progress_bar(run)
+
+    def tag(colour: str, text: str) -> str:  # rich markup on the console, plain text beside --json
+        return text if as_json else f"[{colour}]{text}[/{colour}]"
+
     # the verdict first: result.json, then the answer on the terminal, then the pictures
     result_path = write_result(result, out, __version__)
     if as_json:
         click.echo(result_path.read_text(), nl=False)
         sys.stdout.flush()  # a pipe reads the verdict now, not when the pictures are done
     if result.status == "invalid_input":
-        console.print(f"[red]invalid input:[/red] {result.reasons[0]}")
+        say(f"{tag('red', 'invalid input:')} {result.reasons[0]}")
     elif result.status == "not_confident":
-        console.print("[yellow]not confident:[/yellow] " + "; ".join(result.reasons))
+        say(f"{tag('yellow', 'not confident:')} " + "; ".join(result.reasons))
     elif not as_json:
         document = json.loads(result_path.read_text())
         for arch, values in document["occlusion"]["after"].items():
-            console.print(
+            say(
                 f"{arch}: contact {values['contact_area_mm2']:.2f} mm², {values['patches']} patches, "
                 f"max penetration {values['max_penetration_mm']:.3f} mm"
             )
     write_artifacts(result, out)
     if result.status == "ok" and not as_json:
-        console.print(f"[green]ok[/green]: {out}")
+        say(f"{tag('green', 'ok')}: {out}")
     sys.exit({"ok": EXIT_OK, "invalid_input": EXIT_INVALID}.get(result.status, EXIT_NOT_CONFIDENT))
+
+
+def _with_progress_bar(run: Callable[[Any], R]) -> tuple[R, Callable[[str], None]]:
+    """``run(progress)`` under a rich progress bar on stderr; and a printer to that console."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    with Progress(TextColumn("{task.description:<10}"), BarColumn(), TimeElapsedColumn(), console=console) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def progress(stage: str, fraction: float) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=1.0)
+            bar.update(tasks[stage], completed=fraction)
+
+        return run(progress), console.print
 
 
 @click.group()

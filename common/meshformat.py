@@ -294,14 +294,19 @@ class _Sample:
         self.kept = 0
 
     def add(self, points: NDArray[np.floating]) -> None:
+        # the step this piece ends with, found before copying anything: the multiples of a
+        # step among all the indices seen are ceil(seen / step) points
+        step, total = self.step, self.seen + len(points)
+        while -(-total // step) > 2 * self.target:
+            step *= 2
+        if step != self.step:  # the points kept so far are the multiples of the old step, from index 0
+            every = np.concatenate(self.parts)[:: step // self.step] if self.parts else np.zeros((0, 3))
+            self.parts, self.kept, self.step = [every], len(every), step
         first = (-self.seen) % self.step  # the next index that is a multiple of step
         picked = np.asarray(points[first :: self.step], dtype=np.float64)
-        self.seen += len(points)
+        self.seen = total
         self.parts.append(picked)
         self.kept += len(picked)
-        while self.kept > 2 * self.target:
-            every = np.concatenate(self.parts)[::2]
-            self.parts, self.kept, self.step = [every], len(every), self.step * 2
 
     def points(self) -> FloatArray:
         return np.concatenate(self.parts) if self.parts else np.zeros((0, 3))
@@ -613,24 +618,37 @@ def merge_identical_points(points: NDArray[np.floating]) -> tuple[NDArray[np.flo
     points = np.ascontiguousarray(points)
     raw = points.view(np.uint32 if points.dtype == np.float32 else np.uint64)  # compared bit for bit (NaN too)
     bits = raw.astype(np.uint64)
-    key = (
-        (bits[:, 0] * np.uint64(0x9E3779B97F4A7C15))
-        ^ (bits[:, 1] * np.uint64(0xC2B2AE3D27D4EB4F))
-        ^ (bits[:, 2] * np.uint64(0x165667B19E3779F9))
-    )
-    order = np.argsort(key)  # unstable quicksort: any representative of a group will do
-    ordered = key[order]
-    starts = np.empty(len(key), dtype=bool)
+    key = bits[:, 0] * np.uint64(0x9E3779B97F4A7C15)
+    key ^= bits[:, 1] * np.uint64(0xC2B2AE3D27D4EB4F)
+    key ^= bits[:, 2] * np.uint64(0x165667B19E3779F9)
+    # the hash's high bits above each point's index: one plain sort of integers (no argsort)
+    # orders the points by hash and says where each one came from
+    count = len(key)
+    shift = np.uint64(max(1, (count - 1).bit_length()))
+    key >>= shift
+    key <<= shift
+    key |= np.arange(count, dtype=np.uint64)
+    key.sort()
+    order = (key & ((np.uint64(1) << shift) - np.uint64(1))).astype(np.int64)
+    key >>= shift
+    starts = np.empty(count, dtype=bool)
     starts[:1] = True
-    np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
-    inverse = np.empty(len(key), dtype=np.int64)
-    inverse[order] = np.cumsum(starts) - 1
-    first = order[starts]
-    if not (raw[first][inverse] == raw).all():  # a hash collision: exact, slower path
+    np.not_equal(key[1:], key[:-1], out=starts[1:])
+    # exact: the points (bit for bit) change exactly where the hash does, or the slower path
+    if points.dtype == np.float32:  # x and y as one 64-bit word, then z
+        words = [np.ascontiguousarray(raw[:, :2]).view(np.uint64).ravel(), raw[:, 2]]
+    else:
+        words = [raw[:, 0], raw[:, 1], raw[:, 2]]
+    differ = np.zeros(max(count - 1, 0), dtype=bool)
+    for word in words:
+        ordered = np.take(word, order)  # np.take: several times faster than fancy indexing here
+        differ |= ordered[1:] != ordered[:-1]
+    if not np.array_equal(differ, starts[1:]):  # two different points share the hash bits
         exact, inverse = np.unique(points.view(f"V{3 * points.itemsize}").ravel(), return_inverse=True)
         return exact.view(points.dtype).reshape(-1, 3), inverse.astype(np.int64)
-    unique = points[first]
-    return unique, inverse.astype(np.int64)
+    inverse = np.empty(count, dtype=np.int64)
+    np.put(inverse, order, np.cumsum(starts) - 1)
+    return np.take(points, order[starts], axis=0), inverse
 
 
 # --- text formats: shared line handling ----------------------------------------------------

@@ -66,4 +66,5 @@ def test_a_whole_case_imports_nothing_a_stage_does_not_use(tmp_path: Path, small
     assert (tmp_path / "out" / "upper_occlusal.png").read_bytes().startswith(b"\x89PNG")
     assert "open3d.pybind" in modules  # the compiled core only
     assert [name for name in (*NEVER, *UNUSED_SCIPY) if _loaded(modules, name)] == []
+    assert not _loaded(modules, "rich")  # --json: no progress bar, no console
     assert "scipy.spatial._ckdtree" in modules

@@ -76,6 +76,7 @@ def test_an_arch_is_judged_on_the_same_points_in_any_pieces():
             pieces.add(points[start : start + piece])
         assert np.array_equal(pieces.points(), whole.points())
     assert 1000 <= len(whole.points()) <= 2000
+    assert np.array_equal(whole.points(), points[:: whole.step])  # every step-th point, from the first
     arch, plate = arch_stl(), stl_binary(*grid(40.0, 0.5))
     for piece in (13, 4096, 1 << 20):
         assert _streamed_arch(arch, piece).triangle_count == 2856
@@ -186,3 +187,38 @@ def test_a_large_real_sized_arch_is_accepted_in_any_pose():
     check_arrays(worst, faces, arch=True)
     with pytest.raises(ScanInputError, match="a dental scan is"):
         check_arrays(vertices * 2.0, faces, arch=True)  # twice the widest real arch: not a dental scan
+
+
+def _check_merge(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from mesial.common.meshformat import merge_identical_points
+
+    unique, inverse = merge_identical_points(points)
+    bits = np.uint32 if points.dtype == np.float32 else np.uint64
+    assert np.array_equal(unique[inverse].view(bits), points.view(bits))  # bit for bit
+    assert len(np.unique(unique.view(bits), axis=0)) == len(unique)  # each point once
+    return unique, inverse
+
+
+def test_identical_points_are_merged_bit_for_bit():
+    rng = np.random.default_rng(4)
+    for dtype in (np.float32, np.float64):
+        corners = rng.normal(size=(3000, 3)).astype(dtype)[rng.integers(0, 3000, size=50_000)]
+        unique, _ = _check_merge(corners)
+        assert len(unique) == len(np.unique(corners, axis=0))
+        # -0.0 and 0.0 are different bits, so are two NaNs of different payloads; equal NaNs merge
+        special = np.array([[0.0, 1, 2], [-0.0, 1, 2], [np.nan, 1, 2], [np.nan, 1, 2]], dtype=dtype)
+        assert len(_check_merge(special)[0]) == 3
+    assert len(_check_merge(np.zeros((0, 3)))[0]) == 0
+    assert len(_check_merge(np.ones((1, 3), dtype=np.float32))[0]) == 1
+
+
+def test_a_hash_collision_takes_the_exact_path():
+    """Two different points built to share the whole 64-bit hash are still told apart."""
+    k1, k2 = 0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F
+    mask = (1 << 64) - 1
+    x, y, z, other_x = 0x3FF0000000000000, 0x4000000000000000, 0x4008000000000000, 0x3FF8000000000000
+    other_y = (((x * k1) ^ (y * k2) ^ (other_x * k1)) & mask) * pow(k2, -1, 1 << 64) & mask
+    assert ((x * k1) ^ (y * k2)) & mask == ((other_x * k1) ^ (other_y * k2)) & mask
+    points = np.array([[x, y, z], [other_x, other_y, z], [x, y, z]], dtype=np.uint64).view(np.float64)
+    unique, inverse = _check_merge(points)
+    assert len(unique) == 2 and inverse[0] == inverse[2] != inverse[1]
