@@ -29,6 +29,11 @@ each arch; ``_open3d_baseline.py``) runs on the same files in the same run
 (``--strongest`` adds the strongest configuration found earlier: 4 million RANSAC
 iterations, coarse-to-fine Tukey ICP, every bite). The exit status is 1 when a case is
 confidently wrong.
+
+Speed (issue 10, goal 4), printed at the end: the stage medians per set (``other``: the
+rest of the whole process, start-up, imports and the outputs), the two-bite generated set's
+median wall time against 1.5 s, and reading a 250 000-triangle binary STL (a generated arch)
+against 0.1 s, beside trimesh's reader of the same file.
 """
 
 from __future__ import annotations
@@ -53,6 +58,10 @@ from mesial.aligner.samples import SampleCase, generate_case, write_case
 from mesial.aligner.transforms import invert
 
 GOAL_MM = 0.05
+GOAL_WALL_S = 1.5  # whole process, two bites, 130 000-vertex arches, 2 cores
+GOAL_STL_S = 0.1  # reading a 250 000-triangle binary STL
+STL_TRIANGLES = 250_000
+STAGES = ("validate", "preprocess", "global", "refine", "occlusion")
 # a constructed intercuspal position needs contacts on both posterior sides (mm² closer than 0.1 mm)
 MIN_CONTACT_MM2 = 0.05
 MESIAL = Path(sys.executable).with_name("mesial")
@@ -147,6 +156,50 @@ def print_rows(name: str, rows: list[Row], baselines: list[str]) -> None:
     print(flush=True)
 
 
+def stage_rows(results: dict[str, list[Row]]) -> list[list[object]]:
+    """Per set: the median of each stage's wall time and of the rest of the process."""
+    rows: list[list[object]] = []
+    for name, found in results.items():
+        stages = [float(np.median([r.stages.get(s, 0.0) for r in found])) for s in STAGES]
+        other = float(np.median([r.wall - sum(r.stages.get(s, 0.0) for s in STAGES) for r in found]))
+        rows.append([name, *[f"{v:.2f}" for v in stages], f"{other:.2f}", f"{np.median([r.wall for r in found]):.2f}"])
+    return rows
+
+
+def stl_reading(work: Path, repeats: int = 7) -> list[list[object]]:
+    """Read a 250 000-triangle binary STL (a generated arch): median CPU and wall of ``read_mesh``, and trimesh's."""
+    from mesial.aligner.io import read_mesh, write_stl
+
+    case = generate_case(0, vertices=130_000)
+    path = work / "arch.stl"
+    write_stl(path, case.upper.vertices, case.upper.faces[:STL_TRIANGLES])
+
+    def timed(read: object) -> tuple[float, float]:
+        cpu, wall = [], []
+        for _ in range(repeats):
+            c, w = time.process_time(), time.perf_counter()
+            read()  # type: ignore[operator]
+            cpu.append(time.process_time() - c)
+            wall.append(time.perf_counter() - w)
+        return float(np.median(cpu)), float(np.median(wall))
+
+    limits = {"max_bytes": 1 << 30, "max_triangles": 10_000_000}
+    rows: list[list[object]] = []
+    for label, arch in (
+        ("mesial read_mesh (a bite: format checks)", False),
+        ("mesial read_mesh (an arch: + shape)", True),
+    ):
+        cpu, wall = timed(lambda arch=arch: read_mesh(path, **limits, role="upper", arch=arch))
+        rows.append([label, f"{cpu:.3f}", f"{wall:.3f}", "met" if cpu <= GOAL_STL_S else "NOT MET"])
+    try:
+        import trimesh
+    except ImportError:  # pragma: no cover - trimesh is a test dependency
+        return rows
+    cpu, wall = timed(lambda: trimesh.load(path, force="mesh"))
+    rows.append(["trimesh.load (baseline)", f"{cpu:.3f}", f"{wall:.3f}", ""])
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 generated cases per set, 3 real pairs")
@@ -210,6 +263,18 @@ def main() -> int:
     print(table(headers, [summarise(name, rows, baselines) for name, rows in results.items()]))
     wrong = sum(r.status == "ok" and r.tre >= GOAL_MM for rows in results.values() for r in rows)
     print(f"\nconfidently wrong: {wrong}")
+    print("\n## Speed (issue 10, goal 4): stage medians, wall s (other: start-up, imports, outputs)\n")
+    print(table(["set", *STAGES, "other", "whole process"], stage_rows(results)))
+    two_bites = results.get("generated: two bites")
+    if two_bites:
+        wall = float(np.median([r.wall for r in two_bites]))
+        cpu = float(np.median([r.cpu for r in two_bites]))
+        print(f"\ngenerated two bites, whole process: median wall {wall:.2f} s (goal {GOAL_WALL_S} s: "
+              f"{'met' if wall <= GOAL_WALL_S else 'NOT MET'}), median CPU {cpu:.2f} s, "
+              f"load average now {os.getloadavg()[0]:.1f}")  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        print(f"\n## Reading a {STL_TRIANGLES:,}-triangle binary STL (median of 7, s; goal {GOAL_STL_S} s CPU)\n")
+        print(table(["reader", "CPU s", "wall s", "goal"], stl_reading(Path(tmp))))
     return 1 if wrong else 0
 
 
