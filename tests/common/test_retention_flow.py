@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,9 +30,7 @@ from mesial.common.retention import DEFAULT_COVERS, sweep_objects
 from mesial.common.settings import Settings
 from mesial.common.tenancy import tenant_prefix
 from tests.api.conftest import BACKEND, Harness, _started, bearer, make_settings, variant
-from tests.api.test_jobs import wait_job
-
-MESIAL = str(Path(sys.executable).parent / "mesial")
+from tests.api.realjob import JOB_COMMAND, run_real_job
 
 
 @pytest.fixture
@@ -44,7 +40,7 @@ async def app(service_settings: Settings, tmp_path: Path, request: pytest.Fixtur
     else:
         url = request.getfixturevalue("postgres").url
     settings = make_settings(
-        service_settings, tmp_path / "data", url, job_command=["mesial", "job", "run"], job_timeout_s=300,
+        service_settings, tmp_path / "data", url, job_command=JOB_COMMAND, job_timeout_s=300,
         max_upload_bytes=64 << 20,
     )  # fmt: skip
     async for harness in _started(settings, BACKEND):
@@ -52,21 +48,9 @@ async def app(service_settings: Settings, tmp_path: Path, request: pytest.Fixtur
 
 
 async def test_nothing_of_a_tenant_outlives_retention_but_held_objects(app: Harness, tmp_path: Path) -> None:
-    pytest.importorskip("mesial.aligner.job")
-    case_dir = tmp_path / "case"
-    generated = subprocess.run(
-        [MESIAL, "samples", "generate", "--out", str(case_dir), "--seed", "5", "--vertices", "6000", "--one-sided"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert generated.returncode == 0, generated.stderr
     org, admin = await app.new_org()
-    ids: dict[str, list[str]] = {}
-    for path in sorted(p for p in case_dir.iterdir() if p.suffix in (".ply", ".stl")):
-        kind = "upper" if "upper" in path.stem else "lower" if "lower" in path.stem else "bite"
-        ids.setdefault(kind, []).append((await app.upload(admin, kind, path.read_bytes()))["id"])
-    body = {"upper": ids["upper"][0], "lower": ids["lower"][0], "bites": ids["bite"]}
-    job = (await app.client.post("/v1/jobs", json=body, headers=bearer(admin))).json()
-    done = await wait_job(app, admin, job["id"], timeout=300)
+    run = await run_real_job(app, admin, tmp_path / "case", seed=5, vertices=6000)
+    ids, job, done = run.scans, run.job, run.done
     assert done["state"] == "succeeded", done
     held = ids["upper"][0]
     response = await app.client.put(f"/v1/scans/{held}/legal-hold", headers=bearer(admin))
