@@ -144,10 +144,12 @@ class _MeshIndex:
     def longest_edge(self) -> float:
         """Longest edge (mm): no point of a triangle is farther than this from its nearest corner."""
         if self._longest_edge is None:
+            columns = np.ascontiguousarray(self.vertices.T)  # a coordinate at a time: no (m, 3) gathers
             longest = 0.0
             for i in range(3):  # squared lengths, one square root at the end
-                edge = self.vertices[self.faces[:, i]] - self.vertices[self.faces[:, (i + 1) % 3]]
-                longest = max(longest, float(np.einsum("ij,ij->i", edge, edge).max()))
+                start, end = self.faces[:, i], self.faces[:, (i + 1) % 3]
+                squared = sum((column.take(start) - column.take(end)) ** 2 for column in columns)
+                longest = max(longest, float(np.max(squared)))
             self._longest_edge = float(np.sqrt(longest))
         return self._longest_edge
 
