@@ -55,3 +55,17 @@ def test_report_names_the_contact_threshold() -> None:
                 "params": {"occlusion": {"contact_threshold_mm": 0.15}}}  # fmt: skip
     assert "Contacts (threshold 0.15 mm)" in _html(document, {})
     assert "Contacts (threshold not measured)" in _html({**document, "params": {}}, {})
+
+
+def test_json_output_is_the_document_and_the_message_plain_text(tmp_path):
+    (tmp_path / "empty.stl").write_bytes(b"")
+    (tmp_path / "other.stl").write_bytes(b"")
+    result = CliRunner().invoke(
+        root,
+        ["align", "--upper", str(tmp_path / "empty.stl"), "--lower", str(tmp_path / "other.stl"),
+         "--bite", str(tmp_path / "other.stl"), "--out", str(tmp_path / "o"), "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert json.loads(result.stdout) == json.loads((tmp_path / "o" / "result.json").read_text())
+    assert "invalid input: upper scan: the file is empty" in result.stderr  # no rich markup beside --json
+    assert "[red]" not in result.stderr
