@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from tortoise.exceptions import IntegrityError as DbIntegrityError
+from tortoise.transactions import in_transaction
 
 from mesial.api.auth import issue_key, new_member
 from mesial.api.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -83,7 +84,22 @@ async def issue_platform_key(
     keys are its org-admins' to issue. Break-glass gives one org-admin key (one day at
     most) only to an organization that has no active org-admin left and has not forbidden
     it; the route audits it as ``key.break_glass`` in the organization's own chain.
+
+    Atomic per organization: the checks and the new member and key are one transaction that
+    first takes the organization's row for writing (a row lock on PostgreSQL, the database's
+    write lock on SQLite), so of two simultaneous first-key (or break-glass) requests the
+    second sees the member the first created and is refused.
     """
+    async with in_transaction():
+        # the lock: a write to the organization's row, held until commit
+        await Organization.filter(id=org.id).update(name=org.name)
+        org = await Organization.get(id=org.id)  # read under the lock (break_glass_allowed may have changed)
+        return await _issue_platform_key(org, role, ttl_days, break_glass=break_glass)
+
+
+async def _issue_platform_key(
+    org: Organization, role: Role, ttl_days: int | None, *, break_glass: bool
+) -> tuple[ApiKey, str]:
     if not break_glass:
         if await Member.filter(org_id=org.id, role__in=[r.value for r in TENANT_ROLES]).exists():
             raise Forbidden(

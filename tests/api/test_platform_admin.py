@@ -8,9 +8,18 @@ organization's own chain.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
 
-from tests.api.conftest import Harness, bearer
+import asyncpg
+
+from mesial.api.app import db_context
+from mesial.api.models import ApiKey, Member
+from mesial.api.services import orgs
+from tests.api.conftest import Harness, bearer, variant
 from tests.api.test_audit import events, export
 
 
@@ -74,3 +83,52 @@ async def test_break_glass_needs_a_lost_admin_and_is_in_the_tenant_chain(api: Ha
     found = events(response.text.splitlines())
     assert ("org.break_glass_changed", "success") in [(e["action"], e["outcome"]) for e in found]
     assert [e["outcome"] for e in found if e["action"] == "key.break_glass"][-1] == "denied"
+
+
+@contextlib.asynccontextmanager
+async def _start_together(api: Harness, count: int) -> AsyncIterator[None]:
+    """On PostgreSQL, hold the members table (every request's credential lookup reads it) until
+    ``count`` requests wait on it, then let them go at once: a replica's first request opens a new
+    pooled connection, which alone would let the other request finish first. SQLite: no-op."""
+    if api.backend != "postgres":
+        yield
+        return
+    connection = await asyncpg.connect(api.runtime.settings.database_url)
+    try:
+        async with connection.transaction():
+            await connection.execute("LOCK TABLE members IN ACCESS EXCLUSIVE MODE")
+            yield
+            waiting = "SELECT count(*) FROM pg_locks WHERE relation = 'members'::regclass AND NOT granted"
+            for _ in range(600):
+                if await connection.fetchval(waiting) >= count:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the requests never reached the database")
+    finally:
+        await connection.close()
+
+
+async def test_two_simultaneous_first_keys_give_one_key(api: Harness, tmp_path: Path) -> None:
+    """Simultaneous first-key requests (eight: two would often not overlap), on two API replicas (two
+    connection pools) of one PostgreSQL, or the one local-mode process on SQLite: each can see an
+    organization without members, but issuing is serialized on the organization's row, so exactly one
+    gets a key and every other a 403 that says why, with its request id."""
+    name, platform = await _org(api)
+    async with contextlib.AsyncExitStack() as stack:
+        # PostgreSQL serves several replicas; SQLite is local mode, one process (one connection)
+        replica = await stack.enter_async_context(variant(api, tmp_path)) if api.backend == "postgres" else api
+        url, body = f"/v1/orgs/{name}/keys", {"role": "org-admin"}
+        async with _start_together(api, 8):
+            tasks = [asyncio.create_task(h.client.post(url, json=body, headers=platform)) for h in (api, replica) * 4]
+        responses = await asyncio.gather(*tasks)
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [201] + [403] * 7, [r.text for r in responses]
+    for refused in (r for r in responses if r.status_code == 403):
+        error = refused.json()["error"]
+        assert error["code"] == "forbidden" and "has members" in error["message"]
+        assert error["request_id"] == refused.headers["x-request-id"]
+    with db_context(api.app):
+        org_id = (await orgs.org_by_name(name)).id
+        assert await Member.filter(org_id=org_id).count() == 1
+        assert await ApiKey.filter(org_id=org_id).count() == 1
