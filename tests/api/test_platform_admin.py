@@ -14,7 +14,7 @@ import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]
 
 from mesial.api.app import db_context
 from mesial.api.models import ApiKey, Member
