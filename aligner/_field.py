@@ -17,16 +17,15 @@ value only grows and is capped. The same values as SciPy's
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 FloatArray = NDArray[np.float64]
-# squared voxel distance of a cell with no occupied cell within the truncation
-_FAR = np.int32(1 << 24)
 
 
-def truncated_squared_distances(occupied: NDArray[np.bool_], reach: int) -> NDArray[np.int32]:
+def truncated_squared_distances(occupied: NDArray[np.bool_], reach: int) -> NDArray[np.signedinteger[Any]]:
     """Squared distance (in voxels²) of every cell to the nearest occupied cell, exact up to ``reach`` voxels.
 
     Parameters
@@ -34,20 +33,25 @@ def truncated_squared_distances(occupied: NDArray[np.bool_], reach: int) -> NDAr
     occupied : (...) bool
         The grid (any number of axes).
     reach : int
-        Truncation in voxels: a value is exact when it is at most ``reach²``; larger
-        values are at least ``reach²`` (not necessarily exact).
+        Truncation in voxels: a value is exact when it is below ``reach²``; the others are
+        ``reach²`` or more, at most ``(reach + 1)²`` (what a cell with nothing within its
+        reach along every axis holds).
 
     Returns
     -------
-    squared : (...) int32
+    squared : (...) int16 (int32 for a reach beyond 126 voxels)
     """
-    squared = np.where(occupied, np.int32(0), _FAR).astype(np.int32)
+    # every value stays at or below the start value of an empty cell (each pass keeps k = 0), and
+    # a pass adds at most reach² to it before taking the minimum: int16 holds that up to reach 126
+    far = (reach + 1) ** 2
+    dtype = np.dtype(np.int16) if far + reach**2 <= np.iinfo(np.int16).max else np.dtype(np.int32)
+    squared: NDArray[np.signedinteger[Any]] = np.where(occupied, 0, far).astype(dtype)
     for axis in range(squared.ndim):
         source = squared
         squared = source.copy()
         size = source.shape[axis]
         for k in range(1, min(reach, size - 1) + 1):
-            cost = np.int32(k * k)
+            cost = k * k  # a Python int: added in the grid's own integer type
             ahead = [slice(None)] * source.ndim
             behind = [slice(None)] * source.ndim
             ahead[axis], behind[axis] = slice(0, size - k), slice(k, size)
@@ -80,12 +84,17 @@ class DistanceField:
         occupied[tuple(cells.T)] = True
         # every distance up to the cap is exact (one voxel more for the rounding of the cap)
         squared = truncated_squared_distances(occupied, math.ceil(margin_mm / voxel_mm) + 1)
-        distance = np.minimum(np.sqrt(squared, dtype=np.float64) * voxel_mm, margin_mm)
+        # the squared distances are small integers: one table of their capped distances, one gather
+        values = np.arange(int(squared.max()) + 1, dtype=np.float64)
+        table = np.minimum(np.sqrt(values) * voxel_mm, margin_mm).astype(np.float32)
+        distance = table[squared]
         # the outermost cells hold the cap: clipped look-ups from outside land there
-        border = np.zeros_like(occupied)
-        border[tuple(slice(1, -1) for _ in shape)] = True
-        distance[~border] = margin_mm
-        self.grid = np.asarray(distance, dtype=np.float32).ravel()
+        for axis in range(distance.ndim):
+            face: list[slice | int] = [slice(None)] * distance.ndim
+            for end in (0, -1):
+                face[axis] = end
+                distance[tuple(face)] = margin_mm
+        self.grid = distance.ravel()
         self.limit = (shape - 1).astype(np.float64)
         self.strides = [int(np.prod(shape[i + 1 :])) for i in range(len(shape))]
 
