@@ -6,8 +6,10 @@ by that script against this API server), and an Organization becomes Ready with 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from functools import partial
@@ -27,21 +29,44 @@ NAMESPACE = "mesial-trial"
 TRIAL = ("openbao", "seaweedfs", "postgres")
 
 
+# The ports the bundled services listen on, on the host's network the node agent's pods share.
+LOCK = "/tmp/mesial-e2e-trial.lock"
+FIXED_PORTS = (8200, 8201, 8333, 5432, 9333, 19333, 8080, 18080, 8888, 18888)
+
+
+def taken(port: int) -> bool:
+    """Whether a program listening on ``[::]:port`` (as Go servers given 0.0.0.0 do) would fail."""
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        try:
+            probe.bind(("::", port))
+        except OSError:
+            return True
+    return False
+
+
 @pytest.fixture(scope="module")
 def trial_cluster() -> Iterator[ClusterInfo]:
     """A second control plane: the session's has its own release, and two cluster-wide operators
     would both take every Organization."""
-    base = Path(tempfile.mkdtemp(prefix="mesial-e2e-trial-", dir="/var/tmp"))
-    try:
-        plane = ControlPlane(base)
-    except ControlPlaneError as exc:
-        pytest.fail(str(exc))
-    try:
-        yield plane.start()
-    finally:
-        plane.stop()
-        if os.environ.get("MESIAL_E2E_KEEP") != "1":
-            shutil.rmtree(base, ignore_errors=True)
+    # The fixed ports are the host's: one trial stack at a time on this host (other checkouts' runs
+    # wait here), then they must be free.
+    with open(LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        busy = [port for port in FIXED_PORTS if taken(port)]
+        if busy:
+            pytest.fail(f"ports {busy} are taken on this host: the trial's bundled services listen on fixed ports")
+        base = Path(tempfile.mkdtemp(prefix="mesial-e2e-trial-", dir="/var/tmp"))
+        try:
+            plane = ControlPlane(base)
+        except ControlPlaneError as exc:
+            pytest.fail(str(exc))
+        try:
+            yield plane.start()
+        finally:
+            plane.stop()
+            if os.environ.get("MESIAL_E2E_KEEP") != "1":
+                shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
