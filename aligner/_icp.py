@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from mesial.aligner._field import DistanceField
 from mesial.aligner._sides import MeshSides
 from mesial.aligner.params import AlignParams
-from mesial.aligner.transforms import exp_se3, invert, rotate_vectors, transform_points, unit
+from mesial.aligner.transforms import exp_se3, invert, lengths, rotate_vectors, transform_points, unit
 
 FloatArray = NDArray[np.float64]
 
@@ -68,8 +68,8 @@ def _tangent_planes(
     found = np.isfinite(distance)
     closest = np.zeros((len(distance), 3))
     plane_normals = np.zeros((len(distance), 3))
-    closest[found] = samples[index[found]]
-    plane_normals[found] = normals[index[found]]
+    closest[found] = np.take(samples, index[found], axis=0)  # (np.take: rows gathered faster than by indexing)
+    plane_normals[found] = np.take(normals, index[found], axis=0)
     return closest, plane_normals, distance
 
 
@@ -275,7 +275,7 @@ class SurfaceTarget:
         near = np.isfinite(self.vertex_distance(points, upper_bound=gate + 2.0 * self._index.typical_edge))
         if near.any():
             closest[near], normals[near], _ = self.closest(points[near])
-            distance[near] = np.linalg.norm(points[near] - closest[near], axis=1)
+            distance[near] = lengths(points[near] - closest[near])
         distance[distance > gate] = np.inf
         return closest, normals, distance
 
@@ -334,7 +334,7 @@ class SurfaceTarget:
         closest, normals, triangles, weights = self._closest_local(local)
         sign, on_border = self._index.sides.side_normals(triangles, weights, normals)
         offset = local - closest
-        gap = np.linalg.norm(offset, axis=1)
+        gap = lengths(offset)
         inside = (np.einsum("ij,ij->i", offset, sign) < 0) & (gap < self.max_penetration_mm) & ~on_border
         closest, normals = self._placed(closest, normals)
         return np.where(inside, -gap, gap), closest, normals
@@ -349,10 +349,10 @@ class SurfaceTarget:
         # float32 closest points are re-projected in float64 onto the triangle's plane
         triangles = answer["primitive_ids"].numpy().astype(np.int64)
         normals = unit(answer["primitive_normals"].numpy().astype(np.float64))
-        anchor = self._index.vertices[self.faces[triangles, 0]]
+        anchor = np.take(self._index.vertices, self.faces[triangles, 0], axis=0)
         closest -= np.einsum("ij,ij->i", closest - anchor, normals)[:, None] * normals
         uv = answer["primitive_uvs"].numpy().astype(np.float64)
-        weights = np.column_stack([1.0 - uv.sum(axis=1), uv])
+        weights = np.column_stack([1.0 - (uv[:, 0] + uv[:, 1]), uv])
         return closest, normals, triangles, weights
 
     def _placed(self, closest: FloatArray, normals: FloatArray) -> tuple[FloatArray, FloatArray]:

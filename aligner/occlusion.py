@@ -33,6 +33,12 @@ DEEP_WEIGHT = 10.0
 RAMP_MM = 0.002
 
 
+def with_a_corner(mask: NDArray[np.bool_], faces: NDArray[np.int64]) -> NDArray[np.bool_]:
+    """Which triangles ``(m, 3)`` have a corner where ``mask (n,)`` holds (three column look-ups:
+    ``mask[faces].any(axis=1)``'s answer, about ten times faster)."""
+    return np.asarray(mask[faces[:, 0]] | mask[faces[:, 1]] | mask[faces[:, 2]], dtype=bool)
+
+
 def area_below(vertices: FloatArray, faces: NDArray[np.int64], values: FloatArray, level: float) -> FloatArray:
     """Area (mm²) of each triangle where the linearly interpolated ``values`` are below ``level``.
 
@@ -49,7 +55,7 @@ def area_below(vertices: FloatArray, faces: NDArray[np.int64], values: FloatArra
     """
     area = np.zeros(len(faces))
     below = values < level
-    touched = np.flatnonzero(below[faces].any(axis=1))  # every other triangle is wholly above: area 0
+    touched = np.flatnonzero(with_a_corner(below, faces))  # every other triangle is wholly above: area 0
     if len(touched) == 0:
         return area
     faces = faces[touched]
@@ -78,7 +84,7 @@ def count_patches(faces: NDArray[np.int64], mask: NDArray[np.bool_]) -> int:
     index = np.flatnonzero(mask)
     if len(index) == 0:
         return 0
-    touched = faces[mask[faces].any(axis=1)]  # the triangles with a masked corner
+    touched = faces[with_a_corner(mask, faces)]
     edges = np.concatenate([touched[:, [0, 1]], touched[:, [1, 2]], touched[:, [2, 0]]])
     edges = edges[mask[edges[:, 0]] & mask[edges[:, 1]]]
     remap = np.full(len(mask), -1, dtype=np.int64)
@@ -218,7 +224,7 @@ def arch_contacts(
             raise ValueError("arch_contacts needs the antagonist or the distances")
         distance, _ = antagonist.signed_distance(vertices)
     # the measures concern the triangles with a corner below the threshold (or inside): the rest have none
-    near = faces[(distance < max(threshold_mm, 0.0))[faces].any(axis=1)]
+    near = faces[with_a_corner(distance < max(threshold_mm, 0.0), faces)]
     area = area_below(vertices, near, distance, threshold_mm)
     face_region = (region if region is not None else np.ones(len(vertices), dtype=np.int64))[near[:, 0]]
     by_region = {name: float(area[face_region == i].sum()) for i, name in enumerate(REGIONS)}

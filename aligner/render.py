@@ -104,7 +104,7 @@ def render_orthographic(
     ok = np.isfinite(t_hit)
     tri = hit["primitive_ids"].numpy()[ok].astype(np.int64)
     uv = hit["primitive_uvs"].numpy()[ok].astype(np.float64)
-    at = values[faces[tri]]  # the scalar at the corners of each triangle hit
+    at = np.take(values, np.take(faces, tri, axis=0))  # the scalar at the corners of each triangle hit
     interpolated = at[:, 0] * (1 - uv[:, 0] - uv[:, 1]) + at[:, 1] * uv[:, 0] + at[:, 2] * uv[:, 1]
     # the normals stay in the scene's frame: the light goes there instead
     normals = hit["primitive_normals"].numpy()[ok].astype(np.float64)

@@ -102,6 +102,13 @@ def rotation_angle_deg(matrix: FloatArray) -> float:
     return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
 
 
+def lengths(vectors: FloatArray) -> FloatArray:
+    """Euclidean lengths of ``vectors (n, 3)``: ``np.linalg.norm(vectors, axis=1)``'s values, bit for bit
+    (the same sum, a column at a time: a reduction along an axis of 3 is several times slower)."""
+    x, y, z = vectors[:, 0], vectors[:, 1], vectors[:, 2]
+    return np.asarray(np.sqrt(x * x + y * y + z * z), dtype=np.float64)
+
+
 def unit(vectors: FloatArray) -> FloatArray:
     """``vectors (..., 3)`` scaled to unit length (zero ones stay zero)."""
     length = np.sqrt(np.einsum("...i,...i->...", vectors, vectors))[..., None]

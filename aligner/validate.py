@@ -21,7 +21,7 @@ from mesial.aligner._features import first_occurrences
 from mesial.aligner._icp import SurfaceTarget, raycasting_scene
 from mesial.aligner.errors import EmptyScan, InvalidScanShape, ScanInputError
 from mesial.aligner.io import RawMesh, read_mesh
-from mesial.aligner.transforms import unit
+from mesial.aligner.transforms import lengths, unit
 from mesial.aligner.units import unit_conversion
 from mesial.common.meshformat import DEGENERATE_AREA_MM2, check_arrays
 
@@ -169,7 +169,7 @@ def clean_mesh(raw: RawMesh, role: str, *, unit: str | None = None, orient: bool
 
     # degenerate: a repeated corner or (near) zero area
     cross = face_cross_products(vertices, faces)  # kept for the normals
-    area2 = np.linalg.norm(cross, axis=1)
+    area2 = lengths(cross)
     repeated = (faces[:, 0] == faces[:, 1]) | (faces[:, 1] == faces[:, 2]) | (faces[:, 0] == faces[:, 2])
     degenerate = repeated | (area2 < 2 * DEGENERATE_AREA_MM2)
     if degenerate.any():  # (the usual scan has none: no copies then)
@@ -177,7 +177,7 @@ def clean_mesh(raw: RawMesh, role: str, *, unit: str | None = None, orient: bool
     # duplicate: the same three vertices, whatever the order or winding (one integer key per triangle)
     low = np.minimum(np.minimum(faces[:, 0], faces[:, 1]), faces[:, 2])
     high = np.maximum(np.maximum(faces[:, 0], faces[:, 1]), faces[:, 2])
-    ordered = np.stack([low, faces.sum(axis=1) - low - high, high], axis=1)
+    ordered = np.stack([low, faces[:, 0] + faces[:, 1] + faces[:, 2] - low - high, high], axis=1)
     n = np.int64(len(vertices))
     if len(vertices) < 2_000_000:  # n**3 fits in 63 bits
         keep = first_occurrences((ordered[:, 0] * n + ordered[:, 1]) * n + ordered[:, 2])

@@ -352,11 +352,12 @@ class _Tally:
 
     def points(self, vertices: FloatArray, used: NDArray[np.bool_]) -> None:
         """Add the vertices of an indexed mesh (the box counts those a face uses)."""
-        finite = np.isfinite(vertices).all(axis=1)
+        finite = np.isfinite(vertices[:, 0]) & np.isfinite(vertices[:, 1]) & np.isfinite(vertices[:, 2])
         self.nonfinite += int((~finite).sum())
         if self.sample is not None:
             self.sample.add(vertices[used])
-        inside = vertices[finite & used]
+        counted = finite & used
+        inside = vertices if counted.all() else vertices[counted]  # (no copy in the usual case)
         if len(inside):
             self.low = np.minimum(self.low, inside.min(axis=0))
             self.high = np.maximum(self.high, inside.max(axis=0))

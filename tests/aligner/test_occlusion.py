@@ -167,3 +167,15 @@ def test_side_is_right_around_every_face_edge_and_corner(shape):
     assert counted.sum() > 15_000
     assert np.array_equal(distance[counted] < 0, inside[counted])
     assert np.allclose(distance[inside & counted], planes[inside & counted].max(axis=1), atol=1e-4)
+
+
+def test_triangles_with_a_corner_and_lengths_are_numpys_answers():
+    from mesial.aligner.occlusion import with_a_corner
+    from mesial.aligner.transforms import lengths
+
+    rng = np.random.default_rng(2)
+    faces = rng.integers(0, 1000, size=(5000, 3))
+    mask = rng.random(1000) < 0.1
+    assert np.array_equal(with_a_corner(mask, faces), mask[faces].any(axis=1))
+    vectors = rng.normal(size=(5000, 3)) * 7.0
+    assert np.array_equal(lengths(vectors), np.linalg.norm(vectors, axis=1))  # bit for bit
