@@ -242,6 +242,9 @@ class OperatorSettings(BaseModel):
     # and its own ServiceAccount as ``<namespace>/<name>``; empty: no binding (the operator's role is broad).
     tenant_cluster_role: str = ""
     service_account: str = ""
+    # Seconds to wait, after creating that binding, until the API server's authorizer applies it
+    # (a SelfSubjectAccessReview polled; its RBAC cache may lag the new binding for a moment).
+    access_wait_s: float = Field(10.0, ge=0)
     # Registry pull secrets for aligner Jobs: one folder per Secret name holding its ``.dockerconfigjson``
     # (the chart mounts global.imagePullSecrets here); copied into each tenant namespace. None: none.
     pull_secrets_dir: Path | None = None

@@ -17,7 +17,6 @@ import socket
 import subprocess
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -328,7 +327,6 @@ class Refusal:
 
 
 BINDING_RACE_S = 5.0
-_REPORTED: set[str] = set()
 
 
 def _time(stamp: str) -> datetime.datetime:
@@ -337,9 +335,8 @@ def _time(stamp: str) -> datetime.datetime:
 
 def refusals(cluster: ClusterInfo, user: str) -> list[Refusal]:
     """Requests of ``user`` refused with 403. A refusal in a tenant namespace just after the operator
-    created its own RoleBinding there is flagged: the RBAC authorizer reads bindings from a cache,
-    and the operator does not wait for its new binding to take effect (a known defect: seen now and
-    then, not on every run)."""
+    created its own RoleBinding there is flagged: the RBAC authorizer reads bindings from a cache (seen
+    now and then before the operator waited for its new binding to take effect)."""
     events = [json.loads(line) for line in Path(cluster.audit_log).read_text().splitlines()]
     mine = [e for e in events if e.get("user", {}).get("username") == user]
     bound: dict[str, datetime.datetime] = {}
@@ -365,19 +362,12 @@ def refusals(cluster: ClusterInfo, user: str) -> list[Refusal]:
 
 @pytest.fixture
 def operator_authorised(cluster: ClusterInfo, release: Release) -> Iterator[None]:
-    """Fails the test if the API server refused a request of the operator's ServiceAccount. The
-    binding race above is reported as a warning (a known defect, in the run's summary), not a
-    failure: it happens on some runs only."""
+    """Fails the test if the API server refused a request of the operator's ServiceAccount, the
+    binding race above included: the operator waits until its new tenant binding is in effect
+    (operator/sync/organization/access.py), so no request of it may be refused."""
     yield
     user = f"system:serviceaccount:{release.namespace}:{release.operator_sa}"
-    found = refusals(cluster, user)
-    raced = [r for r in found if r.binding_race and str(r) not in _REPORTED]
-    _REPORTED.update(map(str, raced))
-    if raced:
-        warnings.warn(
-            "known defect: the operator used its new tenant RoleBinding before the RBAC authorizer's cache "
-            "had it (403, retried by kopf): " + "; ".join(map(str, raced[:5])),
-            stacklevel=1,
-        )
-    refused = [r for r in found if not r.binding_race]
-    assert not refused, "the chart's RBAC refused the operator:\n" + "\n".join(map(str, refused[:20]))
+    refused = refusals(cluster, user)
+    assert not refused, "the chart's RBAC refused the operator:\n" + "\n".join(
+        f"{r}{' (right after it bound itself there)' if r.binding_race else ''}" for r in refused[:20]
+    )

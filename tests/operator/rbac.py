@@ -2,7 +2,7 @@
 
 :func:`attributes` is the API server's ``RequestInfoFactory`` (verb, API group, resource,
 subresource, namespace, name of an HTTP request); :class:`Authorizer` grants a request when a
-rule of the chart's operator ClusterRole matches it, or, in a namespace where the operator has
+rule of the chart's operator ClusterRole (or of ``system:basic-user``, every authenticated user's) matches it, or, in a namespace where the operator has
 bound itself to the tenant ClusterRole (its ``mesial-operator`` RoleBinding, followed in the
 request log), a rule of that role. Writing a Role or a RoleBinding also needs what the API
 server's escalation check needs: the rights granted (or ``bind`` on the role referenced).
@@ -94,6 +94,20 @@ class Rule:
         return (a.group, res, a.verb)
 
 
+# What every authenticated user may do (kube-apiserver's bootstrap role system:basic-user): ask the
+# authorizer about itself. The operator asks whether its new tenant binding is in effect yet.
+BASIC_USER = (
+    Rule(
+        "system:basic-user",
+        0,
+        ("authorization.k8s.io",),
+        ("selfsubjectaccessreviews", "selfsubjectrulesreviews"),
+        ("create",),
+    ),
+    Rule("system:basic-user", 1, ("authentication.k8s.io",), ("selfsubjectreviews",), ("create",)),
+)
+
+
 def rules_of(role: dict[str, Any]) -> list[Rule]:
     name = role["metadata"]["name"]
     return [
@@ -121,6 +135,7 @@ class Authorizer:
     refused: list[str] = field(default_factory=list)
 
     def _rules_for(self, namespace: str) -> Iterable[Rule]:
+        yield from BASIC_USER
         yield from self.cluster
         if namespace and namespace in self.bound:
             yield from self.tenant

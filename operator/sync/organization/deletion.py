@@ -1,7 +1,7 @@
 """Deleting an Organization: resumable steps, each proven in the world, recorded in ``status.deletion``.
 
-Order: refuse while ScanJobs run (unless ``spec.deletion.force``, which stops them),
-delete the tenant's objects in the store (held ones too: the key is shredded next),
+Order: refuse while ScanJobs run (unless ``spec.deletion.force``, which stops them), wait until
+no ScanJob is left and no pod of the tenant runs, delete the tenant's objects in the store (held ones too: the key is shredded next),
 crypto-shred the key, remove the Vault role and the tenant's store identity,
 delete the namespace, write the deletion receipt to the audit sink. ``status.deletion`` is a record for people, never a
 proof: every pass asks the world whether each step is done (Jobs still active in the
@@ -39,6 +39,10 @@ ACTIVE_PHASES = (None, "", "Pending", "Running")
 
 class DeletionBlocked(MesialError):
     """Deletion waits: ScanJobs still run and the spec does not say force."""
+
+
+class JobsStopping(MesialError):
+    """Deletion waits: the ScanJobs were deleted, but one of them or a pod of the tenant is not gone yet."""
 
 
 async def delete_organization(rt: Runtime, body: Any) -> list[Note]:
@@ -92,7 +96,22 @@ async def _delete(rt: Runtime, org: OrgView, body: Any) -> list[Note]:
             )
         for sj in scanjobs:
             await rt.k8s.delete(*SCANJOB, sj["metadata"]["name"], org.namespace)
-        await record(None, "InProgress", "ScanJobs stopped", scanJobsStopped=True)
+        # Stopped means gone, proven in the world: no ScanJob left (each one's handler stopped its own
+        # Job) and no pod of the tenant still running (a pod being deleted runs until its processes
+        # end). Only then are the store emptied and the key shredded: a running job could still write
+        # under the prefix, or hold the key when it goes.
+        left = sorted(sj["metadata"]["name"] for sj in await rt.k8s.list(*SCANJOB, namespace=org.namespace))
+        pods = sorted(
+            pod["metadata"]["name"]
+            for pod in await rt.k8s.list("v1", "Pod", namespace=org.namespace)
+            if (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+        )
+        if left or pods:
+            raise JobsStopping(
+                f"waiting for {len(left)} ScanJob(s) ({', '.join(left[:5])}) and {len(pods)} running pod(s) "
+                f"({', '.join(pods[:5])}) to stop"
+            )
+        await record(None, "InProgress", "ScanJobs stopped, no pod running", scanJobsStopped=True)
 
     async def clear_store() -> None:
         report = await rt.store.delete_prefix(org.name, include_held=True)
