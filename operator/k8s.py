@@ -87,6 +87,7 @@ KINDS: dict[tuple[str, str], tuple[str, bool]] = {
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): ("rolebindings", True),
     ("networking.k8s.io/v1", "NetworkPolicy"): ("networkpolicies", True),
     ("batch/v1", "Job"): ("jobs", True),
+    ("authorization.k8s.io/v1", "SelfSubjectAccessReview"): ("selfsubjectaccessreviews", False),
     ("mesial.dev/v1alpha1", "Organization"): ("organizations", False),
     ("mesial.dev/v1alpha1", "ScanJob"): ("scanjobs", True),
     ("mesial.dev/v1alpha1", "RetentionPolicy"): ("retentionpolicies", True),
