@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from mesial.aligner._field import DistanceField
 from mesial.aligner._sides import MeshSides
 from mesial.aligner.params import AlignParams
-from mesial.aligner.transforms import exp_se3, invert, lengths, rotate_vectors, transform_points, unit
+from mesial.aligner.transforms import cross_rows, exp_se3, invert, lengths, rotate_vectors, transform_points, unit
 
 FloatArray = NDArray[np.float64]
 
@@ -555,11 +555,11 @@ def refine_joint(
             u = residual[use] / (params.tukey_constant * sigma)
             weight = np.where(np.abs(u) < 1, (1 - u**2) ** 2, 0.0)
             rows = np.zeros((int(use.sum()), n_unknowns))
-            rows[:, 6 * k : 6 * k + 3] = np.cross(x[use], normals[use])
+            rows[:, 6 * k : 6 * k + 3] = cross_rows(x[use], normals[use])
             rows[:, 6 * k + 3 : 6 * k + 6] = normals[use]
             if lower_pose is not None:
                 low = on_lower[use]
-                rows[low, -6:-3] = -np.cross(closest[use][low], normals[use][low])
+                rows[low, -6:-3] = -cross_rows(closest[use][low], normals[use][low])
                 rows[low, -3:] = -normals[use][low]
             hessian += rows.T @ (rows * weight[:, None])
             gradient += rows.T @ (weight * residual[use])

@@ -102,6 +102,16 @@ def rotation_angle_deg(matrix: FloatArray) -> float:
     return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
 
 
+def cross_rows(a: FloatArray, b: FloatArray) -> FloatArray:
+    """Row-wise cross products of ``a, b (n, 3)``: ``np.cross(a, b)``'s values, bit for bit (the same
+    products and differences, without its axis handling: twice as fast on the ICP's rows)."""
+    out = np.empty((len(a), 3))
+    out[:, 0] = a[:, 1] * b[:, 2] - a[:, 2] * b[:, 1]
+    out[:, 1] = a[:, 2] * b[:, 0] - a[:, 0] * b[:, 2]
+    out[:, 2] = a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]
+    return out
+
+
 def lengths(vectors: FloatArray) -> FloatArray:
     """Euclidean lengths of ``vectors (n, 3)``: ``np.linalg.norm(vectors, axis=1)``'s values, bit for bit
     (the same sum, a column at a time: a reduction along an axis of 3 is several times slower)."""

@@ -171,7 +171,7 @@ def test_side_is_right_around_every_face_edge_and_corner(shape):
 
 def test_triangles_with_a_corner_and_lengths_are_numpys_answers():
     from mesial.aligner.occlusion import with_a_corner
-    from mesial.aligner.transforms import lengths
+    from mesial.aligner.transforms import cross_rows, lengths
 
     rng = np.random.default_rng(2)
     faces = rng.integers(0, 1000, size=(5000, 3))
@@ -179,3 +179,5 @@ def test_triangles_with_a_corner_and_lengths_are_numpys_answers():
     assert np.array_equal(with_a_corner(mask, faces), mask[faces].any(axis=1))
     vectors = rng.normal(size=(5000, 3)) * 7.0
     assert np.array_equal(lengths(vectors), np.linalg.norm(vectors, axis=1))  # bit for bit
+    others = rng.normal(size=(5000, 3))
+    assert np.array_equal(cross_rows(vectors, others), np.cross(vectors, others))
