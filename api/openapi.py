@@ -72,10 +72,11 @@ def _operation(spec: Spec, components: _Components) -> dict[str, Any]:
     if spec.status == 204:
         responses["204"] = {"description": "Done"}
     elif spec.response is not None:
-        responses[str(spec.status)] = {
-            "description": "OK",
-            "content": {"application/json": {"schema": components.ref(spec.response)}},
-        }
+        for status, description in ((spec.status, "OK"), *spec.also):
+            responses[str(status)] = {
+                "description": description,
+                "content": {"application/json": {"schema": components.ref(spec.response)}},
+            }
     elif spec.produces != "application/json":
         responses[str(spec.status)] = {
             "description": "OK",

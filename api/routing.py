@@ -41,6 +41,7 @@ class Spec:
     query: type[BaseModel] | None = None
     response: type[BaseModel] | None = None
     status: int = 200
+    also: tuple[tuple[int, str], ...] = ()  # further success statuses (same response model) and when
     raw_body: tuple[str, ...] = ()  # media types of a streamed body (uploads)
     produces: str = "application/json"
     tags: tuple[str, ...] = field(default_factory=tuple)

@@ -12,11 +12,12 @@ import asyncio
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from tortoise.queryset import QuerySet
 from tortoise.transactions import in_transaction
 
 from mesial.api.models import AuditCheckpoint, AuditEventRow
@@ -50,6 +51,16 @@ def record_of(row: AuditEventRow) -> dict[str, Any]:
     }
 
 
+# given the chain's events about the same thing as a new event: the one that is that event, if any
+Held = Callable[[list[dict[str, Any]]], dict[str, Any] | None]
+
+
+async def _about(event: AuditEvent, query: QuerySet[AuditEventRow]) -> list[AuditEventRow]:
+    same = {"actor": event.actor, "action": event.action, "resource_type": event.resource_type}
+    found = query.filter(tenant=event.tenant, resource_id=event.resource_id, **same)
+    return list(await found.order_by("sequence"))
+
+
 @dataclass(frozen=True)
 class Head:
     tenant: str
@@ -70,11 +81,26 @@ class AuditCollector:
         await self.append_record(event)
 
     async def append_record(self, event: AuditEvent) -> dict[str, Any]:
+        record, _ = await self.append_unless(event, None)
+        return record
+
+    async def about(self, event: AuditEvent) -> list[dict[str, Any]]:
+        """The events of ``event``'s chain by the same actor with the same action on the same resource."""
+        return [record_of(row) for row in await _about(event, AuditEventRow.filter())]
+
+    async def append_unless(self, event: AuditEvent, held: Held | None) -> tuple[dict[str, Any], bool]:
+        """Append ``event`` unless ``held``, given :meth:`about` read under the chain's lock, returns one
+        of those events (or raises): at most one of several writers of one event appends it, on every
+        replica. Returns the chain's record and whether it is new."""
         body = event.as_dict()
         body["details"] = json.loads(canonical(body["details"]))
         async with self._locks[event.tenant], in_transaction() as conn:
             if self.dialect == "postgres":
                 await conn.execute_query("SELECT pg_advisory_xact_lock($1)", [_lock_key(event.tenant)])
+            if held is not None:
+                found = held([record_of(row) for row in await _about(event, AuditEventRow.filter().using_db(conn))])
+                if found is not None:
+                    return found, False
             last = await AuditEventRow.filter(tenant=event.tenant).using_db(conn).order_by("-sequence").first()
             sequence = int(last.sequence) + 1 if last else 1
             previous = last.hash if last else GENESIS_HASH
@@ -96,7 +122,7 @@ class AuditCollector:
                 hash=digest,
             )
         self.appended += 1
-        return {**body, "sequence": sequence, "previous_hash": previous, "hash": digest}
+        return {**body, "sequence": sequence, "previous_hash": previous, "hash": digest}, True
 
     # -- heads and checkpoints -------------------------------------------------------
     async def head(self, tenant: str) -> Head | None:

@@ -7,8 +7,7 @@ from starlette.responses import Response, StreamingResponse
 from mesial.api import schemas
 from mesial.api.routes._util import ok, route
 from mesial.api.routing import Call, Spec
-from mesial.api.services.ingest import check_event
-from mesial.api.services.retention import remove_receipted
+from mesial.api.services.ingest import record_event
 from mesial.api.types import Role
 from mesial.common.audit import AuditEvent
 
@@ -45,13 +44,11 @@ async def export(call: Call) -> Response:
         body=schemas.IngestEvent,
         response=schemas.Ingested,
         status=201,
+        also=((200, "A receipt the chain already holds (sent again): its entry, not appended twice"),),
     )
 )
 async def ingest(call: Call) -> Response:
     b, me, rt = call.body, call.me, call.runtime
-    subject = await check_event(
-        me, b.tenant, b.action, b.resource_type, b.resource_id, b.details, store=rt.need_store(), keys=rt.keys
-    )
     event = AuditEvent(
         b.tenant,
         me.actor,
@@ -64,10 +61,9 @@ async def ingest(call: Call) -> Response:
         details=b.details,
         **({"time": b.time} if b.time else {}),
     )
-    record = await call.runtime.need_collector().append_record(event)
-    if b.action == "retention.deleted":  # checked: its objects are gone; the rows of what went go too
-        await remove_receipted(rt.need_store(), subject, b.resource_type, b.resource_id)
-    return ok({"tenant": b.tenant, "sequence": record["sequence"], "hash": record["hash"]}, 201)
+    record, new = await record_event(me, event, store=rt.need_store(), keys=rt.keys, collector=rt.need_collector())
+    # 200: a receipt the chain already held (sent again after a lost answer), not appended twice
+    return ok({"tenant": b.tenant, "sequence": record["sequence"], "hash": record["hash"]}, 201 if new else 200)
 
 
 ROUTES = [export, ingest]

@@ -431,6 +431,83 @@ async def test_an_accepted_retention_receipt_removes_the_rows_of_what_is_gone(ap
         assert await Scan.exists(id=held["id"])
 
 
+async def test_a_receipt_sent_again_is_acknowledged_once(api: Harness) -> None:
+    """A receipt sent again after a lost answer (the rows it removes went with the first) is acknowledged
+    with the entry the chain holds (200), sent as it was or rebuilt with a fresh time, and never appended
+    twice, also when two copies arrive at once; a different receipt for the same subject is refused."""
+    from tests.api.test_jobs import finished_job
+
+    org, admin = await api.new_org()
+    shredded, _ = await api.new_org()
+    job = await finished_job(api, admin)
+    with db_context(api.app):
+        _, operator_key = await orgs.issue_service_key("operator")
+    gone = await _gone_scan(api, admin, org)
+    async for meta in api.runtime.store.list(org, job_prefix(job["id"])):
+        await api.runtime.store.delete(org, meta.key[len(tenant_prefix(org)) :])
+    url, operator = "/internal/v1/audit/events", bearer(operator_key)
+    details = {"objects_deleted": 1, "objects_held": 0, "max_age_days": 90, "policy": "default"}
+    receipt = {"tenant": org, "action": "retention.deleted", "resource_type": "scan", "resource_id": gone,
+               "time": "2026-12-01T10:00:00.000000Z", "details": details}  # fmt: skip
+    first = await api.client.post(url, json=receipt, headers=operator)
+    assert first.status_code == 201, first.text
+    assert (await api.client.get(f"/v1/scans/{gone}", headers=bearer(admin))).status_code == 404
+    for resent in (receipt, {**receipt, "time": "2026-12-01T10:05:00.000000Z"}):  # as sent; rebuilt by the sender
+        again = await api.client.post(url, json=resent, headers=operator)
+        assert (again.status_code, again.json()) == (200, first.json()), again.text
+    different = await api.client.post(
+        url, json={**receipt, "details": {**details, "objects_deleted": 2}}, headers=operator
+    )
+    assert different.status_code == 409, different.text
+    error = different.json()["error"]
+    assert f"sequence {first.json()['sequence']}" in error["message"]
+    assert error["request_id"] == different.headers["x-request-id"]
+    # two copies at once (the sender retried before the first answer came): one entry
+    job_receipt = {**receipt, "resource_type": "job", "resource_id": job["id"]}
+    both = await asyncio.gather(*(api.client.post(url, json=job_receipt, headers=operator) for _ in range(2)))
+    assert sorted(r.status_code for r in both) == [200, 201], [r.text for r in both]
+    assert both[0].json() == both[1].json()
+    assert (await api.client.get(f"/v1/jobs/{job['id']}", headers=bearer(admin))).status_code == 404
+    # an organization's deletion receipt (its key shredded) is acknowledged the same way
+    await asyncio.to_thread(api.runtime.keys.shred, shredded)
+    org_receipt = {"tenant": shredded, "action": "organization.deleted", "resource_type": "organization",
+                   "resource_id": shredded, "details": {"key_shredded": True}}  # fmt: skip
+    org_first = await api.client.post(url, json=org_receipt, headers=operator)
+    assert org_first.status_code == 201, org_first.text
+    org_again = await api.client.post(url, json=org_receipt, headers=operator)
+    assert (org_again.status_code, org_again.json()) == (200, org_first.json())
+    forged = {**org_receipt, "details": {"key_shredded": False}}
+    assert (await api.client.post(url, json=forged, headers=operator)).status_code == 409
+    # a key outside the layout can be written and deleted again: only the identical receipt is the same
+    stray = {**receipt, "resource_type": "object", "resource_id": "stray-1"}
+    assert (await api.client.post(url, json=stray, headers=operator)).status_code == 201
+    assert (await api.client.post(url, json=stray, headers=operator)).status_code == 200
+    later = {**stray, "time": "2026-12-02T10:00:00.000000Z"}
+    assert (await api.client.post(url, json=later, headers=operator)).status_code == 201
+    # sent again, a receipt retries the removal of its rows (kept the first time: the scan was held)
+    held = await api.upload(admin, "upper")
+    assert (await api.client.put(f"/v1/scans/{held['id']}/legal-hold", headers=bearer(admin))).status_code < 300
+    await api.runtime.store.set_legal_hold(org, f"scans/{held['id']}", False)
+    await api.runtime.store.delete(org, f"scans/{held['id']}")
+    held_receipt = {**receipt, "resource_id": held["id"]}
+    assert (await api.client.post(url, json=held_receipt, headers=operator)).status_code == 201
+    assert (await api.client.get(f"/v1/scans/{held['id']}", headers=bearer(admin))).status_code == 200
+    with db_context(api.app):  # the hold is lifted (the API's route would also touch the object, gone)
+        await Scan.filter(id=held["id"]).update(legal_hold=False)
+    assert (await api.client.post(url, json=held_receipt, headers=operator)).status_code == 200
+    assert (await api.client.get(f"/v1/scans/{held['id']}", headers=bearer(admin))).status_code == 404
+    found = [e for e in events(await export(api, admin)) if e["actor"] == "service:operator"]
+    assert [(e["action"], e["resource_type"], e["resource_id"]) for e in found] == [
+        ("retention.deleted", "scan", gone),
+        ("retention.deleted", "job", job["id"]),
+        ("retention.deleted", "object", "stray-1"),
+        ("retention.deleted", "object", "stray-1"),
+        ("retention.deleted", "scan", held["id"]),
+    ]
+    with db_context(api.app):
+        assert await AuditEventRow.filter(tenant=shredded, action="organization.deleted").count() == 1
+
+
 async def test_a_service_writes_only_its_own_actions_about_what_exists(api: Harness) -> None:
     """No forged receipts: a service key writes only its service's actions, about resources of that
     tenant, and a deletion receipt only for what is gone (the store, Vault) — never an API action."""
