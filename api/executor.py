@@ -4,8 +4,9 @@ Both run the same Job entrypoint, under the job contract of :mod:`mesial.common.
 
 * arguments: ``JobSpec.argv()`` then ``--scratch DIR``, appended to
   ``ApiSettings.job_command``; Vault and store settings come in the ``MESIAL_*``
-  environment variables of ``job_environment``; the working directory is a scratch
-  directory of the job;
+  environment variables of ``job_environment``, the store credentials of the job's tenant's
+  own identity (``operator.job_store_identity: per-tenant``, :mod:`mesial.common.store_identity`);
+  the working directory is a scratch directory of the job;
 * input: the scans (``scan_key``, sealed; ObjectStore.get);
 * output: artifacts (``artifact_key``) and the progress document (``progress_key``),
   rewritten after each stage (state, stage, percent, message, flat metrics, artifact keys);
@@ -29,6 +30,7 @@ import os
 import shutil
 import signal
 import sys
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,9 +42,10 @@ from mesial.api.services.jobs import FINAL, JobState, job_spec
 from mesial.api.types import new_id, utcnow
 from mesial.common.audit import AuditEvent
 from mesial.common.contract import JobProgress, JobSpec, artifact_key, artifact_name, job_environment, read_progress
-from mesial.common.errors import ConfigurationError, MesialError
+from mesial.common.errors import ConfigurationError, MesialError, StorageError
 from mesial.common.objectstore import ObjectStore
 from mesial.common.settings import Settings
+from mesial.common.store_identity import StoreCredentials, TenantStoreIdentities
 from mesial.common.tenancy import namespace_for
 
 log = logging.getLogger("mesial.api.executor")
@@ -147,6 +150,12 @@ class LocalExecutor:
         self.running: dict[str, asyncio.subprocess.Process] = {}
         self.cancelled: set[str] = set()
         self._workers: list[asyncio.Task[None]] = []
+        # Jobs read and write with their tenant's own store identity (tenants/<org>/ only, no delete,
+        # as the operator's Jobs do), not with the API's credentials; ``shared``: the API's.
+        per_tenant = settings.operator.job_store_identity == "per-tenant"
+        self.identities = TenantStoreIdentities(settings.store) if per_tenant else None
+        self._credentials: dict[str, StoreCredentials] = {}
+        self._identity_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     def has_room(self) -> bool:
         return not self.queue.full()
@@ -219,6 +228,12 @@ class LocalExecutor:
         if not updated:
             return  # cancelled while queued
         await self.results.audit(job, "job.started")
+        try:
+            env = await self.environment(job.org)
+        except StorageError as exc:
+            log.error("job %s: no store identity for its tenant: %s", job.job_id, exc)
+            await self.results.finish(job, JobState.failed, "the tenant's store identity is unavailable", None)
+            return
         workdir = Path(self.settings.data_dir) / "jobs" / job.job_id
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "scratch").mkdir(mode=0o700, exist_ok=True)  # decrypted inputs: this user only
@@ -227,7 +242,7 @@ class LocalExecutor:
                 *resolve_command(self.settings.api.job_command),
                 *job_arguments(job, workdir / "scratch"),
                 cwd=workdir,
-                env=job_environment(self.settings),
+                env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=logfile,
                 stderr=asyncio.subprocess.STDOUT,
@@ -245,6 +260,18 @@ class LocalExecutor:
             await self.results.finish(job, JobState.failed, "deadline exceeded", None)
         else:
             await self.results.conclude(job, code == 0, f"job exited with code {code}")
+
+    async def environment(self, org: str) -> dict[str, str]:
+        """A job's environment: the API's settings, with the tenant's own store identity (made or
+        checked through the store's IAM API, kept for the next job) in place of the API's credentials."""
+        env = job_environment(self.settings)
+        if self.identities is not None:
+            async with self._identity_locks[org]:  # ensure() replaces keys it does not know: one at a time
+                credentials = await asyncio.to_thread(self.identities.ensure, org, self._credentials.get(org))
+                self._credentials[org] = credentials
+            env["MESIAL_STORE__ACCESS_KEY"] = credentials.access_key
+            env["MESIAL_STORE__SECRET_KEY"] = credentials.secret_key
+        return env
 
     async def _watch(self, job: JobSpec, process: asyncio.subprocess.Process) -> int | None:
         """Wait for the process, copying progress into the row; None if the deadline passed."""

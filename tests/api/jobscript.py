@@ -3,7 +3,9 @@
 Same arguments as ``mesial job run``. It reads (decrypts) every input scan from the
 store, writes the progress document of :mod:`mesial.common.contract` after each stage and
 one artifact (``summary.json``: the inputs' sizes and SHA-256). ``--behaviour`` (put in
-the app's ``job_command`` by a test) makes it ``fail`` (exit 3) or ``sleep`` for a minute.
+the app's ``job_command`` by a test) makes it ``fail`` (exit 3) or ``sleep`` for a minute,
+or ``probe`` its store credentials: it lists its own tenant's prefix and ``--other``'s and says
+in its message which it reached (exit 0 only for its own alone).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from typing import Any
 
 from mesial.common.contract import JobProgress, write_progress
+from mesial.common.errors import StorageError
 from mesial.common.objectstore import ObjectStore
 from mesial.common.settings import Settings
 from mesial.common.vault import TenantKeys
@@ -32,10 +35,15 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--contact-threshold", type=float, default=0.1)
     parser.add_argument("--no-optimise", action="store_true")
     parser.add_argument("--scratch", required=True)
-    parser.add_argument("--behaviour", choices=["ok", "fail", "sleep"], default="ok")
+    parser.add_argument("--behaviour", choices=["ok", "fail", "sleep", "probe"], default="ok")
+    parser.add_argument("--other", default="")
     args = parser.parse_args(argv)
     settings = Settings()
     async with ObjectStore(settings.store, TenantKeys(settings.vault)) as store:
+        if args.behaviour == "probe":
+            reached = [org for org in (args.org, args.other) if await _lists(store, org)]
+            await write_progress(store, args.org, args.job, JobProgress(stage="probe", message=f"reached {reached}"))
+            return 0 if reached == [args.org] else 1
 
         async def status(**fields: Any) -> None:
             await write_progress(store, args.org, args.job, JobProgress(**fields))
@@ -63,6 +71,15 @@ async def main(argv: list[str]) -> int:
             artifacts=[artifact, "jobs/elsewhere/artifacts/x.json"],  # the second must be ignored
         )
     return 0
+
+
+async def _lists(store: ObjectStore, org: str) -> bool:
+    try:
+        async for _ in store.list(org, "scans/"):
+            break
+    except StorageError:
+        return False
+    return True
 
 
 if __name__ == "__main__":

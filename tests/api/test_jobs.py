@@ -285,3 +285,17 @@ async def test_restarted_executor_recovers_jobs_left_behind(api: Harness, tmp_pa
         assert failed["state"] == "failed" and failed["message"] == "interrupted: the API restarted"
         done = await wait_job(restarted, admin, rows["queued"].id)
         assert done["state"] == "succeeded", done
+
+
+async def test_a_local_job_gets_store_credentials_of_its_tenant_alone(api: Harness, tmp_path: Path) -> None:
+    """Local mode: a job's store credentials are its tenant's own identity (tenants/<org>/ only), not
+    the API's: the job lists its own tenant's prefix and is refused another's (real SeaweedFS)."""
+    other, other_admin = await api.new_org()
+    await api.upload(other_admin, "upper")  # something of the other tenant to reach
+    script = str(Path(__file__).with_name("jobscript.py"))
+    command = [sys.executable, script, "--behaviour", "probe", "--other", other]
+    async with variant(api, tmp_path, job_command=command) as harness:
+        org, admin = await harness.new_org()
+        job = await start_job(harness, admin)
+        done = await wait_job(harness, admin, job["id"], timeout=60)
+    assert (done["state"], done["message"]) == ("succeeded", f"reached ['{org}']"), done
