@@ -75,87 +75,23 @@ class Candidate:
 
     bite_to_canonical: FloatArray
     score: float
+    sigma: float = 1.0
 
 
-def _rotations(psi: FloatArray, sigma: float, strip: StripFrame) -> FloatArray:
-    """Rotations ``(k, 3, 3)``: strip normal to ``(sin psi, cos psi, 0)``, vertical to ``sigma z``."""
+def _rotations(psi: FloatArray, sigma: float, strip: StripFrame, tilt: float = 0.0) -> FloatArray:
+    """Rotations ``(k, 3, 3)``: strip normal to ``(sin psi, cos psi, 0)``, vertical to ``sigma z``.
+
+    ``tilt`` (radians) turns the strip about its long axis first: a bite's mean normal
+    leans off the occlusal plane by the inclination of the buccal surfaces.
+    """
     t_n = np.stack([np.sin(psi), np.cos(psi), np.zeros_like(psi)], axis=1)
     t_v = np.tile(np.array([0.0, 0.0, sigma]), (len(psi), 1))
     t_l = np.cross(t_v, t_n)
     target = np.stack([t_l, t_v, t_n], axis=2)  # columns
-    return np.asarray(target @ strip.axes.T, dtype=np.float64)
-
-
-def search_bite(
-    probe: FloatArray,
-    strip: StripFrame,
-    field: DistanceField,
-    outline: FloatArray,
-    *,
-    psi_step_deg: float,
-    along_mm: tuple[float, float],
-    heights_mm: tuple[float, ...],
-    offsets_mm: tuple[float, ...],
-    tau_mm: float,
-    keep: int,
-) -> list[Candidate]:
-    """Exhaustive coarse search of a bite strip's pose against both arches.
-
-    Parameters
-    ----------
-    probe : (n, 3) float
-        A few dozen bite points (file frame), evenly spread.
-    strip : StripFrame
-    field : DistanceField
-        Both arches (upper canonical frame).
-    outline : (m, 3) float
-        Arch points near the occlusal plane (for the support function).
-    psi_step_deg : float
-        Resolution of the strip's facing direction.
-    along_mm : (half range, step)
-        Search along the arch around the support point.
-    heights_mm, offsets_mm : tuples of float
-        Offsets of the strip's centre across the occlusal plane and along its normal.
-    tau_mm : float
-        Score of a point: ``max(0, 1 - d / tau)``.
-    keep : int
-        Best poses returned (by decreasing score, not yet made distinct).
-    """
-    psi = np.radians(np.arange(-180.0, 180.0, psi_step_deg))
-    half, step = along_mm
-    along = np.arange(-half, half + 1e-9, step)
-    local = probe - strip.centre
-    results: list[tuple[float, FloatArray]] = []
-    for sigma in (1.0, -1.0):
-        rotations = _rotations(psi, sigma, strip)  # (a, 3, 3)
-        direction = np.stack([np.sin(psi), np.cos(psi), np.zeros_like(psi)], axis=1)
-        tangent = np.cross(np.array([0.0, 0.0, sigma]), direction)
-        support = (outline @ direction.T).max(axis=0)  # (a,)
-        anchor_index = np.argmax(outline @ direction.T, axis=0)
-        anchor = outline[anchor_index]
-        moved = np.einsum("aij,nj->ani", rotations, local)  # centred probe, rotated
-        # translations: centre to (support point moved along the tangent), depth so the strip touches
-        base = anchor - direction * (anchor * direction).sum(axis=1, keepdims=True)
-        base += direction * (support - strip.depth)[:, None]
-        base[:, 2] = 0.0
-        shifts = (
-            along[None, :, None, None, None] * tangent[:, None, None, None, :]
-            + np.asarray(heights_mm)[None, None, :, None, None] * np.array([0.0, 0.0, 1.0])
-            + np.asarray(offsets_mm)[None, None, None, :, None] * direction[:, None, None, None, :]
-        )  # (a, s, h, o, 3)
-        translation = base[:, None, None, None, :] + shifts
-        a, s, h, o = translation.shape[:4]
-        flat_t = translation.reshape(a, s * h * o, 3)
-        points = moved[:, None, :, :] + flat_t[:, :, None, :]  # (a, s*h*o, n, 3)
-        distance = field(points)
-        score = np.maximum(0.0, 1.0 - distance / tau_mm).mean(axis=2)  # (a, s*h*o)
-        best = np.argsort(-score.ravel(), kind="stable")[:keep]
-        for index in best:
-            ai, ti = divmod(int(index), s * h * o)
-            matrix = from_rotation_translation(rotations[ai], flat_t[ai, ti] - rotations[ai] @ strip.centre)
-            results.append((float(score[ai, ti]), matrix))
-    results.sort(key=lambda item: -item[0])
-    return [Candidate(matrix, value) for value, matrix in results[:keep]]
+    long_axis, vertical, normal = strip.axes.T
+    c, s = np.cos(tilt), np.sin(tilt)
+    axes = np.stack([long_axis, c * vertical + s * normal, c * normal - s * vertical], axis=1)
+    return np.asarray(target @ axes.T, dtype=np.float64)
 
 
 def distinct(poses: list[FloatArray], centre: FloatArray, rotation_deg: float, translation_mm: float) -> list[int]:
@@ -216,41 +152,65 @@ def icp(
     return pose
 
 
-def yaw_grid(
-    yaw_deg: tuple[float, float],
-    x_mm: tuple[float, float],
-    y_mm: tuple[float, float],
-    z_mm: tuple[float, float],
-    pivot: FloatArray,
-) -> FloatArray:
-    """Rigid motions ``(k, 4, 4)``: rotations about ``z`` through ``pivot`` and translations.
+def search_along(
+    probe: FloatArray,
+    strip: StripFrame,
+    field: DistanceField,
+    path_points: FloatArray,
+    path_buccal: FloatArray,
+    *,
+    turns_deg: tuple[float, ...],
+    heights_mm: tuple[float, ...],
+    offsets_mm: tuple[float, ...],
+    tilts_deg: tuple[float, ...],
+    tau_mm: float,
+    keep: int,
+    ways: tuple[float, ...] = (1.0, -1.0),
+) -> list[Candidate]:
+    """Exhaustive coarse search of a bite strip's pose along one arch's buccal outline.
 
-    Each argument is ``(half range, step)``.
+    The strip's centre goes to every sample of the outline (``path_points``,
+    canonical frame, ``z = 0``) moved by each of ``offsets_mm`` along the facing
+    direction and ``heights_mm`` along ``z``; its normal faces the outline's
+    buccal direction turned by each of ``turns_deg`` about ``z``, turned about
+    its long axis by each of ``tilts_deg``, either way up. (A bite's centre lies
+    between the two arches' buccal surfaces: about on the lower's outline and
+    3 mm inside the upper's, which is wider; its deepest point belongs to
+    whichever arch overhangs.) Unlike :func:`search_bite` (support point of the outline in each
+    direction) this follows any arch shape: a strip on the canine-premolar curve
+    of a real arch faces a direction whose support point lies on the molars.
+
+    Returns the best ``keep`` poses of each way up (see :func:`search_bite`).
     """
-
-    def values(spec: tuple[float, float]) -> FloatArray:
-        half, step = spec
-        return np.arange(-half, half + 1e-9, step) if half > 0 else np.zeros(1)
-
-    yaw, dx, dy, dz = np.meshgrid(np.radians(values(yaw_deg)), values(x_mm), values(y_mm), values(z_mm), indexing="ij")
-    yaw, dx, dy, dz = yaw.ravel(), dx.ravel(), dy.ravel(), dz.ravel()
-    c, s = np.cos(yaw), np.sin(yaw)
-    motions = np.zeros((len(yaw), 4, 4))
-    motions[:, 0, 0], motions[:, 0, 1], motions[:, 1, 0], motions[:, 1, 1] = c, -s, s, c
-    motions[:, 2, 2] = motions[:, 3, 3] = 1.0
-    rotated_pivot = np.einsum("kij,j->ki", motions[:, :3, :3], pivot)
-    motions[:, :3, 3] = pivot - rotated_pivot + np.stack([dx, dy, dz], axis=1)
-    return motions
-
-
-def grid_scores(points: FloatArray, motions: FloatArray, field: DistanceField, tau_mm: float) -> FloatArray:
-    """Score ``(k,)`` of each motion: mean ``max(0, 1 - d / tau)`` of the points moved by its inverse.
-
-    ``field`` holds the moving model in its initial placement; moving the model
-    by ``M`` is looking the points up after ``M^-1``.
-    """
-    rotation = motions[:, :3, :3]
-    translation = motions[:, :3, 3]
-    back = np.matmul(points[None, :, :], rotation) - np.matmul(translation[:, None, :], rotation)
-    distance = field(back)
-    return np.asarray(np.maximum(0.0, 1.0 - distance / tau_mm).mean(axis=1), dtype=np.float64)
+    base_psi = np.arctan2(path_buccal[:, 0], path_buccal[:, 1])
+    turns = np.radians(np.asarray(turns_deg))
+    psi = (base_psi[:, None] + turns[None, :]).ravel()  # (p * t,)
+    anchor = np.repeat(path_points, len(turns), axis=0)
+    direction = np.stack([np.sin(psi), np.cos(psi), np.zeros_like(psi)], axis=1)
+    local = probe - strip.centre
+    heights = np.asarray(heights_mm)
+    offsets = np.asarray(offsets_mm)
+    results: list[tuple[float, FloatArray, float]] = []
+    for sigma, tilt in ((sigma, tilt) for sigma in ways for tilt in np.radians(tilts_deg)):
+        rotations = _rotations(psi, sigma, strip, float(tilt))  # (a, 3, 3)
+        moved = np.einsum("aij,nj->ani", rotations, local)
+        translation = (
+            anchor[:, None, None, :]
+            + heights[None, :, None, None] * np.array([0.0, 0.0, 1.0])
+            + offsets[None, None, :, None] * direction[:, None, None, :]
+        )  # (a, h, o, 3)
+        a = len(psi)
+        flat_t = translation.reshape(a, -1, 3)
+        points = moved[:, None, :, :] + flat_t[:, :, None, :]
+        score = np.maximum(0.0, 1.0 - field(points) / tau_mm).mean(axis=2)  # (a, h*o)
+        best = np.argsort(-score.ravel(), kind="stable")[:keep]
+        for index in best:
+            ai, ti = divmod(int(index), flat_t.shape[1])
+            matrix = from_rotation_translation(rotations[ai], flat_t[ai, ti] - rotations[ai] @ strip.centre)
+            results.append((float(score[ai, ti]), matrix, sigma))
+    results.sort(key=lambda item: -item[0])
+    return [
+        Candidate(matrix, value, sigma)
+        for way in ways
+        for value, matrix, sigma in [item for item in results if item[2] == way][:keep]
+    ]

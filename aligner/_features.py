@@ -79,3 +79,28 @@ def invariant_representatives(points: FloatArray, voxel_mm: float) -> NDArray[np
     start = np.ones(len(flat), dtype=bool)
     start[1:] = ordered[1:] != ordered[:-1]
     return np.sort(order[start])
+
+
+def spread_points(points: FloatArray, count: int) -> NDArray[np.int64]:
+    """Indices of ``count`` points spread evenly over the cloud (farthest-point sampling).
+
+    Starts from the point farthest from the centroid, so the choice depends
+    neither on the cloud's pose nor (but for exact ties) on the order of its points.
+
+    Parameters
+    ----------
+    points : (n, 3) float, millimetres
+    count : int
+
+    Returns
+    -------
+    index : (min(count, n),) int
+    """
+    if len(points) <= count:
+        return np.arange(len(points), dtype=np.int64)
+    chosen = np.zeros(count, dtype=np.int64)
+    distance = np.linalg.norm(points - points.mean(axis=0), axis=1)
+    for i in range(count):
+        chosen[i] = int(np.argmax(distance))
+        distance = np.minimum(distance, np.linalg.norm(points - points[chosen[i]], axis=1))
+    return chosen

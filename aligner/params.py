@@ -21,26 +21,42 @@ class AlignParams:
     # voxel: 1 mm for the canonical frames and the search, 0.5 mm for the short ICPs.
     frame_voxel_mm: float = 1.0
     coarse_voxel_mm: float = 0.5
-    # Bite-strip search: facing directions every psi_step_deg, positions along
-    # the arch (half range, step), heights across the occlusal plane and
-    # offsets along the strip normal (mm); probe points per pose; a point scores
-    # max(0, 1 - d / search_tau_mm).
-    psi_step_deg: float = 5.0
-    along_mm: tuple[float, float] = (18.0, 2.5)
-    heights_mm: tuple[float, ...] = (-1.5, 0.0, 1.5)
-    offsets_mm: tuple[float, ...] = (-1.0, 0.5)
+    # Bite-strip search along one arch alone (its canonical frame): the strip's centre at
+    # every path_step_mm of the arch's buccal outline (the outline of its points within
+    # path_band_mm of the occlusal table), moved by heights_mm across the occlusal plane and
+    # offsets_mm along the facing direction; the strip faces the outline's buccal direction
+    # turned by turns_deg, turned about its long axis by tilts_deg, either way up.
+    # probe_points bite points per pose, spread evenly; a point scores max(0, 1 - d / search_tau_mm).
+    path_step_mm: float = 2.0
+    path_band_mm: float = 5.0
+    heights_mm: tuple[float, ...] = (-1.5, 0.0, 1.5, 3.0)
+    offsets_mm: tuple[float, ...] = (-4.5, -3.0, -1.5, 0.0, 1.5)
+    turns_deg: tuple[float, ...] = (-25.0, -20.0, -15.0, -10.0, -5.0, 0.0, 5.0, 10.0, 15.0, 20.0, 25.0)
+    tilts_deg: tuple[float, ...] = (-10.0, 0.0, 10.0)
     probe_points: int = 64
-    search_tau_mm: float = 1.0
-    # Distinct poses of each bite refined (short ICP on the upper), and of those
-    # the best by upper fit that go on to place the lower arch.
+    search_tau_mm: float = 1.5
+    # Distinct poses of each bite refined (short ICP on that arch; half of each way up), and
+    # of those the best by that arch's fit that go on to look for the other arch.
     bite_candidates: int = 12
     paired_candidates: int = 5
-    # Lower-arch grid around its canonical pose: (half range, step) per axis.
-    lower_yaw_deg: tuple[float, float] = (4.0, 2.0)
-    lower_x_mm: tuple[float, float] = (2.0, 1.0)
-    lower_y_mm: tuple[float, float] = (3.0, 1.0)
-    lower_z_mm: tuple[float, float] = (3.0, 1.0)
-    residual_points: int = 200
+    # The bite points the first arch leaves unexplained are searched for on the other arch
+    # alone (its own canonical frame and outline): heights and offsets of their centre from
+    # its outline; only the way up and the part of the outline that face the first arch
+    # (occlusal normals opposed, anterior directions alike within facing_tolerance_deg).
+    # residual_candidates distinct poses get a short ICP on that arch, the
+    # residual_paired best go on to a short joint ICP.
+    residual_heights_mm: tuple[float, ...] = (-6.0, -4.5, -3.0, -1.5, 0.0)
+    residual_offsets_mm: tuple[float, ...] = (-3.0, -1.5, 0.0, 1.5)
+    residual_candidates: int = 8
+    residual_paired: int = 2
+    facing_tolerance_deg: float = 35.0
+    # The short ICPs of the global step use the bite thinned to this voxel size.
+    icp_voxel_mm: float = 1.6
+    # The bite is searched for on the upper first; when the best hypothesis then explains
+    # decisive_score of its points, decisive_margin more than any distinct one, the search
+    # starting from the lower is skipped.
+    decisive_score: float = 0.9
+    decisive_margin: float = 0.3
     # A bite point is explained by an arch within this distance when poses are compared.
     pair_distance_mm: float = 0.3
     # Two poses of a bite are the same hypothesis within these.
@@ -60,7 +76,9 @@ class AlignParams:
     fine_gate_floor_mm: float = 0.15
     # Tukey biweight constant in robust sigmas (4.685 = 95 % efficiency).
     tukey_constant: float = 4.685
-    max_iterations: int = 20
+    # (a cap: the plane stage stops when settled; a bite placed by its own evidence only can start
+    # 0.5 mm off on the far side and then needs 20-40 iterations to slide home)
+    max_iterations: int = 60
     # The fine step runs on nearest-vertex planes (cheap) until an update moves
     # the arch less than plane_threshold_mm, then at most exact_iterations on
     # exact closest points of the triangles (the nearest vertex's plane is off

@@ -19,13 +19,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from mesial.aligner._anatomy import FLIP, ArchFrame, arch_frame
-from mesial.aligner._coarse import distinct, grid_scores, icp, search_bite, strip_frame, yaw_grid
-from mesial.aligner._features import invariant_representatives, voxel_representatives
+from mesial.aligner._anatomy import ArchFrame, arch_frame
+from mesial.aligner._coarse import StripFrame, distinct, icp, search_along, strip_frame
+from mesial.aligner._features import invariant_representatives, spread_points, voxel_representatives
 from mesial.aligner._field import DistanceField
 from mesial.aligner._icp import JointFit, PlaneTarget, SurfaceTarget, _match, refine_joint
 from mesial.aligner.errors import AlignmentError
 from mesial.aligner.params import AlignParams
+from mesial.aligner.rangescan import ArchPath
 from mesial.aligner.transforms import invert, rotation_angle_deg, transform_points
 from mesial.aligner.validate import Scan
 
@@ -150,19 +151,8 @@ def register_bite(
         frames[name] = arch_frame(scan.vertices[pick], scan.vertex_normals[pick], scan.vertices, scan.faces)
         pick = voxel_representatives(scan.vertices, params.coarse_voxel_mm)
         coarse[name] = PlaneTarget(scan.vertices[pick], scan.vertex_normals[pick], params.coarse_voxel_mm)
-    to_canonical = frames["upper"].to_canonical
-    lower_start = FLIP @ frames["lower"].to_canonical  # lower file -> upper canonical, arches facing
-    upper_model = transform_points(coarse["upper"].points, to_canonical)
-    lower_model = transform_points(coarse["lower"].points, lower_start)
-    both = np.vstack([upper_model, lower_model])
-    # look-ups farther than the score's reach (search_tau_mm, 2 x pair_distance_mm) all score 0
-    search_field = DistanceField(
-        both[voxel_representatives(both, params.frame_voxel_mm)], 0.6, params.search_tau_mm + 0.6
-    )
-    outline = both[np.abs(both[:, 2]) < 4.0]
-    lower_field = DistanceField(lower_model, 0.5, 2 * params.pair_distance_mm + 0.5)
-    pivot = lower_model.mean(axis=0) * np.array([1.0, 1.0, 0.0])
-    motions = yaw_grid(params.lower_yaw_deg, params.lower_x_mm, params.lower_y_mm, params.lower_z_mm, pivot)
+    # each arch alone in its canonical frame: search field and buccal outline (no pose assumed between them)
+    solo = {name: _arch_alone(arch_scans[name], frames[name], coarse[name], params) for name in ARCHES}
     fine = {name: scan.surface() for name, scan in arch_scans.items()}
     if len(bites) == 1:
         fine_voxel = params.one_bite_fine_voxel_mm
@@ -182,14 +172,47 @@ def register_bite(
     runners_up: list[tuple[FloatArray, FloatArray] | None] = []
     for k, bite in enumerate(bites):
         report("global", k / len(bites))
-        rng = np.random.default_rng([params.seed, k])
-        item, bite_pose, lower_pose, runner_up = _global_one_bite(
-            k, bite, to_canonical, lower_start, search_field, outline, lower_field, motions, coarse, params, rng
-        )
+        item, bite_pose, lower_pose, runner_up = _global_one_bite(k, bite, solo, params)
         evidence.append(item)
         runners_up.append(runner_up)
         bite_to_upper.append(bite_pose)
         candidates.append((item.score, lower_pose))
+    conflict = ""
+    if len(bites) == 1 or not _differ(candidates[0][1], candidates[1][1], solo, params):
+        # the lower arch's pose is agreed (or there is one bite): the weaker bite (any bite below
+        # decisive_score) is searched for again on both arches held there, a search with the evidence of
+        # both arches at once, and takes that pose when it explains more of it
+        weakest = min(range(len(bites)), key=lambda i: (evidence[i].score, evidence[i].margin))
+        lead = max(range(len(bites)), key=lambda i: (evidence[i].score, evidence[i].margin))
+        if len(bites) == 2 or evidence[weakest].score < params.decisive_score:
+            found = _place_with_lower(weakest, bites[weakest], candidates[lead][1], solo, params)
+            if found is not None and found[0].score > evidence[weakest].score:
+                evidence[weakest], bite_to_upper[weakest], runners_up[weakest] = found
+                candidates[weakest] = (found[0].score, candidates[lead][1])
+    else:
+        # each bite, on its own, placed the lower arch elsewhere: each placement is tried with the
+        # other bite too (that bite searched for again on both arches held together), and the one
+        # explaining more of both bites wins (compared again within tight_distance_mm on the exact
+        # surfaces when close); the other bite then takes its pose from that search
+        placed = [_place_with_lower(1 - i, bites[1 - i], candidates[i][1], solo, params) for i in (0, 1)]
+        joint = [evidence[i].score + (found[0].score if found else 0.0) for i, found in enumerate(placed)]
+        if abs(joint[0] - joint[1]) < params.min_margin and placed[0] is not None and placed[1] is not None:
+            joint = []
+            for i, found in enumerate(placed):
+                assert found is not None
+                poses = [bite_to_upper[i], found[1]] if i == 0 else [found[1], bite_to_upper[i]]
+                joint.append(2 * _tight_share(fine_points, poses, candidates[i][1], fine, params))
+        lead = int(np.argmax(joint))
+        found = placed[lead]
+        if found is not None:
+            follower = 1 - lead
+            evidence[follower], bite_to_upper[follower], runners_up[follower] = found
+            candidates[follower] = (found[0].score, candidates[lead][1])
+        if abs(joint[0] - joint[1]) < params.min_margin:
+            conflict = (
+                f"the bite scans support two poses of the lower arch about equally (shares of both bites "
+                f"explained {joint[lead] / 2:.2f} and {joint[1 - lead] / 2:.2f})"
+            )
     timings["global"] = time.perf_counter() - clock
     report("global", 1.0)
 
@@ -207,12 +230,15 @@ def register_bite(
         runner_up = runners_up[k]
         if item.margin < params.min_margin and runner_up is not None:
             evidence[k] = _resolve(item, fine_points[k], fine, (bite_to_upper[k], candidates[k][1]), runner_up, params)
-    reasons = _reasons(evidence, fit, params, [pose for _, pose in candidates])
+    reasons = _reasons(evidence, fit, params, [pose for _, pose in candidates]) + ([conflict] if conflict else [])
     if (
         reasons
         and len(bites) == 2
         and evidence[0].margin >= params.min_margin
         and evidence[0].score > evidence[1].score
+        # bite 1 gives no usable evidence (its own match ambiguous, or the arches explain little of
+        # it); a bite 1 that the arches explain well but not in agreement with bite 0 contradicts it
+        and (evidence[1].margin < params.min_margin or fit.bites[1].fitness < params.min_fitness)
     ):
         # the two bites together are not confident: the reference bite alone may be (its own
         # global match unambiguous, and every one-bite check passed on its own fit)
@@ -261,81 +287,234 @@ def _registration(
     return Registration(upper_to_bite, lower_to_bite, bite_to_bite, tuple(evidence), fit, not reasons, reasons, timings)
 
 
+@dataclass(frozen=True)
+class _Alone:
+    """One arch on its own: canonical frame, search field and buccal outline in it, thinned surface (file frame)."""
+
+    to_canonical: FloatArray
+    field: DistanceField
+    path: FloatArray  # (2, k, 3): outline points and their buccal directions, canonical frame
+    target: PlaneTarget
+
+
+def _arch_alone(scan: Scan, frame: ArchFrame, target: PlaneTarget, params: AlignParams) -> _Alone:
+    points = transform_points(scan.vertices[voxel_representatives(scan.vertices, params.frame_voxel_mm)],
+                              frame.to_canonical)  # fmt: skip
+    # a band of 5 mm about the occlusal table: a curve of Spee or a tilted frame leaves the molars
+    # outside 3 mm (the upper's outline stopped at the canines on 7 of 40 train pairs)
+    path = ArchPath.from_points(points, band_mm=params.path_band_mm)
+    return _Alone(
+        frame.to_canonical,
+        # look-ups farther than the score's reach all score 0
+        DistanceField(points, 0.6, params.search_tau_mm + 0.6),
+        np.stack(path.frame(np.arange(0.0, path.length, params.path_step_mm))),
+        target,
+    )
+
+
 def _global_one_bite(
-    k: int,
-    bite: Scan,
-    to_canonical: FloatArray,
-    lower_start: FloatArray,
-    search_field: DistanceField,
-    outline: FloatArray,
-    lower_field: DistanceField,
-    motions: FloatArray,
-    coarse: dict[str, PlaneTarget],
-    params: AlignParams,
-    rng: np.random.Generator,
+    k: int, bite: Scan, solo: dict[str, _Alone], params: AlignParams
 ) -> tuple[BiteEvidence, FloatArray, FloatArray, tuple[FloatArray, FloatArray] | None]:
     """Best hypothesis for one bite scan: ``(evidence, bite_to_upper, lower_to_upper, runner_up)``.
 
-    ``runner_up`` is the best distinct hypothesis ``(bite_to_upper, lower_to_upper)``, if any.
+    The bite is searched for on each arch alone; for each of the best poses on one arch, the
+    bite points that arch leaves unexplained are searched for on the other arch alone
+    (:func:`_other_arch`). Every pair gets a short joint ICP and is ranked by the share of bite
+    points either arch explains. ``runner_up`` is the best hypothesis whose bite pose is distinct
+    from the best one, if any.
     """
     pick = voxel_representatives(bite.vertices, params.frame_voxel_mm)
     thin, thin_normals = bite.vertices[pick], bite.vertex_normals[pick]
-    points = bite.vertices[voxel_representatives(bite.vertices, 0.6)]
     strip = strip_frame(thin, thin_normals)
-    probe = thin[rng.choice(len(thin), size=min(params.probe_points, len(thin)), replace=False)]
-    found = search_bite(
-        probe,
-        strip,
-        search_field,
-        outline,
-        psi_step_deg=params.psi_step_deg,
-        along_mm=params.along_mm,
-        heights_mm=params.heights_mm,
-        offsets_mm=params.offsets_mm,
-        tau_mm=params.search_tau_mm,
-        keep=300,
-    )
-    poses = [candidate.bite_to_canonical for candidate in found]
-    keep = distinct(poses, strip.centre, params.distinct_rotation_deg, params.distinct_translation_mm)
-    from_canonical = invert(to_canonical)
+    probe = thin[spread_points(thin, params.probe_points)]
+    # the short ICPs run on fewer points (a coarser grid fixed to the bite itself)
+    sparse = thin[invariant_representatives(thin, params.icp_voxel_mm)]
     tau = params.pair_distance_mm
-    refined = []
-    for index in keep[: params.bite_candidates]:
-        pose = icp(thin, coarse["upper"], from_canonical @ poses[index], (2.0, 1.0, 0.5))
-        on_upper = np.isfinite(coarse["upper"].match(transform_points(points, pose), tau)[0])
-        refined.append((float(on_upper.mean()), pose, on_upper))
-    refined.sort(key=lambda item: -item[0])
+    coarse = {name: item.target for name, item in solo.items()}
     scored: list[tuple[float, FloatArray, FloatArray]] = []
-    for _, pose, on_upper in refined[: params.paired_candidates]:
-        residual = transform_points(points[~on_upper], to_canonical @ pose)
-        if len(residual) > params.residual_points:
-            residual = residual[rng.choice(len(residual), size=params.residual_points, replace=False)]
-        if len(residual) < 10:
-            continue
-        best = int(np.argmax(grid_scores(residual, motions, lower_field, 2 * tau)))
-        lower_pose = from_canonical @ motions[best] @ lower_start
-        joint = refine_joint(
-            [thin], coarse["upper"], coarse["lower"], [pose], lower_pose, params,
-            max_distance_mm=1.0, max_iterations=8, threshold_mm=params.plane_threshold_mm, evaluate=False,
+    tried = 0
+    for first, then in (("upper", "lower"), ("lower", "upper")):
+        if scored and _decisive(scored, strip.centre, params):
+            break  # the bite placed on the upper first already stands out: no need to start from the lower
+        arch, other = solo[first], solo[then]
+        found = search_along(
+            probe, strip, arch.field, arch.path[0], arch.path[1], turns_deg=params.turns_deg,
+            heights_mm=params.heights_mm, offsets_mm=params.offsets_mm, tilts_deg=params.tilts_deg,
+            tau_mm=params.search_tau_mm, keep=300,
         )  # fmt: skip
-        assert joint.lower_to_upper is not None
-        explained = _explained(points, joint.bite_to_upper[0], joint.lower_to_upper, coarse, tau)
-        scored.append((explained, joint.bite_to_upper[0], joint.lower_to_upper))
+        poses = [candidate.bite_to_canonical for candidate in found]
+        keep: list[int] = []
+        for way in (1.0, -1.0):  # the best distinct poses of each way up
+            index = [i for i, candidate in enumerate(found) if candidate.sigma == way]
+            chosen = distinct([poses[i] for i in index], strip.centre, params.distinct_rotation_deg,
+                              params.distinct_translation_mm)  # fmt: skip
+            keep += [index[i] for i in chosen[: params.bite_candidates // 2]]
+        from_canonical = invert(arch.to_canonical)
+        refined = []
+        for kept in keep:
+            pose = icp(sparse, arch.target, from_canonical @ poses[kept], (2.0, 1.0, 0.5))
+            on_arch = _on_surface(arch.target, transform_points(sparse, pose), tau)
+            refined.append((float(on_arch.mean()), pose, on_arch))
+        tried += len(refined)
+        refined.sort(key=lambda item: -item[0])
+        for _, pose, _ in refined[: params.paired_candidates]:
+            # the residual from the 1 mm points: a one-sided bite may show little of the other arch
+            on_arch = _on_surface(arch.target, transform_points(thin, pose), tau)
+            for other_to_arch in _other_arch(thin[~on_arch], strip, pose, other, arch, params):
+                if first == "upper":
+                    bite_pose, lower_pose = pose, other_to_arch
+                else:  # the upper found on the bite placed on the lower: bring both into the upper's file frame
+                    lower_pose = invert(other_to_arch)
+                    bite_pose = lower_pose @ pose
+                joint = refine_joint(
+                    [thin], coarse["upper"], coarse["lower"], [bite_pose], lower_pose, params,
+                    max_distance_mm=1.0, max_iterations=8, threshold_mm=params.plane_threshold_mm, evaluate=False,
+                )  # fmt: skip
+                assert joint.lower_to_upper is not None
+                explained = _explained(thin, joint.bite_to_upper[0], joint.lower_to_upper, coarse, tau)
+                scored.append((explained, joint.bite_to_upper[0], joint.lower_to_upper))
     if not scored:
-        return BiteEvidence(k, 0.0, 0.0, 0.0, len(refined), 0, tau), np.eye(4), lower_start, None
+        return BiteEvidence(k, 0.0, 0.0, 0.0, tried, 0, tau), np.eye(4), np.eye(4), None
+    best_score, best_pose, best_lower, second, runner_up = _best_and_runner_up(scored, strip.centre, params)
+    item = BiteEvidence(k, best_score, second, best_score - second, tried, len(scored), tau)
+    return item, best_pose, best_lower, runner_up
+
+
+def _differ(first: FloatArray, second: FloatArray, solo: dict[str, _Alone], params: AlignParams) -> bool:
+    """Two lower-arch poses (lower file -> upper file) are distinct hypotheses."""
+    centre = invert(solo["lower"].to_canonical)[:3, 3]  # the lower's canonical origin, in its file
+    return len(distinct([first, second], centre, params.distinct_rotation_deg, params.distinct_translation_mm)) == 2
+
+
+def _place_with_lower(
+    k: int, bite: Scan, lower_to_upper: FloatArray, solo: dict[str, _Alone], params: AlignParams
+) -> tuple[BiteEvidence, FloatArray, tuple[FloatArray, FloatArray] | None] | None:
+    """A bite placed on both arches held together (the lower at ``lower_to_upper``).
+
+    The same search as on one arch, on both arches as one surface (upper canonical
+    frame, their joint buccal outline), then a short ICP on both. Returns
+    ``(evidence, bite_to_upper, runner_up)`` or None when nothing was found.
+    """
+    upper, lower = solo["upper"], solo["lower"]
+    to_canonical = upper.to_canonical
+    lower_in_canonical = to_canonical @ lower_to_upper
+    both = np.vstack([transform_points(upper.target.points, to_canonical),
+                      transform_points(lower.target.points, lower_in_canonical)])  # fmt: skip
+    both = both[voxel_representatives(both, params.frame_voxel_mm)]
+    field = DistanceField(both, 0.6, params.search_tau_mm + 0.6)
+    path = ArchPath.from_points(both, band_mm=params.path_band_mm)
+    outline = np.stack(path.frame(np.arange(0.0, path.length, params.path_step_mm)))
+    rotation = lower_to_upper[:3, :3]
+    target = PlaneTarget(
+        np.vstack([upper.target.points, transform_points(lower.target.points, lower_to_upper)]),
+        np.vstack([upper.target.normals, lower.target.normals @ rotation.T]),
+        upper.target.spacing,
+    )
+    pick = voxel_representatives(bite.vertices, params.frame_voxel_mm)
+    thin = bite.vertices[pick]
+    strip = strip_frame(thin, bite.vertex_normals[pick])
+    probe = thin[spread_points(thin, params.probe_points)]
+    sparse = thin[invariant_representatives(thin, params.icp_voxel_mm)]
+    found = search_along(
+        probe, strip, field, outline[0], outline[1], turns_deg=params.turns_deg, heights_mm=params.heights_mm,
+        offsets_mm=params.offsets_mm, tilts_deg=params.tilts_deg, tau_mm=params.search_tau_mm, keep=300,
+    )  # fmt: skip
+    poses = [candidate.bite_to_canonical for candidate in found]
+    from_canonical = invert(to_canonical)
+    coarse = {"upper": upper.target, "lower": lower.target}
+    scored: list[tuple[float, FloatArray, FloatArray]] = []
+    for way in (1.0, -1.0):
+        index = [i for i, candidate in enumerate(found) if candidate.sigma == way]
+        chosen = distinct([poses[i] for i in index], strip.centre, params.distinct_rotation_deg,
+                          params.distinct_translation_mm)  # fmt: skip
+        for i in chosen[: params.bite_candidates // 2]:
+            pose = icp(sparse, target, from_canonical @ poses[index[i]], (2.0, 1.0, 0.5))
+            scored.append(
+                (_explained(thin, pose, lower_to_upper, coarse, params.pair_distance_mm), pose, lower_to_upper)
+            )
+    if not scored:
+        return None
+    best, pose, _, second, runner_up = _best_and_runner_up(scored, strip.centre, params)
+    item = BiteEvidence(k, best, second, best - second, len(scored), len(scored), params.pair_distance_mm)
+    return item, pose, runner_up
+
+
+def _best_and_runner_up(
+    scored: list[tuple[float, FloatArray, FloatArray]], centre: FloatArray, params: AlignParams
+) -> tuple[float, FloatArray, FloatArray, float, tuple[FloatArray, FloatArray] | None]:
+    """The best hypothesis ``(score, bite pose, lower pose)`` and the best one whose bite pose is distinct."""
     scored.sort(key=lambda item: -item[0])
     best_score, best_pose, best_lower = scored[0]
-    second = 0.0
-    runner_up = None
     for value, pose, lower in scored[1:]:
-        if (
-            len(distinct([best_pose, pose], strip.centre, params.distinct_rotation_deg, params.distinct_translation_mm))
-            == 2
-        ):
-            second, runner_up = value, (pose, lower)
-            break
-    item = BiteEvidence(k, best_score, second, best_score - second, len(refined), len(scored), tau)
-    return item, best_pose, best_lower, runner_up
+        if len(distinct([best_pose, pose], centre, params.distinct_rotation_deg, params.distinct_translation_mm)) == 2:
+            return best_score, best_pose, best_lower, value, (pose, lower)
+    return best_score, best_pose, best_lower, 0.0, None
+
+
+def _decisive(scored: list[tuple[float, FloatArray, FloatArray]], centre: FloatArray, params: AlignParams) -> bool:
+    """The best hypothesis so far explains ``decisive_score`` of the bite, ``decisive_margin`` more than any distinct one."""
+    best, _, _, second, _ = _best_and_runner_up(scored, centre, params)
+    return best >= params.decisive_score and best - second >= params.decisive_margin
+
+
+def _other_arch(
+    residual: FloatArray,
+    bite_strip: StripFrame,
+    bite_to_arch: FloatArray,
+    other: _Alone,
+    arch: _Alone,
+    params: AlignParams,
+) -> list[FloatArray]:
+    """Poses of the other arch (its file -> the first arch's file) from the bite points the first leaves unexplained.
+
+    Those points are searched for along the other arch's own buccal outline (no prior
+    on the occlusion beyond the arches facing each other), refined by a short ICP on
+    that arch alone and ranked by the share of them it explains; a pose is kept if the
+    arches then face each other (occlusal normals opposed and anterior directions alike
+    within ``facing_tolerance_deg``).
+    """
+    if len(residual) < 20:
+        return []
+    # the whole bite's axes (its normal faces the cheek; the residual part alone, mostly the other
+    # arch's crowns seen from the side and above, has a mean normal tilted by up to 45°), centred on
+    # the residual
+    centre = residual.mean(axis=0)
+    strip = StripFrame(bite_strip.axes, centre, float(((residual - centre) @ bite_strip.axes[:, 2]).max()), False)
+    probe = residual[spread_points(residual, params.probe_points)]
+    # the arches face each other: the other arch's crowns point against the first's, so in its own
+    # frame the strip is the other way up, and it faces about the direction it faces on the first
+    # arch (mirrored across the midline): only that way up, on the outline within facing_tolerance_deg
+    arch_axes, other_axes = arch.to_canonical[:3, :3], other.to_canonical[:3, :3]
+    in_arch = arch_axes @ bite_to_arch[:3, :3] @ strip.axes
+    way = -1.0 if float(in_arch[2, 1]) >= 0 else 1.0
+    expected = np.array([-in_arch[0, 2], in_arch[1, 2], 0.0])
+    expected /= max(float(np.linalg.norm(expected)), 1e-9)
+    near = other.path[1] @ expected > np.cos(np.radians(params.facing_tolerance_deg + max(params.turns_deg)))
+    if not near.any():
+        return []
+    found = search_along(
+        probe, strip, other.field, other.path[0][near], other.path[1][near], turns_deg=params.turns_deg,
+        heights_mm=params.residual_heights_mm, offsets_mm=params.residual_offsets_mm, tilts_deg=params.tilts_deg,
+        tau_mm=params.search_tau_mm, keep=100, ways=(way,),
+    )  # fmt: skip
+    poses = [candidate.bite_to_canonical for candidate in found]
+    from_canonical = invert(other.to_canonical)
+    limit = float(np.cos(np.radians(params.facing_tolerance_deg)))
+    out: list[tuple[float, FloatArray]] = []
+    for i in distinct(poses, strip.centre, params.distinct_rotation_deg, params.distinct_translation_mm)[
+        : params.residual_candidates
+    ]:
+        pose = icp(residual, other.target, from_canonical @ poses[i], (2.0, 1.0, 0.5))
+        other_pose = bite_to_arch @ invert(pose)
+        rotation = other_pose[:3, :3]
+        if float((rotation @ other_axes[2]) @ -arch_axes[2]) < limit:
+            continue
+        if float((rotation @ other_axes[1]) @ arch_axes[1]) < limit:
+            continue
+        share = float(_on_surface(other.target, transform_points(residual, pose), params.pair_distance_mm).mean())
+        out.append((share, other_pose))
+    out.sort(key=lambda item: -item[0])
+    return [pose for _, pose in out[: params.residual_paired]]
 
 
 def _resolve(
@@ -371,10 +550,44 @@ def _resolve(
     )
 
 
+def _tight_share(
+    points: list[FloatArray],
+    bite_to_upper: list[FloatArray],
+    lower_to_upper: FloatArray,
+    surfaces: dict[str, SurfaceTarget],
+    params: AlignParams,
+) -> float:
+    """Share of all bites' points within ``tight_distance_mm`` of either arch after a joint exact refinement."""
+    fit = refine_joint(
+        points, surfaces["upper"], surfaces["lower"], bite_to_upper, lower_to_upper, params,
+        max_distance_mm=0.5, max_iterations=params.exact_iterations,
+    )  # fmt: skip
+    assert fit.lower_to_upper is not None
+    hits, total = 0, 0
+    for cloud, pose in zip(points, fit.bite_to_upper, strict=True):
+        x, _, closest, normals, distance, _ = _match(
+            cloud, pose, surfaces["upper"], surfaces["lower"], fit.lower_to_upper, params.tight_distance_mm
+        )
+        plane = np.abs(np.einsum("ij,ij->i", x - closest, normals))
+        hits += int((np.isfinite(distance) & (plane < params.tight_distance_mm)).sum())
+        total += len(cloud)
+    return hits / max(total, 1)
+
+
 def _edge_length(scan: Scan) -> float:
     """Median edge length (mm) of a scan: how far a surface point can be from its nearest vertex."""
     corners = scan.vertices[scan.faces[:: max(1, len(scan.faces) // 20000)]]
     return float(np.median(np.linalg.norm(corners - np.roll(corners, 1, axis=1), axis=2)))
+
+
+def _on_surface(target: PlaneTarget, x: FloatArray, tau: float) -> NDArray[np.bool_]:
+    """Which points ``(n, 3)`` lie within ``tau`` of the thinned surface (nearest sample's tangent plane)."""
+    distance, index = target.match(x, tau + target.spacing)
+    found = np.flatnonzero(np.isfinite(distance))
+    plane = np.abs(np.einsum("ij,ij->i", x[found] - target.points[index[found]], target.normals[index[found]]))
+    hit = np.zeros(len(x), dtype=bool)
+    hit[found[plane < tau]] = True
+    return hit
 
 
 def _explained(

@@ -62,18 +62,20 @@ def pairs(folder: Path) -> list[str]:
     return sorted(p.name[:-6] for p in folder.glob("*_U.ply") if (folder / f"{p.name[:-6]}_L.ply").exists())
 
 
-def _read(path: Path) -> Mesh:
+def _read(path: Path, subdivisions: int = 2) -> Mesh:
     import trimesh
 
     mesh: Any = trimesh.load(path, process=False, force="mesh")
     vertices = np.asarray(mesh.vertices, dtype=np.float64)
     faces = np.asarray(mesh.faces, dtype=np.int64)
     mesh = trimesh.Trimesh(vertices, faces, process=True)  # merge duplicates, drop degenerate faces
+    if subdivisions == 0:
+        return Mesh(np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64))
     try:
-        vertices, faces = trimesh.remesh.subdivide_loop(mesh.vertices, mesh.faces, iterations=2)  # type: ignore[no-untyped-call]
+        vertices, faces = trimesh.remesh.subdivide_loop(mesh.vertices, mesh.faces, iterations=subdivisions)  # type: ignore[no-untyped-call]
     except ValueError:  # Loop needs a manifold mesh (an edge of three faces): split at the midpoints instead
         vertices, faces = mesh.vertices, mesh.faces
-        for _ in range(2):
+        for _ in range(subdivisions):
             vertices, faces = trimesh.remesh.subdivide(vertices, faces)  # type: ignore[no-untyped-call]
     return Mesh(np.asarray(vertices, dtype=np.float64), np.asarray(faces, dtype=np.int64))
 
@@ -203,10 +205,13 @@ class _Seater:
         return min(right, left) + 0.1 * (right + left), drop
 
 
-def occlude(folder: Path, name: str) -> Occluded:
-    """Read a real pair and build its intercuspal position (see the module docstring)."""
-    upper = _read(folder / f"{name}_U.ply")
-    lower = _read(folder / f"{name}_L.ply")
+def occlude(folder: Path, name: str, subdivisions: int = 2) -> Occluded:
+    """Read a real pair and build its intercuspal position (see the module docstring).
+
+    ``subdivisions``: Loop subdivisions of each arch (2: ~130 000 vertices; 0: the scans as stored).
+    """
+    upper = _read(folder / f"{name}_U.ply", subdivisions)
+    lower = _read(folder / f"{name}_L.ply", subdivisions)
     # the lower's canonical frame is the occlusion frame; the upper's canonical frame turned 180° about
     # the anterior axis faces it (the files are not in a shared frame); normals point outwards
     lower = _outward(Mesh(transform_points(lower.vertices, _frame(lower)), lower.faces), np.array([0.0, 0.0, 1.0]))
