@@ -154,3 +154,87 @@ def arch_frame(
     matrix[:3, :3] = rotation
     matrix[:3, 3] = -rotation @ origin
     return ArchFrame(matrix, symmetry, forward)
+
+
+def _filtered(values: FloatArray, size: int, how: str) -> FloatArray:
+    """Running median or mean of a 1-D array over ``size`` samples, the ends repeated (SciPy's "nearest")."""
+    half = size // 2
+    padded = np.concatenate([np.full(half, values[0]), values, np.full(half, values[-1])])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, size)
+    return np.asarray(np.median(windows, axis=1) if how == "median" else windows.mean(axis=1), dtype=np.float64)
+
+
+def buccal_outline(points: FloatArray, *, band_mm: float, step_mm: float, bin_deg: float = 2.0) -> FloatArray:
+    """Samples of an arch's buccal outline in its canonical frame, with their buccal directions.
+
+    The outline of the points within ``band_mm`` of the occlusal table (``z = 0``): seen
+    from a centre inside the U (on ``x = 0``, 40 % of the depth from the posterior
+    ends), per ``bin_deg`` of angle the 98th percentile radius, smoothed over five
+    bins (median, then mean); the U is the longest run of filled bins through the
+    anterior direction, cut where the outline turns to face backwards behind the last
+    molars. (The same curve as ``rangescan.ArchPath``, without SciPy.)
+
+    Parameters
+    ----------
+    points : (n, 3) float, millimetres, canonical frame of one arch (or of two facing arches)
+    band_mm, step_mm : float
+        Height band about ``z = 0``; spacing of the samples along the outline.
+
+    Returns
+    -------
+    outline : (2, k, 3) float
+        Sample points (``z = 0``) and unit buccal directions (in the plane), from the
+        left posterior end to the right.
+    """
+    near = points[np.abs(points[:, 2]) < band_mm][:, :2]
+    if len(near) < 10:
+        raise ValueError("no points near the occlusal plane: no arch outline")
+    y_low, y_high = np.percentile(near[:, 1], [1, 99])
+    centre = np.array([0.0, y_low + 0.4 * (y_high - y_low)])
+    offset = near - centre
+    angle = np.degrees(np.arctan2(offset[:, 0], offset[:, 1]))  # 0 = anterior, + = right
+    radius = np.linalg.norm(offset, axis=1)
+    edges = np.arange(-180.0, 180.0 + 1e-9, bin_deg)
+    which = np.clip(np.digitize(angle, edges) - 1, 0, len(edges) - 2)
+    order = np.argsort(which, kind="stable")
+    counts = np.bincount(which, minlength=len(edges) - 1)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    best = np.full(len(edges) - 1, np.nan)
+    for i in np.flatnonzero(counts >= 3):
+        best[i] = np.percentile(radius[order[starts[i] : starts[i] + counts[i]]], 98)
+    centres = (edges[:-1] + edges[1:]) / 2
+    filled = np.isfinite(best)
+    if not filled.any():
+        raise ValueError("no points near the occlusal plane: no arch outline")
+    mid = int(np.flatnonzero(filled)[np.argmin(np.abs(centres[filled]))])
+    lo = hi = mid
+    while lo > 0 and filled[lo - 1]:
+        lo -= 1
+    while hi < len(best) - 1 and filled[hi + 1]:
+        hi += 1
+    theta = np.radians(centres[lo : hi + 1])
+    r = _filtered(_filtered(best[lo : hi + 1], 5, "median"), 5, "mean")
+    xy = centre + np.stack([r * np.sin(theta), r * np.cos(theta)], axis=1)
+    step = np.diff(xy, axis=0)
+    backwards = step[:, 1] / np.maximum(np.linalg.norm(step, axis=1), 1e-12)
+    keep = np.ones(len(xy), dtype=bool)
+    half = len(xy) // 2
+    left = np.flatnonzero(backwards[:half] > -0.3)
+    right = np.flatnonzero(backwards[half:] < 0.3)
+    if len(left):
+        keep[: left[0]] = False
+    if len(right):
+        keep[half + right[-1] + 2 :] = False
+    xy = xy[keep]
+    if len(xy) < 2:
+        raise ValueError("no arch outline: fewer than two outline samples")
+    arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(xy, axis=0), axis=1))])
+    s = np.arange(0.0, arc[-1], step_mm)
+    x, y = np.interp(s, arc, xy[:, 0]), np.interp(s, arc, xy[:, 1])
+    tangent = np.stack(
+        [np.interp(s, arc, np.gradient(xy[:, 0], arc)), np.interp(s, arc, np.gradient(xy[:, 1], arc))], 1
+    )
+    # left to right along a U opening backwards: the buccal side is to the left of the tangent
+    buccal = np.stack([-tangent[:, 1], tangent[:, 0], np.zeros(len(s))], axis=1)
+    buccal /= np.maximum(np.linalg.norm(buccal, axis=1, keepdims=True), 1e-12)
+    return np.stack([np.stack([x, y, np.zeros(len(s))], axis=1), buccal])

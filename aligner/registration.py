@@ -19,14 +19,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from mesial.aligner._anatomy import ArchFrame, arch_frame
+from mesial.aligner._anatomy import ArchFrame, arch_frame, buccal_outline
 from mesial.aligner._coarse import StripFrame, distinct, icp, search_along, strip_frame
 from mesial.aligner._features import invariant_representatives, spread_points, voxel_representatives
 from mesial.aligner._field import DistanceField
 from mesial.aligner._icp import JointFit, PlaneTarget, SurfaceTarget, _match, refine_joint
 from mesial.aligner.errors import AlignmentError
 from mesial.aligner.params import AlignParams
-from mesial.aligner.rangescan import ArchPath
 from mesial.aligner.transforms import invert, rotation_angle_deg, transform_points
 from mesial.aligner.validate import Scan
 
@@ -302,12 +301,11 @@ def _arch_alone(scan: Scan, frame: ArchFrame, target: PlaneTarget, params: Align
                               frame.to_canonical)  # fmt: skip
     # a band of 5 mm about the occlusal table: a curve of Spee or a tilted frame leaves the molars
     # outside 3 mm (the upper's outline stopped at the canines on 7 of 40 train pairs)
-    path = ArchPath.from_points(points, band_mm=params.path_band_mm)
     return _Alone(
         frame.to_canonical,
         # look-ups farther than the score's reach all score 0
         DistanceField(points, 0.6, params.search_tau_mm + 0.6),
-        np.stack(path.frame(np.arange(0.0, path.length, params.path_step_mm))),
+        buccal_outline(points, band_mm=params.path_band_mm, step_mm=params.path_step_mm),
         target,
     )
 
@@ -402,8 +400,7 @@ def _place_with_lower(
                       transform_points(lower.target.points, lower_in_canonical)])  # fmt: skip
     both = both[voxel_representatives(both, params.frame_voxel_mm)]
     field = DistanceField(both, 0.6, params.search_tau_mm + 0.6)
-    path = ArchPath.from_points(both, band_mm=params.path_band_mm)
-    outline = np.stack(path.frame(np.arange(0.0, path.length, params.path_step_mm)))
+    outline = buccal_outline(both, band_mm=params.path_band_mm, step_mm=params.path_step_mm)
     rotation = lower_to_upper[:3, :3]
     target = PlaneTarget(
         np.vstack([upper.target.points, transform_points(lower.target.points, lower_to_upper)]),
