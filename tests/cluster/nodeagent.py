@@ -140,6 +140,11 @@ class Container:
         self.state: Obj = {"waiting": {"reason": "ContainerCreating"}}
         self.last_state: Obj = {}
         self.restarts = 0
+        self.probed_ready = False  # the readiness probe's last answer (no probe: ready while running)
+
+    @property
+    def ready(self) -> bool:
+        return "running" in self.state and (self.probed_ready or not self.spec.get("readinessProbe"))
 
     def status(self) -> Obj:
         running = "running" in self.state
@@ -148,7 +153,7 @@ class Container:
             "image": self.spec.get("image", ""),
             "imageID": "",
             "containerID": f"host://{self.process.pid}" if self.process else "",
-            "ready": running,
+            "ready": self.ready,
             "started": running,
             "restartCount": self.restarts,
             "state": self.state,
@@ -180,7 +185,7 @@ class PodRunner(threading.Thread):
     # -- status -------------------------------------------------------------------------------
     def write_status(self) -> None:
         with self.lock:
-            ready = self.phase == "Running" and all("running" in c.state for c in self.main)
+            ready = self.phase == "Running" and all(c.ready for c in self.main)
             initialized = all("terminated" in c.state for c in self.init)
             conditions = [
                 {"type": "PodScheduled", "status": "True"},
@@ -576,7 +581,10 @@ class PodRunner(threading.Thread):
                 continue
             self.waiting = None
             self.write_status()
+            if container.spec.get("readinessProbe"):
+                threading.Thread(target=self._probe, args=(container, container.process), daemon=True).start()
             code = self._wait(container)
+            container.probed_ready = False
             self.write_status()
             if self.stopping.is_set() or restart == "Never" or (restart == "OnFailure" and code == 0):
                 return
@@ -585,6 +593,52 @@ class PodRunner(threading.Thread):
             self.write_status()
             self.stopping.wait(backoff)
             backoff = min(backoff * 2, 30.0)
+
+    def _probe(self, container: Container, process: subprocess.Popen[bytes] | None) -> None:
+        """The container's readiness probe (``httpGet``, ``tcpSocket``, ``exec``) while this process
+        runs, every ``min(periodSeconds, 2)`` seconds after ``initialDelaySeconds``; a change of its
+        answer is written to the pod's status (Ready, and the Services' endpoints)."""
+        probe = container.spec["readinessProbe"]
+        period = min(float(probe.get("periodSeconds", 10)), 2.0)
+        threshold = int(probe.get("failureThreshold", 3))
+        self.stopping.wait(float(probe.get("initialDelaySeconds", 0)))
+        failures = 0
+        while process is not None and process.poll() is None and not self.stopping.is_set():
+            ok = self._probe_once(container, probe, process.pid)
+            failures = 0 if ok else failures + 1
+            answer = ok or (container.probed_ready and failures < threshold)
+            if answer != container.probed_ready:
+                container.probed_ready = answer
+                self.write_status()
+            self.stopping.wait(period)
+
+    def _probe_once(self, container: Container, probe: Obj, pid: int) -> bool:
+        import socket
+
+        timeout = float(probe.get("timeoutSeconds", 1)) + 1.0
+        ports = self.ports()
+        try:
+            if "httpGet" in probe:
+                get = probe["httpGet"]
+                port = ports.get(str(get["port"]), get["port"])
+                url = f"{get.get('scheme', 'HTTP').lower()}://127.0.0.1:{port}{get.get('path', '/')}"
+                context = ssl._create_unverified_context()  # a kubelet does not verify probe certificates
+                with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
+                    return bool(200 <= response.status < 400)
+            if "tcpSocket" in probe:
+                port = ports.get(str(probe["tcpSocket"]["port"]), probe["tcpSocket"]["port"])
+                with socket.create_connection(("127.0.0.1", int(port)), timeout=timeout):
+                    return True
+            if "exec" in probe:
+                # In the container's mount namespace, as its user, with its environment.
+                uid, gid, _ = self._ids(container.spec)
+                env = self.environment(container.spec)
+                command = ["nsenter", f"--target={pid}", "--mount", "--", "setpriv", f"--reuid={uid}",
+                           f"--regid={gid}", "--clear-groups", "--", *probe["exec"]["command"]]  # fmt: skip
+                return subprocess.run(command, env=env, capture_output=True, timeout=timeout + 5).returncode == 0
+        except (OSError, urllib.error.URLError, subprocess.TimeoutExpired, PodError):
+            return False
+        return True  # a probe of another kind (grpc): not run here, taken as passing
 
     def stop(self, grace: float) -> None:
         """SIGTERM every process of the pod, SIGKILL what is left after ``grace`` seconds."""
@@ -785,6 +839,8 @@ class Services:
         for runner in list(self.agent.runners.values()):
             labels = runner.pod["metadata"].get("labels") or {}
             if runner.ns != namespace or runner.phase != "Running" or runner.stopping.is_set():
+                continue
+            if not all(c.ready for c in runner.main):  # kube-proxy routes to ready endpoints only
                 continue
             if all(labels.get(k) == v for k, v in selector.items()):
                 port = runner.ports().get(str(target))

@@ -213,11 +213,11 @@ def release_values(vault: VaultSetup, seaweedfs: svc.ServiceInfo) -> dict[str, A
     }
 
 
-def e2e_database(postgres: svc.ServiceInfo) -> str:
+def e2e_database(postgres: svc.ServiceInfo, purpose: str = "release") -> str:
     """A database of the release's own on the test run's PostgreSQL (the API tests use `mesial`)."""
     import asyncpg  # type: ignore[import-untyped]
 
-    name = f"mesial_e2e_{os.getpid()}"
+    name = f"mesial_e2e_{purpose}_{os.getpid()}"
 
     async def create() -> None:
         conn = await asyncpg.connect(postgres.url)
