@@ -508,6 +508,10 @@ class PodRunner(threading.Thread):
     def _wait(self, container: Container) -> int:
         assert container.process is not None
         code = container.process.wait()
+        # The container's first process is gone: so is the rest of it, as when a runtime tears down the
+        # container's PID namespace (a shell's `weed server &` would otherwise outlive the pod).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(container.process.pid, signal.SIGKILL)
         finished = _now()
         started = container.state.get("running", {}).get("startedAt", finished)
         code = 128 - code if code < 0 else code  # killed by a signal: 128 + signal, as a runtime reports it
@@ -643,18 +647,29 @@ class PodRunner(threading.Thread):
     def stop(self, grace: float) -> None:
         """SIGTERM every process of the pod, SIGKILL what is left after ``grace`` seconds."""
         self.stopping.set()
-        processes = [c.process for c in self.init + self.main if c.process is not None and c.process.poll() is None]
+        processes = [c.process for c in self.init + self.main if c.process is not None]
         for process in processes:
-            with contextlib.suppress(ProcessLookupError):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for process in processes:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            # Every process of the container (its process group), not only the first, gets SIGKILL at
+            # the deadline.
+            while time.monotonic() < deadline and _group_alive(process.pid):
+                time.sleep(0.1)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 # -- Services -------------------------------------------------------------------------------------
