@@ -13,7 +13,9 @@ through :meth:`ObjectStore.delete`, which
 re-reads the legal-hold tag at that moment and refuses a held object, so a hold placed
 mid-sweep is still honoured. Receipts are appended after the objects of a resource are
 deleted. A sweep is safe to interrupt and rerun: it keeps no state, and a rerun finds
-only what is still there.
+only what is still there. A caller that must not lose a receipt (the operator: its sends
+can fail after the objects are gone) passes ``plan``, called with what is about to be
+deleted before anything is, and a sink that keeps the receipts for it to deliver.
 
 Records (database rows) belong to the API: they are swept through the
 :class:`RecordSweeper` protocol, plugged in by whoever owns them.
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import enum
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, runtime_checkable
@@ -141,10 +143,15 @@ async def sweep_objects(
     skew: timedelta = timedelta(minutes=5),
     policy: str = "",
     report: SweepReport | None = None,
+    plan: Callable[[Sequence[tuple[str, str, int]]], Awaitable[None]] | None = None,
+    max_resources: int | None = None,
 ) -> SweepReport:
     """Delete the tenant's expired, unheld objects of the covered kinds (and any key outside the
     layout); one receipt per resource (a scan, a job, a top-level name outside the layout).
 
+    ``plan`` is awaited with ``(resource type, resource id, number of objects)`` of every resource
+    about to be deleted, before any deletion (a failure there deletes nothing). At most
+    ``max_resources`` resources are deleted (the rest wait for a later sweep, reported).
     ``StoreUnavailable`` propagates (the sweep is retried later); other per-object failures
     are counted as errors and the sweep goes on.
     """
@@ -167,7 +174,13 @@ async def sweep_objects(
         elif verdict in (Verdict.future, Verdict.malformed):
             report.kept += 1
             report.problem(f"{kind.resource_type} {kind.resource_id}: kept, timestamp {verdict.value}")
-    for (resource_type, resource_id), keys in sorted(groups.items()):
+    chosen = sorted(groups.items())
+    if max_resources is not None and len(chosen) > max_resources:
+        report.problem(f"{len(chosen) - max(max_resources, 0)} resource(s) deferred: too many receipts pending")
+        chosen = chosen[: max(max_resources, 0)]
+    if plan is not None and chosen:
+        await plan([(resource_type, resource_id, len(keys)) for (resource_type, resource_id), keys in chosen])
+    for (resource_type, resource_id), keys in chosen:
         deleted = held = 0
         for relative in keys:
             try:

@@ -63,6 +63,13 @@ RETRIES_PENDING = Gauge(
     ["resource"],
     registry=REGISTRY,
 )
+RECEIPTS = Counter(
+    f"{PREFIX}_receipts",
+    "Deletion receipts sent to the audit chain, by kind (retention, organization) and outcome (sent: the "
+    "collector took it or holds it; failed: kept and sent again; conflict: the chain holds a different one).",
+    ["kind", "outcome"],
+    registry=REGISTRY,
+)
 READY = Gauge(f"{PREFIX}_ready", "1 once the operator has started and until it stops.", registry=REGISTRY)
 
 # The watched kinds whose phases are counted, and the phases each may report (0 when none).

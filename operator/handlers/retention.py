@@ -8,7 +8,7 @@ import kopf
 
 from mesial.operator.errors import to_kopf
 from mesial.operator.runtime import Runtime
-from mesial.operator.sync.retention import POLICY, admit, sweep, sweep_due
+from mesial.operator.sync.retention import POLICY, Delivery, admit, deliver, pending_receipts, sweep, sweep_due
 
 PLURAL = ("mesial.dev", "v1alpha1", "retentionpolicies")
 
@@ -36,6 +36,7 @@ async def policy_sweep(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         await policy_admitted(body=body, memo=memo)  # a rival deleted, a namespace fixed: admit again
         return
     if not sweep_due(body, now):
+        await resend(runtime, body)  # receipts still owed go out on every tick
         return
     # re-admit (the namespace or a rival may have changed), then sweep
     tenant, admission = await admit(runtime.k8s, body, runtime.settings)
@@ -44,11 +45,12 @@ async def policy_sweep(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         kopf.event(body, type="Warning", reason=admission["reason"], message=admission["message"])
         return
     try:
-        status = await sweep(runtime, body, tenant, now)
+        status, delivery = await sweep(runtime, body, tenant, now, lambda fields: _write(runtime, body, fields))
     except Exception as exc:
         kopf.event(body, type="Warning", reason="SweepFailed", message=str(exc)[:400])
         raise to_kopf(exc, runtime.settings.operator.retry_delay_s) from exc
     await _write(runtime, body, status)
+    report_delivery(body, delivery)
     counts = status["lastSweep"]
     kopf.event(
         body,
@@ -57,6 +59,32 @@ async def policy_sweep(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         message=f"examined {counts['examined']}, deleted {counts['deleted']}, held {counts['held']}, "
         f"kept {counts['kept']}, errors {counts['errors']}, scanjobs deleted {counts['scanJobsDeleted']}",
     )
+
+
+async def resend(runtime: Runtime, body: kopf.Body) -> None:
+    """Send the receipts ``status.pendingReceipts`` still holds; write what is left."""
+    pending = pending_receipts(body.get("status") or {})
+    if not any("details" in entry for entry in pending):
+        return
+    tenant, _ = await admit(runtime.k8s, body, runtime.settings)
+    if tenant is None:
+        return
+    delivery = await deliver(runtime, tenant, pending)
+    await _write(runtime, body, {"pendingReceipts": pending})
+    report_delivery(body, delivery)
+
+
+def report_delivery(body: kopf.Body, delivery: Delivery) -> None:
+    """A Warning Event per receipt the chain refused (409) and for a round that stopped on a failure."""
+    for subject in delivery.conflicts:
+        kopf.event(
+            body,
+            type="Warning",
+            reason="ReceiptConflict",
+            message=f"the audit chain holds a different retention receipt for {subject}: not sent again",
+        )
+    if delivery.failure:
+        kopf.event(body, type="Warning", reason="ReceiptPending", message=delivery.failure[:400])
 
 
 def register(registry: kopf.OperatorRegistry, tick: float) -> None:

@@ -1,18 +1,33 @@
 """RetentionPolicies: one per tenant namespace the operator created, with a checked spec, swept by a
 timer when ``sweepInterval`` is due. A Rejected policy is admitted again on each tick, so the
-second policy of a namespace takes over once the first is deleted."""
+second policy of a namespace takes over once the first is deleted.
+
+Receipts are owed, not hoped for: before a sweep deletes a resource's objects it writes an intent
+for it to ``status.pendingReceipts``; once the objects are gone the intent becomes the receipt
+(details and time fixed for good, so every send is the same receipt), and it stays there until
+the collector takes it (201, or 200: it holds it already). Each tick sends what is pending;
+a 409 (the chain holds a different receipt) is reported and dropped. An intent a crash left
+behind is resolved from the store at the next sweep: what it planned and is gone is receipted.
+The list is bounded (:data:`MAX_PENDING`): a sweep deletes only as many resources as there is
+room for receipts, the rest wait."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from mesial.common.errors import InputError
+from mesial.common.audit import AuditEvent, format_time
+from mesial.common.contract import classify_key
+from mesial.common.errors import InputError, MesialError
 from mesial.common.retention import COVERS, DEFAULT_COVERS, SweepReport, Verdict, decide, sweep_objects
+from mesial.common.service_http import HttpRefused
 from mesial.common.settings import Settings
+from mesial.common.tenancy import tenant_prefix
 from mesial.operator.k8s import K8s
+from mesial.operator.metrics import RECEIPTS
 from mesial.operator.runtime import Runtime
 from mesial.operator.sync.conditions import condition, merge_conditions
 from mesial.operator.sync.tenancy import NotATenantNamespace, tenant_namespace
@@ -21,6 +36,10 @@ POLICY = ("mesial.dev/v1alpha1", "RetentionPolicy")
 SCANJOB = ("mesial.dev/v1alpha1", "ScanJob")
 MAX_AGE_DAYS = 3650
 MIN_INTERVAL, MAX_INTERVAL = timedelta(minutes=1), timedelta(hours=168)
+# status.pendingReceipts holds at most this many (maxItems in crds/retentionpolicy.yaml)
+MAX_PENDING = 100
+RESOURCE_TYPES = ("scan", "job", "object")
+_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _DURATION_RE = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
@@ -118,16 +137,187 @@ def sweep_due(body: Any, now: datetime) -> bool:
     return now >= due or due - now > interval
 
 
-async def sweep(rt: Runtime, body: Any, org: str, now: datetime) -> dict[str, Any]:
-    """One sweep of the tenant's objects, stale ScanJobs and records; the status to write."""
+class _Journal:
+    """The sweep's audit sink: keeps its receipts for :func:`deliver` (never fails)."""
+
+    def __init__(self) -> None:
+        self.events: list[AuditEvent] = []
+
+    async def append(self, event: AuditEvent) -> None:
+        self.events.append(event)
+
+
+def pending_receipts(status: Any) -> list[dict[str, Any]]:
+    """``status.pendingReceipts``, well-formed entries only (status is written by others too)."""
+    entries = status.get("pendingReceipts") if isinstance(status, dict) else None
+    kept: list[dict[str, Any]] = []
+    for entry in entries if isinstance(entries, list) else []:
+        if (
+            isinstance(entry, dict)
+            and entry.get("resourceType") in RESOURCE_TYPES
+            and _ID_RE.fullmatch(str(entry.get("resourceId", "")))
+            and isinstance(entry.get("details", {}), dict)
+        ):
+            kept.append(dict(entry))
+    return kept[:MAX_PENDING]
+
+
+def _intent(pending: list[dict[str, Any]], resource_type: str, resource_id: str) -> dict[str, Any] | None:
+    for entry in pending:
+        if "details" not in entry and (entry["resourceType"], entry["resourceId"]) == (resource_type, resource_id):
+            return entry
+    return None
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+@dataclass
+class Delivery:
+    """What one round of sends did: receipts taken, conflicts (dropped), the failure that stopped it."""
+
+    sent: int = 0
+    conflicts: list[str] = field(default_factory=list)
+    failure: str = ""
+
+
+def receipt_event(org: str, entry: dict[str, Any]) -> AuditEvent:
+    """The receipt an entry of ``status.pendingReceipts`` stands for: the same on every send."""
+    return AuditEvent(
+        tenant=org,
+        actor="service:retention",
+        action="retention.deleted",
+        resource_type=entry["resourceType"],
+        resource_id=entry["resourceId"],
+        time=datetime.fromisoformat(str(entry["time"]).replace("Z", "+00:00")),
+        details=dict(entry["details"]),
+    )
+
+
+async def deliver(rt: Runtime, org: str, pending: list[dict[str, Any]]) -> Delivery:
+    """Send every receipt of ``pending`` (in place: removes what the collector took or refused for good).
+
+    201 or 200 (the chain holds it already): done. 409: the chain holds a different receipt for
+    that resource: dropped, reported. Anything else: kept, and the round stops (the collector is
+    down or failing: the next tick tries again)."""
+    result = Delivery()
+    for entry in list(pending):
+        if "details" not in entry:
+            continue
+        try:
+            await rt.audit.append(receipt_event(org, entry))
+        except HttpRefused as exc:
+            if exc.code != 409:
+                return _failed(entry, result, exc)
+            pending.remove(entry)
+            result.conflicts.append(f"{entry['resourceType']} {entry['resourceId']}")
+            RECEIPTS.labels("retention", "conflict").inc()
+        except (MesialError, ValueError) as exc:
+            return _failed(entry, result, exc)
+        else:
+            pending.remove(entry)
+            result.sent += 1
+            RECEIPTS.labels("retention", "sent").inc()
+    return result
+
+
+def _failed(entry: dict[str, Any], result: Delivery, exc: Exception) -> Delivery:
+    entry["attempts"] = _count(entry.get("attempts")) + 1
+    entry["lastError"] = str(exc)[:200]
+    result.failure = f"receipt for {entry['resourceType']} {entry['resourceId']} not delivered: {str(exc)[:200]}"
+    RECEIPTS.labels("retention", "failed").inc()
+    return result
+
+
+async def _resolve_intents(rt: Runtime, org: str, pending: list[dict[str, Any]]) -> None:
+    """Intents a failed or crashed sweep left: ``carry`` is how many of their planned objects are gone."""
+    intents = [e for e in pending if "details" not in e]
+    if not intents:
+        return
+    left: dict[tuple[str, str], int] = {}
+    base = tenant_prefix(org)
+    async for meta in rt.store.list(org):
+        kind = classify_key(meta.key[len(base) :])
+        left[(kind.resource_type, kind.resource_id)] = left.get((kind.resource_type, kind.resource_id), 0) + 1
+    for entry in intents:
+        remaining = left.get((entry["resourceType"], entry["resourceId"]), 0)
+        entry["carry"] = max(_count(entry.get("planned")) - remaining, 0)
+
+
+def _finish_intents(pending: list[dict[str, Any]], policy: str, max_age_days: int) -> None:
+    """After a completed sweep: an intent whose objects partly went earlier is receipted for those, else dropped."""
+    for entry in [e for e in pending if "details" not in e]:
+        carry = _count(entry.pop("carry", 0))
+        if carry:
+            entry["details"] = {
+                "objects_deleted": carry,
+                "objects_held": 0,
+                "max_age_days": max_age_days,
+                "policy": policy,
+            }
+            entry["time"] = entry.get("time") or format_time(datetime.now(UTC))
+        else:
+            pending.remove(entry)
+
+
+def _fold(pending: list[dict[str, Any]], events: list[AuditEvent]) -> None:
+    """The sweep's receipts into their intents: details and time fixed for good."""
+    for event in events:
+        entry = _intent(pending, event.resource_type, event.resource_id)
+        if entry is None:  # cannot happen (every deletion was planned); kept anyway
+            entry = {"resourceType": event.resource_type, "resourceId": event.resource_id}
+            pending.append(entry)
+        details = dict(event.details)
+        details["objects_deleted"] = _count(details.get("objects_deleted")) + _count(entry.pop("carry", 0))
+        entry.update(details=details, time=format_time(event.time))
+
+
+async def sweep(
+    rt: Runtime, body: Any, org: str, now: datetime, save: Callable[[dict[str, Any]], Awaitable[None]]
+) -> tuple[dict[str, Any], Delivery]:
+    """One sweep of the tenant's objects, stale ScanJobs and records, and the sends of its receipts;
+    the status to write. ``save`` writes status fields at once (the intents, before any deletion)."""
     policy = PolicySpec.from_spec(body.get("spec") or {})
     max_age, covers, interval = policy.max_age, policy.covers, policy.interval
     skew = timedelta(seconds=rt.settings.operator.clock_skew_s)
     name = body["metadata"]["name"]
     report = SweepReport()
-    await sweep_objects(
-        rt.store, rt.audit, org, covers=covers, max_age=max_age, now=now, skew=skew, policy=name, report=report
-    )
+    status = body.get("status") or {}
+    pending = pending_receipts(status)
+    delivery = await deliver(rt, org, pending)  # what earlier sweeps owe first: it makes room
+    await _resolve_intents(rt, org, pending)
+
+    async def plan(groups: Any) -> None:
+        for resource_type, resource_id, planned in groups:
+            if _intent(pending, resource_type, resource_id) is None:
+                pending.append(
+                    {"resourceType": resource_type, "resourceId": resource_id, "planned": planned, "carry": 0}
+                )
+        await save({"pendingReceipts": pending})
+
+    journal = _Journal()
+    try:
+        await sweep_objects(
+            rt.store,
+            journal,
+            org,
+            covers=covers,
+            max_age=max_age,
+            now=now,
+            skew=skew,
+            policy=name,
+            report=report,
+            plan=plan,
+            max_resources=MAX_PENDING - len(pending),
+        )
+    finally:
+        _fold(pending, journal.events)
+        if journal.events:
+            await save({"pendingReceipts": pending})
+    _finish_intents(pending, name, max_age.days)
+    more = await deliver(rt, org, pending)
+    delivery = Delivery(delivery.sent + more.sent, delivery.conflicts + more.conflicts, more.failure)
     if "scanjobs" in covers:
         await _sweep_scanjobs(rt.k8s, body["metadata"]["namespace"], report, now, max_age, skew)
     if rt.records is not None:
@@ -136,19 +326,21 @@ async def sweep(rt: Runtime, body: Any, org: str, now: datetime) -> dict[str, An
         report.kept += result.kept
         for problem in result.problems:
             report.problem(problem)
-    status = body.get("status") or {}
-    ok = report.errors == 0
+    ok = report.errors == 0 and not delivery.failure
     message = f"{report.deleted} deleted, {report.held} held, {report.kept} kept (untrusted timestamps), {report.errors} errors"
+    if delivery.failure:
+        message += f"; {len(pending)} receipt(s) pending: {delivery.failure}"
     return {
         "lastSweepTime": _iso(now),
         "nextSweepTime": _iso(now + interval),
         "lastSweep": report.as_status(),
         "totalDeleted": int(status.get("totalDeleted", 0)) + report.deleted,
+        "pendingReceipts": pending,
         "observedGeneration": body["metadata"].get("generation"),
         "conditions": merge_conditions(
             status.get("conditions"), [condition("Swept", ok, "Swept" if ok else "SweepErrors", message)]
         ),
-    }
+    }, delivery
 
 
 async def _sweep_scanjobs(

@@ -1,0 +1,172 @@
+"""Receipts the operator owes the audit chain are confirmed by the collector, never by its own status.
+
+A ``retention.deleted`` receipt whose send fails is kept in the RetentionPolicy's status and sent
+again until the collector takes it (201, or 200: it holds it already); a 409 (the chain holds a
+different one) is a Warning Event and a metric, not retried forever. An Organization's
+``status.deletion.receiptWritten`` is a record for people: a hand-written ``true`` does not
+keep the ``organization.deleted`` receipt from being sent."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from mesial.common.audit import AuditEvent, AuditSink
+from mesial.common.audit_sinks import JsonlAuditSink
+from mesial.common.errors import ServiceError
+from mesial.common.service_http import HttpRefused
+from mesial.operator.metrics import RECEIPTS, RECONCILES
+from mesial.operator.testing import Harness
+from tests.operator.conftest import eventually
+from tests.operator.helpers import POLICY, audit_events, events, organization, ready
+from tests.operator.test_retention import policy, pstatus
+
+DAY = timedelta(days=1)
+
+
+class FlakySink:
+    """Refuses the first ``fail`` events of ``action`` (``code``: an HTTP answer, else no answer at all)."""
+
+    def __init__(self, inner: AuditSink, action: str, fail: int, code: int | None = None) -> None:
+        self.inner, self.action, self.fail, self.code = inner, action, fail, code
+        self.attempts: list[AuditEvent] = []
+
+    def read(self) -> list[dict[str, Any]]:
+        assert isinstance(self.inner, JsonlAuditSink)
+        return self.inner.read()
+
+    async def append(self, event: AuditEvent) -> None:
+        if event.action == self.action:
+            self.attempts.append(event)
+            if len(self.attempts) <= self.fail:
+                if self.code is not None:
+                    raise HttpRefused("audit collector", self.code, "refused")
+                raise ServiceError("audit collector unreachable: TimeoutError")
+        await self.inner.append(event)
+
+
+async def _tenant_with_old_scan(harness: Harness, org: str) -> str:
+    await harness.client.create(organization(org))
+    await eventually(lambda: ready(harness.client, org))
+    await harness.runtime.store.put(org, "scans/s1", b"old")
+    harness.runtime.clock = lambda: datetime.now(UTC) + 40 * DAY
+    return f"mesial-org-{org}"
+
+
+async def test_a_retention_receipt_that_failed_is_kept_and_sent_again(harness: Harness, org_name) -> None:
+    org = org_name("lost")
+    sink = FlakySink(harness.runtime.audit, "retention.deleted", fail=2)
+    harness.runtime.audit = sink
+    ns = await _tenant_with_old_scan(harness, org)
+    # a long interval: the receipt is sent again on the next ticks, not at the next sweep
+    await harness.client.create(policy("retention", ns, sweepInterval="1h"))
+
+    def receipts() -> list[dict[str, Any]]:
+        return [e for e in sink.read() if e["action"] == "retention.deleted" and e["tenant"] == org]
+
+    async def delivered() -> list[dict[str, Any]] | None:
+        return receipts() or None
+
+    (receipt,) = await eventually(delivered)
+    assert not await harness.runtime.store.exists(org, "scans/s1")
+    assert (receipt["resource_type"], receipt["resource_id"]) == ("scan", "s1")
+    assert receipt["details"]["objects_deleted"] == 1
+    # sent three times, the same receipt each time (the collector knows a receipt sent again by its details)
+    assert len(sink.attempts) == 3
+    assert len({(e.time, tuple(sorted(e.details.items()))) for e in sink.attempts}) == 1
+
+    async def cleared() -> dict[str, Any] | None:
+        st = await pstatus(harness.client, ns, "retention")
+        return st if st.get("lastSweep") and not st.get("pendingReceipts") else None
+
+    await eventually(cleared)
+    assert len(receipts()) == 1
+
+
+async def test_a_pending_receipt_is_in_status_while_the_collector_is_down(harness: Harness, org_name) -> None:
+    org = org_name("down")
+    sink = FlakySink(harness.runtime.audit, "retention.deleted", fail=10**6)
+    harness.runtime.audit = sink
+    ns = await _tenant_with_old_scan(harness, org)
+    await harness.client.create(policy("retention", ns, sweepInterval="1h"))
+
+    async def pending() -> list[dict[str, Any]] | None:  # sent twice at least, still pending
+        entries = (await pstatus(harness.client, ns, "retention")).get("pendingReceipts")
+        return entries if entries and len(sink.attempts) >= 2 and "details" in entries[0] else None
+
+    (entry,) = await eventually(pending)
+    assert (entry["resourceType"], entry["resourceId"]) == ("scan", "s1")
+    assert entry["details"]["objects_deleted"] == 1 and entry["attempts"] >= 1
+    assert not await harness.runtime.store.exists(org, "scans/s1")
+    assert not [e for e in sink.read() if e["action"] == "retention.deleted"]
+    # the collector comes back: the receipt kept in status is the one delivered
+    sink.fail = 0
+    harness.runtime.audit = sink
+
+    async def delivered() -> list[dict[str, Any]] | None:
+        return [e for e in sink.read() if e["action"] == "retention.deleted"] or None
+
+    (receipt,) = await eventually(delivered)
+    assert receipt["details"] == entry["details"] and receipt["time"] == entry["time"]
+
+
+async def test_a_conflicting_receipt_is_a_warning_not_retried_forever(harness: Harness, org_name) -> None:
+    org = org_name("clash")
+    before = RECEIPTS.labels("retention", "conflict")._value.get()
+    sink = FlakySink(harness.runtime.audit, "retention.deleted", fail=10**6, code=409)
+    harness.runtime.audit = sink
+    ns = await _tenant_with_old_scan(harness, org)
+    await harness.client.create(policy("retention", ns, sweepInterval="1h"))
+
+    async def warned() -> list[dict[str, Any]] | None:
+        found = [e for e in await events(harness.client, "retention") if e.get("reason") == "ReceiptConflict"]
+        return found or None
+
+    (event,) = await eventually(warned)
+    assert event["type"] == "Warning" and "scan s1" in event["message"]
+    st = await pstatus(harness.client, ns, "retention")
+    assert not st.get("pendingReceipts")
+    assert RECEIPTS.labels("retention", "conflict")._value.get() == before + 1
+    # three more ticks of the sweep timer (each counted): the receipt is not sent again
+    ticks = RECONCILES.labels("retentionpolicies", "sweep", "success")
+    seen = ticks._value.get()
+
+    async def three_more_ticks() -> bool:
+        return bool(ticks._value.get() >= seen + 3)
+
+    await eventually(three_more_ticks)
+    assert len(sink.attempts) == 1
+
+
+async def test_an_intent_left_by_a_crash_becomes_the_receipt(harness: Harness, org_name) -> None:
+    org = org_name("crash")
+    k8s = harness.client
+    await k8s.create(organization(org))
+    await eventually(lambda: ready(k8s, org))
+    ns = f"mesial-org-{org}"
+    await harness.runtime.store.put(org, "scans/s2", b"one left")
+    harness.runtime.clock = lambda: datetime.now(UTC) + 40 * DAY
+    await k8s.create(policy("retention", ns, sweepInterval="1h"))
+
+    async def swept() -> dict[str, Any] | None:
+        st = await pstatus(k8s, ns, "retention")
+        return st if st.get("lastSweep") else None
+
+    await eventually(swept)
+    # A sweep wrote its intents and deleted scan s1's 3 objects and 2 of scan s2's 3, then the
+    # operator died before a receipt was made: the next sweep finds the intents.
+    intents = [{"resourceType": "scan", "resourceId": "s1", "planned": 3},
+               {"resourceType": "scan", "resourceId": "s2", "planned": 3}]  # fmt: skip
+    await harness.runtime.store.put(org, "scans/s2", b"one left")
+    await k8s.patch(*POLICY, "retention", {"status": {"pendingReceipts": intents,
+        "nextSweepTime": "2000-01-01T00:00:00Z"}}, ns, status=True)  # fmt: skip
+
+    async def both() -> dict[str, dict[str, Any]] | None:
+        found = {e["resource_id"]: e for e in audit_events(harness.runtime) if e["action"] == "retention.deleted"}
+        return found if {"s1", "s2"} <= set(found) else None
+
+    found = await eventually(both)
+    assert found["s1"]["details"]["objects_deleted"] == 3  # all it planned is gone
+    assert found["s2"]["details"]["objects_deleted"] == 3  # 2 gone before, the one left now
+    assert not await harness.runtime.store.exists(org, "scans/s2")
+    assert not (await pstatus(k8s, ns, "retention")).get("pendingReceipts")
