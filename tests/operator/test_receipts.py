@@ -18,7 +18,7 @@ from mesial.common.service_http import HttpRefused
 from mesial.operator.metrics import RECEIPTS, RECONCILES
 from mesial.operator.testing import Harness
 from tests.operator.conftest import eventually
-from tests.operator.helpers import POLICY, audit_events, events, organization, ready
+from tests.operator.helpers import ORG, POLICY, audit_events, events, organization, ready
 from tests.operator.test_retention import policy, pstatus
 
 DAY = timedelta(days=1)
@@ -138,6 +138,25 @@ async def test_a_conflicting_receipt_is_a_warning_not_retried_forever(harness: H
     assert len(sink.attempts) == 1
 
 
+async def test_a_hand_written_receipt_written_does_not_suppress_the_receipt(harness: Harness, org_name) -> None:
+    org = org_name("forged")
+    k8s = harness.client
+    await k8s.create(organization(org))
+    await eventually(lambda: ready(k8s, org))
+    # anyone who can write Organization status claims the receipt is already written
+    await k8s.patch(*ORG, org, {"status": {"deletion": {"receiptWritten": True}}}, status=True)
+    await k8s.delete(*ORG, org)
+
+    async def gone() -> bool:
+        return await k8s.get(*ORG, org) is None
+
+    await eventually(gone, timeout=30)
+    receipts = [
+        e for e in audit_events(harness.runtime) if e["action"] == "organization.deleted" and e["tenant"] == org
+    ]
+    assert len(receipts) == 1 and receipts[0]["details"]["key_shredded"] is True
+
+
 async def test_an_intent_left_by_a_crash_becomes_the_receipt(harness: Harness, org_name) -> None:
     org = org_name("crash")
     k8s = harness.client
@@ -170,3 +189,41 @@ async def test_an_intent_left_by_a_crash_becomes_the_receipt(harness: Harness, o
     assert found["s2"]["details"]["objects_deleted"] == 3  # 2 gone before, the one left now
     assert not await harness.runtime.store.exists(org, "scans/s2")
     assert not (await pstatus(k8s, ns, "retention")).get("pendingReceipts")
+
+
+async def test_an_organization_receipt_is_sent_until_taken(harness: Harness, org_name) -> None:
+    org = org_name("retry")
+    k8s = harness.client
+    sink = FlakySink(harness.runtime.audit, "organization.deleted", fail=2)
+    harness.runtime.audit = sink
+    await k8s.create(organization(org))
+    await eventually(lambda: ready(k8s, org))
+    await k8s.delete(*ORG, org)
+
+    async def gone() -> bool:
+        return await k8s.get(*ORG, org) is None
+
+    await eventually(gone, timeout=30)
+    (receipt,) = [e for e in sink.read() if e["action"] == "organization.deleted" and e["tenant"] == org]
+    # three sends, one receipt: the same details each time (the collector would say 409 otherwise)
+    assert len(sink.attempts) == 3 and len({tuple(sorted(e.details.items())) for e in sink.attempts}) == 1
+    assert receipt["details"] == sink.attempts[0].details
+
+
+async def test_an_organization_receipt_conflict_is_a_warning(harness: Harness, org_name) -> None:
+    org = org_name("oclash")
+    k8s = harness.client
+    before = RECEIPTS.labels("organization", "conflict")._value.get()
+    sink = FlakySink(harness.runtime.audit, "organization.deleted", fail=10**6, code=409)
+    harness.runtime.audit = sink
+    await k8s.create(organization(org))
+    await eventually(lambda: ready(k8s, org))
+    await k8s.delete(*ORG, org)
+
+    async def gone() -> bool:
+        return await k8s.get(*ORG, org) is None
+
+    await eventually(gone, timeout=30)
+    assert len(sink.attempts) == 1
+    assert RECEIPTS.labels("organization", "conflict")._value.get() == before + 1
+    assert [e["type"] for e in await events(k8s, org) if e.get("reason") == "ReceiptConflict"] == ["Warning"]

@@ -3,11 +3,13 @@
 Order: refuse while ScanJobs run (unless ``spec.deletion.force``, which stops them), wait until
 no ScanJob is left and no pod of the tenant runs, delete the tenant's objects in the store (held ones too: the key is shredded next),
 crypto-shred the key, remove the Vault role and the tenant's store identity,
-delete the namespace, write the deletion receipt to the audit sink. ``status.deletion`` is a record for people, never a
+delete the namespace, send the deletion receipt to the audit sink (on every pass until the sink takes it: the
+collector acknowledges a receipt it holds already). ``status.deletion`` is a record for people, never a
 proof: every pass asks the world whether each step is done (Jobs still active in the
 tenant namespace, objects left under the tenant prefix, the key still in Vault, the
 namespace still there and the operator's) and redoes what is not, so a hand-written
-``keyShredded: true`` neither skips the shredding nor reaches the receipt. Only a
+``keyShredded: true`` neither skips the shredding nor reaches the receipt, and a hand-written
+``receiptWritten: true`` does not keep the receipt from being sent. Only a
 namespace the operator created (``sync.tenancy``) is touched: someone else's namespace
 of that name keeps its ScanJobs and is never deleted. A failing step (Vault or the
 store down) raises; the finalizer stays; the ``Deleting`` condition says which step
@@ -22,8 +24,10 @@ from typing import Any
 
 from mesial.common.audit import AuditEvent
 from mesial.common.errors import KeyNotFound, MesialError, StorageError, VaultError
+from mesial.common.service_http import HttpRefused
 from mesial.operator.errors import describe
 from mesial.operator.k8s import K8sError
+from mesial.operator.metrics import RECEIPTS
 from mesial.operator.runtime import Runtime
 from mesial.operator.sync.conditions import condition, merge_conditions, now_iso
 from mesial.operator.sync.organization import ORG, Note
@@ -153,26 +157,53 @@ async def _delete(rt: Runtime, org: OrgView, body: Any) -> list[Note]:
             await record(None, "InProgress", "namespace not the operator's: left untouched", namespaceLeft=True)
 
     async def write_receipt() -> None:
-        await rt.audit.append(
-            AuditEvent(
-                tenant=org.name,
-                actor="service:operator",
-                action="organization.deleted",
-                resource_type="organization",
-                resource_id=org.uid or org.name,
-                details={
-                    "objects_deleted": int(progress.get("objectsDeleted", 0)),
-                    "key": org.key_name,
-                    "key_shredded": not await asyncio.to_thread(_key_exists, rt, org.name),
-                    "shred_proof": detail_text(progress.get("shredProof", "")),
-                    "namespace": org.namespace,
-                    "store_identity_removed": bool(progress.get("storeIdentityRemoved")),
-                    "namespace_deleted": bool(progress.get("namespaceDeleted")),
-                    "started_at": str(progress.get("startedAt", "")),
-                },
-            )
+        # Sent on every pass until the collector confirms it (201, or 200: it holds this receipt
+        # already, after a lost answer); ``receiptWritten`` is a record for people, never a reason not
+        # to send. The details are made from what the steps above left, so a pass that sends again
+        # sends the same receipt (a different one is refused, 409).
+        event = AuditEvent(
+            tenant=org.name,
+            actor="service:operator",
+            action="organization.deleted",
+            resource_type="organization",
+            resource_id=org.uid or org.name,
+            details={
+                "objects_deleted": int(progress.get("objectsDeleted", 0)),
+                "key": org.key_name,
+                "key_shredded": not await asyncio.to_thread(_key_exists, rt, org.name),
+                "shred_proof": detail_text(progress.get("shredProof", "")),
+                "namespace": org.namespace,
+                "store_identity_removed": bool(progress.get("storeIdentityRemoved")),
+                "namespace_deleted": bool(progress.get("namespaceDeleted")),
+                "started_at": str(progress.get("startedAt", "")),
+            },
         )
-        await record(True, "Done", "deletion receipt written; releasing the finalizer", receiptWritten=True)
+        try:
+            await rt.audit.append(event)
+        except HttpRefused as exc:
+            if exc.code != 409:
+                RECEIPTS.labels("organization", "failed").inc()
+                raise
+            # the chain holds a different receipt for this organization: one is there, and sending
+            # this one again cannot change that; said loudly, not retried forever
+            RECEIPTS.labels("organization", "conflict").inc()
+            notes.append(
+                Note("Warning", "ReceiptConflict", f"the audit chain holds a different receipt: {exc.detail[:200]}")
+            )
+            await record(
+                True,
+                "Done",
+                "the audit chain holds a different deletion receipt; releasing the finalizer",
+                receiptWritten=True,
+            )
+            return
+        except MesialError:
+            RECEIPTS.labels("organization", "failed").inc()
+            raise
+        RECEIPTS.labels("organization", "sent").inc()
+        await record(
+            True, "Done", "deletion receipt confirmed by the audit sink; releasing the finalizer", receiptWritten=True
+        )
 
     # every step checks the world and is idempotent: none is skipped on the word of the status
     await step("scanjobs", stop_scanjobs)
@@ -181,8 +212,7 @@ async def _delete(rt: Runtime, org: OrgView, body: Any) -> list[Note]:
     await step("vault", revoke_vault)
     await step("store identity", remove_store_identity)
     await step("namespace", delete_namespace)
-    if not progress.get("receiptWritten"):  # the receipt is written once (the audit chain is append-only)
-        await step("receipt", write_receipt)
+    await step("receipt", write_receipt)  # the collector keeps one per organization: sent again, it says 200
     return notes
 
 
