@@ -178,12 +178,12 @@ def register_bite(
         candidates.append((item.score, lower_pose))
     conflict = ""
     if len(bites) == 1 or not _differ(candidates[0][1], candidates[1][1], solo, params):
-        # the lower arch's pose is agreed (or there is one bite): the weaker bite (any bite below
-        # decisive_score) is searched for again on both arches held there, a search with the evidence of
+        # the lower arch's pose is agreed (or there is one bite): the weaker bite, if below
+        # decisive_score, is searched for again on both arches held there, a search with the evidence of
         # both arches at once, and takes that pose when it explains more of it
         weakest = min(range(len(bites)), key=lambda i: (evidence[i].score, evidence[i].margin))
         lead = max(range(len(bites)), key=lambda i: (evidence[i].score, evidence[i].margin))
-        if len(bites) == 2 or evidence[weakest].score < params.decisive_score:
+        if evidence[weakest].score < params.decisive_score:
             found = _place_with_lower(weakest, bites[weakest], candidates[lead][1], solo, params)
             if found is not None and found[0].score > evidence[weakest].score:
                 evidence[weakest], bite_to_upper[weakest], runners_up[weakest] = found

@@ -130,3 +130,61 @@ def test_ambiguous_margin_is_resolved_on_exact_surfaces(small_case: SampleCase) 
     assert resolved.tolerance_mm == AlignParams().tight_distance_mm
     assert resolved.score > 0.9
     assert resolved.margin > 0.1
+
+
+def test_buccal_outline_is_the_range_simulators_path(small_case: SampleCase) -> None:
+    """The global step's outline (NumPy only) is the curve ``rangescan.ArchPath`` draws (SciPy filters)."""
+    from mesial.aligner._anatomy import buccal_outline
+    from mesial.aligner.rangescan import ArchPath
+
+    scan = scan_from_arrays(small_case.lower.vertices, small_case.lower.faces, "lower")
+    pick = voxel_representatives(scan.vertices, 1.0)
+    frame = arch_frame(scan.vertices[pick], scan.vertex_normals[pick], scan.vertices, scan.faces)
+    points = scan.vertices[pick] @ frame.to_canonical[:3, :3].T + frame.to_canonical[:3, 3]
+    path = ArchPath.from_points(points, band_mm=5.0)
+    expected = np.stack(path.frame(np.arange(0.0, path.length, 2.0)))
+    outline = buccal_outline(points, band_mm=5.0, step_mm=2.0)
+    assert outline.shape == expected.shape and outline.shape[1] > 40
+    assert np.allclose(outline, expected, atol=1e-9)
+
+
+def test_lower_arch_is_found_without_a_prior_between_the_arches(small_case: SampleCase) -> None:
+    """An occlusion the canonical frames do not predict (lower arch turned 12° and 6 mm forward):
+    the bite points the upper leaves unexplained find the lower arch on its own outline, close enough
+    for the joint ICP (one short ICP on the residual of one side only)."""
+    from mesial.aligner._coarse import strip_frame
+    from mesial.aligner._icp import PlaneTarget
+    from mesial.aligner.params import AlignParams
+    from mesial.aligner.registration import _arch_alone, _on_surface, _other_arch
+    from mesial.aligner.transforms import exp_se3, transform_points
+
+    case, params = small_case, AlignParams()
+    solo = {}
+    for name, mesh in (("upper", case.upper), ("lower", case.lower)):
+        scan = scan_from_arrays(mesh.vertices, mesh.faces, name)
+        pick = voxel_representatives(scan.vertices, 1.0)
+        frame = arch_frame(scan.vertices[pick], scan.vertex_normals[pick], scan.vertices, scan.faces)
+        pick = voxel_representatives(scan.vertices, 0.5)
+        solo[name] = _arch_alone(scan, frame, PlaneTarget(scan.vertices[pick], scan.vertex_normals[pick], 0.5), params)
+    canonical = solo["upper"].to_canonical
+    truth_lower = invert(case.truth["upper"]) @ case.truth["lower"]  # lower file -> upper file
+    motion = invert(canonical) @ exp_se3(np.array([0.0, 0.0, np.radians(12.0), 0.0, 6.0, 0.0])) @ canonical
+    moved_lower = motion @ truth_lower
+    prior = invert(canonical) @ FLIP @ solo["lower"].to_canonical
+    assert rotation_angle_deg(invert(moved_lower) @ prior) > 10.0  # far outside the former grid (±4°)
+    # the bite in the upper's file frame, its lower-arch part moved with the lower arch
+    bite = scan_from_arrays(case.bites[0].vertices, case.bites[0].faces, "bite", orient=False)
+    x = transform_points(bite.vertices, invert(case.truth["upper"]) @ case.truth["bite"])
+    upper_target, lower_target = solo["upper"].target, solo["lower"].target
+    to_upper = upper_target.match(x, 5.0)[0]
+    to_lower = lower_target.match(transform_points(x, invert(truth_lower)), 5.0)[0]
+    on_lower = to_lower < to_upper
+    x[on_lower] = transform_points(x[on_lower], motion)
+    normals = bite.vertex_normals @ invert(case.truth["upper"])[:3, :3].T @ case.truth["bite"][:3, :3].T
+    pick = voxel_representatives(x, 1.0)
+    thin = x[pick]
+    residual = thin[~_on_surface(upper_target, thin, params.pair_distance_mm)]
+    found = _other_arch(residual, strip_frame(thin, normals[pick]), np.eye(4), solo["lower"], solo["upper"], params)
+    assert found
+    error = relative_error(found[0], moved_lower, case.lower.vertices)
+    assert float(np.sqrt(np.mean(error**2))) < 1.0  # within the fine step's reach (1.5 mm); 0.64 measured
