@@ -1,4 +1,5 @@
-"""``mesial align`` and ``mesial samples``: the aligner on the command line (rich progress)."""
+"""``mesial align`` and ``mesial samples``: the aligner on the command line (a rich progress bar on
+stderr; with ``--json`` none, and rich is not imported)."""
 
 from __future__ import annotations
 

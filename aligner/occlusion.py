@@ -244,10 +244,10 @@ def optimise_bite(
     """A small rigid correction of the lower arch that removes penetration, keeping contacts.
 
     Damped Gauss-Newton steps of one rigid motion (a rotation about the centre of the
-    lower vertices closer than the contact threshold plus ``REACH_MM``, and a
-    translation): each brings every vertex deeper than ``penetration_tolerance_mm``
-    back towards it (weight ``DEEP_WEIGHT``) while keeping the distance of the
-    vertices in contact (weight 1, falling to 0 at the contact threshold), with the
+    lower vertices closer than the contact threshold plus ``REACH_MM``, at most
+    ``optimise_band_mm``, and a translation), on those vertices: each brings every vertex
+    deeper than ``penetration_tolerance_mm`` back towards it (weight ``DEEP_WEIGHT``)
+    while keeping the distance of the vertices in contact (weight 1, falling to 0 at the contact threshold), with the
     distances linearised along their gradients. It stops when no vertex is deeper than
     the tolerance plus ``SETTLED_MM`` or a step moves less than that. A step that would
     take the motion past ``max_correction_mm`` (at the centre) / ``max_correction_deg``

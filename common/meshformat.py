@@ -282,7 +282,7 @@ class MeshData:
 
 
 class _Sample:
-    """Every k-th point of a stream, k doubling whenever more than twice the target are kept.
+    """Every k-th point of a stream, k doubling whenever more than twice the target would be kept.
 
     Which points are kept depends only on their order, not on how they arrive in pieces.
     """
@@ -619,7 +619,8 @@ def merge_identical_points(points: NDArray[np.floating]) -> tuple[NDArray[np.flo
     Returns
     -------
     unique : (n, 3), the dtype of ``points``
-        The distinct points, in order of their hash.
+        The distinct points, in order of their hash (its high bits; the first of each group
+        by index), or in the order of their bytes when two different points share those bits.
     inverse : (k,) int64
         ``unique[inverse] == points``.
     """

@@ -14,7 +14,8 @@ it on its S3 port (``-s3.iam``, writes enabled by ``-s3.iam.readOnly=false``) an
 evaluates the policy per request, the ``s3:prefix`` condition included; AWS serves it at
 its IAM endpoint (``store.iam_endpoint_url``). The calls are synchronous (botocore);
 async callers use ``asyncio.to_thread``. The operator calls :meth:`ensure` when it
-provisions or checks an Organization and :meth:`remove` when it deletes one.
+provisions or checks an Organization and :meth:`remove` when it deletes one; in local mode
+the API's executor calls :meth:`ensure` before each job and gives the job those credentials.
 """
 
 from __future__ import annotations

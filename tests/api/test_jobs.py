@@ -19,6 +19,7 @@ from mesial.api.errors import Busy
 from mesial.api.executor import LocalExecutor, job_arguments, scanjob_manifest
 from mesial.api.types import utcnow
 from mesial.common.contract import JobSpec
+from mesial.common.services import free_port
 from tests.api.conftest import Harness, bearer, variant
 
 
@@ -299,3 +300,34 @@ async def test_a_local_job_gets_store_credentials_of_its_tenant_alone(api: Harne
         job = await start_job(harness, admin)
         done = await wait_job(harness, admin, job["id"], timeout=60)
     assert (done["state"], done["message"]) == ("succeeded", f"reached ['{org}']"), done
+
+
+async def test_a_local_job_with_the_shared_store_identity_gets_the_apis_credentials(
+    api: Harness, tmp_path: Path
+) -> None:
+    """``operator.job_store_identity: shared`` keeps the old way (docs/security.md): the job holds the
+    API's store credentials and reaches another tenant's prefix too."""
+    other, other_admin = await api.new_org()
+    await api.upload(other_admin, "upper")
+    script = str(Path(__file__).with_name("jobscript.py"))
+    command = [sys.executable, script, "--behaviour", "probe", "--other", other]
+    shared = api.runtime.settings.operator.model_copy(update={"job_store_identity": "shared"})
+    async with variant(api, tmp_path, job_command=command, update={"operator": shared}) as harness:
+        org, admin = await harness.new_org()
+        job = await start_job(harness, admin)
+        done = await wait_job(harness, admin, job["id"], timeout=60)
+    assert (done["state"], done["message"]) == ("failed", f"reached ['{org}', '{other}']"), done
+
+
+async def test_a_local_job_fails_clearly_when_its_tenants_store_identity_cannot_be_made(
+    api: Harness, tmp_path: Path
+) -> None:
+    """A store without a reachable IAM API: the job fails with "the tenant's store identity is
+    unavailable" (docs/security.md) and never runs with the API's credentials."""
+    no_iam = api.runtime.settings.store.model_copy(update={"iam_endpoint_url": f"http://127.0.0.1:{free_port()}"})
+    script = str(Path(__file__).with_name("jobscript.py"))
+    async with variant(api, tmp_path, job_command=[sys.executable, script], update={"store": no_iam}) as harness:
+        _, admin = await harness.new_org()
+        job = await start_job(harness, admin)
+        done = await wait_job(harness, admin, job["id"], timeout=60)
+    assert (done["state"], done["message"]) == ("failed", "the tenant's store identity is unavailable"), done
