@@ -30,6 +30,7 @@ from mesial.operator.k8s import K8s
 from mesial.operator.metrics import RECEIPTS
 from mesial.operator.runtime import Runtime
 from mesial.operator.sync.conditions import condition, merge_conditions
+from mesial.operator.sync.scanjob import scanjob_running
 from mesial.operator.sync.tenancy import NotATenantNamespace, tenant_namespace
 
 POLICY = ("mesial.dev/v1alpha1", "RetentionPolicy")
@@ -351,7 +352,13 @@ async def _sweep_scanjobs(
         if status.get("phase") not in ("Succeeded", "Failed"):
             continue
         report.examined += 1
-        stamp = status.get("completionTime") or sj["metadata"].get("creationTimestamp")
+        if await scanjob_running(k8s, sj):  # a terminal phase in status is no proof: its Job still runs
+            report.problem(f"scanjob {sj['metadata']['name']}: kept, its Job still runs")
+            continue
+        # aged from its completion, never from before its creation (the server's own stamp)
+        created = str(sj["metadata"].get("creationTimestamp") or "")
+        completed = status.get("completionTime")
+        stamp = completed if isinstance(completed, str) and completed >= created else created or None
         verdict = decide(stamp, now=now, max_age=max_age, skew=skew)
         if verdict is Verdict.expired:
             if await k8s.delete(*SCANJOB, sj["metadata"]["name"], namespace):

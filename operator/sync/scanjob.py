@@ -157,6 +157,22 @@ def owns_job(scanjob: Any, job: Obj) -> bool:
     )
 
 
+ACTIVE_PHASES = (None, "", "Pending", "Running")
+
+
+async def scanjob_running(k8s: K8s, scanjob: Any) -> bool:
+    """Whether a ScanJob still runs, judged from its Job (an active Job the operator made for it)
+    as well as its status: a hand-set terminal phase does not stop a running Job (status is no proof)."""
+    if (scanjob.get("status") or {}).get("phase") in ACTIVE_PHASES:
+        return True
+    meta = scanjob["metadata"]
+    job = await k8s.get("batch/v1", "Job", job_name_for(meta["name"]), meta["namespace"])
+    if job is None or not owns_job(scanjob, job):
+        return False
+    conditions = {c.get("type") for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"}
+    return not conditions & {"Complete", "Failed"}
+
+
 def build_job(body: Any, spec: JobSpec, limits: RunLimits, settings: Settings, tier: OperatorSettings.Tier) -> Obj:
     """The hardened batch/v1 Job of a ScanJob, sized by the tenant's tier."""
     op = settings.operator

@@ -18,8 +18,9 @@ from mesial.common.service_http import HttpRefused
 from mesial.operator.metrics import RECEIPTS, RECONCILES
 from mesial.operator.testing import Harness
 from tests.operator.conftest import eventually
-from tests.operator.helpers import ORG, POLICY, audit_events, events, organization, ready
+from tests.operator.helpers import ORG, POLICY, SCANJOB, audit_events, events, organization, ready
 from tests.operator.test_retention import policy, pstatus
+from tests.operator.test_scanjob import JOB, scanjob, sj_status
 
 DAY = timedelta(days=1)
 
@@ -227,3 +228,43 @@ async def test_an_organization_receipt_conflict_is_a_warning(harness: Harness, o
     assert len(sink.attempts) == 1
     assert RECEIPTS.labels("organization", "conflict")._value.get() == before + 1
     assert [e["type"] for e in await events(k8s, org) if e.get("reason") == "ReceiptConflict"] == ["Warning"]
+
+
+async def test_retention_does_not_delete_a_scanjob_whose_job_runs_on_a_hand_set_phase(
+    harness: Harness, org_name
+) -> None:
+    org = org_name("sjrun")
+    k8s = harness.client
+    await k8s.create(organization(org))
+    await eventually(lambda: ready(k8s, org))
+    ns = f"mesial-org-{org}"
+    for name in ("running", "done"):
+        await k8s.create(scanjob(name, ns))
+
+    async def jobs() -> bool:
+        return all([await k8s.get(*JOB, f"scanjob-{n}", ns) is not None for n in ("running", "done")])
+
+    await eventually(jobs)
+    await k8s.patch(*JOB, "scanjob-running", {"status": {"active": 1, "startTime": "2026-01-01T00:00:00Z"}}, ns)
+    await k8s.patch(*JOB, "scanjob-done", {"status": {"succeeded": 1, "startTime": "2026-01-01T00:00:00Z",
+        "completionTime": "2026-01-01T00:01:00Z", "conditions": [{"type": "Complete", "status": "True"}]}}, ns)  # fmt: skip
+
+    async def phases() -> bool:
+        got = [(await sj_status(k8s, ns, n)).get("phase") for n in ("running", "done")]
+        return got == ["Running", "Succeeded"]
+
+    await eventually(phases)
+    # status says the running one is over, and long ago: its Job says otherwise
+    await k8s.patch(*SCANJOB, "running", {"status": {"phase": "Succeeded",
+        "completionTime": "2020-01-01T00:00:00Z"}}, ns, status=True)  # fmt: skip
+    harness.runtime.clock = lambda: datetime.now(UTC) + 40 * DAY
+    await k8s.create(policy("retention", ns, covers=["scanjobs"], sweepInterval="1h"))
+
+    async def swept() -> dict[str, Any] | None:
+        st = await pstatus(k8s, ns, "retention")
+        return st if st.get("lastSweep") else None
+
+    counts = (await eventually(swept))["lastSweep"]
+    assert counts["scanJobsDeleted"] == 1  # the finished one
+    assert await k8s.get(*SCANJOB, "running", ns) is not None
+    assert any("scanjob running" in p for p in counts["problems"])

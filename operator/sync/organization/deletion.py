@@ -32,13 +32,12 @@ from mesial.operator.runtime import Runtime
 from mesial.operator.sync.conditions import condition, merge_conditions, now_iso
 from mesial.operator.sync.organization import ORG, Note
 from mesial.operator.sync.organization.model import OrgView
-from mesial.operator.sync.scanjob import job_name_for, owns_job
+from mesial.operator.sync.scanjob import scanjob_running
 from mesial.operator.sync.tenancy import owned_by
 
 SCANJOB = ("mesial.dev/v1alpha1", "ScanJob")
 # What the audit collector accepts as a detail's text (api/schemas.py DetailText).
 _DETAIL_UNSAFE_RE = re.compile(r"[^A-Za-z0-9_.:/-]+")
-ACTIVE_PHASES = (None, "", "Pending", "Running")
 
 
 class DeletionBlocked(MesialError):
@@ -92,7 +91,7 @@ async def _delete(rt: Runtime, org: OrgView, body: Any) -> list[Note]:
             await record(None, "InProgress", "no tenant namespace of the operator's: no ScanJobs to stop")
             return
         scanjobs = await rt.k8s.list(*SCANJOB, namespace=org.namespace)
-        active = [sj["metadata"]["name"] for sj in scanjobs if await _running(rt, sj)]
+        active = [sj["metadata"]["name"] for sj in scanjobs if await scanjob_running(rt.k8s, sj)]
         if active and not org.force_delete:
             names = ", ".join(sorted(active)[:5])
             raise DeletionBlocked(
@@ -222,19 +221,6 @@ def _key_exists(rt: Runtime, org: str) -> bool:
     except KeyNotFound:
         return False
     return True
-
-
-async def _running(rt: Runtime, scanjob: Any) -> bool:
-    """Whether a ScanJob still runs, judged from its Job (an active Job the operator made for it)
-    as well as its status: a hand-set terminal phase does not stop a running Job."""
-    if (scanjob.get("status") or {}).get("phase") in ACTIVE_PHASES:
-        return True
-    meta = scanjob["metadata"]
-    job = await rt.k8s.get("batch/v1", "Job", job_name_for(meta["name"]), meta["namespace"])
-    if job is None or not owns_job(scanjob, job):
-        return False
-    conditions = {c.get("type") for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"}
-    return not conditions & {"Complete", "Failed"}
 
 
 def detail_text(value: object) -> str:
