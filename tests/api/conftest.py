@@ -141,14 +141,16 @@ def pg(api_session: Harness) -> Harness:
     return api_session
 
 
+def variant(api: Harness, data_dir: Path, **overrides: Any) -> contextlib.AbstractAsyncContextManager[Harness]:
+    """A second app on the same database and services, with some API settings changed."""
+    return variant_of(api, data_dir, {}, **overrides)
+
+
 @contextlib.asynccontextmanager
-async def variant(
-    api: Harness, data_dir: Path, *, update: dict[str, Any] | None = None, **overrides: Any
-) -> AsyncIterator[Harness]:
-    """A second app on the same database and services, with some API settings changed (``overrides``)
-    and whole sections of the settings replaced (``update``, e.g. ``{"operator": ...}``)."""
+async def variant_of(api: Harness, data_dir: Path, update: dict[str, Any], **overrides: Any) -> AsyncIterator[Harness]:
+    """:func:`variant` with whole sections of the settings replaced too (``update``, e.g. ``{"operator": ...}``)."""
     base = api.runtime.settings
-    app = create_app(make_settings(base, data_dir, base.database_url, **overrides).model_copy(update=update or {}))
+    app = create_app(make_settings(base, data_dir, base.database_url, **overrides).model_copy(update=update))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, client=("198.51.100.1", 1))
         async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as client:

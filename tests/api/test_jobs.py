@@ -20,7 +20,7 @@ from mesial.api.executor import LocalExecutor, job_arguments, scanjob_manifest
 from mesial.api.types import utcnow
 from mesial.common.contract import JobSpec
 from mesial.common.services import free_port
-from tests.api.conftest import Harness, bearer, variant
+from tests.api.conftest import Harness, bearer, variant, variant_of
 
 
 async def wait_job(api: Harness, key: str, job_id: str, timeout: float = 30) -> dict[str, Any]:
@@ -312,7 +312,7 @@ async def test_a_local_job_with_the_shared_store_identity_gets_the_apis_credenti
     script = str(Path(__file__).with_name("jobscript.py"))
     command = [sys.executable, script, "--behaviour", "probe", "--other", other]
     shared = api.runtime.settings.operator.model_copy(update={"job_store_identity": "shared"})
-    async with variant(api, tmp_path, job_command=command, update={"operator": shared}) as harness:
+    async with variant_of(api, tmp_path, {"operator": shared}, job_command=command) as harness:
         org, admin = await harness.new_org()
         job = await start_job(harness, admin)
         done = await wait_job(harness, admin, job["id"], timeout=60)
@@ -326,7 +326,7 @@ async def test_a_local_job_fails_clearly_when_its_tenants_store_identity_cannot_
     unavailable" (docs/security.md) and never runs with the API's credentials."""
     no_iam = api.runtime.settings.store.model_copy(update={"iam_endpoint_url": f"http://127.0.0.1:{free_port()}"})
     script = str(Path(__file__).with_name("jobscript.py"))
-    async with variant(api, tmp_path, job_command=[sys.executable, script], update={"store": no_iam}) as harness:
+    async with variant_of(api, tmp_path, {"store": no_iam}, job_command=[sys.executable, script]) as harness:
         _, admin = await harness.new_org()
         job = await start_job(harness, admin)
         done = await wait_job(harness, admin, job["id"], timeout=60)
