@@ -527,21 +527,28 @@ def _resolve(
     Both are refined alone on the exact surfaces (same points, same
     iterations) and scored by the share of points within ``tight_distance_mm``
     of either arch: a pose shifted along a repetitive row of teeth explains
-    most points within 0.3 mm but far fewer within 0.1 mm.
+    most points within 0.3 mm but far fewer within 0.1 mm. When both end in the same pose
+    (within ``distinct_rotation_deg`` and ``distinct_translation_mm``), the runner-up was no
+    alternative and scores 0.
     """
     scores = []
+    refined = []
     for bite_pose, lower_pose in (best, runner_up):
         fit = refine_joint(
             [points], surfaces["upper"], surfaces["lower"], [bite_pose], lower_pose, params,
             max_distance_mm=0.5, max_iterations=params.exact_iterations,
         )  # fmt: skip
         assert fit.lower_to_upper is not None
+        refined.append(fit.bite_to_upper[0])
         x, _, closest, normals, distance, _ = _match(
             points, fit.bite_to_upper[0], surfaces["upper"], surfaces["lower"], fit.lower_to_upper,
             params.tight_distance_mm,
         )  # fmt: skip
         plane = np.abs(np.einsum("ij,ij->i", x - closest, normals))
         scores.append(float((np.isfinite(distance) & (plane < params.tight_distance_mm)).mean()))
+    centre = points.mean(axis=0)
+    if len(distinct(refined, centre, params.distinct_rotation_deg, params.distinct_translation_mm)) == 1:
+        scores[1] = 0.0  # both ended in the same pose: there was no distinct alternative after all
     return BiteEvidence(
         item.bite, scores[0], scores[1], scores[0] - scores[1], item.hypotheses, item.paired, params.tight_distance_mm
     )
