@@ -1,4 +1,4 @@
-"""The tenant's Vault side (key, policy, role), through the tenancy service in ``common/``."""
+"""The tenant's Vault side: its key and login role (no policy), through the tenancy service in ``common/``."""
 
 from __future__ import annotations
 
