@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import secrets
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -136,14 +138,22 @@ def test_api_serves_through_its_service(kube: Kube, release: Release, cluster: C
     assert status == 401
 
 
-def test_job_result_reported_to_the_api_and_artifact_through_a_signed_link(
-    kube: Kube, release: Release, cluster: ClusterInfo, wired: dict[str, str], tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def tenant(kube: Kube, cluster: ClusterInfo, wired: dict[str, str]) -> str:
+    """The Organization (`kubectl apply`, Ready), the API's organization and its first org-admin key."""
     client = Client(service_url(cluster, NAMESPACE, "mesial-api", 8080))
     kube.apply(organization(ORG))
     eventually(lambda: ready(kube, ORG), timeout=120, what=f"Organization {ORG} Ready")
     client.json("POST", "/v1/orgs", wired["platform"], {"name": ORG})
-    admin = client.json("POST", f"/v1/orgs/{ORG}/keys", wired["platform"], {"role": "org-admin"})["key"]
+    key: str = client.json("POST", f"/v1/orgs/{ORG}/keys", wired["platform"], {"role": "org-admin"})["key"]
+    return key
+
+
+def test_job_result_reported_to_the_api_and_artifact_through_a_signed_link(
+    kube: Kube, release: Release, cluster: ClusterInfo, tenant: str, tmp_path: Path
+) -> None:
+    client = Client(service_url(cluster, NAMESPACE, "mesial-api", 8080))
+    admin = tenant
 
     files = write_case(generate_case(7, vertices=8_000), tmp_path)
     ids = {}
@@ -177,3 +187,29 @@ def test_job_result_reported_to_the_api_and_artifact_through_a_signed_link(
     forged = token[:-1] + ("A" if token[-1] != "A" else "B")
     status, _ = client.call("GET", link["url"].rsplit("/", 1)[0] + "/" + forged)
     assert status in (401, 403, 404), status
+
+
+def test_organization_deletion_receipt_reaches_the_api_audit_chain(
+    kube: Kube, release: Release, cluster: ClusterInfo, tenant: str, tmp_path: Path
+) -> None:
+    """Deleting the Organization (after the job above): the operator shreds its key and sends its
+    `organization.deleted` receipt to the API's collector; the tenant's chain, exported by its auditor,
+    holds it and verifies offline."""
+    client = Client(service_url(cluster, NAMESPACE, "mesial-api", 8080))
+    auditor = client.json("POST", "/v1/keys", tenant, {"role": "auditor"})["key"]
+    kube("delete", "organization", ORG, "--wait", "--timeout=180s")
+    eventually(lambda: kube.get("namespace", NS) is None, timeout=120, what=f"namespace {NS} removed")
+
+    def exported() -> bytes | None:
+        status, raw = client.call("GET", "/v1/audit/export", auditor)
+        assert status == 200, raw[:300]
+        return raw if b'"organization.deleted"' in raw else None
+
+    raw = eventually(exported, timeout=60, interval=2, what="the deletion receipt in the tenant's chain")
+    receipts = [json.loads(line) for line in raw.splitlines() if b'"organization.deleted"' in line]
+    assert len(receipts) == 1, receipts
+    export = tmp_path / "audit.jsonl"
+    export.write_bytes(raw)
+    mesial = str(Path(sys.executable).parent / "mesial")
+    verified = subprocess.run([mesial, "audit", "verify", str(export)], capture_output=True, text=True, timeout=120)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
