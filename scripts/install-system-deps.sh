@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Debian packages Mesial needs on the machine: the PostgreSQL server (tests, cluster-mode
-# database) and the shared libraries open3d loads (libusb, libgomp). Installs only what
-# is missing, so it is quick on a machine that has them.
+# database), the shared libraries open3d loads (libusb, libgomp), iproute2 (the e2e node
+# agent). Installs only what is missing, so it is quick on a machine that has them.
 set -euo pipefail
 
 missing=()
 compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null || missing+=(postgresql)
 ldconfig -p | grep -q "libusb-1.0.so.0" || missing+=(libusb-1.0-0)
 ldconfig -p | grep -q "libgomp.so.1" || missing+=(libgomp1)
+# The e2e node agent gives Services a network namespace of their own (ip link/addr; nsenter, unshare
+# and setpriv come with util-linux).
+command -v ip >/dev/null || missing+=(iproute2)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
