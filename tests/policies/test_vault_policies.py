@@ -372,6 +372,15 @@ def test_the_operator_writes_no_policy_and_binds_only_the_aligner_policy(platfor
     audit = value(platform.values, "vault.auditSigningKey")
     assert denied(lambda: client.secrets.transit.sign_data(audit, hash_input="eA==", mount_point=transit))
     assert denied(lambda: client.secrets.transit.delete_key(audit, mount_point=transit))
+    # A key named the former way (org-<name>) is out of the operator's and the API's reach: a deletion
+    # cannot shred it, which is why docs/operator.md ("Vault powers") has it shredded by hand.
+    old = f"org-{org}"
+    platform.root.secrets.transit.create_key(old, key_type="aes256-gcm96", mount_point=transit)
+    api = platform.client("api")
+    for who in (client, api):
+        assert denied(lambda c=who: c.secrets.transit.read_key(old, mount_point=transit))
+        assert denied(lambda c=who: c.secrets.transit.delete_key(old, mount_point=transit))
+        assert denied(lambda c=who: c.secrets.transit.decrypt_data(old, "vault:v1:eA==", mount_point=transit))
 
 
 def test_a_dev_server_token_still_mounts_what_is_missing(openbao: svc.ServiceInfo) -> None:
