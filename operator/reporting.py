@@ -48,6 +48,8 @@ class JobReporter:
         self._token = token
         self.timeout_s = timeout_s
         self.context = tls_context(base_url, cafile)
+        # ScanJob uid -> the terminal phase the API answered (or refused for good) in this process
+        self.confirmed: dict[str, str] = {}
 
     @classmethod
     def from_settings(cls, op: OperatorSettings) -> JobReporter | None:

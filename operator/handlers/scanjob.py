@@ -68,11 +68,16 @@ async def scanjob_report(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if runtime.reporter is None:
         return
     # a success is reported only when the world shows it (the Job, else the job's own last word)
-    if (body.get("status") or {}).get("phase") == "Succeeded" and unreported(body):
+    if (body.get("status") or {}).get("phase") == "Succeeded" and unreported(body, runtime.reporter.confirmed):
         try:
             verified = await succeeded_in_world(runtime, body)
         except Exception as exc:
             raise to_kopf(exc, runtime.settings.operator.retry_delay_s) from exc
+        if not verified and (body.get("status") or {}).get("reportedPhase") == "Succeeded":
+            # reported before this process started (its Job and progress may be gone by now): not
+            # reported again unverified, and its status is left as it is
+            runtime.reporter.confirmed[str(body["metadata"].get("uid"))] = "Succeeded"
+            return
         if not verified:
             message = "Succeeded is not shown by the ScanJob's own Job or progress; status reset"
             kopf.event(body, type="Warning", reason="StatusNotVerified", message=message)
@@ -85,6 +90,8 @@ async def scanjob_report(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         # the API will never take it (unknown job): record it as reported, say so
         kopf.event(body, type="Warning", reason="NotReported", message=str(exc))
         reported = {"reportedPhase": (body.get("status") or {}).get("phase")}
+        if reported["reportedPhase"] in TERMINAL:
+            runtime.reporter.confirmed[str(body["metadata"].get("uid"))] = reported["reportedPhase"]
     except Exception as exc:
         raise to_kopf(exc, runtime.settings.operator.retry_delay_s) from exc
     if reported is not None:
@@ -97,14 +104,17 @@ async def scanjob_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         await stop(runtime, body)
     except K8sError as exc:
         raise to_kopf(exc, runtime.settings.operator.retry_delay_s) from exc
+    if runtime.reporter is not None:
+        runtime.reporter.confirmed.pop(str(body["metadata"].get("uid")), None)
 
 
 def _active(status: kopf.Status, **_: Any) -> bool:
     return status.get("phase") not in TERMINAL and bool(status.get("jobName"))
 
 
-def _unreported(body: kopf.Body, **_: Any) -> bool:
-    return unreported(body)
+def _unreported(body: kopf.Body, memo: kopf.Memo, **_: Any) -> bool:
+    runtime: Runtime = memo.runtime
+    return runtime.reporter is not None and unreported(body, runtime.reporter.confirmed)
 
 
 def register(registry: kopf.OperatorRegistry, interval: float, *, report_to_api: bool = False) -> None:

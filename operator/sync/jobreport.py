@@ -9,10 +9,15 @@ API copies the job's progress document then). A job that ended before a ``Runnin
 was reported but had started reports ``running`` first, so the API's chain says
 ``job.started`` before ``job.succeeded``/``job.failed``. The API tolerates repeats
 (a report whose answer was lost is sent again).
+
+A terminal ``reportedPhase`` is a record, not a proof (anyone able to write ScanJob status can
+set it): only the API's own answer to this process (:attr:`JobReporter.confirmed`, by
+ScanJob uid) ends the reports, so after a restart each finished ScanJob is reported once more.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from mesial.operator.reporting import MAX_MESSAGE, JobReporter, State
@@ -21,13 +26,18 @@ from mesial.operator.sync.scanjob import TERMINAL, api_job_id, recorded_tenant
 STATES: dict[str, State] = {"Running": "running", "Succeeded": "succeeded", "Failed": "failed"}
 
 
-def unreported(body: Any) -> bool:
-    """Whether the ScanJob's state has something the API was not told yet."""
+def unreported(body: Any, confirmed: Mapping[str, str]) -> bool:
+    """Whether the ScanJob's state has something the API was not told yet (``confirmed``: the
+    terminal phase the API answered this process, by ScanJob uid)."""
     status = body.get("status") or {}
     if api_job_id(body) is None or recorded_tenant(body) is None:
         return False  # made by hand, or in no tenant's namespace: nobody's job to report
     phase, reported = status.get("phase"), status.get("reportedPhase")
-    if phase not in STATES or reported in TERMINAL:
+    if phase not in STATES:
+        return False
+    if phase in TERMINAL:
+        return bool(confirmed.get(str(body["metadata"].get("uid"))) != phase)
+    if reported in TERMINAL:
         return False
     if phase != reported:
         return True
@@ -36,7 +46,7 @@ def unreported(body: Any) -> bool:
 
 async def report(reporter: JobReporter, body: Any) -> dict[str, Any] | None:
     """Tell the API the ScanJob's state; the status fields recording it (None: nothing to report)."""
-    if not unreported(body):
+    if not unreported(body, reporter.confirmed):
         return None
     job_id = api_job_id(body)
     assert job_id is not None
@@ -51,6 +61,8 @@ async def report(reporter: JobReporter, body: Any) -> dict[str, Any] | None:
         reason, text = status.get("reason") or "", status.get("message") or ""
         message = f"{reason}: {text}" if reason and text else reason or text
     await reporter.report(job_id, tenant, STATES[phase], message[:MAX_MESSAGE])
+    if phase in TERMINAL:
+        reporter.confirmed[str(body["metadata"].get("uid"))] = phase
     recorded: dict[str, Any] = {"reportedPhase": phase}
     if "progress" in status:
         recorded["reportedProgress"] = status["progress"]

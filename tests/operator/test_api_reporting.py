@@ -345,3 +345,25 @@ def test_api_settings_are_checked() -> None:
     reporter = JobReporter.from_settings(op)
     assert reporter is not None and "mesial_secret" not in repr(reporter)
     assert JobReporter.from_settings(OperatorSettings(api_url="http://api:8080")) is None
+
+
+async def test_a_hand_set_reported_phase_does_not_keep_the_api_from_being_told(
+    cluster: Harness, api: Api, org_name: Any
+) -> None:
+    name = org_name("handrep")
+    key, ns = await _tenant(cluster, api, name)
+    job = await api.submit(key)
+    sj = job["id"].replace("_", "-")
+    await eventually(lambda: cluster.client.get(*JOB, f"scanjob-{sj}", ns))
+    await cluster.client.patch(
+        *JOB, f"scanjob-{sj}", {"status": {"active": 1, "startTime": "2026-01-01T10:00:00Z"}}, ns
+    )
+    await eventually(lambda: _state(api, key, job["id"], "running"))
+    await eventually(lambda: _reported(cluster, ns, sj, "Running"))
+    # anyone able to write ScanJob status claims the end was reported already
+    await cluster.client.patch(*SCANJOB, sj, {"status": {"reportedPhase": "Failed"}}, ns, status=True)
+    await cluster.client.patch(*JOB, f"scanjob-{sj}", {"status": {"active": 0, "startTime": "2026-01-01T10:00:00Z",
+        "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                        "message": "Job has reached the specified backoff limit"}]}}, ns)  # fmt: skip
+    failed = await eventually(lambda: _state(api, key, job["id"], "failed"))
+    assert failed["message"].startswith("BackoffLimitExceeded")
