@@ -291,14 +291,7 @@ async def test_restarted_executor_recovers_jobs_left_behind(api: Harness, tmp_pa
 async def test_a_local_job_gets_store_credentials_of_its_tenant_alone(api: Harness, tmp_path: Path) -> None:
     """Local mode: a job's store credentials are its tenant's own identity (tenants/<org>/ only), not
     the API's: the job lists its own tenant's prefix and is refused another's (real SeaweedFS)."""
-    other, other_admin = await api.new_org()
-    await api.upload(other_admin, "upper")  # something of the other tenant to reach
-    script = str(Path(__file__).with_name("jobscript.py"))
-    command = [sys.executable, script, "--behaviour", "probe", "--other", other]
-    async with variant(api, tmp_path, job_command=command) as harness:
-        org, admin = await harness.new_org()
-        job = await start_job(harness, admin)
-        done = await wait_job(harness, admin, job["id"], timeout=60)
+    org, _, done = await probe_job(api, tmp_path, {})
     assert (done["state"], done["message"]) == ("succeeded", f"reached ['{org}']"), done
 
 
@@ -307,16 +300,22 @@ async def test_a_local_job_with_the_shared_store_identity_gets_the_apis_credenti
 ) -> None:
     """``operator.job_store_identity: shared`` keeps the old way (docs/security.md): the job holds the
     API's store credentials and reaches another tenant's prefix too."""
+    shared = api.runtime.settings.operator.model_copy(update={"job_store_identity": "shared"})
+    org, other, done = await probe_job(api, tmp_path, {"operator": shared})
+    assert (done["state"], done["message"]) == ("failed", f"reached ['{org}', '{other}']"), done
+
+
+async def probe_job(api: Harness, tmp_path: Path, update: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """A job (settings sections replaced by ``update``) that lists its own tenant's prefix and another
+    tenant's, which holds a scan; returns its tenant, the other one and the finished job."""
     other, other_admin = await api.new_org()
-    await api.upload(other_admin, "upper")
+    await api.upload(other_admin, "upper")  # something of the other tenant to reach
     script = str(Path(__file__).with_name("jobscript.py"))
     command = [sys.executable, script, "--behaviour", "probe", "--other", other]
-    shared = api.runtime.settings.operator.model_copy(update={"job_store_identity": "shared"})
-    async with variant_of(api, tmp_path, {"operator": shared}, job_command=command) as harness:
+    async with variant_of(api, tmp_path, update, job_command=command) as harness:
         org, admin = await harness.new_org()
         job = await start_job(harness, admin)
-        done = await wait_job(harness, admin, job["id"], timeout=60)
-    assert (done["state"], done["message"]) == ("failed", f"reached ['{org}', '{other}']"), done
+        return org, other, await wait_job(harness, admin, job["id"], timeout=60)
 
 
 async def test_a_local_job_fails_clearly_when_its_tenants_store_identity_cannot_be_made(
