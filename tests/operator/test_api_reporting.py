@@ -14,6 +14,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from mesial.api.services import orgs
 from mesial.api.types import Role
 from mesial.common.audit_sinks import CollectorAuditSink
 from mesial.common.contract import JobProgress, write_progress
+from mesial.common.errors import ServiceError
 from mesial.common.services import ServiceInfo, free_port
 from mesial.common.settings import ApiSettings, OperatorSettings, Settings
 from mesial.operator.k8s import K8s
@@ -40,6 +42,7 @@ from tests.api.meshes import arch_stl
 from tests.chart.test_chart import render, settings_from
 from tests.operator.conftest import TcpProxy, eventually
 from tests.operator.helpers import ORG, SCANJOB, organization, ready
+from tests.operator.test_retention import policy, pstatus
 from tests.operator.test_scanjob import JOB, scanjob, sj_status
 
 
@@ -367,3 +370,60 @@ async def test_a_hand_set_reported_phase_does_not_keep_the_api_from_being_told(
                         "message": "Job has reached the specified backoff limit"}]}}, ns)  # fmt: skip
     failed = await eventually(lambda: _state(api, key, job["id"], "failed"))
     assert failed["message"].startswith("BackoffLimitExceeded")
+
+
+class LostAnswer:
+    """The collector takes the first receipt of ``action``, and its answer is lost (a timeout)."""
+
+    def __init__(self, inner: Any, action: str) -> None:
+        self.inner, self.action, self.sends = inner, action, 0
+
+    async def append(self, event: Any) -> None:
+        await self.inner.append(event)
+        if event.action == self.action:
+            self.sends += 1
+            if self.sends == 1:
+                raise ServiceError("audit collector unreachable: TimeoutError")
+
+
+async def test_a_retention_receipt_whose_answer_was_lost_is_confirmed_once(
+    cluster: Harness, api: Api, org_name: Any
+) -> None:
+    name = org_name("lost")
+    key, ns = await _tenant(cluster, api, name)
+    response = await api.client.post("/v1/scans", params={"kind": "upper"}, content=_stl(),
+        headers={"authorization": f"Bearer {key}", "content-type": "application/octet-stream"})  # fmt: skip
+    assert response.status_code == 201, response.text
+    scan = response.json()["id"]
+    sink = LostAnswer(cluster.runtime.audit, "retention.deleted")
+    cluster.runtime.audit = sink
+    cluster.runtime.clock = lambda: datetime.now(UTC) + timedelta(days=40)
+    await cluster.client.create(policy("retention", ns, covers=["scans"], sweepInterval="1h"))
+
+    async def confirmed() -> dict[str, Any] | None:
+        st = await pstatus(cluster.client, ns, "retention")
+        return st if st.get("lastSweep") and sink.sends >= 2 and not st.get("pendingReceipts") else None
+
+    await eventually(confirmed)
+    receipts = [e for e in await api.chain(name) if e["action"] == "retention.deleted"]
+    assert [(e["resource_type"], e["resource_id"]) for e in receipts] == [("scan", scan)]  # one entry, two sends
+    gone = await api.client.get(f"/v1/scans/{scan}", headers={"authorization": f"Bearer {key}"})
+    assert gone.status_code == 404  # its row went with the receipt
+
+
+async def test_an_organization_receipt_whose_answer_was_lost_is_confirmed_once(
+    cluster: Harness, api: Api, org_name: Any
+) -> None:
+    name = org_name("olost")
+    await _tenant(cluster, api, name)
+    sink = LostAnswer(cluster.runtime.audit, "organization.deleted")
+    cluster.runtime.audit = sink
+    await cluster.client.delete(*ORG, name)
+
+    async def gone() -> bool:
+        return await cluster.client.get(*ORG, name) is None
+
+    await eventually(gone, timeout=30)
+    assert sink.sends == 2
+    (receipt,) = [e for e in await api.chain(name) if e["action"] == "organization.deleted"]
+    assert receipt["details"]["key_shredded"] is True
