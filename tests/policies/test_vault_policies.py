@@ -430,3 +430,31 @@ async def test_the_api_app_starts_and_serves_with_exactly_its_policy(
         assert response.status_code == 200, response.text
         manifest = [json.loads(line) for line in response.text.splitlines()][-1]
         assert manifest["signature"].startswith("vault:v1:")
+
+
+def test_a_logins_alias_carries_the_service_account_namespace_and_no_custom_metadata(platform: Platform) -> None:
+    """Why the tenant's key is named as its namespace (docs/operator.md, "Vault powers"): a Kubernetes
+    login's alias carries ``service_account_namespace``, and a role's custom ``alias_metadata`` is
+    ignored by this OpenBao, so the Organization's name cannot be handed to the aligner policy."""
+    root, auth = platform.root, value(platform.values, "vault.kubernetesMount")
+    ns = platform.tenant_namespace(org_name())
+    role = f"alias-probe-{secrets.token_hex(3)}"
+    written = root.adapter.post(
+        f"/v1/auth/{auth}/role/{role}",
+        json={
+            "bound_service_account_names": "mesial-aligner",
+            "bound_service_account_namespaces": ns,
+            "audience": value(platform.values, "vault.tokenAudience"),
+            "alias_metadata": {"organization": "acme"},
+        },
+    )
+    assert written.status_code == 204  # accepted without a word
+    assert "organization" not in str(root.read(f"auth/{auth}/role/{role}")["data"].get("alias_metadata") or "")
+    login = hvac.Client(url=platform.url).auth.kubernetes.login(
+        role, platform.service_account_token(ns), mount_point=auth
+    )
+    entity = root.read(f"identity/entity/id/{login['auth']['entity_id']}")["data"]
+    accessor = platform.values["vault.kubernetesMountAccessor"]
+    (alias,) = [a for a in entity["aliases"] if a["mount_accessor"] == accessor]
+    assert alias["metadata"]["service_account_namespace"] == ns
+    assert "organization" not in alias["metadata"]
