@@ -224,6 +224,8 @@ class OperatorSettings(BaseModel):
     # identity of its own, limited to tenants/<org>/, made through the store's IAM API at provisioning
     # and removed at deletion (common/store_identity.py). ``shared``: every tenant gets the one below
     # (unset: the operator's own credentials; development only), which reaches every tenant's prefix.
+    # Local mode follows it too: ``per-tenant`` gives each job subprocess its tenant's identity (made or
+    # checked before each job, api/executor.py), ``shared`` the API's own store credentials.
     job_store_identity: Literal["per-tenant", "shared"] = "per-tenant"
     job_store_access_key: SecretStr | None = None
     job_store_secret_key: SecretStr | None = None
