@@ -166,6 +166,8 @@ def search_along(
     tau_mm: float,
     keep: int,
     ways: tuple[float, ...] = (1.0, -1.0),
+    coarse_probes: int = 64,
+    rescore_share: float = 1.0,
 ) -> list[Candidate]:
     """Exhaustive coarse search of a bite strip's pose along one arch's buccal outline.
 
@@ -180,7 +182,9 @@ def search_along(
     direction) this follows any arch shape: a strip on the canine-premolar curve
     of a real arch faces a direction whose support point lies on the molars.
 
-    Returns the best ``keep`` poses of each way up (see :func:`search_bite`).
+    Every pose is scored on the first ``coarse_probes`` probes; the best ``rescore_share``
+    of them (at least ``keep``) again on all. Returns the best ``keep`` poses of each way up
+    (a strip upside down on one arch fits it about as well: neither may crowd out the other).
     """
     base_psi = np.arctan2(path_buccal[:, 0], path_buccal[:, 1])
     turns = np.radians(np.asarray(turns_deg))
@@ -201,13 +205,21 @@ def search_along(
         )  # (a, h, o, 3)
         a = len(psi)
         flat_t = translation.reshape(a, -1, 3)
-        points = moved[:, None, :, :] + flat_t[:, :, None, :]
-        score = np.maximum(0.0, 1.0 - field(points) / tau_mm).mean(axis=2)  # (a, h*o)
-        best = np.argsort(-score.ravel(), kind="stable")[:keep]
+        # coarse to fine: every pose scored on the first coarse_probes probes (evenly spread when the
+        # probes come from farthest-point sampling), the best rescore_share of them on all probes
+        few = moved[:, : max(1, coarse_probes)]
+        points = few[:, None, :, :] + flat_t[:, :, None, :]
+        rough = np.maximum(0.0, 1.0 - field(points) / tau_mm).mean(axis=2).ravel()  # (a * h*o,)
+        count = min(len(rough), max(keep, int(rescore_share * len(rough))))
+        chosen = np.argpartition(-rough, count - 1)[:count] if count < len(rough) else np.arange(len(rough))
+        ai, ti = np.divmod(chosen, flat_t.shape[1])
+        points = moved[ai] + flat_t[ai, ti][:, None, :]
+        score = np.maximum(0.0, 1.0 - field(points) / tau_mm).mean(axis=1)  # (count,)
+        best = np.argsort(-score, kind="stable")[:keep]
         for index in best:
-            ai, ti = divmod(int(index), flat_t.shape[1])
-            matrix = from_rotation_translation(rotations[ai], flat_t[ai, ti] - rotations[ai] @ strip.centre)
-            results.append((float(score[ai, ti]), matrix, sigma))
+            i, j = int(ai[index]), int(ti[index])
+            matrix = from_rotation_translation(rotations[i], flat_t[i, j] - rotations[i] @ strip.centre)
+            results.append((float(score[index]), matrix, sigma))
     results.sort(key=lambda item: -item[0])
     return [
         Candidate(matrix, value, sigma)

@@ -34,6 +34,10 @@ class AlignParams:
     turns_deg: tuple[float, ...] = (-25.0, -20.0, -15.0, -10.0, -5.0, 0.0, 5.0, 10.0, 15.0, 20.0, 25.0)
     tilts_deg: tuple[float, ...] = (-10.0, 0.0, 10.0)
     probe_points: int = 64
+    # Coarse to fine: every pose is scored on the first coarse_probes probes (farthest-point
+    # order: the first ones are spread evenly too), the best rescore_share of the poses on all.
+    coarse_probes: int = 24
+    rescore_share: float = 0.05
     search_tau_mm: float = 1.5
     # Distinct poses of each bite refined (short ICP on that arch; half of each way up), and
     # of those the best by that arch's fit that go on to look for the other arch.

@@ -338,7 +338,8 @@ def _global_one_bite(
         found = search_along(
             probe, strip, arch.field, arch.path[0], arch.path[1], turns_deg=params.turns_deg,
             heights_mm=params.heights_mm, offsets_mm=params.offsets_mm, tilts_deg=params.tilts_deg,
-            tau_mm=params.search_tau_mm, keep=300,
+            tau_mm=params.search_tau_mm, keep=300, coarse_probes=params.coarse_probes,
+            rescore_share=params.rescore_share,
         )  # fmt: skip
         poses = [candidate.bite_to_canonical for candidate in found]
         keep: list[int] = []
@@ -414,7 +415,8 @@ def _place_with_lower(
     sparse = thin[invariant_representatives(thin, params.icp_voxel_mm)]
     found = search_along(
         probe, strip, field, outline[0], outline[1], turns_deg=params.turns_deg, heights_mm=params.heights_mm,
-        offsets_mm=params.offsets_mm, tilts_deg=params.tilts_deg, tau_mm=params.search_tau_mm, keep=300,
+        offsets_mm=params.offsets_mm, tilts_deg=params.tilts_deg, tau_mm=params.search_tau_mm, keep=300, coarse_probes=params.coarse_probes,
+            rescore_share=params.rescore_share,
     )  # fmt: skip
     poses = [candidate.bite_to_canonical for candidate in found]
     from_canonical = invert(to_canonical)
@@ -492,7 +494,8 @@ def _other_arch(
     found = search_along(
         probe, strip, other.field, other.path[0][near], other.path[1][near], turns_deg=params.turns_deg,
         heights_mm=params.residual_heights_mm, offsets_mm=params.residual_offsets_mm, tilts_deg=params.tilts_deg,
-        tau_mm=params.search_tau_mm, keep=100, ways=(way,),
+        tau_mm=params.search_tau_mm, keep=100, ways=(way,), coarse_probes=params.coarse_probes,
+        rescore_share=params.rescore_share,
     )  # fmt: skip
     poses = [candidate.bite_to_canonical for candidate in found]
     from_canonical = invert(other.to_canonical)
