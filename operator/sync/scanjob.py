@@ -126,7 +126,37 @@ async def tenant_of(k8s: K8s, namespace: str, settings: Settings) -> tuple[str, 
     phase = (tenant.organization.get("status") or {}).get("phase")
     if phase != "Ready":
         raise TenantNotReady(f"Organization {tenant.org} is not Ready (phase {phase}); waiting", tenant.org)
+    # Ready in status is no proof that the boundary exists (a stale or hand-written status):
+    # a job runs only in a namespace that is closed by default and has its quota
+    missing = await _missing_boundary(k8s, namespace)
+    if missing:
+        raise TenantNotReady(f"tenant namespace {namespace} lacks {missing}; waiting for the operator", tenant.org)
     return tenant.org, tenant.organization
+
+
+# What a tenant namespace must show before a job runs in it: the default-deny NetworkPolicy
+# (policies/network/default-deny.yaml.tmpl) and the ResourceQuota (sync/organization/quotas.py).
+DEFAULT_DENY = "mesial-default-deny"
+QUOTA = "mesial-quota"
+
+
+async def _missing_boundary(k8s: K8s, namespace: str) -> str:
+    """The first part of the tenant's boundary missing from ``namespace`` ("" when all are there)."""
+    deny = await k8s.get("networking.k8s.io/v1", "NetworkPolicy", DEFAULT_DENY, namespace)
+    spec = (deny or {}).get("spec") or {}
+    if (
+        deny is None
+        or spec.get("podSelector") not in ({}, None)
+        or set(spec.get("policyTypes") or ())
+        != {
+            "Ingress",
+            "Egress",
+        }
+    ):
+        return f"NetworkPolicy {DEFAULT_DENY} (deny all in and out)"
+    if await k8s.get("v1", "ResourceQuota", QUOTA, namespace) is None:
+        return f"ResourceQuota {QUOTA}"
+    return ""
 
 
 def recorded_tenant(body: Any) -> str | None:

@@ -11,11 +11,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from mesial.common.audit import AuditEvent, AuditSink
 from mesial.common.audit_sinks import JsonlAuditSink
 from mesial.common.errors import ServiceError
 from mesial.common.service_http import HttpRefused
 from mesial.operator.metrics import RECEIPTS, RECONCILES
+from mesial.operator.sync.scanjob import TenantNotReady, tenant_of
 from mesial.operator.testing import Harness
 from tests.operator.conftest import eventually
 from tests.operator.helpers import ORG, POLICY, SCANJOB, audit_events, events, organization, ready
@@ -268,3 +271,22 @@ async def test_retention_does_not_delete_a_scanjob_whose_job_runs_on_a_hand_set_
     assert counts["scanJobsDeleted"] == 1  # the finished one
     assert await k8s.get(*SCANJOB, "running", ns) is not None
     assert any("scanjob running" in p for p in counts["problems"])
+
+
+async def test_a_ready_phase_without_the_tenants_boundary_does_not_admit_a_scanjob(
+    harness: Harness, org_name, operator_settings
+) -> None:
+    org = org_name("nobound")
+    await harness.client.create(organization(org))
+    await eventually(lambda: ready(harness.client, org))
+    ns = f"mesial-org-{org}"
+    await harness.stop_operator()  # nothing restores the drift below while the check runs
+    k8s = harness.client
+    assert (await tenant_of(k8s, ns, harness.runtime.settings))[0] == org
+    # status still says Ready (left over, or written by hand): the namespace is open all the same
+    await k8s.delete("v1", "ResourceQuota", "mesial-quota", ns)
+    with pytest.raises(TenantNotReady, match="mesial-quota"):
+        await tenant_of(k8s, ns, harness.runtime.settings)
+    await k8s.delete("networking.k8s.io/v1", "NetworkPolicy", "mesial-default-deny", ns)
+    with pytest.raises(TenantNotReady, match="mesial-default-deny"):
+        await tenant_of(k8s, ns, harness.runtime.settings)
