@@ -1,10 +1,13 @@
-"""Receipts the operator owes the audit chain are confirmed by the collector, never by its own status.
+"""What the operator owes the world is confirmed by the world, never by its own status.
 
-A ``retention.deleted`` receipt whose send fails is kept in the RetentionPolicy's status and sent
-again until the collector takes it (201, or 200: it holds it already); a 409 (the chain holds a
-different one) is a Warning Event and a metric, not retried forever. An Organization's
-``status.deletion.receiptWritten`` is a record for people: a hand-written ``true`` does not
-keep the ``organization.deleted`` receipt from being sent."""
+Receipts: a ``retention.deleted`` receipt whose send fails is kept in the RetentionPolicy's status
+and sent again until the collector takes it (201, or 200: it holds it already); a 409 (the chain
+holds a different one) is a Warning Event and a metric, not retried forever; an intent a crash
+left is resolved from the store. An Organization's ``status.deletion.receiptWritten`` is a record
+for people: a hand-written ``true`` does not keep the ``organization.deleted`` receipt from being
+sent. Status as proof elsewhere: a terminal ScanJob phase over a running Job does not let
+retention delete it, and an Organization's ``Ready`` does not admit a ScanJob into a namespace
+without its default-deny NetworkPolicy and quota."""
 
 from __future__ import annotations
 
