@@ -19,12 +19,16 @@ import signal
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import pytest
 import yaml
 
 from mesial.common.services import (
@@ -439,6 +443,30 @@ class ControlPlane:
     def stop(self) -> None:
         while self.running:
             self.running.pop().stop()
+
+
+@contextmanager
+def running_control_plane(
+    prefix: str, *, node_agent: bool = True, keep_env: str | None = None
+) -> Iterator[ClusterInfo]:
+    """A started :class:`ControlPlane` in a new directory ``/var/tmp/<prefix>*`` (outside /tmp:
+    pods bind a volume over /tmp), stopped on exit and its directory removed, unless ``keep_env``
+    names an environment variable that is ``1`` on exit (then the logs stay).
+
+    Missing binaries (:class:`ControlPlaneError` from the constructor) fail the test with
+    ``pytest.fail``; an error while starting stops what had started and propagates.
+    """
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
+    try:
+        plane = ControlPlane(base)
+    except ControlPlaneError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield plane.start(node_agent=node_agent)
+    finally:
+        plane.stop()
+        if keep_env is None or os.environ.get(keep_env) != "1":
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def kubectl(

@@ -12,10 +12,8 @@ import asyncio
 import datetime
 import json
 import os
-import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,7 +25,7 @@ import pytest
 import yaml
 
 from mesial.common import services as svc
-from tests.cluster.controlplane import BIN, ClusterInfo, ControlPlane, ControlPlaneError, kubectl
+from tests.cluster.controlplane import BIN, ClusterInfo, ControlPlaneError, kubectl, running_control_plane
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "mesial"
@@ -86,18 +84,9 @@ def cluster() -> Iterator[ClusterInfo]:
     for tool in ("kubectl", "helm"):
         if not (BIN / tool).exists():
             pytest.fail(f"{tool} is missing in {BIN}: run `make install`")
-    base = Path(tempfile.mkdtemp(prefix="mesial-e2e-", dir="/var/tmp"))
-    try:
-        plane = ControlPlane(base)
-    except ControlPlaneError as exc:
-        pytest.fail(str(exc))
-    try:
-        yield plane.start()
-    finally:
-        plane.stop()
-        # MESIAL_E2E_KEEP=1 keeps the logs (control plane, node agent, every pod's output).
-        if os.environ.get("MESIAL_E2E_KEEP") != "1":
-            shutil.rmtree(base, ignore_errors=True)
+    # MESIAL_E2E_KEEP=1 keeps the logs (control plane, node agent, every pod's output).
+    with running_control_plane("mesial-e2e-", keep_env="MESIAL_E2E_KEEP") as info:
+        yield info
 
 
 @pytest.fixture(scope="session")

@@ -24,42 +24,19 @@ import hvac
 import hvac.exceptions
 import pytest
 
-from mesial.aligner.samples import generate_case, write_case
 from mesial.common.objectstore import ObjectStore
 from mesial.common.settings import Settings
 from mesial.common.store_identity import TenantStoreIdentities
 from mesial.common.vault import TenantKeys
 from tests.e2e_cluster.conftest import Kube, Release, VaultSetup, eventually
-from tests.e2e_cluster.test_organization import organization, ready, receipts
-from tests.e2e_cluster.test_scanjob import root_settings
+from tests.e2e_cluster.test_organization import receipts
+from tests.e2e_cluster.test_scanjob import ready_organization_with_case, scanjob
 
 pytestmark = pytest.mark.usefixtures("operator_authorised")
 
 ORG = "e2e-del-run"
 NS = f"mesial-org-{ORG}"
 KEY = NS  # the tenant's transit key is named as its namespace
-
-
-def scanjob(name: str, ids: dict[str, str]) -> dict[str, Any]:
-    return {
-        "apiVersion": "mesial.dev/v1alpha1",
-        "kind": "ScanJob",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "scans": {"upper": ids["upper"], "lower": ids["lower"], "bites": [ids["bite"]]},
-            "timeouts": {"activeDeadlineSeconds": 900},
-            "retries": 0,
-        },
-    }
-
-
-async def upload(settings: Settings, files: dict[str, Path]) -> dict[str, str]:
-    ids: dict[str, str] = {}
-    async with ObjectStore(settings.store, TenantKeys(settings.vault)) as store:
-        for role in ("upper", "lower", "bite"):
-            ids[role] = f"big-{role}"
-            await store.put(ORG, f"scans/{ids[role]}", files[role].read_bytes())
-    return ids
 
 
 async def objects(settings: Settings) -> list[str]:
@@ -106,13 +83,11 @@ class Sampler:
 def test_deleting_an_organization_with_a_running_scanjob_waits_then_stops_it_before_shredding(
     kube: Kube, release: Release, vault: VaultSetup, seaweedfs: Any, cluster: Any, tmp_path: Path
 ) -> None:
-    kube.apply(organization(ORG))
-    eventually(lambda: ready(kube, ORG), timeout=120, what=f"Organization {ORG} Ready")
-    settings = root_settings(vault, seaweedfs)
     # Big arches, so the job runs long enough to be deleted mid-run (tens of seconds here).
-    files = write_case(generate_case(7, vertices=250_000), tmp_path)
-    ids = asyncio.run(upload(settings, files))
-    kube.apply(scanjob("long", ids))
+    settings, ids = ready_organization_with_case(
+        kube, vault, seaweedfs, tmp_path, ORG, seed=7, vertices=250_000, prefix="big"
+    )
+    kube.apply(scanjob(NS, "long", ids))
 
     def job_running() -> bool:
         status = (kube.get("scanjob", "long", "-n", NS) or {}).get("status") or {}

@@ -38,14 +38,35 @@ def root_settings(vault: VaultSetup, seaweedfs: Any) -> Settings:
     )
 
 
-async def upload(settings: Settings, files: dict[str, Path], prefix: str) -> dict[str, str]:
+async def upload(settings: Settings, org: str, files: dict[str, Path], prefix: str) -> dict[str, str]:
     """The tenant's scans, encrypted under its key, where the API would have put them."""
     ids: dict[str, str] = {}
     async with ObjectStore(settings.store, TenantKeys(settings.vault)) as store:
         for role in ("upper", "lower", "bite"):
             ids[role] = f"{prefix}-{role}"
-            await store.put(ORG, f"scans/{ids[role]}", files[role].read_bytes())
+            await store.put(org, f"scans/{ids[role]}", files[role].read_bytes())
     return ids
+
+
+def ready_organization_with_case(
+    kube: Kube,
+    vault: VaultSetup,
+    seaweedfs: Any,
+    tmp_path: Path,
+    org: str,
+    *,
+    seed: int,
+    vertices: int,
+    prefix: str,
+) -> tuple[Settings, dict[str, str]]:
+    """Organization ``org`` applied and Ready, and a generated case (``seed``, ``vertices`` per arch)
+    uploaded as its scans ``<prefix>-upper``, ``<prefix>-lower``, ``<prefix>-bite``: the root
+    settings used and the scan ids by role."""
+    kube.apply(organization(org))
+    eventually(lambda: ready(kube, org), timeout=120, what=f"Organization {org} Ready")
+    settings = root_settings(vault, seaweedfs)
+    files = write_case(generate_case(seed, vertices=vertices), tmp_path)
+    return settings, asyncio.run(upload(settings, org, files, prefix))
 
 
 async def read(settings: Settings, key: str) -> bytes:
@@ -54,17 +75,17 @@ async def read(settings: Settings, key: str) -> bytes:
     return data
 
 
-def scanjob(name: str, ids: dict[str, str]) -> dict[str, Any]:
+def scanjob(namespace: str, name: str, ids: dict[str, str], options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A ScanJob of the scans ``ids`` (by role), no retries; ``options`` only when given."""
+    spec: dict[str, Any] = {"scans": {"upper": ids["upper"], "lower": ids["lower"], "bites": [ids["bite"]]}}
+    if options is not None:
+        spec["options"] = options
+    spec |= {"timeouts": {"activeDeadlineSeconds": 900}, "retries": 0}
     return {
         "apiVersion": "mesial.dev/v1alpha1",
         "kind": "ScanJob",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "scans": {"upper": ids["upper"], "lower": ids["lower"], "bites": [ids["bite"]]},
-            "options": {"contactThresholdMm": 0.1, "optimiseBite": True},
-            "timeouts": {"activeDeadlineSeconds": 900},
-            "retries": 0,
-        },
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
     }
 
 
@@ -76,13 +97,11 @@ def phase(kube: Kube, name: str) -> str | None:
 def test_scanjob_runs_under_restricted_with_the_tenants_vault_role(
     kube: Kube, release: Release, vault: VaultSetup, seaweedfs: Any, cluster: Any, tmp_path: Path
 ) -> None:
-    kube.apply(organization(ORG))
-    eventually(lambda: ready(kube, ORG), timeout=120, what=f"Organization {ORG} Ready")
-    settings = root_settings(vault, seaweedfs)
-    files = write_case(generate_case(5, vertices=8_000), tmp_path)
-    ids = asyncio.run(upload(settings, files, "case1"))
+    settings, ids = ready_organization_with_case(
+        kube, vault, seaweedfs, tmp_path, ORG, seed=5, vertices=8_000, prefix="case1"
+    )
 
-    kube.apply(scanjob("case1", ids))
+    kube.apply(scanjob(NS, "case1", ids, {"contactThresholdMm": 0.1, "optimiseBite": True}))
     job = eventually(lambda: kube.get("job", "scanjob-case1", "-n", NS), timeout=60, what="the Job")
     pod_spec = job["spec"]["template"]["spec"]
     assert pod_spec["serviceAccountName"] == "mesial-aligner"

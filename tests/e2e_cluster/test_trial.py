@@ -7,10 +7,7 @@ by that script against this API server), and an Organization becomes Ready with 
 from __future__ import annotations
 
 import fcntl
-import os
-import shutil
 import socket
-import tempfile
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -20,7 +17,7 @@ import pytest
 import yaml
 
 from mesial.aligner.samples import generate_case, write_case
-from tests.cluster.controlplane import ClusterInfo, ControlPlane, ControlPlaneError
+from tests.cluster.controlplane import ClusterInfo, running_control_plane
 from tests.e2e_cluster.conftest import CHART, Kube, eventually, free_port, helm, refusals, service_url
 from tests.e2e_cluster.test_api import Client, printed_key, run_as_api
 from tests.e2e_cluster.test_organization import organization, ready
@@ -56,17 +53,8 @@ def trial_cluster() -> Iterator[ClusterInfo]:
         busy = [port for port in FIXED_PORTS if taken(port)]
         if busy:
             pytest.fail(f"ports {busy} are taken on this host: the trial's bundled services listen on fixed ports")
-        base = Path(tempfile.mkdtemp(prefix="mesial-e2e-trial-", dir="/var/tmp"))
-        try:
-            plane = ControlPlane(base)
-        except ControlPlaneError as exc:
-            pytest.fail(str(exc))
-        try:
-            yield plane.start()
-        finally:
-            plane.stop()
-            if os.environ.get("MESIAL_E2E_KEEP") != "1":
-                shutil.rmtree(base, ignore_errors=True)
+        with running_control_plane("mesial-e2e-trial-", keep_env="MESIAL_E2E_KEEP") as info:
+            yield info
 
 
 @pytest.fixture(scope="module")

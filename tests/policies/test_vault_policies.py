@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import json
 import secrets
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +35,7 @@ from mesial.common.provisioning import TenantProvisioner, role_name_for
 from mesial.common.settings import OperatorSettings, Settings, VaultSettings
 from mesial.common.tenancy import namespace_for, transit_key_for
 from mesial.common.vault import TenantKeys
-from tests.cluster.controlplane import ClusterInfo, ControlPlane, ControlPlaneError, kubectl
+from tests.cluster.controlplane import ClusterInfo, kubectl, running_control_plane
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "mesial"
@@ -81,13 +79,7 @@ def value(values: dict[str, str], key: str) -> str:
 @pytest.fixture(scope="module")
 def kube_api() -> Iterator[ClusterInfo]:
     """A real kube-apiserver (no node agent) whose TokenReview OpenBao's Kubernetes auth calls."""
-    base = Path(tempfile.mkdtemp(prefix="mesial-policies-", dir="/var/tmp"))
-    try:
-        plane = ControlPlane(base)
-    except ControlPlaneError as exc:
-        pytest.fail(str(exc))
-    try:
-        info = plane.start(node_agent=False)
+    with running_control_plane("mesial-policies-", node_agent=False) as info:
         kubectl(info.kubeconfig, "create", "serviceaccount", "vault-auth", "-n", "kube-system")
         kubectl(
             info.kubeconfig,
@@ -98,9 +90,6 @@ def kube_api() -> Iterator[ClusterInfo]:
             "--serviceaccount=kube-system:vault-auth",
         )
         yield info
-    finally:
-        plane.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @dataclass
