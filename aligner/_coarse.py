@@ -178,9 +178,10 @@ def search_along(
     its long axis by each of ``tilts_deg``, either way up. (A bite's centre lies
     between the two arches' buccal surfaces: about on the lower's outline and
     3 mm inside the upper's, which is wider; its deepest point belongs to
-    whichever arch overhangs.) Unlike :func:`search_bite` (support point of the outline in each
-    direction) this follows any arch shape: a strip on the canine-premolar curve
-    of a real arch faces a direction whose support point lies on the molars.
+    whichever arch overhangs.) Unlike placing the strip at the outline's support point in
+    its facing direction (the former search), this follows any arch shape: a strip on the
+    canine-premolar curve of a real arch faces a direction whose support point lies on the
+    molars.
 
     Every pose is scored on the first ``coarse_probes`` probes; the best ``rescore_share``
     of them (at least ``keep``) again on all. Returns the best ``keep`` poses of each way up

@@ -131,10 +131,10 @@ class OcclusionParams:
     max_correction_mm: float = 0.5
     max_correction_deg: float = 1.5
     optimise_iterations: int = 15
-    # Points within this distance of the antagonist take part in the optimisation.
+    # Upper bound on the band of lower-arch vertices the optimisation uses: every vertex closer
+    # to the upper than min(this, contact threshold + occlusion.REACH_MM) takes part (all of
+    # them, so which ones does not depend on the vertex order).
     optimise_band_mm: float = 0.6
-    # At most about this many of them besides the penetrating ones (evenly spaced).
-    optimise_points: int = 3000
     # Share of the arch depth (from the front) counted as the anterior region.
     anterior_share: float = 0.3
 
