@@ -8,7 +8,16 @@ import kopf
 
 from mesial.operator.errors import to_kopf
 from mesial.operator.runtime import Runtime
-from mesial.operator.sync.retention import POLICY, Delivery, admit, deliver, pending_receipts, sweep, sweep_due
+from mesial.operator.sync.retention import (
+    POLICY,
+    Delivery,
+    admit,
+    deliver,
+    pending_receipts,
+    settle_intents,
+    sweep,
+    sweep_due,
+)
 
 PLURAL = ("mesial.dev", "v1alpha1", "retentionpolicies")
 
@@ -74,6 +83,27 @@ async def resend(runtime: Runtime, body: kopf.Body) -> None:
     report_delivery(body, delivery)
 
 
+async def policy_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    runtime: Runtime = memo.runtime
+    # the receipts it still owes go first: deleting the policy must not lose them
+    pending = pending_receipts(body.get("status") or {})
+    if not pending:
+        return
+    tenant, admission = await admit(runtime.k8s, body, runtime.settings)
+    if tenant is None:
+        message = f"{len(pending)} receipt(s) owed, the tenant is gone ({admission['reason']}): not sent"
+        kopf.event(body, type="Warning", reason="ReceiptsUnsent", message=message)
+        return
+    await settle_intents(runtime, body, tenant, pending)
+    delivery = await deliver(runtime, tenant, pending)
+    await _write(runtime, body, {"pendingReceipts": pending})
+    report_delivery(body, delivery)
+    if pending:
+        raise kopf.TemporaryError(
+            f"{len(pending)} receipt(s) still owed", delay=runtime.settings.operator.retry_delay_s
+        )
+
+
 def report_delivery(body: kopf.Body, delivery: Delivery) -> None:
     """A Warning Event per receipt the chain refused (409) and for a round that stopped on a failure."""
     for subject in delivery.conflicts:
@@ -87,7 +117,13 @@ def report_delivery(body: kopf.Body, delivery: Delivery) -> None:
         kopf.event(body, type="Warning", reason="ReceiptPending", message=delivery.failure[:400])
 
 
+def _owes(body: kopf.Body, **_: Any) -> bool:
+    return bool(pending_receipts(body.get("status") or {}))
+
+
 def register(registry: kopf.OperatorRegistry, tick: float) -> None:
     kopf.on.create(*PLURAL, id="admit", registry=registry)(policy_admitted)
     kopf.on.resume(*PLURAL, id="admit", registry=registry)(policy_admitted)
     kopf.timer(*PLURAL, id="sweep", registry=registry, interval=tick)(policy_sweep)
+    # run on deletion only while receipts are owed; kopf's finalizer holds the policy until it succeeds
+    kopf.on.delete(*PLURAL, id="receipts", registry=registry, when=_owes)(policy_deleted)

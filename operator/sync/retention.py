@@ -9,7 +9,8 @@ the collector takes it (201, or 200: it holds it already). Each tick sends what 
 a 409 (the chain holds a different receipt) is reported and dropped. An intent a crash left
 behind is resolved from the store at the next sweep: what it planned and is gone is receipted.
 The list is bounded (:data:`MAX_PENDING`): a sweep deletes only as many resources as there is
-room for receipts, the rest wait."""
+room for receipts, the rest wait. A policy being deleted is held (kopf's finalizer) until what it
+owes is sent."""
 
 from __future__ import annotations
 
@@ -260,6 +261,14 @@ def _finish_intents(pending: list[dict[str, Any]], policy: str, max_age_days: in
             entry["time"] = entry.get("time") or format_time(datetime.now(UTC))
         else:
             pending.remove(entry)
+
+
+async def settle_intents(rt: Runtime, body: Any, org: str, pending: list[dict[str, Any]]) -> None:
+    """Intents left behind, made receipts for what they planned and is gone (a policy being deleted
+    sweeps no more: what is left of them is dropped)."""
+    await _resolve_intents(rt, org, pending)
+    days = (body.get("spec") or {}).get("maxAgeDays", 90)
+    _finish_intents(pending, body["metadata"]["name"], days if isinstance(days, int) else 0)
 
 
 def _fold(pending: list[dict[str, Any]], events: list[AuditEvent]) -> None:

@@ -293,3 +293,34 @@ async def test_a_ready_phase_without_the_tenants_boundary_does_not_admit_a_scanj
     await k8s.delete("networking.k8s.io/v1", "NetworkPolicy", "mesial-default-deny", ns)
     with pytest.raises(TenantNotReady, match="mesial-default-deny"):
         await tenant_of(k8s, ns, harness.runtime.settings)
+
+
+async def test_a_deleted_policy_sends_what_it_owes_first(harness: Harness, org_name) -> None:
+    org = org_name("owes")
+    sink = FlakySink(harness.runtime.audit, "retention.deleted", fail=10**6)
+    harness.runtime.audit = sink
+    ns = await _tenant_with_old_scan(harness, org)
+    await harness.client.create(policy("retention", ns, sweepInterval="1h"))
+
+    async def owed() -> list[dict[str, Any]] | None:
+        entries = (await pstatus(harness.client, ns, "retention")).get("pendingReceipts")
+        return entries if entries and "details" in entries[0] else None
+
+    await eventually(owed)
+
+    await harness.client.delete(*POLICY, "retention", ns)
+    tries = len(sink.attempts)
+
+    async def tried_again() -> bool:
+        return len(sink.attempts) >= tries + 2
+
+    await eventually(tried_again)
+    assert await harness.client.get(*POLICY, "retention", ns) is not None  # held while the receipt is owed
+    sink.fail = 0
+
+    async def gone() -> bool:
+        return await harness.client.get(*POLICY, "retention", ns) is None
+
+    await eventually(gone)
+    (receipt,) = [e for e in sink.read() if e["action"] == "retention.deleted"]
+    assert receipt["resource_id"] == "s1"
