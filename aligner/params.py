@@ -102,6 +102,11 @@ class AlignParams:
     strong_bite_min_fitness: float = 0.9
     # Each arch must explain at least this share of every bite scan.
     min_arch_share: float = 0.12
+    # A bite scan must span at least this along its longest principal axis: a fragment of one or
+    # two teeth fits many places of an arch equally well (a 10 mm range-image fragment was placed
+    # 27 mm off with fitness 0.97); buccal bite scans span canine to molar (32-62 mm on the
+    # 3D-IOSSeg train constructions, generated strips alike).
+    min_bite_length_mm: float = 20.0
     max_inlier_rmse_mm: float = 0.12
     # The arch fitting a bite worse must stay within this factor of the other's
     # inlier RMSE (plus residual_floor_mm, for very clean scans).

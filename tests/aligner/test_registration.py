@@ -86,3 +86,40 @@ def test_a_bad_second_bite_leaves_the_reference_bite_alone(small_case):
     truth = invert(case.truth["upper"]) @ case.truth["lower"]
     tre = relative_error(estimate, truth, case.lower.vertices)
     assert np.sqrt(np.mean(tre**2)) < 0.05
+
+
+def test_a_bite_fragment_is_never_enough(small_case):
+    """A bite scan of about one tooth (10 mm) fits many places of an arch: never ``ok``.
+
+    Found on a real arch pair: a 10 mm range-image fragment was placed 27 mm off with 97 % of its
+    points on the arches. The reason names the measured span.
+    """
+    from mesial.aligner.registration import principal_length
+
+    case = small_case
+    source = case.bites[0]
+    centre = source.vertices.mean(axis=0)
+    keep = np.linalg.norm(source.vertices - centre, axis=1) < 5.0
+    faces = source.faces[keep[source.faces].all(axis=1)]
+    used = np.unique(faces)
+    index = np.full(len(source.vertices), -1)
+    index[used] = np.arange(len(used))
+    fragment = scan_from_arrays(source.vertices[used], index[faces], "bite", orient=False)
+    assert principal_length(fragment.vertices) < 10.5
+    upper = scan_from_arrays(case.upper.vertices, case.upper.faces, "upper")
+    lower = scan_from_arrays(case.lower.vertices, case.lower.faces, "lower")
+    result = align_scans(upper, lower, [fragment])
+    assert result.status == "not_confident"
+    assert any("spans only" in reason and "< 20 mm" in reason for reason in result.reasons), result.reasons
+
+
+def test_principal_length_is_the_extent_along_the_longest_axis():
+    rng = np.random.default_rng(1)
+    line = np.stack([np.linspace(0, 30, 200), rng.normal(0, 0.5, 200), rng.normal(0, 0.5, 200)], axis=1)
+    from mesial.aligner.registration import principal_length
+    from mesial.aligner.transforms import exp_se3
+
+    turned = line @ exp_se3(np.array([0.4, -1.1, 0.7, 5.0, 3.0, -2.0]))[:3, :3].T
+    assert abs(principal_length(line) - principal_length(turned)) < 1e-9
+    assert 29.5 < principal_length(line) < 30.5
+    assert principal_length(line[:1]) == 0.0
