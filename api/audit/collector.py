@@ -2,7 +2,9 @@
 
 Linearity under concurrent writers: appends to one tenant's chain are serialized by an
 in-process lock and, on PostgreSQL, by a transaction-scoped advisory lock on the tenant
-(several API replicas), and ``UNIQUE (tenant, sequence)`` refuses any fork that slipped
+(several API replicas), on SQLite by the database's write lock, taken at the transaction's
+start (other processes on the file: ``mesial admin`` beside a local-mode server; see
+:mod:`mesial.api.db`), and ``UNIQUE (tenant, sequence)`` refuses any fork that slipped
 through. The tables are append-only by database triggers (``api/migrations``).
 """
 
@@ -18,8 +20,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tortoise.queryset import QuerySet
-from tortoise.transactions import in_transaction
 
+from mesial.api.db import write_transaction
 from mesial.api.models import AuditCheckpoint, AuditEventRow
 from mesial.common import audit
 from mesial.common.audit import GENESIS_HASH, AuditEvent, canonical, chain_hash, format_time
@@ -94,7 +96,7 @@ class AuditCollector:
         replica. Returns the chain's record and whether it is new."""
         body = event.as_dict()
         body["details"] = json.loads(canonical(body["details"]))
-        async with self._locks[event.tenant], in_transaction() as conn:
+        async with self._locks[event.tenant], write_transaction() as conn:
             if self.dialect == "postgres":
                 await conn.execute_query("SELECT pg_advisory_xact_lock($1)", [_lock_key(event.tenant)])
             if held is not None:

@@ -7,9 +7,9 @@ from datetime import timedelta
 from typing import Any
 
 from tortoise.exceptions import IntegrityError as DbIntegrityError
-from tortoise.transactions import in_transaction
 
 from mesial.api.auth import issue_key, new_member
+from mesial.api.db import write_transaction
 from mesial.api.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from mesial.api.models import ApiKey, Member, Organization
 from mesial.api.services.ingest import grant_for
@@ -90,7 +90,7 @@ async def issue_platform_key(
     write lock on SQLite), so of two simultaneous first-key (or break-glass) requests the
     second sees the member the first created and is refused.
     """
-    async with in_transaction():
+    async with write_transaction():
         # the lock: a write to the organization's row, held until commit
         await Organization.filter(id=org.id).update(name=org.name)
         org = await Organization.get(id=org.id)  # read under the lock (break_glass_allowed may have changed)

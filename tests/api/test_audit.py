@@ -4,6 +4,7 @@ internal ingestion, signed checkpoints, export and offline verification against 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -305,13 +306,14 @@ APPENDER = """
 import asyncio, sys
 from mesial.api.app import _current, open_database
 from mesial.api.audit.collector import AuditCollector
+from mesial.api.migrations import dialect_of
 from mesial.common.audit import AuditEvent
 from mesial.common.settings import Settings
 
 async def main(url, tenant, count, who):
     context = await open_database(Settings(database_url=url), migrate=False)
     with _current(context):
-        collector = AuditCollector(None, "postgres")
+        collector = AuditCollector(None, dialect_of(context.db()))
         await asyncio.gather(*(
             collector.append(AuditEvent(tenant, f"service:{who}", "test.multiprocess", "scan", f"r{who}{i}"))
             for i in range(count)
@@ -335,6 +337,45 @@ async def test_chain_stays_linear_across_processes_on_postgres(pg: Harness) -> N
     report = verify_export(lines)
     assert report.ok, str(report)
     assert sum(e["action"] == "test.multiprocess" for e in events(lines)) == 120
+
+
+async def test_appends_of_other_connections_wait_instead_of_failing(api: Harness) -> None:
+    """Other connections to the same database (``mesial admin`` beside a local-mode server on one
+    SQLite file, a second app) append to the chain while this app does: every append waits its turn
+    (SQLite: the write lock taken at the transaction's start, not a read snapshot that another
+    connection's commit makes stale, which SQLite refuses at once as "database is locked")."""
+    org, admin = await api.new_org()
+    url = api.runtime.settings.database_url
+
+    async def here(i: int) -> None:
+        from mesial.common.audit import AuditEvent
+
+        with db_context(api.app):
+            await api.runtime.collector.append(AuditEvent(org, "service:here", "test.multiprocess", "scan", f"h{i}"))
+
+    processes = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", APPENDER, url, org, "40", f"p{n}", stderr=asyncio.subprocess.PIPE
+        )
+        for n in range(2)
+    ]
+    waited = asyncio.gather(*(process.communicate() for process in processes))
+    appended, failed = 0, []
+    while not waited.done() and not failed:  # this app appends for as long as the others do
+        found = await asyncio.gather(*(here(appended + i) for i in range(4)), return_exceptions=True)
+        failed += [repr(error) for error in found if error is not None]
+        appended += 4 - len([error for error in found if error is not None])
+    if failed:  # before the fix: "database is locked"
+        for process in processes:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+    results = await waited
+    assert failed == []
+    assert [process.returncode for process in processes] == [0, 0], [err.decode()[-1500:] for _, err in results]
+    lines = await export(api, admin)
+    report = verify_export(lines)
+    assert report.ok, str(report)
+    assert sum(e["action"] == "test.multiprocess" for e in events(lines)) == 80 + appended
 
 
 async def test_refused_link_downloads_are_in_the_data_owners_chain(api: Harness) -> None:
