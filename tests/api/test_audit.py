@@ -360,7 +360,8 @@ async def test_appends_of_other_connections_wait_instead_of_failing(api: Harness
         for n in range(2)
     ]
     waited = asyncio.gather(*(process.communicate() for process in processes))
-    appended, failed = 0, []
+    appended = 0
+    failed: list[str] = []
     while not waited.done() and not failed:  # this app appends for as long as the others do
         found = await asyncio.gather(*(here(appended + i) for i in range(4)), return_exceptions=True)
         failed += [repr(error) for error in found if error is not None]
