@@ -485,6 +485,14 @@ class JointFit:
     iterations : int
     sigma_mm : float
         Final robust residual scale.
+    converged : bool
+        The loop stopped because an update moved the arches less than its
+        threshold; False when it stopped at its iteration cap (or ran out of
+        correspondences), so the poses may still be moving.
+    update_mm : float
+        How far the last update moved a point 25 mm from the centre of the moved points.
+    plane_stage : JointFit or None
+        The fine step's plane stage that preceded this exact stage (``registration._refine``).
     """
 
     bite_to_upper: tuple[FloatArray, ...]
@@ -492,6 +500,9 @@ class JointFit:
     bites: tuple[BiteFit, ...]
     iterations: int
     sigma_mm: float
+    converged: bool = False
+    update_mm: float = float("inf")
+    plane_stage: JointFit | None = None
 
 
 def refine_joint(
@@ -541,6 +552,7 @@ def refine_joint(
     gate = max_distance_mm or params.fine_max_distance_mm
     sigma = gate / 3.0
     iterations = 0
+    converged, motion = False, float("inf")
     for iterations in range(1, (max_iterations or params.max_iterations) + 1):  # noqa: B007
         hessian = np.zeros((n_unknowns, n_unknowns))
         gradient = np.zeros(n_unknowns)
@@ -583,13 +595,14 @@ def refine_joint(
             for i in range(0, n_unknowns, 6)
         )
         if motion < (threshold_mm or params.threshold_mm):
+            converged = True
             break
     fits = tuple(
         _bite_fit(source, pose, upper, lower, lower_pose, params.inlier_distance_mm)
         for source, pose in zip(bites, poses, strict=True)
         if evaluate
     )
-    return JointFit(tuple(poses), lower_pose, fits, iterations, sigma)
+    return JointFit(tuple(poses), lower_pose, fits, iterations, sigma, converged, motion)
 
 
 def _match(

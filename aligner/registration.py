@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -290,7 +290,11 @@ def _refine(
     lower_to_upper: FloatArray,
     params: AlignParams,
 ) -> JointFit:
-    """Joint fine step: nearest-vertex planes until the poses settle, then exact closest points."""
+    """Joint fine step: nearest-vertex planes until the poses settle, then exact closest points.
+
+    The result is the exact stage's fit, with the plane stage's in ``plane_stage`` (whether
+    each stage converged is checked by :func:`_reasons`).
+    """
     rough = refine_joint(
         rough_points, planes["upper"], planes["lower"], bite_to_upper, lower_to_upper, params,
         threshold_mm=params.plane_threshold_mm, evaluate=False,
@@ -302,7 +306,7 @@ def _refine(
     )  # fmt: skip
     if fit.lower_to_upper is None:  # pragma: no cover - refine_joint always returns it with a lower arch
         raise AlignmentError("the joint fine step returned no lower pose")
-    return fit
+    return replace(fit, plane_stage=rough)
 
 
 def _registration(
@@ -647,6 +651,15 @@ def _reasons(
     evidence: list[BiteEvidence], fit: JointFit, params: AlignParams, candidates: list[FloatArray]
 ) -> list[str]:
     reasons = []
+    stages = (("plane", fit.plane_stage, params.max_iterations, params.plane_threshold_mm),
+              ("exact", fit, params.exact_iterations, params.threshold_mm))  # fmt: skip
+    for name, stage, cap, tolerance in stages:
+        if stage is not None and not stage.converged:
+            reasons.append(
+                f"the fine step's {name} stage did not converge: it stopped after {stage.iterations} "
+                f"iterations (cap {cap}) with the last update still moving the arches "
+                f"{stage.update_mm:.4f} mm (tolerance {tolerance} mm)"
+            )
     for item in evidence:
         if item.margin < params.min_margin:
             reasons.append(
@@ -690,5 +703,12 @@ def summary(registration: Registration) -> dict[str, Any]:
         "evidence": [item.__dict__ for item in registration.evidence],
         "bites": [bite.__dict__ for bite in registration.fit.bites],
         "iterations": registration.fit.iterations,
+        "converged": registration.fit.converged,
+        "plane_stage": None
+        if registration.fit.plane_stage is None
+        else {
+            "iterations": registration.fit.plane_stage.iterations,
+            "converged": registration.fit.plane_stage.converged,
+        },
         "sigma_mm": registration.fit.sigma_mm,
     }

@@ -103,7 +103,7 @@ def test_lower_arch_in_a_nearby_wrong_pose_is_caught(small_case: SampleCase) -> 
             _bite_fit(b, p, upper, lower, lower_pose, params.inlier_distance_mm)
             for b, p in zip(bites, poses, strict=True)
         )
-        return JointFit(poses, lower_pose, fits, 1, 0.02)
+        return JointFit(poses, lower_pose, fits, 1, 0.02, converged=True, update_mm=0.0)
 
     assert _reasons(evidence, fit(truth), params, [truth, truth]) == []
     wrong = exp_se3(np.array([0.0, 0.0, 0.0, 0.3, 0.0, 0.0])) @ truth

@@ -5,8 +5,9 @@ import numpy as np
 from mesial.aligner._features import voxel_representatives
 from mesial.aligner._icp import SurfaceTarget, refine_joint
 from mesial.aligner.params import AlignParams
-from mesial.aligner.pipeline import align_scans
+from mesial.aligner.pipeline import AlignmentResult, align_scans
 from mesial.aligner.registration import relative_error
+from mesial.aligner.samples import SampleCase
 from mesial.aligner.transforms import exp_se3, invert
 from mesial.aligner.validate import scan_from_arrays
 
@@ -123,3 +124,31 @@ def test_principal_length_is_the_extent_along_the_longest_axis():
     assert abs(principal_length(line) - principal_length(turned)) < 1e-9
     assert 29.5 < principal_length(line) < 30.5
     assert principal_length(line[:1]) == 0.0
+
+
+def _align(case: SampleCase, params: AlignParams | None = None) -> AlignmentResult:
+    upper = scan_from_arrays(case.upper.vertices, case.upper.faces, "upper")
+    lower = scan_from_arrays(case.lower.vertices, case.lower.faces, "lower")
+    bites = [scan_from_arrays(b.vertices, b.faces, "bite", orient=False) for b in case.bites]
+    return align_scans(upper, lower, bites, params=params)
+
+
+def test_a_fine_step_stopped_at_its_cap_is_not_confident(small_case):
+    """Never confidently wrong: a plane stage cut off after 1 iteration reports that it did not converge."""
+    result = _align(small_case, AlignParams(max_iterations=1))
+    assert result.status == "not_confident"
+    assert result.registration is not None
+    stage = result.registration.fit.plane_stage
+    assert stage is not None and not stage.converged and stage.iterations == 1
+    assert any("plane stage did not converge" in reason for reason in result.reasons), result.reasons
+
+
+def test_the_fine_step_converges_on_a_generated_case(small_case):
+    """Both fine stages stop because the update became small, not at their caps, and the result is ok."""
+    result = _align(small_case)
+    assert result.status == "ok", result.reasons
+    assert result.registration is not None
+    fit = result.registration.fit
+    assert fit.plane_stage is not None and fit.plane_stage.converged
+    assert fit.plane_stage.iterations < AlignParams().max_iterations
+    assert fit.converged and fit.update_mm < AlignParams().threshold_mm
