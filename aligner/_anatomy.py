@@ -164,27 +164,24 @@ def _filtered(values: FloatArray, size: int, how: str) -> FloatArray:
     return np.asarray(np.median(windows, axis=1) if how == "median" else windows.mean(axis=1), dtype=np.float64)
 
 
-def buccal_outline(points: FloatArray, *, band_mm: float, step_mm: float, bin_deg: float = 2.0) -> FloatArray:
-    """Samples of an arch's buccal outline in its canonical frame, with their buccal directions.
+def outline_polyline(points: FloatArray, *, band_mm: float, bin_deg: float = 2.0) -> FloatArray:
+    """The buccal outline of the points within ``band_mm`` of ``z = 0``, as a polyline.
 
-    The outline of the points within ``band_mm`` of the occlusal table (``z = 0``): seen
-    from a centre inside the U (on ``x = 0``, 40 % of the depth from the posterior
-    ends), per ``bin_deg`` of angle the 98th percentile radius, smoothed over five
-    bins (median, then mean); the U is the longest run of filled bins through the
-    anterior direction, cut where the outline turns to face backwards behind the last
-    molars. (The same curve as ``rangescan.ArchPath``, without SciPy.)
+    Seen from a centre inside the U (on ``x = 0``, 40 % of the depth from the posterior
+    ends), per ``bin_deg`` of angle the 98th percentile radius, smoothed over five bins
+    (median, then mean; NumPy only, so the aligner loads no SciPy filters); the U is the
+    longest run of filled bins through the anterior direction (missing incisors leave the
+    front bins empty), cut where the outline turns to face backwards behind the last molars.
 
     Parameters
     ----------
     points : (n, 3) float, millimetres, canonical frame of one arch (or of two facing arches)
-    band_mm, step_mm : float
-        Height band about ``z = 0``; spacing of the samples along the outline.
+    band_mm, bin_deg : float
 
     Returns
     -------
-    outline : (2, k, 3) float
-        Sample points (``z = 0``) and unit buccal directions (in the plane), from the
-        left posterior end to the right.
+    xy : (k, 2) float, k >= 2
+        Outline vertices (mm) from the left posterior end to the right.
     """
     near = points[np.abs(points[:, 2]) < band_mm][:, :2]
     if len(near) < 10:
@@ -228,6 +225,32 @@ def buccal_outline(points: FloatArray, *, band_mm: float, step_mm: float, bin_de
     xy = xy[keep]
     if len(xy) < 2:
         raise ValueError("no arch outline: fewer than two outline samples")
+    return xy
+
+
+def buccal_outline(points: FloatArray, *, band_mm: float, step_mm: float, bin_deg: float = 2.0) -> FloatArray:
+    """Samples of an arch's buccal outline in its canonical frame, with their buccal directions.
+
+    The outline of the points within ``band_mm`` of the occlusal table (``z = 0``): seen
+    from a centre inside the U (on ``x = 0``, 40 % of the depth from the posterior
+    ends), per ``bin_deg`` of angle the 98th percentile radius, smoothed over five
+    bins (median, then mean); the U is the longest run of filled bins through the
+    anterior direction, cut where the outline turns to face backwards behind the last
+    molars (:func:`outline_polyline`, which ``rangescan.ArchPath`` draws too).
+
+    Parameters
+    ----------
+    points : (n, 3) float, millimetres, canonical frame of one arch (or of two facing arches)
+    band_mm, step_mm : float
+        Height band about ``z = 0``; spacing of the samples along the outline.
+
+    Returns
+    -------
+    outline : (2, k, 3) float
+        Sample points (``z = 0``) and unit buccal directions (in the plane), from the
+        left posterior end to the right.
+    """
+    xy = outline_polyline(points, band_mm=band_mm, bin_deg=bin_deg)
     arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(xy, axis=0), axis=1))])
     s = np.arange(0.0, arc[-1], step_mm)
     x, y = np.interp(s, arc, xy[:, 0]), np.interp(s, arc, xy[:, 1])

@@ -21,6 +21,8 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from mesial.aligner._anatomy import outline_polyline
+
 FloatArray = NDArray[np.float64]
 # A scanner returns nothing where the ray meets the surface more obliquely than this.
 GRAZING_DEG = 78.0
@@ -63,51 +65,10 @@ class ArchPath:
     def from_points(cls, points: FloatArray, *, band_mm: float = 3.0, step_deg: float = 2.0) -> ArchPath:
         """The outline of the points within ``band_mm`` of ``z = 0``.
 
-        The centre is inside the U (on ``x = 0``, 40 % of the depth from the
-        posterior ends); per angle bin the farthest point is on the buccal
-        surface; the radii are smoothed over five bins.
+        :func:`mesial.aligner._anatomy.outline_polyline`: the curve the global step
+        searches along.
         """
-        from scipy.ndimage import median_filter, uniform_filter1d
-
-        near = points[np.abs(points[:, 2]) < band_mm][:, :2]
-        y_low, y_high = np.percentile(near[:, 1], [1, 99])
-        centre = np.array([0.0, y_low + 0.4 * (y_high - y_low)])
-        offset = near - centre
-        angle = np.degrees(np.arctan2(offset[:, 0], offset[:, 1]))  # 0 = anterior, + = right
-        radius = np.linalg.norm(offset, axis=1)
-        edges = np.arange(-180.0, 180.0 + 1e-9, step_deg)
-        which = np.digitize(angle, edges) - 1
-        best = np.full(len(edges) - 1, np.nan)
-        counts = np.bincount(which, minlength=len(edges) - 1)
-        for i in np.flatnonzero(counts >= 3):
-            best[i] = np.percentile(radius[which == i], 98)
-        centres = (edges[:-1] + edges[1:]) / 2
-        # the U: the longest run of filled bins through the anterior direction
-        filled = np.isfinite(best)
-        if not filled.any():
-            raise ValueError("no points near the occlusal plane: no arch outline")
-        # the filled bin nearest the anterior direction (missing incisors leave the front bins empty)
-        mid = int(np.flatnonzero(filled)[np.argmin(np.abs(centres[filled]))])
-        lo = hi = mid
-        while lo > 0 and filled[lo - 1]:
-            lo -= 1
-        while hi < len(best) - 1 and filled[hi + 1]:
-            hi += 1
-        theta = np.radians(centres[lo : hi + 1])
-        r = uniform_filter1d(median_filter(best[lo : hi + 1], size=5, mode="nearest"), 5, mode="nearest")
-        xy = centre + np.stack([r * np.sin(theta), r * np.cos(theta)], axis=1)
-        # the posterior ends: stop where the outline turns to face backwards (behind the last molars)
-        step = np.diff(xy, axis=0)
-        backwards = step[:, 1] / np.maximum(np.linalg.norm(step, axis=1), 1e-12)
-        keep = np.ones(len(xy), dtype=bool)
-        half = len(xy) // 2
-        left = np.flatnonzero(backwards[:half] > -0.3)  # left side runs forwards (+y) until the front
-        right = np.flatnonzero(backwards[half:] < 0.3)  # right side runs backwards (-y) after it
-        if len(left):
-            keep[: left[0]] = False
-        if len(right):
-            keep[half + right[-1] + 2 :] = False
-        xy = xy[keep]
+        xy = outline_polyline(points, band_mm=band_mm, bin_deg=step_deg)
         arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(xy, axis=0), axis=1))])
         return cls(np.asarray(xy, dtype=np.float64), np.asarray(arc, dtype=np.float64))
 
