@@ -231,7 +231,7 @@ def register_bite(
         if item.margin < params.min_margin and runner_up is not None:
             evidence[k] = _resolve(item, fine_points[k], fine, (bite_to_upper[k], candidates[k][1]), runner_up, params)
     reasons = _reasons(evidence, fit, params, [pose for _, pose in candidates]) + ([conflict] if conflict else [])
-    reasons += [reason for k in sorted(too_short) for reason in too_short[k]]
+    reasons += [too_short[k] for k in sorted(too_short)]
     if (
         reasons
         and len(bites) == 2
@@ -248,26 +248,28 @@ def register_bite(
         alone = _refine(rough_points[:1], alone_fine, planes, fine, bite_to_upper[:1], candidates[0][1], params)
         timings["refine_reference_bite"] = time.perf_counter() - clock
         strong = alone.bites[0].fitness >= params.strong_bite_min_fitness
-        alone_reasons = _reasons(evidence[:1], alone, params, [candidates[0][1]]) + too_short.get(0, [])
+        alone_reasons = _reasons(evidence[:1], alone, params, [candidates[0][1]])
+        if 0 in too_short:
+            alone_reasons.append(too_short[0])
         if strong and not alone_reasons:
             return _registration(alone, evidence[:1], (), timings)
     return _registration(fit, evidence, tuple(reasons), timings)
 
 
-def _short_bites(bites: list[Scan], params: AlignParams) -> dict[int, list[str]]:
+def _short_bites(bites: list[Scan], params: AlignParams) -> dict[int, str]:
     """Bites too short to place the arches, by index, each with its reason.
 
     A bite's length is the extent (mm) of its vertices along their longest principal axis:
     independent of the file's pose and vertex order.
     """
-    short: dict[int, list[str]] = {}
+    short: dict[int, str] = {}
     for k, bite in enumerate(bites):
         length = principal_length(bite.vertices)
         if length < params.min_bite_length_mm:
-            short[k] = [
+            short[k] = (
                 f"bite {k} spans only {length:.1f} mm (< {params.min_bite_length_mm:.0f} mm): "
                 "too little of the arches to place them"
-            ]
+            )
     return short
 
 
