@@ -198,10 +198,9 @@ async def test_an_intent_left_by_a_crash_becomes_the_receipt(harness: Harness, o
     assert not (await pstatus(k8s, ns, "retention")).get("pendingReceipts")
 
 
-async def test_an_organization_receipt_is_sent_until_taken(harness: Harness, org_name) -> None:
-    org = org_name("retry")
+async def created_and_deleted(harness: Harness, org: str, sink: FlakySink) -> None:
+    """Audit through ``sink``; an Organization created, Ready, deleted and gone."""
     k8s = harness.client
-    sink = FlakySink(harness.runtime.audit, "organization.deleted", fail=2)
     harness.runtime.audit = sink
     await k8s.create(organization(org))
     await eventually(lambda: ready(k8s, org))
@@ -211,6 +210,12 @@ async def test_an_organization_receipt_is_sent_until_taken(harness: Harness, org
         return await k8s.get(*ORG, org) is None
 
     await eventually(gone, timeout=30)
+
+
+async def test_an_organization_receipt_is_sent_until_taken(harness: Harness, org_name) -> None:
+    org = org_name("retry")
+    sink = FlakySink(harness.runtime.audit, "organization.deleted", fail=2)
+    await created_and_deleted(harness, org, sink)
     (receipt,) = [e for e in sink.read() if e["action"] == "organization.deleted" and e["tenant"] == org]
     # three sends, one receipt: the same details each time (the collector would say 409 otherwise)
     assert len(sink.attempts) == 3 and len({tuple(sorted(e.details.items())) for e in sink.attempts}) == 1
@@ -222,15 +227,7 @@ async def test_an_organization_receipt_conflict_is_a_warning(harness: Harness, o
     k8s = harness.client
     before = RECEIPTS.labels("organization", "conflict")._value.get()
     sink = FlakySink(harness.runtime.audit, "organization.deleted", fail=10**6, code=409)
-    harness.runtime.audit = sink
-    await k8s.create(organization(org))
-    await eventually(lambda: ready(k8s, org))
-    await k8s.delete(*ORG, org)
-
-    async def gone() -> bool:
-        return await k8s.get(*ORG, org) is None
-
-    await eventually(gone, timeout=30)
+    await created_and_deleted(harness, org, sink)
     assert len(sink.attempts) == 1
     assert RECEIPTS.labels("organization", "conflict")._value.get() == before + 1
     assert [e["type"] for e in await events(k8s, org) if e.get("reason") == "ReceiptConflict"] == ["Warning"]
