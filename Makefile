@@ -37,7 +37,7 @@ test: install cluster-tools ## Run the whole test suite against real services an
 e2e: install cluster-tools ## End-to-end on a real control plane built from Go modules (chart, operator, tenant lifecycle)
 	$(PY) -m pytest tests/e2e_cluster $(PYTEST_ARGS)
 
-e2e-kind: install ## kind end-to-end: cluster, CRDs, operator, examples (needs Docker; says so and stops where it is missing)
+e2e-kind: install ## The e2e scenarios of `make e2e` on a kind cluster with the `make image` image (needs Docker; exits 2 saying so without it)
 	bash scripts/e2e-kind.sh
 
 cluster-tools: ## Build etcd, kube-apiserver, kube-controller-manager, kube-scheduler (tests/cluster/go.mod) into .tools/bin

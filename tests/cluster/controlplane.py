@@ -454,12 +454,13 @@ def running_control_plane(
     names an environment variable that is ``1`` on exit (then the logs stay).
 
     Missing binaries (:class:`ControlPlaneError` from the constructor) fail the test with
-    ``pytest.fail``; an error while starting stops what had started and propagates.
+    ``pytest.fail`` (the new directory removed); an error while starting stops what had started and propagates.
     """
     base = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
     try:
         plane = ControlPlane(base)
     except ControlPlaneError as exc:
+        shutil.rmtree(base, ignore_errors=True)
         pytest.fail(str(exc))
     try:
         yield plane.start(node_agent=node_agent)

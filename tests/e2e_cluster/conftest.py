@@ -1,6 +1,7 @@
-"""The e2e stack: a real control plane (tests/cluster), OpenBao with its Kubernetes auth against it,
-SeaweedFS, and the chart installed by `helm install`, its operator Deployment run by the node agent
-with the chart's own ServiceAccount.
+"""The e2e stack: a real cluster (tests/e2e_cluster/backends.py: the control plane of tests/cluster
+with its node agent, or kind where Docker runs), OpenBao with its Kubernetes auth against it,
+SeaweedFS, and the chart installed by `helm install`, its operator Deployment run with the chart's
+own ServiceAccount.
 
 One stack per test session (starting it takes about a minute on the shared 2-core machine); tests
 use Organizations of their own names so they do not meet.
@@ -25,7 +26,8 @@ import pytest
 import yaml
 
 from mesial.common import services as svc
-from tests.cluster.controlplane import BIN, ClusterInfo, ControlPlaneError, kubectl, running_control_plane
+from tests.cluster.controlplane import BIN, ControlPlaneError, kubectl
+from tests.e2e_cluster.backends import E2ECluster, only_on_reason, running_cluster, selected_backend
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "mesial"
@@ -33,11 +35,29 @@ RELEASE = "mesial"
 NAMESPACE = "mesial-system"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "only_on(backend, reason): a scenario that only makes sense on one e2e backend (local, kind)"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Scenarios marked ``only_on`` another backend than ``MESIAL_E2E_CLUSTER``'s are skipped, with the reason."""
+    try:
+        backend = selected_backend()
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from exc
+    for item in items:
+        reason = only_on_reason(item, backend)
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
 @dataclass
 class Kube:
     """kubectl as the cluster admin (the platform engineer), and a few waits."""
 
-    info: ClusterInfo
+    info: E2ECluster
 
     def __call__(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
         return kubectl(self.info.kubeconfig, *args, check=check, input=input)
@@ -79,18 +99,18 @@ def eventually(check: Callable[[], Any], timeout: float = 90.0, interval: float 
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Iterator[ClusterInfo]:
-    """The control plane and its node agent (outside /tmp: pods bind a volume over /tmp)."""
+def cluster() -> Iterator[E2ECluster]:
+    """The cluster of the selected backend (``MESIAL_E2E_CLUSTER``: local or kind)."""
     for tool in ("kubectl", "helm"):
         if not (BIN / tool).exists():
             pytest.fail(f"{tool} is missing in {BIN}: run `make install`")
-    # MESIAL_E2E_KEEP=1 keeps the logs (control plane, node agent, every pod's output).
-    with running_control_plane("mesial-e2e-", keep_env="MESIAL_E2E_KEEP") as info:
+    # MESIAL_E2E_KEEP=1 keeps the logs (control plane, node agent, every pod's output) or the kind cluster.
+    with running_cluster("mesial-e2e-") as info:
         yield info
 
 
 @pytest.fixture(scope="session")
-def kube(cluster: ClusterInfo) -> Kube:
+def kube(cluster: E2ECluster) -> Kube:
     return Kube(cluster)
 
 
@@ -103,7 +123,7 @@ class VaultSetup:
 
 
 @pytest.fixture(scope="session")
-def vault(openbao: svc.ServiceInfo, kube: Kube, cluster: ClusterInfo) -> VaultSetup:
+def vault(openbao: svc.ServiceInfo, kube: Kube, cluster: E2ECluster) -> VaultSetup:
     """OpenBao as the platform team prepares it (chart README, "Before installing"): transit, and the
     Kubernetes auth method verifying ServiceAccount tokens through this API server's TokenReview."""
     root = openbao.credentials["root_token"]
@@ -154,7 +174,7 @@ class Release:
     values_file: Path
 
 
-def helm(cluster: ClusterInfo, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def helm(cluster: E2ECluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [str(BIN / "helm"), f"--kubeconfig={cluster.kubeconfig}", *args], capture_output=True, text=True, timeout=300
     )
@@ -179,27 +199,34 @@ def free_port() -> int:
     raise ControlPlaneError("no free port in 20000-32000")
 
 
-def release_values(vault: VaultSetup, seaweedfs: svc.ServiceInfo) -> dict[str, Any]:
-    return {
+def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in, nested mappings key by key."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def release_values(cluster: E2ECluster, vault: VaultSetup, seaweedfs: svc.ServiceInfo) -> dict[str, Any]:
+    """The release's values: OpenBao and SeaweedFS of the test run as pods reach them, quick intervals,
+    and what the backend needs (local: a free value for every port a pod listens on; kind: the
+    loaded image)."""
+    values: dict[str, Any] = {
         # MESIAL_E2E_LOG_LEVEL=DEBUG: the operator's log (in the kept pod logs) says more.
         "global": {"logLevel": os.environ.get("MESIAL_E2E_LOG_LEVEL", "INFO")},
         "vault": {
-            "addr": vault.url,
+            "addr": cluster.reachable_url(vault.url),
             "kubernetesMountAccessor": vault.kubernetes_accessor,
             "auditSigningKey": "mesial-e2e-audit",
         },
-        "store": {"endpointUrl": seaweedfs.url, "bucket": seaweedfs.credentials["bucket"]},
-        # Pods share the host's network here (and other stacks may run beside this one): every port a
-        # pod listens on is a free one; one API replica (its Service still answers on 8080).
-        "api": {"enabled": True, "replicas": 1, "port": free_port()},
-        "operator": {
-            "driftIntervalSeconds": 5,
-            "retryDelaySeconds": 2,
-            "scanJobSyncIntervalSeconds": 2,
-            "healthPort": free_port(),
-            "metrics": {"port": free_port()},
-        },
+        "store": {"endpointUrl": cluster.reachable_url(seaweedfs.url), "bucket": seaweedfs.credentials["bucket"]},
+        "api": {"enabled": True, "replicas": 1},
+        "operator": {"driftIntervalSeconds": 5, "retryDelaySeconds": 2, "scanJobSyncIntervalSeconds": 2},
     }
+    egress = {name: cluster.tenant_egress(url) for name, url in (("vault", vault.url), ("store", seaweedfs.url))}
+    if all(egress.values()):
+        values["operator"]["tenantEgress"] = egress
+    return merged(values, cluster.chart_values())
 
 
 def e2e_database(postgres: svc.ServiceInfo, purpose: str = "release") -> str:
@@ -222,14 +249,14 @@ def e2e_database(postgres: svc.ServiceInfo, purpose: str = "release") -> str:
 
 @pytest.fixture(scope="session")
 def release(
-    cluster: ClusterInfo,
+    cluster: E2ECluster,
     kube: Kube,
     vault: VaultSetup,
     seaweedfs: svc.ServiceInfo,
     postgres: svc.ServiceInfo,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Release]:
-    """`helm install` of the chart; the operator Deployment's pod runs on the node agent."""
+    """`helm install` of the chart; the operator Deployment's pod runs in the cluster."""
     kube("create", "namespace", NAMESPACE)
     kube(
         "create",
@@ -242,10 +269,10 @@ def release(
         f"--from-literal=secret-key={seaweedfs.credentials['secret_key']}",
     )
     kube(
-        "create", "secret", "generic", "mesial-database", "-n", NAMESPACE, f"--from-literal=url={e2e_database(postgres)}"
+        "create", "secret", "generic", "mesial-database", "-n", NAMESPACE, f"--from-literal=url={cluster.reachable_url(e2e_database(postgres))}"
     )  # fmt: skip
     kube("create", "secret", "generic", "mesial-api-links", "-n", NAMESPACE, "--from-literal=link-secret=" + "k" * 43)
-    values = release_values(vault, seaweedfs)
+    values = release_values(cluster, vault, seaweedfs)
     values_file = tmp_path_factory.mktemp("helm") / "values.yaml"
     values_file.write_text(yaml.safe_dump(values))
     manifest = helm(cluster, "template", RELEASE, str(CHART), "-n", NAMESPACE, "-f", str(values_file)).stdout
@@ -286,20 +313,6 @@ def api_pod(kube: Kube, *, running: bool = False) -> dict[str, Any] | None:
     return live[0] if live else None
 
 
-def service_url(cluster: ClusterInfo, namespace: str, name: str, port: int) -> str:
-    """``http://<address>:<port>`` of a Service at the address the node agent gives it (what
-    `kubectl port-forward svc/NAME` gives a client outside the cluster)."""
-    listing = json.loads((Path(cluster.pods_dir) / "services.json").read_text())
-    address = str(listing[f"{namespace}/{name}"])
-    return f"http://[{address}]:{port}" if ":" in address else f"http://{address}:{port}"
-
-
-def pod_log(cluster: ClusterInfo, pod: dict[str, Any], container: str) -> str:
-    meta = pod["metadata"]
-    logs = Path(cluster.pods_dir).glob(f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}/{container}.log")
-    return "".join(p.read_text(errors="replace") for p in logs)
-
-
 @dataclass(frozen=True)
 class Refusal:
     """A request the API server refused with 403, from its audit log."""
@@ -322,7 +335,7 @@ def _time(stamp: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
-def refusals(cluster: ClusterInfo, user: str) -> list[Refusal]:
+def refusals(cluster: E2ECluster, user: str) -> list[Refusal]:
     """Requests of ``user`` refused with 403. A refusal in a tenant namespace just after the operator
     created its own RoleBinding there is flagged: the RBAC authorizer reads bindings from a cache (seen
     now and then before the operator waited for its new binding to take effect)."""
@@ -350,7 +363,7 @@ def refusals(cluster: ClusterInfo, user: str) -> list[Refusal]:
 
 
 @pytest.fixture
-def operator_authorised(cluster: ClusterInfo, release: Release) -> Iterator[None]:
+def operator_authorised(cluster: E2ECluster, release: Release) -> Iterator[None]:
     """Fails the test if the API server refused a request of the operator's ServiceAccount, the
     binding race above included: the operator waits until its new tenant binding is in effect
     (operator/sync/organization/access.py), so no request of it may be refused."""

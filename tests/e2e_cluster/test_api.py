@@ -1,7 +1,7 @@
 """The chart's API on the real control plane: its Deployment's pod (the pre-install hook migrated its
 database), reached through its Service; the platform admin and the operator's API key made as
 docs/install.md says (step 6, with a pod of the API's own template in place of `kubectl exec`); a job
-started through the API becomes a ScanJob, its Job runs on the node agent, the operator reports the
+started through the API becomes a ScanJob, its Job runs in the cluster, the operator reports the
 result to the API, and the artifact comes back decrypted through a signed link."""
 
 from __future__ import annotations
@@ -19,15 +19,13 @@ from typing import Any
 import pytest
 
 from mesial.aligner.samples import generate_case, write_case
-from tests.cluster.controlplane import ClusterInfo
+from tests.e2e_cluster.backends import E2ECluster
 from tests.e2e_cluster.conftest import (
     NAMESPACE,
     Kube,
     Release,
     eventually,
     operator_pod,
-    pod_log,
-    service_url,
 )
 from tests.e2e_cluster.test_organization import organization, ready
 
@@ -37,9 +35,9 @@ ORG = "e2e-api"
 NS = f"mesial-org-{ORG}"
 
 
-def run_as_api(kube: Kube, cluster: ClusterInfo, *args: str, namespace: str = NAMESPACE) -> str:
-    """`kubectl exec deploy/mesial-api -- mesial ARGS` as the node agent allows it (no kubelet API, so
-    no exec): a pod of the API Deployment's own template (its ServiceAccount, environment, volumes,
+def run_as_api(kube: Kube, cluster: E2ECluster, *args: str, namespace: str = NAMESPACE) -> str:
+    """`kubectl exec deploy/mesial-api -- mesial ARGS` as every backend allows it (the node agent has
+    no kubelet API, so no exec): a pod of the API Deployment's own template (its ServiceAccount, environment, volumes,
     Vault role) running ``mesial ARGS``; its output. Labelled apart, so the API Service does not
     select it."""
     deployment = kube.json("get", "deployment", "mesial-api", "-n", namespace)
@@ -60,14 +58,14 @@ def run_as_api(kube: Kube, cluster: ClusterInfo, *args: str, namespace: str = NA
         return current if (current or {}).get("status", {}).get("phase") in ("Succeeded", "Failed") else None
 
     finished = eventually(done, timeout=120, what=f"mesial {' '.join(args)}")
-    output = pod_log(cluster, finished, container["name"])
+    output = cluster.pod_log(finished, container["name"])
     kube("delete", "pod", name, "-n", namespace, "--wait=false")
     assert finished["status"]["phase"] == "Succeeded", output[-3000:]
     return output
 
 
 def printed_key(output: str) -> str:
-    """The key a `mesial admin` command printed (its last line; the first is the node agent's header)."""
+    """The key a `mesial admin` command printed (its last line; the node agent's log starts with a header)."""
     lines = [line for line in output.splitlines() if line.strip() and not line.startswith("--- ")]
     return lines[-1].strip()
 
@@ -112,7 +110,7 @@ class Client:
 
 
 @pytest.fixture(scope="module")
-def wired(kube: Kube, release: Release, cluster: ClusterInfo) -> Iterator[dict[str, str]]:
+def wired(kube: Kube, release: Release, cluster: E2ECluster) -> Iterator[dict[str, str]]:
     """docs/install.md step 6: the platform admin's key and the operator's API key, the operator
     restarted with it. Undone afterwards (the other tests read the operator's own receipt file)."""
     platform = printed_key(run_as_api(kube, cluster, "admin", "bootstrap", "--force"))
@@ -129,8 +127,8 @@ def wired(kube: Kube, release: Release, cluster: ClusterInfo) -> Iterator[dict[s
         restart_operator(kube)
 
 
-def test_api_serves_through_its_service(kube: Kube, release: Release, cluster: ClusterInfo) -> None:
-    client = Client(service_url(cluster, NAMESPACE, "mesial-api", 8080))
+def test_api_serves_through_its_service(kube: Kube, release: Release, cluster: E2ECluster) -> None:
+    client = Client(cluster.service_url(NAMESPACE, "mesial-api", 8080))
     eventually(lambda: client.call("GET", "/readyz")[0] == 200, timeout=120, what="the API ready behind its Service")
     # The migrate hook ran before the API started (helm deletes it once it succeeded).
     assert kube.get("job", "mesial-migrate", "-n", NAMESPACE) is None
@@ -139,9 +137,9 @@ def test_api_serves_through_its_service(kube: Kube, release: Release, cluster: C
 
 
 @pytest.fixture(scope="module")
-def tenant(kube: Kube, cluster: ClusterInfo, wired: dict[str, str]) -> str:
+def tenant(kube: Kube, cluster: E2ECluster, wired: dict[str, str]) -> str:
     """The Organization (`kubectl apply`, Ready), the API's organization and its first org-admin key."""
-    client = Client(service_url(cluster, NAMESPACE, "mesial-api", 8080))
+    client = Client(cluster.service_url(NAMESPACE, "mesial-api", 8080))
     kube.apply(organization(ORG))
     eventually(lambda: ready(kube, ORG), timeout=120, what=f"Organization {ORG} Ready")
     client.json("POST", "/v1/orgs", wired["platform"], {"name": ORG})
@@ -150,9 +148,9 @@ def tenant(kube: Kube, cluster: ClusterInfo, wired: dict[str, str]) -> str:
 
 
 def test_job_result_reported_to_the_api_and_artifact_through_a_signed_link(
-    kube: Kube, release: Release, cluster: ClusterInfo, tenant: str, tmp_path: Path
+    kube: Kube, release: Release, cluster: E2ECluster, tenant: str, tmp_path: Path
 ) -> None:
-    client = Client(service_url(cluster, NAMESPACE, "mesial-api", 8080))
+    client = Client(cluster.service_url(NAMESPACE, "mesial-api", 8080))
     admin = tenant
 
     files = write_case(generate_case(7, vertices=8_000), tmp_path)
@@ -190,12 +188,12 @@ def test_job_result_reported_to_the_api_and_artifact_through_a_signed_link(
 
 
 def test_organization_deletion_receipt_reaches_the_api_audit_chain(
-    kube: Kube, release: Release, cluster: ClusterInfo, tenant: str, tmp_path: Path
+    kube: Kube, release: Release, cluster: E2ECluster, tenant: str, tmp_path: Path
 ) -> None:
     """Deleting the Organization (after the job above): the operator shreds its key and sends its
     `organization.deleted` receipt to the API's collector; the tenant's chain, exported by its auditor,
     holds it and verifies offline."""
-    client = Client(service_url(cluster, NAMESPACE, "mesial-api", 8080))
+    client = Client(cluster.service_url(NAMESPACE, "mesial-api", 8080))
     auditor = client.json("POST", "/v1/keys", tenant, {"role": "auditor"})["key"]
     kube("delete", "organization", ORG, "--wait", "--timeout=180s")
     eventually(lambda: kube.get("namespace", NS) is None, timeout=120, what=f"namespace {NS} removed")

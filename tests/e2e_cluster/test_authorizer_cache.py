@@ -8,6 +8,7 @@ Without the wait this test fails on most runs (200 bindings)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
 from pathlib import Path
 from typing import Any
@@ -17,14 +18,20 @@ import yaml
 
 from mesial.operator.k8s import K8s, K8sError
 from mesial.operator.sync.organization.access import wait_until_bound
-from tests.cluster.controlplane import ClusterInfo, kubectl
+from tests.cluster.controlplane import kubectl
+from tests.e2e_cluster.backends import E2ECluster
 
 TRIALS = 200
 NS = "e2e-authz-cache"
 
 
-def admin_client(cluster: ClusterInfo) -> httpx.AsyncClient:
+def admin_client(cluster: E2ECluster, tmp: Path) -> httpx.AsyncClient:
+    """The admin kubeconfig's client certificate: files (the local control plane) or inline (kind)."""
     user = yaml.safe_load(Path(cluster.kubeconfig).read_text())["users"][0]["user"]
+    for part in ("client-certificate", "client-key"):
+        if f"{part}-data" in user:
+            (tmp / part).write_bytes(base64.b64decode(user[f"{part}-data"]))
+            user[part] = str(tmp / part)
     context = ssl.create_default_context(cafile=cluster.ca)
     context.load_cert_chain(user["client-certificate"], user["client-key"])
     return httpx.AsyncClient(base_url=cluster.server, verify=context)
@@ -40,14 +47,14 @@ def binding(namespace: str) -> dict[str, Any]:
     }
 
 
-def test_a_new_binding_is_waited_for_and_then_never_refused(cluster: ClusterInfo) -> None:
+def test_a_new_binding_is_waited_for_and_then_never_refused(cluster: E2ECluster, tmp_path: Path) -> None:
     kubectl(cluster.kubeconfig, "create", "namespace", NS)
     kubectl(cluster.kubeconfig, "create", "serviceaccount", "probe", "-n", NS)
     kubectl(cluster.kubeconfig, "create", "clusterrole", "e2e-authz-cache", "--verb=get", "--resource=serviceaccounts")
     token = kubectl(cluster.kubeconfig, "create", "token", "probe", "-n", NS, "--duration=1h").stdout.strip()
 
     async def run() -> tuple[list[str], list[str]]:
-        admin = admin_client(cluster)
+        admin = admin_client(cluster, tmp_path)
         probe = K8s.for_server(cluster.server, token, verify_ssl=False)
         waited_out, refused = [], []
         try:

@@ -1,17 +1,17 @@
-"""docs/install.md, "From an empty cluster to a first aligned case", executed on a control plane of
-its own: every command of the page runs as written (kubectl, helm, the Vault CLI, curl, mesial), in
+"""docs/install.md, "From an empty cluster to a first aligned case", executed on a cluster of its own
+(of the selected backend): every command of the page runs as written (kubectl, helm, the Vault CLI, curl, mesial), in
 the page's order, except where this stack cannot, and then the substitute is fixed and said here
 (and in docs/testing.md):
 
 | the page                                              | here                                                    |
 |-------------------------------------------------------|---------------------------------------------------------|
 | `vault ...`                                           | `bao ...` (the OpenBao CLI; a fresh OpenBao of the test's own) |
-| `https://vault.example.com:8200`, `https://s3.example.com`, the `postgres://...` URL | the test run's OpenBao, SeaweedFS, and a database of its own on its PostgreSQL (plain http on loopback; the CA files are a stand-in PEM) |
+| `https://vault.example.com:8200`, `https://s3.example.com`, the `postgres://...` URL | the test run's OpenBao, SeaweedFS, and a database of its own on its PostgreSQL (plain http, at the address pods reach them: loopback, or the relays of the kind backend; the CA files are a stand-in PEM) |
 | `aws ... s3 mb s3://mesial`                           | the bucket made with botocore (no AWS CLI here)         |
 | `vault write auth/kubernetes/config kubernetes_host=https://kubernetes.default.svc:443` | the page's own note for a Vault outside the cluster: this API server's URL, its CA and a reviewer token |
-| `helm install ... --wait`                             | plus a values file of the stack's: free ports for the API and the operator, one API replica (pods share the host's network) |
+| `helm install ... --wait`                             | plus a values file of the stack's: one API replica and the backend's values (local: free ports for the API and the operator, pods share the host's network; kind: the loaded image, tenant egress to the relays) |
 | `kubectl exec deploy/mesial-api -- mesial ...`         | a pod of the API Deployment's template running the same command (no kubelet API) |
-| `kubectl port-forward svc/mesial-api 8080:8080`       | the Service's address from the node agent, in place of `http://127.0.0.1:8080` |
+| `kubectl port-forward svc/mesial-api 8080:8080`       | the Service's address from the node agent (kind: a `kubectl port-forward` to a free port), in place of `http://127.0.0.1:8080` |
 | `curl .../v1/jobs/$JOB` once                          | repeated until the job is finished                      |
 
 The values the page says to keep (`$PLATFORM_KEY`, `$OPERATOR_KEY`, `$ADMIN_KEY`, `$AUDITOR_KEY`,
@@ -21,12 +21,10 @@ The values the page says to keep (`$PLATFORM_KEY`, `$OPERATOR_KEY`, `$ADMIN_KEY`
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,8 +33,9 @@ import botocore.session
 import pytest
 
 from mesial.common import services as svc
-from tests.cluster.controlplane import BIN, ClusterInfo, ControlPlane, ControlPlaneError
-from tests.e2e_cluster.conftest import Kube, e2e_database, eventually, free_port, refusals, service_url
+from tests.cluster.controlplane import BIN
+from tests.e2e_cluster.backends import E2ECluster, running_cluster
+from tests.e2e_cluster.conftest import Kube, e2e_database, eventually, merged, refusals
 from tests.e2e_cluster.test_api import printed_key, run_as_api
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,28 +72,21 @@ def walkthrough() -> tuple[str, list[tuple[str, str]]]:
 def stack(
     postgres: svc.ServiceInfo, seaweedfs: svc.ServiceInfo, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
-    """An empty control plane and a fresh OpenBao (the page's Vault starts without transit or auth)."""
-    base = Path(tempfile.mkdtemp(prefix="mesial-e2e-install-", dir="/var/tmp"))
-    vault = svc.OpenBaoService(base / "openbao", tied_to_parent=True)
-    try:
-        plane = ControlPlane(base / "cluster")
-    except ControlPlaneError as exc:
-        pytest.fail(str(exc))
-    try:
-        cluster = plane.start()
-        openbao = vault.start()
-        yield {
-            "cluster": cluster,
-            "openbao": openbao,
-            "database": e2e_database(postgres, "install"),
-            "seaweedfs": seaweedfs,
-            "work": tmp_path_factory.mktemp("install"),
-        }
-    finally:
-        plane.stop()
-        vault.stop()
-        if os.environ.get("MESIAL_E2E_KEEP") != "1":
-            shutil.rmtree(base, ignore_errors=True)
+    """An empty cluster and a fresh OpenBao (the page's Vault starts without transit or auth)."""
+    with running_cluster("mesial-e2e-install-") as cluster:
+        base = tmp_path_factory.mktemp("install-openbao")
+        vault = svc.OpenBaoService(base / "openbao", tied_to_parent=True)
+        try:
+            openbao = vault.start()
+            yield {
+                "cluster": cluster,
+                "openbao": openbao,
+                "database": e2e_database(postgres, "install"),
+                "seaweedfs": seaweedfs,
+                "work": tmp_path_factory.mktemp("install"),
+            }
+        finally:
+            vault.stop()
 
 
 class Shell:
@@ -103,7 +95,7 @@ class Shell:
 
     def __init__(self, stack: dict[str, Any]) -> None:
         self.work: Path = stack["work"]
-        cluster: ClusterInfo = stack["cluster"]
+        cluster: E2ECluster = stack["cluster"]
         for name in ("charts", "crds"):
             (self.work / name).symlink_to(ROOT / name)
         shims = self.work / "bin"
@@ -141,7 +133,7 @@ class Shell:
 
 
 def test_install_md_from_an_empty_cluster_to_an_audit_export(stack: dict[str, Any]) -> None:
-    cluster: ClusterInfo = stack["cluster"]
+    cluster: E2ECluster = stack["cluster"]
     kube = Kube(cluster)
     shell = Shell(stack)
     openbao, seaweedfs = stack["openbao"], stack["seaweedfs"]
@@ -149,9 +141,12 @@ def test_install_md_from_an_empty_cluster_to_an_audit_export(stack: dict[str, An
     api_url = ""  # the Service's address, once the release made it
 
     def substitute(line: str) -> str:
-        line = line.replace("https://vault.example.com:8200", openbao.url)
-        line = line.replace("https://s3.example.com", seaweedfs.url)
-        line = line.replace("postgres://mesial:$DB_PASSWORD@postgres.db.svc:5432/mesial", stack["database"])
+        # Where pods reach them; the host reaches these addresses too.
+        line = line.replace("https://vault.example.com:8200", cluster.reachable_url(openbao.url))
+        line = line.replace("https://s3.example.com", cluster.reachable_url(seaweedfs.url))
+        line = line.replace(
+            "postgres://mesial:$DB_PASSWORD@postgres.db.svc:5432/mesial", cluster.reachable_url(stack["database"])
+        )
         return line.replace("http://127.0.0.1:8080", api_url)
 
     (shell.work / "my-values.yaml").write_text(substitute(values))
@@ -159,14 +154,11 @@ def test_install_md_from_an_empty_cluster_to_an_audit_export(stack: dict[str, An
     for name in ("vault-ca.pem", "s3-ca.pem"):
         shutil.copy(cluster.ca, shell.work / name)
     stack_values = shell.work / "stack-values.yaml"
-    stack_values.write_text(
-        json.dumps(
-            {
-                "api": {"replicas": 1, "port": free_port()},
-                "operator": {"healthPort": free_port(), "metrics": {"port": free_port()}, "retryDelaySeconds": 2},
-            }
-        )
-    )
+    more: dict[str, Any] = {"api": {"replicas": 1}, "operator": {"retryDelaySeconds": 2}}
+    egress = {name: cluster.tenant_egress(url) for name, url in (("vault", openbao.url), ("store", seaweedfs.url))}
+    if all(egress.values()):
+        more["operator"]["tenantEgress"] = egress
+    stack_values.write_text(json.dumps(merged(more, cluster.chart_values())))
     outputs: dict[str, Any] = {}
     ran: list[str] = []
     for section, line in lines:
@@ -175,7 +167,7 @@ def test_install_md_from_an_empty_cluster_to_an_audit_export(stack: dict[str, An
             key = printed_key(run_as_api(kube, cluster, *args))
             shell.env["PLATFORM_KEY" if args[:2] == ["admin", "bootstrap"] else "OPERATOR_KEY"] = key
         elif " port-forward " in line:
-            api_url = service_url(cluster, NAMESPACE, "mesial-api", 8080)
+            api_url = cluster.service_url(NAMESPACE, "mesial-api", 8080)
             continue
         elif line.startswith("aws ") and " s3 mb s3://" in line:
             bucket = line.rsplit("s3://", 1)[1]

@@ -7,8 +7,13 @@ import base64
 import json
 from typing import Any
 
-from tests.cluster.controlplane import ClusterInfo, kubectl
-from tests.e2e_cluster.conftest import Kube, eventually, pod_log
+import pytest
+
+from tests.cluster.controlplane import kubectl
+from tests.e2e_cluster.backends import LocalCluster
+from tests.e2e_cluster.conftest import Kube, eventually
+
+pytestmark = pytest.mark.only_on("local", reason="tests the node agent itself (kind has a real kubelet)")
 
 SCRIPT = (
     'id -u; cat /var/run/secrets/x/token; echo; cat /s/k; echo; echo "env=$FOO"; '
@@ -65,7 +70,7 @@ def job(name: str, command: list[str]) -> dict[str, Any]:
     }
 
 
-def test_job_pod_runs_with_its_user_secret_token_and_read_only_root(kube: Kube, cluster: ClusterInfo) -> None:
+def test_job_pod_runs_with_its_user_secret_token_and_read_only_root(kube: Kube, cluster: LocalCluster) -> None:
     kube("create", "secret", "generic", "agent-s1", "-n", "default", "--from-literal=k=secret-value")
     kube.create(job("agent-ok", ["sh", "-c", SCRIPT]))
     eventually(
@@ -74,7 +79,7 @@ def test_job_pod_runs_with_its_user_secret_token_and_read_only_root(kube: Kube, 
         what="Job agent-ok succeeded",
     )
     pod = kube.json("get", "pods", "-n", "default", "-l", "job-name=agent-ok")["items"][0]
-    lines = pod_log(cluster, pod, "c").splitlines()[1:]
+    lines = cluster.pod_log(pod, "c").splitlines()[1:]
     assert lines[0] == "10001"
     payload = json.loads(base64.urlsafe_b64decode(lines[1].split(".")[1] + "=="))
     assert payload["aud"] == ["vault"] and payload["sub"] == "system:serviceaccount:default:default"
@@ -95,7 +100,7 @@ def test_failed_container_reports_its_exit_code(kube: Kube) -> None:
     assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 3
 
 
-def test_node_authorizer_limits_the_node_to_its_pods_secrets(kube: Kube, cluster: ClusterInfo) -> None:
+def test_node_authorizer_limits_the_node_to_its_pods_secrets(kube: Kube, cluster: LocalCluster) -> None:
     kube("create", "secret", "generic", "agent-unrelated", "-n", "default", "--from-literal=k=v")
-    refused = kubectl(cluster.node_kubeconfig, "get", "secret", "agent-unrelated", "-n", "default", check=False)
+    refused = kubectl(cluster.info.node_kubeconfig, "get", "secret", "agent-unrelated", "-n", "default", check=False)
     assert refused.returncode != 0 and "Forbidden" in refused.stderr, refused.stderr

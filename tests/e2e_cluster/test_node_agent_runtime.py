@@ -8,9 +8,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tests.cluster.controlplane import ClusterInfo
-from tests.e2e_cluster.conftest import Kube, eventually, free_port, pod_log, service_url
+import pytest
+
+from tests.e2e_cluster.backends import LocalCluster
+from tests.e2e_cluster.conftest import Kube, eventually, free_port
 from tests.e2e_cluster.test_api import Client
+
+pytestmark = pytest.mark.only_on("local", reason="tests the node agent itself (kind has a real kubelet)")
 
 
 def pod(name: str, command: str, **extra: Any) -> dict[str, Any]:
@@ -31,16 +35,16 @@ def phase(kube: Kube, name: str) -> str | None:
     return ((kube.get("pod", name, "-n", "default") or {}).get("status") or {}).get("phase")
 
 
-def test_a_containers_background_children_end_with_it(kube: Kube, cluster: ClusterInfo) -> None:
+def test_a_containers_background_children_end_with_it(kube: Kube, cluster: LocalCluster) -> None:
     kube.create(pod("agent-bg", "sleep 300 & echo child=$!; sleep 1"))
     done = eventually(lambda: phase(kube, "agent-bg") == "Succeeded", timeout=60, what="agent-bg done")
     assert done
     obj = kube.json("get", "pod", "agent-bg", "-n", "default")
-    child = int(pod_log(cluster, obj, "c").rsplit("child=", 1)[1].split()[0])
+    child = int(cluster.pod_log(obj, "c").rsplit("child=", 1)[1].split()[0])
     eventually(lambda: not Path(f"/proc/{child}").exists(), timeout=10, what=f"the background child {child} ended")
 
 
-def test_readiness_probe_gates_ready_and_the_service(kube: Kube, cluster: ClusterInfo) -> None:
+def test_readiness_probe_gates_ready_and_the_service(kube: Kube, cluster: LocalCluster) -> None:
     port = free_port()
     marker = f"/tmp/agent-ready-{os.getpid()}"
     # Ready only once the file exists; the server answers from the start.
@@ -76,8 +80,8 @@ def test_readiness_probe_gates_ready_and_the_service(kube: Kube, cluster: Cluste
         kube("delete", "service", "agent-probe", "-n", "default")
 
 
-def _url(cluster: ClusterInfo) -> str | None:
+def _url(cluster: LocalCluster) -> str | None:
     try:
-        return service_url(cluster, "default", "agent-probe", 80)
+        return cluster.service_url("default", "agent-probe", 80)
     except KeyError:
         return None

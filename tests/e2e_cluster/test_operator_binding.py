@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.e2e_cluster.backends import E2ECluster
 from tests.e2e_cluster.conftest import Kube, Release, eventually, refusals
 from tests.e2e_cluster.test_organization import organization, ready
 
@@ -25,7 +25,7 @@ NAMES = [f"e2e-bind-{i}" for i in range(5)]
 
 
 def test_organizations_created_together_are_provisioned_without_a_single_refusal(
-    kube: Kube, release: Release, cluster: Any
+    kube: Kube, release: Release, cluster: E2ECluster
 ) -> None:
     kube.apply("".join(f"---\n{json.dumps(organization(name))}\n" for name in NAMES))
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,8 @@ import yaml
 
 from mesial.common.objectstore import ObjectStore
 from mesial.common.vault import TenantKeys
-from tests.e2e_cluster.conftest import CHART, Kube, Release, VaultSetup, eventually, operator_pod
+from tests.e2e_cluster.backends import E2ECluster
+from tests.e2e_cluster.conftest import CHART, NAMESPACE, Kube, Release, VaultSetup, eventually, operator_pod
 
 pytestmark = pytest.mark.usefixtures("operator_authorised")
 
@@ -193,14 +192,22 @@ def test_organization_name_too_long_for_a_label_is_refused(kube: Kube, release: 
     assert result.returncode != 0 and "metadata.name" in result.stderr, result.stderr
 
 
-def receipts(cluster: Any) -> list[dict[str, Any]]:
-    """The operator's audit receipts (no API wired: its JSON Lines file, in its pods' /tmp volume)."""
-    files = Path(cluster.pods_dir).glob("mesial-system_*operator*/volumes/tmp/mesial/audit/operator.jsonl")
-    return [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
+RECEIPTS = "/tmp/mesial/audit/operator.jsonl"  # the chart's path when no API is wired: its /tmp volume
+
+
+def receipts(kube: Kube, cluster: E2ECluster) -> list[dict[str, Any]]:
+    """The operator's audit receipts (no API wired: its JSON Lines file) in its running pods."""
+    pods = kube.json("get", "pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=operator")["items"]
+    texts = [
+        cluster.pod_file(p, "operator", RECEIPTS) or ""
+        for p in pods
+        if p.get("status", {}).get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
+    ]
+    return [json.loads(line) for text in texts for line in text.splitlines() if line.strip()]
 
 
 def test_deletion_shreds_the_key_and_the_namespace_controller_removes_the_namespace(
-    kube: Kube, release: Release, vault: VaultSetup, seaweedfs: Any, cluster: Any
+    kube: Kube, release: Release, vault: VaultSetup, seaweedfs: Any, cluster: E2ECluster
 ) -> None:
     from tests.e2e_cluster.test_scanjob import root_settings
 
@@ -224,9 +231,9 @@ def test_deletion_shreds_the_key_and_the_namespace_controller_removes_the_namesp
     assert vault.client.read("auth/kubernetes/role/mesial-org-e2e-gone") is None
     assert asyncio.run(put_and_list(False)) == []  # the tenant's prefix is empty
     receipt = [
-        r for r in receipts(cluster) if r.get("action") == "organization.deleted" and "e2e-gone" in json.dumps(r)
+        r for r in receipts(kube, cluster) if r.get("action") == "organization.deleted" and "e2e-gone" in json.dumps(r)
     ]
-    assert receipt, receipts(cluster)
+    assert receipt, receipts(kube, cluster)
 
 
 def test_drift_is_restored_with_events(kube: Kube, release: Release) -> None:
@@ -251,15 +258,15 @@ def test_drift_is_restored_with_events(kube: Kube, release: Release) -> None:
     assert "mesial-default-deny" in messages or "NetworkPolicy" in messages, messages
 
 
-def test_operator_killed_mid_provisioning_converges(kube: Kube, release: Release, cluster: Any) -> None:
+def test_operator_killed_mid_provisioning_converges(kube: Kube, release: Release, cluster: E2ECluster) -> None:
     """The operator's process is killed (SIGKILL) right after an Organization is created; the node
-    agent restarts the container (restartPolicy Always) and the Organization still becomes Ready."""
+    (agent or kubelet) restarts the container (restartPolicy Always) and the Organization still
+    becomes Ready."""
     before = operator_pod(kube, running=True)
     assert before is not None
     kube.apply(organization("e2e-crash"))
     statuses = before["status"]["containerStatuses"]
-    pid = int(statuses[0]["containerID"].removeprefix("host://"))
-    os.killpg(pid, signal.SIGKILL)
+    cluster.kill_container(before, "operator")
 
     def restarted() -> bool:
         pod = operator_pod(kube, running=True)
@@ -270,7 +277,9 @@ def test_operator_killed_mid_provisioning_converges(kube: Kube, release: Release
     assert status["keyVersion"] >= 1
 
 
-def test_operator_killed_mid_deletion_converges(kube: Kube, release: Release, vault: VaultSetup) -> None:
+def test_operator_killed_mid_deletion_converges(
+    kube: Kube, release: Release, vault: VaultSetup, cluster: E2ECluster
+) -> None:
     """The operator's process is killed (SIGKILL) right after an Organization's deletion starts; the
     restarted operator resumes it: the Organization, its namespace and its key are gone."""
     kube.apply(organization("e2e-crash-del"))
@@ -279,7 +288,7 @@ def test_operator_killed_mid_deletion_converges(kube: Kube, release: Release, va
     assert pod is not None
     status = pod["status"]["containerStatuses"][0]
     kube("delete", "organization", "e2e-crash-del", "--wait=false")
-    os.killpg(int(status["containerID"].removeprefix("host://")), signal.SIGKILL)
+    cluster.kill_container(pod, "operator")
     eventually(lambda: kube.get("organization", "e2e-crash-del") is None, timeout=180, what="Organization gone")
     eventually(lambda: kube.get("namespace", "mesial-org-e2e-crash-del") is None, timeout=120, what="namespace gone")
     with pytest.raises(hvac.exceptions.InvalidPath):

@@ -28,6 +28,7 @@ from mesial.common.objectstore import ObjectStore
 from mesial.common.settings import Settings
 from mesial.common.store_identity import TenantStoreIdentities
 from mesial.common.vault import TenantKeys
+from tests.e2e_cluster.backends import E2ECluster
 from tests.e2e_cluster.conftest import Kube, Release, VaultSetup, eventually
 from tests.e2e_cluster.test_organization import receipts
 from tests.e2e_cluster.test_scanjob import ready_organization_with_case, scanjob
@@ -81,7 +82,7 @@ class Sampler:
 
 
 def test_deleting_an_organization_with_a_running_scanjob_waits_then_stops_it_before_shredding(
-    kube: Kube, release: Release, vault: VaultSetup, seaweedfs: Any, cluster: Any, tmp_path: Path
+    kube: Kube, release: Release, vault: VaultSetup, seaweedfs: Any, cluster: E2ECluster, tmp_path: Path
 ) -> None:
     # Big arches, so the job runs long enough to be deleted mid-run (tens of seconds here).
     settings, ids = ready_organization_with_case(
@@ -129,7 +130,9 @@ def test_deleting_an_organization_with_a_running_scanjob_waits_then_stops_it_bef
     assert vault.client.read(f"auth/kubernetes/role/{NS}") is None
     assert asyncio.run(objects(settings)) == []  # whatever the job wrote before it stopped, too
     assert not TenantStoreIdentities(settings.store).exists(ORG)
-    (receipt,) = [r for r in receipts(cluster) if r.get("action") == "organization.deleted" and r["tenant"] == ORG]
+    (receipt,) = [
+        r for r in receipts(kube, cluster) if r.get("action") == "organization.deleted" and r["tenant"] == ORG
+    ]
     details = receipt["details"]
     assert details["key_shredded"] is True and details["namespace_deleted"] is True, details
     assert details["store_identity_removed"] is True and details["key"] == KEY, details

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.controlplane import ClusterInfo
+from tests.e2e_cluster.backends import E2ECluster
 from tests.e2e_cluster.conftest import CHART, Kube, Release, eventually, helm, operator_pod
 from tests.e2e_cluster.test_organization import organization, ready
 
@@ -22,7 +22,7 @@ def env_of(pod: dict[str, Any], name: str) -> str | None:
 
 
 def test_helm_upgrade_to_a_changed_chart_replaces_the_operator(
-    kube: Kube, release: Release, cluster: ClusterInfo
+    kube: Kube, release: Release, cluster: E2ECluster
 ) -> None:
     kube.apply(organization("e2e-upgrade"))
     eventually(lambda: ready(kube, "e2e-upgrade"), timeout=120, what="Organization e2e-upgrade Ready")
@@ -59,7 +59,7 @@ def test_helm_upgrade_to_a_changed_chart_replaces_the_operator(
     assert ready(kube, "e2e-upgrade")
 
 
-def test_uninstall_as_documented_then_install_again(kube: Kube, release: Release, cluster: ClusterInfo) -> None:
+def test_uninstall_as_documented_then_install_again(kube: Kube, release: Release, cluster: E2ECluster) -> None:
     names = [o["metadata"]["name"] for o in kube.json("get", "organizations")["items"]]
     assert names
     kube("delete", "organizations", "--all", "--wait", "--timeout=300s")

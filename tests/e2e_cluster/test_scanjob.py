@@ -1,5 +1,5 @@
 """A ScanJob on a real API server: the operator's Job is admitted under Pod Security "restricted",
-its pod runs on the node agent as `mesial job run` with the tenant's Vault role (a projected token,
+its pod runs as `mesial job run` with the tenant's Vault role (a projected token,
 audience `vault`, checked by OpenBao through this API server's TokenReview) and the tenant's store
 identity, and the result lands encrypted in the store and in the ScanJob's status."""
 
@@ -17,7 +17,8 @@ from mesial.common.contract import artifact_key
 from mesial.common.objectstore import ObjectStore
 from mesial.common.settings import Settings, StoreSettings, VaultSettings
 from mesial.common.vault import TenantKeys
-from tests.e2e_cluster.conftest import Kube, Release, VaultSetup, eventually, pod_log
+from tests.e2e_cluster.backends import E2ECluster
+from tests.e2e_cluster.conftest import Kube, Release, VaultSetup, eventually
 from tests.e2e_cluster.test_organization import organization, ready
 
 pytestmark = pytest.mark.usefixtures("operator_authorised")
@@ -95,7 +96,7 @@ def phase(kube: Kube, name: str) -> str | None:
 
 
 def test_scanjob_runs_under_restricted_with_the_tenants_vault_role(
-    kube: Kube, release: Release, vault: VaultSetup, seaweedfs: Any, cluster: Any, tmp_path: Path
+    kube: Kube, release: Release, vault: VaultSetup, seaweedfs: Any, cluster: E2ECluster, tmp_path: Path
 ) -> None:
     settings, ids = ready_organization_with_case(
         kube, vault, seaweedfs, tmp_path, ORG, seed=5, vertices=8_000, prefix="case1"
@@ -114,7 +115,7 @@ def test_scanjob_runs_under_restricted_with_the_tenants_vault_role(
     final = eventually(finished, timeout=600, interval=2, what="ScanJob case1 finished")
     pods = kube.json("get", "pods", "-n", NS, "-l", "job-name=scanjob-case1")["items"]
     logs = "\n".join(
-        pod_log(cluster, p, "aligner") or pod_log(cluster, p, p["spec"]["containers"][0]["name"]) for p in pods
+        cluster.pod_log(p, "aligner") or cluster.pod_log(p, p["spec"]["containers"][0]["name"]) for p in pods
     )
     status = kube.json("get", "scanjob", "case1", "-n", NS)["status"]
     assert final == "Succeeded", f"{status}\n--- pod log:\n{logs[-4000:]}"

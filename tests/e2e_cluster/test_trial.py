@@ -17,13 +17,19 @@ import pytest
 import yaml
 
 from mesial.aligner.samples import generate_case, write_case
-from tests.cluster.controlplane import ClusterInfo, running_control_plane
-from tests.e2e_cluster.conftest import CHART, Kube, eventually, free_port, helm, refusals, service_url
+from tests.e2e_cluster.backends import E2ECluster, running_cluster
+from tests.e2e_cluster.conftest import CHART, Kube, eventually, free_port, helm, refusals
 from tests.e2e_cluster.test_api import Client, printed_key, run_as_api
 from tests.e2e_cluster.test_organization import organization, ready
 
 NAMESPACE = "mesial-trial"
 TRIAL = ("openbao", "seaweedfs", "postgres")
+
+pytestmark = pytest.mark.only_on(
+    "local",
+    reason="the node agent maps the trial's images to this host's programs (tests/cluster/images.py) on "
+    "the host's fixed ports; kind would pull the bundled images, which this test does not prepare",
+)
 
 
 # The ports the bundled services listen on, on the host's network the node agent's pods share.
@@ -43,7 +49,7 @@ def taken(port: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def trial_cluster() -> Iterator[ClusterInfo]:
+def trial_cluster() -> Iterator[E2ECluster]:
     """A second control plane: the session's has its own release, and two cluster-wide operators
     would both take every Organization."""
     # The fixed ports are the host's: one trial stack at a time on this host (other checkouts' runs
@@ -53,12 +59,12 @@ def trial_cluster() -> Iterator[ClusterInfo]:
         busy = [port for port in FIXED_PORTS if taken(port)]
         if busy:
             pytest.fail(f"ports {busy} are taken on this host: the trial's bundled services listen on fixed ports")
-        with running_control_plane("mesial-e2e-trial-", keep_env="MESIAL_E2E_KEEP") as info:
+        with running_cluster("mesial-e2e-trial-", backend="local") as info:
             yield info
 
 
 @pytest.fixture(scope="module")
-def trial(trial_cluster: ClusterInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
+def trial(trial_cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
     kube = Kube(trial_cluster)
     values = {
         "trial": {"enabled": True},
@@ -92,14 +98,14 @@ def running(kube: Kube, component: str) -> bool:
 
 
 def test_trial_mode_runs_its_services_and_serves_an_organization(
-    trial: Kube, trial_cluster: ClusterInfo, tmp_path: Path
+    trial: Kube, trial_cluster: E2ECluster, tmp_path: Path
 ) -> None:
     kube = trial
     for component in (*(f"trial-{name}" for name in TRIAL), "api", "operator"):
         eventually(partial(running, kube, component), timeout=180, what=f"the {component} pod runs")
     # No migrate hook in trial mode: the API migrates as it starts, once its database answers.
     assert kube.get("job", "mesial-migrate", "-n", NAMESPACE) is None
-    client = Client(service_url(trial_cluster, NAMESPACE, "mesial-api", 8080))
+    client = Client(trial_cluster.service_url(NAMESPACE, "mesial-api", 8080))
     eventually(lambda: client.call("GET", "/readyz")[0] == 200, timeout=180, what="the trial API ready")
 
     # The operator provisions a tenant in the bundled OpenBao (its Kubernetes-auth login and the
