@@ -599,7 +599,7 @@ async def test_a_service_writes_only_its_own_actions_about_what_exists(api: Harn
 async def test_only_the_operator_reports_job_states(api: Harness) -> None:
     """A job's own bound key cannot conclude its job: the state reports (and their job.succeeded
     events) are the operator's action."""
-    from tests.api.test_jobs import start_job
+    from tests.api.test_jobs import start_job, wait_job
 
     org, admin = await api.new_org()
     job = await start_job(api, admin)
@@ -610,3 +610,9 @@ async def test_only_the_operator_reports_job_states(api: Harness) -> None:
     assert response.status_code == 403, response.text
     found = events(await export(api, admin))
     assert not [e for e in found if e["action"] == "job.failed" and e["actor"] == "service:job"]
+    # Nothing left running for the tests after this one.
+    cancelled = await api.client.post(f"/v1/jobs/{job['id']}/cancel", headers=bearer(admin))
+    assert cancelled.status_code == 200, cancelled.text
+    done = await wait_job(api, admin, job["id"])
+    assert done["state"] == "cancelled", done
+    assert job["id"] not in api.runtime.dispatcher.running

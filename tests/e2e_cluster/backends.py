@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import urllib.parse
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
@@ -225,6 +226,8 @@ class KindE2ECluster(E2ECluster):
             process.kill()
             raise ControlPlaneError(f"kubectl port-forward svc/{name}: {line.strip()}")
         url = f"http://127.0.0.1:{found.group(1)}"
+        # kubectl prints a line per connection: read them, or the full pipe would stall it.
+        threading.Thread(target=process.stdout.read, daemon=True).start()
         self._forwards[key] = (process, url)
         return url
 
