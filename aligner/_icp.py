@@ -247,6 +247,11 @@ class SurfaceTarget:
         return self.nearest_vertex(points, upper_bound)[0]
 
     @property
+    def scene(self) -> Any:
+        """The Open3D RaycastingScene of the mesh in its own frame (built on first use, shared by every placement)."""
+        return self._index.scene
+
+    @property
     def longest_edge(self) -> float:
         """Longest edge (mm) of the mesh."""
         return self._index.longest_edge

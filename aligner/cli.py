@@ -49,11 +49,11 @@ def align(
     from mesial.aligner.pipeline import AlignmentResult, Progress, align_scans
     from mesial.aligner.report import write_artifacts, write_result
     from mesial.common import __version__
-    from mesial.common.settings import get_settings
+    from mesial.common.limits import aligner_limits
 
     if len(bites) > 2:
         raise click.UsageError("at most two --bite scans")
-    limits = get_settings().aligner
+    max_bytes, max_triangles = aligner_limits()
 
     def run(progress: Progress | None) -> AlignmentResult:
         return align_scans(
@@ -62,8 +62,8 @@ def align(
             list(bites),
             params=AlignParams(seed=seed),
             occlusion=OcclusionParams(contact_threshold_mm=contact_threshold, optimise=not no_optimise),
-            max_bytes=limits.max_scan_bytes,
-            max_triangles=limits.max_triangles,
+            max_bytes=max_bytes,
+            max_triangles=max_triangles,
             unit=unit,
             progress=progress,
         )

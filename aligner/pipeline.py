@@ -24,6 +24,7 @@ from mesial.aligner.params import AlignParams, OcclusionParams
 from mesial.aligner.registration import Registration, register_bite, summary
 from mesial.aligner.transforms import invert, rotation_angle_deg, transform_points
 from mesial.aligner.validate import Scan, load_scan
+from mesial.common.limits import MAX_SCAN_BYTES, MAX_TRIANGLES
 
 FloatArray = NDArray[np.float64]
 Progress = Callable[[str, float], None]
@@ -111,8 +112,8 @@ def align_scans(
     *,
     params: AlignParams | None = None,
     occlusion: OcclusionParams | None = None,
-    max_bytes: int = 512 << 20,
-    max_triangles: int = 5_000_000,
+    max_bytes: int = MAX_SCAN_BYTES,
+    max_triangles: int = MAX_TRIANGLES,
     unit: str | None = None,
     progress: Progress | None = None,
 ) -> AlignmentResult:

@@ -16,6 +16,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mesial.common.limits import MAX_SCAN_BYTES, MAX_TRIANGLES
+
 
 class Mode(enum.StrEnum):
     local = "local"
@@ -80,10 +82,10 @@ class StoreSettings(BaseModel):
 
 
 class AlignerSettings(BaseModel):
-    # Refuse mesh files larger than this before reading them (bytes).
-    max_scan_bytes: int = Field(512 << 20, gt=0)
+    # Refuse mesh files larger than this before reading them (bytes); see common/limits.py.
+    max_scan_bytes: int = Field(MAX_SCAN_BYTES, gt=0)
     # Refuse meshes with more triangles than this.
-    max_triangles: int = Field(5_000_000, gt=0)
+    max_triangles: int = Field(MAX_TRIANGLES, gt=0)
 
 
 class OperatorSettings(BaseModel):

@@ -69,3 +69,29 @@ def test_json_output_is_the_document_and_the_message_plain_text(tmp_path):
     assert json.loads(result.stdout) == json.loads((tmp_path / "o" / "result.json").read_text())
     assert "invalid input: upper scan: the file is empty" in result.stderr  # no rich markup beside --json
     assert "[red]" not in result.stderr
+
+
+def test_the_limits_come_from_the_settings_when_the_environment_sets_them(tmp_path, monkeypatch, small_case):
+    """``mesial align`` reads its input limits without the settings' models unless the
+    environment (or a .env file) could change them; then the settings decide."""
+    from mesial.aligner.io import write_ply
+    from mesial.common.limits import MAX_SCAN_BYTES, MAX_TRIANGLES, aligner_limits
+    from mesial.common.settings import AlignerSettings, get_settings
+
+    monkeypatch.chdir(tmp_path)
+    defaults = AlignerSettings()
+    assert aligner_limits() == (MAX_SCAN_BYTES, MAX_TRIANGLES) == (defaults.max_scan_bytes, defaults.max_triangles)
+    monkeypatch.setenv("mesial_aligner__max_triangles", "1000")  # case-insensitive, as the settings read it
+    assert aligner_limits() == (MAX_SCAN_BYTES, 1000)
+    monkeypatch.delenv("mesial_aligner__max_triangles")
+    get_settings.cache_clear()  # read once per process: this test plays two processes
+    (tmp_path / ".env").write_text("MESIAL_ALIGNER__MAX_SCAN_BYTES=2048\n")
+    assert aligner_limits() == (2048, MAX_TRIANGLES)
+    write_ply(tmp_path / "upper.ply", small_case.upper.vertices, small_case.upper.faces)
+    result = CliRunner().invoke(
+        root,
+        ["align", "--upper", "upper.ply", "--lower", "upper.ply", "--bite", "upper.ply", "--out", "o", "--json"],
+    )
+    assert result.exit_code == 2
+    assert "the limit is 2,048" in json.loads((tmp_path / "o" / "result.json").read_text())["reasons"][0]
+    get_settings.cache_clear()

@@ -151,6 +151,48 @@ def test_inward_winding_is_flipped(tmp_path):
     assert np.all(np.einsum("ij,ij->i", scan.vertex_normals, scan.vertices) > 0)
 
 
+def _open_cap(vertices: Any, faces: Any) -> tuple[Any, Any]:
+    """The upper half (z > 0) of a closed mesh: an open cap, its border a circle."""
+    keep = np.all(vertices[faces][:, :, 2] > 0, axis=1)
+    used = np.unique(faces[keep])
+    remap = np.full(len(vertices), -1)
+    remap[used] = np.arange(len(used))
+    return vertices[used], remap[faces[keep]]
+
+
+def test_orientation_of_open_and_closed_meshes(small_case):
+    """The signed-volume check calls a winding inward exactly when it is: open arches, an open
+    cap and a closed sphere, as written and reversed; a flat sheet is left alone either way."""
+    from mesial.aligner.validate import border_centre, orientation_is_inward
+
+    from .conftest import uv_sphere
+
+    sphere = uv_sphere(5.0, (1.0, 2.0, 3.0), rings=30, segments=60)
+    cap = _open_cap(*uv_sphere(5.0, (0, 0, 0), rings=30, segments=60))
+    meshes = [(m.vertices, m.faces) for m in (small_case.upper, small_case.lower)] + [sphere, cap]
+    for vertices, faces in meshes:
+        assert not orientation_is_inward(vertices, faces)
+        assert orientation_is_inward(vertices, faces[:, ::-1])
+    flat = grid_plane(20.0, 1.0)
+    for faces in (flat[1], flat[1][:, ::-1]):
+        assert not orientation_is_inward(flat[0], faces)
+    # the cap's border is the circle at its foot: centred on the axis, at its height
+    centre = border_centre(*cap)
+    foot = cap[0][np.argmin(cap[0][:, 2]), 2]
+    assert np.allclose(centre[:2], 0.0, atol=1e-9) and np.isclose(centre[2], foot)
+    assert np.allclose(border_centre(*sphere), sphere[0].mean(axis=0))  # closed: no border
+
+
+def test_an_inward_arch_is_flipped_back(small_case):
+    from mesial.aligner.validate import scan_from_arrays
+
+    arch = small_case.lower
+    scan = scan_from_arrays(arch.vertices, arch.faces[:, ::-1], "lower")
+    assert scan.cleaning.normals_flipped
+    assert np.array_equal(scan.faces, arch.faces)
+    assert not scan_from_arrays(arch.vertices, arch.faces, "lower").cleaning.normals_flipped
+
+
 @pytest.mark.parametrize("extra", [False, True])
 def test_readers_match_trimesh(tmp_path, plane, extra):
     """Every format reads to trimesh's vertices and faces (binary PLY with extra properties too)."""
