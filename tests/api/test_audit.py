@@ -339,6 +339,9 @@ async def test_chain_stays_linear_across_processes_on_postgres(pg: Harness) -> N
     assert sum(e["action"] == "test.multiprocess" for e in events(lines)) == 120
 
 
+BOUND_S = 120.0  # 80 appends from two processes and this app's own take 10-35 s on the shared machine
+
+
 async def test_appends_of_other_connections_wait_instead_of_failing(api: Harness) -> None:
     """Other connections to the same database (``mesial admin`` beside a local-mode server on one
     SQLite file, a second app) append to the chain while this app does: every append waits its turn
@@ -362,15 +365,29 @@ async def test_appends_of_other_connections_wait_instead_of_failing(api: Harness
     waited = asyncio.gather(*(process.communicate() for process in processes))
     appended = 0
     failed: list[str] = []
-    while not waited.done() and not failed:  # this app appends for as long as the others do
-        found = await asyncio.gather(*(here(appended + i) for i in range(4)), return_exceptions=True)
-        failed += [repr(error) for error in found if error is not None]
-        appended += 4 - len([error for error in found if error is not None])
-    if failed:  # before the fix: "database is locked"
+
+    async def append_while_they_do() -> list[tuple[bytes, bytes]]:
+        nonlocal appended
+        while not waited.done() and not failed:  # this app appends for as long as the others do
+            found = await asyncio.gather(*(here(appended + i) for i in range(4)), return_exceptions=True)
+            failed.extend(repr(error) for error in found if error is not None)
+            appended += 4 - len([error for error in found if error is not None])
+        if failed:  # before the fix: "database is locked"
+            for process in processes:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+        return await waited
+
+    # Bounded: a regression that makes the appends wait on each other forever fails here, not at
+    # the suite's timeout (the appenders are killed either way).
+    try:
+        results = await asyncio.wait_for(append_while_they_do(), timeout=BOUND_S)
+    except TimeoutError:
+        pytest.fail(f"the appends did not finish within {BOUND_S} s ({appended} here, failures: {failed[:3]})")
+    finally:
         for process in processes:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
-    results = await waited
     assert failed == []
     assert [process.returncode for process in processes] == [0, 0], [err.decode()[-1500:] for _, err in results]
     lines = await export(api, admin)
