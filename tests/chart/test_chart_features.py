@@ -171,6 +171,40 @@ def test_trial_mode_bundles_its_services(k8s_tools: dict[str, Path], monkeypatch
     assert "WARNING: trial mode" in notes.stdout
 
 
+def test_trial_ports_move_every_listener_of_the_bundled_services(
+    k8s_tools: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`trial.ports`: the pods listen where told (OpenBao, SeaweedFS's master, volume server, filer and
+    S3, PostgreSQL and its readiness probe); the Services keep their ports, the tenants' egress follows
+    the pods' ports (a NetworkPolicy matches the pod's port)."""
+    ports = {"openbao": 21200, "s3": 21333, "seaweedfsMaster": 21933, "seaweedfsVolume": 21080,
+             "seaweedfsFiler": 21888, "postgres": 21432}  # fmt: skip
+    docs = render(k8s_tools, "--set", "trial.enabled=true", *[f"--set=trial.ports.{k}={v}" for k, v in ports.items()])
+    services = {d["metadata"]["name"]: d["spec"]["ports"][0] for d in kinds(docs, "Service").values()}
+    assert services["rel-mesial-trial-openbao"] == {"name": "main", "port": 8200, "targetPort": "main"}
+    assert services["rel-mesial-trial-seaweedfs"]["port"] == 8333
+    assert services["rel-mesial-trial-postgres"]["port"] == 5432
+    containers = {c["name"]: c for c in (pod(docs, f"trial-{n}")["spec"]["containers"][0] for n in ("openbao", "seaweedfs", "postgres"))}  # fmt: skip
+    assert containers["openbao"]["ports"] == [{"name": "main", "containerPort": 21200}]
+    assert "-dev-listen-address=0.0.0.0:21200" in containers["openbao"]["args"][0]
+    assert {"name": "BAO_ADDR", "value": "http://127.0.0.1:21200"} in containers["openbao"]["env"]
+    weed = containers["seaweedfs"]["args"][0]
+    for flag in ("-master.port=21933", "-volume.port=21080", "-filer.port=21888", "-s3.port=21333",
+                 "-master=127.0.0.1:21933", "-filer=127.0.0.1:21888"):  # fmt: skip
+        assert flag in weed, flag
+    assert containers["seaweedfs"]["ports"] == [{"name": "main", "containerPort": 21333}]
+    assert containers["postgres"]["ports"] == [{"name": "main", "containerPort": 21432}]
+    assert {"name": "PGPORT", "value": "21432"} in containers["postgres"]["env"]
+    assert containers["postgres"]["readinessProbe"]["exec"]["command"] == ["pg_isready", "-U", "mesial", "-p", "21432"]
+    operator = settings_from(pod(docs, "operator")["spec"]["containers"][0], monkeypatch).operator
+    assert operator.egress_vault.ports == [21200] and operator.egress_store.ports == [21333]
+    # The defaults are the programs' own ports.
+    default = {c["name"]: c for d in render(k8s_tools, "--set", "trial.enabled=true") if d["kind"] == "Deployment"
+               for c in d["spec"]["template"]["spec"]["containers"]}  # fmt: skip
+    assert "-master.port=9333 -volume.port=8080 -filer.port=8888 -s3 -s3.port=8333" in default["seaweedfs"]["args"][0]
+    assert default["postgres"]["ports"] == [{"name": "main", "containerPort": 5432}]
+
+
 def test_notes_name_only_what_the_packaged_chart_holds(k8s_tools: dict[str, Path], tmp_path: Path) -> None:
     package = helm(k8s_tools, "package", str(ROOT / "charts/mesial"), "-d", str(tmp_path)).stdout
     assert "Successfully packaged" in package

