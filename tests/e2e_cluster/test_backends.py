@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tarfile
 import threading
 from pathlib import Path
@@ -290,3 +291,25 @@ def test_a_control_plane_that_cannot_be_built_leaves_no_directory(monkeypatch: p
         with controlplane.running_control_plane(prefix):
             pass
     assert not list(Path("/var/tmp").glob(prefix + "*"))
+
+
+def _pytest(env_value: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MESIAL_E2E_CLUSTER": env_value}
+    return subprocess.run(
+        [sys.executable, "-P", "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", *args],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+
+
+def test_scenarios_of_the_other_backend_are_skipped_with_their_reason() -> None:
+    result = _pytest("kind", "tests/e2e_cluster/test_node_agent.py", "tests/e2e_cluster/test_trial.py")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "4 skipped" in result.stdout, result.stdout[-3000:]
+    assert "only on the local backend: tests the node agent itself (kind has a real kubelet)" in result.stdout
+    assert "only on the local backend: the node agent maps the trial's images" in result.stdout
+
+
+def test_an_unknown_backend_stops_pytest_naming_the_choices() -> None:
+    result = _pytest("minikube", "tests/e2e_cluster/test_node_agent.py")
+    assert result.returncode == 4, result.stdout + result.stderr  # pytest's usage error
+    assert "MESIAL_E2E_CLUSTER='minikube': expected one of local, kind" in result.stderr
