@@ -313,3 +313,25 @@ def test_an_unknown_backend_stops_pytest_naming_the_choices() -> None:
     result = _pytest("minikube", "tests/e2e_cluster/test_node_agent.py")
     assert result.returncode == 4, result.stdout + result.stderr  # pytest's usage error
     assert "MESIAL_E2E_CLUSTER='minikube': expected one of local, kind" in result.stderr
+
+
+def test_kind_kills_a_container_from_its_node(tmp_path: Path) -> None:
+    """The crash the operator scenarios cause, as the kind backend runs it (a stand-in `docker` records
+    the commands; the container's PID 1 ignores SIGKILL from inside its own PID namespace)."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "docker"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\ncase "$*" in *crictl*) echo 4242;; esac\n')
+    fake.chmod(0o755)
+    kubeconfig = tmp_path / "admin.kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({"clusters": [{"cluster": {"server": "https://127.0.0.1:1", "certificate-authority-data": "Q0E="}}]}))  # fmt: skip
+    cluster = KindE2ECluster(KindCluster("t", tmp_path, docker=str(fake)))
+    pod = {
+        "metadata": {"name": "op", "namespace": "mesial-system"},
+        "spec": {"nodeName": "mesial-e2e-x-control-plane"},
+        "status": {"containerStatuses": [{"name": "operator", "containerID": "containerd://abc123"}]},
+    }
+    cluster.kill_container(pod, "operator")
+    assert calls.read_text().splitlines() == [
+        "exec mesial-e2e-x-control-plane crictl inspect --output go-template --template {{.info.pid}} abc123",
+        "exec mesial-e2e-x-control-plane kill -KILL 4242",
+    ]
