@@ -57,6 +57,7 @@ from typing import Any
 import yaml
 
 from tests.cluster.images import Image, image_map, repository
+from tests.cluster.relay import pipe
 
 log = logging.getLogger("node-agent")
 Obj = dict[str, Any]
@@ -676,18 +677,6 @@ def _group_alive(pgid: int) -> bool:
 
 
 def _pipe_both(client: Any, upstream: Any) -> None:
-    import socket
-
-    def pipe(src: Any, dst: Any) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                dst.shutdown(socket.SHUT_WR)
-
     upstream.settimeout(None)
     threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
     pipe(client, upstream)

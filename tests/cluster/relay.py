@@ -11,6 +11,19 @@ import socket
 import threading
 
 
+def pipe(source: socket.socket, sink: socket.socket) -> None:
+    """Copy ``source`` to ``sink`` until ``source`` ends, then end ``sink``'s sending side (one
+    direction of a forwarded connection; the relay and the node agent's Service proxy use it)."""
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+
 class Relay:
     """Listens on ``(host, port)`` (``port`` 0: any free one) and forwards to ``target``."""
 
@@ -42,17 +55,7 @@ class Relay:
             with self._lock:
                 self._conns |= {client, upstream}
             for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                sink.shutdown(socket.SHUT_WR)
+                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
 
     def close(self) -> None:
         self._closed.set()
