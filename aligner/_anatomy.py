@@ -69,7 +69,7 @@ def crown_direction(vertices: FloatArray, faces: NDArray[np.int64], axis: FloatA
     first = np.concatenate([faces[:, 0], faces[:, 1], faces[:, 2]])
     second = np.concatenate([faces[:, 1], faces[:, 2], faces[:, 0]])
     key = np.minimum(first, second) * np.int64(len(vertices)) + np.maximum(first, second)
-    key.sort(kind="stable")  # radix sort for integers
+    key.sort()  # plain integers: any sort gives the same array (NumPy's default one is the fastest)
     single = np.ones(len(key), dtype=bool)
     same = key[1:] == key[:-1]
     single[1:] &= ~same

@@ -130,26 +130,65 @@ def icp(
 
     Points farther than the current gate from the target are ignored; the
     rest are weighted by ``(1 - (r / gate)^2)^2`` (Tukey) on the plane residual.
+    One start of :func:`icp_many`.
+    """
+    return np.asarray(icp_many(source, target, np.asarray(pose, dtype=np.float64)[None], gates, iterations)[0])
+
+
+def icp_many(
+    source: FloatArray,
+    target: PlaneTarget,
+    poses: FloatArray,
+    gates: tuple[float, ...],
+    iterations: int = 3,
+) -> FloatArray:
+    """:func:`icp` of one cloud from several starting poses at once (one k-d tree query per iteration).
+
+    Each start runs exactly as alone: the same gates, weights and steps; a start whose
+    matched points fall below 12 keeps its last pose (it stops there).
+
+    Parameters
+    ----------
+    source : (n, 3) float, millimetres
+    target : PlaneTarget
+    poses : (m, 4, 4) float
+        Starting poses (source -> target frame).
+    gates : tuple of float, millimetres
+    iterations : int
+        Iterations per gate.
+
+    Returns
+    -------
+    poses : (m, 4, 4) float
     """
     from mesial.aligner.transforms import exp_se3
 
-    pose = np.array(pose, dtype=np.float64)
+    poses = np.array(poses, dtype=np.float64).reshape(-1, 4, 4)
+    active = np.arange(len(poses))
+    n = len(source)
     for gate in gates:
         for _ in range(iterations):
-            x = source @ pose[:3, :3].T + pose[:3, 3]
-            distance, index = target.match(x, gate)
-            use = np.isfinite(distance)
-            if use.sum() < 12:
-                return pose
-            x, index = x[use], index[use]
-            normal = target.normals[index]
-            residual = np.einsum("ij,ij->i", x - target.points[index], normal)
-            weight = np.clip(1.0 - (residual / gate) ** 2, 0.0, None) ** 2
-            rows = np.hstack([np.cross(x, normal), normal])
-            hessian = rows.T @ (rows * weight[:, None]) + 1e-9 * np.eye(6)
-            step = np.linalg.solve(hessian, -rows.T @ (weight * residual))
-            pose = exp_se3(step) @ pose
-    return pose
+            if not len(active):
+                return poses
+            x = np.einsum("mij,nj->mni", poses[active, :3, :3], source) + poses[active, None, :3, 3]  # (m, n, 3)
+            distance, index = target.match(x.reshape(-1, 3), gate)
+            use = np.isfinite(distance).reshape(len(active), n)
+            going = use.sum(axis=1) >= 12
+            if not going.all():  # too few matches: that start stops where it is
+                active, x, use = active[going], x[going], use[going]
+                index = index.reshape(-1, n)[going].ravel()
+                if not len(active):
+                    return poses
+            index = np.where(use.ravel(), index, 0)  # unmatched points: any sample, zero weight
+            normal = target.normals[index].reshape(x.shape)
+            residual = np.einsum("mni,mni->mn", x - target.points[index].reshape(x.shape), normal)
+            weight = np.where(use, np.clip(1.0 - (residual / gate) ** 2, 0.0, None) ** 2, 0.0)
+            rows = np.concatenate([np.cross(x, normal), normal], axis=2)  # (m, n, 6)
+            hessian = np.einsum("mni,mnj->mij", rows, rows * weight[..., None]) + 1e-9 * np.eye(6)
+            step = np.linalg.solve(hessian, -np.einsum("mni,mn->mi", rows, weight * residual)[..., None])[..., 0]
+            for k, start in enumerate(active):
+                poses[start] = exp_se3(step[k]) @ poses[start]
+    return poses
 
 
 def search_along(
@@ -195,10 +234,11 @@ def search_along(
     local = probe - strip.centre
     heights = np.asarray(heights_mm)
     offsets = np.asarray(offsets_mm)
-    results: list[tuple[float, FloatArray, float]] = []
+    # per (way, tilt) pass, its best poses: scores, sigma, rotations (k, 3, 3), translations (k, 3)
+    passes: list[tuple[FloatArray, FloatArray, FloatArray, FloatArray]] = []
     for sigma, tilt in ((sigma, tilt) for sigma in ways for tilt in np.radians(tilts_deg)):
         rotations = _rotations(psi, sigma, strip, float(tilt))  # (a, 3, 3)
-        moved = np.einsum("aij,nj->ani", rotations, local)
+        moved = local @ rotations.transpose(0, 2, 1)  # (a, n, 3): every probe turned by every rotation
         translation = (
             anchor[:, None, None, :]
             + heights[None, :, None, None] * np.array([0.0, 0.0, 1.0])
@@ -209,21 +249,19 @@ def search_along(
         # coarse to fine: every pose scored on the first coarse_probes probes (evenly spread when the
         # probes come from farthest-point sampling), the best rescore_share of them on all probes
         few = moved[:, : max(1, coarse_probes)]
-        points = few[:, None, :, :] + flat_t[:, :, None, :]
-        rough = np.maximum(0.0, 1.0 - field(points) / tau_mm).mean(axis=2).ravel()  # (a * h*o,)
+        rough = field.score(few[:, None, :, :], tau_mm, flat_t[:, :, None, :]).mean(axis=2).ravel()  # (a * h*o,)
         count = min(len(rough), max(keep, int(rescore_share * len(rough))))
         chosen = np.argpartition(-rough, count - 1)[:count] if count < len(rough) else np.arange(len(rough))
         ai, ti = np.divmod(chosen, flat_t.shape[1])
-        points = moved[ai] + flat_t[ai, ti][:, None, :]
-        score = np.maximum(0.0, 1.0 - field(points) / tau_mm).mean(axis=1)  # (count,)
+        score = field.score(moved[ai], tau_mm, flat_t[ai, ti][:, None, :]).mean(axis=1)  # (count,)
         best = np.argsort(-score, kind="stable")[:keep]
-        for index in best:
-            i, j = int(ai[index]), int(ti[index])
-            matrix = from_rotation_translation(rotations[i], flat_t[i, j] - rotations[i] @ strip.centre)
-            results.append((float(score[index]), matrix, sigma))
-    results.sort(key=lambda item: -item[0])
-    return [
-        Candidate(matrix, value, sigma)
-        for way in ways
-        for value, matrix, sigma in [item for item in results if item[2] == way][:keep]
-    ]
+        i, j = ai[best], ti[best]
+        passes.append((score[best], np.full(len(best), sigma), rotations[i], flat_t[i, j]))
+    scores, sigmas, rotations, translations = (np.concatenate(column) for column in zip(*passes, strict=True))
+    order = np.argsort(-scores, kind="stable")  # best first; ties in the order the passes found them
+    out: list[Candidate] = []
+    for way in ways:
+        for k in order[sigmas[order] == way][:keep]:
+            matrix = from_rotation_translation(rotations[k], translations[k] - rotations[k] @ strip.centre)
+            out.append(Candidate(matrix, float(scores[k]), way))
+    return out

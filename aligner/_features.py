@@ -31,15 +31,16 @@ def voxel_representatives(points: FloatArray, voxel_mm: float) -> NDArray[np.int
 def first_occurrences(key: NDArray[np.int64]) -> NDArray[np.int64]:
     """Index of the first occurrence of each distinct integer key (ordered by key).
 
-    Same as ``np.unique(key, return_index=True)[1]``, with a stable (radix) sort.
+    Same as ``np.unique(key, return_index=True)[1]``: NumPy's default (unstable, fastest) sort
+    groups equal keys, and each group's smallest index is its first occurrence.
     """
     if len(key) == 0:
         return np.zeros(0, dtype=np.int64)
-    order = np.argsort(key, kind="stable")
+    order = np.argsort(key)
     ordered = key[order]
     start = np.ones(len(key), dtype=bool)
     start[1:] = ordered[1:] != ordered[:-1]
-    return np.asarray(order[start], dtype=np.int64)
+    return np.asarray(np.minimum.reduceat(order, np.flatnonzero(start)), dtype=np.int64)
 
 
 def invariant_representatives(points: FloatArray, voxel_mm: float) -> NDArray[np.int64]:

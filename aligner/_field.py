@@ -99,23 +99,45 @@ class DistanceField:
         self.grid = distance.ravel()
         self.limit = (shape - 1).astype(np.float64)
         self.strides = [int(np.prod(shape[i + 1 :])) for i in range(len(shape))]
+        self._scores: dict[float, FloatArray] = {}
 
-    def __call__(self, points: FloatArray) -> FloatArray:
-        """Distances ``(...)`` for points ``(..., d)``; ``margin_mm`` outside the grid.
+    def __call__(self, points: FloatArray, offset: FloatArray | None = None) -> FloatArray:
+        """Distances (mm) at ``points (..., d)`` (plus ``offset``, broadcast); ``margin_mm`` outside the grid.
+
+        ``field(points, offset)`` equals ``field(points + offset)`` without building the sum's
+        ``(..., d)`` array (each coordinate is summed as it is looked up).
+        """
+        flat, shape = self._cells(points, offset)
+        return np.asarray(self.grid.take(flat), dtype=np.float64).reshape(shape)
+
+    def score(self, points: FloatArray, tau_mm: float, offset: FloatArray | None = None) -> FloatArray:
+        """``max(0, 1 - distance / tau_mm)`` at ``points (..., d)`` (plus ``offset``): one gather from a
+        table of the grid's scores, built on the first call for each ``tau_mm`` (the same values as
+        computing them from :meth:`__call__`)."""
+        table = self._scores.get(tau_mm)
+        if table is None:
+            table = np.maximum(0.0, 1.0 - self.grid.astype(np.float64) / tau_mm)
+            self._scores[tau_mm] = table
+        flat, shape = self._cells(points, offset)
+        return np.asarray(table.take(flat), dtype=np.float64).reshape(shape)
+
+    def _cells(self, points: FloatArray, offset: FloatArray | None) -> tuple[NDArray[np.int32], tuple[int, ...]]:
+        """Flat grid index of each point (nearest cell, clipped to the grid) and the points' broadcast shape.
 
         One axis at a time: a coordinate's cell is clipped to the grid with scalar bounds and
         added to the flat index (the same cells as clipping the ``(n, d)`` array against its
         ``(d,)`` limits, twice as fast: no ``(n, d)`` temporary, no broadcast over an axis of d).
         """
         points = np.asarray(points)
-        rows = points.reshape(-1, points.shape[-1])
-        flat = np.zeros(len(rows), dtype=np.int32)
+        shape = points.shape[:-1] if offset is None else np.broadcast_shapes(points.shape, offset.shape)[:-1]
+        flat = np.zeros(int(np.prod(shape)), dtype=np.int32)
         for axis, stride in enumerate(self.strides):
-            cell = rows[:, axis] - self.origin[axis]
+            coordinate = points[..., axis] if offset is None else points[..., axis] + offset[..., axis]
+            cell = coordinate.reshape(-1) - self.origin[axis]  # a new array: the points stay as they are
             cell /= self.voxel
             cell += 0.5
             np.clip(cell, 0.0, self.limit[axis], out=cell)
             index = cell.astype(np.int32)
             index *= np.int32(stride)
             flat += index
-        return np.asarray(self.grid.take(flat), dtype=np.float64).reshape(points.shape[:-1])
+        return flat, tuple(shape)

@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mesial.aligner._anatomy import ArchFrame, arch_frame, buccal_outline
-from mesial.aligner._coarse import StripFrame, distinct, icp, search_along, strip_frame
+from mesial.aligner._coarse import StripFrame, distinct, icp_many, search_along, strip_frame
 from mesial.aligner._features import invariant_representatives, spread_points, voxel_representatives
 from mesial.aligner._field import DistanceField
 from mesial.aligner._icp import JointFit, PlaneTarget, SurfaceTarget, _match, refine_joint
@@ -144,15 +144,15 @@ def register_bite(
     # preprocess: thinned arches, canonical frames, search fields, thinned bites
     report("preprocess", 0.0)
     arch_scans = {"upper": upper, "lower": lower}
-    frames: dict[str, ArchFrame] = {}
-    coarse: dict[str, PlaneTarget] = {}
+    solo: dict[str, _Alone] = {}
     for name, scan in arch_scans.items():
         pick = voxel_representatives(scan.vertices, params.frame_voxel_mm)
-        frames[name] = arch_frame(scan.vertices[pick], scan.vertex_normals[pick], scan.vertices, scan.faces)
+        frame = arch_frame(scan.vertices[pick], scan.vertex_normals[pick], scan.vertices, scan.faces)
+        thin = scan.vertices[pick]
         pick = voxel_representatives(scan.vertices, params.coarse_voxel_mm)
-        coarse[name] = PlaneTarget(scan.vertices[pick], scan.vertex_normals[pick], params.coarse_voxel_mm)
-    # each arch alone in its canonical frame: search field and buccal outline (no pose assumed between them)
-    solo = {name: _arch_alone(arch_scans[name], frames[name], coarse[name], params) for name in ARCHES}
+        coarse = PlaneTarget(scan.vertices[pick], scan.vertex_normals[pick], params.coarse_voxel_mm)
+        # each arch alone in its canonical frame: search field and buccal outline (no pose assumed between them)
+        solo[name] = _arch_alone(thin, frame, coarse, params)
     fine = {name: scan.surface() for name, scan in arch_scans.items()}
     if len(bites) == 1:
         fine_voxel = params.one_bite_fine_voxel_mm
@@ -229,7 +229,7 @@ def register_bite(
     for k, item in enumerate(evidence):
         runner_up = runners_up[k]
         if item.margin < params.min_margin and runner_up is not None:
-            evidence[k] = _resolve(item, fine_points[k], fine, (bite_to_upper[k], candidates[k][1]), runner_up, params)
+            evidence[k] = _resolve(item, rough_points[k], fine, (bite_to_upper[k], candidates[k][1]), runner_up, params)
     reasons = _reasons(evidence, fit, params, [pose for _, pose in candidates]) + ([conflict] if conflict else [])
     reasons += [too_short[k] for k in sorted(too_short)]
     if (
@@ -332,9 +332,9 @@ class _Alone:
     target: PlaneTarget
 
 
-def _arch_alone(scan: Scan, frame: ArchFrame, target: PlaneTarget, params: AlignParams) -> _Alone:
-    points = transform_points(scan.vertices[voxel_representatives(scan.vertices, params.frame_voxel_mm)],
-                              frame.to_canonical)  # fmt: skip
+def _arch_alone(thin: FloatArray, frame: ArchFrame, target: PlaneTarget, params: AlignParams) -> _Alone:
+    """One arch from its vertices thinned to ``frame_voxel_mm`` (``(n, 3)``, mm, file frame), its frame and target."""
+    points = transform_points(thin, frame.to_canonical)
     # a band of 5 mm about the occlusal table: a curve of Spee or a tilted frame leaves the molars
     # outside 3 mm (the upper's outline stopped at the canines on 7 of 40 train pairs)
     return _Alone(
@@ -386,8 +386,7 @@ def _global_one_bite(
             keep += [index[i] for i in chosen[: params.bite_candidates // 2]]
         from_canonical = invert(arch.to_canonical)
         refined = []
-        for kept in keep:
-            pose = icp(sparse, arch.target, from_canonical @ poses[kept], (2.0, 1.0, 0.5))
+        for pose in icp_many(sparse, arch.target, _starts(from_canonical, [poses[kept] for kept in keep]), GATES):
             on_arch = _on_surface(arch.target, transform_points(sparse, pose), tau)
             refined.append((float(on_arch.mean()), pose, on_arch))
         tried += len(refined)
@@ -413,6 +412,15 @@ def _global_one_bite(
     best_score, best_pose, best_lower, second, runner_up = _best_and_runner_up(scored, strip.centre, params)
     item = BiteEvidence(k, best_score, second, best_score - second, tried, len(scored), tau)
     return item, best_pose, best_lower, runner_up
+
+
+# The short ICPs of the global step: three iterations at each of these gates (mm).
+GATES = (2.0, 1.0, 0.5)
+
+
+def _starts(from_canonical: FloatArray, poses: list[FloatArray]) -> FloatArray:
+    """Poses ``(4, 4)`` found in an arch's canonical frame, brought to its file frame: ``(m, 4, 4)``."""
+    return np.asarray(from_canonical @ np.asarray(poses, dtype=np.float64).reshape(-1, 4, 4), dtype=np.float64)
 
 
 def _differ(first: FloatArray, second: FloatArray, solo: dict[str, _Alone], params: AlignParams) -> bool:
@@ -462,8 +470,8 @@ def _place_with_lower(
         index = [i for i, candidate in enumerate(found) if candidate.sigma == way]
         chosen = distinct([poses[i] for i in index], strip.centre, params.distinct_rotation_deg,
                           params.distinct_translation_mm)  # fmt: skip
-        for i in chosen[: params.bite_candidates // 2]:
-            pose = icp(sparse, target, from_canonical @ poses[index[i]], (2.0, 1.0, 0.5))
+        starts = _starts(from_canonical, [poses[index[i]] for i in chosen[: params.bite_candidates // 2]])
+        for pose in icp_many(sparse, target, starts, GATES):
             scored.append(
                 (_explained(thin, pose, lower_to_upper, coarse, params.pair_distance_mm), pose, lower_to_upper)
             )
@@ -537,10 +545,9 @@ def _other_arch(
     from_canonical = invert(other.to_canonical)
     limit = float(np.cos(np.radians(params.facing_tolerance_deg)))
     out: list[tuple[float, FloatArray]] = []
-    for i in distinct(poses, strip.centre, params.distinct_rotation_deg, params.distinct_translation_mm)[
-        : params.residual_candidates
-    ]:
-        pose = icp(residual, other.target, from_canonical @ poses[i], (2.0, 1.0, 0.5))
+    chosen = distinct(poses, strip.centre, params.distinct_rotation_deg, params.distinct_translation_mm)
+    starts = _starts(from_canonical, [poses[i] for i in chosen[: params.residual_candidates]])
+    for pose in icp_many(residual, other.target, starts, GATES):
         other_pose = bite_to_arch @ invert(pose)
         rotation = other_pose[:3, :3]
         if float((rotation @ other_axes[2]) @ -arch_axes[2]) < limit:

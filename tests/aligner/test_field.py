@@ -61,3 +61,18 @@ def test_patch_count_is_the_number_of_connected_components():
         graph = coo_matrix((np.ones(len(edges)), (remap[edges[:, 0]], remap[edges[:, 1]])), (len(index),) * 2)
         expected = connected_components(graph, directed=False)[0] if len(index) else 0
         assert count_patches(faces, mask) == expected
+
+
+def test_look_ups_at_a_sum_and_scores_equal_those_at_the_summed_points():
+    """``field(points, offset)`` is ``field(points + offset)`` (broadcast), and ``score`` is
+    ``max(0, 1 - distance / tau)``: the same values, bit for bit."""
+    rng = np.random.default_rng(11)
+    field = DistanceField(rng.normal(size=(2000, 3)) * [15.0, 10.0, 4.0], 0.6, 2.1)
+    probes = rng.normal(size=(40, 1, 24, 3)) * 6.0
+    shifts = rng.normal(size=(40, 20, 1, 3)) * 6.0
+    summed = probes + shifts
+    assert np.array_equal(field(probes, shifts), field(summed))
+    assert field(probes, shifts).shape == (40, 20, 24)
+    for tau in (1.5, 0.8):
+        assert np.array_equal(field.score(probes, tau, shifts), np.maximum(0.0, 1.0 - field(summed) / tau))
+        assert np.array_equal(field.score(summed, tau), np.maximum(0.0, 1.0 - field(summed) / tau))

@@ -164,8 +164,9 @@ def test_lower_arch_is_found_without_a_prior_between_the_arches(small_case: Samp
         scan = scan_from_arrays(mesh.vertices, mesh.faces, name)
         pick = voxel_representatives(scan.vertices, 1.0)
         frame = arch_frame(scan.vertices[pick], scan.vertex_normals[pick], scan.vertices, scan.faces)
+        thin = scan.vertices[pick]
         pick = voxel_representatives(scan.vertices, 0.5)
-        solo[name] = _arch_alone(scan, frame, PlaneTarget(scan.vertices[pick], scan.vertex_normals[pick], 0.5), params)
+        solo[name] = _arch_alone(thin, frame, PlaneTarget(scan.vertices[pick], scan.vertex_normals[pick], 0.5), params)
     canonical = solo["upper"].to_canonical
     truth_lower = invert(case.truth["upper"]) @ case.truth["lower"]  # lower file -> upper file
     motion = invert(canonical) @ exp_se3(np.array([0.0, 0.0, np.radians(12.0), 0.0, 6.0, 0.0])) @ canonical
@@ -188,3 +189,30 @@ def test_lower_arch_is_found_without_a_prior_between_the_arches(small_case: Samp
     assert found
     error = relative_error(found[0], moved_lower, case.lower.vertices)
     assert float(np.sqrt(np.mean(error**2))) < 1.0  # within the fine step's reach (1.5 mm); 0.64 measured
+
+
+def test_icp_from_several_starts_runs_each_start_as_alone(small_case: SampleCase) -> None:
+    """The batched short ICP gives every start the pose it reaches alone (a start too far to match
+    12 points stays where it is), and a start 1 mm and 2° off reaches the truth."""
+    from mesial.aligner._coarse import icp, icp_many
+    from mesial.aligner._icp import PlaneTarget
+    from mesial.aligner.registration import GATES
+    from mesial.aligner.transforms import exp_se3
+
+    scan = scan_from_arrays(small_case.upper.vertices, small_case.upper.faces, "upper")
+    pick = voxel_representatives(scan.vertices, 0.5)
+    target = PlaneTarget(scan.vertices[pick], scan.vertex_normals[pick], 0.5)
+    rng = np.random.default_rng(2)
+    source = scan.vertices[rng.choice(len(scan.vertices), 300, replace=False)]
+    twists = [np.r_[rng.normal(0.0, np.radians(2.0), 3), rng.normal(0.0, 1.0, 3)] for _ in range(5)]
+    centre = np.eye(4)
+    centre[:3, 3] = source.mean(axis=0)
+    # turned about the points' centre
+    near = [centre @ exp_se3(twist) @ invert(centre) for twist in twists]
+    starts = np.array([*near, exp_se3(np.r_[0.0, 0.0, 0.0, 40.0, 0.0, 0.0])])
+    many = icp_many(source, target, starts, GATES)
+    alone = np.array([icp(source, target, start, GATES) for start in starts])
+    assert np.allclose(many, alone, rtol=0.0, atol=1e-9)
+    assert np.array_equal(many[-1], starts[-1])  # 40 mm away: nothing within the gates
+    for pose in many[:-1]:
+        assert float(np.sqrt(np.mean(relative_error(pose, np.eye(4), source) ** 2))) < 0.05
