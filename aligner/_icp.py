@@ -266,10 +266,12 @@ class SurfaceTarget:
 
         ``|coarse - exact| <= bound`` below the cap (one distance-field look-up per point).
         """
+        return self._index.field(self._local(points)), self._coarse_bound()
+
+    def _coarse_bound(self) -> float:
         # grid rounding of the query and of the vertex (half a cell diagonal each), and
         # the farthest a point of a triangle can be from its nearest corner (longest edge / sqrt 3)
-        bound = float(np.sqrt(3.0)) * FIELD_VOXEL_MM + self._index.longest_edge / float(np.sqrt(3.0))
-        return self._index.field(self._local(points)), bound
+        return float(np.sqrt(3.0)) * FIELD_VOXEL_MM + self._index.longest_edge / float(np.sqrt(3.0))
 
     def near(self, points: FloatArray, gate: float) -> tuple[FloatArray, FloatArray, FloatArray]:
         """Exact closest points for the points near the surface; the others get distance inf."""
@@ -335,13 +337,16 @@ class SurfaceTarget:
         normals : (n, 3) float
             Unit outward normal of the triangle hit (the plane to linearise on).
         """
-        local = self._local(points)
+        distance, closest, normals = self._exact_local(self._local(points))
+        return (distance, *self._placed(closest, normals))
+
+    def _exact_local(self, local: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """:meth:`exact_signed` of points already in the mesh frame (closest points and normals in it too)."""
         closest, normals, triangles, weights = self._closest_local(local)
         sign, on_border = self._index.sides.side_normals(triangles, weights, normals)
         offset = local - closest
         gap = lengths(offset)
         inside = (np.einsum("ij,ij->i", offset, sign) < 0) & (gap < self.max_penetration_mm) & ~on_border
-        closest, normals = self._placed(closest, normals)
         return np.where(inside, -gap, gap), closest, normals
 
     def _closest_local(self, local: FloatArray) -> tuple[FloatArray, FloatArray, NDArray[np.int64], FloatArray]:
@@ -403,12 +408,13 @@ class SurfaceTarget:
             if subset.any():
                 distance[subset], closest[subset] = self.signed_distance(points[subset])
             return distance, closest
-        coarse, bound = self.coarse_distance(points)
+        local = self._local(points)  # the points in the mesh's frame, once for every step below
+        coarse, bound = self._index.field(local), self._coarse_bound()
         distance = np.maximum(coarse, self.near_band_mm)
         closest = np.array(points, dtype=np.float64)
         candidates = np.flatnonzero(coarse < self.near_band_mm + bound)
         # one query of ~100 000 points per arch: worth both cores (the ICP's many small ones are not)
-        vertex, index = self.nearest_vertex(points[candidates], gate=self.near_band_mm, threads=-1)
+        vertex, index = self._index.tree.query(local[candidates], workers=-1, distance_upper_bound=self.near_band_mm)
         found = np.isfinite(vertex)
         candidates, vertex, index = candidates[found], vertex[found], index[found]
         distance[candidates] = vertex
@@ -422,11 +428,12 @@ class SurfaceTarget:
         if len(beyond):
             # a filter only (which points get an exact query): the vertex's own normal will do
             normal = self._index.normals[index[beyond]]
-            offset = self._local(points[candidates[beyond]]) - self._index.vertices[index[beyond]]
+            offset = local[candidates[beyond]] - self._index.vertices[index[beyond]]
             wanted[beyond] = np.einsum("ij,ij->i", offset, normal) < 0
         exact = candidates[wanted]
         if len(exact):
-            distance[exact], closest[exact], _ = self.exact_signed(points[exact])
+            distance[exact], near, _ = self._exact_local(local[exact])
+            closest[exact] = transform_points(near, self.pose) if self._moved else near
         return distance, closest
 
 

@@ -181,3 +181,62 @@ def test_triangles_with_a_corner_and_lengths_are_numpys_answers():
     assert np.array_equal(lengths(vectors), np.linalg.norm(vectors, axis=1))  # bit for bit
     others = rng.normal(size=(5000, 3))
     assert np.array_equal(cross_rows(vectors, others), np.cross(vectors, others))
+
+
+def _exact_distances(vertices: np.ndarray, faces: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Distance of each point to the nearest triangle, every triangle tested (Ericson's closest point on
+    a triangle, float64): the reference the fast path is held to."""
+    a, b, c = (vertices[faces[:, i]] for i in range(3))
+    ab, ac = b - a, c - a
+    out = np.empty(len(points))
+    for i, p in enumerate(points):
+        ap, bp, cp = p - a, p - b, p - c
+        d1, d2 = (ab * ap).sum(1), (ac * ap).sum(1)
+        d3, d4 = (ab * bp).sum(1), (ac * bp).sum(1)
+        d5, d6 = (ab * cp).sum(1), (ac * cp).sum(1)
+        va, vb, vc = d3 * d6 - d5 * d4, d5 * d2 - d1 * d6, d1 * d4 - d3 * d2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            regions = [
+                (d1 <= 0) & (d2 <= 0),
+                (d3 >= 0) & (d4 <= d3),
+                (vc <= 0) & (d1 >= 0) & (d3 <= 0),
+                (d6 >= 0) & (d5 <= d6),
+                (vb <= 0) & (d2 >= 0) & (d6 <= 0),
+                (va <= 0) & (d4 >= d3) & (d5 >= d6),
+            ]
+            on_bc = (d4 - d3) / ((d4 - d3) + (d5 - d6))
+            s = np.select(regions, [0, 1, d1 / (d1 - d3), 0, 0, 1 - on_bc], vb / (va + vb + vc))
+            t = np.select(regions, [0, 0, 0, 1, d2 / (d2 - d6), on_bc], vc / (va + vb + vc))
+        closest = a + s[:, None] * ab + t[:, None] * ac
+        out[i] = np.sqrt(((p - closest) ** 2).sum(1).min())
+    return out
+
+
+def test_signed_distances_of_a_placed_arch_match_the_exact_reference(small_case):
+    """The occlusal analysis' distances (a surface placed by a pose, the points taken into its frame once)
+    against every triangle tested: exact within the exact band and behind the surface, the nearest vertex's
+    distance (an upper bound) up to the near band, at least the near band beyond; the same in the mesh's
+    own frame."""
+    rng = np.random.default_rng(7)
+    arch = small_case.lower
+    own = SurfaceTarget(arch.vertices, arch.faces)
+    pick = rng.choice(len(arch.vertices), 400, replace=False)
+    normals = own._index.normals[pick]
+    points_own = arch.vertices[pick] + rng.uniform(-1.2, 2.0, (400, 1)) * normals + rng.normal(0, 0.05, (400, 3))
+    rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    pose = np.eye(4)
+    pose[:3, :3] = rotation * np.sign(np.linalg.det(rotation))  # a proper rotation
+    pose[:3, 3] = rng.normal(0, 40.0, 3)
+    placed = own.placed(pose)
+    distance, _ = placed.signed_distance(transform_points(points_own, pose))
+    same, _ = own.signed_distance(points_own)
+    assert np.allclose(distance, same, atol=1e-9)
+    exact = _exact_distances(arch.vertices, arch.faces, points_own)
+    band = (exact < SurfaceTarget.exact_band_mm) | (distance < 0)
+    assert band.sum() > 100 and (~band).sum() > 100
+    assert np.allclose(np.abs(distance[band]), exact[band], atol=1e-5)  # Open3D's float32 queries, re-projected
+    near = ~band & (exact < SurfaceTarget.near_band_mm)
+    spread = own.longest_edge / np.sqrt(3.0)  # a vertex is within hypot(d, spread) of a point at d
+    assert np.all(distance[near] >= exact[near] - 1e-5)
+    assert np.all(distance[near] <= np.hypot(exact[near], spread) + 1e-9)
+    assert np.all(distance[exact >= SurfaceTarget.near_band_mm] >= SurfaceTarget.near_band_mm - 1e-9)
