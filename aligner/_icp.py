@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 
 from mesial.aligner._field import DistanceField
 from mesial.aligner._sides import MeshSides
+from mesial.aligner._spread import SpreadGrid, corner_reach
 from mesial.aligner.params import AlignParams
 from mesial.aligner.transforms import cross_rows, exp_se3, invert, lengths, rotate_vectors, transform_points, unit
 
@@ -91,6 +92,8 @@ class _MeshIndex:
         self._tree: object | None = None
         self._field: DistanceField | None = None
         self._longest_edge: float | None = None
+        self._longest_edges: FloatArray | None = None
+        self._spreads: dict[float, SpreadGrid] = {}
         self._typical_edge: float | None = None
 
     @property
@@ -144,14 +147,30 @@ class _MeshIndex:
     def longest_edge(self) -> float:
         """Longest edge (mm): no point of a triangle is farther than this from its nearest corner."""
         if self._longest_edge is None:
+            self._longest_edge = float(self.longest_edges.max(initial=0.0))
+        return self._longest_edge
+
+    @property
+    def longest_edges(self) -> FloatArray:
+        """Longest edge of each triangle ``(m,)`` (mm)."""
+        if self._longest_edges is None:
             columns = np.ascontiguousarray(self.vertices.T)  # a coordinate at a time: no (m, 3) gathers
-            longest = 0.0
+            longest = np.zeros(len(self.faces))
             for i in range(3):  # squared lengths, one square root at the end
                 start, end = self.faces[:, i], self.faces[:, (i + 1) % 3]
-                squared = sum((column.take(start) - column.take(end)) ** 2 for column in columns)
-                longest = max(longest, float(np.max(squared)))
-            self._longest_edge = float(np.sqrt(longest))
-        return self._longest_edge
+                np.maximum(
+                    longest, sum((column.take(start) - column.take(end)) ** 2 for column in columns), out=longest
+                )
+            self._longest_edges = np.sqrt(longest)
+        return self._longest_edges
+
+    def spread(self, radius_mm: float) -> SpreadGrid:
+        """The local corner reach of the triangles near a place (see :mod:`._spread`), for vertices within
+        ``radius_mm`` of it (built once per radius)."""
+        if radius_mm not in self._spreads:
+            reach = corner_reach(self.vertices, self.faces, self.longest_edges)
+            self._spreads[radius_mm] = SpreadGrid(self.vertices, reach, radius_mm, FIELD_VOXEL_MM)
+        return self._spreads[radius_mm]
 
 
 # Coarse distance field of a mesh's vertices: a look-up is within sqrt(3) voxels of the
@@ -419,11 +438,14 @@ class SurfaceTarget:
         candidates, vertex, index = candidates[found], vertex[found], index[found]
         distance[candidates] = vertex
         # A point at distance d from the surface has a vertex within sqrt(d^2 + r^2), r the farthest
-        # a point of a triangle can be from its nearest corner; so the nearest-vertex distance is an
-        # upper bound, r^2 / 2d at most too long (~0.02 mm at 0.5 mm): exact only within the band,
-        # and behind the surface, where the sign matters and a penetration must not read as a gap.
-        spread = self._index.longest_edge / float(np.sqrt(3.0))
-        wanted = vertex < float(np.hypot(self.exact_band_mm, spread))
+        # a point of its nearest triangle can be from that triangle's corners; so the nearest-vertex
+        # distance is an upper bound, r^2 / 2d at most too long (~0.02 mm at 0.5 mm): exact only within
+        # the band, and behind the surface, where the sign matters and a penetration must not read as a
+        # gap. r is the largest around the vertices near the point (._spread), not the mesh's largest:
+        # a vertex within sqrt(band^2 + r^2) of the point is covered.
+        largest = self._index.longest_edge / float(np.sqrt(3.0))
+        spread = self._index.spread(float(np.hypot(self.exact_band_mm, largest)))(local[candidates])
+        wanted = vertex < np.hypot(self.exact_band_mm, spread)
         beyond = np.flatnonzero(~wanted)
         if len(beyond):
             # a filter only (which points get an exact query): the vertex's own normal will do

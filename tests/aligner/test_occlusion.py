@@ -240,3 +240,25 @@ def test_signed_distances_of_a_placed_arch_match_the_exact_reference(small_case)
     assert np.all(distance[near] >= exact[near] - 1e-5)
     assert np.all(distance[near] <= np.hypot(exact[near], spread) + 1e-9)
     assert np.all(distance[exact >= SurfaceTarget.near_band_mm] >= SurfaceTarget.near_band_mm - 1e-9)
+
+
+def test_the_local_spread_covers_every_vertex_within_its_radius(small_case):
+    """The grid's value at a point is at least the corner reach of every vertex within the radius (what makes
+    the nearest-vertex filter of the exact queries safe), and below the mesh's largest where triangles are small."""
+    from mesial.aligner._spread import SpreadGrid, corner_reach
+
+    arch = small_case.upper
+    target = SurfaceTarget(arch.vertices, arch.faces)
+    reach = corner_reach(arch.vertices, arch.faces, target._index.longest_edges)
+    assert np.isclose(reach.max(), target.longest_edge / np.sqrt(3.0))
+    rng = np.random.default_rng(3)
+    points = arch.vertices[rng.choice(len(arch.vertices), 300, replace=False)] + rng.normal(0, 0.6, (300, 3))
+    for radius in (0.75, 1.6):
+        grid = SpreadGrid(arch.vertices, reach, radius)
+        local = grid(points)
+        apart = np.linalg.norm(points[:, None, :] - arch.vertices[None, :, :], axis=2)
+        needed = np.where(apart < radius, reach[None, :], 0.0).max(axis=1)
+        assert np.all(local >= needed)
+        assert np.all(local <= reach.max()) and np.median(local) < reach.max()
+    far = grid(arch.vertices.max(axis=0)[None, :] + 50.0)
+    assert far[0] == reach.max()  # outside the grid: the mesh's largest
