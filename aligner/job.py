@@ -7,10 +7,11 @@ arguments, keys and progress document are the job contract of
 1. reads the tenant's scans (``scan_key``) through the encrypted store (decrypted with
    the tenant's key, authenticated) into a private scratch dir;
 2. runs :func:`mesial.aligner.align_scans` with the requested options;
-3. writes every output as an encrypted artifact (``artifact_key``);
+3. writes every output as an encrypted artifact (``artifact_key``), ``result.json`` first;
 4. keeps its progress document (``progress_key``, encrypted too) current: state, stage,
-   percent, and at the end flat numeric metrics, the artifact keys and the result status,
-   or a sanitized message. The operator and the API read it as untrusted input
+   percent, the result status and its flat numeric metrics as soon as ``result.json`` is
+   stored (before the pictures are drawn), the artifact keys, and at the end the final
+   state or a sanitized message. The operator and the API read it as untrusted input
    (``parse_progress`` keeps the fields it knows).
 
 A tenant pod may not patch its ScanJob's status, so the status object is how progress
@@ -110,7 +111,7 @@ async def run_job(spec: JobSpec, settings: Settings, scratch_root: Path | None =
     """Run one job end to end; returns the exit code. Never raises for a failed alignment."""
     from mesial.aligner.params import OcclusionParams
     from mesial.aligner.pipeline import align_scans
-    from mesial.aligner.report import write_outputs
+    from mesial.aligner.report import write_artifacts, write_result
     from mesial.common import __version__
 
     keys = TenantKeys(settings.vault)
@@ -149,16 +150,17 @@ async def run_job(spec: JobSpec, settings: Settings, scratch_root: Path | None =
             for future in pending:  # every progress write lands before the final word
                 await asyncio.wrap_future(future)
             await reporter.stage("report", 0.0)
-            outputs = await asyncio.to_thread(write_outputs, result, scratch / "out", __version__)
+            # the verdict first: result.json stored and the status object holding the result and its
+            # metrics before the pictures are drawn (a reader polling the status need not wait for them)
+            verdict = await asyncio.to_thread(write_result, result, scratch / "out", __version__)
+            await _store_artifact(store, spec, reporter, verdict)
+            reporter.update(result=result.status, metrics=flat_metrics(json.loads(verdict.read_text())))
+            await reporter.publish(force=True)
+            outputs = await asyncio.to_thread(write_artifacts, result, scratch / "out")
             names = sorted(outputs.items())
             for index, (_, path) in enumerate(names):
                 await reporter.stage("upload", index / max(len(names), 1))
-                key = artifact_key(spec.job_id, path.name)
-                with path.open("rb") as handle:
-                    await store.put(spec.org, key, iter(lambda: handle.read(1 << 20), b""))
-                reporter.update(artifacts=[*reporter.status.artifacts, key])
-            document = json.loads(outputs["result"].read_text())
-            reporter.update(result=result.status, metrics=flat_metrics(document))
+                await _store_artifact(store, spec, reporter, path)
             if result.status == "invalid_input":
                 await reporter.finish("failed", f"invalid input: {result.reasons[0]}")
                 return EXIT_INVALID
@@ -182,6 +184,14 @@ async def run_job(spec: JobSpec, settings: Settings, scratch_root: Path | None =
             raise
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+async def _store_artifact(store: ObjectStore, spec: JobSpec, reporter: StatusReporter, path: Path) -> None:
+    """Upload one output file under the job's artifact key and list it in the status."""
+    key = artifact_key(spec.job_id, path.name)
+    with path.open("rb") as handle:
+        await store.put(spec.org, key, iter(lambda: handle.read(1 << 20), b""))
+    reporter.update(artifacts=[*reporter.status.artifacts, key])
 
 
 def flat_metrics(document: dict[str, Any], limit: int = 32) -> dict[str, float]:

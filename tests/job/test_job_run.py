@@ -74,6 +74,37 @@ async def test_job_aligns_from_and_to_the_encrypted_store(
     assert list(tmp_path.iterdir()) == []  # decrypted scans are gone
 
 
+async def test_the_verdict_is_in_the_status_before_the_pictures_are_drawn(
+    service_settings: Settings,
+    keys: TenantKeys,
+    case_files: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+
+    from mesial.aligner import report
+
+    seen: list[dict[str, Any]] = []
+    draw = report.write_artifacts
+
+    def watched(result: Any, out: Path) -> dict[str, Path]:  # runs on a worker thread: its own event loop
+        seen.append(asyncio.run(read_status(service_settings, keys, ORG, "job-v")))
+        return draw(result, out)
+
+    monkeypatch.setattr(report, "write_artifacts", watched)
+    ids = await upload(service_settings, keys, case_files, "v")
+    code = await run_job(
+        JobSpec(ORG, "job-v", ids["upper"], ids["lower"], (ids["bite"], ids["bite2"])), service_settings
+    )
+    assert code == 0 and len(seen) == 1
+    early = seen[0]
+    assert early["state"] == "running" and early["result_status"] == "ok" and early["metrics"]
+    assert early["artifacts"] == [artifact_key("job-v", "result.json")]
+    final = await read_status(service_settings, keys, ORG, "job-v")
+    assert final["state"] == "succeeded" and len(final["artifacts"]) == 6
+
+
 async def test_garbage_scan_is_invalid_input(service_settings: Settings, keys: TenantKeys, tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.stl"
     garbage.write_bytes(os.urandom(5000))
