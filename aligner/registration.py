@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mesial.aligner._anatomy import ArchFrame, arch_frame, buccal_outline
-from mesial.aligner._coarse import StripFrame, distinct, icp_many, search_along, strip_frame
+from mesial.aligner._coarse import StripFrame, convex_side, distinct, icp_many, search_along, strip_frame
 from mesial.aligner._features import invariant_representatives, spread_points, voxel_representatives
 from mesial.aligner._field import DistanceField
 from mesial.aligner._icp import JointFit, PlaneTarget, SurfaceTarget, _match, refine_joint
@@ -359,7 +359,7 @@ def _global_one_bite(
     """
     pick = voxel_representatives(bite.vertices, params.frame_voxel_mm)
     thin, thin_normals = bite.vertices[pick], bite.vertex_normals[pick]
-    strip = strip_frame(thin, thin_normals)
+    strip = strip_frame(thin, thin_normals, convex_side(bite.vertices, bite.vertex_normals, bite.faces))
     probe = thin[spread_points(thin, params.probe_points)]
     # the short ICPs run on fewer points (a coarser grid fixed to the bite itself)
     sparse = thin[invariant_representatives(thin, params.icp_voxel_mm)]
@@ -454,7 +454,7 @@ def _place_with_lower(
     )
     pick = voxel_representatives(bite.vertices, params.frame_voxel_mm)
     thin = bite.vertices[pick]
-    strip = strip_frame(thin, bite.vertex_normals[pick])
+    strip = strip_frame(thin, bite.vertex_normals[pick], convex_side(bite.vertices, bite.vertex_normals, bite.faces))
     probe = thin[spread_points(thin, params.probe_points)]
     sparse = thin[invariant_representatives(thin, params.icp_voxel_mm)]
     found = search_along(

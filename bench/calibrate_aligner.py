@@ -1,16 +1,22 @@
 """Confidence measures against registration error, on real anatomy (train split) and generated cases.
 
-    python bench/calibrate_aligner.py --real DIR [--pairs N] [--cases N] [--csv FILE] [--plot FILE]
+    python bench/calibrate_aligner.py --real DIR [--pairs N | --names 007,009] [--subdivisions 2]
+        [--seeds N] [--cases N] [--csv FILE] [--merge FILE ...] [--plot FILE]
 
 Runs ``align_scans`` in this process on the same kinds of cases as ``bench_aligner.py``
 (real pairs from ``DIR`` in a constructed intercuspal position with bite scans from both
 simulators, and generated cases), and records per case the TRE RMS against the truth
 and every measure the confidence rule reads: the global margin (the smallest of the
 bites'), the smallest fitness, the largest inlier RMSE, the largest ratio of the two
-arches' inlier RMSEs, the smallest share of a bite explained by one arch, and whether
-the two bites agree on the lower arch's pose. It prints, per measure, the threshold in
-force and how many wrong results (TRE RMS >= 0.05 mm) it lets through, and draws each
-measure against the TRE (``--plot``; docs/aligner-confidence.png is made this way).
+arches' inlier RMSEs and the smallest share of a bite explained by one arch (the status
+and reasons say the rest). It prints, per measure, the threshold in force and how many
+wrong results (TRE RMS >= 0.05 mm) it lets through, and draws each measure against the
+TRE (``--plot``; docs/aligner-confidence.png is made this way).
+
+Real arches are Loop-subdivided ``--subdivisions`` times (2: ~130 000 vertices, as the
+benchmark; 0: the scans' native ~8 000), each pair with ``--seeds`` bite simulations per
+variant. ``--merge`` adds the rows of earlier ``--csv`` files to the counts and the plot,
+so a calibration can be run in parts (e.g. native and subdivided) and drawn once.
 
 Only scalar measurements are written (``--csv``, ``--plot``); the meshes stay where
 they are. Use the ``train`` split only: the ``test`` split is for independent checks.
@@ -36,8 +42,8 @@ from mesial.aligner.validate import scan_from_arrays
 GOAL_MM = 0.05
 VARIANTS = (("strip", 0.02, False), ("strip", 0.05, False), ("strip", 0.02, True), ("range", 0.02, False),
             ("range", 0.02, True))  # fmt: skip
-FIELDS = ("set", "case", "simulator", "noise", "one_sided", "status", "tre_mm", "margin", "fitness", "rmse_mm",
-          "rmse_ratio", "arch_share", "reasons")  # fmt: skip
+FIELDS = ("set", "case", "seed", "vertices", "simulator", "noise", "one_sided", "status", "tre_mm", "margin",
+          "fitness", "rmse_mm", "rmse_ratio", "arch_share", "reasons")  # fmt: skip
 
 
 def measures(case: SampleCase) -> dict[str, object]:
@@ -54,6 +60,7 @@ def measures(case: SampleCase) -> dict[str, object]:
     ratio = max(max(b.upper_rmse_mm, b.lower_rmse_mm) / max(min(b.upper_rmse_mm, b.lower_rmse_mm), 1e-6) for b in fits)
     share = min(min(b.upper_inliers, b.lower_inliers) / max(b.points, 1) for b in fits)
     return {
+        "vertices": len(case.upper.vertices),
         "status": result.status,
         "tre_mm": float(np.sqrt(np.mean(error**2))),
         "margin": min(item.margin for item in registration.evidence),
@@ -80,12 +87,17 @@ def plot(rows: list[dict[str, object]], path: Path, params: AlignParams) -> None
     tre = np.array([float(r["tre_mm"]) for r in rows])  # type: ignore[arg-type]
     real = np.array([str(r["set"]) == "real" for r in rows])
     ok = np.array([r["status"] == "ok" for r in rows])
+    dense = np.array([int(r["vertices"]) > 50_000 for r in rows])  # type: ignore[call-overload]
     for axis, (key, threshold, label, _) in zip(axes, panels, strict=True):
         value = np.array([float(r[key]) for r in rows])  # type: ignore[arg-type]
         for mask, colour, name in ((ok & real, "tab:green", "real, ok"), (~ok & real, "tab:red", "real, not confident"),
                                    (ok & ~real, "tab:blue", "generated, ok"),
                                    (~ok & ~real, "tab:orange", "generated, not confident")):  # fmt: skip
-            axis.scatter(value[mask], np.maximum(tre[mask], 1e-4), s=14, c=colour, label=name, alpha=0.8)
+            for size, marker, suffix in ((mask & ~dense, "o", " (~8k vertices)"), (mask & dense, "^", "")):
+                if size.any():
+                    label_of = name + (suffix if real[size].all() else "")
+                    axis.scatter(value[size], np.maximum(tre[size], 1e-4), s=14, c=colour, marker=marker,
+                                 label=label_of, alpha=0.7)  # fmt: skip
         axis.axhline(GOAL_MM, color="k", lw=0.8, ls="--")
         axis.axvline(threshold, color="gray", lw=0.8)
         axis.set_yscale("log")
@@ -101,6 +113,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--real", type=Path, required=True, help="folder of real NNN_U.ply / NNN_L.ply (train split)")
     parser.add_argument("--pairs", type=int, default=8, help="real pairs (0: all)")
+    parser.add_argument("--names", default="", help="comma-separated real pairs (instead of --pairs)")
+    parser.add_argument("--subdivisions", type=int, default=2, help="Loop subdivisions of the real arches")
+    parser.add_argument("--seeds", type=int, default=1, help="bite simulations per real pair and variant")
+    parser.add_argument("--merge", type=Path, nargs="*", default=[], help="earlier --csv files counted and plotted too")
     parser.add_argument("--cases", type=int, default=3, help="generated cases per variant")
     parser.add_argument("--csv", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None)
@@ -109,19 +125,30 @@ def main() -> int:
     for seed in range(args.cases):
         for simulator, noise, one_sided in VARIANTS:
             case = generate_case(3000 + seed, noise_mm=noise, one_sided=one_sided, vertices=60_000, simulator=simulator)
-            rows.append({"set": "generated", "case": seed, "simulator": simulator, "noise": noise,
+            rows.append({"set": "generated", "case": seed, "seed": 0, "simulator": simulator, "noise": noise,
                          "one_sided": one_sided, **measures(case)})  # fmt: skip
             print(rows[-1], flush=True)
     names = pairs(args.real)
-    for i, stem in enumerate(names[: args.pairs] if args.pairs else names):
-        occluded = occlude(args.real, stem)
+    chosen = args.names.split(",") if args.names else names[: args.pairs] if args.pairs else names
+    for stem in chosen:
+        occluded = occlude(args.real, stem, args.subdivisions)
         if min(occluded.contacts_mm2) < 0.05:
+            print(f"{stem}: no posterior contact on a side ({occluded.contacts_mm2}), skipped", flush=True)
             continue
-        for simulator, noise, one_sided in VARIANTS:
-            case = bite_case(occluded, 4000 + i, simulator=simulator, noise_mm=noise, one_sided=one_sided)
-            rows.append({"set": "real", "case": stem, "simulator": simulator, "noise": noise,
-                         "one_sided": one_sided, **measures(case)})  # fmt: skip
-            print(rows[-1], flush=True)
+        for seed in range(args.seeds):
+            for simulator, noise, one_sided in VARIANTS:
+                try:
+                    case = bite_case(occluded, 4000 + int(stem) + 1000 * seed, simulator=simulator, noise_mm=noise,
+                                     one_sided=one_sided)  # fmt: skip
+                except ValueError as error:  # the simulator's failure (e.g. an empty bite), not the aligner's
+                    print(f"{stem} {simulator} {noise} {one_sided}: no bite simulated ({error})", flush=True)
+                    continue
+                rows.append({"set": "real", "case": stem, "seed": seed, "simulator": simulator, "noise": noise,
+                             "one_sided": one_sided, **measures(case)})  # fmt: skip
+                print(rows[-1], flush=True)
+    for earlier in args.merge:
+        with earlier.open(newline="") as handle:
+            rows += list(csv.DictReader(handle))
     params = AlignParams()
     wrong = [r for r in rows if float(r["tre_mm"]) >= GOAL_MM]  # type: ignore[arg-type]
     passed = [r for r in wrong if r["status"] == "ok"]

@@ -152,7 +152,7 @@ def test_lower_arch_is_found_without_a_prior_between_the_arches(small_case: Samp
     """An occlusion the canonical frames do not predict (lower arch turned 12° and 6 mm forward):
     the bite points the upper leaves unexplained find the lower arch on its own outline, close enough
     for the joint ICP (one short ICP on the residual of one side only)."""
-    from mesial.aligner._coarse import strip_frame
+    from mesial.aligner._coarse import convex_side, strip_frame
     from mesial.aligner._icp import PlaneTarget
     from mesial.aligner.params import AlignParams
     from mesial.aligner.registration import _arch_alone, _on_surface, _other_arch
@@ -185,7 +185,8 @@ def test_lower_arch_is_found_without_a_prior_between_the_arches(small_case: Samp
     pick = voxel_representatives(x, 1.0)
     thin = x[pick]
     residual = thin[~_on_surface(upper_target, thin, params.pair_distance_mm)]
-    found = _other_arch(residual, strip_frame(thin, normals[pick]), np.eye(4), solo["lower"], solo["upper"], params)
+    strip = strip_frame(thin, normals[pick], convex_side(x, normals, bite.faces))
+    found = _other_arch(residual, strip, np.eye(4), solo["lower"], solo["upper"], params)
     assert found
     error = relative_error(found[0], moved_lower, case.lower.vertices)
     assert float(np.sqrt(np.mean(error**2))) < 1.0  # within the fine step's reach (1.5 mm); 0.64 measured
@@ -216,3 +217,36 @@ def test_icp_from_several_starts_runs_each_start_as_alone(small_case: SampleCase
     assert np.array_equal(many[-1], starts[-1])  # 40 mm away: nothing within the gates
     for pose in many[:-1]:
         assert float(np.sqrt(np.mean(relative_error(pose, np.eye(4), source) ** 2))) < 0.05
+
+
+@pytest.mark.parametrize("inward", [False, True])
+def test_a_straight_strip_faces_out_of_the_mouth(inward: bool) -> None:
+    """A bite strip convex across (crowns bulge towards the cheek from occlusal edge to gingiva) but
+    curving slightly the other way along its length, like a real strip along a straight row of
+    molars: its normal faces the convex side whatever the winding. The former test, the sign of the
+    bulge along the long axis, turned it towards the tongue (a 47 mm real left strip at 130 000
+    vertices was then outside the search; its case fell back to one bite)."""
+    from mesial.aligner._coarse import convex_side, strip_frame
+    from mesial.aligner.transforms import random_rigid, transform_points
+
+    u, v = np.meshgrid(np.arange(-25.0, 25.01, 0.25), np.arange(-5.0, 5.01, 0.25), indexing="ij")
+    # across: a crown profile of 8 mm radius, convex towards +z; along: 0.002 /mm the other way
+    z = -(v**2) / 16.0 + 0.002 * u**2
+    grid = np.stack([u.ravel(), v.ravel(), z.ravel()], axis=1)
+    rows, cols = u.shape
+    i, j = np.meshgrid(np.arange(rows - 1), np.arange(cols - 1), indexing="ij")
+    a = (i * cols + j).ravel()
+    faces = np.concatenate([np.stack([a, a + cols, a + 1], 1), np.stack([a + 1, a + cols, a + cols + 1], 1)])
+    if inward:
+        faces = faces[:, [0, 2, 1]]
+    pose = random_rigid(np.random.default_rng(5), translation_mm=30.0)
+    bite = scan_from_arrays(transform_points(grid, pose), faces.astype(np.int64), "bite", orient=False)
+    pick = voxel_representatives(bite.vertices, 1.0)
+    strip = strip_frame(bite.vertices[pick], bite.vertex_normals[pick],
+                        convex_side(bite.vertices, bite.vertex_normals, bite.faces))  # fmt: skip
+    convex = pose[:3, :3] @ np.array([0.0, 0.0, 1.0])
+    assert float(strip.axes[:, 2] @ convex) > 0.99
+    assert strip.flipped == inward
+    # the bulge along the long axis points the other way: the former test would have turned it round
+    centred = bite.vertices - strip.centre
+    assert np.polyfit(centred @ strip.axes[:, 0], centred @ strip.axes[:, 2], 2)[0] > 0
