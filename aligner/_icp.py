@@ -390,7 +390,12 @@ class SurfaceTarget:
         return closest, normals
 
     def signed_distance(
-        self, points: FloatArray, subset: NDArray[np.bool_] | None = None, previous: FloatArray | None = None
+        self,
+        points: FloatArray,
+        subset: NDArray[np.bool_] | None = None,
+        previous: FloatArray | None = None,
+        *,
+        band_mm: float | None = None,
     ) -> tuple[FloatArray, FloatArray]:
         """Signed distance (positive outside, along the outward normal) and closest points.
 
@@ -412,6 +417,9 @@ class SurfaceTarget:
             a small motion of far points, whose distance is approximate anyway).
         previous : (n,) float, optional
             Required with ``subset``.
+        band_mm : float, optional
+            A narrower exact band than ``exact_band_mm`` (at most it): points farther than it
+            from the surface get the nearest-vertex distance instead (still at least ``band_mm``).
 
         Returns
         -------
@@ -425,7 +433,7 @@ class SurfaceTarget:
             distance = np.array(previous, dtype=np.float64)
             closest = np.array(points, dtype=np.float64)
             if subset.any():
-                distance[subset], closest[subset] = self.signed_distance(points[subset])
+                distance[subset], closest[subset] = self.signed_distance(points[subset], band_mm=band_mm)
             return distance, closest
         local = self._local(points)  # the points in the mesh's frame, once for every step below
         coarse, bound = self._index.field(local), self._coarse_bound()
@@ -443,9 +451,10 @@ class SurfaceTarget:
         # the band, and behind the surface, where the sign matters and a penetration must not read as a
         # gap. r is the largest around the vertices near the point (._spread), not the mesh's largest:
         # a vertex within sqrt(band^2 + r^2) of the point is covered.
+        band = self.exact_band_mm if band_mm is None else min(band_mm, self.exact_band_mm)
         largest = self._index.longest_edge / float(np.sqrt(3.0))
         spread = self._index.spread(float(np.hypot(self.exact_band_mm, largest)))(local[candidates])
-        wanted = vertex < np.hypot(self.exact_band_mm, spread)
+        wanted = vertex < np.hypot(band, spread)
         beyond = np.flatnonzero(~wanted)
         if len(beyond):
             # a filter only (which points get an exact query): the vertex's own normal will do

@@ -19,7 +19,15 @@ from numpy.typing import NDArray
 
 from mesial.aligner._icp import SurfaceTarget
 from mesial.aligner.errors import ScanInputError
-from mesial.aligner.occlusion import ArchContacts, arch_contacts, arch_frame, optimise_bite, regions_of
+from mesial.aligner.occlusion import (
+    REACH_MM,
+    ArchContacts,
+    arch_contacts,
+    arch_frame,
+    optimise_bite,
+    regions_of,
+    with_a_corner,
+)
 from mesial.aligner.params import AlignParams, OcclusionParams
 from mesial.aligner.registration import Registration, register_bite, summary
 from mesial.aligner.transforms import invert, rotation_angle_deg, transform_points
@@ -38,7 +46,11 @@ class Occlusion:
     Attributes
     ----------
     before, after : dict of arch -> ArchContacts
-        ``after`` is ``before`` when optimisation is off or changed nothing.
+        ``after`` is ``before`` when optimisation is off or changed nothing. The distances
+        of ``after`` follow :meth:`SurfaceTarget.signed_distance` (exact within its exact
+        band); those of a ``before`` that the optimisation left behind are exact where its
+        measures read them (within ``pipeline._read_band``, and the corners of the triangles
+        in contact), the nearest vertex's elsewhere.
     correction : (4, 4) float
         Rigid correction applied to the lower arch (bite frame).
     """
@@ -205,8 +217,10 @@ def analyse(
     """Contacts of both arches placed by the given transforms, before and after optimisation.
 
     Each arch's search structures (built once per scan) are placed by its
-    transform instead of being rebuilt; after the bite optimisation only the
-    vertices that can have come within the exact band are recomputed.
+    transform instead of being rebuilt. Before the optimisation exact queries go only
+    where the contact measures and the optimisation read them (:func:`_distances`);
+    after it, the vertices within the near band are measured again, exact within the
+    exact band; when nothing moved, the first distances are completed to that instead.
     """
     up = transform_points(upper.vertices, upper_to_bite)
     low = transform_points(lower.vertices, lower_to_bite)
@@ -216,15 +230,22 @@ def analyse(
         "lower": regions_of(low, frame, params.anterior_share),
     }
     upper_surface = upper.surface().placed(upper_to_bite)
+    lower_surface = lower.surface().placed(lower_to_bite)
     distances = {
-        "upper": _distances(lower.surface().placed(lower_to_bite), up),
-        "lower": _distances(upper_surface, low),
+        "upper": _distances(lower_surface, up, upper.faces, params),
+        "lower": _distances(upper_surface, low, lower.faces, params),
     }
     before = _both(up, low, upper, lower, distances, regions, params)
     correction = np.eye(4)
     if params.optimise and before["lower"].max_penetration_mm > params.penetration_tolerance_mm:
         correction = optimise_bite(upper_surface, low, params, distances["lower"])
     if np.allclose(correction, np.eye(4)):
+        # the distances are the result's own: measured as the full exact band measures them
+        distances = {
+            "upper": _complete(lower_surface, up, distances["upper"], params),
+            "lower": _complete(upper_surface, low, distances["lower"], params),
+        }
+        before = _both(up, low, upper, lower, distances, regions, params)
         return Occlusion(before, before, correction, params.optimise)
     moved = transform_points(low, correction)
     # vertices farther than the band plus the largest displacement stay far: their
@@ -240,9 +261,42 @@ def analyse(
     return Occlusion(before, after, correction, True)
 
 
-def _distances(antagonist: SurfaceTarget, vertices: FloatArray) -> FloatArray:
-    """Signed distances (mm) of ``vertices`` to ``antagonist``."""
-    return antagonist.signed_distance(vertices)[0]
+def _read_band(params: OcclusionParams) -> float:
+    """Within this distance (mm) the measures before optimisation read exact distances: contacts and the
+    vertices the bite optimisation moves (at most the exact band)."""
+    moved = min(params.optimise_band_mm, params.contact_threshold_mm + REACH_MM) if params.optimise else 0.0
+    return min(max(params.contact_threshold_mm, moved), SurfaceTarget.exact_band_mm)
+
+
+def _distances(
+    antagonist: SurfaceTarget, vertices: FloatArray, faces: NDArray[np.int64], params: OcclusionParams
+) -> FloatArray:
+    """Signed distances (mm) of ``vertices (n, 3)`` to ``antagonist``, equal to the full exact band's where the
+    measures before optimisation read them (see :func:`_read_band`), elsewhere the nearest vertex's.
+
+    Exact within the read band and behind the surface; the corners of every triangle in contact
+    (whose areas interpolate them) as the full band measures them. With no vertex within the read
+    band, the nearest vertices are measured as the full band measures them (the least distance is
+    reported).
+    """
+    band = _read_band(params)
+    distance = antagonist.signed_distance(vertices, band_mm=band)[0]
+    if distance.min() >= band:
+        return antagonist.signed_distance(vertices)[0]
+    corners = np.unique(faces[with_a_corner(distance < max(params.contact_threshold_mm, 0.0), faces)])
+    if len(corners):
+        distance[corners] = antagonist.signed_distance(vertices[corners])[0]
+    return distance
+
+
+def _complete(
+    antagonist: SurfaceTarget, vertices: FloatArray, distance: FloatArray, params: OcclusionParams
+) -> FloatArray:
+    """:func:`_distances`' values brought to the full exact band's everywhere (the result's own distances)."""
+    band = _read_band(params)
+    widest = float(np.hypot(SurfaceTarget.exact_band_mm, antagonist.longest_edge / np.sqrt(3.0)))
+    # only these can be exact in the full band and not in the read one (their value is the nearest vertex's)
+    return antagonist.signed_distance(vertices, (distance >= band) & (distance < widest), distance)[0]
 
 
 def _both(

@@ -262,3 +262,34 @@ def test_the_local_spread_covers_every_vertex_within_its_radius(small_case):
         assert np.all(local <= reach.max()) and np.median(local) < reach.max()
     far = grid(arch.vertices.max(axis=0)[None, :] + 50.0)
     assert far[0] == reach.max()  # outside the grid: the mesh's largest
+
+
+@pytest.mark.parametrize("optimise", [True, False])
+def test_the_analysis_measures_what_the_full_exact_band_measures(small_case, optimise):
+    """Before the optimisation exact queries go only where the measures read them: every number of the
+    result and every distance drawn (``after``) equal those of distances exact in the whole band."""
+    from mesial.aligner.occlusion import arch_contacts, arch_frame, regions_of
+    from mesial.aligner.pipeline import analyse
+    from mesial.aligner.validate import scan_from_arrays
+
+    case = small_case
+    upper = scan_from_arrays(case.upper.vertices, case.upper.faces, "upper")
+    lower = scan_from_arrays(case.lower.vertices, case.lower.faces, "lower")
+    params = OcclusionParams(optimise=optimise)
+    occlusion = analyse(upper, lower, case.truth["upper"], case.truth["lower"], params)
+    assert occlusion.optimised == optimise and np.allclose(occlusion.correction, np.eye(4)) != optimise
+    up, low = (
+        transform_points(upper.vertices, case.truth["upper"]),
+        transform_points(lower.vertices, case.truth["lower"]),
+    )
+    frame = arch_frame(up, low)
+    full = {  # the reference: every vertex through the whole exact band
+        "upper": lower.surface().placed(case.truth["lower"]).signed_distance(up)[0],
+        "lower": upper.surface().placed(case.truth["upper"]).signed_distance(low)[0],
+    }
+    for arch, points, scan in (("upper", up, upper), ("lower", low, lower)):
+        region = regions_of(points, frame, params.anterior_share)
+        reference = arch_contacts(points, scan.faces, None, params.contact_threshold_mm, region, full[arch])
+        assert occlusion.before[arch].summary() == reference.summary()
+        if not optimise:
+            assert np.allclose(occlusion.after[arch].distance, full[arch], rtol=0, atol=1e-12)
