@@ -20,6 +20,7 @@ to a few millimetres and degrees. The global step starts from that.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -164,14 +165,23 @@ def _filtered(values: FloatArray, size: int, how: str) -> FloatArray:
     return np.asarray(np.median(windows, axis=1) if how == "median" else windows.mean(axis=1), dtype=np.float64)
 
 
+# Widest run of empty angular bins between filled ones that an outline bridges. On the 3D-IOSSeg train
+# arches such gaps were 2-14° (a lower arch without premolars, pair 047: 2° and 4°, enough to end its
+# outline at the canines); two missing teeth at 25 mm are about 32°. The open back of the U lies across
+# +-180°, at the ends of the bins, and is never bridged.
+GAP_DEG = 40.0
+
+
 def outline_polyline(points: FloatArray, *, band_mm: float, bin_deg: float = 2.0) -> FloatArray:
     """The buccal outline of the points within ``band_mm`` of ``z = 0``, as a polyline.
 
     Seen from a centre inside the U (on ``x = 0``, 40 % of the depth from the posterior
     ends), per ``bin_deg`` of angle the 98th percentile radius, smoothed over five bins
-    (median, then mean; NumPy only, so the aligner loads no SciPy filters); the U is the
-    longest run of filled bins through the anterior direction (missing incisors leave the
-    front bins empty), cut where the outline turns to face backwards behind the last molars.
+    (median, then mean; NumPy only, so the aligner loads no SciPy filters). Runs of empty
+    bins up to ``GAP_DEG`` wide between filled ones are bridged (radius interpolated): missing
+    teeth leave a gap with only low gingiva, outside the band. The U is the longest run of
+    filled bins through the anterior direction (missing incisors leave the front bins empty),
+    cut where the outline turns to face backwards behind the last molars.
 
     Parameters
     ----------
@@ -200,9 +210,13 @@ def outline_polyline(points: FloatArray, *, band_mm: float, bin_deg: float = 2.0
     for i in np.flatnonzero(counts >= 3):
         best[i] = np.percentile(radius[order[starts[i] : starts[i] + counts[i]]], 98)
     centres = (edges[:-1] + edges[1:]) / 2
-    filled = np.isfinite(best)
-    if not filled.any():
+    filled = np.flatnonzero(np.isfinite(best))
+    if not len(filled):
         raise ValueError("no points near the occlusal plane: no arch outline")
+    for before, after in itertools.pairwise(filled.tolist()):
+        if 1 < after - before <= GAP_DEG / bin_deg + 1:  # a gap of missing teeth: bridged
+            best[before + 1 : after] = np.interp(np.arange(before + 1, after), [before, after], best[[before, after]])
+    filled = np.isfinite(best)
     mid = int(np.flatnonzero(filled)[np.argmin(np.abs(centres[filled]))])
     lo = hi = mid
     while lo > 0 and filled[lo - 1]:
@@ -235,8 +249,9 @@ def buccal_outline(points: FloatArray, *, band_mm: float, step_mm: float, bin_de
     from a centre inside the U (on ``x = 0``, 40 % of the depth from the posterior
     ends), per ``bin_deg`` of angle the 98th percentile radius, smoothed over five
     bins (median, then mean); the U is the longest run of filled bins through the
-    anterior direction, cut where the outline turns to face backwards behind the last
-    molars (:func:`outline_polyline`, which ``rangescan.ArchPath`` draws too).
+    anterior direction, gaps of missing teeth bridged, cut where the outline turns to face
+    backwards behind the last molars (:func:`outline_polyline`, which ``rangescan.ArchPath``
+    draws too).
 
     Parameters
     ----------

@@ -148,6 +148,29 @@ def test_buccal_outline_is_the_range_simulators_path(small_case: SampleCase) -> 
     assert np.allclose(outline, expected, atol=1e-9)
 
 
+def test_the_outline_bridges_missing_teeth(small_case: SampleCase) -> None:
+    """An arch with a premolar missing on one side: its outline goes on past the gap to the molars.
+    Before, it stopped at the gap (a real lower arch without premolars had half its outline; the
+    bites on its molars were outside the search and every variant of that pair failed)."""
+    from mesial.aligner._anatomy import outline_polyline
+
+    scan = scan_from_arrays(small_case.lower.vertices, small_case.lower.faces, "lower")
+    pick = voxel_representatives(scan.vertices, 1.0)
+    frame = arch_frame(scan.vertices[pick], scan.vertex_normals[pick], scan.vertices, scan.faces)
+    points = scan.vertices[pick] @ frame.to_canonical[:3, :3].T + frame.to_canonical[:3, 3]
+    full = outline_polyline(points, band_mm=5.0)
+    # an 8 mm gap in the left side (x < 0) between front and back, through the whole scan
+    y_low, y_high = np.percentile(points[:, 1], [1, 99])
+    y_gap = y_low + 0.45 * (y_high - y_low)
+    gap = (points[:, 0] < 0) & (np.abs(points[:, 1] - y_gap) < 4.0)
+    assert gap.sum() > 50
+    bridged = outline_polyline(points[~gap], band_mm=5.0)
+    assert bridged[0, 1] < y_gap - 8.0  # the left end lies behind the gap, on the molars
+    assert abs(bridged[0, 1] - full[0, 1]) < 2.0 and abs(bridged[-1, 1] - full[-1, 1]) < 2.0
+    length = np.linalg.norm(np.diff(bridged, axis=0), axis=1).sum()
+    assert length > 0.95 * np.linalg.norm(np.diff(full, axis=0), axis=1).sum()
+
+
 def test_lower_arch_is_found_without_a_prior_between_the_arches(small_case: SampleCase) -> None:
     """An occlusion the canonical frames do not predict (lower arch turned 12° and 6 mm forward):
     the bite points the upper leaves unexplained find the lower arch on its own outline, close enough
