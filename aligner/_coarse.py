@@ -111,13 +111,19 @@ def _rotations(psi: FloatArray, sigma: float, strip: StripFrame, tilt: float = 0
     return np.asarray(target @ axes.T, dtype=np.float64)
 
 
-def distinct(poses: list[FloatArray], centre: FloatArray, rotation_deg: float, translation_mm: float) -> list[int]:
-    """Indices of poses (in order) that differ from every earlier kept one.
+def distinct(
+    poses: list[FloatArray],
+    centre: FloatArray,
+    rotation_deg: float,
+    translation_mm: float,
+    limit: int | None = None,
+) -> list[int]:
+    """Indices of poses (in order) that differ from every earlier kept one (the first ``limit`` of them).
 
     Two poses are the same when the rotation between them is below
     ``rotation_deg`` and they place ``centre`` within ``translation_mm``.
     """
-    if not poses:
+    if not poses or (limit is not None and limit <= 0):
         return []
     stack = np.asarray(poses, dtype=np.float64)
     rotations = stack[:, :3, :3]
@@ -133,6 +139,8 @@ def distinct(poses: list[FloatArray], centre: FloatArray, rotation_deg: float, t
             if np.any((cos > cos_limit) & close):
                 continue
         kept.append(i)
+        if len(kept) == limit:
+            break
     return kept
 
 

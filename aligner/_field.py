@@ -104,8 +104,9 @@ class DistanceField:
     def __call__(self, points: FloatArray, offset: FloatArray | None = None) -> FloatArray:
         """Distances (mm) at ``points (..., d)`` (plus ``offset``, broadcast); ``margin_mm`` outside the grid.
 
-        ``field(points, offset)`` equals ``field(points + offset)`` without building the sum's
-        ``(..., d)`` array (each coordinate is summed as it is looked up).
+        ``field(points, offset)`` is ``field(points + offset)`` without building the sum's
+        ``(..., d)`` array (each coordinate is summed as it is looked up; a coordinate within
+        rounding of a cell border, about 1e-13 mm, may fall in the neighbouring cell).
         """
         flat, shape = self._cells(points, offset)
         return np.asarray(self.grid.take(flat), dtype=np.float64).reshape(shape)
@@ -132,10 +133,13 @@ class DistanceField:
         shape = points.shape[:-1] if offset is None else np.broadcast_shapes(points.shape, offset.shape)[:-1]
         flat = np.zeros(int(np.prod(shape)), dtype=np.int32)
         for axis, stride in enumerate(self.strides):
-            coordinate = points[..., axis] if offset is None else points[..., axis] + offset[..., axis]
-            cell = coordinate.reshape(-1) - self.origin[axis]  # a new array: the points stay as they are
-            cell /= self.voxel
-            cell += 0.5
+            # in voxels from the grid's origin, +0.5 to round; with an offset each part is scaled on its
+            # own (small) array and the sum is the one pass over the broadcast shape
+            scaled = (points[..., axis] - self.origin[axis]) / self.voxel
+            if offset is None:
+                cell = scaled.reshape(-1) + 0.5
+            else:
+                cell = np.add(scaled, offset[..., axis] / self.voxel + 0.5, dtype=np.float64).reshape(-1)
             np.clip(cell, 0.0, self.limit[axis], out=cell)
             index = cell.astype(np.int32)
             index *= np.int32(stride)

@@ -607,8 +607,7 @@ def refine_joint(
             residual = np.einsum("ij,ij->i", x - closest, normals)
             use = np.isfinite(distance) & (np.abs(residual) < gate)
             all_residuals.append(residual[use])
-            u = residual[use] / (params.tukey_constant * sigma)
-            weight = np.where(np.abs(u) < 1, (1 - u**2) ** 2, 0.0)
+            weight = _tukey(residual[use], params.tukey_constant * sigma)
             rows = np.zeros((int(use.sum()), n_unknowns))
             rows[:, 6 * k : 6 * k + 3] = cross_rows(x[use], normals[use])
             rows[:, 6 * k + 3 : 6 * k + 6] = normals[use]
@@ -627,16 +626,11 @@ def refine_joint(
             poses[k] = exp_se3(step[6 * k : 6 * k + 6]) @ poses[k]
         if lower_pose is not None:
             lower_pose = exp_se3(step[-6:]) @ lower_pose
-        sigma = max(1.4826 * float(np.median(np.abs(residuals - np.median(residuals)))), 0.005)
+        sigma = _robust_sigma(residuals)
         gate = max(params.fine_gate_floor_mm, min(gate, params.fine_gate_sigmas * sigma))
         if lower_pose is not None:
             centres[-1] = centres[: len(poses)].mean(axis=0)
-        # displacement of a point 25 mm from the centre of the moved points (an arch's half-width)
-        motion = max(
-            25.0 * float(np.linalg.norm(step[i : i + 3]))
-            + float(np.linalg.norm(np.cross(step[i : i + 3], centres[i // 6]) + step[i + 3 : i + 6]))
-            for i in range(0, n_unknowns, 6)
-        )
+        motion = _motion(step, centres)
         if motion < (threshold_mm or params.threshold_mm):
             converged = True
             break
@@ -646,6 +640,128 @@ def refine_joint(
         if evaluate
     )
     return JointFit(tuple(poses), lower_pose, fits, iterations, sigma, converged, motion)
+
+
+def _tukey(residual: FloatArray, scale: float | FloatArray) -> FloatArray:
+    """Tukey's biweight ``(1 - (r / scale)^2)^2`` of residuals (mm), 0 beyond ``scale`` (broadcast)."""
+    u = residual / scale
+    return np.asarray(np.where(np.abs(u) < 1, (1 - u**2) ** 2, 0.0), dtype=np.float64)
+
+
+def _robust_sigma(residuals: FloatArray) -> float:
+    """Robust residual scale (mm): 1.4826 median absolute deviations, at least 5 µm."""
+    return max(1.4826 * float(np.median(np.abs(residuals - np.median(residuals)))), 0.005)
+
+
+def _motion(step: FloatArray, centres: FloatArray) -> float:
+    """How far an update ``step (6 k,)`` (twists) moves a point 25 mm from each unknown's ``centres (k, 3)``
+    (an arch's half-width), the largest over the unknowns (mm)."""
+    return max(
+        25.0 * float(np.linalg.norm(step[i : i + 3]))
+        + float(np.linalg.norm(np.cross(step[i : i + 3], centres[i // 6]) + step[i + 3 : i + 6]))
+        for i in range(0, len(step), 6)
+    )
+
+
+def refine_pairs(
+    source: FloatArray,
+    upper: PlaneTarget,
+    lower: PlaneTarget,
+    bite_to_upper: FloatArray,
+    lower_to_upper: FloatArray,
+    params: AlignParams,
+    *,
+    max_distance_mm: float,
+    max_iterations: int,
+    threshold_mm: float,
+) -> tuple[FloatArray, FloatArray]:
+    """:func:`refine_joint` of one bite and the lower arch from several starting pairs at once.
+
+    Each pair ``(bite_to_upper[i], lower_to_upper[i])`` is refined exactly as
+    ``refine_joint([source], upper, lower, [bite_to_upper[i]], lower_to_upper[i], params,
+    max_distance_mm=..., max_iterations=..., threshold_mm=..., evaluate=False)`` refines it
+    (the same correspondences, weights, gates and stopping rule), with one k-d tree query
+    per arch and iteration for all the pairs still moving.
+
+    Parameters
+    ----------
+    source : (n, 3) float, millimetres
+        Bite points, bite file frame.
+    upper, lower : PlaneTarget
+        Thinned arches, each in its file frame.
+    bite_to_upper, lower_to_upper : (m, 4, 4) float
+        Starting poses.
+    params : AlignParams
+    max_distance_mm : float
+        Initial correspondence gate.
+    max_iterations : int
+    threshold_mm : float
+        Convergence threshold.
+
+    Returns
+    -------
+    bite_to_upper, lower_to_upper : (m, 4, 4) float
+    """
+    bites = np.array(bite_to_upper, dtype=np.float64).reshape(-1, 4, 4)
+    lowers = np.array(lower_to_upper, dtype=np.float64).reshape(-1, 4, 4)
+    gate = np.full(len(bites), float(max_distance_mm))
+    sigma = gate / 3.0
+    active = np.arange(len(bites))
+    for _ in range(max_iterations):
+        if not len(active):
+            break
+        x = np.einsum("aij,nj->ani", bites[active, :3, :3], source) + bites[active, None, :3, 3]  # (a, n, 3)
+        # each pair's gate: one query within the largest, farther matches dropped per pair
+        widest = float(gate[active].max())
+        closest, normals, distance = _planes_within(upper, x, widest, gate[active])
+        rotation, shift = lowers[active, :3, :3], lowers[active, None, :3, 3]
+        local = np.einsum("aji,anj->ani", rotation, x - shift)  # bite points in the lower's file frame
+        closest_l, normals_l, distance_l = _planes_within(lower, local, widest, gate[active])
+        on_lower = distance_l < distance
+        closest = np.where(on_lower[..., None], np.einsum("aij,anj->ani", rotation, closest_l) + shift, closest)
+        normals = np.where(on_lower[..., None], np.einsum("aij,anj->ani", rotation, normals_l), normals)
+        distance = np.minimum(distance, distance_l)
+        residual = np.einsum("ani,ani->an", x - closest, normals)
+        use = np.isfinite(distance) & (np.abs(residual) < gate[active, None])
+        weight = np.where(use, _tukey(residual, params.tukey_constant * sigma[active, None]), 0.0)
+        rows = np.zeros((*residual.shape, 12))
+        rows[..., 0:3] = np.cross(x, normals)
+        rows[..., 3:6] = normals
+        rows[..., 6:9] = np.where(on_lower[..., None], -np.cross(closest, normals), 0.0)
+        rows[..., 9:12] = np.where(on_lower[..., None], -normals, 0.0)
+        hessian = np.einsum("ani,anj->aij", rows, rows * weight[..., None])
+        gradient = np.einsum("ani,an->ai", rows, weight * residual)
+        still: list[int] = []
+        for k, pair in enumerate(active):
+            residuals = residual[k][use[k]]
+            if len(residuals) < 12:
+                continue  # too few correspondences: this pair stops where it is
+            damped = hessian[k] + 1e-9 * np.trace(hessian[k]) / 12 * np.eye(12)
+            step = np.asarray(np.linalg.solve(damped, -gradient[k]), dtype=np.float64)
+            bites[pair] = exp_se3(step[:6]) @ bites[pair]
+            lowers[pair] = exp_se3(step[6:]) @ lowers[pair]
+            sigma[pair] = _robust_sigma(residuals)
+            gate[pair] = max(params.fine_gate_floor_mm, min(gate[pair], params.fine_gate_sigmas * sigma[pair]))
+            centre = x[k].mean(axis=0)
+            if _motion(step, np.stack([centre, centre])) >= threshold_mm:
+                still.append(int(pair))
+        active = np.asarray(still, dtype=np.int64)
+    return bites, lowers
+
+
+def _planes_within(
+    target: PlaneTarget, x: FloatArray, widest: float, gates: FloatArray
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """:meth:`PlaneTarget.near` of points ``(a, n, 3)`` with a gate per row ``(a,)`` (mm): one query
+    within ``widest`` (the largest gate), then each row's matches beyond its own gate dropped."""
+    closest, normals, distance = target.near(x.reshape(-1, 3), widest)
+    distance = distance.reshape(x.shape[:2])
+    beyond = distance > gates[:, None] + target.spacing
+    distance[beyond] = np.inf
+    closest, normals = closest.reshape(x.shape), normals.reshape(x.shape)
+    closest[beyond] = 0.0
+    normals[beyond] = 0.0
+    return closest, normals, distance
 
 
 def _match(

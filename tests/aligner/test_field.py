@@ -64,15 +64,21 @@ def test_patch_count_is_the_number_of_connected_components():
 
 
 def test_look_ups_at_a_sum_and_scores_equal_those_at_the_summed_points():
-    """``field(points, offset)`` is ``field(points + offset)`` (broadcast), and ``score`` is
-    ``max(0, 1 - distance / tau)``: the same values, bit for bit."""
+    """``field(points, offset)`` is ``field(points + offset)`` (broadcast) but within rounding of a
+    cell border, and ``score`` is ``max(0, 1 - distance / tau)`` bit for bit."""
     rng = np.random.default_rng(11)
     field = DistanceField(rng.normal(size=(2000, 3)) * [15.0, 10.0, 4.0], 0.6, 2.1)
     probes = rng.normal(size=(40, 1, 24, 3)) * 6.0
     shifts = rng.normal(size=(40, 20, 1, 3)) * 6.0
+    shifts[0, 0, 0] = field.origin + 0.6 * 40.5 - probes[0, 0, 0]  # a sum on a cell border, every axis
     summed = probes + shifts
-    assert np.array_equal(field(probes, shifts), field(summed))
+    cells = (summed - field.origin) / field.voxel + 0.5
+    clear = (np.abs(cells - np.round(cells)) > 1e-9).all(axis=-1)
+    assert not clear.all()
     assert field(probes, shifts).shape == (40, 20, 24)
+    assert np.array_equal(field(probes, shifts)[clear], field(summed)[clear])
+    # on a border: either cell, whose distances differ by at most a voxel's diagonal
+    assert (np.abs(field(probes, shifts) - field(summed)) <= np.sqrt(3.0) * field.voxel + 1e-6).all()
     for tau in (1.5, 0.8):
-        assert np.array_equal(field.score(probes, tau, shifts), np.maximum(0.0, 1.0 - field(summed) / tau))
+        assert np.array_equal(field.score(probes, tau, shifts), np.maximum(0.0, 1.0 - field(probes, shifts) / tau))
         assert np.array_equal(field.score(summed, tau), np.maximum(0.0, 1.0 - field(summed) / tau))

@@ -273,3 +273,52 @@ def test_a_straight_strip_faces_out_of_the_mouth(inward: bool) -> None:
     # the bulge along the long axis points the other way: the former test would have turned it round
     centred = bite.vertices - strip.centre
     assert np.polyfit(centred @ strip.axes[:, 0], centred @ strip.axes[:, 2], 2)[0] > 0
+
+
+def test_distinct_poses_up_to_a_limit_are_the_first_of_all_distinct_ones() -> None:
+    from mesial.aligner._coarse import distinct
+    from mesial.aligner.transforms import exp_se3
+
+    rng = np.random.default_rng(5)
+    poses = [exp_se3(np.r_[rng.normal(0.0, 0.2, 3), rng.normal(0.0, 4.0, 3)]) for _ in range(200)]
+    every = distinct(poses, np.zeros(3), 8.0, 3.0)
+    assert len(every) > 10
+    for limit in (0, 1, 6, len(every) + 5):
+        assert distinct(poses, np.zeros(3), 8.0, 3.0, limit) == every[:limit]
+
+
+def test_pairs_refined_together_end_where_each_ends_alone(small_case: SampleCase) -> None:
+    """The global step's batched joint ICP (``refine_pairs``) gives every starting pair what
+    ``refine_joint`` gives it alone, including a pair too far to match (it stays where it is)."""
+    from mesial.aligner._icp import PlaneTarget, refine_joint, refine_pairs
+    from mesial.aligner.params import AlignParams
+    from mesial.aligner.transforms import exp_se3
+
+    params, targets = AlignParams(), {}
+    for name, mesh in (("upper", small_case.upper), ("lower", small_case.lower)):
+        scan = scan_from_arrays(mesh.vertices, mesh.faces, name)
+        pick = voxel_representatives(scan.vertices, 0.5)
+        targets[name] = PlaneTarget(scan.vertices[pick], scan.vertex_normals[pick], 0.5)
+    bite = small_case.bites[0].vertices
+    points = bite[voxel_representatives(bite, 1.0)]
+    truth = invert(small_case.truth["upper"])
+    bite_truth, lower_truth = truth @ small_case.truth["bite"], truth @ small_case.truth["lower"]
+    rng = np.random.default_rng(4)
+    centre = np.eye(4)
+    centre[:3, 3] = points.mean(axis=0) @ bite_truth[:3, :3].T + bite_truth[:3, 3]
+
+    def nudge() -> np.ndarray:
+        return centre @ exp_se3(np.r_[rng.normal(0.0, 0.03, 3), rng.normal(0.0, 0.5, 3)]) @ invert(centre)
+
+    bites = [nudge() @ bite_truth for _ in range(6)] + [exp_se3(np.r_[0.0, 0.0, 0.0, 60.0, 0.0, 0.0]) @ bite_truth]
+    lowers = [nudge() @ lower_truth for _ in range(7)]
+    gate, cap, threshold = 1.0, 8, params.plane_threshold_mm
+    together = refine_pairs(points, targets["upper"], targets["lower"], np.array(bites), np.array(lowers), params,
+                            max_distance_mm=gate, max_iterations=cap, threshold_mm=threshold)  # fmt: skip
+    for k, (bite_pose, lower_pose) in enumerate(zip(bites, lowers, strict=True)):
+        alone = refine_joint([points], targets["upper"], targets["lower"], [bite_pose], lower_pose, params,
+                             max_distance_mm=gate, max_iterations=cap, threshold_mm=threshold, evaluate=False)  # fmt: skip
+        assert alone.lower_to_upper is not None
+        assert np.allclose(together[0][k], alone.bite_to_upper[0], rtol=0.0, atol=1e-6)
+        assert np.allclose(together[1][k], alone.lower_to_upper, rtol=0.0, atol=1e-6)
+    assert np.array_equal(together[0][-1], bites[-1])

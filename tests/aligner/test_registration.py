@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from mesial.aligner._features import voxel_representatives
 from mesial.aligner._icp import SurfaceTarget, refine_joint
@@ -152,3 +153,24 @@ def test_the_fine_step_converges_on_a_generated_case(small_case):
     assert fit.plane_stage is not None and fit.plane_stage.converged
     assert fit.plane_stage.iterations < AlignParams().max_iterations
     assert fit.converged and fit.update_mm < AlignParams().threshold_mm
+
+
+def test_independent_tasks_run_at_once_give_their_results_in_order_and_their_errors() -> None:
+    import threading
+
+    from mesial.aligner.registration import _at_once
+
+    both = threading.Barrier(2, timeout=30)  # passes only when the two tasks run at the same time
+
+    def task(value: int) -> int:
+        both.wait()
+        return value * 10
+
+    assert _at_once([lambda: task(1), lambda: task(2)]) == [10, 20]
+    assert _at_once([lambda: 7]) == [7]
+
+    def fails() -> int:
+        raise ValueError("bad bite")
+
+    with pytest.raises(ValueError, match="bad bite"):
+        _at_once([lambda: 1, fails])
