@@ -7,6 +7,7 @@ case (reading, registration, occlusion, every output).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,13 +23,17 @@ NEVER = ("matplotlib", "trimesh", "open3d.visualization", "open3d.ml", "dash", "
 UNUSED_SCIPY = ("scipy.ndimage", "scipy.sparse.csgraph", "scipy.spatial._qhull", "scipy.special", "scipy.linalg")
 
 
-def _modules_after(code: str) -> set[str]:
+def _modules_after(code: str, cwd: Path | None = None) -> set[str]:
+    # no MESIAL_ALIGNER... variable (nor, with ``cwd``, a .env file): the input limits are the defaults
+    env = {name: value for name, value in os.environ.items() if not name.upper().startswith("MESIAL_ALIGNER")}
     done = subprocess.run(
         [sys.executable, "-P", "-c", code + "\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"],
         capture_output=True,
         text=True,
         check=True,
         timeout=600,
+        cwd=cwd,
+        env=env,
     )
     return set(json.loads(done.stdout.strip().splitlines()[-1]))
 
@@ -60,11 +65,13 @@ def test_a_whole_case_imports_nothing_a_stage_does_not_use(tmp_path: Path, small
         + f", '--out', {str(tmp_path / 'out')!r}, '--json']\n"
         "try:\n    main()\nexcept SystemExit:\n    pass"
     )  # fmt: skip
-    modules = _modules_after(code)
+    modules = _modules_after(code, cwd=tmp_path)
     document = json.loads((tmp_path / "out" / "result.json").read_text())
     assert document["status"] == "ok"
     assert (tmp_path / "out" / "upper_occlusal.png").read_bytes().startswith(b"\x89PNG")
     assert "open3d.pybind" in modules  # the compiled core only
     assert [name for name in (*NEVER, *UNUSED_SCIPY) if _loaded(modules, name)] == []
     assert not _loaded(modules, "rich")  # --json: no progress bar, no console
+    # the input limits without the settings' models (common/limits.py): no pydantic at all
+    assert not _loaded(modules, "pydantic_settings") and not _loaded(modules, "pydantic")
     assert "scipy.spatial._ckdtree" in modules
