@@ -18,7 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mesial.aligner._features import first_occurrences
-from mesial.aligner._icp import SurfaceTarget
+from mesial.aligner._icp import SurfaceTarget, raycasting_scene
 from mesial.aligner.errors import EmptyScan, InvalidScanShape, ScanInputError
 from mesial.aligner.io import RawMesh, read_mesh
 from mesial.aligner.transforms import lengths, unit
@@ -75,14 +75,15 @@ class Scan:
     def surface(self) -> SurfaceTarget:
         """Exact closest-point queries on this scan, in its own frame (built once, then shared)."""
         if "surface" not in self._cache:
-            # the ray-casting scene is built when a query first needs it (and shared with scene())
-            self._cache["surface"] = SurfaceTarget.of_mesh(self.vertices, self.faces, None, self.vertex_normals)
+            # validation's ray-casting scene when it built one, else one built when a query first needs it
+            scene = self._cache.get("scene")
+            self._cache["surface"] = SurfaceTarget.of_mesh(self.vertices, self.faces, scene, self.vertex_normals)
         surface: SurfaceTarget = self._cache["surface"]
         return surface
 
     def scene(self) -> Any:
-        """Open3D RaycastingScene of this scan in its own frame (one, shared by the closest-point
-        queries and the rendered views: its BVH is built once)."""
+        """Open3D RaycastingScene of this scan in its own frame (one, shared by validation, the
+        closest-point queries and the rendered views: its BVH is built once)."""
         return self.surface().scene
 
     @property
@@ -208,10 +209,15 @@ def clean_mesh(raw: RawMesh, role: str, *, unit: str | None = None, orient: bool
 
     normals = vertex_normals(vertices, faces, face_normals=cross)  # a uniform rescale keeps the directions
     flipped = False
-    if orient and orientation_is_inward(vertices, faces, cross):
-        faces = faces[:, ::-1].copy()
-        normals = -normals
-        flipped = True
+    cache: dict[str, Any] = {}
+    if orient:
+        scene = raycasting_scene(vertices, faces)
+        if orientation_is_inward(vertices, faces, normals, scene=scene):
+            faces = faces[:, ::-1].copy()
+            normals = -normals
+            flipped = True
+        else:
+            cache["scene"] = scene  # the same triangles, same winding: reused for closest points
     report = CleaningReport(
         input_vertices=len(raw.vertices),
         input_triangles=len(raw.faces),
@@ -221,7 +227,7 @@ def clean_mesh(raw: RawMesh, role: str, *, unit: str | None = None, orient: bool
         normals_flipped=flipped,
         scale_factor=scale,
     )
-    return Scan(role, vertices, faces.astype(np.int64), normals, raw.sha256, raw.file_format, report)
+    return Scan(role, vertices, faces.astype(np.int64), normals, raw.sha256, raw.file_format, report, cache)
 
 
 def face_cross_products(vertices: NDArray[np.float64], faces: NDArray[np.int64]) -> NDArray[np.float64]:
@@ -271,62 +277,42 @@ def vertex_normals(
 def orientation_is_inward(
     vertices: NDArray[np.float64],
     faces: NDArray[np.int64],
-    face_normals: NDArray[np.float64] | None = None,
-    decisive: float = 0.05,
+    normals: NDArray[np.float64],
+    samples: int = 1500,
+    decisive: float = 0.25,
+    scene: Any = None,
 ) -> bool:
-    """Whether the normals point into the teeth rather than out of them (the signed volume's sign).
+    """Whether the normals point into the teeth rather than out of them.
 
-    The signed volume of a closed surface is positive when its normals point out. A scan
-    is open (an arch is cut at the gum), so it is closed here by a cone from the centre of
-    its border: the tetrahedra from that point to every triangle, their volumes signed by
-    the winding, add up to the volume of the scan closed by that cap, positive when the
-    normals point out of the teeth. The winding is called inward only when the signed
-    sum is clearly negative: below ``-decisive`` times the sum of the tetrahedra's
-    absolute volumes. Measured on the 120 real arches of the 3D-IOSSeg train split and on
-    generated arches, that ratio is 0.12 to 0.76 as written (so -0.12 to -0.76 flipped);
-    a flat sheet gives 0 and is left alone.
+    A ray cast from the surface along an outward normal escapes; along an
+    inward normal it hits the opposite wall of the crown. The winding is
+    called inward only when the inward hypothesis is clearly better (by
+    ``decisive`` in hit fraction); a single sheet (a bite scan) is left alone.
 
     Parameters
     ----------
     vertices : (n, 3) float, millimetres
     faces : (m, 3) int
-    face_normals : (m, 3) float, optional
-        ``(v1 - v0) x (v2 - v0)`` per triangle (or a positive multiple), when already computed.
+    normals : (n, 3) float
+    samples : int
+        Vertices probed (evenly spaced indices).
     decisive : float
-        How negative the ratio of signed to absolute volume must be.
+        Required difference of hit fractions.
+    scene : open3d RaycastingScene, optional
+        Of these triangles, when the caller has one.
     """
-    if face_normals is None:
-        face_normals = face_cross_products(vertices, faces)
-    centre = border_centre(vertices, faces)
-    # six times the signed volume of the tetrahedron (centre, triangle), per triangle
-    volume = np.einsum("ij,ij->i", vertices[faces[:, 0]] - centre, face_normals)
-    scale = float(np.abs(volume).sum())
-    return scale > 0 and float(volume.sum()) < -decisive * scale
+    from mesial.aligner._o3d import open3d
 
-
-def border_centre(vertices: NDArray[np.float64], faces: NDArray[np.int64]) -> NDArray[np.float64]:
-    """The centre ``(3,)`` (mm) of a mesh's border vertices, weighted by the border's length there.
-
-    No edge list is built: around a vertex inside the mesh the triangles close a fan, in
-    which every neighbour follows the vertex once and precedes it once; around a border
-    vertex the fan is open and the first and last neighbours differ. So the sum over a
-    vertex's corners of (following neighbour - preceding neighbour) is zero inside (exactly,
-    in integers) and, in coordinates, the chord across the border there. A closed mesh
-    (no border) gives the mean of its vertices.
-    """
-    n = len(vertices)
-    first, second, third = faces[:, 0], faces[:, 1], faces[:, 2]
-    turns = ((first, second, third), (second, third, first), (third, first, second))  # corner, following, preceding
-    balance = sum(
-        np.bincount(at, weights=(after - before).astype(np.float64), minlength=n) for at, after, before in turns
-    )
-    on_border = np.asarray(balance, dtype=np.float64) != 0
-    if not on_border.any():
-        return np.asarray(vertices.mean(axis=0), dtype=np.float64)
-    chord = np.zeros((n, 3))
-    for at, after, before in turns:
-        near = np.flatnonzero(on_border[at])  # the few corners at a border vertex
-        np.add.at(chord, at[near], vertices[after[near]] - vertices[before[near]])
-    border = np.flatnonzero(on_border)
-    weight = lengths(chord[border])
-    return np.asarray(weight @ vertices[border] / weight.sum(), dtype=np.float64)
+    o3d = open3d()
+    if scene is None:
+        scene = raycasting_scene(vertices, faces)
+    pick = np.linspace(0, len(vertices) - 1, min(samples, len(vertices))).astype(np.int64)
+    origins, directions = vertices[pick], normals[pick]
+    keep = np.linalg.norm(directions, axis=1) > 0.5
+    origins, directions = origins[keep], directions[keep]
+    hits = []
+    for sign in (1.0, -1.0):
+        rays = np.hstack([origins + sign * 1e-3 * directions, sign * directions]).astype(np.float32)
+        hit = scene.cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy()
+        hits.append(float(np.isfinite(hit).mean()) if len(hit) else 0.0)
+    return hits[0] - hits[1] > decisive
