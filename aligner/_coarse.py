@@ -195,7 +195,7 @@ def icp_many(
         for _ in range(iterations):
             if not len(active):
                 return poses
-            x = np.einsum("mij,nj->mni", poses[active, :3, :3], source) + poses[active, None, :3, 3]  # (m, n, 3)
+            x = source @ poses[active, :3, :3].transpose(0, 2, 1) + poses[active, None, :3, 3]  # (m, n, 3)
             distance, index = target.match(x.reshape(-1, 3), gate)
             use = np.isfinite(distance).reshape(len(active), n)
             going = use.sum(axis=1) >= 12
@@ -209,8 +209,9 @@ def icp_many(
             residual = np.einsum("mni,mni->mn", x - target.points[index].reshape(x.shape), normal)
             weight = np.where(use, np.clip(1.0 - (residual / gate) ** 2, 0.0, None) ** 2, 0.0)
             rows = np.concatenate([np.cross(x, normal), normal], axis=2)  # (m, n, 6)
-            hessian = np.einsum("mni,mnj->mij", rows, rows * weight[..., None]) + 1e-9 * np.eye(6)
-            step = np.linalg.solve(hessian, -np.einsum("mni,mn->mi", rows, weight * residual)[..., None])[..., 0]
+            transposed = rows.transpose(0, 2, 1)  # batched matrix products (BLAS), not einsum's loops
+            hessian = transposed @ (rows * weight[..., None]) + 1e-9 * np.eye(6)
+            step = np.linalg.solve(hessian, -(transposed @ (weight * residual)[..., None]))[..., 0]
             for k, start in enumerate(active):
                 poses[start] = exp_se3(step[k]) @ poses[start]
     return poses

@@ -710,16 +710,17 @@ def refine_pairs(
     for _ in range(max_iterations):
         if not len(active):
             break
-        x = np.einsum("aij,nj->ani", bites[active, :3, :3], source) + bites[active, None, :3, 3]  # (a, n, 3)
+        x = source @ bites[active, :3, :3].transpose(0, 2, 1) + bites[active, None, :3, 3]  # (a, n, 3)
         # each pair's gate: one query within the largest, farther matches dropped per pair
         widest = float(gate[active].max())
         closest, normals, distance = _planes_within(upper, x, widest, gate[active])
         rotation, shift = lowers[active, :3, :3], lowers[active, None, :3, 3]
-        local = np.einsum("aji,anj->ani", rotation, x - shift)  # bite points in the lower's file frame
+        local = (x - shift) @ rotation  # bite points in the lower's file frame
         closest_l, normals_l, distance_l = _planes_within(lower, local, widest, gate[active])
         on_lower = distance_l < distance
-        closest = np.where(on_lower[..., None], np.einsum("aij,anj->ani", rotation, closest_l) + shift, closest)
-        normals = np.where(on_lower[..., None], np.einsum("aij,anj->ani", rotation, normals_l), normals)
+        turned = rotation.transpose(0, 2, 1)
+        closest = np.where(on_lower[..., None], closest_l @ turned + shift, closest)
+        normals = np.where(on_lower[..., None], normals_l @ turned, normals)
         distance = np.minimum(distance, distance_l)
         residual = np.einsum("ani,ani->an", x - closest, normals)
         use = np.isfinite(distance) & (np.abs(residual) < gate[active, None])
@@ -729,8 +730,9 @@ def refine_pairs(
         rows[..., 3:6] = normals
         rows[..., 6:9] = np.where(on_lower[..., None], -np.cross(closest, normals), 0.0)
         rows[..., 9:12] = np.where(on_lower[..., None], -normals, 0.0)
-        hessian = np.einsum("ani,anj->aij", rows, rows * weight[..., None])
-        gradient = np.einsum("ani,an->ai", rows, weight * residual)
+        transposed = rows.transpose(0, 2, 1)  # batched matrix products (BLAS), not einsum's loops
+        hessian = transposed @ (rows * weight[..., None])
+        gradient = (transposed @ (weight * residual)[..., None])[..., 0]
         still: list[int] = []
         for k, pair in enumerate(active):
             residuals = residual[k][use[k]]
