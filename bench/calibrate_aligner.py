@@ -16,7 +16,8 @@ TRE (``--plot``; docs/aligner-confidence.png is made this way).
 Real arches are Loop-subdivided ``--subdivisions`` times (2: ~130 000 vertices, as the
 benchmark; 0: the scans' native ~8 000), each pair with ``--seeds`` bite simulations per
 variant. ``--merge`` adds the rows of earlier ``--csv`` files to the counts and the plot,
-so a calibration can be run in parts (e.g. native and subdivided) and drawn once.
+so a calibration can be run in parts (e.g. native and subdivided) and drawn once
+(``--merge-only``: no new cases).
 
 Only scalar measurements are written (``--csv``, ``--plot``); the meshes stay where
 they are. Use the ``train`` split only: the ``test`` split is for independent checks.
@@ -93,7 +94,7 @@ def plot(rows: list[dict[str, object]], path: Path, params: AlignParams) -> None
         for mask, colour, name in ((ok & real, "tab:green", "real, ok"), (~ok & real, "tab:red", "real, not confident"),
                                    (ok & ~real, "tab:blue", "generated, ok"),
                                    (~ok & ~real, "tab:orange", "generated, not confident")):  # fmt: skip
-            for size, marker, suffix in ((mask & ~dense, "o", " (~8k vertices)"), (mask & dense, "^", "")):
+            for size, marker, suffix in ((mask & ~dense, "o", " (~8k vertices)"), (mask & dense, "^", " (~130k)")):
                 if size.any():
                     label_of = name + (suffix if real[size].all() else "")
                     axis.scatter(value[size], np.maximum(tre[size], 1e-4), s=14, c=colour, marker=marker,
@@ -126,12 +127,13 @@ def main() -> int:
         help="also pairs whose construction has no posterior contact on a side (more wrong poses)",
     )
     parser.add_argument("--merge", type=Path, nargs="*", default=[], help="earlier --csv files counted and plotted too")
+    parser.add_argument("--merge-only", action="store_true", help="no new cases: count and plot the --merge rows")
     parser.add_argument("--cases", type=int, default=3, help="generated cases per variant")
     parser.add_argument("--csv", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None)
     args = parser.parse_args()
     rows: list[dict[str, object]] = []
-    for seed in range(args.cases):
+    for seed in range(0 if args.merge_only else args.cases):
         for simulator, noise, one_sided in VARIANTS:
             case = generate_case(3000 + seed, noise_mm=noise, one_sided=one_sided, vertices=60_000, simulator=simulator)
             rows.append({"set": "generated", "case": seed, "contact": True, "seed": 0, "simulator": simulator, "noise": noise,
@@ -139,6 +141,8 @@ def main() -> int:
             print(rows[-1], flush=True)
     names = pairs(args.real)
     chosen = args.names.split(",") if args.names else names[: args.pairs] if args.pairs else names
+    if args.merge_only:
+        chosen = []
     for stem in chosen:
         occluded = occlude(args.real, stem, args.subdivisions)
         contact = min(occluded.contacts_mm2) >= 0.05
@@ -150,7 +154,9 @@ def main() -> int:
                 try:
                     case = bite_case(occluded, 4000 + int(stem) + 1000 * seed, simulator=simulator, noise_mm=noise,
                                      one_sided=one_sided)  # fmt: skip
-                except ValueError as error:  # the simulator's failure (e.g. an empty bite), not the aligner's
+                    for bite in case.bites:  # an empty or degenerate simulated bite is refused as input
+                        scan_from_arrays(bite.vertices, bite.faces, "bite", orient=False)
+                except ValueError as error:  # the simulator's failure (an empty bite: input errors are ValueErrors)
                     print(f"{stem} {simulator} {noise} {one_sided}: no bite simulated ({error})", flush=True)
                     continue
                 rows.append({"set": "real", "case": stem, "contact": contact, "seed": seed, "simulator": simulator, "noise": noise,
