@@ -40,8 +40,10 @@ class AlignParams:
     rescore_share: float = 0.05
     search_tau_mm: float = 1.5
     # Distinct poses of each bite refined (short ICP on that arch; half of each way up), and
-    # of those the best by that arch's fit that go on to look for the other arch.
-    bite_candidates: int = 12
+    # of those the best by that arch's fit that go on to look for the other arch. (With 6 of each
+    # way up, generated one-sided bites of seeds 3000 and 3001 at 60 000 vertices lost their true
+    # pose on the upper: beyond the 6th distinct grid pose, though the best fit once refined.)
+    bite_candidates: int = 24
     paired_candidates: int = 5
     # The bite points the first arch leaves unexplained are searched for on the other arch
     # alone (its own canonical frame and outline): heights and offsets of their centre from
