@@ -172,6 +172,15 @@ async def _tenant(harness: Harness, api: Api, name: str) -> tuple[str, str]:
     return key, f"mesial-org-{name}"
 
 
+async def _submitted(harness: Harness, api: Api, key: str, ns: str) -> tuple[dict[str, Any], str]:
+    """A job submitted through the API, once the operator has made its Kubernetes Job: the API's job
+    and its ScanJob's name without the ``scanjob-`` prefix."""
+    job = await api.submit(key)
+    sj = job["id"].replace("_", "-")
+    await eventually(lambda: harness.client.get(*JOB, f"scanjob-{sj}", ns))
+    return job, sj
+
+
 async def _scanjob_of(harness: Harness, ns: str, name: str) -> dict[str, Any] | None:
     return await harness.client.get(*SCANJOB, name, ns)
 
@@ -230,9 +239,7 @@ async def test_a_failed_job_and_the_api_down_then_back(
 ) -> None:
     name = org_name("down")
     key, ns = await _tenant(cluster, api, name)
-    job = await api.submit(key)
-    sj = job["id"].replace("_", "-")
-    await eventually(lambda: cluster.client.get(*JOB, f"scanjob-{sj}", ns))
+    job, sj = await _submitted(cluster, api, key, ns)
 
     # The API goes down; the Job starts and fails; the ScanJob's status still follows the Job.
     await api_proxy.down()
@@ -355,9 +362,7 @@ async def test_a_hand_set_reported_phase_does_not_keep_the_api_from_being_told(
 ) -> None:
     name = org_name("handrep")
     key, ns = await _tenant(cluster, api, name)
-    job = await api.submit(key)
-    sj = job["id"].replace("_", "-")
-    await eventually(lambda: cluster.client.get(*JOB, f"scanjob-{sj}", ns))
+    job, sj = await _submitted(cluster, api, key, ns)
     await cluster.client.patch(
         *JOB, f"scanjob-{sj}", {"status": {"active": 1, "startTime": "2026-01-01T10:00:00Z"}}, ns
     )

@@ -52,21 +52,24 @@ class FlakySink:
         await self.inner.append(event)
 
 
-async def _tenant_with_old_scan(harness: Harness, org: str) -> str:
+async def _tenant_with_old_scan(harness: Harness, org: str, sink: FlakySink) -> str:
+    """Receipts go to ``sink``; a Ready tenant with one 40-day-old scan (``s1``) and a RetentionPolicy
+    sweeping hourly: a receipt is sent again on the next timer ticks, not at the next sweep. Returns
+    the tenant namespace."""
+    harness.runtime.audit = sink
     await harness.client.create(organization(org))
     await eventually(lambda: ready(harness.client, org))
     await harness.runtime.store.put(org, "scans/s1", b"old")
     harness.runtime.clock = lambda: datetime.now(UTC) + 40 * DAY
-    return f"mesial-org-{org}"
+    ns = f"mesial-org-{org}"
+    await harness.client.create(policy("retention", ns, sweepInterval="1h"))
+    return ns
 
 
 async def test_a_retention_receipt_that_failed_is_kept_and_sent_again(harness: Harness, org_name) -> None:
     org = org_name("lost")
     sink = FlakySink(harness.runtime.audit, "retention.deleted", fail=2)
-    harness.runtime.audit = sink
-    ns = await _tenant_with_old_scan(harness, org)
-    # a long interval: the receipt is sent again on the next ticks, not at the next sweep
-    await harness.client.create(policy("retention", ns, sweepInterval="1h"))
+    ns = await _tenant_with_old_scan(harness, org, sink)
 
     def receipts() -> list[dict[str, Any]]:
         return [e for e in sink.read() if e["action"] == "retention.deleted" and e["tenant"] == org]
@@ -93,9 +96,7 @@ async def test_a_retention_receipt_that_failed_is_kept_and_sent_again(harness: H
 async def test_a_pending_receipt_is_in_status_while_the_collector_is_down(harness: Harness, org_name) -> None:
     org = org_name("down")
     sink = FlakySink(harness.runtime.audit, "retention.deleted", fail=10**6)
-    harness.runtime.audit = sink
-    ns = await _tenant_with_old_scan(harness, org)
-    await harness.client.create(policy("retention", ns, sweepInterval="1h"))
+    ns = await _tenant_with_old_scan(harness, org, sink)
 
     async def pending() -> list[dict[str, Any]] | None:  # sent twice at least, still pending
         entries = (await pstatus(harness.client, ns, "retention")).get("pendingReceipts")
@@ -121,9 +122,7 @@ async def test_a_conflicting_receipt_is_a_warning_not_retried_forever(harness: H
     org = org_name("clash")
     before = RECEIPTS.labels("retention", "conflict")._value.get()
     sink = FlakySink(harness.runtime.audit, "retention.deleted", fail=10**6, code=409)
-    harness.runtime.audit = sink
-    ns = await _tenant_with_old_scan(harness, org)
-    await harness.client.create(policy("retention", ns, sweepInterval="1h"))
+    ns = await _tenant_with_old_scan(harness, org, sink)
 
     async def warned() -> list[dict[str, Any]] | None:
         found = [e for e in await events(harness.client, "retention") if e.get("reason") == "ReceiptConflict"]
@@ -295,9 +294,7 @@ async def test_a_ready_phase_without_the_tenants_boundary_does_not_admit_a_scanj
 async def test_a_deleted_policy_sends_what_it_owes_first(harness: Harness, org_name) -> None:
     org = org_name("owes")
     sink = FlakySink(harness.runtime.audit, "retention.deleted", fail=10**6)
-    harness.runtime.audit = sink
-    ns = await _tenant_with_old_scan(harness, org)
-    await harness.client.create(policy("retention", ns, sweepInterval="1h"))
+    ns = await _tenant_with_old_scan(harness, org, sink)
 
     async def owed() -> list[dict[str, Any]] | None:
         entries = (await pstatus(harness.client, ns, "retention")).get("pendingReceipts")
