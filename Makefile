@@ -13,6 +13,8 @@ VENV := .venv
 PY := $(VENV)/bin/python -P
 TOOLS := .tools
 STAMP := $(VENV)/.installed
+# The aligner's compiled mesh-query kernel (setup.py): rebuilt in place when its C source changes.
+KERNEL := $(VENV)/.kernel-built
 export PATH := $(CURDIR)/$(TOOLS)/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: help install test e2e e2e-kind cluster-tools cluster-up cluster-down lint format demo bench chart services-up services-down clean image image-test
@@ -20,7 +22,7 @@ export PATH := $(CURDIR)/$(TOOLS)/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml scripts/install-system-deps.sh scripts/install_k8s_tools.py
+$(STAMP): pyproject.toml setup.py scripts/install-system-deps.sh scripts/install_k8s_tools.py
 	bash scripts/install-system-deps.sh
 	test -x $(VENV)/bin/python || $(PYTHON) -P -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip setuptools wheel
@@ -28,7 +30,11 @@ $(STAMP): pyproject.toml scripts/install-system-deps.sh scripts/install_k8s_tool
 	$(PY) scripts/install_k8s_tools.py $(TOOLS)
 	touch $@
 
-install: $(STAMP) ## Create .venv, install the project, its tools and the Debian packages it needs
+$(KERNEL): aligner/_meshquery.c setup.py | $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+install: $(STAMP) $(KERNEL) ## Create .venv, install the project (compiling the aligner's kernel), its tools and the Debian packages it needs
 	@bash scripts/install-system-deps.sh
 
 test: install cluster-tools ## Run the whole test suite against real services and a real control plane (started and stopped by the suite)
@@ -83,4 +89,4 @@ services-down: install ## Stop what services-up started
 
 clean: ## Remove the virtualenv, tools, caches and local data
 	-$(VENV)/bin/mesial services down 2>/dev/null
-	rm -rf $(VENV) $(TOOLS) .mesial build .pytest_cache .mypy_cache .ruff_cache .hypothesis demo-out
+	rm -rf $(VENV) $(TOOLS) .mesial build .pytest_cache .mypy_cache .ruff_cache .hypothesis demo-out aligner/_meshquery_lib*.so

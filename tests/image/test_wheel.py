@@ -116,3 +116,28 @@ def test_the_installed_wheel_renders_its_templates(unpacked_wheel: Path) -> None
         "mesial-default-deny",
     ]
     assert out["crds"] == ["organization.yaml", "retentionpolicy.yaml", "scanjob.yaml"]
+
+
+KERNEL_PROBE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+from mesial.aligner import _meshquery
+assert _meshquery.__file__.startswith(sys.argv[1]), _meshquery.__file__
+mesh = _meshquery.MeshQuery(np.eye(3), [[0, 1, 2]])
+print(round(float(mesh.closest([[0.0, 0.0, 0.0]]).distances[0]) ** 2 * 3, 9))
+"""
+
+
+def test_the_wheel_carries_the_compiled_mesh_query_kernel(unpacked_wheel: Path) -> None:
+    # setup.py's extension: compiled when the wheel is built, loaded with ctypes from the wheel's copy
+    (library,) = (unpacked_wheel / "mesial" / "aligner").glob("_meshquery_lib*.so")
+    assert b"mq_closest" in library.read_bytes()
+    run = subprocess.run(
+        [sys.executable, "-P", "-c", KERNEL_PROBE, str(unpacked_wheel)],
+        cwd=unpacked_wheel,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "1.0"

@@ -1,0 +1,681 @@
+/* Mesial's mesh-query kernel: a bounding volume hierarchy over the triangles of one mesh,
+ * exact closest points and ray casts, in float64, queries split over POSIX threads.
+ *
+ * Plain C99 and POSIX threads, no Python headers: the aligner loads it with ctypes
+ * (aligner/_meshquery.py), which releases the GIL for the length of every call. setuptools
+ * builds it as an extension module only to place it beside the Python code.
+ *
+ * Every function returns 0 or a negative error code (MQ_E*); nothing here aborts.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MQ_OK 0
+#define MQ_ENOMEM -1
+#define MQ_EINDEX -2   /* a face refers to a vertex that does not exist */
+#define MQ_EFINITE -3  /* a vertex coordinate is NaN or infinite */
+#define MQ_ESIZE -4    /* counts out of range */
+#define MQ_ETHREAD -5  /* a thread could not be started */
+
+#define LEAF_SIZE 8 /* triangles a leaf at most */
+#define BINS 8       /* surface area heuristic: candidate splits a node */
+#define TRI 16 /* doubles a triangle: a, b - a, c - a, unit normal, |b - a|^2, (b - a).(c - a), |c - a|^2, flat */
+
+typedef struct {
+    float lo[3], hi[3]; /* rounded outwards from the float64 box: 32 bytes a node, two siblings a cache line */
+    int32_t start;      /* leaf: first triangle (BVH order); inner: the left child (the right one follows it) */
+    int32_t count;      /* triangles of a leaf, 0 for an inner node */
+} Node;
+
+typedef struct {
+    Node *nodes;
+    void *node_block;
+    int32_t node_count;
+    int32_t depth;
+    int64_t triangle_count;
+    double *tri;  /* TRI doubles per triangle, in BVH order */
+    void *tri_block;
+    int64_t *ids; /* the caller's index of each triangle in BVH order */
+} Mesh;
+
+static inline double dot3(const double *a, const double *b) { return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]; }
+
+static inline void cross3(const double *a, const double *b, double *out) {
+    out[0] = a[1] * b[2] - a[2] * b[1];
+    out[1] = a[2] * b[0] - a[0] * b[2];
+    out[2] = a[0] * b[1] - a[1] * b[0];
+}
+
+/* ------------------------------------------------------------------ build */
+
+typedef struct {
+    double lo[3], hi[3];
+    int64_t id;
+} Ref;
+
+typedef struct {
+    Ref *refs;
+    Node *nodes;
+    int32_t used;
+    int32_t depth;
+} Builder;
+
+static float round_down(double x) {
+    float f = (float)x;
+    return (double)f > x ? nextafterf(f, -INFINITY) : f;
+}
+
+static float round_up(double x) {
+    float f = (float)x;
+    return (double)f < x ? nextafterf(f, INFINITY) : f;
+}
+
+/* Splits refs[start, start + count) in two by the binned surface area heuristic along the
+ * longest axis of the centres (the middle when it finds no split); returns the size of the first part. */
+static int64_t split(Builder *b, int64_t start, int64_t count, const double clo[3], const double chi[3]) {
+    int axis = 0;
+    for (int k = 1; k < 3; k++)
+        if (chi[k] - clo[k] > chi[axis] - clo[axis]) axis = k;
+    double extent = chi[axis] - clo[axis];
+    if (!(extent > 0)) return count / 2; /* every centre in one place: any halving will do */
+    double scale = BINS / extent;
+    int64_t n[BINS] = {0};
+    double lo[BINS][3], hi[BINS][3];
+    for (int j = 0; j < BINS; j++)
+        for (int k = 0; k < 3; k++) {
+            lo[j][k] = INFINITY;
+            hi[j][k] = -INFINITY;
+        }
+    Ref *refs = b->refs;
+    for (int64_t i = start; i < start + count; i++) {
+        const Ref *r = &refs[i];
+        int j = (int)((r->lo[axis] + r->hi[axis] - clo[axis]) * scale);
+        j = j >= BINS ? BINS - 1 : (j < 0 ? 0 : j);
+        n[j]++;
+        for (int k = 0; k < 3; k++) {
+            if (r->lo[k] < lo[j][k]) lo[j][k] = r->lo[k];
+            if (r->hi[k] > hi[j][k]) hi[j][k] = r->hi[k];
+        }
+    }
+    double left_cost[BINS];
+    double alo[3] = {INFINITY, INFINITY, INFINITY}, ahi[3] = {-INFINITY, -INFINITY, -INFINITY};
+    int64_t running = 0;
+    for (int j = 0; j < BINS - 1; j++) {
+        for (int k = 0; k < 3; k++) {
+            if (lo[j][k] < alo[k]) alo[k] = lo[j][k];
+            if (hi[j][k] > ahi[k]) ahi[k] = hi[j][k];
+        }
+        running += n[j];
+        double dx = ahi[0] - alo[0], dy = ahi[1] - alo[1], dz = ahi[2] - alo[2];
+        left_cost[j] = running ? (dx * dy + dy * dz + dz * dx) * (double)running : 0.0;
+    }
+    for (int k = 0; k < 3; k++) {
+        alo[k] = INFINITY;
+        ahi[k] = -INFINITY;
+    }
+    running = 0;
+    double best_cost = INFINITY;
+    int best_bin = -1;
+    for (int j = BINS - 1; j > 0; j--) {
+        for (int k = 0; k < 3; k++) {
+            if (lo[j][k] < alo[k]) alo[k] = lo[j][k];
+            if (hi[j][k] > ahi[k]) ahi[k] = hi[j][k];
+        }
+        running += n[j];
+        if (running == 0 || running == count) continue;
+        double dx = ahi[0] - alo[0], dy = ahi[1] - alo[1], dz = ahi[2] - alo[2];
+        double cost = left_cost[j - 1] + (dx * dy + dy * dz + dz * dx) * (double)running;
+        if (cost < best_cost) {
+            best_cost = cost;
+            best_bin = j; /* bins [0, j) go left */
+        }
+    }
+    if (best_bin < 0) return count / 2;
+    int64_t i = start, j = start + count - 1;
+    while (i <= j) {
+        int bin = (int)((refs[i].lo[axis] + refs[i].hi[axis] - clo[axis]) * scale);
+        if (bin >= BINS) bin = BINS - 1;
+        if (bin < best_bin) {
+            i++;
+        } else {
+            Ref swap = refs[i];
+            refs[i] = refs[j];
+            refs[j] = swap;
+            j--;
+        }
+    }
+    int64_t left = i - start;
+    return left > 0 && left < count ? left : count / 2;
+}
+
+static void build_node(Builder *b, int32_t index, int64_t start, int64_t count, int32_t depth) {
+    double lo[3] = {INFINITY, INFINITY, INFINITY}, hi[3] = {-INFINITY, -INFINITY, -INFINITY};
+    double clo[3] = {INFINITY, INFINITY, INFINITY}, chi[3] = {-INFINITY, -INFINITY, -INFINITY};
+    for (int64_t i = start; i < start + count; i++) {
+        const Ref *r = &b->refs[i];
+        for (int k = 0; k < 3; k++) {
+            double c = r->lo[k] + r->hi[k]; /* twice the centre */
+            if (r->lo[k] < lo[k]) lo[k] = r->lo[k];
+            if (r->hi[k] > hi[k]) hi[k] = r->hi[k];
+            if (c < clo[k]) clo[k] = c;
+            if (c > chi[k]) chi[k] = c;
+        }
+    }
+    Node *node = &b->nodes[index];
+    for (int k = 0; k < 3; k++) {
+        node->lo[k] = round_down(lo[k]);
+        node->hi[k] = round_up(hi[k]);
+    }
+    if (depth > b->depth) b->depth = depth;
+    if (count <= LEAF_SIZE) {
+        node->start = (int32_t)start;
+        node->count = (int32_t)count;
+        return;
+    }
+    int64_t left = split(b, start, count, clo, chi);
+    int32_t child = b->used;
+    b->used += 2;
+    node->start = child;
+    node->count = 0;
+    build_node(b, child, start, left, depth + 1);
+    build_node(b, child + 1, start + left, count - left, depth + 1);
+}
+
+/* 64-byte aligned memory (cache lines); *block is what to free. */
+static void *aligned(size_t bytes, void **block) {
+    *block = malloc(bytes + 64);
+    if (!*block) return NULL;
+    return (void *)(((uintptr_t)*block + 63) & ~(uintptr_t)63);
+}
+
+
+/* Builds the hierarchy of triangles `faces` (m, 3) over `vertices` (n, 3), both C-ordered. */
+int mq_build(const double *vertices, int64_t n, const int64_t *faces, int64_t m, void **out) {
+    *out = NULL;
+    if (n < 0 || m < 1 || m > (int64_t)INT32_MAX / 2) return MQ_ESIZE;
+    for (int64_t i = 0; i < 3 * n; i++)
+        if (!isfinite(vertices[i])) return MQ_EFINITE;
+    for (int64_t i = 0; i < 3 * m; i++)
+        if (faces[i] < 0 || faces[i] >= n) return MQ_EINDEX;
+    Mesh *mesh = calloc(1, sizeof(Mesh));
+    Ref *refs = malloc(sizeof(Ref) * (size_t)m);
+    int64_t *ids = malloc(sizeof(int64_t) * (size_t)m);
+    void *node_block = NULL, *tri_block = NULL;
+    Node *nodes = aligned(sizeof(Node) * (size_t)(2 * m), &node_block);
+    double *tri = aligned(sizeof(double) * TRI * (size_t)m, &tri_block);
+    if (!mesh || !refs || !ids || !nodes || !tri) {
+        free(mesh);
+        free(refs);
+        free(ids);
+        free(node_block);
+        free(tri_block);
+        return MQ_ENOMEM;
+    }
+    for (int64_t t = 0; t < m; t++) {
+        const double *p[3] = {vertices + 3 * faces[3 * t], vertices + 3 * faces[3 * t + 1],
+                              vertices + 3 * faces[3 * t + 2]};
+        for (int k = 0; k < 3; k++) {
+            refs[t].lo[k] = fmin(p[0][k], fmin(p[1][k], p[2][k]));
+            refs[t].hi[k] = fmax(p[0][k], fmax(p[1][k], p[2][k]));
+        }
+        refs[t].id = t;
+    }
+    /* the root at index 1 (0 unused), so that every pair of siblings starts at an even index:
+     * both in one 64-byte line */
+    Builder b = {refs, nodes, 2, 0};
+    build_node(&b, 1, 0, m, 0);
+    for (int64_t i = 0; i < m; i++) {
+        int64_t t = refs[i].id;
+        const double *a = vertices + 3 * faces[3 * t], *v1 = vertices + 3 * faces[3 * t + 1],
+                     *v2 = vertices + 3 * faces[3 * t + 2];
+        double *r = tri + TRI * i;
+        for (int k = 0; k < 3; k++) {
+            r[k] = a[k];
+            r[3 + k] = v1[k] - a[k];
+            r[6 + k] = v2[k] - a[k];
+        }
+        cross3(r + 3, r + 6, r + 9);
+        double norm = sqrt(dot3(r + 9, r + 9));
+        for (int k = 0; k < 3; k++) r[9 + k] = norm > 0 ? r[9 + k] / norm : 0.0;
+        r[12] = dot3(r + 3, r + 3);
+        r[13] = dot3(r + 3, r + 6);
+        r[14] = dot3(r + 6, r + 6);
+        double det = r[12] * r[14] - r[13] * r[13];
+        r[15] = norm > 0 && det > 1e-12 * r[12] * r[14] ? 0.0 : 1.0; /* flat: no plane to project on */
+        ids[i] = t;
+    }
+    free(refs);
+    mesh->nodes = nodes;
+    mesh->node_block = node_block;
+    mesh->node_count = b.used - 1;
+    mesh->depth = b.depth;
+    mesh->triangle_count = m;
+    mesh->tri = tri;
+    mesh->tri_block = tri_block;
+    mesh->ids = ids;
+    *out = mesh;
+    return MQ_OK;
+}
+
+void mq_free(void *handle) {
+    Mesh *mesh = handle;
+    if (!mesh) return;
+    free(mesh->node_block);
+    free(mesh->tri_block);
+    free(mesh->ids);
+    free(mesh);
+}
+
+int64_t mq_node_count(const void *handle) { return ((const Mesh *)handle)->node_count; }
+
+int64_t mq_depth(const void *handle) { return ((const Mesh *)handle)->depth; }
+
+/* ---------------------------------------------------------- triangle maths */
+
+/* Closest point of the segment p0 + s d (s in [0, 1]) to q (relative to p0: w = q - p0): s. */
+static inline double segment_parameter(const double *w, const double *d) {
+    double dd = dot3(d, d);
+    if (!(dd > 0)) return 0.0;
+    double s = dot3(w, d) / dd;
+    return s < 0 ? 0.0 : (s > 1 ? 1.0 : s);
+}
+
+/* A flat triangle (zero area, or a sliver whose Gram determinant is rounding): its three edges. */
+static double closest_on_edges(const double *w, const double *e1, const double *e2, double *u_out, double *v_out) {
+    double best = INFINITY, r[3], s, d;
+    s = segment_parameter(w, e1); /* edge a-b: u = s, v = 0 */
+    for (int k = 0; k < 3; k++) r[k] = w[k] - s * e1[k];
+    d = dot3(r, r);
+    if (d < best) {
+        best = d;
+        *u_out = s;
+        *v_out = 0;
+    }
+    s = segment_parameter(w, e2); /* edge a-c: u = 0, v = s */
+    for (int k = 0; k < 3; k++) r[k] = w[k] - s * e2[k];
+    d = dot3(r, r);
+    if (d < best) {
+        best = d;
+        *u_out = 0;
+        *v_out = s;
+    }
+    double wb[3] = {w[0] - e1[0], w[1] - e1[1], w[2] - e1[2]};
+    double bc[3] = {e2[0] - e1[0], e2[1] - e1[1], e2[2] - e1[2]};
+    s = segment_parameter(wb, bc); /* edge b-c: u = 1 - s, v = s */
+    for (int k = 0; k < 3; k++) r[k] = wb[k] - s * bc[k];
+    d = dot3(r, r);
+    if (d < best) {
+        best = d;
+        *u_out = 1 - s;
+        *v_out = s;
+    }
+    return best;
+}
+
+/* Squared distance from p to the triangle a + u (b - a) + v (c - a) and the (u, v) of its closest
+ * point, or INFINITY without (u, v) when its plane is already `bound` or farther.
+ *
+ * The Voronoi regions of the corners, edges and face (Ericson, Real-Time Collision Detection,
+ * 5.1.5): every denominator is a squared edge length or the Gram determinant, positive on a
+ * triangle that is not flat; a flat one is its edges. */
+static inline double closest_on_triangle(const double *p, const double *t, double bound, double *u_out,
+                                         double *v_out) {
+    const double *a = t, *e1 = t + 3, *e2 = t + 6, *n = t + 9;
+    double w[3] = {p[0] - a[0], p[1] - a[1], p[2] - a[2]};
+    double plane = dot3(w, n);
+    if (plane * plane >= bound) return INFINITY; /* the plane is a lower bound (n is zero if flat) */
+    if (t[15] != 0) return closest_on_edges(w, e1, e2, u_out, v_out);
+    double aa = t[12], ab = t[13], bb = t[14];
+    double d1 = dot3(e1, w), d2 = dot3(e2, w);
+    double u, v;
+    double d3 = d1 - aa, d4 = d2 - ab; /* the same products from b */
+    double d5 = d1 - ab, d6 = d2 - bb; /* and from c */
+    if (d1 <= 0 && d2 <= 0) {
+        u = 0, v = 0;
+    } else if (d3 >= 0 && d4 <= d3) {
+        u = 1, v = 0;
+    } else if (d1 * d4 - d3 * d2 <= 0 && d1 >= 0 && d3 <= 0) {
+        u = d1 / (d1 - d3), v = 0;
+    } else if (d6 >= 0 && d5 <= d6) {
+        u = 0, v = 1;
+    } else if (d5 * d2 - d1 * d6 <= 0 && d2 >= 0 && d6 <= 0) {
+        u = 0, v = d2 / (d2 - d6);
+    } else if (d3 * d6 - d5 * d4 <= 0 && d4 - d3 >= 0 && d5 - d6 >= 0) {
+        v = (d4 - d3) / ((d4 - d3) + (d5 - d6));
+        u = 1 - v;
+    } else {
+        double vb = d5 * d2 - d1 * d6, vc = d1 * d4 - d3 * d2, va = d3 * d6 - d5 * d4;
+        double inv = 1.0 / (va + vb + vc);
+        u = vb * inv, v = vc * inv;
+        *u_out = u;
+        *v_out = v;
+        return plane * plane; /* on the face: the distance to the plane */
+    }
+    double r[3];
+    for (int k = 0; k < 3; k++) r[k] = w[k] - u * e1[k] - v * e2[k];
+    *u_out = u;
+    *v_out = v;
+    return dot3(r, r);
+}
+
+static inline double box_distance2(const Node *node, const double *p) {
+    double d2 = 0;
+    for (int k = 0; k < 3; k++) {
+        double lo = node->lo[k], hi = node->hi[k];
+        double d = p[k] < lo ? lo - p[k] : (p[k] > hi ? p[k] - hi : 0.0);
+        d2 += d * d;
+    }
+    return d2;
+}
+
+/* ------------------------------------------------------------- queries */
+
+typedef struct {
+    int32_t node;
+    double key; /* squared box distance (closest points) or entry parameter (rays) */
+} Entry;
+
+static void closest_one(const Mesh *mesh, Entry *stack, const double *p, double *point, int64_t *triangle,
+                        double *uv, double *normal, double *distance) {
+    double best = INFINITY, bu = 0, bv = 0;
+    int64_t best_index = -1;
+    int top = 0;
+    stack[top++] = (Entry){1, box_distance2(&mesh->nodes[1], p)};
+    while (top) {
+        Entry e = stack[--top];
+        if (e.key >= best) continue;
+        const Node *node = &mesh->nodes[e.node];
+        if (node->count) {
+            for (int32_t i = node->start; i < node->start + node->count; i++) {
+                double u = 0, v = 0, d = closest_on_triangle(p, mesh->tri + TRI * (size_t)i, best, &u, &v);
+                if (d < best) {
+                    best = d;
+                    bu = u;
+                    bv = v;
+                    best_index = i;
+                }
+            }
+            continue;
+        }
+        int32_t left = node->start, right = left + 1;
+        double dl = box_distance2(&mesh->nodes[left], p), dr = box_distance2(&mesh->nodes[right], p);
+        if (dl <= dr) { /* the nearer child on top of the stack */
+            if (dr < best) stack[top++] = (Entry){right, dr};
+            if (dl < best) stack[top++] = (Entry){left, dl};
+        } else {
+            if (dl < best) stack[top++] = (Entry){left, dl};
+            if (dr < best) stack[top++] = (Entry){right, dr};
+        }
+    }
+    if (best_index < 0) { /* only when the distances overflow (coordinates near 1e154) */
+        point[0] = point[1] = point[2] = NAN;
+        *triangle = -1;
+        uv[0] = uv[1] = 0.0;
+        normal[0] = normal[1] = normal[2] = 0.0;
+        *distance = INFINITY;
+        return;
+    }
+    const double *t = mesh->tri + TRI * (size_t)best_index;
+    for (int k = 0; k < 3; k++) point[k] = t[k] + bu * t[3 + k] + bv * t[6 + k];
+    *triangle = mesh->ids[best_index];
+    uv[0] = bu;
+    uv[1] = bv;
+    for (int k = 0; k < 3; k++) normal[k] = t[9 + k]; /* unit, zeros if flat */
+    *distance = sqrt(best);
+}
+
+/* Moller-Trumbore in float64; a hit within 1e-12 of an edge (in barycentric units) counts, so a
+ * ray through a shared edge or corner hits one of its triangles rather than slipping between.
+ * A flat triangle (see closest_on_triangle) is a line: no ray hits it. */
+static inline int ray_triangle(const double *o, const double *d, const double *t, double t_max, double *t_hit,
+                               double *u_out, double *v_out) {
+    const double *a = t, *e1 = t + 3, *e2 = t + 6;
+    double pv[3], qv[3], s[3];
+    if (t[15] != 0) return 0;
+    cross3(d, e2, pv);
+    double det = dot3(e1, pv);
+    if (det == 0 || !isfinite(det)) return 0;
+    double inv = 1.0 / det;
+    for (int k = 0; k < 3; k++) s[k] = o[k] - a[k];
+    double u = dot3(s, pv) * inv;
+    const double tol = 1e-12;
+    if (u < -tol || u > 1 + tol) return 0;
+    cross3(s, e1, qv);
+    double v = dot3(d, qv) * inv;
+    if (v < -tol || u + v > 1 + tol) return 0;
+    double th = dot3(e2, qv) * inv;
+    if (!(th >= 0) || !(th < t_max)) return 0;
+    th += 0.0; /* -0 to +0 */
+    *t_hit = th;
+    *u_out = u;
+    *v_out = v;
+    return 1;
+}
+
+/* Entry parameter of the ray into a node's box, or INFINITY when it misses it before t_max. */
+static inline double box_entry(const Node *node, const double *o, const double *inv, double t_max) {
+    double t0 = 0.0, t1 = t_max;
+    for (int k = 0; k < 3; k++) {
+        double a = ((double)node->lo[k] - o[k]) * inv[k], b = ((double)node->hi[k] - o[k]) * inv[k];
+        if (a > b) {
+            double swap = a;
+            a = b;
+            b = swap;
+        }
+        /* NaN (origin on a slab of a zero direction component: 0 * inf) leaves the range as it is */
+        if (a > t0) t0 = a;
+        if (b < t1) t1 = b;
+    }
+    return t0 <= t1 ? t0 : INFINITY;
+}
+
+static void cast_one(const Mesh *mesh, Entry *stack, const double *o, const double *d, double *t_out,
+                     int64_t *triangle, double *uv, double *normal) {
+    double inv[3], best = INFINITY, bu = 0, bv = 0;
+    int64_t best_index = -1;
+    for (int k = 0; k < 3; k++) inv[k] = 1.0 / d[k];
+    int top = 0;
+    double entry = box_entry(&mesh->nodes[1], o, inv, INFINITY);
+    if (entry < INFINITY) stack[top++] = (Entry){1, entry};
+    while (top) {
+        Entry e = stack[--top];
+        if (e.key >= best) continue;
+        const Node *node = &mesh->nodes[e.node];
+        if (node->count) {
+            for (int32_t i = node->start; i < node->start + node->count; i++) {
+                double th, u, v;
+                if (ray_triangle(o, d, mesh->tri + TRI * (size_t)i, best, &th, &u, &v)) {
+                    best = th;
+                    bu = u;
+                    bv = v;
+                    best_index = i;
+                }
+            }
+            continue;
+        }
+        int32_t left = node->start, right = left + 1;
+        double tl = box_entry(&mesh->nodes[left], o, inv, best), tr = box_entry(&mesh->nodes[right], o, inv, best);
+        if (tl <= tr) {
+            if (tr < best) stack[top++] = (Entry){right, tr};
+            if (tl < best) stack[top++] = (Entry){left, tl};
+        } else {
+            if (tl < best) stack[top++] = (Entry){left, tl};
+            if (tr < best) stack[top++] = (Entry){right, tr};
+        }
+    }
+    if (best_index < 0) {
+        *t_out = INFINITY;
+        *triangle = -1;
+        uv[0] = uv[1] = 0.0;
+        normal[0] = normal[1] = normal[2] = 0.0;
+        return;
+    }
+    *t_out = best;
+    *triangle = mesh->ids[best_index];
+    uv[0] = bu;
+    uv[1] = bv;
+    for (int k = 0; k < 3; k++) normal[k] = mesh->tri[TRI * (size_t)best_index + 9 + k];
+}
+
+typedef struct {
+    const Mesh *mesh;
+    const double *a, *b; /* points, or ray origins and directions */
+    double *point_or_t, *uv, *normal, *distance;
+    int64_t *triangle;
+    const int64_t *order; /* the queries in this order (near ones one after another), or NULL */
+    int64_t begin, end;
+    int ray;
+    int status;
+} Job;
+
+static void *run_job(void *arg) {
+    Job *job = arg;
+    Entry *stack = malloc(sizeof(Entry) * (size_t)(job->mesh->depth + 2));
+    if (!stack) {
+        job->status = MQ_ENOMEM;
+        return NULL;
+    }
+    for (int64_t k = job->begin; k < job->end; k++) {
+        int64_t i = job->order ? job->order[k] : k;
+        if (job->ray)
+            cast_one(job->mesh, stack, job->a + 3 * i, job->b + 3 * i, job->point_or_t + i, job->triangle + i,
+                     job->uv + 2 * i, job->normal + 3 * i);
+        else
+            closest_one(job->mesh, stack, job->a + 3 * i, job->point_or_t + 3 * i, job->triangle + i, job->uv + 2 * i,
+                        job->normal + 3 * i, job->distance + i);
+    }
+    free(stack);
+    job->status = MQ_OK;
+    return NULL;
+}
+
+/* Spreads the low 21 bits of x to every third bit. */
+static uint64_t spread3(uint64_t x) {
+    x &= 0x1fffff;
+    x = (x | x << 32) & 0x1f00000000ffffULL;
+    x = (x | x << 16) & 0x1f0000ff0000ffULL;
+    x = (x | x << 8) & 0x100f00f00f00f00fULL;
+    x = (x | x << 4) & 0x10c30c30c30c30c3ULL;
+    x = (x | x << 2) & 0x1249249249249249ULL;
+    return x;
+}
+
+/* The indices of `count` points (count, 3) along a Morton (Z-order) curve of their bounding box,
+ * so that queries near each other run one after another and find the nodes and triangles they
+ * share still in the cache (random order: 2-4 times slower on a 260 000-triangle mesh). NULL when
+ * out of memory (the queries then run in their own order). */
+static int64_t *morton_order(const double *p, int64_t count) {
+    uint64_t *key = malloc(sizeof(uint64_t) * 2 * (size_t)count);
+    int64_t *order = malloc(sizeof(int64_t) * 2 * (size_t)count);
+    if (!key || !order) {
+        free(key);
+        free(order);
+        return NULL;
+    }
+    double lo[3] = {INFINITY, INFINITY, INFINITY}, hi[3] = {-INFINITY, -INFINITY, -INFINITY};
+    for (int64_t i = 0; i < count; i++)
+        for (int k = 0; k < 3; k++) {
+            double x = p[3 * i + k];
+            if (x < lo[k]) lo[k] = x;
+            if (x > hi[k]) hi[k] = x;
+        }
+    double scale[3];
+    for (int k = 0; k < 3; k++) scale[k] = hi[k] > lo[k] ? 2097151.0 / (hi[k] - lo[k]) : 0.0;
+    for (int64_t i = 0; i < count; i++) {
+        uint64_t c[3];
+        for (int k = 0; k < 3; k++) {
+            double x = (p[3 * i + k] - lo[k]) * scale[k];
+            c[k] = x >= 0 && x <= 2097151.0 ? (uint64_t)x : 0; /* NaN or out of range: a corner */
+        }
+        key[i] = spread3(c[0]) | spread3(c[1]) << 1 | spread3(c[2]) << 2;
+        order[i] = i;
+    }
+    /* least significant digit radix sort, 16 bits a pass over the 63-bit keys */
+    uint64_t *key_in = key, *key_out = key + count;
+    int64_t *in = order, *out = order + count;
+    size_t *bucket = malloc(sizeof(size_t) * 65536);
+    if (!bucket) {
+        free(key);
+        free(order);
+        return NULL;
+    }
+    for (int shift = 0; shift < 64; shift += 16) {
+        memset(bucket, 0, sizeof(size_t) * 65536);
+        for (int64_t i = 0; i < count; i++) bucket[(key_in[i] >> shift) & 0xffff]++;
+        size_t sum = 0;
+        for (int j = 0; j < 65536; j++) {
+            size_t c = bucket[j];
+            bucket[j] = sum;
+            sum += c;
+        }
+        for (int64_t i = 0; i < count; i++) {
+            size_t at = bucket[(key_in[i] >> shift) & 0xffff]++;
+            key_out[at] = key_in[i];
+            out[at] = in[i];
+        }
+        uint64_t *ks = key_in;
+        key_in = key_out;
+        key_out = ks;
+        int64_t *os = in;
+        in = out;
+        out = os;
+    }
+    free(bucket);
+    free(key);
+    /* four passes: the sorted indices are back in the first half */
+    return order;
+}
+
+#define MAX_THREADS 64
+#define SORT_FROM 2048 /* fewer queries than this run in their own order */
+
+static int run(Job base, const double *where, int64_t count, int threads) {
+    if (threads < 1) threads = 1;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (count < 256 * (int64_t)threads) threads = (int)(count / 256) + 1; /* small batches: not worth a thread */
+    if (threads > count) threads = count > 0 ? (int)count : 1;
+    int64_t *order = count >= SORT_FROM ? morton_order(where, count) : NULL;
+    base.order = order;
+    Job jobs[MAX_THREADS];
+    pthread_t ids[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (int j = 0; j < threads; j++) {
+        jobs[j] = base;
+        jobs[j].begin = count * j / threads;
+        jobs[j].end = count * (j + 1) / threads;
+        jobs[j].status = MQ_ETHREAD;
+    }
+    for (int j = 1; j < threads; j++) started[j] = pthread_create(&ids[j], NULL, run_job, &jobs[j]) == 0;
+    run_job(&jobs[0]);
+    int status = jobs[0].status;
+    for (int j = 1; j < threads; j++) {
+        if (started[j]) {
+            pthread_join(ids[j], NULL);
+        } else {
+            run_job(&jobs[j]); /* no thread to be had: done here */
+        }
+        if (jobs[j].status != MQ_OK) status = jobs[j].status;
+    }
+    free(order);
+    return status;
+}
+
+/* Closest point on the mesh of each of `count` points (count, 3): the point (count, 3), the
+ * caller's triangle index (count,), the barycentric (u, v) of the point on it (count, 2; the
+ * point is a + u (b - a) + v (c - a)), the triangle's unit normal (count, 3), the distance (count,). */
+int mq_closest(const void *handle, const double *points, int64_t count, int threads, double *closest,
+               int64_t *triangle, double *uv, double *normal, double *distance) {
+    Job job = {handle, points, NULL, closest, uv, normal, distance, triangle, NULL, 0, 0, 0, MQ_OK};
+    return run(job, points, count, threads);
+}
+
+/* First hit of each of `count` rays origin + t direction, t >= 0 (in units of the direction's
+ * length): t (INFINITY on a miss), the caller's triangle index (-1), (u, v), unit normal (zeros). */
+int mq_cast(const void *handle, const double *origins, const double *directions, int64_t count, int threads,
+            double *t_hit, int64_t *triangle, double *uv, double *normal) {
+    Job job = {handle, origins, directions, t_hit, uv, normal, NULL, triangle, NULL, 0, 0, 1, MQ_OK};
+    return run(job, origins, count, threads);
+}

@@ -1,0 +1,21 @@
+"""The one compiled part of Mesial: the aligner's mesh-query kernel (everything else is in pyproject.toml).
+
+``aligner/_meshquery.c`` is plain C99 with POSIX threads and no Python headers; the aligner
+loads the built library with ctypes (``aligner/_meshquery.py``). It is declared as an
+extension module so that setuptools compiles it in every install (``pip install -e .``
+places it beside the source, a wheel carries it) with the compiler Python was built with.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "mesial.aligner._meshquery_lib",
+            sources=["aligner/_meshquery.c"],
+            extra_compile_args=["-std=c99", "-O2", "-pthread"],
+            extra_link_args=["-pthread"],
+            libraries=["m"],
+        )
+    ]
+)
