@@ -11,10 +11,13 @@ still works: the package finds its extension already loaded.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.machinery
 import importlib.util
 import sys
 import threading
+import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +64,33 @@ def _load_extension() -> Any:
     module = importlib.util.module_from_spec(spec)
     sys.modules[NAME] = module
     try:
-        spec.loader.exec_module(module)
-    except ImportError:
+        with _stand_ins():
+            spec.loader.exec_module(module)
+    except (ImportError, AttributeError):  # (a SciPy that needs more of the stood-in modules)
         del sys.modules[NAME]
         return None
     return module
+
+
+@contextlib.contextmanager
+def _stand_ins() -> Iterator[None]:
+    """``scipy.sparse`` and ``scipy._lib._util``, when not imported yet, stood in for while the block runs."""
+    import numpy as np
+
+    importlib.import_module("scipy._lib")  # the stand-ins' parents (light: no submodule of scipy is loaded)
+
+    # scipy._lib._util's value: NumPy 2 takes copy=None for "copy only if needed", NumPy 1 False
+    util = types.ModuleType("scipy._lib._util")
+    util.__dict__["copy_if_needed"] = None if int(np.__version__.split(".")[0]) >= 2 else False
+    candidates = {"scipy.sparse": types.ModuleType("scipy.sparse"), "scipy._lib._util": util}
+    stand_ins = {name: module for name, module in candidates.items() if name not in sys.modules}
+    sys.modules.update(stand_ins)
+    try:
+        yield
+    finally:
+        for name, stand_in in stand_ins.items():
+            if sys.modules.get(name) is stand_in:
+                del sys.modules[name]
+            parent, _, child = name.rpartition(".")
+            if vars(sys.modules[parent]).get(child) is stand_in:  # (an import may have bound it there)
+                delattr(sys.modules[parent], child)

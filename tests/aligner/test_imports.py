@@ -18,9 +18,18 @@ from mesial.aligner.samples import SampleCase
 # Never needed by the aligner: plotting, Open3D's visualization/ML layers (Plotly, Dash), a
 # second mesh library, the web and database stacks.
 NEVER = ("matplotlib", "trimesh", "open3d.visualization", "open3d.ml", "dash", "plotly", "starlette", "tortoise")
-# SciPy: only the compiled k-d tree (its module imports scipy.sparse); distance fields and patch
-# counts are the aligner's own, and scipy.spatial's __init__ (Qhull, scipy.special, scipy.linalg) is skipped.
-UNUSED_SCIPY = ("scipy.ndimage", "scipy.sparse.csgraph", "scipy.spatial._qhull", "scipy.special", "scipy.linalg")
+# SciPy: only the compiled k-d tree (the sparse matrices and the array-API layer its initialisation
+# imports are stood in for, see _kdtree.py); distance fields and patch counts are the aligner's own, and
+# scipy.spatial's __init__ (Qhull, scipy.special, scipy.linalg) is skipped.
+UNUSED_SCIPY = (
+    "scipy.ndimage",
+    "scipy.sparse",
+    "scipy.spatial._qhull",
+    "scipy.special",
+    "scipy.linalg",
+    "scipy._lib._util",
+    "scipy._lib._array_api",
+)
 
 
 def _modules_after(code: str, cwd: Path | None = None) -> set[str]:
