@@ -33,6 +33,35 @@ DEEP_WEIGHT = 10.0
 RAMP_MM = 0.002
 
 
+# Cell (mm) of the grid whose cells :func:`spatial_order` lists one after the other.
+SPATIAL_CELL_MM = 2.0
+
+
+def spatial_order(points: FloatArray, cell_mm: float = SPATIAL_CELL_MM) -> NDArray[np.int64]:
+    """Indices that list ``points (n, 3)`` cell by cell of a ``cell_mm`` grid (in index order within a cell).
+
+    An STL's vertices come in the order of their merged corners' hash (see
+    :func:`mesial.common.meshformat.merge_identical_points`): neighbours lie far apart in
+    memory, and every k-d tree and closest-point query jumps across the whole mesh. Queried
+    in this order the same points are answered the same, a quarter to a third faster
+    (measured on 130 000-vertex arches: a full signed distance 0.40 -> 0.29 s CPU).
+    """
+    points = np.asarray(points, dtype=np.float64)
+    if len(points) == 0:
+        return np.zeros(0, dtype=np.int64)
+    cells = np.floor((points - points.min(axis=0)) / cell_mm).astype(np.int64)
+    size = cells.max(axis=0) + 1
+    key = (cells[:, 0] * size[1] + cells[:, 1]) * size[2] + cells[:, 2]
+    shift = max(1, (len(points) - 1).bit_length())
+    if int(key.max()) >= 1 << (62 - shift):  # (an extent no dental scan has) the slower stable argsort
+        return np.argsort(key, kind="stable").astype(np.int64)
+    # the cell above each point's index: one plain sort of integers (no argsort) gives the order
+    key <<= shift
+    key |= np.arange(len(points), dtype=np.int64)
+    key.sort()
+    return np.asarray(key & ((1 << shift) - 1), dtype=np.int64)
+
+
 def with_a_corner(mask: NDArray[np.bool_], faces: NDArray[np.int64]) -> NDArray[np.bool_]:
     """Which triangles ``(m, 3)`` have a corner where ``mask (n,)`` holds (three column look-ups:
     ``mask[faces].any(axis=1)``'s answer, about ten times faster)."""

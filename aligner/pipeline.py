@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -22,10 +23,12 @@ from mesial.aligner.errors import ScanInputError
 from mesial.aligner.occlusion import (
     REACH_MM,
     ArchContacts,
+    ArchFrame,
     arch_contacts,
     arch_frame,
     optimise_bite,
     regions_of,
+    spatial_order,
     with_a_corner,
 )
 from mesial.aligner.params import AlignParams, OcclusionParams
@@ -53,12 +56,16 @@ class Occlusion:
         in contact), the nearest vertex's elsewhere.
     correction : (4, 4) float
         Rigid correction applied to the lower arch (bite frame).
+    frame : ArchFrame or None
+        The anatomical axes the regions were measured in (before the correction, which moves the
+        lower arch a fraction of a millimetre); the pictures look along them.
     """
 
     before: dict[str, ArchContacts]
     after: dict[str, ArchContacts]
     correction: FloatArray
     optimised: bool
+    frame: ArchFrame | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -157,24 +164,28 @@ def align_scans(
     report("validate", 0.0)
     roles = ["upper", "lower"] + ["bite" if i == 0 else f"bite{i + 1}" for i in range(len(bites))]
     scans: dict[str, Scan] = {}
-    try:
-        for i, (role, source) in enumerate(zip(roles, [upper, lower, *bites], strict=True)):
-            scans[role] = (
-                source
-                if isinstance(source, Scan)
-                else load_scan(
-                    source,
-                    role,
-                    max_bytes=max_bytes,
-                    max_triangles=max_triangles,
-                    unit=unit,
-                    orient=not role.startswith("bite"),
-                )
-            )
-            report("validate", (i + 1) / len(roles))
-    except ScanInputError as exc:
-        timings["validate"] = time.perf_counter() - clock
-        return AlignmentResult("invalid_input", (str(exc),), scans, None, None, None, None, timings)
+
+    def load(role: str, source: str | Path | Scan) -> Scan:
+        if isinstance(source, Scan):
+            return source
+        orient = not role.startswith("bite")
+        return load_scan(
+            source, role, max_bytes=max_bytes, max_triangles=max_triangles, unit=unit, orient=orient
+        )  # fmt: skip
+
+    # the files on two threads (hashing, NumPy's sorts and copies release the GIL); the verdict and the
+    # progress in the roles' order, the first bad file in that order is the one reported
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        loading = [pool.submit(load, role, source) for role, source in zip(roles, [upper, lower, *bites], strict=True)]
+        try:
+            for i, (role, future) in enumerate(zip(roles, loading, strict=True)):
+                scans[role] = future.result()
+                report("validate", (i + 1) / len(roles))
+        except ScanInputError as exc:
+            for future in loading:
+                future.cancel()
+            timings["validate"] = time.perf_counter() - clock
+            return AlignmentResult("invalid_input", (str(exc),), scans, None, None, None, None, timings)
     timings["validate"] = time.perf_counter() - clock
 
     bite_scans = [scans[role] for role in roles[2:]]
@@ -231,9 +242,11 @@ def analyse(
     }
     upper_surface = upper.surface().placed(upper_to_bite)
     lower_surface = lower.surface().placed(lower_to_bite)
+    # every arch's vertices queried in space order (the same values, faster: see spatial_order)
+    order = {"upper": spatial_order(upper.vertices), "lower": spatial_order(lower.vertices)}
     distances = {
-        "upper": _distances(lower_surface, up, upper.faces, params),
-        "lower": _distances(upper_surface, low, lower.faces, params),
+        "upper": _distances(lower_surface, up, upper.faces, params, order["upper"]),
+        "lower": _distances(upper_surface, low, lower.faces, params, order["lower"]),
     }
     before = _both(up, low, upper, lower, distances, regions, params)
     correction = np.eye(4)
@@ -242,23 +255,22 @@ def analyse(
     if np.allclose(correction, np.eye(4)):
         # the distances are the result's own: measured as the full exact band measures them
         distances = {
-            "upper": _complete(lower_surface, up, distances["upper"], params),
-            "lower": _complete(upper_surface, low, distances["lower"], params),
+            "upper": _complete(lower_surface, up, distances["upper"], params, order["upper"]),
+            "lower": _complete(upper_surface, low, distances["lower"], params, order["lower"]),
         }
         before = _both(up, low, upper, lower, distances, regions, params)
-        return Occlusion(before, before, correction, params.optimise)
+        return Occlusion(before, before, correction, params.optimise, frame)
     moved = transform_points(low, correction)
     # vertices farther than the band plus the largest displacement stay far: their
     # (approximate, >= band) distances are kept
     reach = SurfaceTarget.near_band_mm + float(np.linalg.norm(moved - low, axis=1).max()) + 1e-6
+    moved_surface = lower.surface().placed(correction @ lower_to_bite)
     after_distances = {
-        "upper": lower.surface()
-        .placed(correction @ lower_to_bite)
-        .signed_distance(up, distances["upper"] < reach, distances["upper"])[0],
-        "lower": upper_surface.signed_distance(moved, distances["lower"] < reach, distances["lower"])[0],
+        "upper": _signed(moved_surface, up, order["upper"], distances["upper"] < reach, distances["upper"]),
+        "lower": _signed(upper_surface, moved, order["lower"], distances["lower"] < reach, distances["lower"]),
     }
     after = _both(up, moved, upper, lower, after_distances, regions, params)
-    return Occlusion(before, after, correction, True)
+    return Occlusion(before, after, correction, True, frame)
 
 
 def _read_band(params: OcclusionParams) -> float:
@@ -268,8 +280,33 @@ def _read_band(params: OcclusionParams) -> float:
     return min(max(params.contact_threshold_mm, moved), SurfaceTarget.exact_band_mm)
 
 
+def _signed(
+    surface: SurfaceTarget,
+    points: FloatArray,
+    order: NDArray[np.int64],
+    subset: NDArray[np.bool_] | None = None,
+    previous: FloatArray | None = None,
+    *,
+    band_mm: float | None = None,
+) -> FloatArray:
+    """``surface.signed_distance(points, subset, previous, band_mm=band_mm)[0]``, the points queried in
+    ``order`` (a permutation, see :func:`spatial_order`): the same values, in the points' own order."""
+    distance = np.empty(len(points))
+    distance[order] = surface.signed_distance(
+        points[order],
+        None if subset is None else subset[order],
+        None if previous is None else previous[order],
+        band_mm=band_mm,
+    )[0]
+    return distance
+
+
 def _distances(
-    antagonist: SurfaceTarget, vertices: FloatArray, faces: NDArray[np.int64], params: OcclusionParams
+    antagonist: SurfaceTarget,
+    vertices: FloatArray,
+    faces: NDArray[np.int64],
+    params: OcclusionParams,
+    order: NDArray[np.int64],
 ) -> FloatArray:
     """Signed distances (mm) of ``vertices (n, 3)`` to ``antagonist``, equal to the full exact band's where the
     measures before optimisation read them (see :func:`_read_band`), elsewhere the nearest vertex's.
@@ -277,12 +314,12 @@ def _distances(
     Exact within the read band and behind the surface; the corners of every triangle in contact
     (whose areas interpolate them) as the full band measures them. With no vertex within the read
     band, the nearest vertices are measured as the full band measures them (the least distance is
-    reported).
+    reported). The vertices are queried in ``order`` (:func:`spatial_order`).
     """
     band = _read_band(params)
-    distance = antagonist.signed_distance(vertices, band_mm=band)[0]
+    distance = _signed(antagonist, vertices, order, band_mm=band)
     if distance.min() >= band:
-        return antagonist.signed_distance(vertices)[0]
+        return _signed(antagonist, vertices, order)
     corners = np.unique(faces[with_a_corner(distance < max(params.contact_threshold_mm, 0.0), faces)])
     if len(corners):
         distance[corners] = antagonist.signed_distance(vertices[corners])[0]
@@ -290,13 +327,17 @@ def _distances(
 
 
 def _complete(
-    antagonist: SurfaceTarget, vertices: FloatArray, distance: FloatArray, params: OcclusionParams
+    antagonist: SurfaceTarget,
+    vertices: FloatArray,
+    distance: FloatArray,
+    params: OcclusionParams,
+    order: NDArray[np.int64],
 ) -> FloatArray:
     """:func:`_distances`' values brought to the full exact band's everywhere (the result's own distances)."""
     band = _read_band(params)
     widest = float(np.hypot(SurfaceTarget.exact_band_mm, antagonist.longest_edge / np.sqrt(3.0)))
     # only these can be exact in the full band and not in the read one (their value is the nearest vertex's)
-    return antagonist.signed_distance(vertices, (distance >= band) & (distance < widest), distance)[0]
+    return _signed(antagonist, vertices, order, (distance >= band) & (distance < widest), distance)
 
 
 def _both(

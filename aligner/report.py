@@ -150,7 +150,7 @@ def write_artifacts(result: AlignmentResult, out: str | Path) -> dict[str, Path]
             "upper": transform_points(result.scans["upper"].vertices, result.upper_to_bite),
             "lower": transform_points(result.scans["lower"].vertices, result.lower_to_bite),
         }
-        frame = arch_frame(placed["upper"], placed["lower"])
+        frame = occ.frame or arch_frame(placed["upper"], placed["lower"])  # (analyse's: not computed again)
         poses = {"upper": result.upper_to_bite, "lower": result.lower_to_bite}
 
         def one(arch: str) -> tuple[bytes, float]:

@@ -293,3 +293,17 @@ def test_the_analysis_measures_what_the_full_exact_band_measures(small_case, opt
         assert occlusion.before[arch].summary() == reference.summary()
         if not optimise:
             assert np.allclose(occlusion.after[arch].distance, full[arch], rtol=0, atol=1e-12)
+
+
+def test_spatial_order_lists_the_points_cell_by_cell() -> None:
+    from mesial.aligner.occlusion import spatial_order
+
+    points = np.random.default_rng(3).uniform(-30.0, 30.0, size=(5000, 3))
+    points[100] = points[7]  # the same cell: the lower index first
+    order = spatial_order(points, cell_mm=2.0)
+    assert np.array_equal(np.sort(order), np.arange(len(points)))  # a permutation
+    cells = np.floor((points - points.min(axis=0)) / 2.0).astype(np.int64)
+    listed = [tuple(c) for c in cells[order]]
+    assert listed == sorted(listed)  # cell by cell, each cell's points together
+    assert list(order).index(7) < list(order).index(100)
+    assert len(spatial_order(np.zeros((0, 3)))) == 0
