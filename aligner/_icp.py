@@ -3,7 +3,7 @@
 Unknowns, all in the upper arch's frame: one pose per bite scan
 (``bite_to_upper``) and the pose of the lower arch (``lower_to_upper``). Each bite
 point is matched to the exact closest point on whichever arch surface is
-nearer (Embree ray-casting scene, no sampling bias); residuals are
+nearer (the BVH of :mod:`._meshquery`, no sampling bias); residuals are
 point-to-plane; correspondences beyond a shrinking gate are dropped and the
 rest weighted with Tukey's biweight, so the parts of a bite that an arch does
 not explain (the antagonist, scanner debris) do not pull. The Gauss-Newton
@@ -20,10 +20,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mesial.aligner._field import DistanceField
+from mesial.aligner._meshquery import MeshQuery
 from mesial.aligner._sides import MeshSides
 from mesial.aligner._spread import SpreadGrid, corner_reach
 from mesial.aligner.params import AlignParams
-from mesial.aligner.transforms import cross_rows, exp_se3, invert, lengths, rotate_vectors, transform_points, unit
+from mesial.aligner.transforms import cross_rows, exp_se3, invert, lengths, rotate_vectors, transform_points
 
 FloatArray = NDArray[np.float64]
 
@@ -81,7 +82,7 @@ class _MeshIndex:
         self,
         vertices: FloatArray,
         faces: NDArray[np.int64],
-        scene: object | None = None,
+        scene: MeshQuery | None = None,
         normals: FloatArray | None = None,
     ) -> None:
         self.vertices = np.ascontiguousarray(vertices, dtype=np.float64)
@@ -97,8 +98,8 @@ class _MeshIndex:
         self._typical_edge: float | None = None
 
     @property
-    def scene(self) -> Any:
-        """Open3D RaycastingScene of the triangles (its BVH is built on the first query)."""
+    def scene(self) -> MeshQuery:
+        """BVH of the triangles (:class:`._meshquery.MeshQuery`, built on first use)."""
         if self._scene is None:
             self._scene = raycasting_scene(self.vertices, self.faces)
         return self._scene
@@ -179,14 +180,9 @@ FIELD_VOXEL_MM = 1.0
 FIELD_CAP_MM = 4.0
 
 
-def raycasting_scene(vertices: FloatArray, faces: NDArray[np.int64]) -> Any:
-    """An Open3D RaycastingScene holding one triangle mesh (float32 copy)."""
-    from mesial.aligner._o3d import open3d
-
-    o3d = open3d()
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(np.asarray(vertices, dtype=np.float32), np.asarray(faces, dtype=np.uint32))
-    return scene
+def raycasting_scene(vertices: FloatArray, faces: NDArray[np.int64]) -> MeshQuery:
+    """The closest-point and ray-casting structure of one triangle mesh (a BVH, float64; :mod:`._meshquery`)."""
+    return MeshQuery(vertices, faces)
 
 
 KD_THREADS_FROM = 1_000_000
@@ -203,7 +199,7 @@ def workers(n: int) -> int:
 
 
 class SurfaceTarget:
-    """Exact closest-point queries on a triangle mesh (Open3D RaycastingScene).
+    """Exact closest-point queries on a triangle mesh (the BVH of :mod:`._meshquery`).
 
     The mesh keeps its own frame; ``pose`` (default identity) places it in the
     frame of the queries, so one set of search structures (scene, k-d trees)
@@ -244,7 +240,7 @@ class SurfaceTarget:
         cls,
         vertices: FloatArray,
         faces: NDArray[np.int64],
-        scene: object | None = None,
+        scene: MeshQuery | None = None,
         normals: FloatArray | None = None,
     ) -> SurfaceTarget:
         """A target in the mesh's own frame, optionally with its already built scene and vertex normals."""
@@ -266,8 +262,8 @@ class SurfaceTarget:
         return self.nearest_vertex(points, upper_bound)[0]
 
     @property
-    def scene(self) -> Any:
-        """The Open3D RaycastingScene of the mesh in its own frame (built on first use, shared by every placement)."""
+    def scene(self) -> MeshQuery:
+        """The BVH of the mesh in its own frame (:class:`._meshquery.MeshQuery`; built on first use, shared by every placement)."""
         return self._index.scene
 
     @property
@@ -370,19 +366,8 @@ class SurfaceTarget:
 
     def _closest_local(self, local: FloatArray) -> tuple[FloatArray, FloatArray, NDArray[np.int64], FloatArray]:
         """Closest points, unit face normals, triangles and barycentric weights ``(n, 3)``, in the mesh frame."""
-        from mesial.aligner._o3d import open3d
-
-        query = open3d().core.Tensor(np.ascontiguousarray(local, dtype=np.float32))
-        answer = self._index.scene.compute_closest_points(query)
-        closest = answer["points"].numpy().astype(np.float64)
-        # float32 closest points are re-projected in float64 onto the triangle's plane
-        triangles = answer["primitive_ids"].numpy().astype(np.int64)
-        normals = unit(answer["primitive_normals"].numpy().astype(np.float64))
-        anchor = np.take(self._index.vertices, self.faces[triangles, 0], axis=0)
-        closest -= np.einsum("ij,ij->i", closest - anchor, normals)[:, None] * normals
-        uv = answer["primitive_uvs"].numpy().astype(np.float64)
-        weights = np.column_stack([1.0 - (uv[:, 0] + uv[:, 1]), uv])
-        return closest, normals, triangles, weights
+        answer = self._index.scene.closest(local)  # float64 throughout: on the triangle, no re-projection
+        return answer.points, answer.normals, answer.triangles, answer.weights
 
     def _placed(self, closest: FloatArray, normals: FloatArray) -> tuple[FloatArray, FloatArray]:
         if self._moved:

@@ -58,7 +58,7 @@ def render_orthographic(
         Pixel size, mm (raised if the image would exceed ``max_pixels``).
     max_pixels : int
         Largest width or height.
-    scene : open3d RaycastingScene, optional
+    scene : MeshQuery, optional
         Of these triangles in their own frame, when the caller has one (its BVH is reused).
     pose : (4, 4) float, optional
         Places the scene's triangles at ``vertices`` (``vertices = pose @ own``).
@@ -67,10 +67,6 @@ def render_orthographic(
     -------
     view : View
     """
-    from mesial.aligner._o3d import open3d
-
-    o3d = open3d()
-
     forward = np.asarray(view_dir, dtype=np.float64)
     forward /= np.linalg.norm(forward)
     up = np.asarray(up_dir, dtype=np.float64) - forward * float(np.dot(up_dir, forward))
@@ -89,25 +85,24 @@ def render_orthographic(
     step_right, step_down = pixel_mm * right, -pixel_mm * up
     rotation = np.eye(3)
     if scene is None:
-        scene = o3d.t.geometry.RaycastingScene()
-        scene.add_triangles(vertices.astype(np.float32), faces.astype(np.uint32))
+        from mesial.aligner._meshquery import MeshQuery
+
+        scene = MeshQuery(vertices, faces)
     elif pose is not None:  # the rays into the scene's own frame: three vectors and a point, not every ray
         rotation = np.asarray(pose, dtype=np.float64)[:3, :3]
         corner = (corner - pose[:3, 3]) @ rotation
         step_right, step_down, forward = step_right @ rotation, step_down @ rotation, forward @ rotation
-    rays = np.empty((rows, cols, 6), dtype=np.float32)
+    origins = np.empty((rows, cols, 3))
     down = corner + np.arange(rows, dtype=np.float64)[:, None, None] * step_down
-    rays[..., :3] = down + np.arange(cols, dtype=np.float64)[None, :, None] * step_right
-    rays[..., 3:] = forward
-    hit = scene.cast_rays(o3d.core.Tensor(rays.reshape(-1, 6)))
-    t_hit = hit["t_hit"].numpy()
-    ok = np.isfinite(t_hit)
-    tri = hit["primitive_ids"].numpy()[ok].astype(np.int64)
-    uv = hit["primitive_uvs"].numpy()[ok].astype(np.float64)
+    origins[...] = down + np.arange(cols, dtype=np.float64)[None, :, None] * step_right
+    hit = scene.cast(origins.reshape(-1, 3), np.broadcast_to(forward, (rows * cols, 3)))
+    ok = np.isfinite(hit.t)
+    tri = hit.triangles[ok]
+    uv = hit.uv[ok]
     at = np.take(values, np.take(faces, tri, axis=0))  # the scalar at the corners of each triangle hit
     interpolated = at[:, 0] * (1 - uv[:, 0] - uv[:, 1]) + at[:, 1] * uv[:, 0] + at[:, 2] * uv[:, 1]
     # the normals stay in the scene's frame: the light goes there instead
-    normals = hit["primitive_normals"].numpy()[ok].astype(np.float64)
+    normals = hit.normals[ok]
     image = np.full(rows * cols, np.nan)
     shade = np.full(rows * cols, np.nan)
     image[ok] = interpolated

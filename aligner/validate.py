@@ -82,8 +82,8 @@ class Scan:
         return surface
 
     def scene(self) -> Any:
-        """Open3D RaycastingScene of this scan in its own frame (one, shared by validation, the
-        closest-point queries and the rendered views: its BVH is built once)."""
+        """Ray-casting and closest-point BVH of this scan in its own frame (:class:`._meshquery.MeshQuery`;
+        one, shared by validation, the closest-point queries and the rendered views: built once)."""
         return self.surface().scene
 
     @property
@@ -298,12 +298,9 @@ def orientation_is_inward(
         Vertices probed (evenly spaced indices).
     decisive : float
         Required difference of hit fractions.
-    scene : open3d RaycastingScene, optional
+    scene : MeshQuery, optional
         Of these triangles, when the caller has one.
     """
-    from mesial.aligner._o3d import open3d
-
-    o3d = open3d()
     if scene is None:
         scene = raycasting_scene(vertices, faces)
     pick = np.linspace(0, len(vertices) - 1, min(samples, len(vertices))).astype(np.int64)
@@ -312,7 +309,6 @@ def orientation_is_inward(
     origins, directions = origins[keep], directions[keep]
     hits = []
     for sign in (1.0, -1.0):
-        rays = np.hstack([origins + sign * 1e-3 * directions, sign * directions]).astype(np.float32)
-        hit = scene.cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy()
+        hit = scene.cast(origins + sign * 1e-3 * directions, sign * directions).t
         hits.append(float(np.isfinite(hit).mean()) if len(hit) else 0.0)
     return hits[0] - hits[1] > decisive
