@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages Mesial needs on the machine: the PostgreSQL server (tests, cluster-mode
 # database), the shared libraries open3d loads (libusb, libgomp), iproute2 (the e2e node
-# agent). Installs only what is missing, so it is quick on a machine that has them.
+# agent), a C compiler and the C library's headers (the aligner's kernel, setup.py). Installs
+# only what is missing, so it is quick on a machine that has them.
 set -euo pipefail
 
 missing=()
@@ -11,6 +12,9 @@ ldconfig -p | grep -q "libgomp.so.1" || missing+=(libgomp1)
 # The e2e node agent gives Services a network namespace of their own (ip link/addr; nsenter, unshare
 # and setpriv come with util-linux).
 command -v ip >/dev/null || missing+=(iproute2)
+# pip install compiles aligner/_meshquery.c (plain C99 and POSIX threads: no Python headers)
+command -v gcc >/dev/null || missing+=(gcc)
+[ -f /usr/include/pthread.h ] || missing+=(libc6-dev)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
