@@ -31,8 +31,7 @@ from numpy.typing import NDArray
 
 from mesial.aligner._anatomy import principal_axes
 from mesial.aligner._field import DistanceField
-from mesial.aligner._icp import PlaneTarget
-from mesial.aligner.transforms import from_rotation_translation
+from mesial.aligner._icp import PlaneTarget, cross_last, exp_se3_many
 
 FloatArray = NDArray[np.float64]
 
@@ -186,8 +185,6 @@ def icp_many(
     -------
     poses : (m, 4, 4) float
     """
-    from mesial.aligner.transforms import exp_se3
-
     poses = np.array(poses, dtype=np.float64).reshape(-1, 4, 4)
     active = np.arange(len(poses))
     n = len(source)
@@ -208,12 +205,13 @@ def icp_many(
             normal = target.normals[index].reshape(x.shape)
             residual = np.einsum("mni,mni->mn", x - target.points[index].reshape(x.shape), normal)
             weight = np.where(use, np.clip(1.0 - (residual / gate) ** 2, 0.0, None) ** 2, 0.0)
-            rows = np.concatenate([np.cross(x, normal), normal], axis=2)  # (m, n, 6)
+            rows = np.empty((*x.shape[:2], 6))  # (m, n, 6)
+            cross_last(x, normal, rows[..., :3])
+            rows[..., 3:] = normal
             transposed = rows.transpose(0, 2, 1)  # batched matrix products (BLAS), not einsum's loops
             hessian = transposed @ (rows * weight[..., None]) + 1e-9 * np.eye(6)
             step = np.linalg.solve(hessian, -(transposed @ (weight * residual)[..., None]))[..., 0]
-            for k, start in enumerate(active):
-                poses[start] = exp_se3(step[k]) @ poses[start]
+            poses[active] = exp_se3_many(step) @ poses[active]
     return poses
 
 
@@ -274,8 +272,11 @@ def search_along(
         flat_t = translation.reshape(a, -1, 3)
         # coarse to fine: every pose scored on the first coarse_probes probes (evenly spread when the
         # probes come from farthest-point sampling), the best rescore_share of them on all probes
-        few = moved[:, : max(1, coarse_probes)]
-        rough = field.score(few[:, None, :, :], tau_mm, flat_t[:, :, None, :]).mean(axis=2).ravel()  # (a * h*o,)
+        few = moved[:, None, None, : max(1, coarse_probes)]  # (a, 1, 1, c, 3)
+        # a translation's x and y do not depend on its height (z only) nor its z on its offset (along a
+        # horizontal direction): each axis's cells on its own smaller array, (a, 1, o, 1) or (a, h, 1, 1)
+        parts = (translation[:, :1, :, None, 0], translation[:, :1, :, None, 1], translation[:, :, :1, None, 2])
+        rough = field.score_axes(few, parts, tau_mm).mean(axis=3).ravel()  # (a * h*o,)
         count = min(len(rough), max(keep, int(rescore_share * len(rough))))
         chosen = np.argpartition(-rough, count - 1)[:count] if count < len(rough) else np.arange(len(rough))
         ai, ti = np.divmod(chosen, flat_t.shape[1])
@@ -287,7 +288,10 @@ def search_along(
     order = np.argsort(-scores, kind="stable")  # best first; ties in the order the passes found them
     out: list[Candidate] = []
     for way in ways:
-        for k in order[sigmas[order] == way][:keep]:
-            matrix = from_rotation_translation(rotations[k], translations[k] - rotations[k] @ strip.centre)
-            out.append(Candidate(matrix, float(scores[k]), way))
+        picked = order[sigmas[order] == way][:keep]
+        matrices = np.zeros((len(picked), 4, 4))
+        matrices[:, :3, :3] = rotations[picked]
+        matrices[:, :3, 3] = translations[picked] - rotations[picked] @ strip.centre
+        matrices[:, 3, 3] = 1.0
+        out += [Candidate(matrix, float(scores[k]), way) for matrix, k in zip(matrices, picked, strict=True)]
     return out

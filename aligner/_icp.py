@@ -627,6 +627,41 @@ def refine_joint(
     return JointFit(tuple(poses), lower_pose, fits, iterations, sigma, converged, motion)
 
 
+def cross_last(a: FloatArray, b: FloatArray, out: FloatArray) -> FloatArray:
+    """``np.cross(a, b)`` over the last axis (length 3) of ``a, b (..., 3)``, written into ``out (..., 3)``
+    (a view is fine): the same products and differences, bit for bit, without its axis handling
+    and temporaries."""
+    a0, a1, a2 = a[..., 0], a[..., 1], a[..., 2]
+    b0, b1, b2 = b[..., 0], b[..., 1], b[..., 2]
+    np.subtract(a1 * b2, a2 * b1, out=out[..., 0])
+    np.subtract(a2 * b0, a0 * b2, out=out[..., 1])
+    np.subtract(a0 * b1, a1 * b0, out=out[..., 2])
+    return out
+
+
+def exp_se3_many(twists: FloatArray) -> FloatArray:
+    """:func:`~mesial.aligner.transforms.exp_se3` of each row of ``twists (m, 6)``: ``(m, 4, 4)``.
+
+    The same operations on arrays (one call instead of m; the short ICPs of the global step take
+    thousands of steps); the same matrices as ``exp_se3`` row by row (tested to rounding).
+    """
+    twists = np.asarray(twists, dtype=np.float64).reshape(-1, 6)
+    omega = twists[:, :3]
+    angle = _norms(omega)
+    still = angle < 1e-12
+    axis = omega / np.where(still, 1.0, angle)[:, None]
+    k = np.zeros((len(twists), 3, 3))
+    k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
+    k[:, 1, 0], k[:, 2, 0], k[:, 2, 1] = axis[:, 2], -axis[:, 1], axis[:, 0]
+    rotation = np.eye(3) + np.sin(angle)[:, None, None] * k + (1 - np.cos(angle))[:, None, None] * (k @ k)
+    rotation[still] = np.eye(3)
+    out = np.zeros((len(twists), 4, 4))
+    out[:, :3, :3] = rotation
+    out[:, :3, 3] = twists[:, 3:]
+    out[:, 3, 3] = 1.0
+    return out
+
+
 def _tukey(residual: FloatArray, scale: float | FloatArray) -> FloatArray:
     """Tukey's biweight ``(1 - (r / scale)^2)^2`` of residuals (mm), 0 beyond ``scale`` (broadcast)."""
     u = residual / scale
@@ -711,29 +746,58 @@ def refine_pairs(
         use = np.isfinite(distance) & (np.abs(residual) < gate[active, None])
         weight = np.where(use, _tukey(residual, params.tukey_constant * sigma[active, None]), 0.0)
         rows = np.zeros((*residual.shape, 12))
-        rows[..., 0:3] = np.cross(x, normals)
+        cross_last(x, normals, rows[..., 0:3])
         rows[..., 3:6] = normals
-        rows[..., 6:9] = np.where(on_lower[..., None], -np.cross(closest, normals), 0.0)
+        rows[..., 6:9] = np.where(on_lower[..., None], -cross_last(closest, normals, np.empty_like(closest)), 0.0)
         rows[..., 9:12] = np.where(on_lower[..., None], -normals, 0.0)
         transposed = rows.transpose(0, 2, 1)  # batched matrix products (BLAS), not einsum's loops
         hessian = transposed @ (rows * weight[..., None])
         gradient = (transposed @ (weight * residual)[..., None])[..., 0]
-        still: list[int] = []
-        for k, pair in enumerate(active):
-            residuals = residual[k][use[k]]
-            if len(residuals) < 12:
-                continue  # too few correspondences: this pair stops where it is
-            damped = hessian[k] + 1e-9 * np.trace(hessian[k]) / 12 * np.eye(12)
-            step = np.asarray(np.linalg.solve(damped, -gradient[k]), dtype=np.float64)
-            bites[pair] = exp_se3(step[:6]) @ bites[pair]
-            lowers[pair] = exp_se3(step[6:]) @ lowers[pair]
-            sigma[pair] = _robust_sigma(residuals)
-            gate[pair] = max(params.fine_gate_floor_mm, min(gate[pair], params.fine_gate_sigmas * sigma[pair]))
-            centre = x[k].mean(axis=0)
-            if _motion(step, np.stack([centre, centre])) >= threshold_mm:
-                still.append(int(pair))
-        active = np.asarray(still, dtype=np.int64)
+        # every pair's step at once (the same values as one pair at a time)
+        going = use.sum(axis=1) >= 12  # too few correspondences: that pair stops where it is
+        pairs = active[going]
+        hessian, gradient = hessian[going], gradient[going]
+        damped = hessian + (1e-9 * np.trace(hessian, axis1=1, axis2=2) / 12)[:, None, None] * np.eye(12)
+        step = np.linalg.solve(damped, -gradient[..., None])[..., 0]
+        bites[pairs] = exp_se3_many(step[:, :6]) @ bites[pairs]
+        lowers[pairs] = exp_se3_many(step[:, 6:]) @ lowers[pairs]
+        sigma[pairs] = _robust_sigma_rows(residual[going], use[going])
+        gate[pairs] = np.maximum(
+            params.fine_gate_floor_mm, np.minimum(gate[pairs], params.fine_gate_sigmas * sigma[pairs])
+        )
+        centre = x[going].mean(axis=1)
+        active = pairs[_motion_rows(step, centre) >= threshold_mm]
     return bites, lowers
+
+
+def _robust_sigma_rows(residual: FloatArray, use: NDArray[np.bool_]) -> FloatArray:
+    """:func:`_robust_sigma` of each row's used residuals (``residual, use (a, n)``, at least one used a row)."""
+    counts = use.sum(axis=1)
+    rows = np.arange(len(residual))
+
+    def median(values: FloatArray) -> FloatArray:
+        # the unused ones sort last; the mean of the middle two (of the middle one twice), as np.median takes it
+        ordered = np.sort(np.where(use, values, np.inf), axis=1)
+        return np.asarray((ordered[rows, (counts - 1) // 2] + ordered[rows, counts // 2]) / 2, dtype=np.float64)
+
+    centre = median(residual)
+    return np.maximum(1.4826 * median(np.abs(residual - centre[:, None])), 0.005)
+
+
+def _motion_rows(step: FloatArray, centres: FloatArray) -> FloatArray:
+    """:func:`_motion` of each pair's step ``(a, 12)`` (bite, then lower arch), both measured from the pair's
+    ``centres (a, 3)``."""
+    moves = []
+    for i in (0, 6):
+        omega, shift = step[:, i : i + 3], step[:, i + 3 : i + 6]
+        moved = cross_last(omega, centres, np.empty_like(omega)) + shift
+        moves.append(25.0 * _norms(omega) + _norms(moved))
+    return np.asarray(np.maximum(moves[0], moves[1]), dtype=np.float64)
+
+
+def _norms(vectors: FloatArray) -> FloatArray:
+    """Lengths of ``vectors (a, 3)``: each as ``np.linalg.norm`` takes one vector (a product of it with itself)."""
+    return np.asarray(np.sqrt((vectors[:, None, :] @ vectors[:, :, None])[:, 0, 0]), dtype=np.float64)
 
 
 def _planes_within(

@@ -203,11 +203,12 @@ def register_bite(
         joint = [evidence[i].score + (found[0].score if found else 0.0) for i, found in enumerate(placed)]
         close = abs(joint[0] - joint[1]) < params.min_margin
         if placed[0] is not None and placed[1] is not None:
-            joint = []
+            tasks: list[Callable[[], float]] = []
             for i, found in enumerate(placed):
                 assert found is not None
                 poses = [bite_to_upper[i], found[1]] if i == 0 else [found[1], bite_to_upper[i]]
-                joint.append(2 * _tight_share(fine_points, poses, candidates[i][1], fine, params))
+                tasks.append(partial(_tight_share, fine_points, poses, candidates[i][1], fine, params))
+            joint = [2 * share for share in _at_once(tasks)]
         lead = int(np.argmax(joint))
         found = placed[lead]
         if found is not None:
@@ -222,20 +223,32 @@ def register_bite(
     timings["global"] = time.perf_counter() - clock
     report("global", 1.0)
 
-    # refine: every bite against both arches jointly, in the upper frame, at full resolution
+    # refine: every bite against both arches jointly, in the upper frame, at full resolution; beside it
+    # the ambiguous bites' two hypotheses, each refined alone on the exact surfaces (_resolve)
     clock = time.perf_counter()
     report("refine", 0.0)
     lower_to_upper = max(candidates, key=lambda item: item[0])[1]
     # nearest-vertex planes until the poses settle, then exact closest points on the triangles
     planes = {name: fine[name].vertex_planes(scan.vertex_normals) for name, scan in arch_scans.items()}
-    fit = _refine(rough_points, fine_points, planes, fine, bite_to_upper, lower_to_upper, params)
+    ambiguous: list[int] = []
+    hypotheses: list[Callable[[], tuple[FloatArray, float]]] = []
+    for k, item in enumerate(evidence):
+        second = runners_up[k]
+        if item.margin < params.min_margin and second is not None:
+            ambiguous.append(k)
+            for hypothesis in ((bite_to_upper[k], candidates[k][1]), second):
+                hypotheses.append(partial(_tight_fit, rough_points[k], fine, hypothesis, params))
+    fit, tight = _beside(
+        partial(_refine, rough_points, fine_points, planes, fine, bite_to_upper, lower_to_upper, params),
+        hypotheses,
+        fine,
+        rough_points[0][:1],
+    )
+    for j, k in enumerate(ambiguous):  # each ambiguous bite's best hypothesis, then its runner-up
+        evidence[k] = _resolve(evidence[k], rough_points[k], tight[2 * j], tight[2 * j + 1], params)
     timings["refine"] = time.perf_counter() - clock
     report("refine", 1.0)
 
-    for k, item in enumerate(evidence):
-        runner_up = runners_up[k]
-        if item.margin < params.min_margin and runner_up is not None:
-            evidence[k] = _resolve(item, rough_points[k], fine, (bite_to_upper[k], candidates[k][1]), runner_up, params)
     reasons = _reasons(evidence, fit, params, [pose for _, pose in candidates]) + ([conflict] if conflict else [])
     reasons += [too_short[k] for k in sorted(too_short)]
     if (
@@ -263,6 +276,7 @@ def register_bite(
 
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 
 def _at_once(tasks: list[Callable[[], T]]) -> list[T]:
@@ -278,6 +292,30 @@ def _at_once(tasks: list[Callable[[], T]]) -> list[T]:
 
     with ThreadPoolExecutor(len(tasks)) as pool:
         return list(pool.map(lambda task: task(), tasks))
+
+
+def _beside(
+    main: Callable[[], T], others: list[Callable[[], U]], surfaces: dict[str, SurfaceTarget], probe: FloatArray
+) -> tuple[T, list[U]]:
+    """``main()`` and every task of ``others``, on a thread each when there are others.
+
+    They are independent refinements on the same exact surfaces (the fine step and the ambiguous
+    bites' hypotheses, which do not depend on it): their k-d tree queries release the GIL, so they
+    overlap on two cores. The surfaces' search structures are built first, by a query at ``probe``
+    (a point, ``(1, 3)``): the threads share them.
+    """
+    if not others:
+        return main(), []
+    from concurrent.futures import ThreadPoolExecutor
+
+    for surface in surfaces.values():  # one query of each kind builds what it searches
+        surface.nearest_vertex(probe, 0.0)
+        surface.closest(probe)
+        _ = surface.typical_edge
+    with ThreadPoolExecutor(1 + len(others)) as pool:
+        first = pool.submit(main)
+        rest = [pool.submit(task) for task in others]
+        return first.result(), [future.result() for future in rest]
 
 
 def _short_bites(bites: list[Scan], params: AlignParams) -> dict[int, str]:
@@ -623,38 +661,46 @@ def _other_arch(
     return [pose for _, pose in out[: params.residual_paired]]
 
 
+def _tight_fit(
+    points: FloatArray,
+    surfaces: dict[str, SurfaceTarget],
+    poses: tuple[FloatArray, FloatArray],
+    params: AlignParams,
+) -> tuple[FloatArray, float]:
+    """One hypothesis ``(bite pose, lower pose)`` of a bite refined alone on the exact surfaces:
+    its refined bite pose and the share of ``points`` within ``tight_distance_mm`` of either arch."""
+    bite_pose, lower_pose = poses
+    fit = refine_joint(
+        [points], surfaces["upper"], surfaces["lower"], [bite_pose], lower_pose, params,
+        max_distance_mm=0.5, max_iterations=params.exact_iterations, evaluate=False,
+    )  # fmt: skip
+    assert fit.lower_to_upper is not None
+    x, _, closest, normals, distance, _ = _match(
+        points, fit.bite_to_upper[0], surfaces["upper"], surfaces["lower"], fit.lower_to_upper,
+        params.tight_distance_mm,
+    )  # fmt: skip
+    plane = np.abs(np.einsum("ij,ij->i", x - closest, normals))
+    return fit.bite_to_upper[0], float((np.isfinite(distance) & (plane < params.tight_distance_mm)).mean())
+
+
 def _resolve(
     item: BiteEvidence,
     points: FloatArray,
-    surfaces: dict[str, SurfaceTarget],
-    best: tuple[FloatArray, FloatArray],
-    runner_up: tuple[FloatArray, FloatArray],
+    best: tuple[FloatArray, float],
+    runner_up: tuple[FloatArray, float],
     params: AlignParams,
 ) -> BiteEvidence:
     """Evidence of a bite whose two best hypotheses explain it almost equally at the coarse tolerance.
 
-    Both are refined alone on the exact surfaces (same points, same
-    iterations) and scored by the share of points within ``tight_distance_mm``
-    of either arch: a pose shifted along a repetitive row of teeth explains
+    ``best`` and ``runner_up`` are those hypotheses refined alone on the exact surfaces (same
+    points, same iterations: :func:`_tight_fit`) with the share of ``points`` each puts within
+    ``tight_distance_mm`` of either arch: a pose shifted along a repetitive row of teeth explains
     most points within 0.3 mm but far fewer within 0.1 mm. When both end in the same pose
     (within ``distinct_rotation_deg`` and ``distinct_translation_mm``), the runner-up was no
     alternative and scores 0.
     """
-    scores = []
-    refined = []
-    for bite_pose, lower_pose in (best, runner_up):
-        fit = refine_joint(
-            [points], surfaces["upper"], surfaces["lower"], [bite_pose], lower_pose, params,
-            max_distance_mm=0.5, max_iterations=params.exact_iterations,
-        )  # fmt: skip
-        assert fit.lower_to_upper is not None
-        refined.append(fit.bite_to_upper[0])
-        x, _, closest, normals, distance, _ = _match(
-            points, fit.bite_to_upper[0], surfaces["upper"], surfaces["lower"], fit.lower_to_upper,
-            params.tight_distance_mm,
-        )  # fmt: skip
-        plane = np.abs(np.einsum("ij,ij->i", x - closest, normals))
-        scores.append(float((np.isfinite(distance) & (plane < params.tight_distance_mm)).mean()))
+    refined = [best[0], runner_up[0]]
+    scores = [best[1], runner_up[1]]
     centre = points.mean(axis=0)
     if len(distinct(refined, centre, params.distinct_rotation_deg, params.distinct_translation_mm)) == 1:
         scores[1] = 0.0  # both ended in the same pose: there was no distinct alternative after all
@@ -673,7 +719,7 @@ def _tight_share(
     """Share of all bites' points within ``tight_distance_mm`` of either arch after a joint exact refinement."""
     fit = refine_joint(
         points, surfaces["upper"], surfaces["lower"], bite_to_upper, lower_to_upper, params,
-        max_distance_mm=0.5, max_iterations=params.exact_iterations,
+        max_distance_mm=0.5, max_iterations=params.exact_iterations, evaluate=False,
     )  # fmt: skip
     assert fit.lower_to_upper is not None
     hits, total = 0, 0

@@ -82,3 +82,28 @@ def test_look_ups_at_a_sum_and_scores_equal_those_at_the_summed_points():
     for tau in (1.5, 0.8):
         assert np.array_equal(field.score(probes, tau, shifts), np.maximum(0.0, 1.0 - field(probes, shifts) / tau))
         assert np.array_equal(field.score(summed, tau), np.maximum(0.0, 1.0 - field(summed) / tau))
+
+
+def test_scores_with_an_offset_per_axis_equal_those_with_the_whole_offset():
+    """``score_axes`` (each axis's offset on its own broadcast shape, as the global step's grid of
+    translations has them: heights only in z, offsets along a horizontal direction) gives the values
+    of ``score`` with the assembled offset, bit for bit, also where look-ups leave the grid."""
+    rng = np.random.default_rng(12)
+    field = DistanceField(rng.normal(size=(2000, 3)) * [15.0, 10.0, 4.0], 0.6, 2.1)
+    probes = rng.normal(size=(30, 1, 1, 24, 3)) * 8.0
+    anchor = rng.normal(size=(30, 3)) * [12.0, 8.0, 1.0]
+    angle = rng.uniform(0.0, 2.0 * np.pi, 30)
+    direction = np.stack([np.sin(angle), np.cos(angle), np.zeros(30)], axis=1)
+    heights, offsets = np.array([-1.5, 0.0, 1.5, 3.0]), np.array([-4.5, -3.0, -1.5, 0.0, 1.5])
+    # built as the strip search builds it: (a, h, o, 3)
+    translation = (
+        anchor[:, None, None, :]
+        + heights[None, :, None, None] * np.array([0.0, 0.0, 1.0])
+        + offsets[None, None, :, None] * direction[:, None, None, :]
+    )
+    parts = (translation[:, :1, :, None, 0], translation[:, :1, :, None, 1], translation[:, :, :1, None, 2])
+    for tau in (1.5, 0.8):
+        whole = field.score(probes, tau, translation[:, :, :, None, :])
+        assert whole.shape == (30, 4, 5, 24)
+        assert np.array_equal(field.score_axes(probes, parts, tau), whole)
+        assert (whole == 0.0).any() and (whole > 0.0).any()

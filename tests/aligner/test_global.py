@@ -115,7 +115,7 @@ def test_lower_arch_in_a_nearby_wrong_pose_is_caught(small_case: SampleCase) -> 
 def test_ambiguous_margin_is_resolved_on_exact_surfaces(small_case: SampleCase) -> None:
     """The right hypothesis against one shifted 2 mm along the arch: far apart within 0.1 mm."""
     from mesial.aligner.params import AlignParams
-    from mesial.aligner.registration import BiteEvidence, _resolve
+    from mesial.aligner.registration import BiteEvidence, _resolve, _tight_fit
     from mesial.aligner.transforms import exp_se3
 
     case = small_case
@@ -128,7 +128,9 @@ def test_ambiguous_margin_is_resolved_on_exact_surfaces(small_case: SampleCase) 
     lower = invert(case.truth["upper"]) @ case.truth["lower"]
     shift = exp_se3(np.array([0.0, 0.0, 0.0, 2.0, 0.0, 0.0]))
     item = BiteEvidence(0, 0.95, 0.9, 0.05, 12, 5, 0.3)
-    resolved = _resolve(item, bite, surfaces, (pose, lower), (shift @ pose, shift @ lower), AlignParams())
+    params = AlignParams()
+    fits = [_tight_fit(bite, surfaces, poses, params) for poses in ((pose, lower), (shift @ pose, shift @ lower))]
+    resolved = _resolve(item, bite, fits[0], fits[1], params)
     assert resolved.tolerance_mm == AlignParams().tight_distance_mm
     assert resolved.score > 0.9
     assert resolved.margin > 0.1
@@ -371,3 +373,32 @@ def test_a_pair_is_placed_again_on_the_first_arch_from_its_own_part(small_case: 
         # the lower kept its pose relative to the bite
         assert np.allclose(invert(placed_lower) @ placed, invert(lower) @ start, atol=1e-9)
     assert tried == 4
+
+
+def test_batched_steps_equal_the_steps_one_at_a_time() -> None:
+    """The batched helpers of the short ICPs give what their one-at-a-time originals give."""
+    from mesial.aligner._icp import (
+        _motion,
+        _motion_rows,
+        _robust_sigma,
+        _robust_sigma_rows,
+        cross_last,
+        exp_se3_many,
+    )
+    from mesial.aligner.transforms import exp_se3
+
+    rng = np.random.default_rng(8)
+    twists = rng.normal(size=(200, 6)) * np.r_[[0.02] * 3, [0.5] * 3]
+    twists[:3, :3] = 0.0  # no rotation at all
+    twists[3, :3] = 1e-14
+    assert np.allclose(exp_se3_many(twists), [exp_se3(t) for t in twists], rtol=0.0, atol=1e-15)
+    a, b = rng.normal(size=(2, 7, 50, 3))
+    assert np.array_equal(cross_last(a, b, np.empty_like(a)), np.cross(a, b))
+    residual = rng.normal(size=(9, 40)) * 0.1
+    use = rng.random((9, 40)) < 0.7
+    use[0], use[1, :12], use[1, 12:] = True, True, False  # all, and an even count
+    expected = [_robust_sigma(row[mask]) for row, mask in zip(residual, use, strict=True)]
+    assert np.array_equal(_robust_sigma_rows(residual, use), expected)
+    steps, centres = rng.normal(size=(9, 12)) * 0.01, rng.normal(size=(9, 3)) * 20.0
+    expected = [_motion(step, np.stack([centre, centre])) for step, centre in zip(steps, centres, strict=True)]
+    assert np.allclose(_motion_rows(steps, centres), expected, rtol=1e-15, atol=0.0)
