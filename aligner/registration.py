@@ -11,8 +11,10 @@ See docs/aligner.md for the reasoning and the measured accuracy.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, TypeVar
@@ -145,6 +147,10 @@ def register_bite(
     # preprocess: thinned arches, canonical frames, search fields, thinned bites
     report("preprocess", 0.0)
     arch_scans = {"upper": upper, "lower": lower}
+    fine = {name: scan.surface() for name, scan in arch_scans.items()}
+    # the k-d trees of the arches' vertices (the fine step's nearest-vertex planes and the exact
+    # matching's gate) are built on a thread meanwhile: SciPy builds them without the GIL
+    trees = _in_background(partial(_build_trees, fine, upper.vertices[:1]))
     solo: dict[str, _Alone] = {}
     for name, scan in arch_scans.items():
         pick = voxel_representatives(scan.vertices, params.frame_voxel_mm)
@@ -154,7 +160,6 @@ def register_bite(
         coarse = PlaneTarget(scan.vertices[pick], scan.vertex_normals[pick], params.coarse_voxel_mm)
         # each arch alone in its canonical frame: search field and buccal outline (no pose assumed between them)
         solo[name] = _arch_alone(thin, frame, coarse, params)
-    fine = {name: scan.surface() for name, scan in arch_scans.items()}
     if len(bites) == 1:
         fine_voxel = params.one_bite_fine_voxel_mm
     else:  # the same number of fine points in all: each of n bites thinned sqrt(n) times coarser
@@ -203,6 +208,7 @@ def register_bite(
         joint = [evidence[i].score + (found[0].score if found else 0.0) for i, found in enumerate(placed)]
         close = abs(joint[0] - joint[1]) < params.min_margin
         if placed[0] is not None and placed[1] is not None:
+            trees.result()  # the exact comparisons query the trees
             tasks: list[Callable[[], float]] = []
             for i, found in enumerate(placed):
                 assert found is not None
@@ -229,6 +235,7 @@ def register_bite(
     report("refine", 0.0)
     lower_to_upper = max(candidates, key=lambda item: item[0])[1]
     # nearest-vertex planes until the poses settle, then exact closest points on the triangles
+    trees.result()
     planes = {name: fine[name].vertex_planes(scan.vertex_normals) for name, scan in arch_scans.items()}
     ambiguous: list[int] = []
     hypotheses: list[Callable[[], tuple[FloatArray, float]]] = []
@@ -294,6 +301,26 @@ def _at_once(tasks: list[Callable[[], T]]) -> list[T]:
         return list(pool.map(lambda task: task(), tasks))
 
 
+def _in_background(task: Callable[[], T]) -> Future[T]:
+    """``task()`` started on a thread of its own; its future (``result()`` waits for it, raises its error)."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(task())
+        except BaseException as error:  # handed to whoever waits for the result
+            future.set_exception(error)
+
+    threading.Thread(target=run, daemon=True).start()
+    return future
+
+
+def _build_trees(surfaces: dict[str, SurfaceTarget], probe: FloatArray) -> None:
+    """Build the vertex k-d tree of each surface (one nearest-vertex query at ``probe`` (1, 3) does)."""
+    for surface in surfaces.values():
+        surface.nearest_vertex(probe, 0.0)
+
+
 def _beside(
     main: Callable[[], T], others: list[Callable[[], U]], surfaces: dict[str, SurfaceTarget], probe: FloatArray
 ) -> tuple[T, list[U]]:
@@ -308,8 +335,8 @@ def _beside(
         return main(), []
     from concurrent.futures import ThreadPoolExecutor
 
-    for surface in surfaces.values():  # one query of each kind builds what it searches
-        surface.nearest_vertex(probe, 0.0)
+    _build_trees(surfaces, probe)
+    for surface in surfaces.values():  # one query builds what the exact matching searches
         surface.closest(probe)
         _ = surface.typical_edge
     with ThreadPoolExecutor(1 + len(others)) as pool:
