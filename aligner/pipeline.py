@@ -292,12 +292,13 @@ def _signed(
     """``surface.signed_distance(points, subset, previous, band_mm=band_mm)[0]``, the points queried in
     ``order`` (a permutation, see :func:`spatial_order`): the same values, in the points' own order."""
     distance = np.empty(len(points))
-    distance[order] = surface.signed_distance(
-        points[order],
-        None if subset is None else subset[order],
-        None if previous is None else previous[order],
+    ordered = surface.signed_distance(
+        np.take(points, order, axis=0),  # (np.take: rows gathered faster than by indexing)
+        None if subset is None else np.take(subset, order),
+        None if previous is None else np.take(previous, order),
         band_mm=band_mm,
     )[0]
+    np.put(distance, order, ordered)
     return distance
 
 
