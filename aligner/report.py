@@ -79,13 +79,14 @@ def occlusal_view_png(
     *,
     scene: Any = None,
     pose: FloatArray | None = None,
+    reach_mm: float | None = None,
 ) -> tuple[bytes, float]:
     """PNG bytes of an orthographic occlusal view coloured by distance, with a colour bar; and its pixel size (mm).
 
     White where no surface is seen; shaded by the surface's slope; the colour bar at the
     right runs from :data:`COLOUR_RANGE_MM`'s high end (top) to its low end (bottom).
     """
-    image = render_orthographic(vertices, faces, distance, view, up, scene=scene, pose=pose)
+    image = render_orthographic(vertices, faces, distance, view, up, scene=scene, pose=pose, reach_mm=reach_mm)
     seen = ~np.isnan(image.image)
     height, width = image.image.shape
     low, high = COLOUR_RANGE_MM
@@ -163,9 +164,11 @@ def write_artifacts(result: AlignmentResult, out: str | Path) -> dict[str, Path]
             look = frame.superior if arch == "upper" else -frame.superior  # look at the occlusal surface
             title = f"{arch} arch, occlusal view"
             scan = result.scans[arch]  # its ray-casting scene (built in validation) seen through its pose
+            reach = scan.surface().longest_edge / float(np.sqrt(3.0))  # (measured in the occlusal analysis)
             png = occlusal_view_png(
-                placed[arch], faces, distance, look, frame.anterior, title, scene=scan.scene(), pose=poses[arch]
-            )
+                placed[arch], faces, distance, look, frame.anterior, title, scene=scan.scene(), pose=poses[arch],
+                reach_mm=reach,
+            )  # fmt: skip
             (out / f"{arch}_occlusal.png").write_bytes(png[0])
             return png
 
