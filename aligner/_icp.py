@@ -382,6 +382,7 @@ class SurfaceTarget:
         previous: FloatArray | None = None,
         *,
         band_mm: float | None = None,
+        within_band: NDArray[np.bool_] | None = None,
     ) -> tuple[FloatArray, FloatArray]:
         """Signed distance (positive outside, along the outward normal) and closest points.
 
@@ -406,6 +407,10 @@ class SurfaceTarget:
         band_mm : float, optional
             A narrower exact band than ``exact_band_mm`` (at most it): points farther than it
             from the surface get the nearest-vertex distance instead (still at least ``band_mm``).
+        within_band : (n,) bool, optional
+            Points the caller knows to lie within the band (``band_mm`` or ``exact_band_mm``) of the
+            surface: queried exactly without the k-d tree's filter, which would send them there (the
+            same answers, fewer queries). With ``subset``, over all the points too.
 
         Returns
         -------
@@ -419,13 +424,16 @@ class SurfaceTarget:
             distance = np.array(previous, dtype=np.float64)
             closest = np.array(points, dtype=np.float64)
             if subset.any():
-                distance[subset], closest[subset] = self.signed_distance(points[subset], band_mm=band_mm)
+                distance[subset], closest[subset] = self.signed_distance(
+                    points[subset], band_mm=band_mm, within_band=None if within_band is None else within_band[subset]
+                )
             return distance, closest
         local = self._local(points)  # the points in the mesh's frame, once for every step below
         coarse, bound = self._index.field(local), self._coarse_bound()
         distance = np.maximum(coarse, self.near_band_mm)
         closest = np.array(points, dtype=np.float64)
-        candidates = np.flatnonzero(coarse < self.near_band_mm + bound)
+        known = np.zeros(len(local), dtype=bool) if within_band is None else np.asarray(within_band, dtype=bool)
+        candidates = np.flatnonzero((coarse < self.near_band_mm + bound) & ~known)
         # one query of ~100 000 points per arch: worth both cores (the ICP's many small ones are not)
         vertex, index = self._index.tree.query(local[candidates], workers=-1, distance_upper_bound=self.near_band_mm)
         found = np.isfinite(vertex)
@@ -448,6 +456,8 @@ class SurfaceTarget:
             offset = local[candidates[beyond]] - self._index.vertices[index[beyond]]
             wanted[beyond] = np.einsum("ij,ij->i", offset, normal) < 0
         exact = candidates[wanted]
+        if known.any():  # (in the points' order: a caller may have ordered them for the queries)
+            exact = np.sort(np.concatenate([exact, np.flatnonzero(known)]))
         if len(exact):
             distance[exact], near, _ = self._exact_local(local[exact])
             closest[exact] = transform_points(near, self.pose) if self._moved else near

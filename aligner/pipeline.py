@@ -33,7 +33,7 @@ from mesial.aligner.occlusion import (
 )
 from mesial.aligner.params import AlignParams, OcclusionParams
 from mesial.aligner.registration import Registration, register_bite, summary
-from mesial.aligner.transforms import invert, rotation_angle_deg, transform_points
+from mesial.aligner.transforms import invert, lengths, rotation_angle_deg, transform_points
 from mesial.aligner.validate import Scan, load_scan
 from mesial.common.limits import MAX_SCAN_BYTES, MAX_TRIANGLES
 
@@ -265,9 +265,22 @@ def analyse(
     # (approximate, >= band) distances are kept
     reach = SurfaceTarget.near_band_mm + float(np.linalg.norm(moved - low, axis=1).max()) + 1e-6
     moved_surface = lower.surface().placed(correction @ lower_to_bite)
+    # how far each vertex moved against its antagonist; a distance changes by at most that, so a vertex
+    # whose first distance (exact, or an upper bound: the nearest vertex's) plus it is within the exact
+    # band is within it after the motion: queried exactly without the k-d tree's filter (the same answer)
+    shift = {
+        "upper": lengths(transform_points(up, invert(correction)) - up),
+        "lower": lengths(moved - low),
+    }
+    band = SurfaceTarget.exact_band_mm - 1e-9
+    within = {arch: np.abs(distances[arch]) + shift[arch] < band for arch in ("upper", "lower")}
     after_distances = {
-        "upper": _signed(moved_surface, up, order["upper"], distances["upper"] < reach, distances["upper"]),
-        "lower": _signed(upper_surface, moved, order["lower"], distances["lower"] < reach, distances["lower"]),
+        "upper": _signed(
+            moved_surface, up, order["upper"], distances["upper"] < reach, distances["upper"], within=within["upper"]
+        ),
+        "lower": _signed(
+            upper_surface, moved, order["lower"], distances["lower"] < reach, distances["lower"], within=within["lower"]
+        ),
     }
     after = _both(up, moved, upper, lower, after_distances, regions, params)
     return Occlusion(before, after, correction, True, frame)
@@ -288,15 +301,17 @@ def _signed(
     previous: FloatArray | None = None,
     *,
     band_mm: float | None = None,
+    within: NDArray[np.bool_] | None = None,
 ) -> FloatArray:
-    """``surface.signed_distance(points, subset, previous, band_mm=band_mm)[0]``, the points queried in
-    ``order`` (a permutation, see :func:`spatial_order`): the same values, in the points' own order."""
+    """``surface.signed_distance(points, subset, previous, band_mm=band_mm, within_band=within)[0]``, the points
+    queried in ``order`` (a permutation, see :func:`spatial_order`): the same values, in the points' own order."""
     distance = np.empty(len(points))
     ordered = surface.signed_distance(
         np.take(points, order, axis=0),  # (np.take: rows gathered faster than by indexing)
         None if subset is None else np.take(subset, order),
         None if previous is None else np.take(previous, order),
         band_mm=band_mm,
+        within_band=None if within is None else np.take(within, order),
     )[0]
     np.put(distance, order, ordered)
     return distance

@@ -242,6 +242,28 @@ def test_signed_distances_of_a_placed_arch_match_the_exact_reference(small_case)
     assert np.all(distance[exact >= SurfaceTarget.near_band_mm] >= SurfaceTarget.near_band_mm - 1e-9)
 
 
+def test_points_known_within_the_band_get_the_answers_the_filter_would_give(small_case):
+    """``within_band``: points the caller knows to lie within the exact band skip the k-d tree's filter and get
+    the same distances and closest points, alone or with a subset; the others are untouched."""
+    rng = np.random.default_rng(8)
+    arch = small_case.upper
+    own = SurfaceTarget(arch.vertices, arch.faces)
+    pick = rng.choice(len(arch.vertices), 600, replace=False)
+    points = arch.vertices[pick] + rng.uniform(-0.8, 1.6, (600, 1)) * own._index.normals[pick]
+    exact = _exact_distances(arch.vertices, arch.faces, points)
+    known = exact < SurfaceTarget.exact_band_mm - 1e-6
+    assert 100 < known.sum() < 500
+    distance, closest = own.signed_distance(points)
+    with_known = own.signed_distance(points, within_band=known)
+    assert np.array_equal(with_known[0], distance) and np.array_equal(with_known[1], closest)
+    subset = rng.random(600) < 0.7
+    previous = np.full(600, 9.0)
+    expected = own.signed_distance(points, subset, previous)
+    got = own.signed_distance(points, subset, previous, within_band=known)
+    assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+    assert np.all(got[0][~subset] == 9.0)
+
+
 def test_the_local_spread_covers_every_vertex_within_its_radius(small_case):
     """The grid's value at a point is at least the corner reach of every vertex within the radius (what makes
     the nearest-vertex filter of the exact queries safe), and below the mesh's largest where triangles are small."""
