@@ -114,6 +114,11 @@ class AlignParams:
     # inlier RMSE (plus residual_floor_mm, for very clean scans).
     max_rmse_ratio: float = 1.5
     residual_floor_mm: float = 0.005
+    # Two bites: each refined alone from the joint result (lower arch free) must place the lower
+    # arch within this (RMS over its vertices, mm) of where the other alone places it. Two bites
+    # each within the 0.05 mm goal agree within 0.1 mm; a second bite taken in another occlusion
+    # (the lower slid 0.5 mm) passed every other check with the joint fit halfway (0.3 mm off).
+    max_bite_disagreement_mm: float = 0.1
     # Margin (share of bite points) between the best and second-best pair of poses.
     min_margin: float = 0.1
     # When that margin is too small, both hypotheses are refined on the exact

@@ -90,6 +90,43 @@ def test_a_bad_second_bite_leaves_the_reference_bite_alone(small_case):
     assert np.sqrt(np.mean(tre**2)) < 0.05
 
 
+@pytest.mark.parametrize("slide_mm", [0.0, 0.5])
+def test_two_bites_in_different_occlusions_are_not_confident(small_case, slide_mm):
+    """Bite 1 scanned with the lower arch slid forward (the patient bit differently): not ``ok``.
+
+    The joint fit of both bites lies between the two occlusions and fits both about as well as
+    one would (fitness, residuals and the 8°/3 mm agreement all passed on real pairs, 0.3 mm off
+    for a 0.5 mm slide); each bite refined alone returns to its own occlusion, and the two place
+    the lower arch ``bite_disagreement_mm`` apart. Unslid, the two bites agree within 0.05 mm.
+    """
+    from mesial.aligner.samples import Mesh, build_arches, scan_bite
+    from mesial.aligner.transforms import random_rigid, transform_points
+
+    case = small_case  # generate_case(3, vertices=20_000): the same arches and arch curve
+    upper, lower, arch = build_arches(3, 20_000)
+    slid = Mesh(lower.vertices + np.array([0.0, slide_mm, 0.0]), lower.faces)
+    canine = next(t for t in arch.lower if t["kind"] == "canine" and t["side"] < 0)
+    left = (1.5, canine["centre"] + 0.5 * canine["length"])
+    rng = np.random.default_rng(8)
+    second = scan_bite(upper, slid, arch, left, rng, noise_mm=0.02, spacing_mm=0.25)
+    posed = transform_points(second.vertices, random_rigid(rng, translation_mm=40.0))
+    result = align_scans(
+        scan_from_arrays(case.upper.vertices, case.upper.faces, "upper"),
+        scan_from_arrays(case.lower.vertices, case.lower.faces, "lower"),
+        [scan_from_arrays(case.bites[0].vertices, case.bites[0].faces, "bite", orient=False),
+         scan_from_arrays(posed, second.faces, "bite2", orient=False)],
+    )  # fmt: skip
+    assert result.registration is not None and result.registration.bite_disagreement_mm is not None
+    disagreement = result.registration.bite_disagreement_mm
+    if slide_mm:
+        assert result.status == "not_confident"
+        assert 0.3 < disagreement < 0.7
+        assert any("different occlusions" in reason for reason in result.reasons)
+    else:
+        assert result.status == "ok", result.reasons
+        assert disagreement < 0.05
+
+
 def test_a_bite_fragment_is_never_enough(small_case):
     """A bite scan of about one tooth (10 mm) fits many places of an arch: never ``ok``.
 
