@@ -552,23 +552,23 @@ static void *run_job(void *arg) {
     return NULL;
 }
 
-/* Spreads the low 21 bits of x to every third bit. */
-static uint64_t spread3(uint64_t x) {
-    x &= 0x1fffff;
-    x = (x | x << 32) & 0x1f00000000ffffULL;
-    x = (x | x << 16) & 0x1f0000ff0000ffULL;
-    x = (x | x << 8) & 0x100f00f00f00f00fULL;
-    x = (x | x << 4) & 0x10c30c30c30c30c3ULL;
-    x = (x | x << 2) & 0x1249249249249249ULL;
+/* Spreads the low 10 bits of x to every third bit. */
+static uint32_t spread3(uint32_t x) {
+    x &= 0x3ff;
+    x = (x | x << 16) & 0x30000ffU;
+    x = (x | x << 8) & 0x300f00fU;
+    x = (x | x << 4) & 0x30c30c3U;
+    x = (x | x << 2) & 0x9249249U;
     return x;
 }
 
-/* The indices of `count` points (count, 3) along a Morton (Z-order) curve of their bounding box,
+/* The indices of `count` points (count, 3) along a Morton (Z-order) curve of their bounding box
+ * (1024 cells an axis),
  * so that queries near each other run one after another and find the nodes and triangles they
  * share still in the cache (random order: 2-4 times slower on a 260 000-triangle mesh). NULL when
  * out of memory (the queries then run in their own order). */
 static int64_t *morton_order(const double *p, int64_t count) {
-    uint64_t *key = malloc(sizeof(uint64_t) * 2 * (size_t)count);
+    uint32_t *key = malloc(sizeof(uint32_t) * 2 * (size_t)count);
     int64_t *order = malloc(sizeof(int64_t) * 2 * (size_t)count);
     if (!key || !order) {
         free(key);
@@ -583,40 +583,40 @@ static int64_t *morton_order(const double *p, int64_t count) {
             if (x > hi[k]) hi[k] = x;
         }
     double scale[3];
-    for (int k = 0; k < 3; k++) scale[k] = hi[k] > lo[k] ? 2097151.0 / (hi[k] - lo[k]) : 0.0;
+    for (int k = 0; k < 3; k++) scale[k] = hi[k] > lo[k] ? 1023.0 / (hi[k] - lo[k]) : 0.0;
     for (int64_t i = 0; i < count; i++) {
-        uint64_t c[3];
+        uint32_t c[3];
         for (int k = 0; k < 3; k++) {
             double x = (p[3 * i + k] - lo[k]) * scale[k];
-            c[k] = x >= 0 && x <= 2097151.0 ? (uint64_t)x : 0; /* NaN or out of range: a corner */
+            c[k] = x >= 0 && x <= 1023.0 ? (uint32_t)x : 0; /* NaN or out of range: a corner */
         }
         key[i] = spread3(c[0]) | spread3(c[1]) << 1 | spread3(c[2]) << 2;
         order[i] = i;
     }
-    /* least significant digit radix sort, 16 bits a pass over the 63-bit keys */
-    uint64_t *key_in = key, *key_out = key + count;
+    /* least significant digit radix sort, 15 bits a pass over the 30-bit keys */
+    uint32_t *key_in = key, *key_out = key + count;
     int64_t *in = order, *out = order + count;
-    size_t *bucket = malloc(sizeof(size_t) * 65536);
+    size_t *bucket = malloc(sizeof(size_t) * 32768);
     if (!bucket) {
         free(key);
         free(order);
         return NULL;
     }
-    for (int shift = 0; shift < 64; shift += 16) {
-        memset(bucket, 0, sizeof(size_t) * 65536);
-        for (int64_t i = 0; i < count; i++) bucket[(key_in[i] >> shift) & 0xffff]++;
+    for (int shift = 0; shift < 30; shift += 15) {
+        memset(bucket, 0, sizeof(size_t) * 32768);
+        for (int64_t i = 0; i < count; i++) bucket[(key_in[i] >> shift) & 0x7fff]++;
         size_t sum = 0;
-        for (int j = 0; j < 65536; j++) {
+        for (int j = 0; j < 32768; j++) {
             size_t c = bucket[j];
             bucket[j] = sum;
             sum += c;
         }
         for (int64_t i = 0; i < count; i++) {
-            size_t at = bucket[(key_in[i] >> shift) & 0xffff]++;
+            size_t at = bucket[(key_in[i] >> shift) & 0x7fff]++;
             key_out[at] = key_in[i];
             out[at] = in[i];
         }
-        uint64_t *ks = key_in;
+        uint32_t *ks = key_in;
         key_in = key_out;
         key_out = ks;
         int64_t *os = in;
@@ -625,7 +625,7 @@ static int64_t *morton_order(const double *p, int64_t count) {
     }
     free(bucket);
     free(key);
-    /* four passes: the sorted indices are back in the first half */
+    /* two passes: the sorted indices are back in the first half */
     return order;
 }
 
