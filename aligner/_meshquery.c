@@ -22,6 +22,7 @@
 
 #define LEAF_SIZE 8 /* triangles a leaf at most */
 #define BINS 8       /* surface area heuristic: candidate splits a node */
+#define MAX_SAH_DEPTH 48
 #define TRI 16 /* doubles a triangle: a, b - a, c - a, unit normal, |b - a|^2, (b - a).(c - a), |c - a|^2, flat */
 
 typedef struct {
@@ -175,7 +176,9 @@ static void build_node(Builder *b, int32_t index, int64_t start, int64_t count, 
         node->count = (int32_t)count;
         return;
     }
-    int64_t left = split(b, start, count, clo, chi);
+    /* past MAX_SAH_DEPTH (only a pathological mesh, e.g. many long slivers, splits that unevenly)
+     * halves: the depth stays below MAX_SAH_DEPTH + log2(m), the recursion and the query stacks small */
+    int64_t left = depth < MAX_SAH_DEPTH ? split(b, start, count, clo, chi) : count / 2;
     int32_t child = b->used;
     b->used += 2;
     node->start = child;
@@ -190,7 +193,6 @@ static void *aligned(size_t bytes, void **block) {
     if (!*block) return NULL;
     return (void *)(((uintptr_t)*block + 63) & ~(uintptr_t)63);
 }
-
 
 /* Builds the hierarchy of triangles `faces` (m, 3) over `vertices` (n, 3), both C-ordered. */
 int mq_build(const double *vertices, int64_t n, const int64_t *faces, int64_t m, void **out) {

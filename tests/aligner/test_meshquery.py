@@ -231,6 +231,25 @@ def test_answers_do_not_depend_on_the_thread_count_or_the_query_order() -> None:
     assert 1 <= default_threads() <= 2
 
 
+def test_a_mesh_the_surface_area_heuristic_splits_one_triangle_at_a_time_stays_shallow() -> None:
+    # triangles of geometrically growing size and position: splits cut off a few of the largest at a time
+    count = 1000
+    x = 1.2 ** np.arange(count)
+    vertices = np.concatenate(
+        [np.stack([x, 0 * x, 0 * x], 1), np.stack([2 * x, 0 * x, 0 * x], 1), np.stack([x, x, 1 + 0 * x], 1)]
+    )
+    faces = np.stack([np.arange(count), count + np.arange(count), 2 * count + np.arange(count)], 1)
+    mesh = MeshQuery(vertices, faces)
+    assert mesh.depth <= 48 + int(np.ceil(np.log2(count)))  # halving past depth 48 (without: 89)
+    # near the first 300 (the brute force squares coordinates: the largest triangles would overflow it;
+    # those past the 400th are farther than 1e30 mm from these points)
+    points = np.stack([x[:300:15] * 1.3, x[:300:15] * 0.2, x[:300:15] * 0.1 - 2], 1)
+    near = faces[:400]
+    answer = mesh.closest(points)
+    np.testing.assert_allclose(answer.distances, brute_closest(vertices, near, points), rtol=1e-12)
+    assert (answer.triangles < 400).all()
+
+
 @pytest.mark.parametrize(
     ("vertices", "faces", "message"),
     [
