@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 
 from mesial.aligner.io import write_ply
 from mesial.aligner.occlusion import arch_frame
-from mesial.aligner.pipeline import AlignmentResult, result_document
+from mesial.aligner.pipeline import AlignmentResult, one_blas_thread, result_document
 from mesial.aligner.render import render_orthographic
 from mesial.aligner.transforms import transform_points
 
@@ -135,11 +135,14 @@ def _analysed(result: AlignmentResult) -> bool:
     return result.occlusion is not None and result.upper_to_bite is not None and result.lower_to_bite is not None
 
 
+@one_blas_thread
 def write_artifacts(result: AlignmentResult, out: str | Path) -> dict[str, Path]:
     """Write the PLYs and PNG views of an analysed case and ``report.html`` (after :func:`write_result`).
 
     The two arches are written on two threads (the ray casting and the compression
-    release the GIL).
+    release the GIL). BLAS runs on one thread, as in :func:`~mesial.aligner.pipeline.align_scans`:
+    its threads, spinning beside the ray casts' on 2 cores, made a small product (placing 130 000
+    vertices) cost up to 0.1 s at load 6-12; the outputs took 10 % more CPU, for the same files.
     """
     out = Path(out)
     document = json.loads((out / "result.json").read_text())

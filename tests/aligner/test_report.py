@@ -84,3 +84,25 @@ def test_the_view_casts_only_reachable_pixels_and_sees_what_every_ray_sees(small
         assert np.array_equal(~np.isnan(view.image), seen)
         assert np.allclose(view.image[seen], every.image[seen], rtol=0, atol=1e-9)
         assert np.allclose(view.shade[seen], every.shade[seen], rtol=0, atol=1e-9)
+
+
+def test_the_outputs_run_with_one_blas_thread(tmp_path, monkeypatch) -> None:
+    """As the stages do (pipeline.one_blas_thread): BLAS threads would spin beside the ray casts'."""
+    from threadpoolctl import threadpool_info
+
+    from mesial.aligner import report
+    from mesial.aligner.pipeline import AlignmentResult
+
+    result = AlignmentResult("not_confident", ("a reason",), {}, None, None, None, None, {"validate": 0.1})
+    report.write_result(result, tmp_path, "0")
+    seen: list[list[int]] = []
+    html = report._html
+
+    def recording(*args: object) -> str:
+        seen.append([pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"])
+        return html(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(report, "_html", recording)
+    paths = report.write_artifacts(result, tmp_path)
+    assert "<li>a reason</li>" in paths["report"].read_text()
+    assert seen and seen[0] and set(seen[0]) == {1}
