@@ -24,7 +24,7 @@ from mesial.aligner._meshquery import MeshQuery
 from mesial.aligner._sides import MeshSides
 from mesial.aligner._spread import SpreadGrid, corner_reach
 from mesial.aligner.params import AlignParams
-from mesial.aligner.transforms import cross_rows, exp_se3, invert, lengths, rotate_vectors, transform_points
+from mesial.aligner.transforms import exp_se3, invert, lengths, rotate_vectors, transform_points
 
 FloatArray = NDArray[np.float64]
 
@@ -605,25 +605,22 @@ def refine_joint(
             all_residuals.append(residual[use])
             weight = _tukey(residual[use], params.tukey_constant * sigma)
             rows = np.zeros((int(use.sum()), n_unknowns))
-            rows[:, 6 * k : 6 * k + 3] = cross_rows(x[use], normals[use])
-            rows[:, 6 * k + 3 : 6 * k + 6] = normals[use]
+            block = _plane_rows(x[use], closest[use], normals[use], on_lower[use], lower_pose is not None)
+            rows[:, 6 * k : 6 * k + 6] = block[:, :6]
             if lower_pose is not None:
-                low = on_lower[use]
-                rows[low, -6:-3] = -cross_rows(closest[use][low], normals[use][low])
-                rows[low, -3:] = -normals[use][low]
+                rows[:, -6:] = block[:, 6:]
             hessian += rows.T @ (rows * weight[:, None])
             gradient += rows.T @ (weight * residual[use])
         residuals = np.concatenate(all_residuals) if all_residuals else np.zeros(0)
         if len(residuals) < n_unknowns:
             break
-        hessian += 1e-9 * np.trace(hessian) / n_unknowns * np.eye(n_unknowns)
-        step = np.asarray(np.linalg.solve(hessian, -gradient), dtype=np.float64)
+        step = _damped_step(hessian, gradient)
         for k in range(len(poses)):
             poses[k] = exp_se3(step[6 * k : 6 * k + 6]) @ poses[k]
         if lower_pose is not None:
             lower_pose = exp_se3(step[-6:]) @ lower_pose
         sigma = _robust_sigma(residuals)
-        gate = max(params.fine_gate_floor_mm, min(gate, params.fine_gate_sigmas * sigma))
+        gate = float(_next_gate(gate, sigma, params))
         if lower_pose is not None:
             centres[-1] = centres[: len(poses)].mean(axis=0)
         motion = _motion(step, centres)
@@ -756,11 +753,7 @@ def refine_pairs(
         residual = np.einsum("ani,ani->an", x - closest, normals)
         use = np.isfinite(distance) & (np.abs(residual) < gate[active, None])
         weight = np.where(use, _tukey(residual, params.tukey_constant * sigma[active, None]), 0.0)
-        rows = np.zeros((*residual.shape, 12))
-        cross_last(x, normals, rows[..., 0:3])
-        rows[..., 3:6] = normals
-        rows[..., 6:9] = np.where(on_lower[..., None], -cross_last(closest, normals, np.empty_like(closest)), 0.0)
-        rows[..., 9:12] = np.where(on_lower[..., None], -normals, 0.0)
+        rows = _plane_rows(x, closest, normals, on_lower, True)
         transposed = rows.transpose(0, 2, 1)  # batched matrix products (BLAS), not einsum's loops
         hessian = transposed @ (rows * weight[..., None])
         gradient = (transposed @ (weight * residual)[..., None])[..., 0]
@@ -768,17 +761,45 @@ def refine_pairs(
         going = use.sum(axis=1) >= 12  # too few correspondences: that pair stops where it is
         pairs = active[going]
         hessian, gradient = hessian[going], gradient[going]
-        damped = hessian + (1e-9 * np.trace(hessian, axis1=1, axis2=2) / 12)[:, None, None] * np.eye(12)
-        step = np.linalg.solve(damped, -gradient[..., None])[..., 0]
+        step = _damped_step(hessian, gradient)
         bites[pairs] = exp_se3_many(step[:, :6]) @ bites[pairs]
         lowers[pairs] = exp_se3_many(step[:, 6:]) @ lowers[pairs]
         sigma[pairs] = _robust_sigma_rows(residual[going], use[going])
-        gate[pairs] = np.maximum(
-            params.fine_gate_floor_mm, np.minimum(gate[pairs], params.fine_gate_sigmas * sigma[pairs])
-        )
+        gate[pairs] = _next_gate(gate[pairs], sigma[pairs], params)
         centre = x[going].mean(axis=1)
         active = pairs[_motion_rows(step, centre) >= threshold_mm]
     return bites, lowers
+
+
+def _plane_rows(
+    x: FloatArray, closest: FloatArray, normals: FloatArray, on_lower: NDArray[np.bool_], lower: bool
+) -> FloatArray:
+    """Rows ``(..., 6)``, or ``(..., 12)`` with ``lower``, of the point-to-plane normal equations.
+
+    Bite points ``x (..., 3)`` (upper frame) matched to ``closest`` with ``normals``: the bite's
+    twist (``x × n``, ``n``), then the lower arch's (``-(c × n)``, ``-n`` where the match is on the
+    lower, 0 elsewhere). :func:`refine_joint` places each bite's block among its unknowns,
+    :func:`refine_pairs` takes them as they are.
+    """
+    rows = np.zeros((*x.shape[:-1], 12 if lower else 6))
+    cross_last(x, normals, rows[..., 0:3])
+    rows[..., 3:6] = normals
+    if lower:
+        rows[..., 6:9] = np.where(on_lower[..., None], -cross_last(closest, normals, np.empty_like(closest)), 0.0)
+        rows[..., 9:12] = np.where(on_lower[..., None], -normals, 0.0)
+    return rows
+
+
+def _damped_step(hessian: FloatArray, gradient: FloatArray) -> FloatArray:
+    """The Gauss-Newton step of normal equations ``(..., u, u)``, ``(..., u)``, damped by 1e-9 of the mean diagonal."""
+    size = hessian.shape[-1]
+    damped = hessian + (1e-9 * np.trace(hessian, axis1=-2, axis2=-1) / size)[..., None, None] * np.eye(size)
+    return np.asarray(np.linalg.solve(damped, -gradient[..., None])[..., 0], dtype=np.float64)
+
+
+def _next_gate(gate: FloatArray | float, sigma: FloatArray | float, params: AlignParams) -> FloatArray:
+    """The correspondence gate after an iteration: ``fine_gate_sigmas`` robust sigmas, never wider, at least the floor."""
+    return np.maximum(params.fine_gate_floor_mm, np.minimum(gate, params.fine_gate_sigmas * np.asarray(sigma)))
 
 
 def _robust_sigma_rows(residual: FloatArray, use: NDArray[np.bool_]) -> FloatArray:
