@@ -123,11 +123,11 @@ class _MeshIndex:
 
     @property
     def tree(self) -> Any:
-        """k-d tree of the vertices."""
+        """k-d tree of the vertices (:class:`._nearest.NearestTree`: SciPy's answers, compiled)."""
         if self._tree is None:
-            from mesial.aligner._kdtree import cKDTree
+            from mesial.aligner._nearest import NearestTree
 
-            self._tree = cKDTree(self.vertices, **KD_TREE)
+            self._tree = NearestTree(self.vertices)
         return self._tree
 
     @property
@@ -187,16 +187,20 @@ def raycasting_scene(vertices: FloatArray, faces: NDArray[np.int64]) -> MeshQuer
 
 
 KD_THREADS_FROM = 1_000_000
-# Sliding-midpoint splits, uncompacted nodes, 32 points a leaf: on 150 000-vertex arches a third
-# faster to build and 25-40 % faster to query (1.5 mm gate, 95 000 points: 0.10 -> 0.06 s) than
-# SciPy's defaults.
-KD_TREE: dict[str, Any] = {"leafsize": 32, "balanced_tree": False, "compact_nodes": False}
 
 
 def workers(n: int) -> int:
-    """k-d tree query threads: one below a million points (SciPy's Python threads cost more than they save
-    at these sizes, and far more on a loaded machine)."""
+    """k-d tree query threads for ``n`` points (-1: as many as the process may use, see :func:`query_threads`):
+    one below a million points (the ICP's many small queries gain nothing from threads)."""
     return -1 if n > KD_THREADS_FROM else 1
+
+
+def query_threads(threads: int) -> int:
+    """``threads`` for a :class:`._nearest.NearestTree` query: -1 (or any negative) is every CPU the process
+    may use, at most 2 (:func:`._meshquery.default_threads`)."""
+    from mesial.aligner._meshquery import default_threads
+
+    return default_threads() if threads < 0 else max(1, threads)
 
 
 class SurfaceTarget:
@@ -311,12 +315,12 @@ class SurfaceTarget:
     ) -> tuple[FloatArray, NDArray[np.int64]]:
         """Distance to the nearest vertex (inf beyond ``gate``) and its index (``len(vertices)`` there).
 
-        ``threads``: SciPy's query workers (default: :func:`workers`).
+        ``threads``: query threads (default: :func:`workers`; -1: see :func:`query_threads`).
         """
         distance, index = self._index.tree.query(
-            self._local(points), workers=threads or workers(len(points)), distance_upper_bound=gate
+            self._local(points), gate, query_threads(threads or workers(len(points)))
         )
-        return np.asarray(distance, dtype=np.float64), np.asarray(index, dtype=np.int64)
+        return distance, index
 
     def closest(self, points: FloatArray) -> tuple[FloatArray, FloatArray, NDArray[np.int64]]:
         """Closest surface points.
@@ -435,7 +439,7 @@ class SurfaceTarget:
         known = np.zeros(len(local), dtype=bool) if within_band is None else np.asarray(within_band, dtype=bool)
         candidates = np.flatnonzero((coarse < self.near_band_mm + bound) & ~known)
         # one query of ~100 000 points per arch: worth both cores (the ICP's many small ones are not)
-        vertex, index = self._index.tree.query(local[candidates], workers=-1, distance_upper_bound=self.near_band_mm)
+        vertex, index = self._index.tree.query(local[candidates], self.near_band_mm, query_threads(-1))
         found = np.isfinite(vertex)
         candidates, vertex, index = candidates[found], vertex[found], index[found]
         distance[candidates] = vertex

@@ -77,9 +77,13 @@ class NearestTree:
             self._library.nn_free(handle)
             self._handle = None
 
-    def query(self, points: Any, bound: float) -> tuple[FloatArray, NDArray[np.int64]]:
+    def query(self, points: Any, bound: float, threads: int = 1) -> tuple[FloatArray, NDArray[np.int64]]:
         """Distance (mm) to the nearest point strictly within ``bound`` (inf beyond) and its index
-        (``n`` there), for each of ``points (m, 3)``: ``cKDTree.query(points, distance_upper_bound=bound)``."""
+        (``n`` there), for each of ``points (m, 3)``: ``cKDTree.query(points, distance_upper_bound=bound)``.
+
+        ``threads`` > 1 splits a large query (``THREADS_FROM`` points or more) into that many parts,
+        each on a thread (the answers do not depend on the split).
+        """
         rows = np.ascontiguousarray(points, dtype=np.float64)
         if rows.ndim != 2 or rows.shape[1] != 3:
             raise ValueError(f"points must be (m, 3), got shape {rows.shape}")
@@ -87,10 +91,28 @@ class NearestTree:
             raise ValueError(f"bound must be a distance >= 0, got {bound}")
         distance = np.empty(len(rows))
         index = np.empty(len(rows), dtype=np.int64)
-        if len(rows):
-            if not np.isfinite(rows).all():
-                raise ValueError("points must be finite (NaN or infinite values given)")
+        if not len(rows):
+            return distance, index
+        if not np.isfinite(rows).all():
+            raise ValueError("points must be finite (NaN or infinite values given)")
+
+        def part(start: int, stop: int) -> None:
             self._library.nn_query(
-                self._handle, rows.ctypes.data, len(rows), float(bound), distance.ctypes.data, index.ctypes.data
-            )
+                self._handle, rows[start:].ctypes.data, stop - start, float(bound),
+                distance[start:].ctypes.data, index[start:].ctypes.data,
+            )  # fmt: skip
+
+        parts = max(1, min(int(threads), len(rows) // THREADS_FROM))
+        edges = [len(rows) * k // parts for k in range(parts + 1)]
+        helpers = [threading.Thread(target=part, args=(edges[k], edges[k + 1])) for k in range(1, parts)]
+        for helper in helpers:
+            helper.start()
+        part(edges[0], edges[1])
+        for helper in helpers:
+            helper.join()
         return distance, index
+
+
+# A query is split over threads only from this many points per thread (a thread costs more than it
+# saves below).
+THREADS_FROM = 20_000

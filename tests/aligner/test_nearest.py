@@ -51,3 +51,16 @@ def test_bad_input_is_refused() -> None:
         tree.query(np.zeros((4, 3)), -1.0)
     distance, index = tree.query(np.zeros((0, 3)), 1.0)
     assert distance.shape == (0,) and index.shape == (0,)
+
+
+def test_a_query_split_over_threads_answers_the_same() -> None:
+    from mesial.aligner import _nearest
+
+    rng = np.random.default_rng(4)
+    points = rng.normal(size=(3000, 3)) * 10.0
+    queries = rng.normal(size=(3 * _nearest.THREADS_FROM + 7, 3)) * 10.0
+    tree = NearestTree(points)
+    alone = tree.query(queries, 1.5)
+    for threads in (2, 3):
+        split = tree.query(queries, 1.5, threads)
+        assert np.array_equal(split[0], alone[0]) and np.array_equal(split[1], alone[1])
