@@ -181,11 +181,8 @@ def register_bite(
     candidates: list[tuple[float, FloatArray]] = []
     runners_up: list[tuple[FloatArray, FloatArray] | None] = []
     report("global", 0.0)
-    # the bites' searches are independent: one thread each (see _at_once; a single bite's two passes
-    # run on a thread each instead, see _global_one_bite)
-    per_bite = _at_once(
-        [partial(_global_one_bite, k, bite, solo, params, beside=len(bites) == 1) for k, bite in enumerate(bites)]
-    )
+    # the bites' searches are independent: one thread each (see _at_once)
+    per_bite = _at_once([partial(_global_one_bite, k, bite, solo, params) for k, bite in enumerate(bites)])
     for item, bite_pose, lower_pose, runner_up in per_bite:
         evidence.append(item)
         runners_up.append(runner_up)
@@ -481,7 +478,7 @@ def _arch_alone(thin: FloatArray, frame: ArchFrame, target: PlaneTarget, params:
 
 
 def _global_one_bite(
-    k: int, bite: Scan, solo: dict[str, _Alone], params: AlignParams, beside: bool = False
+    k: int, bite: Scan, solo: dict[str, _Alone], params: AlignParams
 ) -> tuple[BiteEvidence, FloatArray, FloatArray, tuple[FloatArray, FloatArray] | None]:
     """Best hypothesis for one bite scan: ``(evidence, bite_to_upper, lower_to_upper, runner_up)``.
 
@@ -490,8 +487,7 @@ def _global_one_bite(
     (:func:`_other_arch`), and the bite is placed again on the first arch from the points the other
     arch does not explain (:func:`_own_part`). Every pair gets a short joint ICP and is ranked by
     the share of bite points either arch explains. ``runner_up`` is the best hypothesis whose bite pose is distinct
-    from the best one, if any. ``beside``: the two passes (from the upper first, from the lower first)
-    run on a thread each (the same result).
+    from the best one, if any.
     """
     pick = voxel_representatives(bite.vertices, params.frame_voxel_mm)
     thin, thin_normals = bite.vertices[pick], bite.vertex_normals[pick]
@@ -500,98 +496,60 @@ def _global_one_bite(
     # the short ICPs run on fewer points (a coarser grid fixed to the bite itself)
     sparse = thin[invariant_representatives(thin, params.icp_voxel_mm)]
     tau = params.pair_distance_mm
-    search = partial(_search_pass, thin=thin, strip=strip, probe=probe, sparse=sparse, solo=solo, params=params)
-    # a single bite leaves the second core idle: the pass starting from the lower then runs beside
-    # the one starting from the upper, and is stopped (its hypotheses unused) when that one is decisive
-    stop = threading.Event()
-    ahead = _in_background(partial(search, "lower", "upper", stop=stop)) if beside else None
-    scored, tried = search("upper", "lower")
-    if scored and _decisive(scored, strip.centre, params):
-        # the bite placed on the upper first already stands out: no need to start from the lower
-        stop.set()
-        if ahead is not None:
-            ahead.result()
-    else:
-        more, count = ahead.result() if ahead is not None else search("lower", "upper")
-        scored, tried = scored + more, tried + count
+    coarse = {name: item.target for name, item in solo.items()}
+    scored: list[tuple[float, FloatArray, FloatArray]] = []
+    tried = 0
+    for first, then in (("upper", "lower"), ("lower", "upper")):
+        if scored and _decisive(scored, strip.centre, params):
+            break  # the bite placed on the upper first already stands out: no need to start from the lower
+        arch, other = solo[first], solo[then]
+        found = search_along(
+            probe, strip, arch.field, arch.path[0], arch.path[1], turns_deg=params.turns_deg,
+            heights_mm=params.heights_mm, offsets_mm=params.offsets_mm, tilts_deg=params.tilts_deg,
+            tau_mm=params.search_tau_mm, keep=300, coarse_probes=params.coarse_probes,
+            rescore_share=params.rescore_share,
+        )  # fmt: skip
+        poses = [candidate.bite_to_canonical for candidate in found]
+        keep: list[int] = []
+        for way in (1.0, -1.0):  # the best distinct poses of each way up
+            index = [i for i, candidate in enumerate(found) if candidate.sigma == way]
+            chosen = distinct([poses[i] for i in index], strip.centre, params.distinct_rotation_deg,
+                              params.distinct_translation_mm, params.bite_candidates // 2)  # fmt: skip
+            keep += [index[i] for i in chosen]
+        from_canonical = invert(arch.to_canonical)
+        refined = []
+        for pose in icp_many(sparse, arch.target, _starts(from_canonical, [poses[kept] for kept in keep]), GATES):
+            on_arch = _on_surface(arch.target, transform_points(sparse, pose), tau)
+            refined.append((float(on_arch.mean()), pose, on_arch))
+        tried += len(refined)
+        refined.sort(key=lambda item: -item[0])
+        pairs: list[tuple[FloatArray, FloatArray]] = []
+        for _, pose, _ in refined[: params.paired_candidates]:
+            # the residual from the 1 mm points: a one-sided bite may show little of the other arch
+            on_arch = _on_surface(arch.target, transform_points(thin, pose), tau)
+            for other_to_arch in _other_arch(thin[~on_arch], strip, pose, other, arch, params):
+                bite_pose, other_to_arch = _own_part(sparse, pose, other_to_arch, arch.target, other.target, tau)
+                if first == "upper":
+                    pairs.append((bite_pose, other_to_arch))
+                else:  # the upper found on the bite placed on the lower: bring both into the upper's file frame
+                    lower_pose = invert(other_to_arch)
+                    pairs.append((lower_pose @ bite_pose, lower_pose))
+        # every pair: a short joint ICP, then the share of the bite explained. On the 1 mm points: on the
+        # 1.6 mm ones the scores of close hypotheses came out of order, and a shuffled vertex order
+        # (other 1 mm points) turned a generated case not_confident
+        if pairs:
+            bite_poses, lower_poses = refine_pairs(
+                thin, coarse["upper"], coarse["lower"], np.array([bite for bite, _ in pairs]),
+                np.array([lower for _, lower in pairs]), params, max_distance_mm=1.0, max_iterations=8,
+                threshold_mm=params.plane_threshold_mm,
+            )  # fmt: skip
+            for bite_pose, lower_pose in zip(bite_poses, lower_poses, strict=True):
+                scored.append((_explained(thin, bite_pose, lower_pose, coarse, tau), bite_pose, lower_pose))
     if not scored:
         return BiteEvidence(k, 0.0, 0.0, 0.0, tried, 0, tau), np.eye(4), np.eye(4), None
     best_score, best_pose, best_lower, second, runner_up = _best_and_runner_up(scored, strip.centre, params)
     item = BiteEvidence(k, best_score, second, best_score - second, tried, len(scored), tau)
     return item, best_pose, best_lower, runner_up
-
-
-def _search_pass(
-    first: str,
-    then: str,
-    *,
-    thin: FloatArray,
-    strip: StripFrame,
-    probe: FloatArray,
-    sparse: FloatArray,
-    solo: dict[str, _Alone],
-    params: AlignParams,
-    stop: threading.Event | None = None,
-) -> tuple[list[tuple[float, FloatArray, FloatArray]], int]:
-    """One pass of :func:`_global_one_bite`: the bite placed on arch ``first``, then the other arch
-    from the points it leaves unexplained. Returns the scored hypotheses ``(share, bite_to_upper,
-    lower_to_upper)`` and how many bite poses were refined; nothing (``[], 0``) once ``stop`` is set."""
-    tau = params.pair_distance_mm
-    coarse = {name: item.target for name, item in solo.items()}
-    scored: list[tuple[float, FloatArray, FloatArray]] = []
-    tried = 0
-    arch, other = solo[first], solo[then]
-
-    def stopped() -> bool:
-        return stop is not None and stop.is_set()
-
-    found = search_along(
-        probe, strip, arch.field, arch.path[0], arch.path[1], turns_deg=params.turns_deg,
-        heights_mm=params.heights_mm, offsets_mm=params.offsets_mm, tilts_deg=params.tilts_deg,
-        tau_mm=params.search_tau_mm, keep=300, coarse_probes=params.coarse_probes,
-        rescore_share=params.rescore_share,
-    )  # fmt: skip
-    poses = [candidate.bite_to_canonical for candidate in found]
-    keep: list[int] = []
-    for way in (1.0, -1.0):  # the best distinct poses of each way up
-        index = [i for i, candidate in enumerate(found) if candidate.sigma == way]
-        chosen = distinct([poses[i] for i in index], strip.centre, params.distinct_rotation_deg,
-                          params.distinct_translation_mm, params.bite_candidates // 2)  # fmt: skip
-        keep += [index[i] for i in chosen]
-    if stopped():
-        return [], 0
-    from_canonical = invert(arch.to_canonical)
-    refined = []
-    for pose in icp_many(sparse, arch.target, _starts(from_canonical, [poses[kept] for kept in keep]), GATES):
-        on_arch = _on_surface(arch.target, transform_points(sparse, pose), tau)
-        refined.append((float(on_arch.mean()), pose, on_arch))
-    tried += len(refined)
-    refined.sort(key=lambda item: -item[0])
-    pairs: list[tuple[FloatArray, FloatArray]] = []
-    for _, pose, _ in refined[: params.paired_candidates]:
-        if stopped():
-            return [], 0
-        # the residual from the 1 mm points: a one-sided bite may show little of the other arch
-        on_arch = _on_surface(arch.target, transform_points(thin, pose), tau)
-        for other_to_arch in _other_arch(thin[~on_arch], strip, pose, other, arch, params):
-            bite_pose, other_to_arch = _own_part(sparse, pose, other_to_arch, arch.target, other.target, tau)
-            if first == "upper":
-                pairs.append((bite_pose, other_to_arch))
-            else:  # the upper found on the bite placed on the lower: bring both into the upper's file frame
-                lower_pose = invert(other_to_arch)
-                pairs.append((lower_pose @ bite_pose, lower_pose))
-    # every pair: a short joint ICP, then the share of the bite explained. On the 1 mm points: on the
-    # 1.6 mm ones the scores of close hypotheses came out of order, and a shuffled vertex order
-    # (other 1 mm points) turned a generated case not_confident
-    if pairs and not stopped():
-        bite_poses, lower_poses = refine_pairs(
-            thin, coarse["upper"], coarse["lower"], np.array([bite for bite, _ in pairs]),
-            np.array([lower for _, lower in pairs]), params, max_distance_mm=1.0, max_iterations=8,
-            threshold_mm=params.plane_threshold_mm,
-        )  # fmt: skip
-        for bite_pose, lower_pose in zip(bite_poses, lower_poses, strict=True):
-            scored.append((_explained(thin, bite_pose, lower_pose, coarse, tau), bite_pose, lower_pose))
-    return scored, tried
 
 
 # The short ICPs of the global step: three iterations at each of these gates (mm).
