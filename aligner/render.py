@@ -1,12 +1,13 @@
-"""Ray-cast images of a mesh coloured by a per-vertex scalar (no screen, no GPU)."""
+"""Orthographic images of a mesh coloured by a per-vertex scalar (no screen, no GPU)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+from mesial.aligner._raster import rasterise
 
 FloatArray = NDArray[np.float64]
 
@@ -18,9 +19,9 @@ class View:
     Attributes
     ----------
     image : (h, w) float
-        Interpolated scalar per pixel (NaN where the ray misses).
+        Interpolated scalar per pixel (NaN where no surface is seen).
     shade : (h, w) float
-        Lambert shading in [0, 1] (NaN where the ray misses).
+        Lambert shading in [0, 1] (NaN where no surface is seen).
     extent : (4,) float
         ``(left, right, bottom, top)`` in millimetres in the image plane.
     """
@@ -39,14 +40,12 @@ def render_orthographic(
     *,
     pixel_mm: float = 0.1,
     max_pixels: int = 900,
-    scene: Any = None,
-    pose: FloatArray | None = None,
-    reach_mm: float | None = None,
 ) -> View:
-    """Ray-cast an orthographic image of a mesh looking along ``view_dir``.
+    """An orthographic image of a mesh looking along ``view_dir``.
 
-    Only the pixels a triangle can cover are cast: those within ``reach_mm`` of a vertex's
-    pixel (about 40 % of an occlusal view's box; the others are misses all the same).
+    Each pixel sees what a ray from its centre along ``view_dir`` would hit first: the nearest
+    triangle whose projection holds the centre, found by the aligner's z-buffer
+    (:func:`~mesial.aligner._raster.rasterise`, each triangle visiting only the pixels of its box).
 
     Parameters
     ----------
@@ -62,13 +61,6 @@ def render_orthographic(
         Pixel size, mm (raised if the image would exceed ``max_pixels``).
     max_pixels : int
         Largest width or height.
-    scene : MeshQuery, optional
-        Of these triangles in their own frame, when the caller has one (its BVH is reused).
-    pose : (4, 4) float, optional
-        Places the scene's triangles at ``vertices`` (``vertices = pose @ own``).
-    reach_mm : float, optional
-        The farthest a point of a triangle lies from its nearest corner (at most the longest
-        edge / sqrt 3), when the caller knows it; computed from the edges otherwise.
 
     Returns
     -------
@@ -79,79 +71,24 @@ def render_orthographic(
     up = np.asarray(up_dir, dtype=np.float64) - forward * float(np.dot(up_dir, forward))
     up /= np.linalg.norm(up)
     right = np.cross(forward, up)
-    u, w, depth = vertices @ right, vertices @ up, vertices @ forward
+    seen_from = np.asarray(vertices, dtype=np.float64) @ np.column_stack([right, up, forward])  # (u, w, depth)
+    u, w = seen_from[:, 0], seen_from[:, 1]
     margin = 1.0
     left, top = u.min() - margin, w.max() + margin
     width_mm, height_mm = np.ptp(u) + 2 * margin, np.ptp(w) + 2 * margin
     pixel_mm = max(pixel_mm, max(width_mm, height_mm) / max_pixels)
     cols, rows = int(np.ceil(width_mm / pixel_mm)), int(np.ceil(height_mm / pixel_mm))
-    light = -forward + 0.5 * up
-    light /= np.linalg.norm(light)
-    # pixel (row i, column j) looks along forward from corner + i * step_down + j * step_right
-    corner = (left + 0.5 * pixel_mm) * right + (top - 0.5 * pixel_mm) * up + (depth.min() - 5.0) * forward
-    step_right, step_down = pixel_mm * right, -pixel_mm * up
-    rotation = np.eye(3)
-    if scene is None:
-        from mesial.aligner._meshquery import MeshQuery
-
-        scene = MeshQuery(vertices, faces)
-    elif pose is not None:  # the rays into the scene's own frame: three vectors and a point, not every ray
-        rotation = np.asarray(pose, dtype=np.float64)[:3, :3]
-        corner = (corner - pose[:3, 3]) @ rotation
-        step_right, step_down, forward = step_right @ rotation, step_down @ rotation, forward @ rotation
-    if reach_mm is None:
-        reach_mm = _longest_edge(vertices, faces) / float(np.sqrt(3.0))
-    # a ray hits a triangle inside its projection, within reach_mm of a corner's projection, so within
-    # reach_mm / pixel_mm + 1 pixels (a pixel's centre and the corner's half a pixel each) of that corner's pixel
-    pixels = np.flatnonzero(_near_vertices(left, top, pixel_mm, rows, cols, u, w, reach_mm / pixel_mm + 1.0))
-    row, col = np.divmod(pixels, cols)
-    origins = corner + row[:, None].astype(np.float64) * step_down + col[:, None].astype(np.float64) * step_right
-    hit = scene.cast(origins, np.broadcast_to(forward, (len(pixels), 3)))
-    found = np.isfinite(hit.t)
-    ok = pixels[found]
-    tri = hit.triangles[found]
-    uv = hit.uv[found]
-    at = np.take(values, np.take(faces, tri, axis=0))  # the scalar at the corners of each triangle hit
+    # pixel (row i, column j) sees along forward from (left + (j + 0.5) pixel_mm, top - (i + 0.5) pixel_mm)
+    hit = rasterise(seen_from, faces, left=float(left), top=float(top), pixel_mm=pixel_mm, rows=rows, cols=cols)
+    ok = np.flatnonzero(hit.triangles >= 0)
+    tri = hit.triangles[ok]
+    uv = hit.uv[ok]
+    at = np.take(values, np.take(faces, tri, axis=0))  # the scalar at the corners of each triangle seen
     interpolated = at[:, 0] * (1 - uv[:, 0] - uv[:, 1]) + at[:, 1] * uv[:, 0] + at[:, 2] * uv[:, 1]
-    # the normals stay in the scene's frame: the light goes there instead
-    normals = hit.normals[found]
+    light = np.array([0.0, 0.5, -1.0]) / np.sqrt(1.25)  # -forward + 0.5 up, in the view's frame as the normals
     image = np.full(rows * cols, np.nan)
     shade = np.full(rows * cols, np.nan)
     image[ok] = interpolated
-    shade[ok] = 0.35 + 0.65 * np.abs(normals @ (light @ rotation))
+    shade[ok] = 0.35 + 0.65 * np.abs(hit.normals[ok] @ light)
     extent = (float(left), float(left + cols * pixel_mm), float(top - rows * pixel_mm), float(top))
     return View(image.reshape(rows, cols), shade.reshape(rows, cols), extent)
-
-
-def _longest_edge(vertices: FloatArray, faces: NDArray[np.int64]) -> float:
-    """The longest edge (mm) of the triangles."""
-    columns = np.ascontiguousarray(np.asarray(vertices, dtype=np.float64).T)  # a coordinate at a time
-    longest = 0.0
-    for i in range(3):
-        start, end = faces[:, i], faces[:, (i + 1) % 3]
-        squared = sum((column.take(start) - column.take(end)) ** 2 for column in columns)
-        longest = max(longest, float(np.max(squared, initial=0.0)))
-    return float(np.sqrt(longest))
-
-
-def _near_vertices(
-    left: float, top: float, pixel_mm: float, rows: int, cols: int, u: FloatArray, w: FloatArray, radius: float
-) -> NDArray[np.bool_]:
-    """``(rows * cols,)``: the pixels within ``radius`` pixels (along each axis) of a pixel holding a vertex
-    at image-plane coordinates ``(u, w)`` (mm; column ``(u - left) / pixel_mm``, row ``(top - w) / pixel_mm``)."""
-    col = np.clip(np.floor((u - left) / pixel_mm), 0, cols - 1).astype(np.int64)
-    row = np.clip(np.floor((top - w) / pixel_mm), 0, rows - 1).astype(np.int64)
-    marked = np.zeros((rows, cols), dtype=bool)
-    marked[row, col] = True
-    reach = int(np.ceil(radius))
-    for axis in (0, 1):  # a square of side 2 reach + 1 around every marked pixel: a window sum along each axis
-        size = marked.shape[axis]
-        counts = np.cumsum(marked, axis=axis, dtype=np.int32)
-        total = np.take(counts, np.minimum(np.arange(size) + reach, size - 1), axis=axis)
-        below = np.arange(size) - reach - 1
-        before = np.take(counts, np.maximum(below, 0), axis=axis)
-        shape = [1, 1]
-        shape[axis] = size
-        before = np.where((below >= 0).reshape(shape), before, 0)
-        marked = (total - before) > 0
-    return marked.ravel()

@@ -2,7 +2,7 @@
 
 ``result.json`` (the verdict) is written before anything else, atomically, so a reader
 that sees it sees it whole and never waits for the pictures. The pictures need no
-plotting library: the ray-cast image is coloured by :data:`COLOUR_STOPS` and encoded by
+plotting library: the rendered image (:mod:`~mesial.aligner.render`) is coloured by :data:`COLOUR_STOPS` and encoded by
 :func:`png_bytes` (zlib); the HTML report carries the title, the scale and the colour
 legend around them.
 """
@@ -76,17 +76,13 @@ def occlusal_view_png(
     view: FloatArray,
     up: FloatArray,
     title: str,
-    *,
-    scene: Any = None,
-    pose: FloatArray | None = None,
-    reach_mm: float | None = None,
 ) -> tuple[bytes, float]:
     """PNG bytes of an orthographic occlusal view coloured by distance, with a colour bar; and its pixel size (mm).
 
     White where no surface is seen; shaded by the surface's slope; the colour bar at the
     right runs from :data:`COLOUR_RANGE_MM`'s high end (top) to its low end (bottom).
     """
-    image = render_orthographic(vertices, faces, distance, view, up, scene=scene, pose=pose, reach_mm=reach_mm)
+    image = render_orthographic(vertices, faces, distance, view, up)
     seen = ~np.isnan(image.image)
     height, width = image.image.shape
     low, high = COLOUR_RANGE_MM
@@ -139,10 +135,10 @@ def _analysed(result: AlignmentResult) -> bool:
 def write_artifacts(result: AlignmentResult, out: str | Path) -> dict[str, Path]:
     """Write the PLYs and PNG views of an analysed case and ``report.html`` (after :func:`write_result`).
 
-    The two arches are written on two threads (the ray casting and the compression
-    release the GIL). BLAS runs on one thread, as in :func:`~mesial.aligner.pipeline.align_scans`:
-    its threads, spinning beside the ray casts' on 2 cores, made a small product (placing 130 000
-    vertices) cost up to 0.1 s at load 6-12; the outputs took 10 % more CPU, for the same files.
+    The two arches are written on two threads (the rendering and the compression release
+    the GIL). BLAS runs on one thread, as in :func:`~mesial.aligner.pipeline.align_scans`:
+    its threads, spinning beside the views' ray casts (as they were) on 2 cores, made a small
+    product (placing 130 000 vertices) cost up to 0.1 s at load 6-12; the outputs took 10 % more CPU, for the same files.
     """
     out = Path(out)
     document = json.loads((out / "result.json").read_text())
@@ -155,7 +151,6 @@ def write_artifacts(result: AlignmentResult, out: str | Path) -> dict[str, Path]
             "lower": transform_points(result.scans["lower"].vertices, result.lower_to_bite),
         }
         frame = occ.frame or arch_frame(placed["upper"], placed["lower"])  # (analyse's: not computed again)
-        poses = {"upper": result.upper_to_bite, "lower": result.lower_to_bite}
 
         def one(arch: str) -> tuple[bytes, float]:
             distance = occ.after[arch].distance
@@ -166,12 +161,7 @@ def write_artifacts(result: AlignmentResult, out: str | Path) -> dict[str, Path]
             )  # fmt: skip
             look = frame.superior if arch == "upper" else -frame.superior  # look at the occlusal surface
             title = f"{arch} arch, occlusal view"
-            scan = result.scans[arch]  # its ray-casting scene (built in validation) seen through its pose
-            reach = scan.surface().longest_edge / float(np.sqrt(3.0))  # (measured in the occlusal analysis)
-            png = occlusal_view_png(
-                placed[arch], faces, distance, look, frame.anterior, title, scene=scan.scene(), pose=poses[arch],
-                reach_mm=reach,
-            )  # fmt: skip
+            png = occlusal_view_png(placed[arch], faces, distance, look, frame.anterior, title)
             (out / f"{arch}_occlusal.png").write_bytes(png[0])
             return png
 

@@ -49,43 +49,6 @@ def test_distance_colours_follow_the_stops_and_clip() -> None:
     ]
 
 
-def test_the_view_casts_only_reachable_pixels_and_sees_what_every_ray_sees(small_case, monkeypatch) -> None:
-    """The pixels farther than a triangle's reach from every vertex are not cast: the same view as
-    casting every pixel (hits, values, shading), with and without the caller's reach, posed or not."""
-    from mesial.aligner import render
-    from mesial.aligner.transforms import transform_points
-    from mesial.aligner.validate import scan_from_arrays
-
-    arch = scan_from_arrays(small_case.upper.vertices, small_case.upper.faces, "upper")
-    pose = small_case.truth["upper"]
-    placed = transform_points(arch.vertices, pose)
-    values = np.random.default_rng(2).uniform(-0.2, 1.0, len(placed))
-    look, up = np.array([0.3, -0.2, 1.0]), np.array([0.0, 1.0, 0.0])
-    reach = arch.surface().longest_edge / np.sqrt(3.0)
-    views = [
-        render.render_orthographic(placed, arch.faces, values, look, up, scene=arch.scene(), pose=pose),
-        render.render_orthographic(placed, arch.faces, values, look, up, reach_mm=reach),
-    ]
-    cast: list[np.ndarray] = []
-    real_mask = render._near_vertices
-
-    def spy(*args: object) -> np.ndarray:
-        cast.append(real_mask(*args))  # type: ignore[arg-type]
-        return cast[-1]
-
-    monkeypatch.setattr(render, "_near_vertices", spy)
-    render.render_orthographic(placed, arch.faces, values, look, up)
-    monkeypatch.setattr(render, "_near_vertices", lambda *args: np.ones(args[3] * args[4], dtype=bool))
-    every = render.render_orthographic(placed, arch.faces, values, look, up)
-    seen = ~np.isnan(every.image)
-    assert 0.2 < seen.mean() < 0.8 and cast[0].mean() < 0.9  # a U: many pixels see nothing, most are not cast
-    for view in views:
-        assert view.extent == every.extent
-        assert np.array_equal(~np.isnan(view.image), seen)
-        assert np.allclose(view.image[seen], every.image[seen], rtol=0, atol=1e-9)
-        assert np.allclose(view.shade[seen], every.shade[seen], rtol=0, atol=1e-9)
-
-
 def test_the_outputs_run_with_one_blas_thread(tmp_path, monkeypatch) -> None:
     """As the stages do (pipeline.one_blas_thread): BLAS threads would spin beside the ray casts'."""
     from threadpoolctl import threadpool_info
