@@ -7,7 +7,7 @@ the GIL for the length of each call, and each call splits its queries over ``thr
 POSIX threads: two Python threads querying two arches run on both cores.
 
 It replaces Open3D's ``RaycastingScene`` in ``mesial align`` (the fine step, the occlusal
-analysis, validation's orientation check and the rendered views): loading Open3D's compiled
+analysis, validation's orientation check; the rendered views were ray-cast too before ``_raster``): loading Open3D's compiled
 core cost 0.4-0.6 s of every process, and its closest-point queries (float32, about 3 µs
 a point) hold the GIL. docs/aligner.md ("Mesh queries") has the measurements.
 """

@@ -138,7 +138,8 @@ def write_artifacts(result: AlignmentResult, out: str | Path) -> dict[str, Path]
     The two arches are written on two threads (the rendering and the compression release
     the GIL). BLAS runs on one thread, as in :func:`~mesial.aligner.pipeline.align_scans`:
     its threads, spinning beside the views' ray casts (as they were) on 2 cores, made a small
-    product (placing 130 000 vertices) cost up to 0.1 s at load 6-12; the outputs took 10 % more CPU, for the same files.
+    product (placing 130 000 vertices) cost up to 0.1 s at load 6-12; the outputs took 10 % more
+    CPU, for the same files.
     """
     out = Path(out)
     document = json.loads((out / "result.json").read_text())

@@ -83,7 +83,7 @@ class Scan:
 
     def scene(self) -> Any:
         """Ray-casting and closest-point BVH of this scan in its own frame (:class:`._meshquery.MeshQuery`;
-        one, shared by validation, the closest-point queries and the rendered views: built once)."""
+        one, shared by validation and the closest-point queries: built once)."""
         return self.surface().scene
 
     @property
