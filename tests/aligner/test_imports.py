@@ -19,7 +19,7 @@ from mesial.aligner.samples import SampleCase
 # second mesh library, the web and database stacks.
 NEVER = ("matplotlib", "trimesh", "open3d.visualization", "open3d.ml", "dash", "plotly", "starlette", "tortoise")
 # SciPy: none in a case (the k-d trees, distance fields and patch counts are the aligner's own); these
-# parts of it would be the heaviest (_kdtree.py, which the benchmarks use, skips them too).
+# parts of it would be the heaviest.
 UNUSED_SCIPY = (
     "scipy.ndimage",
     "scipy.sparse",

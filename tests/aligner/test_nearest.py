@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.spatial import cKDTree
 
-from mesial.aligner._kdtree import cKDTree
 from mesial.aligner._nearest import NearestTree
 
 
