@@ -380,6 +380,20 @@ typedef struct {
     double key; /* squared box distance (closest points) or entry parameter (rays) */
 } Entry;
 
+/* Both children of an inner node whose key (a distance or a ray's entry) is below best, the
+   nearer on top of the stack so that it is searched first. */
+static inline void push_children(Entry *stack, int *top, int32_t left, double key_left, double key_right,
+                                 double best) {
+    int32_t right = left + 1;
+    if (key_left <= key_right) {
+        if (key_right < best) stack[(*top)++] = (Entry){right, key_right};
+        if (key_left < best) stack[(*top)++] = (Entry){left, key_left};
+    } else {
+        if (key_left < best) stack[(*top)++] = (Entry){left, key_left};
+        if (key_right < best) stack[(*top)++] = (Entry){right, key_right};
+    }
+}
+
 static void closest_one(const Mesh *mesh, Entry *stack, const double *p, double *point, int64_t *triangle,
                         double *uv, double *normal, double *distance) {
     double best = INFINITY, bu = 0, bv = 0;
@@ -402,15 +416,9 @@ static void closest_one(const Mesh *mesh, Entry *stack, const double *p, double 
             }
             continue;
         }
-        int32_t left = node->start, right = left + 1;
-        double dl = box_distance2(&mesh->nodes[left], p), dr = box_distance2(&mesh->nodes[right], p);
-        if (dl <= dr) { /* the nearer child on top of the stack */
-            if (dr < best) stack[top++] = (Entry){right, dr};
-            if (dl < best) stack[top++] = (Entry){left, dl};
-        } else {
-            if (dl < best) stack[top++] = (Entry){left, dl};
-            if (dr < best) stack[top++] = (Entry){right, dr};
-        }
+        int32_t left = node->start;
+        push_children(stack, &top, left, box_distance2(&mesh->nodes[left], p), box_distance2(&mesh->nodes[left + 1], p),
+                      best);
     }
     if (best_index < 0) { /* only when the distances overflow (coordinates near 1e154) */
         point[0] = point[1] = point[2] = NAN;
@@ -498,15 +506,9 @@ static void cast_one(const Mesh *mesh, Entry *stack, const double *o, const doub
             }
             continue;
         }
-        int32_t left = node->start, right = left + 1;
-        double tl = box_entry(&mesh->nodes[left], o, inv, best), tr = box_entry(&mesh->nodes[right], o, inv, best);
-        if (tl <= tr) {
-            if (tr < best) stack[top++] = (Entry){right, tr};
-            if (tl < best) stack[top++] = (Entry){left, tl};
-        } else {
-            if (tl < best) stack[top++] = (Entry){left, tl};
-            if (tr < best) stack[top++] = (Entry){right, tr};
-        }
+        int32_t left = node->start;
+        push_children(stack, &top, left, box_entry(&mesh->nodes[left], o, inv, best),
+                      box_entry(&mesh->nodes[left + 1], o, inv, best), best);
     }
     if (best_index < 0) {
         *t_out = INFINITY;

@@ -83,6 +83,15 @@ def _open() -> Any:
     library.mq_closest.restype = c_int
     library.mq_cast.argtypes = [pointer, pointer, pointer, i64, c_int, pointer, pointer, pointer, pointer]
     library.mq_cast.restype = c_int
+    real = ctypes.c_double
+    library.mq_raster.argtypes = [pointer, i64, pointer, i64, real, real, real, i64, i64, *[pointer] * 4]
+    library.mq_raster.restype = c_int
+    library.nn_build.argtypes = [pointer, i64, ctypes.POINTER(ctypes.c_void_p)]
+    library.nn_build.restype = c_int
+    library.nn_free.argtypes = [pointer]
+    library.nn_free.restype = None
+    library.nn_query.argtypes = [pointer, pointer, i64, real, pointer, pointer]
+    library.nn_query.restype = c_int
     return library
 
 
@@ -100,6 +109,16 @@ def _rows(array: Any, name: str, width: int = 3) -> FloatArray:
     if not np.isfinite(rows).all():
         raise ValueError(f"{name} must be finite (NaN or infinite values given)")
     return rows
+
+
+def _faces(faces: Any) -> NDArray[np.int64]:
+    """``faces`` as C-ordered int64 rows ``(m, 3)`` of an integer array, or a ValueError (indices are checked in C)."""
+    faces_array = np.asarray(faces)
+    if faces_array.ndim != 2 or faces_array.shape[1] != 3:
+        raise ValueError(f"faces must be (m, 3), got shape {faces_array.shape}")
+    if faces_array.size and not np.issubdtype(faces_array.dtype, np.integer):
+        raise ValueError(f"faces must hold integer vertex indices, got {faces_array.dtype}")
+    return np.ascontiguousarray(faces_array, dtype=np.int64)
 
 
 def _address(array: NDArray[Any]) -> int:
@@ -181,14 +200,9 @@ class MeshQuery:
     def __init__(self, vertices: Any, faces: Any, *, threads: int | None = None) -> None:
         library = _load()
         points = _rows(vertices, "vertices")
-        faces_array = np.asarray(faces)
-        if faces_array.ndim != 2 or faces_array.shape[1] != 3:
-            raise ValueError(f"faces must be (m, 3), got shape {faces_array.shape}")
-        if faces_array.size and not np.issubdtype(faces_array.dtype, np.integer):
-            raise ValueError(f"faces must hold integer vertex indices, got {faces_array.dtype}")
-        if len(faces_array) == 0:
+        triangles = _faces(faces)
+        if len(triangles) == 0:
             raise ValueError("a mesh needs at least one triangle (faces is empty)")
-        triangles = np.ascontiguousarray(faces_array, dtype=np.int64)
         handle = ctypes.c_void_p()
         _check(
             library.mq_build(_address(points), len(points), _address(triangles), len(triangles), ctypes.byref(handle))

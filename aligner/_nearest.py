@@ -23,26 +23,6 @@ from mesial.aligner._meshquery import _load
 
 FloatArray = NDArray[np.float64]
 
-_declared = threading.Lock()
-_library: Any = None
-
-
-def _nearest_library() -> Any:
-    global _library
-    if _library is None:
-        with _declared:
-            if _library is None:
-                library = _load()
-                pointer, i64 = ctypes.c_void_p, ctypes.c_int64
-                library.nn_build.argtypes = [pointer, i64, ctypes.POINTER(ctypes.c_void_p)]
-                library.nn_build.restype = ctypes.c_int
-                library.nn_free.argtypes = [pointer]
-                library.nn_free.restype = None
-                library.nn_query.argtypes = [pointer, pointer, i64, ctypes.c_double, pointer, pointer]
-                library.nn_query.restype = ctypes.c_int
-                _library = library
-    return _library
-
 
 class NearestTree:
     """Points ``(n, 3)`` (mm, finite, at least one) for nearest-point queries within a bound.
@@ -55,7 +35,7 @@ class NearestTree:
     """
 
     def __init__(self, points: Any) -> None:
-        library = _nearest_library()
+        library = _load()
         rows = np.ascontiguousarray(points, dtype=np.float64)
         if rows.ndim != 2 or rows.shape[1] != 3 or len(rows) == 0:
             raise ValueError(f"points must be (n, 3) with n >= 1, got shape {rows.shape}")

@@ -12,34 +12,15 @@ during the call).
 
 from __future__ import annotations
 
-import ctypes
-import threading
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from mesial.aligner._meshquery import _check, _load, _rows
+from mesial.aligner._meshquery import _check, _faces, _load, _rows
 
 FloatArray = NDArray[np.float64]
-
-_declared = threading.Lock()
-_library: Any = None
-
-
-def _raster_library() -> Any:
-    global _library
-    if _library is None:
-        with _declared:
-            if _library is None:
-                library = _load()
-                pointer, i64, real = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
-                library.mq_raster.argtypes = [pointer, i64, pointer, i64, real, real, real, i64, i64]
-                library.mq_raster.argtypes += [pointer, pointer, pointer, pointer]
-                library.mq_raster.restype = ctypes.c_int
-                _library = library
-    return _library
 
 
 @dataclass(frozen=True)
@@ -93,14 +74,9 @@ def rasterise(points: Any, faces: Any, *, left: float, top: float, pixel_mm: flo
     ValueError
         Wrong shapes, a non-finite coordinate, an index out of range, a bad pixel size or image size.
     """
-    library = _raster_library()
+    library = _load()
     vertices = _rows(points, "points")
-    faces_array = np.asarray(faces)
-    if faces_array.ndim != 2 or faces_array.shape[1] != 3:
-        raise ValueError(f"faces must be (m, 3), got shape {faces_array.shape}")
-    if faces_array.size and not np.issubdtype(faces_array.dtype, np.integer):
-        raise ValueError(f"faces must hold integer vertex indices, got {faces_array.dtype}")
-    triangles = np.ascontiguousarray(faces_array, dtype=np.int64)
+    triangles = _faces(faces)
     if not (np.isfinite(pixel_mm) and pixel_mm > 0):
         raise ValueError(f"pixel_mm must be positive and finite, got {pixel_mm!r}")
     if not (np.isfinite(left) and np.isfinite(top)):

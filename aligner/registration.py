@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from mesial.aligner._anatomy import ArchFrame, arch_frame, buccal_outline
+from mesial.aligner._anatomy import arch_frame, buccal_outline
 from mesial.aligner._coarse import StripFrame, convex_side, distinct, icp, icp_many, search_along, strip_frame
 from mesial.aligner._features import invariant_representatives, spread_points, voxel_representatives
 from mesial.aligner._field import DistanceField
@@ -153,17 +153,10 @@ def register_bite(
     arch_scans = {"upper": upper, "lower": lower}
     fine = {name: scan.surface() for name, scan in arch_scans.items()}
     # the k-d trees of the arches' vertices (the fine step's nearest-vertex planes and the exact
-    # matching's gate) are built on a thread meanwhile: SciPy builds them without the GIL
+    # matching's gate) are built on a thread meanwhile: the kernel builds them without the GIL
     trees = _in_background(partial(_build_trees, fine, upper.vertices[:1]))
-    solo: dict[str, _Alone] = {}
-    for name, scan in arch_scans.items():
-        pick = voxel_representatives(scan.vertices, params.frame_voxel_mm)
-        frame = arch_frame(scan.vertices[pick], scan.vertex_normals[pick], scan.vertices, scan.faces)
-        thin = scan.vertices[pick]
-        pick = voxel_representatives(scan.vertices, params.coarse_voxel_mm)
-        coarse = PlaneTarget(scan.vertices[pick], scan.vertex_normals[pick], params.coarse_voxel_mm)
-        # each arch alone in its canonical frame: search field and buccal outline (no pose assumed between them)
-        solo[name] = _arch_alone(thin, frame, coarse, params)
+    # each arch alone in its canonical frame: search field and buccal outline (no pose assumed between them)
+    solo = {name: _arch_alone(scan, params) for name, scan in arch_scans.items()}
     if len(bites) == 1:
         fine_voxel = params.one_bite_fine_voxel_mm
     else:  # the same number of fine points in all: each of n bites thinned sqrt(n) times coarser
@@ -463,9 +456,15 @@ class _Alone:
     target: PlaneTarget
 
 
-def _arch_alone(thin: FloatArray, frame: ArchFrame, target: PlaneTarget, params: AlignParams) -> _Alone:
-    """One arch from its vertices thinned to ``frame_voxel_mm`` (``(n, 3)``, mm, file frame), its frame and target."""
-    points = transform_points(thin, frame.to_canonical)
+def _arch_alone(scan: Scan, params: AlignParams) -> _Alone:
+    """One arch on its own: its canonical frame (from its vertices thinned to ``frame_voxel_mm``), the
+    search field and buccal outline of those points there, and its vertices thinned to
+    ``coarse_voxel_mm`` as the short ICPs' target (file frame)."""
+    pick = voxel_representatives(scan.vertices, params.frame_voxel_mm)
+    frame = arch_frame(scan.vertices[pick], scan.vertex_normals[pick], scan.vertices, scan.faces)
+    points = transform_points(scan.vertices[pick], frame.to_canonical)
+    pick = voxel_representatives(scan.vertices, params.coarse_voxel_mm)
+    target = PlaneTarget(scan.vertices[pick], scan.vertex_normals[pick], params.coarse_voxel_mm)
     # a band of 5 mm about the occlusal table: a curve of Spee or a tilted frame leaves the molars
     # outside 3 mm (the upper's outline stopped at the canines on 7 of 40 train pairs)
     return _Alone(

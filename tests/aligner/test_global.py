@@ -7,11 +7,22 @@ import pytest
 
 from mesial.aligner._anatomy import FLIP, arch_frame
 from mesial.aligner._features import voxel_representatives
+from mesial.aligner._icp import PlaneTarget
 from mesial.aligner.pipeline import align_scans
 from mesial.aligner.registration import relative_error
 from mesial.aligner.samples import SampleCase, generate_case
 from mesial.aligner.transforms import invert, rotation_angle_deg
 from mesial.aligner.validate import scan_from_arrays
+
+
+def _coarse_targets(case: SampleCase) -> dict[str, PlaneTarget]:
+    """Each arch's vertices thinned to 0.5 mm (``coarse_voxel_mm``) as the short ICPs' target."""
+    targets = {}
+    for name, mesh in (("upper", case.upper), ("lower", case.lower)):
+        scan = scan_from_arrays(mesh.vertices, mesh.faces, name)
+        pick = voxel_representatives(scan.vertices, 0.5)
+        targets[name] = PlaneTarget(scan.vertices[pick], scan.vertex_normals[pick], 0.5)
+    return targets
 
 
 def _lower_tre(case: SampleCase, lower_to_upper: np.ndarray) -> float:
@@ -180,20 +191,15 @@ def test_lower_arch_is_found_without_a_prior_between_the_arches(small_case: Samp
     the bite points the upper leaves unexplained find the lower arch on its own outline, close enough
     for the joint ICP (one short ICP on the residual of one side only)."""
     from mesial.aligner._coarse import convex_side, strip_frame
-    from mesial.aligner._icp import PlaneTarget
     from mesial.aligner.params import AlignParams
     from mesial.aligner.registration import _arch_alone, _on_surface, _other_arch
     from mesial.aligner.transforms import exp_se3, transform_points
 
     case, params = small_case, AlignParams()
-    solo = {}
-    for name, mesh in (("upper", case.upper), ("lower", case.lower)):
-        scan = scan_from_arrays(mesh.vertices, mesh.faces, name)
-        pick = voxel_representatives(scan.vertices, 1.0)
-        frame = arch_frame(scan.vertices[pick], scan.vertex_normals[pick], scan.vertices, scan.faces)
-        thin = scan.vertices[pick]
-        pick = voxel_representatives(scan.vertices, 0.5)
-        solo[name] = _arch_alone(thin, frame, PlaneTarget(scan.vertices[pick], scan.vertex_normals[pick], 0.5), params)
+    solo = {
+        name: _arch_alone(scan_from_arrays(mesh.vertices, mesh.faces, name), params)
+        for name, mesh in (("upper", case.upper), ("lower", case.lower))
+    }
     canonical = solo["upper"].to_canonical
     truth_lower = invert(case.truth["upper"]) @ case.truth["lower"]  # lower file -> upper file
     motion = invert(canonical) @ exp_se3(np.array([0.0, 0.0, np.radians(12.0), 0.0, 6.0, 0.0])) @ canonical
@@ -223,13 +229,11 @@ def test_icp_from_several_starts_runs_each_start_as_alone(small_case: SampleCase
     """The batched short ICP gives every start the pose it reaches alone (a start too far to match
     12 points stays where it is), and a start 1 mm and 2° off reaches the truth."""
     from mesial.aligner._coarse import icp, icp_many
-    from mesial.aligner._icp import PlaneTarget
     from mesial.aligner.registration import GATES
     from mesial.aligner.transforms import exp_se3
 
     scan = scan_from_arrays(small_case.upper.vertices, small_case.upper.faces, "upper")
-    pick = voxel_representatives(scan.vertices, 0.5)
-    target = PlaneTarget(scan.vertices[pick], scan.vertex_normals[pick], 0.5)
+    target = _coarse_targets(small_case)["upper"]
     rng = np.random.default_rng(2)
     source = scan.vertices[rng.choice(len(scan.vertices), 300, replace=False)]
     twists = [np.r_[rng.normal(0.0, np.radians(2.0), 3), rng.normal(0.0, 1.0, 3)] for _ in range(5)]
@@ -294,15 +298,11 @@ def test_distinct_poses_up_to_a_limit_are_the_first_of_all_distinct_ones() -> No
 def test_pairs_refined_together_end_where_each_ends_alone(small_case: SampleCase) -> None:
     """The global step's batched joint ICP (``refine_pairs``) gives every starting pair what
     ``refine_joint`` gives it alone, including a pair too far to match (it stays where it is)."""
-    from mesial.aligner._icp import PlaneTarget, refine_joint, refine_pairs
+    from mesial.aligner._icp import refine_joint, refine_pairs
     from mesial.aligner.params import AlignParams
     from mesial.aligner.transforms import exp_se3
 
-    params, targets = AlignParams(), {}
-    for name, mesh in (("upper", small_case.upper), ("lower", small_case.lower)):
-        scan = scan_from_arrays(mesh.vertices, mesh.faces, name)
-        pick = voxel_representatives(scan.vertices, 0.5)
-        targets[name] = PlaneTarget(scan.vertices[pick], scan.vertex_normals[pick], 0.5)
+    params, targets = AlignParams(), _coarse_targets(small_case)
     bite = small_case.bites[0].vertices
     points = bite[voxel_representatives(bite, 1.0)]
     truth = invert(small_case.truth["upper"])
@@ -336,15 +336,10 @@ def test_a_pair_is_placed_again_on_the_first_arch_from_its_own_part(small_case: 
     pair's joint ICP. (Train pair 081, range-image one-sided: its true pose lost this way.)"""
     from mesial.aligner._coarse import icp
     from mesial.aligner._features import invariant_representatives
-    from mesial.aligner._icp import PlaneTarget
     from mesial.aligner.registration import GATES, _own_part
     from mesial.aligner.transforms import exp_se3, transform_points
 
-    targets = {}
-    for name, mesh in (("upper", small_case.upper), ("lower", small_case.lower)):
-        scan = scan_from_arrays(mesh.vertices, mesh.faces, name)
-        pick = voxel_representatives(scan.vertices, 0.5)
-        targets[name] = PlaneTarget(scan.vertices[pick], scan.vertex_normals[pick], 0.5)
+    targets = _coarse_targets(small_case)
     bite = small_case.bites[0].vertices
     sparse = bite[voxel_representatives(bite, 1.0)]
     sparse = sparse[invariant_representatives(sparse, 1.6)]
