@@ -57,11 +57,21 @@ typedef struct {
     int64_t id;
 } Ref;
 
+/* The box of some refs and the box of their centres (doubled: lo + hi, as the bins use them). */
+typedef struct {
+    double lo[3], hi[3], clo[3], chi[3];
+} Bounds;
+
 typedef struct {
     Ref *refs;
     Node *nodes;
     int32_t used;
     int32_t depth;
+    const double *vertices;
+    const int64_t *faces;
+    double *tri;
+    int64_t *ids;
+    struct Bins *bins; /* two a depth up to MAX_SAH_DEPTH: the bins of the children of the node being split */
 } Builder;
 
 static float round_down(double x) {
@@ -74,42 +84,95 @@ static float round_up(double x) {
     return (double)f < x ? nextafterf(f, INFINITY) : f;
 }
 
-/* Splits refs[start, start + count) in two by the binned surface area heuristic along the
- * longest axis of the centres (the middle when it finds no split); returns the size of the first part. */
-static int64_t split(Builder *b, int64_t start, int64_t count, const double clo[3], const double chi[3]) {
+static void bounds_empty(Bounds *s) {
+    for (int k = 0; k < 3; k++) {
+        s->lo[k] = s->clo[k] = INFINITY;
+        s->hi[k] = s->chi[k] = -INFINITY;
+    }
+}
+
+static inline void bounds_add(Bounds *s, const Ref *r) {
+    for (int k = 0; k < 3; k++) {
+        double c = r->lo[k] + r->hi[k]; /* twice the centre */
+        s->lo[k] = r->lo[k] < s->lo[k] ? r->lo[k] : s->lo[k]; /* (minsd and maxsd: no branch) */
+        s->hi[k] = r->hi[k] > s->hi[k] ? r->hi[k] : s->hi[k];
+        s->clo[k] = c < s->clo[k] ? c : s->clo[k];
+        s->chi[k] = c > s->chi[k] ? c : s->chi[k];
+    }
+}
+
+/* Minima and maxima do not depend on the order they are taken in: the bounds of a union of
+ * bins are those of a pass over its refs. */
+static void bounds_merge(Bounds *s, const Bounds *o) {
+    for (int k = 0; k < 3; k++) {
+        if (o->lo[k] < s->lo[k]) s->lo[k] = o->lo[k];
+        if (o->hi[k] > s->hi[k]) s->hi[k] = o->hi[k];
+        if (o->clo[k] < s->clo[k]) s->clo[k] = o->clo[k];
+        if (o->chi[k] > s->chi[k]) s->chi[k] = o->chi[k];
+    }
+}
+
+static void bounds_of(const Ref *refs, int64_t count, Bounds *s) {
+    bounds_empty(s);
+    for (int64_t i = 0; i < count; i++) bounds_add(s, &refs[i]);
+}
+
+/* How a node bins its refs for the surface area heuristic: along the longest axis of the centres,
+ * BINS equal slots of it; the count and the bounds of each bin. */
+typedef struct Bins {
+    int active; /* the node is split by the heuristic: these bins are (being) filled */
+    int axis;
+    double base, scale;
+    int64_t n[BINS];
+    Bounds bin[BINS];
+} Bins;
+
+/* Prepares the empty bins of a node of `count` refs at `depth` within `all`; 0 (inactive) when the node
+ * is not split by the heuristic: a leaf, past MAX_SAH_DEPTH (halved: only a pathological mesh, e.g. many
+ * long slivers, splits that unevenly; the depth stays below MAX_SAH_DEPTH + log2(m), the recursion and the
+ * query stacks small), or every centre in one place (any halving will do). */
+static int bins_start(Bins *s, int64_t count, int32_t depth, const Bounds *all) {
+    s->active = 0;
+    if (count <= LEAF_SIZE || depth >= MAX_SAH_DEPTH) return 0;
+    const double *clo = all->clo, *chi = all->chi;
     int axis = 0;
     for (int k = 1; k < 3; k++)
         if (chi[k] - clo[k] > chi[axis] - clo[axis]) axis = k;
     double extent = chi[axis] - clo[axis];
-    if (!(extent > 0)) return count / 2; /* every centre in one place: any halving will do */
-    double scale = BINS / extent;
-    int64_t n[BINS] = {0};
-    double lo[BINS][3], hi[BINS][3];
-    for (int j = 0; j < BINS; j++)
-        for (int k = 0; k < 3; k++) {
-            lo[j][k] = INFINITY;
-            hi[j][k] = -INFINITY;
-        }
-    Ref *refs = b->refs;
-    for (int64_t i = start; i < start + count; i++) {
-        const Ref *r = &refs[i];
-        int j = (int)((r->lo[axis] + r->hi[axis] - clo[axis]) * scale);
-        j = j >= BINS ? BINS - 1 : (j < 0 ? 0 : j);
-        n[j]++;
-        for (int k = 0; k < 3; k++) {
-            if (r->lo[k] < lo[j][k]) lo[j][k] = r->lo[k];
-            if (r->hi[k] > hi[j][k]) hi[j][k] = r->hi[k];
-        }
+    if (!(extent > 0)) return 0;
+    s->axis = axis;
+    s->base = clo[axis];
+    s->scale = BINS / extent;
+    for (int j = 0; j < BINS; j++) {
+        s->n[j] = 0;
+        bounds_empty(&s->bin[j]);
     }
+    s->active = 1;
+    return 1;
+}
+
+static inline void bins_add(Bins *s, const Ref *r) {
+    int j = (int)((r->lo[s->axis] + r->hi[s->axis] - s->base) * s->scale);
+    j = j >= BINS ? BINS - 1 : (j < 0 ? 0 : j);
+    s->n[j]++;
+    bounds_add(&s->bin[j], r);
+}
+
+/* Splits refs[start, start + count) in two by the binned surface area heuristic, their bins filled;
+ * returns the size of the first part, or -1 when no split has a cost (the caller halves). The bounds
+ * of the parts come from the bins, and the pass that partitions the refs fills the bins of both parts
+ * (`next`, inactive for a part that the heuristic will not split): one pass over the refs a level. */
+static int64_t split(Builder *b, int64_t start, int64_t count, const Bins *bins, int32_t depth, Bounds parts[2],
+                     Bins next[2]) {
     double left_cost[BINS];
     double alo[3] = {INFINITY, INFINITY, INFINITY}, ahi[3] = {-INFINITY, -INFINITY, -INFINITY};
     int64_t running = 0;
     for (int j = 0; j < BINS - 1; j++) {
         for (int k = 0; k < 3; k++) {
-            if (lo[j][k] < alo[k]) alo[k] = lo[j][k];
-            if (hi[j][k] > ahi[k]) ahi[k] = hi[j][k];
+            if (bins->bin[j].lo[k] < alo[k]) alo[k] = bins->bin[j].lo[k];
+            if (bins->bin[j].hi[k] > ahi[k]) ahi[k] = bins->bin[j].hi[k];
         }
-        running += n[j];
+        running += bins->n[j];
         double dx = ahi[0] - alo[0], dy = ahi[1] - alo[1], dz = ahi[2] - alo[2];
         left_cost[j] = running ? (dx * dy + dy * dz + dz * dx) * (double)running : 0.0;
     }
@@ -122,10 +185,10 @@ static int64_t split(Builder *b, int64_t start, int64_t count, const double clo[
     int best_bin = -1;
     for (int j = BINS - 1; j > 0; j--) {
         for (int k = 0; k < 3; k++) {
-            if (lo[j][k] < alo[k]) alo[k] = lo[j][k];
-            if (hi[j][k] > ahi[k]) ahi[k] = hi[j][k];
+            if (bins->bin[j].lo[k] < alo[k]) alo[k] = bins->bin[j].lo[k];
+            if (bins->bin[j].hi[k] > ahi[k]) ahi[k] = bins->bin[j].hi[k];
         }
-        running += n[j];
+        running += bins->n[j];
         if (running == 0 || running == count) continue;
         double dx = ahi[0] - alo[0], dy = ahi[1] - alo[1], dz = ahi[2] - alo[2];
         double cost = left_cost[j - 1] + (dx * dy + dy * dz + dz * dx) * (double)running;
@@ -134,57 +197,112 @@ static int64_t split(Builder *b, int64_t start, int64_t count, const double clo[
             best_bin = j; /* bins [0, j) go left */
         }
     }
-    if (best_bin < 0) return count / 2;
+    if (best_bin < 0) return -1;
+    int64_t binned = 0; /* refs of the first part: 0 < binned < count (the costs above skip the others) */
+    bounds_empty(&parts[0]);
+    bounds_empty(&parts[1]);
+    for (int j = 0; j < BINS; j++) {
+        if (j < best_bin) binned += bins->n[j];
+        bounds_merge(&parts[j >= best_bin], &bins->bin[j]);
+    }
+    Bins *first = &next[0], *second = &next[1];
+    bins_start(first, binned, depth + 1, &parts[0]);
+    bins_start(second, count - binned, depth + 1, &parts[1]);
+    Ref *refs = b->refs;
+    int axis = bins->axis;
+    double base = bins->base, scale = bins->scale;
     int64_t i = start, j = start + count - 1;
-    while (i <= j) {
-        int bin = (int)((refs[i].lo[axis] + refs[i].hi[axis] - clo[axis]) * scale);
-        if (bin >= BINS) bin = BINS - 1;
-        if (bin < best_bin) {
+    while (i <= j) { /* each ref is looked at once, where it is when it is placed */
+        Ref *r = &refs[i];
+        int slot = (int)((r->lo[axis] + r->hi[axis] - base) * scale);
+        if (slot >= BINS) slot = BINS - 1;
+        if (slot < best_bin) {
+            if (first->active) bins_add(first, r);
             i++;
         } else {
-            Ref swap = refs[i];
-            refs[i] = refs[j];
+            if (second->active) bins_add(second, r);
+            Ref swap = *r;
+            *r = refs[j];
             refs[j] = swap;
             j--;
         }
     }
     int64_t left = i - start;
-    return left > 0 && left < count ? left : count / 2;
+    if (left != binned) { /* (never: the bins and the partition place a ref alike) */
+        next[0].active = next[1].active = 0;
+        bounds_of(refs + start, left, &parts[0]);
+        bounds_of(refs + start + left, count - left, &parts[1]);
+    }
+    return left > 0 && left < count ? left : -1;
 }
 
-static void build_node(Builder *b, int32_t index, int64_t start, int64_t count, int32_t depth) {
-    double lo[3] = {INFINITY, INFINITY, INFINITY}, hi[3] = {-INFINITY, -INFINITY, -INFINITY};
-    double clo[3] = {INFINITY, INFINITY, INFINITY}, chi[3] = {-INFINITY, -INFINITY, -INFINITY};
+/* A leaf's triangles, in their final (BVH) order: TRI doubles each and the caller's index. */
+static void write_leaf(Builder *b, int64_t start, int64_t count) {
+    const double *vertices = b->vertices;
+    const int64_t *faces = b->faces;
     for (int64_t i = start; i < start + count; i++) {
-        const Ref *r = &b->refs[i];
+        int64_t t = b->refs[i].id;
+        const double *a = vertices + 3 * faces[3 * t], *v1 = vertices + 3 * faces[3 * t + 1],
+                     *v2 = vertices + 3 * faces[3 * t + 2];
+        double *r = b->tri + TRI * i;
         for (int k = 0; k < 3; k++) {
-            double c = r->lo[k] + r->hi[k]; /* twice the centre */
-            if (r->lo[k] < lo[k]) lo[k] = r->lo[k];
-            if (r->hi[k] > hi[k]) hi[k] = r->hi[k];
-            if (c < clo[k]) clo[k] = c;
-            if (c > chi[k]) chi[k] = c;
+            r[k] = a[k];
+            r[3 + k] = v1[k] - a[k];
+            r[6 + k] = v2[k] - a[k];
         }
+        cross3(r + 3, r + 6, r + 9);
+        double norm = sqrt(dot3(r + 9, r + 9));
+        for (int k = 0; k < 3; k++) r[9 + k] = norm > 0 ? r[9 + k] / norm : 0.0;
+        r[12] = dot3(r + 3, r + 3);
+        r[13] = dot3(r + 3, r + 6);
+        r[14] = dot3(r + 6, r + 6);
+        double det = r[12] * r[14] - r[13] * r[13];
+        r[15] = norm > 0 && det > 1e-12 * r[12] * r[14] ? 0.0 : 1.0; /* flat: no plane to project on */
+        b->ids[i] = t;
     }
+}
+
+/* The node `index` over refs[start, start + count) of bounds `bounds`; `bins` its filled bins when its
+ * parent's pass filled them (else NULL or inactive: binned here when the heuristic splits it). */
+static void build_node(Builder *b, int32_t index, int64_t start, int64_t count, int32_t depth, const Bounds *bounds,
+                       const Bins *bins) {
     Node *node = &b->nodes[index];
     for (int k = 0; k < 3; k++) {
-        node->lo[k] = round_down(lo[k]);
-        node->hi[k] = round_up(hi[k]);
+        node->lo[k] = round_down(bounds->lo[k]);
+        node->hi[k] = round_up(bounds->hi[k]);
     }
     if (depth > b->depth) b->depth = depth;
     if (count <= LEAF_SIZE) {
         node->start = (int32_t)start;
         node->count = (int32_t)count;
+        write_leaf(b, start, count);
         return;
     }
-    /* past MAX_SAH_DEPTH (only a pathological mesh, e.g. many long slivers, splits that unevenly)
-     * halves: the depth stays below MAX_SAH_DEPTH + log2(m), the recursion and the query stacks small */
-    int64_t left = depth < MAX_SAH_DEPTH ? split(b, start, count, clo, chi) : count / 2;
+    Bins own;
+    if (!bins || !bins->active) {
+        if (bins_start(&own, count, depth, bounds))
+            for (int64_t i = start; i < start + count; i++) bins_add(&own, &b->refs[i]);
+        bins = &own;
+    }
+    Bounds parts[2];
+    Bins *next = NULL;
+    int64_t left = -1;
+    if (bins->active) { /* (depth < MAX_SAH_DEPTH) */
+        next = b->bins + 2 * (depth + 1);
+        left = split(b, start, count, bins, depth, parts, next);
+    }
+    if (left < 0) { /* halved */
+        left = count / 2;
+        next = NULL;
+        bounds_of(b->refs + start, left, &parts[0]);
+        bounds_of(b->refs + start + left, count - left, &parts[1]);
+    }
     int32_t child = b->used;
     b->used += 2;
     node->start = child;
     node->count = 0;
-    build_node(b, child, start, left, depth + 1);
-    build_node(b, child + 1, start + left, count - left, depth + 1);
+    build_node(b, child, start, left, depth + 1, &parts[0], next ? &next[0] : NULL);
+    build_node(b, child + 1, start + left, count - left, depth + 1, &parts[1], next ? &next[1] : NULL);
 }
 
 /* 64-byte aligned memory (cache lines); *block is what to free. */
@@ -208,7 +326,9 @@ int mq_build(const double *vertices, int64_t n, const int64_t *faces, int64_t m,
     void *node_block = NULL, *tri_block = NULL;
     Node *nodes = aligned(sizeof(Node) * (size_t)(2 * m), &node_block);
     double *tri = aligned(sizeof(double) * TRI * (size_t)m, &tri_block);
-    if (!mesh || !refs || !ids || !nodes || !tri) {
+    struct Bins *bins = malloc(sizeof(struct Bins) * 2 * (MAX_SAH_DEPTH + 1));
+    if (!mesh || !refs || !ids || !nodes || !tri || !bins) {
+        free(bins);
         free(mesh);
         free(refs);
         free(ids);
@@ -216,40 +336,25 @@ int mq_build(const double *vertices, int64_t n, const int64_t *faces, int64_t m,
         free(tri_block);
         return MQ_ENOMEM;
     }
+    Bounds root;
+    bounds_empty(&root);
     for (int64_t t = 0; t < m; t++) {
         const double *p[3] = {vertices + 3 * faces[3 * t], vertices + 3 * faces[3 * t + 1],
                               vertices + 3 * faces[3 * t + 2]};
-        for (int k = 0; k < 3; k++) {
-            refs[t].lo[k] = fmin(p[0][k], fmin(p[1][k], p[2][k]));
-            refs[t].hi[k] = fmax(p[0][k], fmax(p[1][k], p[2][k]));
+        for (int k = 0; k < 3; k++) { /* fmin and fmax of finite values, without their calls */
+            double low = p[1][k] < p[2][k] ? p[1][k] : p[2][k], high = p[1][k] > p[2][k] ? p[1][k] : p[2][k];
+            refs[t].lo[k] = p[0][k] < low ? p[0][k] : low;
+            refs[t].hi[k] = p[0][k] > high ? p[0][k] : high;
         }
         refs[t].id = t;
+        bounds_add(&root, &refs[t]);
     }
     /* the root at index 1 (0 unused), so that every pair of siblings starts at an even index:
-     * both in one 64-byte line */
-    Builder b = {refs, nodes, 2, 0};
-    build_node(&b, 1, 0, m, 0);
-    for (int64_t i = 0; i < m; i++) {
-        int64_t t = refs[i].id;
-        const double *a = vertices + 3 * faces[3 * t], *v1 = vertices + 3 * faces[3 * t + 1],
-                     *v2 = vertices + 3 * faces[3 * t + 2];
-        double *r = tri + TRI * i;
-        for (int k = 0; k < 3; k++) {
-            r[k] = a[k];
-            r[3 + k] = v1[k] - a[k];
-            r[6 + k] = v2[k] - a[k];
-        }
-        cross3(r + 3, r + 6, r + 9);
-        double norm = sqrt(dot3(r + 9, r + 9));
-        for (int k = 0; k < 3; k++) r[9 + k] = norm > 0 ? r[9 + k] / norm : 0.0;
-        r[12] = dot3(r + 3, r + 3);
-        r[13] = dot3(r + 3, r + 6);
-        r[14] = dot3(r + 6, r + 6);
-        double det = r[12] * r[14] - r[13] * r[13];
-        r[15] = norm > 0 && det > 1e-12 * r[12] * r[14] ? 0.0 : 1.0; /* flat: no plane to project on */
-        ids[i] = t;
-    }
+     * both in one 64-byte line; each leaf writes its triangles when it is made */
+    Builder b = {refs, nodes, 2, 0, vertices, faces, tri, ids, bins};
+    build_node(&b, 1, 0, m, 0, &root, NULL);
     free(refs);
+    free(bins);
     mesh->nodes = nodes;
     mesh->node_block = node_block;
     mesh->node_count = b.used - 1;

@@ -1,6 +1,6 @@
 """Exact closest points and ray casts on a triangle mesh: the aligner's own compiled kernel.
 
-A bounding volume hierarchy over the triangles (binned surface-area heuristic, four
+A bounding volume hierarchy over the triangles (binned surface-area heuristic, at most eight
 triangles a leaf), built and queried in float64 by ``_meshquery.c``, a plain C99 library
 that setuptools compiles with the package. It is loaded with :mod:`ctypes`, which releases
 the GIL for the length of each call, and each call splits its queries over ``threads``
