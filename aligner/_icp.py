@@ -294,14 +294,17 @@ class SurfaceTarget:
         return float(np.sqrt(3.0)) * FIELD_VOXEL_MM + self._index.longest_edge / float(np.sqrt(3.0))
 
     def near(self, points: FloatArray, gate: float) -> tuple[FloatArray, FloatArray, FloatArray]:
-        """Exact closest points for the points near the surface; the others get distance inf."""
+        """Exact closest points for the points within ``gate`` (mm) of the surface; the others get
+        distance inf and zero closest points and normals."""
         closest = np.zeros_like(points)
         normals = np.zeros_like(points)
         distance = np.full(len(points), np.inf)
-        # a point within the gate of the surface is within the gate plus a few edges of a vertex
-        near = np.isfinite(self.vertex_distance(points, upper_bound=gate + 2.0 * self._index.typical_edge))
+        # the search itself bounded by the gate (a hair wider: the gate's own distance counts): far points
+        # leave the hierarchy at its first boxes
+        answer = self._index.scene.closest(self._local(points), within=gate * (1.0 + 1e-9) + 1e-12)
+        near = answer.triangles >= 0
         if near.any():
-            closest[near], normals[near], _ = self.closest(points[near])
+            closest[near], normals[near] = self._placed(answer.points[near], answer.normals[near])
             distance[near] = lengths(points[near] - closest[near])
         distance[distance > gate] = np.inf
         return closest, normals, distance

@@ -499,9 +499,10 @@ static inline void push_children(Entry *stack, int *top, int32_t left, double ke
     }
 }
 
-static void closest_one(const Mesh *mesh, Entry *stack, const double *p, double *point, int64_t *triangle,
-                        double *uv, double *normal, double *distance) {
-    double best = INFINITY, bu = 0, bv = 0;
+/* The closest point of the mesh to p among the triangles nearer than sqrt(bound2) (INFINITY: all). */
+static void closest_one(const Mesh *mesh, Entry *stack, const double *p, double bound2, double *point,
+                        int64_t *triangle, double *uv, double *normal, double *distance) {
+    double best = bound2, bu = 0, bv = 0;
     int64_t best_index = -1;
     int top = 0;
     stack[top++] = (Entry){1, box_distance2(&mesh->nodes[1], p)};
@@ -525,7 +526,7 @@ static void closest_one(const Mesh *mesh, Entry *stack, const double *p, double 
         push_children(stack, &top, left, box_distance2(&mesh->nodes[left], p), box_distance2(&mesh->nodes[left + 1], p),
                       best);
     }
-    if (best_index < 0) { /* only when the distances overflow (coordinates near 1e154) */
+    if (best_index < 0) { /* nothing within the bound (or the distances overflow: coordinates near 1e154) */
         point[0] = point[1] = point[2] = NAN;
         *triangle = -1;
         uv[0] = uv[1] = 0.0;
@@ -636,6 +637,7 @@ typedef struct {
     int64_t *triangle;
     const int64_t *order; /* the queries in this order (near ones one after another), or NULL */
     int64_t begin, end;
+    double bound2; /* closest points: only triangles nearer than its square root */
     int ray;
     int status;
 } Job;
@@ -653,8 +655,8 @@ static void *run_job(void *arg) {
             cast_one(job->mesh, stack, job->a + 3 * i, job->b + 3 * i, job->point_or_t + i, job->triangle + i,
                      job->uv + 2 * i, job->normal + 3 * i);
         else
-            closest_one(job->mesh, stack, job->a + 3 * i, job->point_or_t + 3 * i, job->triangle + i, job->uv + 2 * i,
-                        job->normal + 3 * i, job->distance + i);
+            closest_one(job->mesh, stack, job->a + 3 * i, job->bound2, job->point_or_t + 3 * i, job->triangle + i,
+                        job->uv + 2 * i, job->normal + 3 * i, job->distance + i);
     }
     free(stack);
     job->status = MQ_OK;
@@ -774,10 +776,14 @@ static int run(Job base, const double *where, int64_t count, int threads) {
 
 /* Closest point on the mesh of each of `count` points (count, 3): the point (count, 3), the
  * caller's triangle index (count,), the barycentric (u, v) of the point on it (count, 2; the
- * point is a + u (b - a) + v (c - a)), the triangle's unit normal (count, 3), the distance (count,). */
-int mq_closest(const void *handle, const double *points, int64_t count, int threads, double *closest,
+ * point is a + u (b - a) + v (c - a)), the triangle's unit normal (count, 3), the distance (count,).
+ * Only triangles nearer than `within` are searched (INFINITY: every one; it prunes the tree for far
+ * points): a point with none gets NaN, triangle -1, (0, 0), zeros and INFINITY. */
+int mq_closest(const void *handle, const double *points, int64_t count, int threads, double within, double *closest,
                int64_t *triangle, double *uv, double *normal, double *distance) {
-    Job job = {handle, points, NULL, closest, uv, normal, distance, triangle, NULL, 0, 0, 0, MQ_OK};
+    if (!(within > 0)) return MQ_ESIZE; /* NaN or not positive */
+    Job job = {.mesh = handle, .a = points, .point_or_t = closest, .uv = uv, .normal = normal, .distance = distance,
+               .triangle = triangle, .bound2 = within * within, .status = MQ_OK};
     return run(job, points, count, threads);
 }
 
@@ -785,6 +791,7 @@ int mq_closest(const void *handle, const double *points, int64_t count, int thre
  * length): t (INFINITY on a miss), the caller's triangle index (-1), (u, v), unit normal (zeros). */
 int mq_cast(const void *handle, const double *origins, const double *directions, int64_t count, int threads,
             double *t_hit, int64_t *triangle, double *uv, double *normal) {
-    Job job = {handle, origins, directions, t_hit, uv, normal, NULL, triangle, NULL, 0, 0, 1, MQ_OK};
+    Job job = {.mesh = handle, .a = origins, .b = directions, .point_or_t = t_hit, .uv = uv, .normal = normal,
+               .triangle = triangle, .ray = 1, .status = MQ_OK};
     return run(job, origins, count, threads);
 }

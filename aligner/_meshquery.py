@@ -70,7 +70,7 @@ def _open() -> Any:
             "install the package (`make install`, `pip install .`), which compiles aligner/_meshquery.c"
         )
     library = ctypes.CDLL(str(path))  # CDLL: the GIL is released during every call
-    pointer, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    pointer, i64, c_int, real = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
     library.mq_build.argtypes = [pointer, i64, pointer, i64, ctypes.POINTER(ctypes.c_void_p)]
     library.mq_build.restype = c_int
     library.mq_free.argtypes = [pointer]
@@ -79,11 +79,10 @@ def _open() -> Any:
     library.mq_node_count.restype = i64
     library.mq_depth.argtypes = [pointer]
     library.mq_depth.restype = i64
-    library.mq_closest.argtypes = [pointer, pointer, i64, c_int, pointer, pointer, pointer, pointer, pointer]
+    library.mq_closest.argtypes = [pointer, pointer, i64, c_int, real, pointer, pointer, pointer, pointer, pointer]
     library.mq_closest.restype = c_int
     library.mq_cast.argtypes = [pointer, pointer, pointer, i64, c_int, pointer, pointer, pointer, pointer]
     library.mq_cast.restype = c_int
-    real = ctypes.c_double
     library.mq_raster.argtypes = [pointer, i64, pointer, i64, real, real, real, i64, i64, *[pointer] * 4]
     library.mq_raster.restype = c_int
     library.nn_build.argtypes = [pointer, i64, ctypes.POINTER(ctypes.c_void_p)]
@@ -229,7 +228,7 @@ class MeshQuery:
         """Depth of the hierarchy (the root is depth 0)."""
         return int(self._library.mq_depth(self._handle))
 
-    def closest(self, points: Any, *, threads: int | None = None) -> ClosestPoints:
+    def closest(self, points: Any, *, threads: int | None = None, within: float = np.inf) -> ClosestPoints:
         """The exact closest point of the mesh to each point.
 
         Parameters
@@ -238,12 +237,18 @@ class MeshQuery:
             Finite, in the mesh's frame.
         threads : int, optional
             Threads to split the points over (default :attr:`threads`); the answers do not depend on it.
+        within : float, millimetres, optional
+            Only triangles nearer than this are searched (the search skips the hierarchy's farther
+            boxes: far points cost little). A point with none gets NaN, triangle -1, (0, 0), a zero
+            normal and distance inf; the others the same answer as without a bound.
 
         Returns
         -------
         closest : ClosestPoints
             Of two triangles equally near, the one found first.
         """
+        if not within > 0:  # (also NaN)
+            raise ValueError(f"within must be a positive distance, got {within!r}")
         query = _rows(points, "points")
         n = len(query)
         closest, uv, normals = np.zeros((n, 3)), np.zeros((n, 2)), np.zeros((n, 3))
@@ -254,6 +259,7 @@ class MeshQuery:
                 _address(query),
                 n,
                 self._threads(threads),
+                float(within),
                 _address(closest),
                 _address(triangles),
                 _address(uv),

@@ -156,7 +156,8 @@ def register_bite(
     # matching's gate) are built on a thread meanwhile: the kernel builds them without the GIL
     trees = _in_background(partial(_build_trees, fine, upper.vertices[:1]))
     # each arch alone in its canonical frame: search field and buccal outline (no pose assumed between them)
-    solo = {name: _arch_alone(scan, params) for name, scan in arch_scans.items()}
+    # (a thread each: their sorts and distance transforms release the GIL)
+    solo = dict(zip(arch_scans, _at_once([partial(_arch_alone, scan, params) for scan in arch_scans.values()]), strict=True))
     if len(bites) == 1:
         fine_voxel = params.one_bite_fine_voxel_mm
     else:  # the same number of fine points in all: each of n bites thinned sqrt(n) times coarser
@@ -424,14 +425,18 @@ def _bite_disagreement(
     alone returns to its own occlusion within 3-5 iterations.
     """
     assert fit.lower_to_upper is not None
-    placed = []
-    for cloud, pose in zip(points, fit.bite_to_upper, strict=True):
-        alone = refine_joint(
-            [cloud], surfaces["upper"], surfaces["lower"], [pose], fit.lower_to_upper, params,
+    start = fit.lower_to_upper
+
+    def alone(cloud: FloatArray, pose: FloatArray) -> FloatArray:
+        refined = refine_joint(
+            [cloud], surfaces["upper"], surfaces["lower"], [pose], start, params,
             max_distance_mm=0.5, max_iterations=params.exact_iterations, evaluate=False,
         )  # fmt: skip
-        assert alone.lower_to_upper is not None
-        placed.append(alone.lower_to_upper)
+        assert refined.lower_to_upper is not None
+        return refined.lower_to_upper
+
+    # the two refinements are independent: a thread each (their closest-point queries run without the GIL)
+    placed = _at_once([partial(alone, cloud, pose) for cloud, pose in zip(points, fit.bite_to_upper, strict=True)])
     return float(np.sqrt(np.mean(relative_error(placed[0], placed[1], lower_vertices) ** 2)))
 
 

@@ -136,6 +136,30 @@ def test_closest_points_match_brute_force_on_an_uneven_sheet_with_flat_triangles
     np.testing.assert_allclose(answer.points[60:180], on, atol=1e-9)
 
 
+def test_a_bounded_search_answers_as_the_full_one_within_the_bound_and_nothing_beyond() -> None:
+    vertices, faces = uv_sphere(5.0, np.zeros(3), rings=24, segments=48)
+    rng = np.random.default_rng(4)
+    directions = rng.normal(size=(3000, 3))
+    points = directions / np.linalg.norm(directions, axis=1, keepdims=True) * rng.uniform(3.0, 8.0, (3000, 1))
+    mesh = MeshQuery(vertices, faces)
+    full = mesh.closest(points)
+    for within in (0.05, 0.5, 1.5, 10.0):
+        bounded = mesh.closest(points, within=within, threads=2)
+        inside = full.distances < within
+        assert 0 < inside.sum() and (within > 3 or inside.sum() < len(points))
+        # within the bound the same triangle, point and distance, bit for bit
+        np.testing.assert_array_equal(bounded.triangles[inside], full.triangles[inside])
+        np.testing.assert_array_equal(bounded.points[inside], full.points[inside])
+        np.testing.assert_array_equal(bounded.distances[inside], full.distances[inside])
+        np.testing.assert_array_equal(bounded.normals[inside], full.normals[inside])
+        # beyond it nothing: triangle -1, distance inf, NaN point, zero normal
+        assert (bounded.triangles[~inside] == -1).all() and np.isinf(bounded.distances[~inside]).all()
+        assert np.isnan(bounded.points[~inside]).all() and (bounded.normals[~inside] == 0).all()
+    for within in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="within must be a positive distance"):
+            mesh.closest(points[:3], within=within)
+
+
 def test_normals_are_the_unit_face_normals_and_zero_on_flat_triangles() -> None:
     vertices, faces = bumpy_sheet()
     mesh = MeshQuery(vertices, faces)
@@ -286,3 +310,38 @@ def test_bad_queries_are_value_errors() -> None:
         MeshQuery(np.eye(3), [[0, 1, 2]], threads=0)
     # the mesh is still usable
     assert mesh.closest([[0.0, 0.0, 0.0]]).distances[0] == pytest.approx(1 / np.sqrt(3))
+
+
+def test_surface_near_finds_every_point_within_the_gate_even_far_from_any_vertex() -> None:
+    """``SurfaceTarget.near`` (the exact matching of the fine step) on a placed surface: exact closest points
+    for every point within the gate, inf beyond it. The sheet has two large triangles beside fine ones, so a
+    point over their middle is within the gate of the surface but several typical edges from every vertex."""
+    from mesial.aligner._icp import SurfaceTarget
+    from mesial.aligner.transforms import invert, transform_points
+
+    vertices, faces = bumpy_sheet(n=40)
+    base = len(vertices)
+    big = np.array([[10.0, 0.0, 0.0], [30.0, 0.0, 0.0], [10.0, 20.0, 0.0], [30.0, 20.0, 0.0]])
+    vertices = np.vstack([vertices, big])
+    faces = np.vstack([faces, [[base, base + 1, base + 2], [base + 1, base + 3, base + 2]]])
+    rng = np.random.default_rng(7)
+    pose = np.eye(4)
+    rotation = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    pose[:3, :3] = rotation * np.sign(np.linalg.det(rotation))  # a proper rotation
+    pose[:3, 3] = [3.0, -2.0, 5.0]
+    surface = SurfaceTarget(vertices, faces).placed(pose)
+    local = np.vstack([_queries(vertices, faces, rng), [[20.0, 7.0, 0.3], [18.0, 9.0, -0.45], [20.0, 7.0, 0.7]]])
+    points = transform_points(local, pose)
+    gate = 0.5
+    closest, normals, distance = surface.near(points, gate)
+    expected = brute_closest(vertices, faces, local)
+    within = expected <= gate
+    assert within[-3:].tolist() == [True, True, False]
+    np.testing.assert_array_equal(np.isfinite(distance), within)
+    np.testing.assert_allclose(distance[within], expected[within], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(np.linalg.norm(points - closest, axis=1)[within], expected[within], atol=1e-9)
+    # the closest points lie on the surface as placed, their normals are unit; nothing is set beyond the gate
+    back = transform_points(closest[within], invert(pose))
+    np.testing.assert_allclose(brute_closest(vertices, faces, back), 0.0, atol=1e-9)
+    np.testing.assert_allclose(np.linalg.norm(normals[within], axis=1)[expected[within] > 1e-6], 1.0)
+    assert (closest[~within] == 0).all() and (normals[~within] == 0).all()
