@@ -156,13 +156,16 @@ class _MeshIndex:
     def longest_edges(self) -> FloatArray:
         """Longest edge of each triangle ``(m,)`` (mm)."""
         if self._longest_edges is None:
-            columns = np.ascontiguousarray(self.vertices.T)  # a coordinate at a time: no (m, 3) gathers
+            # a coordinate of a corner at a time (no (m, 3) gathers), each gathered once
+            columns = np.ascontiguousarray(self.vertices.T)
+            corners = [[column.take(index) for column in columns] for index in np.ascontiguousarray(self.faces.T)]
             longest = np.zeros(len(self.faces))
             for i in range(3):  # squared lengths, one square root at the end
-                start, end = self.faces[:, i], self.faces[:, (i + 1) % 3]
-                np.maximum(
-                    longest, sum((column.take(start) - column.take(end)) ** 2 for column in columns), out=longest
-                )
+                start, end = corners[i], corners[(i + 1) % 3]
+                squared = (start[0] - end[0]) ** 2
+                squared += (start[1] - end[1]) ** 2
+                squared += (start[2] - end[2]) ** 2
+                np.maximum(longest, squared, out=longest)
             self._longest_edges = np.sqrt(longest)
         return self._longest_edges
 

@@ -232,58 +232,88 @@ def analyse(
     where the contact measures and the optimisation read them (:func:`_distances`);
     after it, the vertices within the near band are measured again, exact within the
     exact band; when nothing moved, the first distances are completed to that instead.
+    The two arches' distances are independent (each queries the other's structures):
+    they are measured on two threads (:func:`_per_arch`), the same values as one after the other.
     """
-    up = transform_points(upper.vertices, upper_to_bite)
-    low = transform_points(lower.vertices, lower_to_bite)
-    frame = arch_frame(up, low)
-    regions = {
-        "upper": regions_of(up, frame, params.anterior_share),
-        "lower": regions_of(low, frame, params.anterior_share),
+    scans = {"upper": upper, "lower": lower}
+    points = {
+        "upper": transform_points(upper.vertices, upper_to_bite),
+        "lower": transform_points(lower.vertices, lower_to_bite),
     }
+    frame = arch_frame(points["upper"], points["lower"])
     upper_surface = upper.surface().placed(upper_to_bite)
     lower_surface = lower.surface().placed(lower_to_bite)
-    # every arch's vertices queried in space order (the same values, faster: see spatial_order)
-    order = {"upper": spatial_order(upper.vertices), "lower": spatial_order(lower.vertices)}
-    distances = {
-        "upper": _distances(lower_surface, up, upper.faces, params, order["upper"]),
-        "lower": _distances(upper_surface, low, lower.faces, params, order["lower"]),
-    }
-    before = _both(up, low, upper, lower, distances, regions, params)
+    antagonist = {"upper": lower_surface, "lower": upper_surface}
+    threshold = params.contact_threshold_mm
+
+    def contacts(arch: str, vertices: FloatArray, distance: FloatArray, region: NDArray[np.int64]) -> ArchContacts:
+        return arch_contacts(vertices, scans[arch].faces, None, threshold, region, distance)
+
+    def first(arch: str) -> tuple[NDArray[np.int64], NDArray[np.int64], FloatArray, ArchContacts]:
+        region = regions_of(points[arch], frame, params.anterior_share)
+        # the vertices queried in space order (the same values, faster: see spatial_order)
+        order = spatial_order(scans[arch].vertices)
+        distance = _distances(antagonist[arch], points[arch], scans[arch].faces, params, order)
+        return region, order, distance, contacts(arch, points[arch], distance, region)
+
+    measured = _per_arch(first)
+    regions = {arch: m[0] for arch, m in measured.items()}
+    order = {arch: m[1] for arch, m in measured.items()}
+    distances = {arch: m[2] for arch, m in measured.items()}
+    before = {arch: m[3] for arch, m in measured.items()}
     correction = np.eye(4)
     if params.optimise and before["lower"].max_penetration_mm > params.penetration_tolerance_mm:
-        correction = optimise_bite(upper_surface, low, params, distances["lower"])
+        correction = optimise_bite(upper_surface, points["lower"], params, distances["lower"])
     if np.allclose(correction, np.eye(4)):
         # the distances are the result's own: measured as the full exact band measures them
-        distances = {
-            "upper": _complete(lower_surface, up, distances["upper"], params, order["upper"]),
-            "lower": _complete(upper_surface, low, distances["lower"], params, order["lower"]),
-        }
-        before = _both(up, low, upper, lower, distances, regions, params)
+        def complete(arch: str) -> ArchContacts:
+            distance = _complete(antagonist[arch], points[arch], distances[arch], params, order[arch])
+            return contacts(arch, points[arch], distance, regions[arch])
+
+        before = _per_arch(complete)
         return Occlusion(before, before, correction, params.optimise, frame)
+    low = points["lower"]
     moved = transform_points(low, correction)
     # vertices farther than the band plus the largest displacement stay far: their
     # (approximate, >= band) distances are kept
     reach = SurfaceTarget.near_band_mm + float(np.linalg.norm(moved - low, axis=1).max()) + 1e-6
-    moved_surface = lower.surface().placed(correction @ lower_to_bite)
-    # how far each vertex moved against its antagonist; a distance changes by at most that, so a vertex
-    # whose first distance (exact, or an upper bound: the nearest vertex's) plus it is within the exact
-    # band is within it after the motion: queried exactly without the k-d tree's filter (the same answer)
-    shift = {
-        "upper": lengths(transform_points(up, invert(correction)) - up),
-        "lower": lengths(moved - low),
-    }
+    after_points = {"upper": points["upper"], "lower": moved}
+    after_antagonist = {"upper": lower.surface().placed(correction @ lower_to_bite), "lower": upper_surface}
     band = SurfaceTarget.exact_band_mm - 1e-9
-    within = {arch: np.abs(distances[arch]) + shift[arch] < band for arch in ("upper", "lower")}
-    after_distances = {
-        "upper": _signed(
-            moved_surface, up, order["upper"], distances["upper"] < reach, distances["upper"], within=within["upper"]
-        ),
-        "lower": _signed(
-            upper_surface, moved, order["lower"], distances["lower"] < reach, distances["lower"], within=within["lower"]
-        ),
-    }
-    after = _both(up, moved, upper, lower, after_distances, regions, params)
-    return Occlusion(before, after, correction, True, frame)
+
+    def after(arch: str) -> ArchContacts:
+        # how far each vertex moved against its antagonist; a distance changes by at most that, so a vertex
+        # whose first distance (exact, or an upper bound: the nearest vertex's) plus it is within the exact
+        # band is within it after the motion: queried exactly without the k-d tree's filter (the same answer)
+        if arch == "upper":
+            shift = lengths(transform_points(points["upper"], invert(correction)) - points["upper"])
+        else:
+            shift = lengths(moved - low)
+        previous = distances[arch]
+        within = np.abs(previous) + shift < band
+        distance = _signed(
+            after_antagonist[arch], after_points[arch], order[arch], previous < reach, previous, within=within
+        )
+        return contacts(arch, after_points[arch], distance, regions[arch])
+
+    return Occlusion(before, _per_arch(after), correction, True, frame)
+
+
+T = TypeVar("T")
+
+
+def _per_arch(task: Callable[[str], T]) -> dict[str, T]:
+    """``{"upper": task("upper"), "lower": task("lower")}``, the upper's on a thread of its own beside.
+
+    The analysis of one arch queries the other arch's search structures (built on first use by
+    the thread that queries them) and nothing the other thread touches. Most of the time is in
+    the kernel's queries and NumPy's loops, which release the GIL: on two cores the two arches
+    take little more than the slower one.
+    """
+    with ThreadPoolExecutor(max_workers=1) as beside:
+        upper = beside.submit(task, "upper")
+        lower = task("lower")
+        return {"upper": upper.result(), "lower": lower}
 
 
 def _read_band(params: OcclusionParams) -> float:
@@ -354,22 +384,6 @@ def _complete(
     widest = float(np.hypot(SurfaceTarget.exact_band_mm, antagonist.longest_edge / np.sqrt(3.0)))
     # only these can be exact in the full band and not in the read one (their value is the nearest vertex's)
     return _signed(antagonist, vertices, order, (distance >= band) & (distance < widest), distance)
-
-
-def _both(
-    up: FloatArray,
-    low: FloatArray,
-    upper: Scan,
-    lower: Scan,
-    distances: dict[str, FloatArray],
-    regions: dict[str, NDArray[np.int64]],
-    params: OcclusionParams,
-) -> dict[str, ArchContacts]:
-    threshold = params.contact_threshold_mm
-    return {
-        "upper": arch_contacts(up, upper.faces, None, threshold, regions["upper"], distances["upper"]),
-        "lower": arch_contacts(low, lower.faces, None, threshold, regions["lower"], distances["lower"]),
-    }
 
 
 def result_document(result: AlignmentResult, version: str) -> dict[str, Any]:

@@ -329,3 +329,61 @@ def test_spatial_order_lists_the_points_cell_by_cell() -> None:
     assert listed == sorted(listed)  # cell by cell, each cell's points together
     assert list(order).index(7) < list(order).index(100)
     assert len(spatial_order(np.zeros((0, 3)))) == 0
+
+
+def test_stable_order_is_numpys_stable_argsort() -> None:
+    """The corner lists around the vertices (:class:`MeshSides`) come from one plain sort of packed integers:
+    the order of NumPy's stable argsort, equal keys in their positions' order."""
+    from mesial.aligner._sides import MeshSides, stable_order
+
+    rng = np.random.default_rng(11)
+    for keys in (rng.integers(0, 50, 20_000), rng.integers(0, 1 << 40, 3_000), np.array([5]), np.array([3, 3, 3, 0])):
+        assert np.array_equal(stable_order(keys), np.argsort(keys, kind="stable"))
+    huge = np.array([1 << 61, 0, 1 << 61, 7], dtype=np.int64)  # beyond the packed range: NumPy's sort
+    assert np.array_equal(stable_order(huge), [1, 3, 0, 2])
+    assert len(stable_order(np.zeros(0, dtype=np.int64))) == 0
+    with pytest.raises(ValueError, match="non-negative"):
+        stable_order(np.array([2, -1]))
+    vertices, faces = uv_sphere(5.0, (0, 0, 0), rings=20, segments=30)
+    sides = MeshSides(vertices, faces)
+    assert np.array_equal(sides._order, np.argsort(faces.ravel(), kind="stable"))
+
+
+def test_longest_edges_are_each_triangles_longest(small_case) -> None:
+    """Each triangle's longest edge, bit for bit the largest of its three edges' lengths."""
+    arch = small_case.upper
+    longest = SurfaceTarget(arch.vertices, arch.faces)._index.longest_edges
+    corners = arch.vertices[arch.faces]
+    edges = corners - np.roll(corners, -1, axis=1)  # a->b, b->c, c->a
+    squared = (edges[..., 0] ** 2 + edges[..., 1] ** 2) + edges[..., 2] ** 2
+    assert np.array_equal(longest, np.sqrt(squared.max(axis=1)))
+    assert np.allclose(longest, np.linalg.norm(edges, axis=2).max(axis=1), rtol=1e-15, atol=0)
+
+
+def test_the_analysis_on_two_threads_measures_what_one_after_the_other_does(small_case, monkeypatch) -> None:
+    """The two arches measured beside each other give the same distances, bit for bit, as one after the
+    other; an error in either arch's thread reaches the caller."""
+    from mesial.aligner import pipeline
+    from mesial.aligner.validate import scan_from_arrays
+
+    def analysed() -> pipeline.Occlusion:
+        upper = scan_from_arrays(small_case.upper.vertices, small_case.upper.faces, "upper")
+        lower = scan_from_arrays(small_case.lower.vertices, small_case.lower.faces, "lower")
+        return pipeline.analyse(upper, lower, small_case.truth["upper"], small_case.truth["lower"], OcclusionParams())
+
+    together = analysed()
+    monkeypatch.setattr(pipeline, "_per_arch", lambda task: {arch: task(arch) for arch in ("upper", "lower")})
+    alone = analysed()
+    assert not np.allclose(together.correction, np.eye(4))  # both passes ran
+    assert np.array_equal(together.correction, alone.correction)
+    for stage in ("before", "after"):
+        for arch in ("upper", "lower"):
+            assert np.array_equal(getattr(together, stage)[arch].distance, getattr(alone, stage)[arch].distance)
+    monkeypatch.undo()
+
+    def fails(arch: str) -> None:
+        if arch == "upper":
+            raise RuntimeError("upper failed")
+
+    with pytest.raises(RuntimeError, match="upper failed"):
+        pipeline._per_arch(fails)
