@@ -64,3 +64,37 @@ def test_a_query_split_over_threads_answers_the_same() -> None:
     for threads in (2, 3):
         split = tree.query(queries, 1.5, threads)
         assert np.array_equal(split[0], alone[0]) and np.array_equal(split[1], alone[1])
+
+
+def _brute_force(points: np.ndarray, queries: np.ndarray, bound: float) -> tuple[np.ndarray, np.ndarray]:
+    """The smallest (squared distance, index) strictly within the bound, the squares summed in axis order."""
+    difference = queries[:, None, :] - points[None, :, :]
+    squared = difference[..., 0] ** 2 + difference[..., 1] ** 2 + difference[..., 2] ** 2
+    squared = np.where(squared < bound * bound, squared, np.inf)
+    index = np.argmin(squared, axis=1)  # the first of equal minima: the smallest index
+    best = squared[np.arange(len(queries)), index]
+    index[np.isinf(best)] = len(points)
+    return np.sqrt(best), index
+
+
+@pytest.mark.parametrize("bound", [0.3, 1.0, 4.0, np.inf])
+def test_large_calls_in_grid_order_answer_as_small_ones(bound: float) -> None:
+    """A call of at least ORDER_FROM points is answered in the order of a coarse grid's cells, a
+    smaller one in the order given: the same answers, also for queries outside the tree's box, a
+    flat tree (no extent along z) and many points at the same distance (integer grid, repeated
+    points), where the smallest index must win (brute force the reference)."""
+    rng = np.random.default_rng(7)
+    grid = np.stack(np.meshgrid(np.arange(12.0), np.arange(9.0), [0.0], indexing="ij"), axis=-1).reshape(-1, 3)
+    points = np.vstack([grid, grid[rng.integers(0, len(grid), 300)]])  # each place up to several times
+    points = points[rng.permutation(len(points))]
+    queries = np.vstack([
+        rng.integers(-3, 15, (700, 3)).astype(np.float64) * np.array([1.0, 1.0, 0.5]),  # ties everywhere
+        rng.uniform(-20.0, 30.0, (300, 3)),  # inside and far outside the box
+    ])  # fmt: skip
+    tree = NearestTree(points)
+    whole = tree.query(queries, bound)
+    expected = _brute_force(points, queries, bound)
+    assert np.array_equal(whole[1], expected[1]) and np.array_equal(whole[0], expected[0])
+    pieces = [tree.query(queries[start : start + 50], bound) for start in range(0, len(queries), 50)]
+    assert np.array_equal(np.concatenate([piece[1] for piece in pieces]), whole[1])
+    assert np.array_equal(np.concatenate([piece[0] for piece in pieces]), whole[0])
