@@ -157,7 +157,9 @@ def register_bite(
     trees = _in_background(partial(_build_trees, fine, upper.vertices[:1]))
     # each arch alone in its canonical frame: search field and buccal outline (no pose assumed between them)
     # (a thread each: their sorts and distance transforms release the GIL)
-    solo = dict(zip(arch_scans, _at_once([partial(_arch_alone, scan, params) for scan in arch_scans.values()]), strict=True))
+    solo = dict(
+        zip(arch_scans, _at_once([partial(_arch_alone, scan, params) for scan in arch_scans.values()]), strict=True)
+    )
     if len(bites) == 1:
         fine_voxel = params.one_bite_fine_voxel_mm
     else:  # the same number of fine points in all: each of n bites thinned sqrt(n) times coarser
