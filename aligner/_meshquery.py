@@ -91,6 +91,12 @@ def _open() -> Any:
     library.nn_free.restype = None
     library.nn_query.argtypes = [pointer, pointer, i64, real, pointer, pointer]
     library.nn_query.restype = c_int
+    library.mc_merge_corners.argtypes = [pointer, i64, i64, i64, c_int, pointer, pointer, pointer]
+    library.mc_merge_corners.restype = c_int
+    library.mc_cross_products.argtypes = [pointer, i64, pointer, i64, pointer]
+    library.mc_cross_products.restype = c_int
+    library.mc_corner_sums.argtypes = [pointer, i64, pointer, i64, pointer]
+    library.mc_corner_sums.restype = c_int
     return library
 
 

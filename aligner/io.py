@@ -5,7 +5,9 @@ API's upload path uses too: the file size is checked against ``max_bytes`` befor
 anything is read, the triangle count a binary STL or PLY header claims against
 ``max_triangles`` before the payload is parsed (a header claiming two billion triangles
 is refused without allocating anything), the grammar strictly (a malformed ASCII STL
-is refused with its line number), and the geometry (finite, in range, dental size).
+is refused with its line number), and the geometry (finite, in range, dental size). A binary
+STL's corners are merged into vertices by the aligner's compiled :func:`._clean.merge_corners`
+(the values of :func:`mesial.common.meshformat.merge_identical_points`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from mesial.aligner._clean import merge_corners
 from mesial.aligner.transforms import unit
 from mesial.common.errors import CorruptScan, ScanTooLarge
 from mesial.common.meshformat import STL_DTYPE, MeshStream, merge_identical_points, sniff_format
@@ -91,7 +94,7 @@ def read_mesh(
     data = path.read_bytes()
     with ThreadPoolExecutor(max_workers=1) as pool:  # hashlib and numpy's sort both release the GIL
         digest = pool.submit(lambda: hashlib.sha256(data).hexdigest())
-        stream = MeshStream(max_triangles=max_triangles, unit=unit, role=role, arch=arch)
+        stream = MeshStream(max_triangles=max_triangles, unit=unit, role=role, arch=arch, merge=merge_corners)
         stream.feed(data)
         mesh = stream.finish()
         return RawMesh(mesh.vertices, mesh.faces, mesh.file_format, digest.result(), size)

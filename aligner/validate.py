@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from mesial.aligner._clean import corner_sums, cross_products
 from mesial.aligner._features import first_occurrences
 from mesial.aligner._icp import SurfaceTarget, raycasting_scene
 from mesial.aligner.errors import EmptyScan, InvalidScanShape, ScanInputError
@@ -234,8 +235,20 @@ def face_cross_products(vertices: NDArray[np.float64], faces: NDArray[np.int64])
     """``(v1 - v0) x (v2 - v0)`` per triangle ``(m, 3)``: the normal times twice the area.
 
     The same arithmetic as ``np.cross`` on the gathered corners, a coordinate at a time
-    (no ``(m, 3, 3)`` array of corners): the same values, in half the time.
+    (no ``(m, 3, 3)`` array of corners): the same values, in half the time; and in one pass
+    over the triangles in the aligner's compiled kernel (:func:`._clean.cross_products`,
+    the same operations), a fifth of that.
     """
+    if (
+        np.ndim(vertices) == 2
+        and np.shape(vertices)[1] == 3
+        and np.ndim(faces) == 2
+        and np.shape(faces)[1] == 3
+        and np.issubdtype(np.asarray(faces).dtype, np.integer)
+    ):
+        cross = cross_products(vertices, faces)
+        if cross is not None:
+            return cross
     columns = np.ascontiguousarray(np.asarray(vertices, dtype=np.float64).T)
     first = faces[:, 0]
     a = [column[faces[:, 1]] - column[first] for column in columns]
@@ -266,6 +279,11 @@ def vertex_normals(
     """
     if face_normals is None:
         face_normals = face_cross_products(vertices, faces)
+    vertices = np.asarray(vertices)
+    if vertices.dtype == np.float64 and vertices.shape[1:] == (3,) and np.shape(face_normals) == (len(faces), 3):
+        sums = corner_sums(faces, face_normals, len(vertices))  # the bincounts' sums below, in one pass
+        if sums is not None:
+            return unit(sums)
     normals = np.zeros_like(vertices)
     columns = (faces[:, 0], faces[:, 1], faces[:, 2])
     for axis in range(3):

@@ -295,16 +295,22 @@ class _Sample:
         self.kept = 0
 
     def add(self, points: NDArray[np.floating]) -> None:
+        """Add points ``(k, 3)``, or triangles' corners ``(k, 3, 3)`` as their ``3 k`` points in order."""
+        rows = len(points) * (3 if points.ndim == 3 else 1)
         # the step this piece ends with, found before copying anything: the multiples of a
         # step among all the indices seen are ceil(seen / step) points
-        step, total = self.step, self.seen + len(points)
+        step, total = self.step, self.seen + rows
         while -(-total // step) > 2 * self.target:
             step *= 2
         if step != self.step:  # the points kept so far are the multiples of the old step, from index 0
             every = np.concatenate(self.parts)[:: step // self.step] if self.parts else np.zeros((0, 3))
             self.parts, self.kept, self.step = [every], len(every), step
         first = (-self.seen) % self.step  # the next index that is a multiple of step
-        picked = np.asarray(points[first :: self.step], dtype=np.float64)
+        if points.ndim == 3:  # the corners' rows picked where they are (no flat copy of a strided view)
+            index = np.arange(first, rows, self.step)
+            picked = np.asarray(points[index // 3, index % 3], dtype=np.float64)
+        else:
+            picked = np.asarray(points[first :: self.step], dtype=np.float64)
         self.seen = total
         self.parts.append(picked)
         self.kept += len(picked)
@@ -444,6 +450,10 @@ class MeshStream:
         Named in error messages (``"upper"``, ``"lower"``, ``"bite"``).
     arch : bool
         An upper or lower arch: :func:`check_arch_shape` too.
+    merge : callable, optional
+        Merges a kept binary STL's triangle corners ``(k, 3, 3)`` float32 into vertices ``(n, 3)``
+        float64 and faces ``(k, 3)`` int64 with the values of :func:`merge_triangle_corners` (the
+        default); the aligner passes its compiled one.
 
     Example
     -------
@@ -454,9 +464,17 @@ class MeshStream:
     """
 
     def __init__(
-        self, *, max_triangles: int, keep: bool = True, unit: str | None = None, role: str = "", arch: bool = False
+        self,
+        *,
+        max_triangles: int,
+        keep: bool = True,
+        unit: str | None = None,
+        role: str = "",
+        arch: bool = False,
+        merge: Callable[[NDArray[np.float32]], tuple[FloatArray, IntArray]] | None = None,
     ) -> None:
         self.max_triangles = max_triangles
+        self.merge = merge or merge_triangle_corners
         self.arch = arch
         self.keep = keep
         self.unit = unit
@@ -579,7 +597,8 @@ class _BinaryStl(_Parser):
             records = np.frombuffer(view, dtype=STL_DTYPE, count=whole)
             corners = records["corners"]
             if self.owner.keep:  # checked once merged (fewer points), in finish()
-                self.parts.append(np.ascontiguousarray(corners))
+                # a view into the records when they are immutable bytes (nothing copied), else a copy
+                self.parts.append(corners if isinstance(piece, bytes) else np.ascontiguousarray(corners))
             else:
                 self.tally.corners(corners)
             self.records += whole
@@ -599,14 +618,20 @@ class _BinaryStl(_Parser):
             return MeshData(self.file_format, np.zeros((0, 3)), np.zeros((0, 3), np.int64), 3 * self.count, self.count)
         corners = self.parts[0] if len(self.parts) == 1 else np.concatenate(self.parts)
         if self.tally.sample is not None:  # the corners, as a stream that is not kept samples them
-            self.tally.sample.add(corners.reshape(-1, 3))
-        merged, inverse = merge_identical_points(corners.reshape(-1, 3))
-        vertices, faces = merged.astype(np.float64), inverse.reshape(-1, 3)
+            self.tally.sample.add(corners)
+        vertices, faces = self.owner.merge(corners)
         sample, self.tally.sample = self.tally.sample, None
         self.tally.points(vertices, np.ones(len(vertices), dtype=bool))
         self.tally.sample = sample
         self.tally.indexed(vertices, faces)
         return MeshData(self.file_format, vertices, faces, len(vertices), len(faces))
+
+
+def merge_triangle_corners(corners: NDArray[np.float32]) -> tuple[FloatArray, IntArray]:
+    """A binary STL's triangle corners ``(k, 3, 3)`` as vertices ``(n, 3)`` float64 and faces ``(k, 3)`` int64
+    (:func:`merge_identical_points`: the vertices in the order of their hash)."""
+    merged, inverse = merge_identical_points(np.ascontiguousarray(corners).reshape(-1, 3))
+    return merged.astype(np.float64), inverse.reshape(-1, 3)
 
 
 def merge_identical_points(points: NDArray[np.floating]) -> tuple[NDArray[np.floating], IntArray]:
