@@ -385,6 +385,23 @@ class SurfaceTarget:
             return transform_points(closest, self.pose), rotate_vectors(normals, self.pose)
         return closest, normals
 
+    def _spread_radius(self) -> float:
+        """The radius of :meth:`signed_distance`'s local spread (see :mod:`._spread`): a vertex within
+        ``hypot(exact_band_mm, r)`` of a point, r at most the mesh's largest corner reach."""
+        return float(np.hypot(self.exact_band_mm, self._index.longest_edge / float(np.sqrt(3.0))))
+
+    def prepare_signed_distance(self) -> None:
+        """Build now what :meth:`signed_distance` would build on its first call (the distance field, the
+        longest edges, the local spread, the corner lists of the pseudonormals), for example on a thread
+        while other work leaves a core idle. The same structures: the answers do not change.
+
+        Not to be called while another thread queries this mesh's :meth:`signed_distance` (the structures
+        are built without a lock).
+        """
+        index = self._index
+        _ = index.field, index.sides  # (properties: built on first use)
+        index.spread(self._spread_radius())
+
     def signed_distance(
         self,
         points: FloatArray,
@@ -456,8 +473,7 @@ class SurfaceTarget:
         # gap. r is the largest around the vertices near the point (._spread), not the mesh's largest:
         # a vertex within sqrt(band^2 + r^2) of the point is covered.
         band = self.exact_band_mm if band_mm is None else min(band_mm, self.exact_band_mm)
-        largest = self._index.longest_edge / float(np.sqrt(3.0))
-        spread = self._index.spread(float(np.hypot(self.exact_band_mm, largest)))(local[candidates])
+        spread = self._index.spread(self._spread_radius())(local[candidates])
         wanted = vertex < np.hypot(band, spread)
         beyond = np.flatnonzero(~wanted)
         if len(beyond):

@@ -32,7 +32,7 @@ from mesial.aligner.occlusion import (
     with_a_corner,
 )
 from mesial.aligner.params import AlignParams, OcclusionParams
-from mesial.aligner.registration import Registration, register_bite, summary
+from mesial.aligner.registration import Registration, _in_background, register_bite, summary
 from mesial.aligner.transforms import invert, lengths, rotation_angle_deg, transform_points
 from mesial.aligner.validate import Scan, load_scan
 from mesial.common.limits import MAX_SCAN_BYTES, MAX_TRIANGLES
@@ -189,9 +189,13 @@ def align_scans(
     timings["validate"] = time.perf_counter() - clock
 
     bite_scans = [scans[role] for role in roles[2:]]
+    # the occlusal analysis' search structures of the arches (they do not depend on the poses) are built on a
+    # thread of their own while the registration runs: it leaves part of a core idle
+    prepared = _in_background(functools.partial(prepare_analysis, scans["upper"], scans["lower"]))
     registration = register_bite(scans["upper"], scans["lower"], bite_scans, params, report)
     timings.update(registration.timings)
     if not registration.confident:
+        prepared.exception()  # (waited for, not needed: nothing is left running)
         return AlignmentResult(
             "not_confident",
             registration.reasons,
@@ -206,6 +210,7 @@ def align_scans(
 
     clock = time.perf_counter()
     report("occlusion", 0.0)
+    prepared.result()
     result = analyse(scans["upper"], scans["lower"], registration.upper_to_bite, registration.lower_to_bite, occlusion)
     timings["occlusion"] = time.perf_counter() - clock
     report("occlusion", 1.0)
@@ -220,6 +225,16 @@ def align_scans(
         timings,
         {**params.as_dict(), "occlusion": occlusion.as_dict()},
     )
+
+
+def prepare_analysis(upper: Scan, lower: Scan) -> None:
+    """Build the arches' search structures :func:`analyse` queries, each in its scan's own frame (the
+    exact queries' pseudonormals, the distance field, the local spread): what its first queries would build.
+
+    Nothing may query the arches' signed distances meanwhile (the structures are built without a lock).
+    """
+    for scan in (upper, lower):
+        scan.surface().prepare_signed_distance()
 
 
 def analyse(

@@ -7,6 +7,7 @@ from mesial.aligner._icp import SurfaceTarget
 from mesial.aligner.occlusion import arch_contacts, area_below, count_patches, optimise_bite
 from mesial.aligner.params import OcclusionParams
 from mesial.aligner.transforms import transform_points
+from mesial.aligner.validate import Scan
 
 from .conftest import grid_plane, uv_sphere
 
@@ -387,3 +388,33 @@ def test_the_analysis_on_two_threads_measures_what_one_after_the_other_does(smal
 
     with pytest.raises(RuntimeError, match="upper failed"):
         pipeline._per_arch(fails)
+
+
+def test_prepared_structures_are_the_ones_the_queries_use(small_case) -> None:
+    """``prepare_analysis`` builds what the first signed distances would (the field, the pseudonormals'
+    corner lists, the local spread at the radius the queries ask for): the analysis then builds nothing
+    more and measures the same distances."""
+    from mesial.aligner.pipeline import analyse, prepare_analysis
+    from mesial.aligner.validate import scan_from_arrays
+
+    def scans() -> tuple[Scan, Scan]:
+        return (
+            scan_from_arrays(small_case.upper.vertices, small_case.upper.faces, "upper"),
+            scan_from_arrays(small_case.lower.vertices, small_case.lower.faces, "lower"),
+        )
+
+    upper, lower = scans()
+    prepare_analysis(upper, lower)
+    built = {}
+    for scan in (upper, lower):
+        index = scan.surface()._index
+        assert index._field is not None and index._sides is not None and len(index._spreads) == 1
+        built[scan.role] = (index._field, index._sides, dict(index._spreads))
+    prepared = analyse(upper, lower, small_case.truth["upper"], small_case.truth["lower"], OcclusionParams())
+    for scan in (upper, lower):
+        index = scan.surface()._index
+        assert (index._field, index._sides, index._spreads) == built[scan.role]  # the same objects, no others
+    fresh = analyse(*scans(), small_case.truth["upper"], small_case.truth["lower"], OcclusionParams())
+    for stage in ("before", "after"):
+        for arch in ("upper", "lower"):
+            assert np.array_equal(getattr(prepared, stage)[arch].distance, getattr(fresh, stage)[arch].distance)
