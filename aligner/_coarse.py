@@ -272,15 +272,15 @@ def search_along(
         flat_t = translation.reshape(a, -1, 3)
         # coarse to fine: every pose scored on the first coarse_probes probes (evenly spread when the
         # probes come from farthest-point sampling), the best rescore_share of them on all probes
-        few = moved[:, None, None, : max(1, coarse_probes)]  # (a, 1, 1, c, 3)
         # a translation's x and y do not depend on its height (z only) nor its z on its offset (along a
-        # horizontal direction): each axis's cells on its own smaller array, (a, 1, o, 1) or (a, h, 1, 1)
-        parts = (translation[:, :1, :, None, 0], translation[:, :1, :, None, 1], translation[:, :, :1, None, 2])
-        rough = field.score_axes(few, parts, tau_mm).mean(axis=3).ravel()  # (a * h*o,)
+        # horizontal direction): (a, o), (a, o) and (a, h), every (height, offset) pose's mean at once
+        x, y, z = translation[:, 0, :, 0], translation[:, 0, :, 1], translation[:, :, 0, 2]
+        few = min(max(1, coarse_probes), moved.shape[1])
+        rough = field.mean_score_axes(moved, few, x, y, z, tau_mm).ravel()  # (a * h*o,)
         count = min(len(rough), max(keep, int(rescore_share * len(rough))))
         chosen = np.argpartition(-rough, count - 1)[:count] if count < len(rough) else np.arange(len(rough))
         ai, ti = np.divmod(chosen, flat_t.shape[1])
-        score = field.score(moved[ai], tau_mm, flat_t[ai, ti][:, None, :]).mean(axis=1)  # (count,)
+        score = field.mean_score(moved, ai, flat_t[ai, ti], tau_mm)  # (count,)
         best = np.argsort(-score, kind="stable")[:keep]
         i, j = ai[best], ti[best]
         passes.append((score[best], np.full(len(best), sigma), rotations[i], flat_t[i, j]))

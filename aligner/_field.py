@@ -25,6 +25,13 @@ from numpy.typing import NDArray
 FloatArray = NDArray[np.float64]
 
 
+def _check(status: int) -> None:
+    if status == -1:
+        raise MemoryError("out of memory scoring poses")
+    if status != 0:
+        raise ValueError(f"the compiled mean scores refused their input (error {status})")
+
+
 def truncated_squared_distances(occupied: NDArray[np.bool_], reach: int) -> NDArray[np.signedinteger[Any]]:
     """Squared distance (in voxels²) of every cell to the nearest occupied cell, exact up to ``reach`` voxels.
 
@@ -135,6 +142,83 @@ class DistanceField:
         assert flat is not None
         table = self._score_table(tau_mm)
         return np.asarray(table.take(flat), dtype=np.float64)
+
+    def mean_score_axes(
+        self, points: FloatArray, count: int, x: FloatArray, y: FloatArray, z: FloatArray, tau_mm: float
+    ) -> FloatArray:
+        """Mean :meth:`score` of poses on a grid of translations, compiled (``_field.c``), 3-D fields only.
+
+        ``out[i, j, k]`` is the mean score of the first ``count`` of ``points[i]`` (``points (s, n, 3)``)
+        moved by ``(x[i, k], y[i, k], z[i, j])`` (``x, y (s, o)``, ``z (s, h)``): bit for bit
+        ``score_axes(points[:, None, None, :count], (x[:, None, :, None], y[:, None, :, None],
+        z[:, :, None, None]), tau_mm).mean(axis=3)`` (the same cells, NumPy's pairwise sum), without
+        its ``(s, h, o, count)`` arrays.
+        """
+        rows = self._kernel_points(points)
+        sets, n = rows.shape[:2]
+        if not 1 <= count <= n:
+            raise ValueError(f"count must be 1 to {n}, got {count}")
+        x, y, z = (np.ascontiguousarray(v, dtype=np.float64) for v in (x, y, z))
+        if x.shape != y.shape or x.ndim != 2 or z.ndim != 2 or len(x) != sets or len(z) != sets:
+            raise ValueError(f"x, y (s, o) and z (s, h) for {sets} sets, got {x.shape}, {y.shape}, {z.shape}")
+        out = np.empty((sets, z.shape[1], x.shape[1]))
+        table, origin, limit, strides = self._kernel_field(tau_mm)
+        status = self._kernel().fs_mean_axes(
+            table.ctypes.data, origin.ctypes.data, self.voxel, limit.ctypes.data, strides.ctypes.data,
+            rows.ctypes.data, sets, n, int(count), x.ctypes.data, y.ctypes.data, z.ctypes.data,
+            z.shape[1], x.shape[1], out.ctypes.data,
+        )  # fmt: skip
+        _check(status)
+        return out
+
+    def mean_score(
+        self, points: FloatArray, which: NDArray[np.integer[Any]], offset: FloatArray, tau_mm: float
+    ) -> FloatArray:
+        """Mean :meth:`score` of poses one by one, compiled (``_field.c``), 3-D fields only.
+
+        ``out[r]`` is the mean score of ``points[which[r]]`` (``points (s, n, 3)``) moved by
+        ``offset[r]`` (``offset (m, 3)``): bit for bit ``score(points[which], tau_mm,
+        offset[:, None, :]).mean(axis=1)``, without its ``(m, n, 3)`` and ``(m, n)`` arrays.
+        """
+        rows = self._kernel_points(points)
+        index = np.ascontiguousarray(which, dtype=np.int64)
+        shifts = np.ascontiguousarray(offset, dtype=np.float64)
+        if index.ndim != 1 or shifts.shape != (len(index), 3):
+            raise ValueError(f"which (m,) and offset (m, 3), got {index.shape} and {shifts.shape}")
+        if len(index) and not (0 <= index.min() and index.max() < len(rows)):
+            raise ValueError(f"which must index the {len(rows)} point sets")
+        if rows.shape[1] == 0:
+            raise ValueError("no points to score")
+        out = np.empty(len(index))
+        table, origin, limit, strides = self._kernel_field(tau_mm)
+        status = self._kernel().fs_mean(
+            table.ctypes.data, origin.ctypes.data, self.voxel, limit.ctypes.data, strides.ctypes.data,
+            rows.ctypes.data, rows.shape[1], index.ctypes.data, shifts.ctypes.data, len(index), out.ctypes.data,
+        )  # fmt: skip
+        _check(status)
+        return out
+
+    def _kernel_points(self, points: FloatArray) -> FloatArray:
+        if len(self.strides) != 3:
+            raise ValueError("the compiled mean scores take a 3-D field")
+        rows = np.ascontiguousarray(points, dtype=np.float64)
+        if rows.ndim != 3 or rows.shape[2] != 3:
+            raise ValueError(f"points must be (s, n, 3), got shape {rows.shape}")
+        return rows
+
+    def _kernel_field(self, tau_mm: float) -> tuple[FloatArray, FloatArray, FloatArray, NDArray[np.int64]]:
+        """The score table and the grid's geometry as the kernel takes them."""
+        # the flat indices stay int32 in NumPy's path: the same values only while the grid is smaller
+        if len(self.grid) >= 2**31:
+            raise ValueError("the field's grid is too large for the compiled mean scores")
+        origin = np.ascontiguousarray(self.origin, dtype=np.float64)
+        return self._score_table(tau_mm), origin, self.limit, np.asarray(self.strides, dtype=np.int64)
+
+    @staticmethod
+    def _kernel() -> Any:
+        from mesial.aligner._meshquery import _load
+
+        return _load()
 
     def _score_table(self, tau_mm: float) -> FloatArray:
         table = self._scores.get(tau_mm)

@@ -107,3 +107,43 @@ def test_scores_with_an_offset_per_axis_equal_those_with_the_whole_offset():
         assert whole.shape == (30, 4, 5, 24)
         assert np.array_equal(field.score_axes(probes, parts, tau), whole)
         assert (whole == 0.0).any() and (whole > 0.0).any()
+
+
+@pytest.mark.parametrize("count", [1, 5, 8, 24, 64, 130])
+def test_compiled_mean_scores_are_numpys_bit_for_bit(count):
+    """``mean_score_axes`` and ``mean_score`` (``_field.c``) give NumPy's means of ``score_axes`` and
+    ``score`` bit for bit: the same cells (also outside the grid) and NumPy's pairwise sum, for
+    fewer than 8 probes, up to 128 and beyond (its three ways of summing)."""
+    rng = np.random.default_rng(count)
+    field = DistanceField(rng.normal(size=(3000, 3)) * [15.0, 10.0, 4.0], 0.6, 2.1)
+    n = count + 3  # the first count of each set's points
+    points = rng.normal(size=(40, n, 3)) * 8.0
+    x, y = rng.normal(size=(2, 40, 5)) * 6.0
+    z = rng.normal(size=(40, 4)) * 3.0
+    x[0, 0] = 200.0  # far outside the grid: clipped to its border cells, as NumPy's look-up clips
+    for tau in (1.5, 0.8):
+        parts = (x[:, None, :, None], y[:, None, :, None], z[:, :, None, None])
+        expected = field.score_axes(points[:, None, None, :count], parts, tau).mean(axis=3)
+        got = field.mean_score_axes(points, count, x, y, z, tau)
+        assert got.shape == (40, 4, 5) and np.array_equal(got, expected)
+        assert (expected > 0.0).any() and (expected < 1.0).any()
+        which = rng.integers(0, 40, 300)
+        offset = rng.normal(size=(300, 3)) * 6.0
+        expected = field.score(points[which], tau, offset[:, None, :]).mean(axis=1)
+        assert np.array_equal(field.mean_score(points, which, offset, tau), expected)
+        assert np.array_equal(field.mean_score(points, which[:0], offset[:0], tau), np.zeros(0))
+
+
+def test_compiled_mean_scores_refuse_bad_input():
+    field = DistanceField(np.random.default_rng(1).normal(size=(200, 3)) * 5.0, 0.6, 2.1)
+    points = np.zeros((4, 6, 3))
+    with pytest.raises(ValueError, match="count"):
+        field.mean_score_axes(points, 7, np.zeros((4, 2)), np.zeros((4, 2)), np.zeros((4, 3)), 1.0)
+    with pytest.raises(ValueError, match="sets"):
+        field.mean_score_axes(points, 6, np.zeros((3, 2)), np.zeros((3, 2)), np.zeros((3, 3)), 1.0)
+    with pytest.raises(ValueError, match=r"\(s, n, 3\)"):
+        field.mean_score(np.zeros((4, 3)), np.zeros(1, dtype=np.int64), np.zeros((1, 3)), 1.0)
+    with pytest.raises(ValueError, match="index"):
+        field.mean_score(points, np.array([4]), np.zeros((1, 3)), 1.0)
+    with pytest.raises(ValueError, match="3-D"):
+        DistanceField(np.zeros((5, 2)), 0.6, 2.1).mean_score(points, np.array([0]), np.zeros((1, 3)), 1.0)
