@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -247,15 +247,15 @@ def analyse(
     where the contact measures and the optimisation read them (:func:`_distances`);
     after it, the vertices within the near band are measured again, exact within the
     exact band; when nothing moved, the first distances are completed to that instead.
-    The two arches' distances are independent (each queries the other's structures):
-    they are measured on two threads (:func:`_per_arch`), the same values as one after the other.
+    The two arches' distances are independent (each queries the other's structures): they are
+    measured on two threads (:func:`_per_arch`), and the anatomical frame and the contacts before
+    the optimisation beside the work that does not need them: the same values as one after the other.
     """
     scans = {"upper": upper, "lower": lower}
     points = {
         "upper": transform_points(upper.vertices, upper_to_bite),
         "lower": transform_points(lower.vertices, lower_to_bite),
     }
-    frame = arch_frame(points["upper"], points["lower"])
     upper_surface = upper.surface().placed(upper_to_bite)
     lower_surface = lower.surface().placed(lower_to_bite)
     antagonist = {"upper": lower_surface, "lower": upper_surface}
@@ -264,71 +264,84 @@ def analyse(
     def contacts(arch: str, vertices: FloatArray, distance: FloatArray, region: NDArray[np.int64]) -> ArchContacts:
         return arch_contacts(vertices, scans[arch].faces, None, threshold, region, distance)
 
-    def first(arch: str) -> tuple[NDArray[np.int64], NDArray[np.int64], FloatArray, ArchContacts]:
-        region = regions_of(points[arch], frame, params.anterior_share)
+    def first(arch: str) -> tuple[NDArray[np.int64], FloatArray]:
         # the vertices queried in space order (the same values, faster: see spatial_order)
         order = spatial_order(scans[arch].vertices)
-        distance = _distances(antagonist[arch], points[arch], scans[arch].faces, params, order)
-        return region, order, distance, contacts(arch, points[arch], distance, region)
+        return order, _distances(antagonist[arch], points[arch], scans[arch].faces, params, order)
 
-    measured = _per_arch(first)
-    regions = {arch: m[0] for arch, m in measured.items()}
-    order = {arch: m[1] for arch, m in measured.items()}
-    distances = {arch: m[2] for arch, m in measured.items()}
-    before = {arch: m[3] for arch, m in measured.items()}
-    correction = np.eye(4)
-    if params.optimise and before["lower"].max_penetration_mm > params.penetration_tolerance_mm:
-        correction = optimise_bite(upper_surface, points["lower"], params, distances["lower"])
-    if np.allclose(correction, np.eye(4)):
-        # the distances are the result's own: measured as the full exact band measures them
-        def complete(arch: str) -> ArchContacts:
-            distance = _complete(antagonist[arch], points[arch], distances[arch], params, order[arch])
-            return contacts(arch, points[arch], distance, regions[arch])
+    with _helper() as beside:
+        upper_first = beside.submit(first, "upper")
+        frame = arch_frame(points["upper"], points["lower"])  # meanwhile
+        measured = {"lower": first("lower"), "upper": upper_first.result()}
+        order = {arch: m[0] for arch, m in measured.items()}
+        distances = {arch: m[1] for arch, m in measured.items()}
 
-        before = _per_arch(complete)
-        return Occlusion(before, before, correction, params.optimise, frame)
-    low = points["lower"]
-    moved = transform_points(low, correction)
-    # vertices farther than the band plus the largest displacement stay far: their
-    # (approximate, >= band) distances are kept
-    reach = SurfaceTarget.near_band_mm + float(np.linalg.norm(moved - low, axis=1).max()) + 1e-6
-    after_points = {"upper": points["upper"], "lower": moved}
-    after_antagonist = {"upper": lower.surface().placed(correction @ lower_to_bite), "lower": upper_surface}
-    band = SurfaceTarget.exact_band_mm - 1e-9
+        def measure_before() -> tuple[dict[str, NDArray[np.int64]], dict[str, ArchContacts]]:
+            region = {arch: regions_of(points[arch], frame, params.anterior_share) for arch in ARCHES}
+            return region, {arch: contacts(arch, points[arch], distances[arch], region[arch]) for arch in ARCHES}
 
-    def after(arch: str) -> ArchContacts:
-        # how far each vertex moved against its antagonist; a distance changes by at most that, so a vertex
-        # whose first distance (exact, or an upper bound: the nearest vertex's) plus it is within the exact
-        # band is within it after the motion: queried exactly without the k-d tree's filter (the same answer)
-        if arch == "upper":
-            shift = lengths(transform_points(points["upper"], invert(correction)) - points["upper"])
-        else:
-            shift = lengths(moved - low)
-        previous = distances[arch]
-        within = np.abs(previous) + shift < band
-        distance = _signed(
-            after_antagonist[arch], after_points[arch], order[arch], previous < reach, previous, within=within
-        )
-        return contacts(arch, after_points[arch], distance, regions[arch])
+        # the regions and the contacts before the optimisation are measured beside it (it needs neither)
+        measuring = beside.submit(measure_before)
+        correction = np.eye(4)
+        # (the lower arch's deepest penetration: ArchContacts.max_penetration_mm of its distances)
+        if params.optimise and max(0.0, -float(distances["lower"].min())) > params.penetration_tolerance_mm:
+            correction = optimise_bite(upper_surface, points["lower"], params, distances["lower"])
+        regions, before = measuring.result()
+        if np.allclose(correction, np.eye(4)):
+            # the distances are the result's own: measured as the full exact band measures them
+            def complete(arch: str) -> ArchContacts:
+                distance = _complete(antagonist[arch], points[arch], distances[arch], params, order[arch])
+                return contacts(arch, points[arch], distance, regions[arch])
 
-    return Occlusion(before, _per_arch(after), correction, True, frame)
+            before = _per_arch(complete, beside)
+            return Occlusion(before, before, correction, params.optimise, frame)
+        low = points["lower"]
+        moved = transform_points(low, correction)
+        # vertices farther than the band plus the largest displacement stay far: their
+        # (approximate, >= band) distances are kept
+        reach = SurfaceTarget.near_band_mm + float(np.linalg.norm(moved - low, axis=1).max()) + 1e-6
+        after_points = {"upper": points["upper"], "lower": moved}
+        after_antagonist = {"upper": lower.surface().placed(correction @ lower_to_bite), "lower": upper_surface}
+        band = SurfaceTarget.exact_band_mm - 1e-9
+
+        def after(arch: str) -> ArchContacts:
+            # how far each vertex moved against its antagonist; a distance changes by at most that, so a vertex
+            # whose first distance (exact, or an upper bound: the nearest vertex's) plus it is within the exact
+            # band is within it after the motion: queried exactly without the k-d tree's filter (the same answer)
+            if arch == "upper":
+                shift = lengths(transform_points(points["upper"], invert(correction)) - points["upper"])
+            else:
+                shift = lengths(moved - low)
+            previous = distances[arch]
+            within = np.abs(previous) + shift < band
+            distance = _signed(
+                after_antagonist[arch], after_points[arch], order[arch], previous < reach, previous, within=within
+            )
+            return contacts(arch, after_points[arch], distance, regions[arch])
+
+        return Occlusion(before, _per_arch(after, beside), correction, True, frame)
 
 
+ARCHES = ("upper", "lower")
 T = TypeVar("T")
 
 
-def _per_arch(task: Callable[[str], T]) -> dict[str, T]:
-    """``{"upper": task("upper"), "lower": task("lower")}``, the upper's on a thread of its own beside.
+def _helper() -> Executor:
+    """The analysis' second thread (one worker: tasks submitted to it run in turn)."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="occlusion")
+
+
+def _per_arch(task: Callable[[str], T], beside: Executor) -> dict[str, T]:
+    """``{"upper": task("upper"), "lower": task("lower")}``, the upper's on ``beside`` (another thread).
 
     The analysis of one arch queries the other arch's search structures (built on first use by
     the thread that queries them) and nothing the other thread touches. Most of the time is in
     the kernel's queries and NumPy's loops, which release the GIL: on two cores the two arches
     take little more than the slower one.
     """
-    with ThreadPoolExecutor(max_workers=1) as beside:
-        upper = beside.submit(task, "upper")
-        lower = task("lower")
-        return {"upper": upper.result(), "lower": lower}
+    upper = beside.submit(task, "upper")
+    lower = task("lower")
+    return {"upper": upper.result(), "lower": lower}
 
 
 def _read_band(params: OcclusionParams) -> float:

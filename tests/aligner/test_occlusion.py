@@ -362,10 +362,24 @@ def test_longest_edges_are_each_triangles_longest(small_case) -> None:
 
 
 def test_the_analysis_on_two_threads_measures_what_one_after_the_other_does(small_case, monkeypatch) -> None:
-    """The two arches measured beside each other give the same distances, bit for bit, as one after the
-    other; an error in either arch's thread reaches the caller."""
+    """The two arches measured beside each other (and the frame and the first contacts beside the rest)
+    give the same distances, bit for bit, as every task run in turn on one thread; an error in either
+    thread reaches the caller."""
+    from concurrent.futures import Executor, Future
+
     from mesial.aligner import pipeline
     from mesial.aligner.validate import scan_from_arrays
+
+    class InTurn(Executor):
+        """Runs each task when it is submitted, on the caller's thread."""
+
+        def submit(self, fn, /, *args, **kwargs):
+            future: Future[object] = Future()
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except Exception as error:
+                future.set_exception(error)
+            return future
 
     def analysed() -> pipeline.Occlusion:
         upper = scan_from_arrays(small_case.upper.vertices, small_case.upper.faces, "upper")
@@ -373,21 +387,22 @@ def test_the_analysis_on_two_threads_measures_what_one_after_the_other_does(smal
         return pipeline.analyse(upper, lower, small_case.truth["upper"], small_case.truth["lower"], OcclusionParams())
 
     together = analysed()
-    monkeypatch.setattr(pipeline, "_per_arch", lambda task: {arch: task(arch) for arch in ("upper", "lower")})
+    monkeypatch.setattr(pipeline, "_helper", InTurn)
     alone = analysed()
     assert not np.allclose(together.correction, np.eye(4))  # both passes ran
     assert np.array_equal(together.correction, alone.correction)
     for stage in ("before", "after"):
         for arch in ("upper", "lower"):
             assert np.array_equal(getattr(together, stage)[arch].distance, getattr(alone, stage)[arch].distance)
+            assert getattr(together, stage)[arch].summary() == getattr(alone, stage)[arch].summary()
     monkeypatch.undo()
 
     def fails(arch: str) -> None:
         if arch == "upper":
             raise RuntimeError("upper failed")
 
-    with pytest.raises(RuntimeError, match="upper failed"):
-        pipeline._per_arch(fails)
+    with pipeline._helper() as beside, pytest.raises(RuntimeError, match="upper failed"):
+        pipeline._per_arch(fails, beside)
 
 
 def test_prepared_structures_are_the_ones_the_queries_use(small_case) -> None:
