@@ -85,8 +85,8 @@ int mc_merge_corners(const unsigned char *base, int64_t records, int64_t per_rec
     int64_t count = records * per_record;
     if (count <= 0) return MC_OK;
     if (count >= INT32_MAX || shift < 1 || shift > 63) return MC_FALLBACK;
-    int bits = 12; /* a table of at least count / 4 slots, doubled while over half full */
-    while (((int64_t)1 << bits) < count / 4) bits++;
+    int bits = 12; /* a table of at least count / 2 slots (at most a quarter full for an STL), doubled when half full */
+    while (((int64_t)1 << bits) < count / 2) bits++;
     int32_t *table = malloc(sizeof(int32_t) << bits);
     uint64_t *group_key = malloc(sizeof(uint64_t) * (size_t)count);
     uint32_t *group_point = malloc(sizeof(uint32_t) * 3 * (size_t)count);

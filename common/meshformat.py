@@ -306,9 +306,12 @@ class _Sample:
             every = np.concatenate(self.parts)[:: step // self.step] if self.parts else np.zeros((0, 3))
             self.parts, self.kept, self.step = [every], len(every), step
         first = (-self.seen) % self.step  # the next index that is a multiple of step
-        if points.ndim == 3:  # the corners' rows picked where they are (no flat copy of a strided view)
-            index = np.arange(first, rows, self.step)
-            picked = np.asarray(points[index // 3, index % 3], dtype=np.float64)
+        if points.ndim == 3:  # the corners' rows picked where they are (no flat copy of a strided view):
+            # the picks of every third step lie a step of triangles apart, at one corner of them
+            picked = np.empty((len(range(first, rows, self.step)), 3))
+            for offset in range(3):
+                start = first + offset * self.step
+                picked[offset::3] = points[start // 3 :: self.step, start % 3]
         else:
             picked = np.asarray(points[first :: self.step], dtype=np.float64)
         self.seen = total
@@ -488,7 +491,13 @@ class MeshStream:
         """Add the next bytes of the file (raises :class:`ScanInputError` as soon as it can)."""
         try:
             self.size += len(piece)
-            if self._parser is None:
+            if self._parser is None and not self._head and len(piece) >= HEAD_BYTES and isinstance(piece, bytes):
+                self._head = bytearray(piece[:HEAD_BYTES])  # the whole head in a first piece of bytes: no copy of it
+                self._start()
+                assert self._parser is not None
+                self._head = bytearray()
+                self._parser.feed(piece)
+            elif self._parser is None:
                 self._head += piece
                 if len(self._head) < HEAD_BYTES:
                     return

@@ -121,3 +121,23 @@ def test_corner_sums_are_the_sum_of_numpys_bincounts() -> None:
     assert corner_sums(np.array([[0, 1, 3]]), np.ones((1, 3)), 3) is None
     empty = corner_sums(np.zeros((0, 3), dtype=np.int64), np.zeros((0, 3)), 2)
     assert empty is not None and empty.tolist() == [[0.0] * 3] * 2
+
+
+def test_the_arch_sample_picks_the_same_points_from_the_records() -> None:
+    from mesial.common.meshformat import _Sample
+
+    rng = np.random.default_rng(11)
+    for count, target in ((1, 5), (7, 2), (1000, 50), (30_000, 20_000), (40_000, 1000)):
+        corners = rng.normal(size=(count, 3, 3)).astype(np.float32)
+        pieces = np.array_split(np.arange(count), 3)
+        for whole in (True, False):  # one piece, or three after a flat piece (the step grows between them)
+            flat, records = _Sample(target), _Sample(target)
+            if not whole:
+                extra = rng.normal(size=(count // 2 + 1, 3))
+                flat.add(extra)
+                records.add(extra)
+            for piece in [np.arange(count)] if whole else pieces:
+                flat.add(corners[piece].reshape(-1, 3))
+                records.add(_records(corners[piece]))
+            assert flat.step == records.step and flat.seen == records.seen
+            assert np.array_equal(flat.points(), records.points())
