@@ -31,7 +31,7 @@ from numpy.typing import NDArray
 
 from mesial.aligner._anatomy import principal_axes
 from mesial.aligner._field import DistanceField
-from mesial.aligner._icp import PlaneTarget, cross_last, exp_se3_many
+from mesial.aligner._icp import PlaneTarget, exp_se3_many
 
 FloatArray = NDArray[np.float64]
 
@@ -187,30 +187,22 @@ def icp_many(
     """
     poses = np.array(poses, dtype=np.float64).reshape(-1, 4, 4)
     active = np.arange(len(poses))
-    n = len(source)
     for gate in gates:
         for _ in range(iterations):
             if not len(active):
                 return poses
             x = source @ poses[active, :3, :3].transpose(0, 2, 1) + poses[active, None, :3, 3]  # (m, n, 3)
-            distance, index = target.match(x.reshape(-1, 3), gate)
-            use = np.isfinite(distance).reshape(len(active), n)
+            # matched or not (unmatched points: sample 0, zero weight), rows (x × normal, normal) (m, n, 6),
+            # the rows times the Tukey weight on the plane residual, weight times residual: one kernel pass
+            use, rows, weighted, wr = target.plane_rows(x, gate)
             going = use.sum(axis=1) >= 12
             if not going.all():  # too few matches: that start stops where it is
-                active, x, use = active[going], x[going], use[going]
-                index = index.reshape(-1, n)[going].ravel()
+                active, rows, weighted, wr = active[going], rows[going], weighted[going], wr[going]
                 if not len(active):
                     return poses
-            index = np.where(use.ravel(), index, 0)  # unmatched points: any sample, zero weight
-            normal = target.normals[index].reshape(x.shape)
-            residual = np.einsum("mni,mni->mn", x - target.points[index].reshape(x.shape), normal)
-            weight = np.where(use, np.clip(1.0 - (residual / gate) ** 2, 0.0, None) ** 2, 0.0)
-            rows = np.empty((*x.shape[:2], 6))  # (m, n, 6)
-            cross_last(x, normal, rows[..., :3])
-            rows[..., 3:] = normal
             transposed = rows.transpose(0, 2, 1)  # batched matrix products (BLAS), not einsum's loops
-            hessian = transposed @ (rows * weight[..., None]) + 1e-9 * np.eye(6)
-            step = np.linalg.solve(hessian, -(transposed @ (weight * residual)[..., None]))[..., 0]
+            hessian = transposed @ weighted + 1e-9 * np.eye(6)
+            step = np.asarray(np.linalg.solve(hessian, -(transposed @ wr[..., None]))[..., 0], dtype=np.float64)
             poses[active] = exp_se3_many(step) @ poses[active]
     return poses
 

@@ -60,6 +60,11 @@ class PlaneTarget:
         """Distance to the nearest sample (inf beyond ``gate``) and its index (``len(points)`` there)."""
         return self.tree.query(x, gate)
 
+    def plane_rows(self, x: FloatArray, gate: float) -> tuple[NDArray[np.bool_], FloatArray, FloatArray, FloatArray]:
+        """A short ICP iteration's terms at points ``x (..., 3)`` within ``gate``: ``use``, ``rows (..., 6)``,
+        the rows weighted and weight times residual (:meth:`._nearest.NearestTree.plane_rows`)."""
+        return self.tree.plane_rows(x, gate, self.points, self.normals)
+
     def near(self, points: FloatArray, gate: float) -> tuple[FloatArray, FloatArray, FloatArray]:
         return _tangent_planes(self.points, self.normals, *self.match(points, gate + self.spacing))
 

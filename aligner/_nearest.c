@@ -266,6 +266,25 @@ static int64_t *grid_order(const NTree *t, const double *x, int64_t count) {
     return order;
 }
 
+/* The nearest tree point to x strictly within limit (squared), previous (or -1) bounding it first: its
+ * index, -1 when none; *best2 its squared distance. */
+static inline int64_t nearest(const NTree *t, const double *x, double limit, int64_t previous, double *best2_) {
+    double best2 = limit;
+    int64_t best = -1;
+    if (previous >= 0) {
+        /* consecutive points are usually neighbours: the previous answer bounds this one (the
+         * search then only looks closer, and equal distances still go to the smallest index) */
+        double s = squared(x, &t->points[3 * t->where[previous]]);
+        if (s < limit) {
+            best2 = s;
+            best = previous;
+        }
+    }
+    search(t, x, &best2, &best);
+    *best2_ = best2;
+    return best;
+}
+
 /* For each of the count points x (3 each): the distance to the nearest tree point strictly closer
  * than bound (infinity when none) and its index (n when none). Between points at the same
  * distance the smallest index wins. */
@@ -276,18 +295,8 @@ int nn_query(const void *handle, const double *x, int64_t count, double bound, d
     int64_t previous = -1;
     for (int64_t k = 0; k < count; k++) {
         int64_t i = order ? order[k] : k;
-        double best2 = limit;
-        int64_t best = -1;
-        if (previous >= 0) {
-            /* consecutive points are usually neighbours: the previous answer bounds this one (the
-             * search then only looks closer, and equal distances still go to the smallest index) */
-            double s = squared(&x[3 * i], &t->points[3 * t->where[previous]]);
-            if (s < limit) {
-                best2 = s;
-                best = previous;
-            }
-        }
-        search(t, &x[3 * i], &best2, &best);
+        double best2;
+        int64_t best = nearest(t, &x[3 * i], limit, previous, &best2);
         if (best < 0) {
             distance[i] = INFINITY;
             index[i] = t->n;
@@ -296,6 +305,47 @@ int nn_query(const void *handle, const double *x, int64_t count, double bound, d
             index[i] = best;
         }
         previous = best;
+    }
+    free(order);
+    return NN_OK;
+}
+
+/* One iteration's point-to-plane terms of the global step's short ICP (aligner/_coarse.py, icp_many),
+ * with NumPy's arithmetic: each of the count points x is matched to its nearest tree point strictly
+ * within gate (use 1; else 0 and the tree's point 0, with zero weight), whose position and unit normal
+ * are points[i] and normals[i] (the caller's order). Per point: the residual r = (x - p) . n summed as
+ * NumPy's einsum sums three products ((first + third) + second), the weight w = (max(0, 1 - (r /
+ * gate)²))² (0 unmatched), rows (x × n, n) (6), weighted the rows times w, and wr = w r. */
+int nn_plane_rows(const void *handle, const double *x, int64_t count, double gate, const double *points,
+                  const double *normals, uint8_t *use, double *rows, double *weighted, double *wr) {
+    const NTree *t = handle;
+    double limit = gate * gate;
+    int64_t *order = count >= ORDER_FROM ? grid_order(t, x, count) : NULL; /* NULL: as given */
+    int64_t previous = -1;
+    for (int64_t k = 0; k < count; k++) {
+        int64_t i = order ? order[k] : k;
+        const double *q = &x[3 * i];
+        double best2;
+        int64_t best = nearest(t, q, limit, previous, &best2);
+        previous = best;
+        int64_t at = best < 0 ? 0 : best;
+        const double *p = &points[3 * at], *n = &normals[3 * at];
+        double d0 = q[0] - p[0], d1 = q[1] - p[1], d2 = q[2] - p[2];
+        double r = (d0 * n[0] + d2 * n[2]) + d1 * n[1];
+        double u = r / gate;
+        double v = 1.0 - u * u;
+        if (!(v > 0.0)) v = 0.0;
+        double w = best < 0 ? 0.0 : v * v;
+        double *row = &rows[6 * i], *weighted_row = &weighted[6 * i];
+        row[0] = q[1] * n[2] - q[2] * n[1];
+        row[1] = q[2] * n[0] - q[0] * n[2];
+        row[2] = q[0] * n[1] - q[1] * n[0];
+        row[3] = n[0];
+        row[4] = n[1];
+        row[5] = n[2];
+        for (int c = 0; c < 6; c++) weighted_row[c] = row[c] * w;
+        use[i] = best >= 0;
+        wr[i] = w * r;
     }
     free(order);
     return NN_OK;

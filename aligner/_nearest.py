@@ -94,6 +94,42 @@ class NearestTree:
             helper.join()
         return distance, index
 
+    def plane_rows(
+        self, points: Any, gate: float, samples: FloatArray, normals: FloatArray
+    ) -> tuple[NDArray[np.bool_], FloatArray, FloatArray, FloatArray]:
+        """One iteration's point-to-plane terms of the global step's short ICP for ``points (..., 3)``.
+
+        Each point is matched to its nearest tree point strictly within ``gate`` (``query``'s
+        answer), that sample's position and unit normal being ``samples[i]`` and ``normals[i]``
+        (``(n, 3)``, the tree's order); an unmatched point takes sample 0 with zero weight. Returns
+        ``use (...)`` (matched), ``rows (..., 6)`` (``x × normal``, ``normal``), ``weighted`` (the
+        rows times the weight) and ``wr (...)`` (weight times residual), with the residual
+        ``(x - sample) . normal`` and the weight ``max(0, 1 - (residual / gate)²)²``: bit for bit what
+        :func:`._coarse.icp_many` computed with NumPy from ``query``'s answer (its einsum's order of
+        the three products included).
+        """
+        rows = np.ascontiguousarray(points, dtype=np.float64)
+        if rows.ndim < 1 or rows.shape[-1] != 3:
+            raise ValueError(f"points must be (..., 3), got shape {rows.shape}")
+        if not (gate > 0.0):
+            raise ValueError(f"gate must be a distance > 0, got {gate}")
+        samples = np.ascontiguousarray(samples, dtype=np.float64)
+        normals = np.ascontiguousarray(normals, dtype=np.float64)
+        if samples.shape != (self.n, 3) or normals.shape != (self.n, 3):
+            raise ValueError(f"samples and normals must be ({self.n}, 3), got {samples.shape} and {normals.shape}")
+        if not np.isfinite(rows).all():
+            raise ValueError("points must be finite (NaN or infinite values given)")
+        shape = rows.shape[:-1]
+        use = np.empty(shape, dtype=np.uint8)
+        out = np.empty((*shape, 6))
+        weighted = np.empty((*shape, 6))
+        wr = np.empty(shape)
+        self._library.nn_plane_rows(
+            self._handle, rows.ctypes.data, rows.size // 3, float(gate), samples.ctypes.data, normals.ctypes.data,
+            use.ctypes.data, out.ctypes.data, weighted.ctypes.data, wr.ctypes.data,
+        )  # fmt: skip
+        return use.view(np.bool_), out, weighted, wr
+
 
 # A query is split over threads only from this many points per thread (a thread costs more than it
 # saves below).

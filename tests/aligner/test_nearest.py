@@ -98,3 +98,45 @@ def test_large_calls_in_grid_order_answer_as_small_ones(bound: float) -> None:
     pieces = [tree.query(queries[start : start + 50], bound) for start in range(0, len(queries), 50)]
     assert np.array_equal(np.concatenate([piece[1] for piece in pieces]), whole[1])
     assert np.array_equal(np.concatenate([piece[0] for piece in pieces]), whole[0])
+
+
+def _plane_rows_numpy(tree: NearestTree, x: np.ndarray, gate: float, samples: np.ndarray, normals: np.ndarray):
+    """What the global step's short ICP computed with NumPy from the tree's answer (before the kernel)."""
+    from mesial.aligner._icp import cross_last
+
+    distance, index = tree.query(x.reshape(-1, 3), gate)
+    use = np.isfinite(distance).reshape(x.shape[:-1])
+    index = np.where(use.ravel(), index, 0)  # unmatched points: any sample, zero weight
+    normal = normals[index].reshape(x.shape)
+    residual = np.einsum("mni,mni->mn", x - samples[index].reshape(x.shape), normal)
+    weight = np.where(use, np.clip(1.0 - (residual / gate) ** 2, 0.0, None) ** 2, 0.0)
+    rows = np.empty((*x.shape[:2], 6))
+    cross_last(x, normal, rows[..., :3])
+    rows[..., 3:] = normal
+    return use, rows, rows * weight[..., None], weight * residual
+
+
+@pytest.mark.parametrize("gate", [0.5, 2.0])
+def test_plane_rows_are_numpys_bit_for_bit(gate: float) -> None:
+    """``plane_rows`` (one kernel pass: match, sample, residual, Tukey weight, rows) gives what NumPy
+    computed from ``query``'s answer bit for bit, the einsum's order of the products included, in
+    large (grid order) and small calls, unmatched points with sample 0 and zero weight."""
+    rng = np.random.default_rng(8)
+    u, v = rng.uniform(-20.0, 20.0, (2, 4000))
+    samples = np.stack([u, v, 0.02 * u**2 - 0.03 * v**2], axis=1)
+    normals = rng.normal(size=(4000, 3))
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    tree = NearestTree(samples)
+    for m, n in ((7, 400), (2, 30)):
+        x = samples[rng.integers(0, 4000, (m, n))] + rng.normal(0.0, 0.6, (m, n, 3))
+        x[:, :5, 2] += 10.0  # beyond the gate
+        expected = _plane_rows_numpy(tree, x, gate, samples, normals)
+        got = tree.plane_rows(x, gate, samples, normals)
+        assert got[0].dtype == np.bool_ and np.array_equal(got[0], expected[0])
+        assert not got[0].all() and got[0].any()
+        for mine, numpys in zip(got[1:], expected[1:], strict=True):
+            assert mine.shape == numpys.shape and np.array_equal(mine, numpys)
+    with pytest.raises(ValueError, match="samples and normals"):
+        tree.plane_rows(x, gate, samples[:-1], normals)
+    with pytest.raises(ValueError, match="gate"):
+        tree.plane_rows(x, 0.0, samples, normals)
