@@ -7,6 +7,7 @@
  * gives the values of the NumPy code it stands for (common/meshformat.py, aligner/validate.py) bit
  * for bit, or says that the NumPy code must answer (MC_FALLBACK).
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,47 +26,55 @@ static inline uint64_t corner_hash(const uint32_t p[3]) {
 
 static inline uint64_t slot_of(uint64_t high, int bits) { return (high * 0x9E3779B97F4A7C15ull) >> (64 - bits); }
 
-/* Sorts `count` distinct keys below 2**key_bits ascending, `values` along (LSD radix, 16 bits a pass). */
-static int radix_sort(uint64_t *keys, int64_t *values, int64_t count, int key_bits) {
-    uint64_t *key_tmp = malloc(sizeof(uint64_t) * (size_t)(count ? count : 1));
-    int64_t *value_tmp = malloc(sizeof(int64_t) * (size_t)(count ? count : 1));
-    int64_t *bucket = malloc(sizeof(int64_t) * 65536);
-    if (!key_tmp || !value_tmp || !bucket) {
-        free(key_tmp);
-        free(value_tmp);
-        free(bucket);
+typedef struct {
+    uint64_t key;
+    int64_t value;
+} Pair;
+
+static int pair_order(const void *a, const void *b) {
+    uint64_t x = ((const Pair *)a)->key, y = ((const Pair *)b)->key;
+    return (x > y) - (x < y);
+}
+
+/* Sorts `count` keys below 2**key_bits ascending, `values` along (the keys are distinct: no tie to
+ * order). One pass places the pairs in 65536 buckets by the keys' top 16 bits; a bucket, a few pairs
+ * when the keys are a hash's, is then sorted by insertion (by qsort from 32 pairs: keys built to
+ * share their top bits cost n log n, not n^2). */
+static int sort_keys(uint64_t *keys, int64_t *values, int64_t count, int key_bits) {
+    int low_bits = key_bits > 16 ? key_bits - 16 : 0;
+    Pair *pairs = malloc(sizeof(Pair) * (size_t)(count ? count : 1));
+    int64_t *next = calloc(65537, sizeof(int64_t));
+    if (!pairs || !next) {
+        free(pairs);
+        free(next);
         return MC_ENOMEM;
     }
-    uint64_t *key_in = keys, *key_out = key_tmp;
-    int64_t *value_in = values, *value_out = value_tmp;
-    for (int shift = 0; shift < key_bits; shift += 16) {
-        memset(bucket, 0, sizeof(int64_t) * 65536);
-        for (int64_t i = 0; i < count; i++) bucket[(key_in[i] >> shift) & 0xffff]++;
-        int64_t sum = 0;
-        for (int j = 0; j < 65536; j++) {
-            int64_t c = bucket[j];
-            bucket[j] = sum;
-            sum += c;
+    for (int64_t i = 0; i < count; i++) next[(keys[i] >> low_bits) + 1]++;
+    for (int j = 0; j < 65536; j++) next[j + 1] += next[j];
+    for (int64_t i = 0; i < count; i++) pairs[next[keys[i] >> low_bits]++] = (Pair){keys[i], values[i]};
+    /* next[j] is now the end of bucket j, the start of bucket j + 1 */
+    for (int j = 0; j < 65536; j++) {
+        int64_t start = j ? next[j - 1] : 0, end = next[j];
+        if (end - start > 32) {
+            qsort(pairs + start, (size_t)(end - start), sizeof(Pair), pair_order);
+            continue;
         }
-        for (int64_t i = 0; i < count; i++) {
-            int64_t at = bucket[(key_in[i] >> shift) & 0xffff]++;
-            key_out[at] = key_in[i];
-            value_out[at] = value_in[i];
+        for (int64_t i = start + 1; i < end; i++) {
+            Pair moving = pairs[i];
+            int64_t at = i;
+            while (at > start && pairs[at - 1].key > moving.key) {
+                pairs[at] = pairs[at - 1];
+                at--;
+            }
+            pairs[at] = moving;
         }
-        uint64_t *ks = key_in;
-        key_in = key_out;
-        key_out = ks;
-        int64_t *vs = value_in;
-        value_in = value_out;
-        value_out = vs;
     }
-    if (key_in != keys) { /* an odd number of passes: the result is in the scratch arrays */
-        memcpy(keys, key_in, sizeof(uint64_t) * (size_t)count);
-        memcpy(values, value_in, sizeof(int64_t) * (size_t)count);
+    for (int64_t i = 0; i < count; i++) {
+        keys[i] = pairs[i].key;
+        values[i] = pairs[i].value;
     }
-    free(key_tmp);
-    free(value_tmp);
-    free(bucket);
+    free(pairs);
+    free(next);
     return MC_OK;
 }
 
@@ -148,7 +157,7 @@ int mc_merge_corners(const unsigned char *base, int64_t records, int64_t per_rec
     if (status == MC_OK && !order) status = MC_ENOMEM;
     if (status == MC_OK) {
         for (int64_t g = 0; g < groups; g++) order[g] = g;
-        status = radix_sort(group_key, order, groups, 64 - shift); /* the keys are distinct: no collision */
+        status = sort_keys(group_key, order, groups, 64 - shift); /* the keys are distinct: no collision */
     }
     if (status == MC_OK) {
         int64_t *rank = (int64_t *)group_key; /* the sorted keys are no longer needed: their room holds each group's rank */
@@ -205,18 +214,54 @@ int mc_corner_sums(const int64_t *faces, int64_t m, const double *weights, int64
     if (!indices_in_range(faces, m, n)) return MC_FALLBACK;
     double *column = malloc(sizeof(double) * 3 * (size_t)(n ? n : 1));
     if (!column) return MC_ENOMEM;
-    for (int64_t i = 0; i < 3 * n; i++) sums[i] = 0.0;
     for (int corner = 0; corner < 3; corner++) {
-        memset(column, 0, sizeof(double) * 3 * (size_t)n);
+        /* the first corner's column is the sum itself: 0 + a column is the column (from 0.0, additions
+         * never give -0.0) */
+        double *into = corner ? column : sums;
+        memset(into, 0, sizeof(double) * 3 * (size_t)n);
         for (int64_t t = 0; t < m; t++) {
-            double *at = column + 3 * faces[3 * t + corner];
+            double *at = into + 3 * faces[3 * t + corner];
             const double *w = weights + 3 * t;
             at[0] += w[0];
             at[1] += w[1];
             at[2] += w[2];
         }
-        for (int64_t i = 0; i < 3 * n; i++) sums[i] = sums[i] + column[i];
+        if (corner)
+            for (int64_t i = 0; i < 3 * n; i++) sums[i] = sums[i] + column[i];
     }
     free(column);
+    return MC_OK;
+}
+
+/* Validation's census of the triangles `faces` (m, 3) over n vertices (n < 2 000 000, every index in
+ * [0, n)) with cross products `cross` (m, 3): `degenerate` (m,) 1 where two corners are one vertex or
+ * the length of the cross product (twice the area, sqrt((x x + y y) + z z) as NumPy sums it) is below
+ * `min_double_area`; `key` the key of each other triangle in order (its sorted vertices (low, middle,
+ * high) as (low n + middle) n + high: the same whatever the order or winding); counts[0] the
+ * degenerate triangles, counts[1] 1 when every vertex is a corner of a triangle that is not.
+ * MC_FALLBACK (NumPy's code answers) when n or an index is out of range; MC_ENOMEM. */
+int mc_face_census(const int64_t *faces, int64_t m, int64_t n, const double *cross, double min_double_area,
+                   unsigned char *degenerate, int64_t *key, int64_t *counts) {
+    if (n >= 2000000 || !indices_in_range(faces, m, n)) return MC_FALLBACK;
+    unsigned char *used = calloc((size_t)(n ? n : 1), 1);
+    if (!used) return MC_ENOMEM;
+    int64_t kept = 0;
+    for (int64_t t = 0; t < m; t++) {
+        int64_t a = faces[3 * t], b = faces[3 * t + 1], c = faces[3 * t + 2];
+        const double *x = cross + 3 * t;
+        int flat = a == b || b == c || a == c || sqrt(x[0] * x[0] + x[1] * x[1] + x[2] * x[2]) < min_double_area;
+        degenerate[t] = (unsigned char)flat;
+        if (flat) continue;
+        int64_t low = a < b ? a : b, high = a > b ? a : b;
+        low = c < low ? c : low;
+        high = c > high ? c : high;
+        key[kept++] = (low * n + (a + b + c - low - high)) * n + high;
+        used[a] = used[b] = used[c] = 1;
+    }
+    int64_t every = 1;
+    for (int64_t v = 0; v < n; v++) every &= used[v];
+    counts[0] = m - kept;
+    counts[1] = every;
+    free(used);
     return MC_OK;
 }

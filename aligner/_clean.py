@@ -4,9 +4,10 @@ A binary STL repeats each vertex as a corner of every triangle around it (about 
 :func:`merge_corners` merges them into vertices in one pass with a hash table, in the order
 :func:`mesial.common.meshformat.merge_identical_points` gives (its hash's high bits; the slower
 exact path of that function answers when two different corners share those bits).
-:func:`cross_products` and :func:`corner_sums` are the arithmetic of
-:func:`.validate.face_cross_products` and :func:`.validate.vertex_normals` in one pass over the
-triangles (the same operations in the same order: the same bits). They live in the aligner's
+:func:`cross_products`, :func:`corner_sums` and :func:`face_census` are the arithmetic of
+:func:`.validate.face_cross_products`, :func:`.validate.vertex_normals` and
+:func:`.validate.clean_mesh`'s checks in one pass over the triangles each (the same operations in
+the same order: the same bits). They live in the aligner's
 compiled library (``setup.py``), loaded with :mod:`ctypes`, which releases the GIL during each
 call: the two threads that read an upper and a lower arch both run.
 """
@@ -92,3 +93,53 @@ def corner_sums(faces: NDArray[np.int64], weights: NDArray[np.float64], n: int) 
     if status == _NO_MEMORY:
         raise MemoryError("out of memory summing the triangles' normals at the vertices")
     return sums if status == _OK else None
+
+
+def face_census(
+    faces: NDArray[np.int64], n: int, cross: NDArray[np.float64], min_double_area: float
+) -> tuple[NDArray[np.bool_], NDArray[np.int64], bool] | None:
+    """:func:`.validate.clean_mesh`'s checks of the triangles ``faces (m, 3)`` over ``n`` vertices.
+
+    Parameters
+    ----------
+    faces : (m, 3) int
+    n : int
+        Vertices, below 2 000 000 (the keys fit in 63 bits).
+    cross : (m, 3) float
+        The triangles' cross products (:func:`cross_products`).
+    min_double_area : float
+        A triangle whose cross product is shorter is degenerate.
+
+    Returns
+    -------
+    degenerate : (m,) bool
+        Two corners one vertex, or the cross product shorter than ``min_double_area``.
+    keys : (k,) int64
+        Of the other triangles, in order: ``(low n + middle) n + high`` of their sorted vertices.
+    every_vertex_used : bool
+        Each vertex a corner of a triangle that is not degenerate.
+
+    None when ``n`` or an index is out of range (the caller's NumPy code then answers).
+    """
+    triangles = np.ascontiguousarray(faces, dtype=np.int64)
+    products = np.ascontiguousarray(cross, dtype=np.float64)
+    if products.shape != triangles.shape:
+        return None
+    degenerate = np.empty(len(triangles), dtype=np.bool_)
+    keys = np.empty(len(triangles), dtype=np.int64)
+    counts = np.zeros(2, dtype=np.int64)
+    status = _load().mc_face_census(
+        triangles.ctypes.data,
+        len(triangles),
+        n,
+        products.ctypes.data,
+        min_double_area,
+        degenerate.ctypes.data,
+        keys.ctypes.data,
+        counts.ctypes.data,
+    )
+    if status == _NO_MEMORY:
+        raise MemoryError("out of memory checking the triangles")
+    if status != _OK:
+        return None
+    return degenerate, keys[: len(triangles) - int(counts[0])], bool(counts[1])

@@ -99,6 +99,8 @@ def _open() -> Any:
     library.mc_cross_products.restype = c_int
     library.mc_corner_sums.argtypes = [pointer, i64, pointer, i64, pointer]
     library.mc_corner_sums.restype = c_int
+    library.mc_face_census.argtypes = [pointer, i64, i64, pointer, real, pointer, pointer, pointer]
+    library.mc_face_census.restype = c_int
     library.fs_mean_axes.argtypes = [pointer, pointer, real, pointer, pointer, pointer, i64, i64, i64, *[pointer] * 3]
     library.fs_mean_axes.argtypes += [i64, i64, pointer]
     library.fs_mean_axes.restype = c_int

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from mesial.aligner._clean import corner_sums, cross_products
+from mesial.aligner._clean import corner_sums, cross_products, face_census
 from mesial.aligner._features import first_occurrences
 from mesial.aligner._icp import SurfaceTarget, raycasting_scene
 from mesial.aligner.errors import EmptyScan, InvalidScanShape, ScanInputError
@@ -168,27 +168,19 @@ def clean_mesh(raw: RawMesh, role: str, *, unit: str | None = None, orient: bool
     """
     vertices, faces = raw.vertices, raw.faces
 
-    # degenerate: a repeated corner or (near) zero area
+    # degenerate: a repeated corner or (near) zero area; duplicate: the same three vertices, whatever the
+    # order or winding (one integer key per triangle)
     cross = face_cross_products(vertices, faces)  # kept for the normals
-    area2 = lengths(cross)
-    repeated = (faces[:, 0] == faces[:, 1]) | (faces[:, 1] == faces[:, 2]) | (faces[:, 0] == faces[:, 2])
-    degenerate = repeated | (area2 < 2 * DEGENERATE_AREA_MM2)
+    degenerate, key, every_vertex_used = _census(faces, len(vertices), cross)
     if degenerate.any():  # (the usual scan has none: no copies then)
         faces, cross = faces[~degenerate], cross[~degenerate]
-    # duplicate: the same three vertices, whatever the order or winding (one integer key per triangle)
-    first, second, third = faces[:, 0], faces[:, 1], faces[:, 2]
-    low = np.minimum(np.minimum(first, second), third)
-    high = np.maximum(np.maximum(first, second), third)
-    n = np.int64(len(vertices))
-    if len(vertices) < 2_000_000:  # n**3 fits in 63 bits
-        key = (low * n + (first + second + third - low - high)) * n + high
+    if key is not None:
         # a plain sort tells whether any key repeats (the usual scan has none): the slower
         # stable argsort that picks the first of each is run only then
         ordered = np.sort(key)
         keep = first_occurrences(key) if (ordered[1:] == ordered[:-1]).any() else np.arange(len(faces))
     else:
-        middle = first + second + third - low - high
-        _, keep = np.unique(np.stack([low, middle, high], axis=1), axis=0, return_index=True)
+        _, keep = np.unique(np.sort(faces, axis=1), axis=0, return_index=True)
     duplicates = len(faces) - len(keep)
     if duplicates:
         keep = np.sort(keep)
@@ -196,8 +188,10 @@ def clean_mesh(raw: RawMesh, role: str, *, unit: str | None = None, orient: bool
     if len(faces) == 0:
         raise EmptyScan("every triangle is degenerate", role)
     # unreferenced vertices
-    used = np.zeros(len(vertices), dtype=bool)
-    used[faces] = True
+    used = np.ones(len(vertices), dtype=bool)
+    if not every_vertex_used:
+        used[:] = False
+        used[faces] = True
     if not used.all():
         remap = np.cumsum(used) - 1
         vertices = vertices[used]
@@ -229,6 +223,32 @@ def clean_mesh(raw: RawMesh, role: str, *, unit: str | None = None, orient: bool
         scale_factor=scale,
     )
     return Scan(role, vertices, faces.astype(np.int64), normals, raw.sha256, raw.file_format, report, cache)
+
+
+def _census(
+    faces: NDArray[np.int64], n: int, cross: NDArray[np.float64]
+) -> tuple[NDArray[np.bool_], NDArray[np.int64] | None, bool]:
+    """The degenerate triangles, the others' keys and whether every vertex is known to be used.
+
+    A key is ``(low n + middle) n + high`` of a triangle's sorted vertices (None from 2 000 000
+    vertices: ``n**3`` would not fit in 63 bits). The compiled census (:func:`._clean.face_census`)
+    computes the same in one pass; this NumPy code answers where it does not.
+    """
+    if n < 2_000_000:
+        census = face_census(faces, n, cross, 2 * DEGENERATE_AREA_MM2)
+        if census is not None:
+            return census
+    area2 = lengths(cross)
+    repeated = (faces[:, 0] == faces[:, 1]) | (faces[:, 1] == faces[:, 2]) | (faces[:, 0] == faces[:, 2])
+    degenerate = repeated | (area2 < 2 * DEGENERATE_AREA_MM2)
+    if n >= 2_000_000:
+        return degenerate, None, False
+    kept = faces[~degenerate] if degenerate.any() else faces
+    first, second, third = kept[:, 0], kept[:, 1], kept[:, 2]
+    low = np.minimum(np.minimum(first, second), third)
+    high = np.maximum(np.maximum(first, second), third)
+    size = np.int64(n)
+    return degenerate, (low * size + (first + second + third - low - high)) * size + high, False
 
 
 def face_cross_products(vertices: NDArray[np.float64], faces: NDArray[np.int64]) -> NDArray[np.float64]:

@@ -141,3 +141,57 @@ def test_the_arch_sample_picks_the_same_points_from_the_records() -> None:
                 records.add(_records(corners[piece]))
             assert flat.step == records.step and flat.seen == records.seen
             assert np.array_equal(flat.points(), records.points())
+
+
+def _cleaned(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, ...]:
+    from mesial.aligner.io import RawMesh
+    from mesial.aligner.validate import clean_mesh
+
+    scan = clean_mesh(RawMesh(vertices, faces, "arrays", "", 0), "bite", orient=False)
+    report = np.array(list(scan.cleaning.as_dict().values()), dtype=np.float64)
+    return scan.vertices, scan.faces, scan.vertex_normals, report
+
+
+def _dirty_mesh(vertex_count: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(9)
+    faces = rng.integers(0, 400, size=(3000, 3))  # vertex 400 and those past 403 unreferenced
+    vertices = np.zeros((vertex_count, 3))
+    vertices[:500] = rng.normal(size=(500, 3)) * 10.0
+    faces[:100, 2] = faces[:100, 0]  # a repeated corner
+    vertices[401:404] = np.array([[0, 0, 0], [1e-4, 0, 0], [0, 1e-4, 0]])  # a triangle of 5e-9 mm2
+    faces[100] = [401, 402, 403]
+    faces[200:400] = faces[1000:1200][:, [2, 0, 1]]  # duplicates, turned
+    faces[400:500] = faces[1200:1300][:, ::-1]  # duplicates, flipped
+    return vertices, faces
+
+
+def test_cleaning_with_the_census_is_cleaning_with_numpy(monkeypatch) -> None:
+    import mesial.aligner.validate as validate
+
+    vertices, faces = _dirty_mesh(500)
+    compiled = _cleaned(vertices, faces)
+    monkeypatch.setattr(validate, "face_census", lambda *arguments: None)
+    expected = _cleaned(vertices, faces)
+    assert compiled[3][2:5].tolist() == expected[3][2:5].tolist() and expected[3][2:5].min() > 0
+    for mine, theirs in zip(compiled, expected, strict=True):
+        assert mine.dtype == theirs.dtype and np.array_equal(mine, theirs)
+    # from 2 000 000 vertices the keys would not fit: np.unique on the sorted rows finds the same duplicates
+    many = _cleaned(*_dirty_mesh(2_000_001))
+    assert all(np.array_equal(mine, theirs) for mine, theirs in zip(many[:3], compiled[:3], strict=True))
+    assert many[3][2:4].tolist() == compiled[3][2:4].tolist()
+
+
+def test_the_census_of_clean_triangles() -> None:
+    from mesial.aligner._clean import face_census
+
+    faces = np.array([[0, 1, 2], [2, 1, 3], [3, 1, 0]])
+    vertices = np.array([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 1]])
+    cross = cross_products(vertices, faces)
+    assert cross is not None
+    census = face_census(faces, 4, cross, 1e-6)
+    assert census is not None
+    degenerate, keys, every_vertex_used = census
+    assert not degenerate.any() and every_vertex_used
+    assert keys.tolist() == [(0 * 4 + 1) * 4 + 2, (1 * 4 + 2) * 4 + 3, (0 * 4 + 1) * 4 + 3]
+    assert face_census(faces, 5, cross, 1e-6)[2] is False  # type: ignore[index]  # vertex 4 unused
+    assert face_census(faces, 3, cross, 1e-6) is None  # an index out of range: NumPy's code answers
