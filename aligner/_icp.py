@@ -66,7 +66,18 @@ class PlaneTarget:
         return self.tree.plane_rows(x, gate, self.points, self.normals)
 
     def near(self, points: FloatArray, gate: float) -> tuple[FloatArray, FloatArray, FloatArray]:
-        return _tangent_planes(self.points, self.normals, *self.match(points, gate + self.spacing))
+        # the nearest sample within gate + spacing, its position and normal gathered in the kernel
+        return self.tree.planes(points, gate + self.spacing, self.points, self.normals)
+
+    def near_rows(self, x: FloatArray, gate: float, gates: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """:meth:`near` of points ``(a, k, 3)`` with a gate per row ``(a,)`` (at most ``gate``): one query
+        within ``gate``, each row's matches beyond its own gate (plus the spacing) none."""
+        return self.tree.planes(x, gate + self.spacing, self.points, self.normals, gates + self.spacing)
+
+    def on_plane(self, x: FloatArray, tau: float) -> NDArray[np.bool_]:
+        """Which points ``(..., 3)`` lie within ``tau`` of the nearest sample's tangent plane, that sample
+        within ``tau`` plus the spacing."""
+        return self.tree.on_plane(x, tau + self.spacing, tau, self.points, self.normals)
 
 
 def _tangent_planes(
@@ -868,14 +879,7 @@ def _planes_within(
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
     """:meth:`PlaneTarget.near` of points ``(a, n, 3)`` with a gate per row ``(a,)`` (mm): one query
     within ``widest`` (the largest gate), then each row's matches beyond its own gate dropped."""
-    closest, normals, distance = target.near(x.reshape(-1, 3), widest)
-    distance = distance.reshape(x.shape[:2])
-    beyond = distance > gates[:, None] + target.spacing
-    distance[beyond] = np.inf
-    closest, normals = closest.reshape(x.shape), normals.reshape(x.shape)
-    closest[beyond] = 0.0
-    normals[beyond] = 0.0
-    return closest, normals, distance
+    return target.near_rows(x, widest, gates)
 
 
 def _match(

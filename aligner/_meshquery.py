@@ -93,6 +93,10 @@ def _open() -> Any:
     library.nn_query.restype = c_int
     library.nn_plane_rows.argtypes = [pointer, pointer, i64, real, *[pointer] * 6]
     library.nn_plane_rows.restype = c_int
+    library.nn_planes.argtypes = [pointer, pointer, i64, real, i64, *[pointer] * 6]
+    library.nn_planes.restype = c_int
+    library.nn_on_plane.argtypes = [pointer, pointer, i64, real, real, *[pointer] * 3]
+    library.nn_on_plane.restype = c_int
     library.mc_merge_corners.argtypes = [pointer, i64, i64, i64, c_int, pointer, pointer, pointer]
     library.mc_merge_corners.restype = c_int
     library.mc_cross_products.argtypes = [pointer, i64, pointer, i64, pointer]

@@ -350,3 +350,62 @@ int nn_plane_rows(const void *handle, const double *x, int64_t count, double gat
     free(order);
     return NN_OK;
 }
+
+/* For each of the count points x: its nearest tree point strictly within bound, dropped when its
+ * distance is beyond row_bound[i / row] (row_bound NULL: none dropped); closest and normal (3 each) that
+ * point's position and unit normal, samples[j] and normals[j] (the caller's order), zeros when none;
+ * distance as nn_query gives it, infinity when none or dropped. */
+int nn_planes(const void *handle, const double *x, int64_t count, double bound, int64_t row, const double *row_bound,
+              const double *samples, const double *normals, double *closest, double *normal, double *distance) {
+    const NTree *t = handle;
+    if (row_bound && row < 1) return NN_ESIZE;
+    double limit = bound * bound;
+    int64_t *order = count >= ORDER_FROM ? grid_order(t, x, count) : NULL; /* NULL: as given */
+    int64_t previous = -1;
+    for (int64_t k = 0; k < count; k++) {
+        int64_t i = order ? order[k] : k;
+        double best2;
+        int64_t best = nearest(t, &x[3 * i], limit, previous, &best2);
+        previous = best;
+        double d = best < 0 ? INFINITY : sqrt(best2);
+        if (best >= 0 && row_bound && d > row_bound[i / row]) best = -1;
+        if (best < 0) {
+            distance[i] = INFINITY;
+            memset(&closest[3 * i], 0, 3 * sizeof(double));
+            memset(&normal[3 * i], 0, 3 * sizeof(double));
+        } else {
+            distance[i] = d;
+            memcpy(&closest[3 * i], &samples[3 * best], 3 * sizeof(double));
+            memcpy(&normal[3 * i], &normals[3 * best], 3 * sizeof(double));
+        }
+    }
+    free(order);
+    return NN_OK;
+}
+
+/* For each of the count points x: 1 when its nearest tree point strictly within bound exists and x is
+ * within tau of that point's tangent plane (|(x - p) . n| < tau, the products summed as NumPy's einsum
+ * sums three, first and third first), else 0. p and n: samples[j] and normals[j] (the caller's order). */
+int nn_on_plane(const void *handle, const double *x, int64_t count, double bound, double tau, const double *samples,
+                const double *normals, uint8_t *hit) {
+    const NTree *t = handle;
+    double limit = bound * bound;
+    int64_t *order = count >= ORDER_FROM ? grid_order(t, x, count) : NULL; /* NULL: as given */
+    int64_t previous = -1;
+    for (int64_t k = 0; k < count; k++) {
+        int64_t i = order ? order[k] : k;
+        const double *q = &x[3 * i];
+        double best2;
+        int64_t best = nearest(t, q, limit, previous, &best2);
+        previous = best;
+        hit[i] = 0;
+        if (best >= 0) {
+            const double *p = &samples[3 * best], *n = &normals[3 * best];
+            double d0 = q[0] - p[0], d1 = q[1] - p[1], d2 = q[2] - p[2];
+            double r = (d0 * n[0] + d2 * n[2]) + d1 * n[1];
+            hit[i] = fabs(r) < tau;
+        }
+    }
+    free(order);
+    return NN_OK;
+}

@@ -108,17 +108,9 @@ class NearestTree:
         :func:`._coarse.icp_many` computed with NumPy from ``query``'s answer (its einsum's order of
         the three products included).
         """
-        rows = np.ascontiguousarray(points, dtype=np.float64)
-        if rows.ndim < 1 or rows.shape[-1] != 3:
-            raise ValueError(f"points must be (..., 3), got shape {rows.shape}")
         if not (gate > 0.0):
             raise ValueError(f"gate must be a distance > 0, got {gate}")
-        samples = np.ascontiguousarray(samples, dtype=np.float64)
-        normals = np.ascontiguousarray(normals, dtype=np.float64)
-        if samples.shape != (self.n, 3) or normals.shape != (self.n, 3):
-            raise ValueError(f"samples and normals must be ({self.n}, 3), got {samples.shape} and {normals.shape}")
-        if not np.isfinite(rows).all():
-            raise ValueError("points must be finite (NaN or infinite values given)")
+        rows, samples, normals = self._checked(points, samples, normals)
         shape = rows.shape[:-1]
         use = np.empty(shape, dtype=np.uint8)
         out = np.empty((*shape, 6))
@@ -129,6 +121,66 @@ class NearestTree:
             use.ctypes.data, out.ctypes.data, weighted.ctypes.data, wr.ctypes.data,
         )  # fmt: skip
         return use.view(np.bool_), out, weighted, wr
+
+    def planes(
+        self,
+        points: Any,
+        bound: float,
+        samples: FloatArray,
+        normals: FloatArray,
+        row_bounds: FloatArray | None = None,
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """The nearest sample's position and unit normal (zeros where none) and the distance (inf there)
+        for each of ``points (..., 3)``: ``query(points, bound)`` with ``samples[index]`` and
+        ``normals[index]`` gathered (``(n, 3)``, the tree's order). ``row_bounds (a,)``: ``points`` are
+        ``(a, k, 3)`` and a match of row ``r`` farther than ``row_bounds[r]`` counts as none.
+        """
+        if not (bound >= 0.0):
+            raise ValueError(f"bound must be a distance >= 0, got {bound}")
+        rows, samples, normals = self._checked(points, samples, normals)
+        shape = rows.shape[:-1]
+        limits = None
+        if row_bounds is not None:
+            limits = np.ascontiguousarray(row_bounds, dtype=np.float64)
+            if rows.ndim != 3 or limits.shape != (len(rows),) or rows.shape[1] == 0:
+                raise ValueError(f"row_bounds (a,) need points (a, k, 3), k >= 1, got {limits.shape} and {rows.shape}")
+        closest, normal, distance = np.empty((*shape, 3)), np.empty((*shape, 3)), np.empty(shape)
+        self._library.nn_planes(
+            self._handle, rows.ctypes.data, rows.size // 3, float(bound), rows.shape[1] if limits is not None else 0,
+            None if limits is None else limits.ctypes.data, samples.ctypes.data, normals.ctypes.data,
+            closest.ctypes.data, normal.ctypes.data, distance.ctypes.data,
+        )  # fmt: skip
+        return closest, normal, distance
+
+    def on_plane(
+        self, points: Any, bound: float, tau: float, samples: FloatArray, normals: FloatArray
+    ) -> NDArray[np.bool_]:
+        """Which of ``points (..., 3)`` have a nearest sample strictly within ``bound`` whose tangent plane
+        (``samples[index]``, ``normals[index]``) they are within ``tau`` of: ``|(x - sample) . normal| <
+        tau``, the products summed as NumPy's einsum sums them (bit for bit the NumPy test from
+        ``query``'s answer)."""
+        if not (bound >= 0.0):
+            raise ValueError(f"bound must be a distance >= 0, got {bound}")
+        rows, samples, normals = self._checked(points, samples, normals)
+        hit = np.empty(rows.shape[:-1], dtype=np.uint8)
+        self._library.nn_on_plane(
+            self._handle, rows.ctypes.data, rows.size // 3, float(bound), float(tau), samples.ctypes.data,
+            normals.ctypes.data, hit.ctypes.data,
+        )  # fmt: skip
+        return hit.view(np.bool_)
+
+    def _checked(self, points: Any, samples: Any, normals: Any) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """``points (..., 3)`` (finite), ``samples`` and ``normals`` ``(n, 3)``, contiguous float64."""
+        rows = np.ascontiguousarray(points, dtype=np.float64)
+        if rows.ndim < 1 or rows.shape[-1] != 3:
+            raise ValueError(f"points must be (..., 3), got shape {rows.shape}")
+        samples = np.ascontiguousarray(samples, dtype=np.float64)
+        normals = np.ascontiguousarray(normals, dtype=np.float64)
+        if samples.shape != (self.n, 3) or normals.shape != (self.n, 3):
+            raise ValueError(f"samples and normals must be ({self.n}, 3), got {samples.shape} and {normals.shape}")
+        if not np.isfinite(rows).all():
+            raise ValueError("points must be finite (NaN or infinite values given)")
+        return rows, samples, normals
 
 
 # A query is split over threads only from this many points per thread (a thread costs more than it

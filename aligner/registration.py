@@ -816,12 +816,7 @@ def _edge_length(scan: Scan) -> float:
 
 def _on_surface(target: PlaneTarget, x: FloatArray, tau: float) -> NDArray[np.bool_]:
     """Which points ``(n, 3)`` lie within ``tau`` of the thinned surface (nearest sample's tangent plane)."""
-    distance, index = target.match(x, tau + target.spacing)
-    found = np.flatnonzero(np.isfinite(distance))
-    plane = np.abs(np.einsum("ij,ij->i", x[found] - target.points[index[found]], target.normals[index[found]]))
-    hit = np.zeros(len(x), dtype=bool)
-    hit[found[plane < tau]] = True
-    return hit
+    return target.on_plane(x, tau)
 
 
 def _explained(
@@ -829,14 +824,7 @@ def _explained(
 ) -> float:
     """Share of bite points within ``tau`` of either arch (nearest thinned sample's plane)."""
     x = transform_points(points, pose)
-    hit = np.zeros(len(x), dtype=bool)
-    for name, moved in (("upper", x), ("lower", transform_points(x, invert(lower_pose)))):
-        distance, index = coarse[name].match(moved, tau + coarse[name].spacing)
-        found = np.isfinite(distance)
-        plane = np.abs(
-            np.einsum("ij,ij->i", moved[found] - coarse[name].points[index[found]], coarse[name].normals[index[found]])
-        )
-        hit[np.flatnonzero(found)[plane < tau]] = True
+    hit = coarse["upper"].on_plane(x, tau) | coarse["lower"].on_plane(transform_points(x, invert(lower_pose)), tau)
     return float(hit.mean())
 
 

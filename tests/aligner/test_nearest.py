@@ -140,3 +140,68 @@ def test_plane_rows_are_numpys_bit_for_bit(gate: float) -> None:
         tree.plane_rows(x, gate, samples[:-1], normals)
     with pytest.raises(ValueError, match="gate"):
         tree.plane_rows(x, 0.0, samples, normals)
+
+
+def test_planes_and_on_plane_are_the_gathers_and_tests_from_query() -> None:
+    """``planes`` is ``query`` with the samples and normals gathered (zeros and inf where none; with
+    ``row_bounds``, a row's matches beyond its own bound none) and ``on_plane`` the tangent-plane test
+    NumPy made from ``query``'s answer (einsum's order of the products), bit for bit."""
+    rng = np.random.default_rng(9)
+    u, v = rng.uniform(-20.0, 20.0, (2, 3000))
+    samples = np.stack([u, v, 0.02 * u**2 - 0.03 * v**2], axis=1)
+    normals = rng.normal(size=(3000, 3))
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    tree = NearestTree(samples)
+    x = samples[rng.integers(0, 3000, (6, 350))] + rng.normal(0.0, 0.7, (6, 350, 3))
+    flat = x.reshape(-1, 3)
+    for bound in (0.8, 1.8):
+        distance, index = tree.query(flat, bound)
+        found = np.isfinite(distance)
+        closest, normal, far = tree.planes(flat, bound, samples, normals)
+        assert np.array_equal(far, distance)
+        assert np.array_equal(closest[found], samples[index[found]]) and not closest[~found].any()
+        assert np.array_equal(normal[found], normals[index[found]]) and not normal[~found].any()
+        assert found.any() and not found.all()
+        # a bound per row: the rows' matches beyond it dropped
+        rows = np.array([0.3, 0.5, 0.8, 1.0, 1.5, 1.8])
+        closest, normal, far = tree.planes(x, bound, samples, normals, rows)
+        beyond = distance.reshape(6, 350) > rows[:, None]
+        expected = np.where(beyond, np.inf, distance.reshape(6, 350))
+        assert np.array_equal(far, expected) and beyond.any() and np.isfinite(expected).any()
+        assert not closest[np.isinf(expected)].any() and not normal[np.isinf(expected)].any()
+        kept = np.isfinite(expected)
+        assert np.array_equal(closest[kept], samples[index.reshape(6, 350)[kept]])
+        for tau in (0.05, 0.3):
+            plane = np.abs(np.einsum("ij,ij->i", flat[found] - samples[index[found]], normals[index[found]]))
+            hit = np.zeros(len(flat), dtype=bool)
+            hit[np.flatnonzero(found)[plane < tau]] = True
+            on = tree.on_plane(flat, bound, tau, samples, normals)
+            assert on.dtype == np.bool_ and np.array_equal(on, hit) and hit.any() and not hit[found].all()
+    with pytest.raises(ValueError, match="row_bounds"):
+        tree.planes(flat, 1.0, samples, normals, rows)
+
+
+def test_planes_and_on_plane_at_their_limits() -> None:
+    """A match exactly at its row's bound is kept (only beyond it is none), and the tangent-plane test
+    is decided on NumPy's own bits of the residual: with ``tau`` equal to a point's residual as NumPy
+    sums it the point is not within, where the products summed in axis order would put it within."""
+    tree = NearestTree(np.array([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0]]))
+    flat = np.zeros((2, 3))
+    *_, distance = tree.planes(np.array([[[0.5, 0.0, 0.0]], [[9.0, 0.0, 0.0]]]), 2.0, flat, flat, np.array([0.5, 0.5]))
+    assert distance.tolist() == [[0.5], [np.inf]]
+    rng = np.random.default_rng(10)
+    samples = rng.uniform(-5.0, 5.0, (2000, 3))
+    normals = rng.normal(size=(2000, 3))
+    tree = NearestTree(samples)
+    x = samples + rng.normal(0.0, 0.3, (2000, 3))
+    difference = x - samples[tree.query(x, 3.0)[1]]
+    normal = normals[tree.query(x, 3.0)[1]]
+    numpys = np.abs(np.einsum("ij,ij->i", difference, normal))
+    in_order = np.abs(
+        difference[:, 0] * normal[:, 0] + difference[:, 1] * normal[:, 1] + difference[:, 2] * normal[:, 2]
+    )
+    telling = np.flatnonzero(in_order < numpys)[:3]
+    assert len(telling) == 3
+    for k in telling:
+        assert not tree.on_plane(x[k : k + 1], 3.0, float(numpys[k]), samples, normals)[0]
+        assert tree.on_plane(x[k : k + 1], 3.0, float(np.nextafter(numpys[k], np.inf)), samples, normals)[0]
