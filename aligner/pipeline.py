@@ -270,14 +270,16 @@ def analyse(
         return order, _distances(antagonist[arch], points[arch], scans[arch].faces, params, order)
 
     with _helper() as beside:
+        # the frame is computed after the upper arch's first pass, on its thread: the lower's is the longer
+        # (c1-c3: 83 000-84 000 nearest-vertex queries against 73 000-74 000, 20 000 exact against 13 000)
         upper_first = beside.submit(first, "upper")
-        frame = arch_frame(points["upper"], points["lower"])  # meanwhile
+        framing = beside.submit(arch_frame, points["upper"], points["lower"])
         measured = {"lower": first("lower"), "upper": upper_first.result()}
         order = {arch: m[0] for arch, m in measured.items()}
         distances = {arch: m[1] for arch, m in measured.items()}
 
         def measure_before() -> tuple[dict[str, NDArray[np.int64]], dict[str, ArchContacts]]:
-            region = {arch: regions_of(points[arch], frame, params.anterior_share) for arch in ARCHES}
+            region = {arch: regions_of(points[arch], framing.result(), params.anterior_share) for arch in ARCHES}
             return region, {arch: contacts(arch, points[arch], distances[arch], region[arch]) for arch in ARCHES}
 
         # the regions and the contacts before the optimisation are measured beside it (it needs neither)
@@ -287,6 +289,7 @@ def analyse(
         if params.optimise and max(0.0, -float(distances["lower"].min())) > params.penetration_tolerance_mm:
             correction = optimise_bite(upper_surface, points["lower"], params, distances["lower"])
         regions, before = measuring.result()
+        frame = framing.result()
         if np.allclose(correction, np.eye(4)):
             # the distances are the result's own: measured as the full exact band measures them
             def complete(arch: str) -> ArchContacts:
