@@ -67,12 +67,16 @@ class PlaneTarget:
 
     def near(self, points: FloatArray, gate: float) -> tuple[FloatArray, FloatArray, FloatArray]:
         # the nearest sample within gate + spacing, its position and normal gathered in the kernel
-        return self.tree.planes(points, gate + self.spacing, self.points, self.normals)
+        return self.tree.planes(points, gate + self.spacing, self.points, self.normals)[:3]
 
-    def near_rows(self, x: FloatArray, gate: float, gates: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
-        """:meth:`near` of points ``(a, k, 3)`` with a gate per row ``(a,)`` (at most ``gate``): one query
-        within ``gate``, each row's matches beyond its own gate (plus the spacing) none."""
-        return self.tree.planes(x, gate + self.spacing, self.points, self.normals, gates + self.spacing)
+    def near_rows(
+        self, x: FloatArray, gate: float, gates: FloatArray, within: FloatArray | None = None
+    ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        """:meth:`near` of points ``(a, k, 3)`` with a gate per row ``(a,)`` (at most ``gate``): a query
+        within ``gate``, each row's matches beyond its own gate (plus the spacing) none, and the squared
+        distances too; ``within`` (squared, per point): only matches strictly nearer count
+        (:meth:`._nearest.NearestTree.planes`)."""
+        return self.tree.planes(x, gate + self.spacing, self.points, self.normals, gates + self.spacing, within)
 
     def on_plane(self, x: FloatArray, tau: float) -> NDArray[np.bool_]:
         """Which points ``(..., 3)`` lie within ``tau`` of the nearest sample's tangent plane, that sample
@@ -783,10 +787,13 @@ def refine_pairs(
         x = source @ bites[active, :3, :3].transpose(0, 2, 1) + bites[active, None, :3, 3]  # (a, n, 3)
         # each pair's gate: one query within the largest, farther matches dropped per pair
         widest = float(gate[active].max())
-        closest, normals, distance = _planes_within(upper, x, widest, gate[active])
+        closest, normals, distance, squared = upper.near_rows(x, widest, gate[active])
         rotation, shift = lowers[active, :3, :3], lowers[active, None, :3, 3]
         local = (x - shift) @ rotation  # bite points in the lower's file frame
-        closest_l, normals_l, distance_l = _planes_within(lower, local, widest, gate[active])
+        # a match on the lower counts only if nearer than the upper's (on_lower below): looked for only
+        # strictly within the upper's squared distance, where there is none in the lower's answer either
+        # the point stays on the upper with the same distance (the square root is monotonic)
+        closest_l, normals_l, distance_l, _ = lower.near_rows(local, widest, gate[active], squared)
         on_lower = distance_l < distance
         turned = rotation.transpose(0, 2, 1)
         closest = np.where(on_lower[..., None], closest_l @ turned + shift, closest)
@@ -872,14 +879,6 @@ def _motion_rows(step: FloatArray, centres: FloatArray) -> FloatArray:
 def _norms(vectors: FloatArray) -> FloatArray:
     """Lengths of ``vectors (a, 3)``: each as ``np.linalg.norm`` takes one vector (a product of it with itself)."""
     return np.asarray(np.sqrt((vectors[:, None, :] @ vectors[:, :, None])[:, 0, 0]), dtype=np.float64)
-
-
-def _planes_within(
-    target: PlaneTarget, x: FloatArray, widest: float, gates: FloatArray
-) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """:meth:`PlaneTarget.near` of points ``(a, n, 3)`` with a gate per row ``(a,)`` (mm): one query
-    within ``widest`` (the largest gate), then each row's matches beyond its own gate dropped."""
-    return target.near_rows(x, widest, gates)
 
 
 def _match(

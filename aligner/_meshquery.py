@@ -93,7 +93,7 @@ def _open() -> Any:
     library.nn_query.restype = c_int
     library.nn_plane_rows.argtypes = [pointer, pointer, i64, real, *[pointer] * 6]
     library.nn_plane_rows.restype = c_int
-    library.nn_planes.argtypes = [pointer, pointer, i64, real, i64, *[pointer] * 6]
+    library.nn_planes.argtypes = [pointer, pointer, i64, real, i64, *[pointer] * 8]
     library.nn_planes.restype = c_int
     library.nn_on_plane.argtypes = [pointer, pointer, i64, real, real, *[pointer] * 3]
     library.nn_on_plane.restype = c_int

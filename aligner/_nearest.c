@@ -352,11 +352,16 @@ int nn_plane_rows(const void *handle, const double *x, int64_t count, double gat
 }
 
 /* For each of the count points x: its nearest tree point strictly within bound, dropped when its
- * distance is beyond row_bound[i / row] (row_bound NULL: none dropped); closest and normal (3 each) that
+ * distance is beyond row_bound[i / row] (row_bound NULL: none dropped) and looked for only strictly
+ * within the squared distance within[i] (within NULL: no such limit); closest and normal (3 each) that
  * point's position and unit normal, samples[j] and normals[j] (the caller's order), zeros when none;
- * distance as nn_query gives it, infinity when none or dropped. */
+ * distance as nn_query gives it, infinity when none or dropped, and squared (unless NULL) its square as
+ * summed (infinity there). A row's bound also narrows the search (just beyond it, by a relative 1e-12,
+ * far more than the rounding of a square root: every match within it is still found, and one beyond it
+ * was dropped anyway), so the answers are those of a search within bound then filtered. */
 int nn_planes(const void *handle, const double *x, int64_t count, double bound, int64_t row, const double *row_bound,
-              const double *samples, const double *normals, double *closest, double *normal, double *distance) {
+              const double *within, const double *samples, const double *normals, double *closest, double *normal,
+              double *distance, double *squared_out) {
     const NTree *t = handle;
     if (row_bound && row < 1) return NN_ESIZE;
     double limit = bound * bound;
@@ -364,17 +369,25 @@ int nn_planes(const void *handle, const double *x, int64_t count, double bound, 
     int64_t previous = -1;
     for (int64_t k = 0; k < count; k++) {
         int64_t i = order ? order[k] : k;
+        double own = limit;
+        if (row_bound && row_bound[i / row] > 0.0) {
+            double near = row_bound[i / row] * (1.0 + 1e-12);
+            if (near * near < own) own = near * near;
+        }
+        if (within && within[i] < own) own = within[i];
         double best2;
-        int64_t best = nearest(t, &x[3 * i], limit, previous, &best2);
-        previous = best;
+        int64_t best = nearest(t, &x[3 * i], own, previous, &best2);
+        if (best >= 0) previous = best;
         double d = best < 0 ? INFINITY : sqrt(best2);
         if (best >= 0 && row_bound && d > row_bound[i / row]) best = -1;
         if (best < 0) {
             distance[i] = INFINITY;
+            if (squared_out) squared_out[i] = INFINITY;
             memset(&closest[3 * i], 0, 3 * sizeof(double));
             memset(&normal[3 * i], 0, 3 * sizeof(double));
         } else {
             distance[i] = d;
+            if (squared_out) squared_out[i] = best2;
             memcpy(&closest[3 * i], &samples[3 * best], 3 * sizeof(double));
             memcpy(&normal[3 * i], &normals[3 * best], 3 * sizeof(double));
         }

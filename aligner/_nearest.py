@@ -129,11 +129,15 @@ class NearestTree:
         samples: FloatArray,
         normals: FloatArray,
         row_bounds: FloatArray | None = None,
-    ) -> tuple[FloatArray, FloatArray, FloatArray]:
-        """The nearest sample's position and unit normal (zeros where none) and the distance (inf there)
-        for each of ``points (..., 3)``: ``query(points, bound)`` with ``samples[index]`` and
-        ``normals[index]`` gathered (``(n, 3)``, the tree's order). ``row_bounds (a,)``: ``points`` are
-        ``(a, k, 3)`` and a match of row ``r`` farther than ``row_bounds[r]`` counts as none.
+        within: FloatArray | None = None,
+    ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        """The nearest sample's position and unit normal (zeros where none), the distance (inf there) and
+        its square as summed (inf there) for each of ``points (..., 3)``: ``query(points, bound)`` with
+        ``samples[index]`` and ``normals[index]`` gathered (``(n, 3)``, the tree's order).
+
+        ``row_bounds (a,)``: ``points`` are ``(a, k, 3)`` and a match of row ``r`` farther than
+        ``row_bounds[r]`` counts as none. ``within`` (shaped as the points, squared mm): a point's match
+        is looked for only strictly within it (a match at that squared distance or beyond counts as none).
         """
         if not (bound >= 0.0):
             raise ValueError(f"bound must be a distance >= 0, got {bound}")
@@ -144,13 +148,24 @@ class NearestTree:
             limits = np.ascontiguousarray(row_bounds, dtype=np.float64)
             if rows.ndim != 3 or limits.shape != (len(rows),) or rows.shape[1] == 0:
                 raise ValueError(f"row_bounds (a,) need points (a, k, 3), k >= 1, got {limits.shape} and {rows.shape}")
-        closest, normal, distance = np.empty((*shape, 3)), np.empty((*shape, 3)), np.empty(shape)
+        squared_within = None
+        if within is not None:
+            squared_within = np.ascontiguousarray(within, dtype=np.float64)
+            if squared_within.shape != shape:
+                raise ValueError(f"within must be shaped as the points {shape}, got {squared_within.shape}")
+        closest, normal, distance, squared = (
+            np.empty((*shape, 3)),
+            np.empty((*shape, 3)),
+            np.empty(shape),
+            np.empty(shape),
+        )
         self._library.nn_planes(
             self._handle, rows.ctypes.data, rows.size // 3, float(bound), rows.shape[1] if limits is not None else 0,
-            None if limits is None else limits.ctypes.data, samples.ctypes.data, normals.ctypes.data,
-            closest.ctypes.data, normal.ctypes.data, distance.ctypes.data,
+            None if limits is None else limits.ctypes.data,
+            None if squared_within is None else squared_within.ctypes.data, samples.ctypes.data, normals.ctypes.data,
+            closest.ctypes.data, normal.ctypes.data, distance.ctypes.data, squared.ctypes.data,
         )  # fmt: skip
-        return closest, normal, distance
+        return closest, normal, distance, squared
 
     def on_plane(
         self, points: Any, bound: float, tau: float, samples: FloatArray, normals: FloatArray

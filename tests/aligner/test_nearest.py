@@ -157,14 +157,14 @@ def test_planes_and_on_plane_are_the_gathers_and_tests_from_query() -> None:
     for bound in (0.8, 1.8):
         distance, index = tree.query(flat, bound)
         found = np.isfinite(distance)
-        closest, normal, far = tree.planes(flat, bound, samples, normals)
+        closest, normal, far, _ = tree.planes(flat, bound, samples, normals)
         assert np.array_equal(far, distance)
         assert np.array_equal(closest[found], samples[index[found]]) and not closest[~found].any()
         assert np.array_equal(normal[found], normals[index[found]]) and not normal[~found].any()
         assert found.any() and not found.all()
         # a bound per row: the rows' matches beyond it dropped
         rows = np.array([0.3, 0.5, 0.8, 1.0, 1.5, 1.8])
-        closest, normal, far = tree.planes(x, bound, samples, normals, rows)
+        closest, normal, far, _ = tree.planes(x, bound, samples, normals, rows)
         beyond = distance.reshape(6, 350) > rows[:, None]
         expected = np.where(beyond, np.inf, distance.reshape(6, 350))
         assert np.array_equal(far, expected) and beyond.any() and np.isfinite(expected).any()
@@ -187,7 +187,7 @@ def test_planes_and_on_plane_at_their_limits() -> None:
     sums it the point is not within, where the products summed in axis order would put it within."""
     tree = NearestTree(np.array([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0]]))
     flat = np.zeros((2, 3))
-    *_, distance = tree.planes(np.array([[[0.5, 0.0, 0.0]], [[9.0, 0.0, 0.0]]]), 2.0, flat, flat, np.array([0.5, 0.5]))
+    _, _, distance, _ = tree.planes(np.array([[[0.5, 0.0, 0.0]], [[9.0, 0.0, 0.0]]]), 2.0, flat, flat, np.array([0.5, 0.5]))
     assert distance.tolist() == [[0.5], [np.inf]]
     rng = np.random.default_rng(10)
     samples = rng.uniform(-5.0, 5.0, (2000, 3))
@@ -205,3 +205,24 @@ def test_planes_and_on_plane_at_their_limits() -> None:
     for k in telling:
         assert not tree.on_plane(x[k : k + 1], 3.0, float(numpys[k]), samples, normals)[0]
         assert tree.on_plane(x[k : k + 1], 3.0, float(np.nextafter(numpys[k], np.inf)), samples, normals)[0]
+
+
+def test_planes_within_a_squared_distance_per_point() -> None:
+    """``within``: a point's match counts only strictly within its squared distance (what the joint
+    ICP's lower arch needs: a match no nearer than the upper's loses to it); the squared distances
+    returned are the summed squares whose roots are the distances."""
+    rng = np.random.default_rng(12)
+    samples = rng.uniform(-5.0, 5.0, (1500, 3))
+    zeros = np.zeros_like(samples)
+    tree = NearestTree(samples)
+    x = rng.uniform(-6.0, 6.0, (900, 3))
+    _, _, distance, squared = tree.planes(x, 1.2, samples, zeros)
+    found = np.isfinite(distance)
+    assert np.array_equal(np.sqrt(squared), distance) and found.any() and not found.all()
+    within = np.where(rng.random(900) < 0.5, squared, rng.uniform(0.0, 2.0, 900))  # some exactly at the match
+    within[:50] = np.inf
+    _, _, limited, _ = tree.planes(x, 1.2, samples, zeros, within=within)
+    expected = np.where(squared < within, distance, np.inf)
+    assert np.array_equal(limited, expected) and np.isfinite(expected).any() and (found & np.isinf(expected)).any()
+    with pytest.raises(ValueError, match="within"):
+        tree.planes(x, 1.2, samples, zeros, within=within[:-1])
