@@ -187,7 +187,9 @@ def test_planes_and_on_plane_at_their_limits() -> None:
     sums it the point is not within, where the products summed in axis order would put it within."""
     tree = NearestTree(np.array([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0]]))
     flat = np.zeros((2, 3))
-    _, _, distance, _ = tree.planes(np.array([[[0.5, 0.0, 0.0]], [[9.0, 0.0, 0.0]]]), 2.0, flat, flat, np.array([0.5, 0.5]))
+    _, _, distance, _ = tree.planes(
+        np.array([[[0.5, 0.0, 0.0]], [[9.0, 0.0, 0.0]]]), 2.0, flat, flat, np.array([0.5, 0.5])
+    )
     assert distance.tolist() == [[0.5], [np.inf]]
     rng = np.random.default_rng(10)
     samples = rng.uniform(-5.0, 5.0, (2000, 3))
