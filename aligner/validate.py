@@ -222,7 +222,7 @@ def clean_mesh(raw: RawMesh, role: str, *, unit: str | None = None, orient: bool
         normals_flipped=flipped,
         scale_factor=scale,
     )
-    return Scan(role, vertices, faces.astype(np.int64), normals, raw.sha256, raw.file_format, report, cache)
+    return Scan(role, vertices, faces.astype(np.int64, copy=False), normals, raw.sha256, raw.file_format, report, cache)
 
 
 def _census(
