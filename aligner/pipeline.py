@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -190,12 +190,20 @@ def align_scans(
 
     bite_scans = [scans[role] for role in roles[2:]]
     # the occlusal analysis' search structures of the arches (they do not depend on the poses) are built on a
-    # thread of their own while the registration runs: it leaves part of a core idle
-    prepared = _in_background(functools.partial(prepare_analysis, scans["upper"], scans["lower"]))
-    registration = register_bite(scans["upper"], scans["lower"], bite_scans, params, report)
+    # thread of their own from the start of the registration's global step, which leaves part of a core idle
+    # (its two bites' threads: 1.7 cores; the preprocessing before it keeps both busy)
+    prepared: list[Future[None]] = []
+
+    def reporting(stage: str, fraction: float) -> None:
+        if stage == "global" and not prepared:
+            prepared.append(_in_background(functools.partial(prepare_analysis, scans["upper"], scans["lower"])))
+        report(stage, fraction)
+
+    registration = register_bite(scans["upper"], scans["lower"], bite_scans, params, reporting)
     timings.update(registration.timings)
     if not registration.confident:
-        prepared.exception()  # (waited for, not needed: nothing is left running)
+        for building in prepared:
+            building.exception()  # (waited for, not needed: nothing is left running)
         return AlignmentResult(
             "not_confident",
             registration.reasons,
@@ -210,7 +218,8 @@ def align_scans(
 
     clock = time.perf_counter()
     report("occlusion", 0.0)
-    prepared.result()
+    for building in prepared:
+        building.result()
     result = analyse(scans["upper"], scans["lower"], registration.upper_to_bite, registration.lower_to_bite, occlusion)
     timings["occlusion"] = time.perf_counter() - clock
     report("occlusion", 1.0)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -433,3 +435,36 @@ def test_prepared_structures_are_the_ones_the_queries_use(small_case) -> None:
     for stage in ("before", "after"):
         for arch in ("upper", "lower"):
             assert np.array_equal(getattr(prepared, stage)[arch].distance, getattr(fresh, stage)[arch].distance)
+
+
+def test_a_whole_case_prepares_the_analysis_during_the_registration(small_case, monkeypatch) -> None:
+    """``align_scans`` builds the arches' analysis structures while the registration runs (from its global
+    step): they are there when the analysis starts, and the result is the one analysed without them."""
+    from mesial.aligner import pipeline
+    from mesial.aligner.validate import scan_from_arrays
+
+    def scans() -> tuple[Scan, Scan, list[Scan]]:
+        upper = scan_from_arrays(small_case.upper.vertices, small_case.upper.faces, "upper")
+        lower = scan_from_arrays(small_case.lower.vertices, small_case.lower.faces, "lower")
+        bites = [scan_from_arrays(b.vertices, b.faces, "bite", orient=False) for b in small_case.bites]
+        return upper, lower, bites
+
+    seen: list[tuple[str, bool]] = []
+    analyse = pipeline.analyse
+
+    def watched(upper: Scan, lower: Scan, *rest: Any) -> pipeline.Occlusion:
+        for scan in (upper, lower):
+            index = scan.surface()._index
+            seen.append((scan.role, index._sides is not None and index._field is not None and len(index._spreads) == 1))
+        return analyse(upper, lower, *rest)
+
+    monkeypatch.setattr(pipeline, "analyse", watched)
+    stages: list[str] = []
+    result = pipeline.align_scans(*scans(), progress=lambda stage, fraction: stages.append(stage))
+    assert result.status == "ok" and result.occlusion is not None
+    assert result.upper_to_bite is not None and result.registration is not None
+    assert seen == [("upper", True), ("lower", True)]
+    assert "global" in stages and stages[-1] == "occlusion"  # the caller's progress still reported
+    again = analyse(*scans()[:2], result.upper_to_bite, result.registration.lower_to_bite, OcclusionParams())
+    for arch in ("upper", "lower"):
+        assert np.array_equal(again.after[arch].distance, result.occlusion.after[arch].distance)
