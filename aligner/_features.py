@@ -99,9 +99,16 @@ def spread_points(points: FloatArray, count: int) -> NDArray[np.int64]:
     """
     if len(points) <= count:
         return np.arange(len(points), dtype=np.int64)
+    from mesial.aligner._meshquery import _load
+
+    rows = np.ascontiguousarray(points, dtype=np.float64)
+    if rows.ndim != 2 or rows.shape[1] != 3:
+        raise ValueError(f"points must be (n, 3), got shape {rows.shape}")
+    if not np.isfinite(rows).all():
+        raise ValueError("points must be finite (NaN or infinite values given)")
+    centre = np.ascontiguousarray(np.asarray(points).mean(axis=0), dtype=np.float64)
     chosen = np.zeros(count, dtype=np.int64)
-    distance = np.linalg.norm(points - points.mean(axis=0), axis=1)
-    for i in range(count):
-        chosen[i] = int(np.argmax(distance))
-        distance = np.minimum(distance, np.linalg.norm(points - points[chosen[i]], axis=1))
+    # compiled (_nearest.c): each point's distance to the centre, then count times the first farthest
+    # point chosen and every distance lowered to it, with np.linalg.norm's sums (the same choice)
+    _load().nn_spread(rows.ctypes.data, len(rows), centre.ctypes.data, count, chosen.ctypes.data)
     return chosen

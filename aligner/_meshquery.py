@@ -97,6 +97,8 @@ def _open() -> Any:
     library.nn_planes.restype = c_int
     library.nn_on_plane.argtypes = [pointer, pointer, i64, real, real, *[pointer] * 3]
     library.nn_on_plane.restype = c_int
+    library.nn_spread.argtypes = [pointer, i64, pointer, i64, pointer]
+    library.nn_spread.restype = c_int
     library.mc_merge_corners.argtypes = [pointer, i64, i64, i64, c_int, pointer, pointer, pointer]
     library.mc_merge_corners.restype = c_int
     library.mc_cross_products.argtypes = [pointer, i64, pointer, i64, pointer]

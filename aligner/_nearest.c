@@ -422,3 +422,34 @@ int nn_on_plane(const void *handle, const double *x, int64_t count, double bound
     free(order);
     return NN_OK;
 }
+
+/* Farthest-point sampling (aligner/_features.py, spread_points) with NumPy's arithmetic: each point's
+ * distance to centre, then count times the first point of the largest distance is chosen and every
+ * distance lowered to the point's distance to it. A distance is the square root of the squared
+ * differences summed in axis order (as np.linalg.norm over the last axis of (n, 3) sums them). */
+int nn_spread(const double *points, int64_t n, const double *centre, int64_t count, int64_t *chosen) {
+    if (n < 1 || count < 0 || count > n) return NN_ESIZE;
+    double *distance = malloc((size_t)n * sizeof(double));
+    if (!distance) return NN_ENOMEM;
+    for (int64_t i = 0; i < n; i++) {
+        const double *p = &points[3 * i];
+        double d0 = p[0] - centre[0], d1 = p[1] - centre[1], d2 = p[2] - centre[2];
+        distance[i] = sqrt((d0 * d0 + d1 * d1) + d2 * d2);
+    }
+    for (int64_t k = 0; k < count; k++) {
+        int64_t far = 0;
+        for (int64_t i = 1; i < n; i++)
+            if (distance[i] > distance[far]) far = i;
+        chosen[k] = far;
+        const double *q = &points[3 * far];
+        double x = q[0], y = q[1], z = q[2];
+        for (int64_t i = 0; i < n; i++) {
+            const double *p = &points[3 * i];
+            double d0 = p[0] - x, d1 = p[1] - y, d2 = p[2] - z;
+            double d = sqrt((d0 * d0 + d1 * d1) + d2 * d2);
+            if (d < distance[i]) distance[i] = d;
+        }
+    }
+    free(distance);
+    return NN_OK;
+}

@@ -824,7 +824,9 @@ def _explained(
 ) -> float:
     """Share of bite points within ``tau`` of either arch (nearest thinned sample's plane)."""
     x = transform_points(points, pose)
-    hit = coarse["upper"].on_plane(x, tau) | coarse["lower"].on_plane(transform_points(x, invert(lower_pose)), tau)
+    hit = coarse["upper"].on_plane(x, tau)
+    rest = np.flatnonzero(~hit)  # the lower arch asked only about the points the upper does not explain
+    hit[rest] = coarse["lower"].on_plane(transform_points(x, invert(lower_pose))[rest], tau)
     return float(hit.mean())
 
 

@@ -397,3 +397,34 @@ def test_batched_steps_equal_the_steps_one_at_a_time() -> None:
     steps, centres = rng.normal(size=(9, 12)) * 0.01, rng.normal(size=(9, 3)) * 20.0
     expected = [_motion(step, np.stack([centre, centre])) for step, centre in zip(steps, centres, strict=True)]
     assert np.allclose(_motion_rows(steps, centres), expected, rtol=1e-15, atol=0.0)
+
+
+def _spread_numpy(points: np.ndarray, count: int) -> np.ndarray:
+    """Farthest-point sampling as NumPy did it before the kernel."""
+    if len(points) <= count:
+        return np.arange(len(points), dtype=np.int64)
+    chosen = np.zeros(count, dtype=np.int64)
+    distance = np.linalg.norm(points - points.mean(axis=0), axis=1)
+    for i in range(count):
+        chosen[i] = int(np.argmax(distance))
+        distance = np.minimum(distance, np.linalg.norm(points - points[chosen[i]], axis=1))
+    return chosen
+
+
+def test_spread_points_choose_as_numpy_did() -> None:
+    """The compiled farthest-point sampling chooses the same points in the same order as the NumPy
+    loop (its distances summed as np.linalg.norm sums them; among equal distances the first), on
+    random clouds and on integer grids full of ties; a cloud no larger than the count comes whole."""
+    from mesial.aligner._features import spread_points
+
+    rng = np.random.default_rng(21)
+    for trial in range(40):
+        n = int(rng.integers(20, 2500))
+        points = rng.normal(size=(n, 3)) * rng.uniform(0.1, 30.0, 3)
+        if trial % 2:
+            points = np.round(points)  # many points at the same distance
+        count = int(rng.integers(1, 80))
+        assert np.array_equal(spread_points(points, count), _spread_numpy(points, count))
+    assert spread_points(np.zeros((5, 3)), 8).tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="finite"):
+        spread_points(np.full((30, 3), np.nan), 8)
