@@ -59,7 +59,8 @@ static inline void cross3(const double *a, const double *b, double *out) {
 
 typedef struct {
     double lo[3], hi[3];
-    int64_t id;
+    int32_t id;   /* the caller's index of the triangle (m < 2**30) */
+    int32_t slot; /* its bin in the bins of the node it is in, set when they are filled */
 } Ref;
 
 /* The box of some refs and the box of their centres (doubled: lo + hi, as the bins use them). */
@@ -171,9 +172,10 @@ static int bins_start(Bins *s, int64_t count, int32_t depth, const Bounds *all) 
     return 1;
 }
 
-static inline void bins_add(Bins *s, const Ref *r) {
+static inline void bins_add(Bins *s, Ref *r) {
     int j = (int)((r->lo[s->axis] + r->hi[s->axis] - s->base) * s->scale);
     j = j >= BINS ? BINS - 1 : (j < 0 ? 0 : j);
+    r->slot = j; /* the partition of the node reads it */
     s->n[j]++;
     bounds_add(&s->bin[j], r);
 }
@@ -229,14 +231,10 @@ static int64_t split(Builder *b, int64_t start, int64_t count, const Bins *bins,
     bins_start(first, binned, depth + 1, &parts[0]);
     bins_start(second, count - binned, depth + 1, &parts[1]);
     Ref *refs = b->refs;
-    int axis = bins->axis;
-    double base = bins->base, scale = bins->scale;
     int64_t i = start, j = start + count - 1;
     while (i <= j) { /* each ref is looked at once, where it is when it is placed */
         Ref *r = &refs[i];
-        int slot = (int)((r->lo[axis] + r->hi[axis] - base) * scale);
-        if (slot >= BINS) slot = BINS - 1;
-        if (slot < best_bin) {
+        if (r->slot < best_bin) { /* its bin: those below best_bin go first */
             if (first->active) bins_add(first, r);
             i++;
         } else {
@@ -394,7 +392,7 @@ int mq_build(const double *vertices, int64_t n, const int64_t *faces, int64_t m,
             refs[t].lo[k] = p[0][k] < low ? p[0][k] : low;
             refs[t].hi[k] = p[0][k] > high ? p[0][k] : high;
         }
-        refs[t].id = t;
+        refs[t].id = (int32_t)t;
         bounds_add(&root, &refs[t]);
     }
     /* the root at index 1 (0 unused), so that every pair of siblings starts at an even index:
