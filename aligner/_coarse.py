@@ -250,23 +250,24 @@ def search_along(
     local = probe - strip.centre
     heights = np.asarray(heights_mm)
     offsets = np.asarray(offsets_mm)
+    # the translations, the same for every (way, tilt) pass: (a, h, o, 3)
+    translation = (
+        anchor[:, None, None, :]
+        + heights[None, :, None, None] * np.array([0.0, 0.0, 1.0])
+        + offsets[None, None, :, None] * direction[:, None, None, :]
+    )
+    a = len(psi)
+    flat_t = translation.reshape(a, -1, 3)
+    # a translation's x and y do not depend on its height (z only) nor its z on its offset (along a
+    # horizontal direction): (a, o), (a, o) and (a, h), every (height, offset) pose's mean at once
+    x, y, z = translation[:, 0, :, 0], translation[:, 0, :, 1], translation[:, :, 0, 2]
     # per (way, tilt) pass, its best poses: scores, sigma, rotations (k, 3, 3), translations (k, 3)
     passes: list[tuple[FloatArray, FloatArray, FloatArray, FloatArray]] = []
     for sigma, tilt in ((sigma, tilt) for sigma in ways for tilt in np.radians(tilts_deg)):
         rotations = _rotations(psi, sigma, strip, float(tilt))  # (a, 3, 3)
         moved = local @ rotations.transpose(0, 2, 1)  # (a, n, 3): every probe turned by every rotation
-        translation = (
-            anchor[:, None, None, :]
-            + heights[None, :, None, None] * np.array([0.0, 0.0, 1.0])
-            + offsets[None, None, :, None] * direction[:, None, None, :]
-        )  # (a, h, o, 3)
-        a = len(psi)
-        flat_t = translation.reshape(a, -1, 3)
         # coarse to fine: every pose scored on the first coarse_probes probes (evenly spread when the
         # probes come from farthest-point sampling), the best rescore_share of them on all probes
-        # a translation's x and y do not depend on its height (z only) nor its z on its offset (along a
-        # horizontal direction): (a, o), (a, o) and (a, h), every (height, offset) pose's mean at once
-        x, y, z = translation[:, 0, :, 0], translation[:, 0, :, 1], translation[:, :, 0, 2]
         few = min(max(1, coarse_probes), moved.shape[1])
         rough = field.mean_score_axes(moved, few, x, y, z, tau_mm).ravel()  # (a * h*o,)
         count = min(len(rough), max(keep, int(rescore_share * len(rough))))
