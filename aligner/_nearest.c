@@ -48,24 +48,27 @@ typedef struct {
     double low[3], high[3]; /* the points' box */
 } NTree;
 
-static double coordinate(const double *points, const int64_t *order, int64_t i, int axis) {
-    return points[3 * order[i] + axis];
-}
+/* a point while the tree is built: its coordinates and the caller's index, moved as one (the
+ * partitions then read memory in order instead of through an index) */
+typedef struct {
+    double c[3];
+    int64_t id;
+} Entry;
 
-/* order[start, start + count) partially sorted so that order[start + k] holds the k-th smallest
+/* entries[start, start + count) partially sorted so that entries[start + k] holds the k-th smallest
  * coordinate along axis (quickselect, Hoare partition) */
-static void select_kth(const double *points, int64_t *order, int64_t start, int64_t count, int64_t k, int axis) {
+static void select_kth(Entry *entries, int64_t start, int64_t count, int64_t k, int axis) {
     int64_t lo = start, hi = start + count - 1, target = start + k;
     while (lo < hi) {
-        double pivot = coordinate(points, order, lo + (hi - lo) / 2, axis);
+        double pivot = entries[lo + (hi - lo) / 2].c[axis];
         int64_t i = lo, j = hi;
         while (i <= j) {
-            while (coordinate(points, order, i, axis) < pivot) i++;
-            while (coordinate(points, order, j, axis) > pivot) j--;
+            while (entries[i].c[axis] < pivot) i++;
+            while (entries[j].c[axis] > pivot) j--;
             if (i <= j) {
-                int64_t swap = order[i];
-                order[i] = order[j];
-                order[j] = swap;
+                Entry swap = entries[i];
+                entries[i] = entries[j];
+                entries[j] = swap;
                 i++;
                 j--;
             }
@@ -79,7 +82,7 @@ static void select_kth(const double *points, int64_t *order, int64_t start, int6
     }
 }
 
-static int32_t build(NTree *t, const double *points, int64_t *order, int64_t start, int64_t count) {
+static int32_t build(NTree *t, Entry *entries, int64_t start, int64_t count) {
     int32_t index = t->node_count++;
     NNode *node = &t->nodes[index];
     node->left = node->right = -1;
@@ -91,7 +94,7 @@ static int32_t build(NTree *t, const double *points, int64_t *order, int64_t sta
     double lo[3] = {INFINITY, INFINITY, INFINITY}, hi[3] = {-INFINITY, -INFINITY, -INFINITY};
     for (int64_t i = start; i < start + count; i++) {
         for (int a = 0; a < 3; a++) {
-            double v = coordinate(points, order, i, a);
+            double v = entries[i].c[a];
             if (v < lo[a]) lo[a] = v;
             if (v > hi[a]) hi[a] = v;
         }
@@ -101,13 +104,13 @@ static int32_t build(NTree *t, const double *points, int64_t *order, int64_t sta
         if (hi[a] - lo[a] > hi[axis] - lo[axis]) axis = a;
     if (!(hi[axis] > lo[axis])) return index; /* every point the same: one leaf */
     int64_t half = count / 2;
-    select_kth(points, order, start, count, half, axis);
+    select_kth(entries, start, count, half, axis);
     node = &t->nodes[index];
     node->axis = axis;
-    node->split = coordinate(points, order, start + half, axis);
+    node->split = entries[start + half].c[axis];
     node->count = 0;
-    int32_t left = build(t, points, order, start, half);
-    int32_t right = build(t, points, order, start + half, count - half);
+    int32_t left = build(t, entries, start, half);
+    int32_t right = build(t, entries, start + half, count - half);
     node = &t->nodes[index];
     node->left = left;
     node->right = right;
@@ -118,7 +121,7 @@ int nn_build(const double *points, int64_t n, void **out) {
     *out = NULL;
     if (n < 1 || n > INT32_MAX / 2) return NN_ESIZE;
     NTree *t = calloc(1, sizeof(NTree));
-    int64_t *order = malloc((size_t)n * sizeof(int64_t));
+    Entry *order = malloc((size_t)n * sizeof(Entry));
     if (!t || !order) {
         free(t);
         free(order);
@@ -139,7 +142,10 @@ int nn_build(const double *points, int64_t n, void **out) {
         free(order);
         return NN_ENOMEM;
     }
-    for (int64_t i = 0; i < n; i++) order[i] = i;
+    for (int64_t i = 0; i < n; i++) {
+        memcpy(order[i].c, &points[3 * i], 3 * sizeof(double));
+        order[i].id = i;
+    }
     t->n = n;
     for (int a = 0; a < 3; a++) {
         t->low[a] = INFINITY;
@@ -151,11 +157,11 @@ int nn_build(const double *points, int64_t n, void **out) {
             if (points[3 * i + a] > t->high[a]) t->high[a] = points[3 * i + a];
         }
     }
-    build(t, points, order, 0, n);
+    build(t, order, 0, n);
     for (int64_t i = 0; i < n; i++) {
-        memcpy(&t->points[3 * i], &points[3 * order[i]], 3 * sizeof(double));
-        t->ids[i] = order[i];
-        t->where[order[i]] = i;
+        memcpy(&t->points[3 * i], order[i].c, 3 * sizeof(double));
+        t->ids[i] = order[i].id;
+        t->where[order[i].id] = i;
     }
     free(order);
     *out = t;
