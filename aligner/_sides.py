@@ -122,8 +122,15 @@ class MeshSides:
     def _edges(self, a: IntArray, b: IntArray) -> tuple[FloatArray, BoolArray]:
         """Sum of the normals of the faces sharing edge ``(a, b)``; border where only one does."""
         faces, _, real = self._around(a)
-        shares = real & (self.faces[faces] == b[:, None, None]).any(axis=2)
-        summed = (self._unit_normals(faces) * shares[..., None]).sum(axis=1)
+        ring = self.faces[faces]  # (h, k, 3)
+        end = b[:, None]
+        # (three column compares: ``(ring == end).any(axis=2)``'s answer, without a reduction along an axis of 3)
+        shares = real & ((ring[..., 0] == end) | (ring[..., 1] == end) | (ring[..., 2] == end))
+        # the normals of the sharing faces only (two of the five to twelve around a, on a closed surface),
+        # added in their order around a: the sum over all of them times ``shares``, zeros left out
+        rows, slots = np.nonzero(shares)
+        summed = np.zeros((len(a), 3))
+        np.add.at(summed, rows, self._unit_normals(faces[rows, slots]))
         return unit(summed), shares.sum(axis=1) < 2
 
     def _corners(self, vertex: IntArray) -> tuple[FloatArray, BoolArray]:

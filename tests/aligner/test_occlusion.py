@@ -468,3 +468,34 @@ def test_a_whole_case_prepares_the_analysis_during_the_registration(small_case, 
     again = analyse(*scans()[:2], result.upper_to_bite, result.registration.lower_to_bite, OcclusionParams())
     for arch in ("upper", "lower"):
         assert np.array_equal(again.after[arch].distance, result.occlusion.after[arch].distance)
+
+
+def test_edge_pseudonormals_add_the_sharing_faces_normals() -> None:
+    """At an edge the pseudonormal sums the unit normals of the faces that share it (only those are
+    computed): the sum over every face around its first end times whether it shares the edge, as before,
+    on a closed sphere, an open grid (border edges) and an edge shared by three faces."""
+    from mesial.aligner._sides import MeshSides
+    from mesial.aligner.transforms import unit
+
+    def reference(sides: MeshSides, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        faces, _, real = sides._around(a)
+        shares = real & (sides.faces[faces] == b[:, None, None]).any(axis=2)
+        corners = sides.vertices[sides.faces[faces]]
+        cross = np.cross(corners[..., 1, :] - corners[..., 0, :], corners[..., 2, :] - corners[..., 0, :])
+        return unit((unit(cross) * shares[..., None]).sum(axis=1)), shares.sum(axis=1) < 2
+
+    sphere = uv_sphere(5.0, (0, 0, 0), rings=12, segments=18)
+    grid = grid_plane(4.0, 0.5)
+    # a third face on the interior edge (9, 1) of the grid
+    fin = (np.vstack([grid[0], [[0.25, 0.0, 1.0]]]), np.vstack([grid[1], [[9, 1, len(grid[0])]]]))
+    for vertices, faces in (sphere, grid, fin):
+        sides = MeshSides(vertices, faces)
+        a = np.concatenate([faces[:, 0], faces[:, 1], faces[:, 2]])
+        b = np.concatenate([faces[:, 1], faces[:, 2], faces[:, 0]])
+        normals, border = sides._edges(a, b)
+        expected = reference(sides, a, b)
+        assert np.array_equal(normals, expected[0]) and np.array_equal(border, expected[1])
+        assert np.allclose(np.linalg.norm(normals, axis=1), 1.0)
+    assert not border.all() and border.any()  # the grid's and the fin's borders are there
+    edges = np.sort(np.stack([a, b], axis=1), axis=1)
+    assert np.unique(edges, axis=0, return_counts=True)[1].max() == 3
