@@ -110,5 +110,9 @@ def spread_points(points: FloatArray, count: int) -> NDArray[np.int64]:
     chosen = np.zeros(count, dtype=np.int64)
     # compiled (_nearest.c): each point's distance to the centre, then count times the first farthest
     # point chosen and every distance lowered to it, with np.linalg.norm's sums (the same choice)
-    _load().nn_spread(rows.ctypes.data, len(rows), centre.ctypes.data, count, chosen.ctypes.data)
+    status = _load().nn_spread(rows.ctypes.data, len(rows), centre.ctypes.data, count, chosen.ctypes.data)
+    if status == -1:
+        raise MemoryError("out of memory spreading points")
+    if status != 0:
+        raise ValueError(f"cannot spread {count} points over {len(rows)} (error {status})")
     return chosen

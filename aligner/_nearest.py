@@ -159,12 +159,14 @@ class NearestTree:
             np.empty(shape),
             np.empty(shape),
         )
-        self._library.nn_planes(
+        status = self._library.nn_planes(
             self._handle, rows.ctypes.data, rows.size // 3, float(bound), rows.shape[1] if limits is not None else 0,
             None if limits is None else limits.ctypes.data,
             None if squared_within is None else squared_within.ctypes.data, samples.ctypes.data, normals.ctypes.data,
             closest.ctypes.data, normal.ctypes.data, distance.ctypes.data, squared.ctypes.data,
         )  # fmt: skip
+        if status != 0:
+            raise ValueError(f"the nearest-sample kernel refused the rows (error {status})")
         return closest, normal, distance, squared
 
     def on_plane(
