@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml setup.py scripts/install-system-deps.sh scripts/install
 	$(PY) scripts/install_k8s_tools.py $(TOOLS)
 	touch $@
 
-$(KERNEL): aligner/_meshquery.c aligner/_nearest.c aligner/_raster.c aligner/_clean.c aligner/_field.c setup.py | $(STAMP)
+$(KERNEL): aligner/_meshquery.c aligner/_nearest.c aligner/_raster.c aligner/_clean.c aligner/_field.c aligner/_prep.c setup.py | $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 

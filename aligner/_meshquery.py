@@ -112,6 +112,8 @@ def _open() -> Any:
     library.fs_mean_axes.restype = c_int
     library.fs_mean.argtypes = [pointer, pointer, real, pointer, pointer, pointer, i64, pointer, pointer, i64, pointer]
     library.fs_mean.restype = c_int
+    library.pp_voxel_first.argtypes = [pointer, i64, real, pointer, pointer]
+    library.pp_voxel_first.restype = c_int
     return library
 
 

@@ -1,0 +1,75 @@
+/* The registration's preprocessing, compiled: voxel thinning (aligner/_features.py voxel_representatives).
+ *
+ * It gives what the NumPy code it stands for gives, bit for bit (tests/aligner/test_prep.py):
+ *
+ * pp_voxel_first: the index of the first point (in input order) of each occupied voxel, increasing.
+ *   NumPy computed every point's voxel key as floor((p - min) / voxel) per axis, the flat key
+ *   (k0 * d1 + k1) * d2 + k2 (d the largest key per axis plus one, 64-bit integers wrapping), and
+ *   the first occurrence of each key with an argsort of them all. Here the same keys (the same
+ *   subtraction, division and floor) go once through a hash table in input order: a point whose key
+ *   is new is the first of its voxel. The largest key per axis is the key of the largest coordinate
+ *   (the subtraction, division and floor are monotonic).
+ *
+ * Plain C99, no Python headers, in the same library as _meshquery.c (setup.py; loaded with ctypes,
+ * which releases the GIL: the two arches' threads both run). Reentrant (no shared state).
+ * Return 0 or a negative error code.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#define PP_OK 0
+#define PP_ENOMEM -1
+#define PP_EVALUE -2 /* a coordinate not finite or a key beyond 2^62 */
+
+/* points (n, 3) row-major, n >= 1, voxel > 0. out (n,) receives the indices, *count their number. */
+int pp_voxel_first(const double *points, int64_t n, double voxel, int64_t *out, int64_t *count) {
+    double low[3], high[3];
+    for (int a = 0; a < 3; a++) low[a] = high[a] = points[a];
+    for (int64_t i = 0; i < n; i++) {
+        for (int a = 0; a < 3; a++) {
+            double v = points[3 * i + a];
+            if (!isfinite(v)) return PP_EVALUE;
+            if (v < low[a]) low[a] = v;
+            if (v > high[a]) high[a] = v;
+        }
+    }
+    uint64_t dims[3];
+    for (int a = 0; a < 3; a++) {
+        double top = floor((high[a] - low[a]) / voxel);
+        if (!(top < 4611686018427387904.0)) return PP_EVALUE; /* 2^62: NumPy's int64 cast holds it */
+        dims[a] = (uint64_t)(int64_t)top + 1u;
+    }
+    int bits = 1;
+    while (((int64_t)1 << bits) < 2 * n) bits++;
+    uint64_t size = (uint64_t)1 << bits, mask = size - 1;
+    uint64_t *keys = malloc(size * sizeof *keys);
+    unsigned char *used = calloc(size, 1);
+    if (!keys || !used) {
+        free(keys);
+        free(used);
+        return PP_ENOMEM;
+    }
+    int64_t found = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const double *p = points + 3 * i;
+        uint64_t k[3];
+        for (int a = 0; a < 3; a++) k[a] = (uint64_t)(int64_t)floor((p[a] - low[a]) / voxel);
+        uint64_t key = (k[0] * dims[1] + k[1]) * dims[2] + k[2]; /* NumPy's int64 arithmetic, wrapping */
+        uint64_t slot = (key * 0x9E3779B97F4A7C15ull) >> (64 - bits);
+        for (;;) {
+            if (!used[slot]) {
+                used[slot] = 1;
+                keys[slot] = key;
+                out[found++] = i;
+                break;
+            }
+            if (keys[slot] == key) break;
+            slot = (slot + 1) & mask;
+        }
+    }
+    free(keys);
+    free(used);
+    *count = found;
+    return PP_OK;
+}

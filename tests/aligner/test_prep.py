@@ -1,0 +1,48 @@
+"""The registration's preprocessing compiled (``_prep.c``): voxel thinning, the same indices as the
+NumPy code it stands for."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from mesial.aligner._features import voxel_representatives, voxel_representatives_numpy
+
+
+def _clouds() -> Iterator[tuple[NDArray[np.float64], float]]:
+    rng = np.random.default_rng(7)
+    yield rng.normal(size=(5000, 3)) * [30.0, 20.0, 8.0] - 100.0, 1.0  # many per voxel, negative coordinates
+    yield rng.random((3000, 3)) * 1000.0, 0.25  # mostly one per voxel, large grid
+    grid = np.stack(np.meshgrid(*[np.arange(0.0, 6.0, 0.5)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    yield rng.permutation(np.concatenate([grid, grid, grid + 0.25])), 0.5  # on the voxel borders, repeated
+    yield np.array([[1.0, 2.0, 3.0]]), 1.0  # one point
+    yield np.repeat(rng.random((1, 3)), 50, axis=0), 0.1  # one voxel, flat on every axis
+    yield np.concatenate([rng.random((200, 3)), [[1e6, -1e6, 5e5]]]), 0.3  # far apart: keys wrap 64 bits
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_voxel_representatives_is_the_numpy_thinning(case):
+    points, voxel = list(_clouds())[case]
+    got = voxel_representatives(points, voxel)
+    assert got.dtype == np.int64
+    assert np.array_equal(got, voxel_representatives_numpy(points, voxel))
+
+
+def test_voxel_representatives_keeps_the_first_point_of_each_voxel():
+    points = np.array([[0.2, 0.2, 0.2], [1.5, 0.0, 0.0], [0.9, 0.1, 0.4], [1.1, 0.9, 0.0], [3.0, 0.0, 0.0]])
+    assert voxel_representatives(points, 1.0).tolist() == [0, 1, 4]
+    assert voxel_representatives(points[::-1], 1.0).tolist() == [0, 1, 3]
+
+
+def test_voxel_representatives_refuses_bad_input():
+    with pytest.raises(ValueError, match="n >= 1"):
+        voxel_representatives(np.zeros((0, 3)), 1.0)
+    with pytest.raises(ValueError, match="finite"):
+        voxel_representatives(np.array([[0.0, np.nan, 0.0], [1.0, 1.0, 1.0]]), 1.0)
+    with pytest.raises(ValueError, match="positive"):
+        voxel_representatives(np.ones((4, 3)), 0.0)
+    with pytest.raises(ValueError, match="2\\*\\*62"):
+        voxel_representatives(np.array([[0.0, 0.0, 0.0], [1e300, 0.0, 0.0]]), 1e-30)
