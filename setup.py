@@ -2,7 +2,7 @@
 
 ``aligner/_meshquery.c`` (and ``aligner/_nearest.c``, the global step's nearest-sample tree,
 ``aligner/_raster.c``, the views' z-buffer, ``aligner/_clean.c``, validation's cleaning, ``aligner/_field.c``,
-the strip search's mean scores, and ``aligner/_prep.c``, the registration's voxel thinning, in the same
+the strip search's mean scores, and ``aligner/_prep.c``, the registration's preprocessing, in the same
 library) is plain C99 with POSIX threads and no Python headers; the
 aligner loads the built library with ctypes (``aligner/_meshquery.py``, ``aligner/_nearest.py``, ``aligner/_raster.py``,
 ``aligner/_clean.py``, ``aligner/_field.py``). It is declared as an

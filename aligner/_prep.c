@@ -1,4 +1,5 @@
-/* The registration's preprocessing, compiled: voxel thinning (aligner/_features.py voxel_representatives).
+/* The registration's preprocessing, compiled: voxel thinning (aligner/_features.py voxel_representatives)
+ * and an arch's mirror symmetry costs (aligner/_anatomy.py mirror_costs, pp_mirror_costs below).
  *
  * It gives what the NumPy code it stands for gives, bit for bit (tests/aligner/test_prep.py):
  *
@@ -71,5 +72,42 @@ int pp_voxel_first(const double *points, int64_t n, double voxel, int64_t *out, 
     free(keys);
     free(used);
     *count = found;
+    return PP_OK;
+}
+
+/* An arch's mirror symmetry costs (aligner/_anatomy.py mirror_costs): for each of k axis directions d_j,
+ * the mean over the n sample points s_i of a 2-D distance field at s_i mirrored about the axis,
+ * m = (2 * a_ij) * d_j - s_i (a = s @ d^T, computed by the caller: NumPy's matmul), looked up as
+ * DistanceField.__call__ does (per axis ((m - origin) / voxel) + 0.5, clipped to [0, limit], truncated,
+ * times the stride; the float32 value widened) and summed over the points in their order, as NumPy
+ * reduces the first axis of an (n, k) array, over n. Without the (n, k, 2) and (n, k) arrays.
+ * sample (n, 2), along (n, k), direction (k, 2), grid the field's flat values; out (k,). */
+int pp_mirror_costs(const double *sample, const double *along, const double *direction, int64_t n, int64_t k,
+                    const float *grid, const double *origin, double voxel, const double *limit,
+                    const int64_t *stride, double *out) {
+    double *sums = calloc((size_t)(k > 0 ? k : 1), sizeof *sums);
+    if (!sums) return PP_ENOMEM;
+    for (int64_t i = 0; i < n; i++) {
+        const double *a = along + i * k;
+        double sx = sample[2 * i], sy = sample[2 * i + 1];
+        for (int64_t j = 0; j < k; j++) {
+            double twice = 2.0 * a[j];
+            double mx = twice * direction[2 * j] - sx;
+            double my = twice * direction[2 * j + 1] - sy;
+            double u = (mx - origin[0]) / voxel + 0.5, v = (my - origin[1]) / voxel + 0.5;
+            if (u < 0.0) u = 0.0;
+            if (u > limit[0]) u = limit[0];
+            if (v < 0.0) v = 0.0;
+            if (v > limit[1]) v = limit[1];
+            int64_t cell = (int64_t)(int32_t)u * stride[0] + (int64_t)(int32_t)v * stride[1];
+            double value = (double)grid[cell];
+            if (i == 0)
+                sums[j] = value;
+            else
+                sums[j] += value;
+        }
+    }
+    for (int64_t j = 0; j < k; j++) out[j] = sums[j] / (double)n;
+    free(sums);
     return PP_OK;
 }

@@ -1,5 +1,5 @@
-"""The registration's preprocessing compiled (``_prep.c``): voxel thinning, the same indices as the
-NumPy code it stands for."""
+"""The registration's preprocessing compiled (``_prep.c``): voxel thinning and an arch's mirror symmetry
+costs, the same values as the NumPy code they stand for."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+from mesial.aligner._anatomy import mirror_costs, mirror_costs_numpy
 from mesial.aligner._features import voxel_representatives, voxel_representatives_numpy
+from mesial.aligner._field import DistanceField
 
 
 def _clouds() -> Iterator[tuple[NDArray[np.float64], float]]:
@@ -46,3 +48,27 @@ def test_voxel_representatives_refuses_bad_input():
         voxel_representatives(np.ones((4, 3)), 0.0)
     with pytest.raises(ValueError, match="2\\*\\*62"):
         voxel_representatives(np.array([[0.0, 0.0, 0.0], [1e300, 0.0, 0.0]]), 1e-30)
+
+
+@pytest.mark.parametrize(("count", "voxel", "cap"), [(3000, 0.5, 5.0), (40, 0.6, 1.6), (1, 0.5, 5.0)])
+def test_mirror_costs_are_the_numpy_ones(count, voxel, cap):
+    rng = np.random.default_rng(count)
+    # an arch-like U of points, some far outside the field once mirrored (the look-ups clipped to its border)
+    t = rng.uniform(-2.5, 2.5, count)
+    cloud = np.stack([25 * np.sin(t), 20 * np.cos(t)], 1) + rng.normal(scale=0.7, size=(count, 2)) + [3.0, -4.0]
+    field = DistanceField(cloud, voxel, cap)
+    for sample, angles in (
+        (cloud[::3], np.arange(0.0, np.pi, np.radians(1.0))),
+        (cloud, 1.2 + np.linspace(-0.02, 0.02, 21)),
+    ):
+        got = mirror_costs(field, sample, angles)
+        assert got.shape == angles.shape
+        assert np.array_equal(got, mirror_costs_numpy(field, sample, angles))
+
+
+def test_mirror_costs_of_a_symmetric_cloud_are_zero_about_its_axis():
+    half = np.random.default_rng(5).uniform(0.5, 20.0, size=(500, 2))
+    cloud = np.concatenate([half, half * [-1.0, 1.0]])  # mirror-symmetric about the y axis (angle 90°)
+    field = DistanceField(cloud, 0.5, 5.0)
+    costs = mirror_costs(field, cloud, np.radians([0.0, 45.0, 90.0]))
+    assert costs[2] == 0.0 and costs[0] > 1.0 and costs[1] > 1.0
