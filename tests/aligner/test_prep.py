@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from mesial.aligner._anatomy import mirror_costs, mirror_costs_numpy
+from mesial.aligner._anatomy import mirror_costs, mirror_costs_numpy, sorted_percentiles
 from mesial.aligner._features import voxel_representatives, voxel_representatives_numpy
 from mesial.aligner._field import DistanceField
 
@@ -72,3 +72,17 @@ def test_mirror_costs_of_a_symmetric_cloud_are_zero_about_its_axis():
     field = DistanceField(cloud, 0.5, 5.0)
     costs = mirror_costs(field, cloud, np.radians([0.0, 45.0, 90.0]))
     assert costs[2] == 0.0 and costs[0] > 1.0 and costs[1] > 1.0
+
+
+def test_sorted_percentiles_are_numpys():
+    rng = np.random.default_rng(11)
+    runs = [np.sort(rng.normal(size=int(n)) * rng.uniform(0.1, 40.0)) for n in rng.integers(2, 300, size=60)]
+    runs += [np.sort(np.round(rng.normal(size=50), 1)), np.array([1.0, 1.0]), np.array([0.0, 3.0, 3.0])]
+    values = np.concatenate(runs)
+    counts = np.array([len(run) for run in runs])
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    for q in (98.0, 1.0, 50.0, 99.0, 37.3):
+        expected = [np.percentile(run, q) for run in runs]
+        assert np.array_equal(sorted_percentiles(values, starts, counts, q), expected)
+    with pytest.raises(ValueError, match="q < 100"):
+        sorted_percentiles(values, starts, counts, 100.0)
