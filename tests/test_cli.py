@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
-from mesial.cli import COMMANDS, root
+from mesial.cli import COMMANDS, main, root
 from mesial.common import __version__
 
 MESIAL = Path(sys.executable).parent / "mesial"
@@ -17,6 +20,17 @@ MESIAL = Path(sys.executable).parent / "mesial"
 def test_version() -> None:
     result = subprocess.run([str(MESIAL), "--version"], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == f"mesial, version {__version__}"
+
+
+def test_the_entry_point_freezes_what_is_left_for_the_exit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["mesial", "--version"])
+    gc.unfreeze()
+    try:
+        with contextlib.suppress(SystemExit):
+            main()
+        assert gc.get_freeze_count() > 0  # the process's objects out of the teardown's last collection
+    finally:
+        gc.unfreeze()
 
 
 def test_help_lists_every_registered_command() -> None:
