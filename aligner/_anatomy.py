@@ -20,6 +20,7 @@ to a few millimetres and degrees. The global step starts from that.
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -67,26 +68,69 @@ def principal_axes(points: FloatArray) -> FloatArray:
 def crown_direction(vertices: FloatArray, faces: NDArray[np.int64], axis: FloatArray) -> FloatArray:
     """``axis`` or ``-axis``: the one pointing from the open (gingival) border towards the crowns.
 
-    The border edges (used by one triangle) are found with one sort of the edge
-    keys; their length-weighted centroid lies on the gingiva side of the
-    vertex centroid.
+    The border edges (used by one triangle, :func:`border_edges`) have their
+    length-weighted centroid on the gingiva side of the vertex centroid.
     """
-    first = np.concatenate([faces[:, 0], faces[:, 1], faces[:, 2]])
-    second = np.concatenate([faces[:, 1], faces[:, 2], faces[:, 0]])
-    key = np.minimum(first, second) * np.int64(len(vertices)) + np.maximum(first, second)
-    key.sort()  # plain integers: any sort gives the same array (NumPy's default one is the fastest)
-    single = np.ones(len(key), dtype=bool)
-    same = key[1:] == key[:-1]
-    single[1:] &= ~same
-    single[:-1] &= ~same
-    border = key[single]
+    border = border_edges(faces, len(vertices))
     if len(border) == 0:
         return np.asarray(axis, dtype=np.float64)
     a, b = vertices[border // len(vertices)], vertices[border % len(vertices)]
     weight = np.linalg.norm(a - b, axis=1)
     middle = ((a + b) / 2 * weight[:, None]).sum(axis=0) / max(float(weight.sum()), 1e-12)
-    side = float((vertices.mean(axis=0) - middle) @ axis)
+    side = float((row_mean(vertices) - middle) @ axis)
     return np.asarray(axis if side >= 0 else -axis, dtype=np.float64)
+
+
+def border_edges(faces: NDArray[np.int64], count: int) -> NDArray[np.int64]:
+    """Keys ``min(a, b) * count + max(a, b)`` of the edges used by exactly one of ``faces (m, 3)`` (indices
+    into ``count`` vertices), increasing.
+
+    Compiled (``_prep.c``: the edges bucketed by their smaller end, each bucket's other ends counted), the
+    same keys as :func:`border_edges_numpy` (which answers for meshes beyond the kernel's 32-bit buckets).
+    """
+    from mesial.aligner._meshquery import _load
+
+    triangles = np.ascontiguousarray(faces, dtype=np.int64)
+    if triangles.ndim != 2 or triangles.shape[1] != 3:
+        raise ValueError(f"faces must be (m, 3), got shape {triangles.shape}")
+    out = np.empty(3 * len(triangles), dtype=np.int64)
+    found = ctypes.c_int64()
+    status = _load().pp_border_edges(
+        triangles.ctypes.data, len(triangles), int(count), out.ctypes.data, ctypes.byref(found)
+    )
+    if status == -4:  # beyond 2^31 vertices or edges
+        return border_edges_numpy(triangles, count)
+    if status == -1:
+        raise MemoryError("out of memory finding an arch's border")
+    if status != 0:
+        raise ValueError(f"a face indexes a vertex outside the {count} vertices")
+    return out[: found.value].copy()
+
+
+def border_edges_numpy(faces: NDArray[np.int64], count: int) -> NDArray[np.int64]:
+    """:func:`border_edges` in NumPy: one sort of all the edge keys."""
+    first = np.concatenate([faces[:, 0], faces[:, 1], faces[:, 2]])
+    second = np.concatenate([faces[:, 1], faces[:, 2], faces[:, 0]])
+    key = np.minimum(first, second) * np.int64(count) + np.maximum(first, second)
+    key.sort()  # plain integers: any sort gives the same array (NumPy's default one is the fastest)
+    single = np.ones(len(key), dtype=bool)
+    same = key[1:] == key[:-1]
+    single[1:] &= ~same
+    single[:-1] &= ~same
+    return np.asarray(key[single], dtype=np.int64)
+
+
+def row_mean(points: FloatArray) -> FloatArray:
+    """``points.mean(axis=0)`` of ``(n, 3)`` points, n >= 1, compiled (``_prep.c``): the same sums, row after
+    row (NumPy's reduction over the first axis), without its strided passes."""
+    from mesial.aligner._meshquery import _load
+
+    rows = np.ascontiguousarray(points, dtype=np.float64)
+    if rows.ndim != 2 or rows.shape[1] != 3 or len(rows) == 0:
+        raise ValueError(f"points must be (n, 3) with n >= 1, got shape {rows.shape}")
+    out = np.empty(3)
+    _load().pp_row_mean(rows.ctypes.data, len(rows), out.ctypes.data)
+    return out
 
 
 def arch_frame(

@@ -117,6 +117,10 @@ def _open() -> Any:
     library.pp_mirror_costs.argtypes = [pointer, pointer, pointer, i64, i64, pointer, pointer, real, pointer, pointer]
     library.pp_mirror_costs.argtypes += [pointer]
     library.pp_mirror_costs.restype = c_int
+    library.pp_border_edges.argtypes = [pointer, i64, i64, pointer, pointer]
+    library.pp_border_edges.restype = c_int
+    library.pp_row_mean.argtypes = [pointer, i64, pointer]
+    library.pp_row_mean.restype = c_int
     return library
 
 

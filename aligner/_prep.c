@@ -1,5 +1,6 @@
 /* The registration's preprocessing, compiled: voxel thinning (aligner/_features.py voxel_representatives)
- * and an arch's mirror symmetry costs (aligner/_anatomy.py mirror_costs, pp_mirror_costs below).
+ * and, for an arch's canonical frame (aligner/_anatomy.py), its mirror symmetry costs, open border and
+ * vertex centroid (pp_mirror_costs, pp_border_edges, pp_row_mean below).
  *
  * It gives what the NumPy code it stands for gives, bit for bit (tests/aligner/test_prep.py):
  *
@@ -109,5 +110,75 @@ int pp_mirror_costs(const double *sample, const double *along, const double *dir
     }
     for (int64_t j = 0; j < k; j++) out[j] = sums[j] / (double)n;
     free(sums);
+    return PP_OK;
+}
+
+/* An arch's open border (aligner/_anatomy.py border_edges): the keys min(a, b) * n + max(a, b) of the edges
+ * used by exactly one of the m triangles `faces` (m, 3) (indices into n vertices), increasing, into out
+ * (room for 3m), their number in *count. NumPy sorted all 3m keys; here the edges are bucketed by their
+ * smaller end (a counting sort), a bucket's larger ends counted in a table over the vertices, and the ones
+ * counted once kept in increasing order: the same keys. 32-bit buckets: n and 3m below 2^31 (PP_ESIZE). */
+#define PP_EINDEX -3
+#define PP_ESIZE -4
+int pp_border_edges(const int64_t *faces, int64_t m, int64_t n, int64_t *out, int64_t *count) {
+    if (n < 0 || m < 0 || n >= INT32_MAX || m >= INT32_MAX / 3) return PP_ESIZE;
+    int32_t *start = calloc((size_t)n + 2, sizeof *start);
+    int32_t *other = malloc((size_t)(3 * m + 1) * sizeof *other);
+    int32_t *seen = calloc((size_t)n + 1, sizeof *seen);
+    if (!start || !other || !seen) {
+        free(start);
+        free(other);
+        free(seen);
+        return PP_ENOMEM;
+    }
+    int status = PP_OK;
+    /* bucket sizes at start[v + 2], their starts at start[v + 1], then filled (start[v + 1] its end) */
+    for (int64_t f = 0; f < m && status == PP_OK; f++) {
+        int64_t a = faces[3 * f], b = faces[3 * f + 1], c = faces[3 * f + 2];
+        if (a < 0 || a >= n || b < 0 || b >= n || c < 0 || c >= n) {
+            status = PP_EINDEX;
+            break;
+        }
+        start[(a < b ? a : b) + 2]++;
+        start[(b < c ? b : c) + 2]++;
+        start[(c < a ? c : a) + 2]++;
+    }
+    int64_t found = 0;
+    if (status == PP_OK) {
+        for (int64_t v = 0; v < n; v++) start[v + 2] += start[v + 1];
+        for (int64_t f = 0; f < m; f++) {
+            int32_t a = (int32_t)faces[3 * f], b = (int32_t)faces[3 * f + 1], c = (int32_t)faces[3 * f + 2];
+            if (a < b) other[start[a + 1]++] = b; else other[start[b + 1]++] = a;
+            if (b < c) other[start[b + 1]++] = c; else other[start[c + 1]++] = b;
+            if (c < a) other[start[c + 1]++] = a; else other[start[a + 1]++] = c;
+        }
+        for (int64_t v = 0; v < n; v++) {
+            int32_t begin = start[v], end = start[v + 1];
+            for (int32_t i = begin; i < end; i++) seen[other[i]]++;
+            int64_t first = found;
+            for (int32_t i = begin; i < end; i++) {
+                int32_t w = other[i];
+                if (seen[w] != 1) continue;
+                int64_t key = v * n + w, j = found++; /* kept in order (a bucket holds few) */
+                for (; j > first && out[j - 1] > key; j--) out[j] = out[j - 1];
+                out[j] = key;
+            }
+            for (int32_t i = begin; i < end; i++) seen[other[i]] = 0;
+        }
+    }
+    free(start);
+    free(other);
+    free(seen);
+    *count = found;
+    return status;
+}
+
+/* The mean of the n rows of points (n, 3) as NumPy's mean(axis=0) takes it: each column summed row after
+ * row from the first, over n. n >= 1. */
+int pp_row_mean(const double *points, int64_t n, double *out) {
+    double s[3] = {points[0], points[1], points[2]};
+    for (int64_t i = 1; i < n; i++)
+        for (int a = 0; a < 3; a++) s[a] += points[3 * i + a];
+    for (int a = 0; a < 3; a++) out[a] = s[a] / (double)n;
     return PP_OK;
 }

@@ -1,5 +1,5 @@
-"""The registration's preprocessing compiled (``_prep.c``): voxel thinning and an arch's mirror symmetry
-costs, the same values as the NumPy code they stand for."""
+"""The registration's preprocessing compiled (``_prep.c``): voxel thinning, an arch's open border, mean
+and mirror symmetry costs, the same values as the NumPy code they stand for."""
 
 from __future__ import annotations
 
@@ -9,9 +9,19 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from mesial.aligner._anatomy import mirror_costs, mirror_costs_numpy, sorted_percentiles
+from mesial.aligner._anatomy import (
+    border_edges,
+    border_edges_numpy,
+    crown_direction,
+    mirror_costs,
+    mirror_costs_numpy,
+    row_mean,
+    sorted_percentiles,
+)
 from mesial.aligner._features import voxel_representatives, voxel_representatives_numpy
 from mesial.aligner._field import DistanceField
+
+from .conftest import grid_plane
 
 
 def _clouds() -> Iterator[tuple[NDArray[np.float64], float]]:
@@ -86,3 +96,48 @@ def test_sorted_percentiles_are_numpys():
         assert np.array_equal(sorted_percentiles(values, starts, counts, q), expected)
     with pytest.raises(ValueError, match="q < 100"):
         sorted_percentiles(values, starts, counts, 100.0)
+
+
+def _meshes() -> Iterator[tuple[NDArray[np.int64], int]]:
+    rng = np.random.default_rng(3)
+    _, faces = grid_plane(12.0, 1.0)
+    yield faces, int(faces.max()) + 1  # an open sheet: its rim is the border
+    yield rng.integers(0, 40, size=(300, 3)), 40  # random triangles: edges used 1, 2, 3... times
+    hub = np.stack([np.zeros(60, dtype=np.int64), np.arange(1, 61), np.r_[np.arange(2, 61), 1]], 1)
+    yield np.concatenate([hub, hub[:10]]), 61  # a fan (a bucket of 120 edges), ten faces repeated
+    yield np.array([[0, 0, 1], [1, 2, 2]]), 3  # degenerate faces (an edge from a vertex to itself)
+    yield np.zeros((0, 3), dtype=np.int64), 5
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_border_edges_are_the_numpy_ones(case):
+    faces, count = list(_meshes())[case]
+    got = border_edges(faces, count)
+    assert np.array_equal(got, border_edges_numpy(faces, count))
+    if case == 0:
+        assert len(got) == 4 * 12  # the sheet's rim
+
+
+def test_border_edges_refuse_an_index_outside_the_vertices():
+    with pytest.raises(ValueError, match="outside the 3 vertices"):
+        border_edges(np.array([[0, 1, 3]]), 3)
+    with pytest.raises(ValueError, match="outside"):
+        border_edges(np.array([[0, -1, 2]]), 3)
+
+
+def test_crown_direction_points_away_from_the_border():
+    vertices, faces = grid_plane(12.0, 1.0)
+    dome = vertices.copy()  # the middle lifted: the open rim lies below the centroid
+    dome[:, 2] = -np.sum((dome[:, :2] - dome[:, :2].mean(axis=0)) ** 2, axis=1)
+    up = np.array([0.0, 0.0, 1.0])
+    assert np.array_equal(crown_direction(dome, faces, up), up)
+    assert np.array_equal(crown_direction(dome, faces, -up), up)
+
+
+def test_row_mean_is_numpys():
+    rng = np.random.default_rng(2)
+    for n in (1, 7, 1000, 50_000):
+        points = rng.normal(size=(n, 3)) * 40.0 + 7.0
+        assert np.array_equal(row_mean(points), points.mean(axis=0))  # (a pairwise sum differs from n = 1000)
+    with pytest.raises(ValueError, match="n >= 1"):
+        row_mean(np.zeros((0, 3)))
