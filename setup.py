@@ -5,7 +5,7 @@
 the strip search's mean scores, and ``aligner/_prep.c``, the registration's preprocessing, in the same
 library) is plain C99 with POSIX threads and no Python headers; the
 aligner loads the built library with ctypes (``aligner/_meshquery.py``, ``aligner/_nearest.py``, ``aligner/_raster.py``,
-``aligner/_clean.py``, ``aligner/_field.py``). It is declared as an
+``aligner/_clean.py``, ``aligner/_field.py``, ``aligner/_features.py``, ``aligner/_anatomy.py``). It is declared as an
 extension module so that setuptools compiles it in every install (``pip install -e .``
 places it beside the source, a wheel carries it) with the compiler Python was built with.
 """
