@@ -316,12 +316,19 @@ int nn_query(const void *handle, const double *x, int64_t count, double bound, d
     return NN_OK;
 }
 
+/* (x - p) . n with the products summed as NumPy's einsum sums three ((first + third) + second): the
+ * tangent-plane residual of x at the sample p of unit normal n, bit for bit NumPy's. */
+static inline double plane_residual(const double *x, const double *p, const double *n) {
+    double d0 = x[0] - p[0], d1 = x[1] - p[1], d2 = x[2] - p[2];
+    return (d0 * n[0] + d2 * n[2]) + d1 * n[1];
+}
+
 /* One iteration's point-to-plane terms of the global step's short ICP (aligner/_coarse.py, icp_many),
  * with NumPy's arithmetic: each of the count points x is matched to its nearest tree point strictly
  * within gate (use 1; else 0 and the tree's point 0, with zero weight), whose position and unit normal
- * are points[i] and normals[i] (the caller's order). Per point: the residual r = (x - p) . n summed as
- * NumPy's einsum sums three products ((first + third) + second), the weight w = (max(0, 1 - (r /
- * gate)²))² (0 unmatched), rows (x × n, n) (6), weighted the rows times w, and wr = w r. */
+ * are points[i] and normals[i] (the caller's order). Per point: the residual r (plane_residual), the
+ * weight w = (max(0, 1 - (r / gate)²))² (0 unmatched), rows (x × n, n) (6), weighted the rows times w,
+ * and wr = w r. */
 int nn_plane_rows(const void *handle, const double *x, int64_t count, double gate, const double *points,
                   const double *normals, uint8_t *use, double *rows, double *weighted, double *wr) {
     const NTree *t = handle;
@@ -336,8 +343,7 @@ int nn_plane_rows(const void *handle, const double *x, int64_t count, double gat
         previous = best;
         int64_t at = best < 0 ? 0 : best;
         const double *p = &points[3 * at], *n = &normals[3 * at];
-        double d0 = q[0] - p[0], d1 = q[1] - p[1], d2 = q[2] - p[2];
-        double r = (d0 * n[0] + d2 * n[2]) + d1 * n[1];
+        double r = plane_residual(q, p, n);
         double u = r / gate;
         double v = 1.0 - u * u;
         if (!(v > 0.0)) v = 0.0;
@@ -403,8 +409,8 @@ int nn_planes(const void *handle, const double *x, int64_t count, double bound, 
 }
 
 /* For each of the count points x: 1 when its nearest tree point strictly within bound exists and x is
- * within tau of that point's tangent plane (|(x - p) . n| < tau, the products summed as NumPy's einsum
- * sums three, first and third first), else 0. p and n: samples[j] and normals[j] (the caller's order). */
+ * within tau of that point's tangent plane (|plane_residual| < tau), else 0. p and n: samples[j] and
+ * normals[j] (the caller's order). */
 int nn_on_plane(const void *handle, const double *x, int64_t count, double bound, double tau, const double *samples,
                 const double *normals, uint8_t *hit) {
     const NTree *t = handle;
@@ -419,10 +425,7 @@ int nn_on_plane(const void *handle, const double *x, int64_t count, double bound
         previous = best;
         hit[i] = 0;
         if (best >= 0) {
-            const double *p = &samples[3 * best], *n = &normals[3 * best];
-            double d0 = q[0] - p[0], d1 = q[1] - p[1], d2 = q[2] - p[2];
-            double r = (d0 * n[0] + d2 * n[2]) + d1 * n[1];
-            hit[i] = fabs(r) < tau;
+            hit[i] = fabs(plane_residual(q, &samples[3 * best], &normals[3 * best])) < tau;
         }
     }
     free(order);

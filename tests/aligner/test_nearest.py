@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
 from mesial.aligner._nearest import NearestTree
+
+FloatArray = NDArray[np.float64]
 
 
 @pytest.mark.parametrize("bound", [0.05, 0.3, 1.0, 2.5, np.inf])
@@ -116,16 +119,23 @@ def _plane_rows_numpy(tree: NearestTree, x: np.ndarray, gate: float, samples: np
     return use, rows, rows * weight[..., None], weight * residual
 
 
+def _saddle_samples(rng: np.random.Generator, n: int) -> tuple[FloatArray, FloatArray]:
+    """``n`` samples of a saddle 40 mm across (``(n, 3)``, mm) and a random unit normal each (the same
+    draws, in the same order, as the tests made them inline)."""
+    u, v = rng.uniform(-20.0, 20.0, (2, n))
+    samples = np.stack([u, v, 0.02 * u**2 - 0.03 * v**2], axis=1)
+    normals = rng.normal(size=(n, 3))
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    return samples, normals
+
+
 @pytest.mark.parametrize("gate", [0.5, 2.0])
 def test_plane_rows_are_numpys_bit_for_bit(gate: float) -> None:
     """``plane_rows`` (one kernel pass: match, sample, residual, Tukey weight, rows) gives what NumPy
     computed from ``query``'s answer bit for bit, the einsum's order of the products included, in
     large (grid order) and small calls, unmatched points with sample 0 and zero weight."""
     rng = np.random.default_rng(8)
-    u, v = rng.uniform(-20.0, 20.0, (2, 4000))
-    samples = np.stack([u, v, 0.02 * u**2 - 0.03 * v**2], axis=1)
-    normals = rng.normal(size=(4000, 3))
-    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    samples, normals = _saddle_samples(rng, 4000)
     tree = NearestTree(samples)
     for m, n in ((7, 400), (2, 30)):
         x = samples[rng.integers(0, 4000, (m, n))] + rng.normal(0.0, 0.6, (m, n, 3))
@@ -147,10 +157,7 @@ def test_planes_and_on_plane_are_the_gathers_and_tests_from_query() -> None:
     ``row_bounds``, a row's matches beyond its own bound none) and ``on_plane`` the tangent-plane test
     NumPy made from ``query``'s answer (einsum's order of the products), bit for bit."""
     rng = np.random.default_rng(9)
-    u, v = rng.uniform(-20.0, 20.0, (2, 3000))
-    samples = np.stack([u, v, 0.02 * u**2 - 0.03 * v**2], axis=1)
-    normals = rng.normal(size=(3000, 3))
-    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    samples, normals = _saddle_samples(rng, 3000)
     tree = NearestTree(samples)
     x = samples[rng.integers(0, 3000, (6, 350))] + rng.normal(0.0, 0.7, (6, 350, 3))
     flat = x.reshape(-1, 3)
