@@ -32,7 +32,7 @@ from mesial.aligner.occlusion import (
     with_a_corner,
 )
 from mesial.aligner.params import AlignParams, OcclusionParams
-from mesial.aligner.registration import Registration, _in_background, register_bite, summary
+from mesial.aligner.registration import ARCHES, Registration, in_background, register_bite, summary
 from mesial.aligner.transforms import invert, lengths, rotation_angle_deg, transform_points
 from mesial.aligner.validate import Scan, load_scan
 from mesial.common.limits import MAX_SCAN_BYTES, MAX_TRIANGLES
@@ -196,7 +196,7 @@ def align_scans(
 
     def reporting(stage: str, fraction: float) -> None:
         if stage == "global" and not prepared:
-            prepared.append(_in_background(functools.partial(prepare_analysis, scans["upper"], scans["lower"])))
+            prepared.append(in_background(functools.partial(prepare_analysis, scans["upper"], scans["lower"])))
         report(stage, fraction)
 
     registration = register_bite(scans["upper"], scans["lower"], bite_scans, params, reporting)
@@ -334,7 +334,6 @@ def analyse(
         return Occlusion(before, _per_arch(after, beside), correction, True, frame)
 
 
-ARCHES = ("upper", "lower")
 T = TypeVar("T")
 
 

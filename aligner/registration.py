@@ -154,7 +154,7 @@ def register_bite(
     fine = {name: scan.surface() for name, scan in arch_scans.items()}
     # the k-d trees of the arches' vertices (the fine step's nearest-vertex planes and the exact
     # matching's gate) are built on a thread meanwhile: the kernel builds them without the GIL
-    trees = _in_background(partial(_build_trees, fine, upper.vertices[:1]))
+    trees = in_background(partial(_build_trees, fine, upper.vertices[:1]))
     # each arch alone in its canonical frame: search field and buccal outline (no pose assumed between them)
     # (a thread each: their sorts and distance transforms release the GIL)
     solo = dict(
@@ -311,7 +311,7 @@ def _at_once(tasks: list[Callable[[], T]]) -> list[T]:
         return list(pool.map(lambda task: task(), tasks))
 
 
-def _in_background(task: Callable[[], T]) -> Future[T]:
+def in_background(task: Callable[[], T]) -> Future[T]:
     """``task()`` started on a thread of its own; its future (``result()`` waits for it, raises its error)."""
     future: Future[T] = Future()
 

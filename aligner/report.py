@@ -25,6 +25,7 @@ from numpy.typing import NDArray
 from mesial.aligner.io import write_ply
 from mesial.aligner.occlusion import arch_frame
 from mesial.aligner.pipeline import AlignmentResult, one_blas_thread, result_document
+from mesial.aligner.registration import ARCHES
 from mesial.aligner.render import render_orthographic
 from mesial.aligner.transforms import transform_points
 
@@ -122,9 +123,6 @@ def write_result(result: AlignmentResult, out: str | Path, version: str) -> Path
     partial.write_text(json.dumps(document, indent=2) + "\n")
     os.replace(partial, path)
     return path
-
-
-ARCHES = ("upper", "lower")
 
 
 def _analysed(result: AlignmentResult) -> bool:
