@@ -405,9 +405,11 @@ class SurfaceTarget:
             return transform_points(closest, self.pose), rotate_vectors(normals, self.pose)
         return closest, normals
 
-    def _spread_radius(self) -> float:
-        """The radius of :meth:`signed_distance`'s local spread (see :mod:`._spread`): a vertex within
-        ``hypot(exact_band_mm, r)`` of a point, r at most the mesh's largest corner reach."""
+    def widest_exact_mm(self) -> float:
+        """The farthest nearest-vertex distance (mm) at which :meth:`signed_distance` can still answer
+        exactly: a point within ``exact_band_mm`` of the surface has a vertex within ``hypot(exact_band_mm,
+        r)``, r at most the mesh's largest corner reach (longest edge / sqrt 3). Also the radius of its
+        local spread (see :mod:`._spread`)."""
         return float(np.hypot(self.exact_band_mm, self._index.longest_edge / float(np.sqrt(3.0))))
 
     def prepare_signed_distance(self) -> None:
@@ -420,7 +422,7 @@ class SurfaceTarget:
         """
         index = self._index
         _ = index.field, index.sides  # (properties: built on first use)
-        index.spread(self._spread_radius())
+        index.spread(self.widest_exact_mm())
 
     def signed_distance(
         self,
@@ -493,7 +495,7 @@ class SurfaceTarget:
         # gap. r is the largest around the vertices near the point (._spread), not the mesh's largest:
         # a vertex within sqrt(band^2 + r^2) of the point is covered.
         band = self.exact_band_mm if band_mm is None else min(band_mm, self.exact_band_mm)
-        spread = self._index.spread(self._spread_radius())(local[candidates])
+        spread = self._index.spread(self.widest_exact_mm())(local[candidates])
         wanted = vertex < np.hypot(band, spread)
         beyond = np.flatnonzero(~wanted)
         if len(beyond):

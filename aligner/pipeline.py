@@ -420,9 +420,10 @@ def _complete(
 ) -> FloatArray:
     """:func:`_distances`' values brought to the full exact band's everywhere (the result's own distances)."""
     band = _read_band(params)
-    widest = float(np.hypot(SurfaceTarget.exact_band_mm, antagonist.longest_edge / np.sqrt(3.0)))
     # only these can be exact in the full band and not in the read one (their value is the nearest vertex's)
-    return _signed(antagonist, vertices, order, (distance >= band) & (distance < widest), distance)
+    return _signed(
+        antagonist, vertices, order, (distance >= band) & (distance < antagonist.widest_exact_mm()), distance
+    )
 
 
 def result_document(result: AlignmentResult, version: str) -> dict[str, Any]:
