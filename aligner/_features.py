@@ -15,8 +15,8 @@ def voxel_representatives(points: FloatArray, voxel_mm: float) -> NDArray[np.int
 
     Unlike averaging, this keeps real samples (no shrinkage on curved surfaces). The voxels are
     ``floor((points - points.min(axis=0)) / voxel_mm)``; compiled (``_prep.c``: one pass through a
-    hash table of the voxels' keys in input order), the same indices as
-    :func:`voxel_representatives_numpy`.
+    hash table of the voxels' keys in input order), the same indices as NumPy's sort of the keys
+    (``tests/aligner/test_prep.py`` compares them).
 
     Parameters
     ----------
@@ -44,14 +44,6 @@ def voxel_representatives(points: FloatArray, voxel_mm: float) -> NDArray[np.int
     if status != 0:
         raise ValueError("points must be finite and within 2**62 voxels of each other")
     return index[: count.value].copy()
-
-
-def voxel_representatives_numpy(points: FloatArray, voxel_mm: float) -> NDArray[np.int64]:
-    """:func:`voxel_representatives` in NumPy (the reference its tests compare with)."""
-    keys = np.floor((points - points.min(axis=0)) / voxel_mm).astype(np.int64)
-    dims = keys.max(axis=0) + 1
-    flat = (keys[:, 0] * dims[1] + keys[:, 1]) * dims[2] + keys[:, 2]
-    return np.sort(first_occurrences(flat))
 
 
 def first_occurrences(key: NDArray[np.int64]) -> NDArray[np.int64]:

@@ -18,7 +18,7 @@ from mesial.aligner._anatomy import (
     row_mean,
     sorted_percentiles,
 )
-from mesial.aligner._features import voxel_representatives, voxel_representatives_numpy
+from mesial.aligner._features import first_occurrences, voxel_representatives
 from mesial.aligner._field import DistanceField
 
 from .conftest import grid_plane
@@ -33,6 +33,14 @@ def _clouds() -> Iterator[tuple[NDArray[np.float64], float]]:
     yield np.array([[1.0, 2.0, 3.0]]), 1.0  # one point
     yield np.repeat(rng.random((1, 3)), 50, axis=0), 0.1  # one voxel, flat on every axis
     yield np.concatenate([rng.random((200, 3)), [[1e6, -1e6, 5e5]]]), 0.3  # far apart: keys wrap 64 bits
+
+
+def voxel_representatives_numpy(points: NDArray[np.float64], voxel_mm: float) -> NDArray[np.int64]:
+    """:func:`voxel_representatives` in NumPy (the sort it replaced): the first point of each voxel, increasing."""
+    keys = np.floor((points - points.min(axis=0)) / voxel_mm).astype(np.int64)
+    dims = keys.max(axis=0) + 1
+    flat = (keys[:, 0] * dims[1] + keys[:, 1]) * dims[2] + keys[:, 2]
+    return np.sort(first_occurrences(flat))
 
 
 @pytest.mark.parametrize("case", range(6))
