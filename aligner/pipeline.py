@@ -194,12 +194,10 @@ def align_scans(
     # (its two bites' threads: 1.7 cores; the preprocessing before it keeps both busy)
     prepared: list[Future[None]] = []
 
-    def reporting(stage: str, fraction: float) -> None:
-        if stage == "global" and not prepared:
-            prepared.append(in_background(functools.partial(prepare_analysis, scans["upper"], scans["lower"])))
-        report(stage, fraction)
+    def prepare() -> None:
+        prepared.append(in_background(functools.partial(prepare_analysis, scans["upper"], scans["lower"])))
 
-    registration = register_bite(scans["upper"], scans["lower"], bite_scans, params, reporting)
+    registration = register_bite(scans["upper"], scans["lower"], bite_scans, params, report, at_global=prepare)
     timings.update(registration.timings)
     if not registration.confident:
         for building in prepared:

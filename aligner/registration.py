@@ -119,6 +119,7 @@ def register_bite(
     bites: list[Scan],
     params: AlignParams | None = None,
     progress: Progress | None = None,
+    at_global: Callable[[], None] | None = None,
 ) -> Registration:
     """Register both arches to one or two bite scans, each in an arbitrary pose.
 
@@ -130,6 +131,10 @@ def register_bite(
         One or two buccal bite scans; the first defines the output frame.
     params : AlignParams, optional
     progress : callable (stage, fraction), optional
+    at_global : callable, optional
+        Called on the calling thread as the global step starts: where a caller starts work of its own
+        on another thread (the step's two bite threads leave part of a core idle; the preprocessing
+        before it keeps both busy). Nothing here waits for that work.
 
     Returns
     -------
@@ -177,6 +182,8 @@ def register_bite(
     candidates: list[tuple[float, FloatArray]] = []
     runners_up: list[tuple[FloatArray, FloatArray] | None] = []
     report("global", 0.0)
+    if at_global is not None:
+        at_global()
     # the bites' searches are independent: one thread each (see _at_once)
     per_bite = _at_once([partial(_global_one_bite, k, bite, solo, params) for k, bite in enumerate(bites)])
     for item, bite_pose, lower_pose, runner_up in per_bite:

@@ -211,3 +211,25 @@ def test_independent_tasks_run_at_once_give_their_results_in_order_and_their_err
 
     with pytest.raises(ValueError, match="bad bite"):
         _at_once([lambda: 1, fails])
+
+
+def test_the_callers_work_starts_as_the_global_step_starts(small_case):
+    """``register_bite(at_global=...)`` calls it once, on the calling thread, between the global stage's start
+    and its end (where the pipeline starts building the occlusal analysis' structures)."""
+    import threading
+
+    from mesial.aligner.registration import register_bite
+
+    case = small_case
+    upper = scan_from_arrays(case.upper.vertices, case.upper.faces, "upper")
+    lower = scan_from_arrays(case.lower.vertices, case.lower.faces, "lower")
+    bites = [scan_from_arrays(b.vertices, b.faces, "bite", orient=False) for b in case.bites]
+    events: list[object] = []
+    register_bite(
+        upper, lower, bites,
+        progress=lambda stage, fraction: events.append((stage, fraction)),
+        at_global=lambda: events.append(threading.current_thread()),
+    )  # fmt: skip
+    assert events.count(threading.current_thread()) == 1
+    called = events.index(threading.current_thread())
+    assert events[called - 1] == ("global", 0.0) and ("global", 1.0) in events[called + 1 :]
