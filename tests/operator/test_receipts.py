@@ -169,7 +169,6 @@ async def test_an_intent_left_by_a_crash_becomes_the_receipt(harness: Harness, o
     await k8s.create(organization(org))
     await eventually(lambda: ready(k8s, org))
     ns = f"mesial-org-{org}"
-    await harness.runtime.store.put(org, "scans/s2", b"one left")
     harness.runtime.clock = lambda: datetime.now(UTC) + 40 * DAY
     await k8s.create(policy("retention", ns, sweepInterval="1h"))
 
@@ -177,24 +176,30 @@ async def test_an_intent_left_by_a_crash_becomes_the_receipt(harness: Harness, o
         st = await pstatus(k8s, ns, "retention")
         return st if st.get("lastSweep") else None
 
-    await eventually(swept)
-    # A sweep wrote its intents and deleted scan s1's 3 objects and 2 of scan s2's 3, then the
-    # operator died before a receipt was made: the next sweep finds the intents.
+    await eventually(swept)  # admitted and swept once (nothing to delete)
+    # The next sweep wrote its intents and deleted scan s1's 3 objects and 2 of scan s2's 3, then
+    # the operator died before a receipt was made. Status is written while no operator runs (one
+    # still running could be writing its own), and the operator that starts finds the intents.
+    await harness.stop_operator()
+    k8s = harness.client
     intents = [{"resourceType": "scan", "resourceId": "s1", "planned": 3},
                {"resourceType": "scan", "resourceId": "s2", "planned": 3}]  # fmt: skip
     await harness.runtime.store.put(org, "scans/s2", b"one left")
     await k8s.patch(*POLICY, "retention", {"status": {"pendingReceipts": intents,
         "nextSweepTime": "2000-01-01T00:00:00Z"}}, ns, status=True)  # fmt: skip
+    await harness.start_operator(harness.runtime.settings)
 
-    async def both() -> dict[str, dict[str, Any]] | None:
-        found = {e["resource_id"]: e for e in audit_events(harness.runtime) if e["action"] == "retention.deleted"}
-        return found if {"s1", "s2"} <= set(found) else None
+    async def settled() -> dict[str, Any] | None:  # the sweep after the crash has written its status
+        st = await pstatus(k8s, ns, "retention")
+        return st if st.get("nextSweepTime") != "2000-01-01T00:00:00Z" and not st.get("pendingReceipts") else None
 
-    found = await eventually(both)
+    await eventually(settled)
+    receipts = [e for e in audit_events(harness.runtime) if e["action"] == "retention.deleted"]
+    found = {e["resource_id"]: e for e in receipts}
+    assert len(receipts) == 2 and set(found) == {"s1", "s2"}  # one receipt each
     assert found["s1"]["details"]["objects_deleted"] == 3  # all it planned is gone
     assert found["s2"]["details"]["objects_deleted"] == 3  # 2 gone before, the one left now
     assert not await harness.runtime.store.exists(org, "scans/s2")
-    assert not (await pstatus(k8s, ns, "retention")).get("pendingReceipts")
 
 
 async def created_and_deleted(harness: Harness, org: str, sink: FlakySink) -> None:
