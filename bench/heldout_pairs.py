@@ -140,14 +140,18 @@ def read_arch(path: Path) -> Mesh:
 
 
 def crown_span(mesh: Mesh) -> tuple[float, float]:
-    """Width and depth (mm) of the occlusal table in the arch's canonical frame (99 % of its points)."""
+    """Width and depth of the occlusal table in the arch's canonical frame (99 % of its points), to 0.1 mm.
+
+    Rounded so that the pairing does not hang on digits below the measurement's precision (many
+    assignments are nearly as good as the best).
+    """
     from _real_cases import _frame, _outward, _table
 
     up = np.array([0.0, 0.0, 1.0])
     canonical = _outward(Mesh(transform_points(mesh.vertices, _frame(mesh)), mesh.faces), up)
     table = _table(canonical, up)
     low, high = np.percentile(table[:, :2], [0.5, 99.5], axis=0)
-    return float(high[0] - low[0]), float(high[1] - low[1])
+    return round(float(high[0] - low[0]), 1), round(float(high[1] - low[1]), 1)
 
 
 def pair_by_span(uppers: Sequence[tuple[float, float]], lowers: Sequence[tuple[float, float]]) -> list[tuple[int, int]]:

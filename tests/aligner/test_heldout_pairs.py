@@ -13,7 +13,10 @@ from numpy.typing import NDArray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from heldout_pairs import pair_by_span, read_vtp
+from heldout_pairs import crown_span, pair_by_span, read_vtp
+
+from mesial.aligner.samples import Mesh, generate_case
+from mesial.aligner.transforms import random_rigid, transform_points
 
 POINTS = np.array([[0.0, 0.0, 0.0], [1.5, 0.0, 0.0], [0.0, 2.5, 0.0], [1.0, 1.0, 3.25]], dtype=np.float32)
 FACES = np.array([[0, 1, 2], [0, 1, 3], [1, 2, 3]], dtype=np.int64)
@@ -108,3 +111,16 @@ def test_pairing_minimises_the_total_size_difference() -> None:
     assert pair_by_span([(50.0, 40.0)], [(52.0, 40.0), (50.0, 44.5)]) == [(0, 0)]
     with pytest.raises(ValueError, match="at most once"):
         pair_by_span(uppers, lowers[:1])
+
+
+def test_crown_span_measures_the_occlusal_table_in_any_pose() -> None:
+    case = generate_case(3, vertices=20_000)
+    spans = [crown_span(arch) for arch in (case.upper, case.lower)]
+    for (width, depth), arch in zip(spans, (case.upper, case.lower), strict=True):
+        assert 40.0 < width < 70.0 and 30.0 < depth < 60.0
+        assert all(abs(v * 10 - round(v * 10)) < 1e-9 for v in (width, depth))  # to 0.1 mm
+        moved = Mesh(
+            transform_points(arch.vertices, random_rigid(np.random.default_rng(1), translation_mm=40.0)), arch.faces
+        )
+        assert np.allclose(crown_span(moved), (width, depth), atol=0.3)
+    assert spans[0][0] > spans[1][0]  # the generated upper arch is the wider
