@@ -79,13 +79,33 @@ class Emulator(kmock.KubernetesEmulator):
     """kmock with uids, creation timestamps, generations (bumped on spec changes) and generateName.
 
     While ``request_log`` is a list, every request made with the operator's token is appended to
-    it (``tests/operator/test_least_privilege.py`` checks them against the chart's RBAC)."""
+    it (``tests/operator/test_least_privilege.py`` checks them against the chart's RBAC).
+    :meth:`watch_held` delays every watch stream, as a lagging one (a slow network, a busy API
+    server, a busy operator) does: kopf's cached bodies then lag behind the objects."""
 
     request_log: ClassVar[list[RecordedRequest] | None] = None
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.request_count = 0
+        self._watch_open = asyncio.Event()
+        self._watch_open.set()
+
+    @contextlib.contextmanager
+    def watch_held(self) -> Iterator[None]:
+        """Inside: no watch event is delivered (requests are served as usual). On exit the events
+        held are delivered, in order."""
+        self._watch_open.clear()
+        try:
+            yield
+        finally:
+            self._watch_open.set()
+
+    async def _serve_watch(self, request: Any) -> AsyncIterator[Any]:
+        async for payload in super()._serve_watch(request):
+            if payload != b"":  # the stream's start (headers), then its events
+                await self._watch_open.wait()
+            yield payload
 
     async def _handle(self, request: Any) -> Any:
         self.request_count += 1

@@ -7,6 +7,7 @@ from typing import Any
 import kopf
 
 from mesial.operator.errors import to_kopf
+from mesial.operator.handlers import current
 from mesial.operator.runtime import Runtime
 from mesial.operator.sync.retention import (
     POLICY,
@@ -41,28 +42,32 @@ async def policy_admitted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 async def policy_sweep(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime = memo.runtime
     now = runtime.now()
-    if (body.get("status") or {}).get("phase") != "Active":
-        await policy_admitted(body=body, memo=memo)  # a rival deleted, a namespace fixed: admit again
+    # decided on the policy as it is, not on kopf's body: that may not hold the last tick's status yet
+    policy = await current(runtime, POLICY, body)
+    if policy is None:
         return
-    if not sweep_due(body, now):
-        await resend(runtime, body)  # receipts still owed go out on every tick
+    if (policy.get("status") or {}).get("phase") != "Active":
+        await policy_admitted(body=policy, memo=memo)  # a rival deleted, a namespace fixed: admit again
+        return
+    if not sweep_due(policy, now):
+        await resend(runtime, policy)  # receipts still owed go out on every tick
         return
     # re-admit (the namespace or a rival may have changed), then sweep
-    tenant, admission = await admit(runtime.k8s, body, runtime.settings)
+    tenant, admission = await admit(runtime.k8s, policy, runtime.settings)
     if tenant is None:
-        await _write(runtime, body, admission)
-        kopf.event(body, type="Warning", reason=admission["reason"], message=admission["message"])
+        await _write(runtime, policy, admission)
+        kopf.event(policy, type="Warning", reason=admission["reason"], message=admission["message"])
         return
     try:
-        status, delivery = await sweep(runtime, body, tenant, now, lambda fields: _write(runtime, body, fields))
+        status, delivery = await sweep(runtime, policy, tenant, now, lambda fields: _write(runtime, policy, fields))
     except Exception as exc:
-        kopf.event(body, type="Warning", reason="SweepFailed", message=str(exc)[:400])
+        kopf.event(policy, type="Warning", reason="SweepFailed", message=str(exc)[:400])
         raise to_kopf(exc, runtime.settings.operator.retry_delay_s) from exc
-    await _write(runtime, body, status)
-    report_delivery(body, delivery)
+    await _write(runtime, policy, status)
+    report_delivery(policy, delivery)
     counts = status["lastSweep"]
     kopf.event(
-        body,
+        policy,
         type="Normal" if counts["errors"] == 0 else "Warning",
         reason="Swept",
         message=f"examined {counts['examined']}, deleted {counts['deleted']}, held {counts['held']}, "
@@ -85,7 +90,9 @@ async def resend(runtime: Runtime, body: kopf.Body) -> None:
 
 async def policy_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime = memo.runtime
-    # the receipts it still owes go first: deleting the policy must not lose them
+    # the receipts it still owes go first: deleting the policy must not lose them (those the
+    # last tick wrote too, which kopf's body may not hold yet)
+    body = await current(runtime, POLICY, body) or body
     pending = pending_receipts(body.get("status") or {})
     if not pending:
         return

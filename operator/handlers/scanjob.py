@@ -7,6 +7,7 @@ from typing import Any
 import kopf
 
 from mesial.operator.errors import to_kopf
+from mesial.operator.handlers import current
 from mesial.operator.k8s import K8sError
 from mesial.operator.reporting import ReportRefused
 from mesial.operator.runtime import Runtime
@@ -51,9 +52,11 @@ async def scanjob_created(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 async def scanjob_sync(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime = memo.runtime
-    # read Job, pod and progress object; write status only if it changed
+    # read Job, pod and progress object; write status only if it changed from the status as it is
+    # (kopf's body may not hold the last tick's write yet, or a phase set since)
     try:
-        status = await mirror(runtime, body)
+        scanjob = await current(runtime, SCANJOB, body)
+        status = None if scanjob is None else await mirror(runtime, scanjob)
     except Exception as exc:
         raise to_kopf(exc, runtime.settings.operator.retry_delay_s) from exc
     if status is not None:
@@ -67,6 +70,14 @@ async def scanjob_report(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime = memo.runtime
     if runtime.reporter is None:
         return
+    # decided on the ScanJob as it is: kopf's body may not hold the last report's record yet
+    try:
+        found = await current(runtime, SCANJOB, body)
+    except Exception as exc:
+        raise to_kopf(exc, runtime.settings.operator.retry_delay_s) from exc
+    if found is None:
+        return
+    body = found
     # a success is reported only when the world shows it (the Job, else the job's own last word)
     if (body.get("status") or {}).get("phase") == "Succeeded" and unreported(body, runtime.reporter.confirmed):
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from mesial.operator.metrics import RECONCILES
 from mesial.operator.testing import Harness
 from tests.operator.conftest import eventually
 from tests.operator.helpers import ORG, POLICY, SCANJOB, organization, ready
@@ -142,3 +143,37 @@ async def test_a_hand_set_next_sweep_far_ahead_does_not_stop_retention(harness: 
         return not await store.exists(org, "scans/s1")
 
     await eventually(deleted)
+
+
+async def test_a_mirror_tick_on_a_lagging_watch_does_not_undo_a_phase_set_since(
+    harness: Harness, org_name: Any
+) -> None:
+    """kopf hands the mirror timer the body its watch last delivered, behind the ScanJob while the
+    watch lags. Its status is mirrored against the ScanJob as it is: a terminal phase set since
+    (by hand here) stays, as it does on a watch that keeps up."""
+    _, ns = await tenant(harness, org_name, "lagsj")
+    k8s = harness.client
+    ticks = RECONCILES.labels("scanjobs", "mirror", "success")
+    await k8s.create(scanjob("case", ns))
+
+    async def dispatched() -> bool:
+        return bool((await sj_status(k8s, ns, "case")).get("jobName"))
+
+    await eventually(dispatched)
+    seen = ticks._value.get()
+
+    async def ticked(more: int) -> bool:
+        return bool(ticks._value.get() >= seen + more)
+
+    await eventually(lambda: ticked(1))  # kopf's body has the Job's name: the mirror timer runs
+    with harness.emulator.watch_held():
+        await k8s.patch(*JOB, "scanjob-case", {"status": {"active": 1, "startTime": "2026-01-01T00:00:00Z"}}, ns)
+
+        async def running() -> bool:
+            return (await sj_status(k8s, ns, "case")).get("phase") == "Running"
+
+        await eventually(running)
+        await k8s.patch(*SCANJOB, "case", {"status": {"phase": "Succeeded"}}, ns, status=True)
+        seen = ticks._value.get()
+        await eventually(lambda: ticked(3))  # three ticks on a body that says Pending
+        assert (await sj_status(k8s, ns, "case"))["phase"] == "Succeeded"

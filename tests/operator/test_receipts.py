@@ -202,6 +202,51 @@ async def test_an_intent_left_by_a_crash_becomes_the_receipt(harness: Harness, o
     assert not await harness.runtime.store.exists(org, "scans/s2")
 
 
+async def test_ticks_on_a_lagging_watch_neither_sweep_again_nor_drop_a_receipt_owed(harness: Harness, org_name) -> None:
+    """kopf hands a timer the body its watch last delivered; a lagging watch leaves it behind the
+    status the operator itself wrote. A tick must decide on the status as it is."""
+    org = org_name("lag")
+    k8s = harness.client
+    sink = FlakySink(harness.runtime.audit, "retention.deleted", fail=10**6)
+    harness.runtime.audit = sink
+    await k8s.create(organization(org))
+    await eventually(lambda: ready(k8s, org))
+    ns = f"mesial-org-{org}"
+    await harness.runtime.store.put(org, "scans/s1", b"old once the clock moves")
+    await k8s.create(policy("retention", ns, sweepInterval="1h"))
+
+    async def swept() -> dict[str, Any] | None:
+        st = await pstatus(k8s, ns, "retention")
+        return st if st.get("lastSweep") else None
+
+    assert (await eventually(swept))["lastSweep"]["deleted"] == 0
+    ticks = RECONCILES.labels("retentionpolicies", "sweep", "success")
+
+    async def owed() -> list[dict[str, Any]] | None:  # the due sweep deleted s1; its receipt is owed
+        entries = (await pstatus(k8s, ns, "retention")).get("pendingReceipts")
+        return entries if entries and "details" in entries[0] else None
+
+    with harness.emulator.watch_held():
+        harness.runtime.clock = lambda: datetime.now(UTC) + 40 * DAY  # a sweep is due, s1 is old
+        await eventually(owed)
+        seen = ticks._value.get()
+
+        async def three_more_ticks() -> bool:  # on a body from before that sweep
+            return bool(ticks._value.get() >= seen + 3)
+
+        await eventually(three_more_ticks)
+    assert not await harness.runtime.store.exists(org, "scans/s1")
+    st = await pstatus(k8s, ns, "retention")
+    assert st["totalDeleted"] == 1 and [e["resourceId"] for e in st.get("pendingReceipts") or []] == ["s1"]
+    sink.fail = 0  # the collector is back: the receipt owed is delivered
+
+    async def delivered() -> list[dict[str, Any]] | None:
+        return [e for e in sink.read() if e["action"] == "retention.deleted"] or None
+
+    (receipt,) = await eventually(delivered)
+    assert receipt["resource_id"] == "s1" and receipt["details"]["objects_deleted"] == 1
+
+
 async def created_and_deleted(harness: Harness, org: str, sink: FlakySink) -> None:
     """Audit through ``sink``; an Organization created, Ready, deleted and gone."""
     k8s = harness.client
