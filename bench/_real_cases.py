@@ -301,14 +301,35 @@ def _settle(upper: Mesh, lower: Mesh) -> tuple[Mesh, tuple[float, float], float]
 
 
 def bite_case(
-    occluded: Occluded, seed: int, *, simulator: str, noise_mm: float = 0.02, one_sided: bool = False
+    occluded: Occluded,
+    seed: int,
+    *,
+    simulator: str,
+    noise_mm: float = 0.02,
+    one_sided: bool = False,
+    per_side: bool = False,
 ) -> SampleCase:
-    """Bite scans of an occluded real pair and every file in a random pose (``SampleCase``)."""
+    """Bite scans of an occluded real pair and every file in a random pose (``SampleCase``).
+
+    Each bite runs along the buccal path from where it crosses 0.55 of the path's largest
+    ``|x|`` (about the canine) to 1 mm before its posterior end. ``per_side`` (for arches
+    moved by ``relate``): 0.55 of each side's own largest ``|x|``, at the first crossing
+    walking from the path's most anterior point to that side's end. The arches' two halves
+    then differ in width, and the combined outline can end in a hook behind the molars whose
+    crossing ``ArchPath.arc_at_x`` (the nearest sample) may pick: that side's bite was empty.
+    """
     rng = np.random.default_rng([seed, 7])
     path = occluded.path
     x_max = float(np.abs(path.points[:, 0]).max())
-    right = (path.arc_at_x(0.55 * x_max, 1.0), path.length - 1.0)
-    left = (1.0, path.arc_at_x(-0.55 * x_max, -1.0))
+    if per_side:
+        front = int(np.argmax(path.points[:, 1]))
+        x = path.points[:, 0]
+        to_right = front + int(np.argmax(x[front:] >= 0.55 * float(x.max())))
+        to_left = front - int(np.argmax(x[front::-1] <= 0.55 * float(x.min())))
+        right, left = (float(path.arc[to_right]), path.length - 1.0), (1.0, float(path.arc[to_left]))
+    else:
+        right = (path.arc_at_x(0.55 * x_max, 1.0), path.length - 1.0)
+        left = (1.0, path.arc_at_x(-0.55 * x_max, -1.0))
     ranges = [right] if one_sided else [right, left]
     if simulator == "range":
         arches = [(m.vertices, m.faces) for m in (occluded.upper, occluded.lower)]
@@ -324,3 +345,256 @@ def bite_case(
     )
     truth = {name: to_bite @ invert(poses[name]) for name in ("upper", "lower", "bite", "bite2")[: 2 + len(bites)]}
     return SampleCase(upper, lower, files, truth, to_bite, seed, noise_mm)
+
+
+# --- occlusal relations beside the natural seat (issue 10, goal 1) -----------------------------
+
+CROWN_BAND_MM = 5.0  # crown points: within this of the occlusal plane (z = 0) on the arch's side
+MOLAR_MM = 10.0  # mesio-distal length of a molar: the crop of a shortened arch
+INCISAL_MM = 8.0  # the incisors: within this of the lower's most anterior point (y)
+
+
+@dataclass(frozen=True)
+class Relation:
+    """How the upper is moved from the natural (intercuspal) seat, in the occlusion frame.
+
+    The occlusion frame is the lower arch's canonical frame: ``x`` to the patient's right,
+    ``y`` anterior, ``z`` towards the lower's crowns (up). Lengths in mm, angles in degrees.
+    Applied by :func:`relate` in this order: ``narrow_mm``, the crops, ``yaw_deg``, the
+    translations, a vertical re-seat, then ``open_mm`` (the front lifted, no re-seat at the front).
+
+    Attributes
+    ----------
+    name : str
+        Label printed in tables.
+    anterior_mm : float
+        Upper moved along ``+y`` relative to the lower: molar class II > 0, class III < 0.
+    transverse_mm : float
+        Upper moved along ``+x`` (to the patient's right): its left posterior teeth go lingual
+        to the lower's (a left crossbite, the right side moved buccally); < 0: a right crossbite.
+    yaw_deg : float
+        Upper turned about the vertical axis through the lower's centre (the mean of its vertices
+        in ``x, y``), counter-clockwise seen from above.
+    narrow_mm : float
+        Bilateral posterior crossbite: the upper's teeth moved towards the midline by this much
+        on each side behind 60 % of its depth from the incisors, tapering linearly to 0 at the
+        incisors (``x -= narrow_mm * w(y) * tanh(x / 5 mm)``: teeth move almost rigidly, the palate
+        between them is compressed).
+    open_mm : float
+        Anterior open bite: after the re-seat the upper is pitched about a transverse axis at its
+        posterior end (occlusal level) so that its most anterior point rises by this much; the
+        upper is then dropped again until it touches (at the molars), nothing more.
+    crop_upper_mm, crop_lower_mm : tuple of float
+        Shortened arch: per side (right, left), everything of that side (``x > 0`` / ``x < 0``)
+        within this distance of the arch's posterior end (its crown points' smallest ``y``) is
+        removed. ``MOLAR_MM`` removes the last molar.
+    """
+
+    name: str
+    anterior_mm: float = 0.0
+    transverse_mm: float = 0.0
+    yaw_deg: float = 0.0
+    narrow_mm: float = 0.0
+    open_mm: float = 0.0
+    crop_upper_mm: tuple[float, float] = (0.0, 0.0)
+    crop_lower_mm: tuple[float, float] = (0.0, 0.0)
+
+
+BOTH = (MOLAR_MM, MOLAR_MM)
+RIGHT = (MOLAR_MM, 0.0)
+RELATIONS: tuple[Relation, ...] = (
+    Relation("natural"),
+    Relation("class II +4 mm", anterior_mm=4.0),
+    Relation("class II +8 mm", anterior_mm=8.0),
+    Relation("class III -4 mm", anterior_mm=-4.0),
+    Relation("class III -8 mm", anterior_mm=-8.0),
+    Relation("yaw +8°", yaw_deg=8.0),
+    Relation("yaw -8°", yaw_deg=-8.0),
+    Relation("yaw +15°", yaw_deg=15.0),
+    Relation("yaw -15°", yaw_deg=-15.0),
+    Relation("crossbite right 3.5 mm", transverse_mm=-3.5),
+    Relation("crossbite left 3.5 mm", transverse_mm=3.5),
+    Relation("crossbite both 3.5 mm", narrow_mm=3.5),
+    Relation("open bite 2 mm", open_mm=2.0),
+    Relation("open bite 4 mm", open_mm=4.0),
+    Relation("shortened lower, both sides", crop_lower_mm=BOTH),
+    Relation("shortened upper, both sides", crop_upper_mm=BOTH),
+    Relation("shortened both arches, right", crop_upper_mm=RIGHT, crop_lower_mm=RIGHT),
+    Relation("shortened both arches, both sides", crop_upper_mm=BOTH, crop_lower_mm=BOTH),
+)
+QUICK_RELATIONS = ("natural", "class II +8 mm", "class III -8 mm", "yaw +15°", "crossbite right 3.5 mm",
+                   "open bite 4 mm", "shortened both arches, both sides")  # fmt: skip
+
+
+def relation(name: str) -> Relation:
+    """The relation of ``RELATIONS`` called ``name``."""
+    for r in RELATIONS:
+        if r.name == name:
+            return r
+    raise ValueError(f"unknown relation {name!r}: one of {', '.join(r.name for r in RELATIONS)}")
+
+
+def _crop(mesh: Mesh, per_side_mm: tuple[float, float], crowns_up: bool) -> Mesh:
+    """Remove each side's posterior end (``per_side_mm`` = right, left; see ``Relation``)."""
+    if max(per_side_mm) <= 0:
+        return mesh
+    v = mesh.vertices
+    crown = (v[:, 2] > -CROWN_BAND_MM) if crowns_up else (v[:, 2] < CROWN_BAND_MM)
+    drop = np.zeros(len(v), dtype=bool)
+    for side, crop in zip((v[:, 0] > 0, v[:, 0] < 0), per_side_mm, strict=True):
+        if crop > 0 and (crown & side).any():
+            end = float(v[crown & side, 1].min())
+            drop |= side & (v[:, 1] < end + crop)
+    out = _trim(mesh, ~drop)
+    if len(out.faces) == 0:
+        raise ValueError("the crop removed the whole arch")
+    return out
+
+
+def _narrow(mesh: Mesh, narrow_mm: float) -> Mesh:
+    """Move the posterior teeth towards the midline (see ``Relation.narrow_mm``)."""
+    if narrow_mm == 0:
+        return mesh
+    v = mesh.vertices.copy()
+    front, back = float(v[:, 1].max()), float(v[:, 1].min())
+    weight = np.clip((front - v[:, 1]) / (0.6 * (front - back)), 0.0, 1.0)
+    v[:, 0] -= narrow_mm * weight * np.tanh(v[:, 0] / 5.0)
+    return Mesh(v, mesh.faces)
+
+
+def _vertical_gap(upper: Mesh, lower: Mesh) -> float:
+    """How far the upper can drop along ``-z`` before a vertex of either arch meets the other's triangles.
+
+    Both ways (upper vertices downwards onto the lower's triangles, lower vertices upwards onto
+    the upper's) on the exact surfaces; ``inf`` when the arches do not overlap seen from above.
+    """
+    from mesial.aligner._o3d import open3d
+
+    o3d = open3d()
+
+    def first_hit(origins: FloatArray, direction: float, target: Mesh) -> float:
+        scene = o3d.t.geometry.RaycastingScene()
+        scene.add_triangles(target.vertices.astype(np.float32), target.faces.astype(np.uint32))
+        rays = np.zeros((len(origins), 6), dtype=np.float32)
+        rays[:, :3], rays[:, 5] = origins, direction
+        hits = scene.cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy()
+        hits = hits[np.isfinite(hits)]
+        return float(hits.min()) if len(hits) else float("inf")
+
+    return min(first_hit(upper.vertices, -1.0, lower), first_hit(lower.vertices, 1.0, upper))
+
+
+def _deepest(upper: FloatArray, lower: Mesh) -> float:
+    """Deepest penetration of the upper's points into the lower (mm, >= 0), measured as ``_settle`` does."""
+    from mesial.aligner._o3d import open3d
+
+    o3d = open3d()
+    near = upper[upper[:, 2] < np.percentile(lower.vertices[:, 2], 99) + 1.0]
+    if len(near) == 0:
+        return 0.0
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(lower.vertices.astype(np.float32), lower.faces.astype(np.uint32))
+    answer = scene.compute_closest_points(o3d.core.Tensor(near.astype(np.float32)))
+    closest = answer["points"].numpy().astype(np.float64)
+    signed = np.einsum("ij,ij->i", near - closest, answer["primitive_normals"].numpy().astype(np.float64))
+    gap = np.linalg.norm(near - closest, axis=1)
+    return max(0.0, float(-np.where((signed < 0) & (gap < 0.5), -gap, gap).min()))
+
+
+def _reseat(upper: Mesh, lower: Mesh) -> Mesh:
+    """Drop the upper along ``-z`` onto the lower, as deep as ``MAX_PENETRATION_MM`` allows.
+
+    Lifted clear of the lower, dropped until a vertex of one arch meets the other's triangles
+    (vertically), then lowered further while the deepest penetration (closest points, as
+    ``_settle`` measures it) stays within ``MAX_PENETRATION_MM``: the tolerance the natural
+    seat has (a vertical touch alone leaves sloped cusps 0.1-0.2 mm apart along their normals).
+    """
+    lift = float(lower.vertices[:, 2].max() - upper.vertices[:, 2].min()) + 1.0
+    raised = upper.vertices + np.array([0.0, 0.0, lift])
+    gap = _vertical_gap(Mesh(raised, upper.faces), lower)
+    if not np.isfinite(gap):
+        raise ValueError("the arches do not overlap seen from above: nothing to seat on")
+    touching = raised - np.array([0.0, 0.0, gap])
+    low, high = 0.0, 1.0  # further drop, mm: within the tolerance / past it
+    while _deepest(touching - np.array([0.0, 0.0, high]), lower) <= MAX_PENETRATION_MM:
+        low, high = high, 2 * high
+    for _ in range(12):
+        middle = 0.5 * (low + high)
+        if _deepest(touching - np.array([0.0, 0.0, middle]), lower) <= MAX_PENETRATION_MM:
+            low = middle
+        else:
+            high = middle
+    return Mesh(touching - np.array([0.0, 0.0, low]), upper.faces)
+
+
+def _rigid(upper: Mesh, yaw_deg: float, pivot: FloatArray, shift: FloatArray) -> Mesh:
+    turn = np.radians(yaw_deg)
+    c, s = np.cos(turn), np.sin(turn)
+    rotation = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    return Mesh((upper.vertices - pivot) @ rotation.T + pivot + shift, upper.faces)
+
+
+def _pitch_front_up(upper: Mesh, open_mm: float) -> Mesh:
+    """Turn the upper about the transverse axis at its posterior end so that its front rises by ``open_mm``."""
+    v = upper.vertices
+    crown = v[:, 2] < CROWN_BAND_MM
+    back, front = float(v[crown, 1].min()), float(v[crown, 1].max())
+    pivot = np.array([0.0, back, float(v[crown, 2].min())])
+    angle = np.arcsin(min(1.0, open_mm / (front - back)))  # the front, at the pivot's height, rises by open_mm
+    c, s = np.cos(angle), np.sin(angle)
+    rotation = np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])  # about +x: y > back rises
+    return Mesh((v - pivot) @ rotation.T + pivot, upper.faces)
+
+
+@dataclass(frozen=True)
+class Related:
+    """A pair in an occlusal relation, with what the construction measured.
+
+    Attributes
+    ----------
+    occluded : Occluded
+        Arches (occlusion frame), their buccal path, posterior contacts (mm², gap < 0.1 mm) and
+        deepest penetration (mm, <= 0.05 after the re-seat).
+    relation : Relation
+    incisal_opening_mm : float
+        Vertical opening at the incisors: the upper's lowest point minus the lower's highest,
+        both within ``INCISAL_MM`` of the lower's most anterior point; negative: an overbite,
+        positive: an open bite (train pair 009: 0.02 at the natural seat, 1.46 and 3.23 for the
+        2 and 4 mm open bites: the re-seat after the pitch drops the molars back a little); NaN
+        when the upper has nothing there (a class III upper behind the lower's incisors).
+    """
+
+    occluded: Occluded
+    relation: Relation
+    incisal_opening_mm: float
+
+
+def relate(occluded: Occluded, rel: Relation) -> Related:
+    """The pair of ``occluded`` (natural seat) moved into the occlusal relation ``rel``.
+
+    See ``Relation`` for each displacement. After the displacement the upper is re-seated
+    vertically: lifted clear and dropped along ``-z`` until a vertex of one arch meets the
+    other's triangles, then (``_settle``) lifted until nothing lies deeper than
+    ``MAX_PENETRATION_MM`` (0.05 mm) inside the lower. The buccal path the bite simulators
+    follow is rebuilt from the moved arches. ``Relation("natural")`` only re-seats (it moves
+    the upper by at most the natural seat's penetration, <= 0.05 mm).
+    """
+    upper = _crop(_narrow(occluded.upper, rel.narrow_mm), rel.crop_upper_mm, crowns_up=False)
+    lower = _crop(occluded.lower, rel.crop_lower_mm, crowns_up=True)
+    centre = np.array([*lower.vertices[:, :2].mean(axis=0), 0.0])
+    upper = _rigid(upper, rel.yaw_deg, centre, np.array([rel.transverse_mm, rel.anterior_mm, 0.0]))
+    upper = _reseat(upper, lower)
+    if rel.open_mm > 0:
+        upper = _reseat(_pitch_front_up(upper, rel.open_mm), lower)
+    upper, contacts, penetration = _settle(upper, lower)
+    both = np.vstack([upper.vertices, lower.vertices])
+    moved = Occluded(f"{occluded.name} {rel.name}", upper, lower, ArchPath.from_points(both), contacts, penetration)
+    return Related(moved, rel, _incisal_opening(upper, lower))
+
+
+def _incisal_opening(upper: Mesh, lower: Mesh) -> float:
+    """Lowest upper point minus highest lower point within ``INCISAL_MM`` of the lower's front (``y``), mm."""
+    front = float(lower.vertices[:, 1].max()) - INCISAL_MM
+    top = lower.vertices[lower.vertices[:, 1] > front, 2]
+    bottom = upper.vertices[upper.vertices[:, 1] > front, 2]
+    return float(bottom.min() - top.max()) if len(top) and len(bottom) else float("nan")

@@ -1,6 +1,7 @@
 """Bite registration on generated, range-image and real-anatomy cases, beside Open3D's pipeline.
 
     python bench/bench_aligner.py [--quick] [--cases N] [--vertices N] [--real DIR] [--real-pairs N]
+                                  [--relations quick|all|none] [--relation-pairs N]
                                   [--no-baseline] [--strongest]
 
 Sets (each case: every file in its own random pose, written to disk, aligned by
@@ -16,6 +17,11 @@ Sets (each case: every file in its own random pose, written to disk, aligned by
   intercuspal position built by ``_real_cases.occlude``, with bite scans from both
   simulators: two bites (0.02 mm), two noisier (0.05 mm), one-sided, range-image two
   bites, range-image one-sided.
+* occlusal relations (with ``--real``; ``_real_cases.relate``): the first pairs
+  (``--relation-pairs``, 3 by default) moved from that intercuspal position into other
+  occlusions and re-seated (class II/III, yaw, crossbites, open bites, shortened arches;
+  ``--relations quick``, the default: 7 of them, ``all``: the 18 of ``RELATIONS``), each
+  with two bites (0.02 mm), one-sided, and range-image two bites.
 
 Per set: success (``ok`` and TRE RMS < 0.05 mm), **confidently wrong** (``ok`` with TRE
 RMS >= 0.05 mm: must be 0), ``not_confident`` count, TRE RMS median/max over the
@@ -48,6 +54,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from _common import hardware, table
@@ -56,6 +63,9 @@ from _open3d_baseline import STRONGEST, TUTORIAL, register
 from mesial.aligner.registration import relative_error
 from mesial.aligner.samples import SampleCase, generate_case, write_case
 from mesial.aligner.transforms import invert
+
+if TYPE_CHECKING:
+    from _real_cases import Occluded
 
 GOAL_MM = 0.05
 GOAL_WALL_S = 1.5  # whole process, two bites, 130 000-vertex arches, 2 cores
@@ -70,6 +80,7 @@ GENERATED = (("two bites", "strip", 0.02, False), ("two bites, noise 0.05", "str
              ("one-sided", "strip", 0.02, True))  # fmt: skip
 RANGE = (("range-image, two bites", "range", 0.02, False), ("range-image, one-sided", "range", 0.02, True))
 REAL = GENERATED + RANGE
+RELATION_VARIANTS = (GENERATED[0], GENERATED[2], RANGE[0])
 
 
 @dataclass
@@ -234,6 +245,39 @@ def stl_reading(work: Path, repeats: int = 7) -> list[list[object]]:
     return rows
 
 
+def run_relations(
+    seated: list[tuple[int, Occluded]], which: str, work: Path, baselines: list[str]
+) -> dict[str, list[Row]]:
+    """Each seated pair moved into each occlusal relation (``_real_cases.relate``), three bite variants.
+
+    Returns the rows per set ``relation: <relation>`` (the variants of all pairs together).
+    """
+    from _real_cases import QUICK_RELATIONS, RELATIONS, bite_case, relate
+
+    chosen = [r for r in RELATIONS if which == "all" or r.name in QUICK_RELATIONS]
+    out: dict[str, list[Row]] = {}
+    for rel in chosen:
+        rows: list[Row] = []
+        for i, occluded in seated:
+            related = relate(occluded, rel)
+            moved = related.occluded
+            print(f"pair {occluded.name}, {rel.name}: posterior contact area right/left {moved.contacts_mm2[0]:.2f} / "
+                  f"{moved.contacts_mm2[1]:.2f} mm², incisal opening {related.incisal_opening_mm:.2f} mm",
+                  flush=True)  # fmt: skip
+            for name, simulator, noise, one_sided in RELATION_VARIANTS:
+                try:
+                    case = bite_case(moved, 2000 + i, simulator=simulator, noise_mm=noise, one_sided=one_sided,
+                                     per_side=True)  # fmt: skip
+                except ValueError as error:  # the simulator found nothing to scan on a side
+                    print(f"  {name}: no bite simulated ({error})")
+                    continue
+                rows.append(run_case(f"{occluded.name} {name}", case, work, baselines))
+        if rows:
+            out["relation: " + rel.name] = rows
+            print_rows("relation: " + rel.name, rows, baselines)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 generated cases per set, 3 real pairs")
@@ -244,6 +288,9 @@ def main() -> int:
         help="folder of real NNN_U.ply / NNN_L.ply pairs (default: $MESIAL_REAL_SCANS; skipped when absent)",
     )  # fmt: skip
     parser.add_argument("--real-pairs", type=int, default=None, help="real pairs used (default 12; 0: all)")
+    parser.add_argument("--relations", choices=("quick", "all", "none"), default="quick",
+                        help="occlusal relations of the real pairs (default quick: 7 of 18)")  # fmt: skip
+    parser.add_argument("--relation-pairs", type=int, default=3, help="real pairs moved into the relations")
     parser.add_argument("--no-baseline", action="store_true", help="skip Open3D")
     parser.add_argument("--strongest", action="store_true", help="also Open3D's strongest configuration (slow)")
     parser.add_argument("--no-generated", action="store_true", help="real anatomy only")
@@ -275,6 +322,7 @@ def main() -> int:
             names = pairs(args.real)
             names = names[:n_pairs] if n_pairs else names
             real: dict[str, list[Row]] = {name: [] for name, *_ in REAL}
+            seated: list[tuple[int, Occluded]] = []
             for i, stem in enumerate(names):
                 occluded = occlude(args.real, stem)
                 print(f"pair {stem}: posterior contact area right/left {occluded.contacts_mm2[0]:.2f} / "
@@ -283,12 +331,15 @@ def main() -> int:
                 if min(occluded.contacts_mm2) < MIN_CONTACT_MM2:
                     print(f"pair {stem} skipped: the constructed occlusion has no contact on a posterior side\n")
                     continue
+                seated.append((i, occluded))
                 for name, simulator, noise, one_sided in REAL:
                     case = bite_case(occluded, 2000 + i, simulator=simulator, noise_mm=noise, one_sided=one_sided)
                     real[name].append(run_case(stem, case, work, baselines))
             for name, rows in real.items():
                 results["real: " + name] = rows
                 print_rows("real: " + name, rows, baselines)
+            if args.relations != "none":
+                results.update(run_relations(seated[: args.relation_pairs], args.relations, work, baselines))
     headers = ["set", "success", "confidently wrong", "not confident", "TRE median / max mm (successes)",
                "time median / max s", "CPU median s"]  # fmt: skip
     for b in baselines:
