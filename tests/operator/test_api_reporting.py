@@ -35,6 +35,7 @@ from mesial.common.errors import ServiceError
 from mesial.common.services import ServiceInfo, free_port
 from mesial.common.settings import ApiSettings, OperatorSettings, Settings
 from mesial.operator.k8s import K8s
+from mesial.operator.metrics import RECONCILES
 from mesial.operator.reporting import JobReporter
 from mesial.operator.runtime import Runtime
 from mesial.operator.testing import Harness, emulated
@@ -298,6 +299,35 @@ async def test_deletion_receipts_go_to_the_collector(cluster: Harness, api: Api,
     # The unknown one's receipt is in the platform chain, naming its tenant.
     platform = [e for e in await api.chain("_platform") if e["action"] == "organization.deleted"]
     assert [e["details"]["tenant"] for e in platform if e["details"].get("tenant") == unknown] == [unknown]
+
+
+async def test_the_api_is_told_a_jobs_end_while_the_watch_lags(
+    cluster: Harness, api: Api, api_proxy: TcpProxy, org_name: Any
+) -> None:
+    """The report timer decides on the ScanJob as it is, not on kopf's copy of it: while the watch
+    lags, that copy still says Running and not reported, and the end is told all the same."""
+    name = org_name("lagrep")
+    key, ns = await _tenant(cluster, api, name)
+    job, sj = await _submitted(cluster, api, key, ns)
+    await api_proxy.down()
+    refused = RECONCILES.labels("scanjobs", "report", "temporary")
+    seen = refused._value.get()
+    await cluster.client.patch(
+        *JOB, f"scanjob-{sj}", {"status": {"active": 1, "startTime": "2026-01-01T10:00:00Z"}}, ns
+    )
+
+    async def tried() -> bool:  # kopf's copy says Running, not reported: the report timer runs
+        return bool(refused._value.get() > seen)
+
+    await eventually(tried)
+    with cluster.emulator.watch_held():
+        await api_proxy.up()
+        await cluster.client.patch(*JOB, f"scanjob-{sj}", {"status": {"active": 0, "succeeded": 1,
+            "completionTime": "2026-01-01T10:02:05Z", "conditions": [{"type": "Complete", "status": "True"}]}}, ns)  # fmt: skip
+        await eventually(lambda: _state(api, key, job["id"], "succeeded"))
+        await eventually(lambda: _reported(cluster, ns, sj, "Succeeded"))
+    actions = [e["action"] for e in await api.chain(name) if e["resource_id"] == job["id"]]
+    assert actions == ["job.created", "job.started", "job.succeeded"]
 
 
 async def _failed(harness: Harness, ns: str, name: str) -> dict[str, Any] | None:
