@@ -22,6 +22,9 @@ Per pair:
 4. Bite scans: either simulator (``samples.scan_bite`` or
    ``rangescan.range_image_bite``) along the arches' buccal outline, right side
    (canine to the last molar) and left side; every file in a random pose.
+5. Other occlusions (``relate``, ``RELATIONS``): the natural seat's upper moved into molar
+   class II/III, yaw, crossbites, an anterior open bite, or either arch shortened by a molar,
+   then re-seated vertically (docs/aligner.md, "Occlusal relations measured").
 """
 
 from __future__ import annotations
@@ -272,7 +275,9 @@ def _settle(upper: Mesh, lower: Mesh) -> tuple[Mesh, tuple[float, float], float]
     scene = o3d.t.geometry.RaycastingScene()
     scene.add_triangles(lower.vertices.astype(np.float32), lower.faces.astype(np.uint32))
     vertices = upper.vertices.copy()
-    low_z = np.percentile(lower.vertices[:, 2], 99) + 1.0
+    low_z = float(np.percentile(lower.vertices[:, 2], 99)) + 1.0
+    if not (vertices[:, 2] < low_z).any():  # resting on the lower's highest 1 % alone (a relation's re-seat)
+        low_z = float(vertices[:, 2].min()) + 1.0
     for _ in range(6):
         near = vertices[:, 2] < low_z
         answer = scene.compute_closest_points(o3d.core.Tensor(vertices[near].astype(np.float32)))

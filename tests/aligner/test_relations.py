@@ -48,7 +48,7 @@ def test_natural_only_reseats(rc: ModuleType, natural: object) -> None:
     _seated(rc, related)
 
 
-@pytest.mark.parametrize("name", ["class II +8 mm", "class III -4 mm", "crossbite right 3.5 mm", "yaw +15°", "yaw -8°"])
+@pytest.mark.parametrize("name", ["class II +8 mm", "crossbite right 3.5 mm", "yaw -15°"])
 def test_rigid_relations_move_the_upper_in_the_plane_then_seat_it(rc: ModuleType, natural: object, name: str) -> None:
     rel = rc.relation(name)
     related = rc.relate(natural, rel)
@@ -64,7 +64,7 @@ def test_rigid_relations_move_the_upper_in_the_plane_then_seat_it(rc: ModuleType
     _seated(rc, related)
 
 
-@pytest.mark.parametrize("open_mm", [2.0, 4.0])
+@pytest.mark.parametrize("open_mm", [4.0])
 def test_open_bite_lifts_the_front_about_the_molars(rc: ModuleType, natural: object, open_mm: float) -> None:
     related = rc.relate(natural, rc.Relation("open", open_mm=open_mm))
     before, after = natural.upper.vertices, related.occluded.upper.vertices  # type: ignore[attr-defined]
@@ -109,7 +109,7 @@ def test_unknown_relation_is_refused(rc: ModuleType) -> None:
         rc.relation("class IV")
 
 
-@pytest.mark.parametrize("name", ["crossbite left 3.5 mm", "yaw -15°", "shortened both arches, right"])
+@pytest.mark.parametrize("name", ["crossbite left 3.5 mm", "shortened both arches, right"])
 def test_bites_are_cut_on_both_sides_of_a_moved_pair(rc: ModuleType, natural: object, name: str) -> None:
     related = rc.relate(natural, rc.relation(name))
     case = rc.bite_case(related.occluded, 7, simulator="strip", per_side=True)
