@@ -18,7 +18,7 @@ Sets (each case: every file in its own random pose, written to disk, aligned by
   simulators: two bites (0.02 mm), two noisier (0.05 mm), one-sided, range-image two
   bites, range-image one-sided.
 * occlusal relations (with ``--real``; ``_real_cases.relate``): the first pairs
-  (``--relation-pairs``, 3 by default) moved from that intercuspal position into other
+  (``--relation-pairs``, 3 by default, 1 with ``--quick``) moved from that intercuspal position into other
   occlusions and re-seated (class II/III, yaw, crossbites, open bites, shortened arches;
   ``--relations quick``, the default: 7 of them, ``all``: the 18 of ``RELATIONS``), each
   with two bites (0.02 mm), one-sided, and range-image two bites.
@@ -280,7 +280,9 @@ def run_relations(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 generated cases per set, 3 real pairs")
+    parser.add_argument(
+        "--quick", action="store_true", help="2 generated cases per set, 3 real pairs, 1 in the relations"
+    )
     parser.add_argument("--cases", type=int, default=None, help="generated cases per set (default 8)")
     parser.add_argument("--vertices", type=int, default=130_000, help="vertices per generated arch")
     parser.add_argument(
@@ -290,13 +292,14 @@ def main() -> int:
     parser.add_argument("--real-pairs", type=int, default=None, help="real pairs used (default 12; 0: all)")
     parser.add_argument("--relations", choices=("quick", "all", "none"), default="quick",
                         help="occlusal relations of the real pairs (default quick: 7 of 18)")  # fmt: skip
-    parser.add_argument("--relation-pairs", type=int, default=3, help="real pairs moved into the relations")
+    parser.add_argument("--relation-pairs", type=int, default=None, help="real pairs moved into the relations (3)")
     parser.add_argument("--no-baseline", action="store_true", help="skip Open3D")
     parser.add_argument("--strongest", action="store_true", help="also Open3D's strongest configuration (slow)")
     parser.add_argument("--no-generated", action="store_true", help="real anatomy only")
     args = parser.parse_args()
     cases = args.cases or (2 if args.quick else 8)
     n_pairs = args.real_pairs if args.real_pairs is not None else (3 if args.quick else 12)
+    relation_pairs = args.relation_pairs if args.relation_pairs is not None else (1 if args.quick else 3)
     baselines = [] if args.no_baseline else ["open3d"] + (["strongest"] if args.strongest else [])
     print(hardware())
     print(f"load average at start {os.getloadavg()[0]:.1f} (other processes share the cores: wall times include "
@@ -339,7 +342,7 @@ def main() -> int:
                 results["real: " + name] = rows
                 print_rows("real: " + name, rows, baselines)
             if args.relations != "none":
-                results.update(run_relations(seated[: args.relation_pairs], args.relations, work, baselines))
+                results.update(run_relations(seated[:relation_pairs], args.relations, work, baselines))
     headers = ["set", "success", "confidently wrong", "not confident", "TRE median / max mm (successes)",
                "time median / max s", "CPU median s"]  # fmt: skip
     for b in baselines:
