@@ -13,7 +13,7 @@ jointly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -580,6 +580,11 @@ class JointFit:
         How far the last update moved a point 25 mm from the centre of the moved points.
     plane_stage : JointFit or None
         The fine step's plane stage that preceded this exact stage (``registration._refine``).
+    information : tuple of (6, 6) or (12, 12) float
+        Per bite of ``bites``, the point-to-plane normal equations of its explained points (rows
+        of :func:`_plane_rows`: the bite's twist, then the lower arch's, about the upper frame's
+        origin), each point weighted by ``1 / inlier_rmse_mm²``: the inverse covariance of the
+        poses were the residuals independent with that spread (:func:`lower_position_sd_mm`).
     """
 
     bite_to_upper: tuple[FloatArray, ...]
@@ -590,6 +595,7 @@ class JointFit:
     converged: bool = False
     update_mm: float = float("inf")
     plane_stage: JointFit | None = None
+    information: tuple[FloatArray, ...] = field(default=(), repr=False, compare=False)
 
 
 def refine_joint(
@@ -675,12 +681,14 @@ def refine_joint(
         if motion < (threshold_mm or params.threshold_mm):
             converged = True
             break
-    fits = tuple(
+    evaluated = [
         _bite_fit(source, pose, upper, lower, lower_pose, params.inlier_distance_mm)
         for source, pose in zip(bites, poses, strict=True)
         if evaluate
-    )
-    return JointFit(tuple(poses), lower_pose, fits, iterations, sigma, converged, motion)
+    ]
+    fits = tuple(fit for fit, _ in evaluated)
+    information = tuple(normal for _, normal in evaluated)
+    return JointFit(tuple(poses), lower_pose, fits, iterations, sigma, converged, motion, information=information)
 
 
 def cross_last(a: FloatArray, b: FloatArray, out: FloatArray) -> FloatArray:
@@ -912,7 +920,8 @@ def _bite_fit(
     lower: Target | None,
     lower_pose: FloatArray | None,
     inlier_distance: float,
-) -> BiteFit:
+) -> tuple[BiteFit, FloatArray]:
+    """The bite's :class:`BiteFit` and its normal equations (see ``JointFit.information``)."""
     x, _, closest, normals, distance, on_lower = _match(source, pose, upper, lower, lower_pose, inlier_distance)
     plane = np.abs(np.einsum("ij,ij->i", x - closest, normals))
     inlier = np.isfinite(distance) & (plane < inlier_distance)
@@ -920,7 +929,9 @@ def _bite_fit(
     def rms(mask: NDArray[np.bool_]) -> float:
         return float(np.sqrt(np.mean(plane[mask] ** 2))) if mask.any() else float("inf")
 
-    return BiteFit(
+    rows = _plane_rows(x[inlier], closest[inlier], normals[inlier], on_lower[inlier], lower_pose is not None)
+    spread = max(rms(inlier), SPREAD_FLOOR_MM) if inlier.any() else 1.0
+    fit = BiteFit(
         points=len(source),
         upper_inliers=int((inlier & ~on_lower).sum()),
         lower_inliers=int((inlier & on_lower).sum()),
@@ -929,3 +940,51 @@ def _bite_fit(
         upper_rmse_mm=rms(inlier & ~on_lower),
         lower_rmse_mm=rms(inlier & on_lower),
     )
+    return fit, rows.T @ rows / spread**2
+
+
+# A bite fitting exactly (synthetic data) is not infinitely precise: the spread its normal equations assume
+# is at least this (mm), a tenth of the noise of an intraoral scanner
+SPREAD_FLOOR_MM = 1e-3
+
+
+def lower_position_sd_mm(fit: JointFit, lower_vertices: FloatArray) -> float:
+    """How precisely the fit's bites fix the lower arch relative to the upper (mm).
+
+    The RMS over ``lower_vertices (n, 3)`` (lower file frame, mm) of the standard deviation of
+    their position relative to the upper arch, from the joint normal equations of every bite's
+    explained points (``fit.information``; the bites' poses are nuisance unknowns). A bite that
+    shows a small patch of an arch, or surfaces the arch can slide along, fixes it loosely:
+    the deviation grows though every point fits. ``inf`` when the equations leave the lower
+    arch free (or there is no lower arch).
+
+    With ``d = ω × p + t`` the displacement of a vertex ``p`` (upper frame) under the lower
+    pose's error ``(ω, t)`` of covariance ``C``, the mean of ``|d|²`` over the vertices is
+    ``tr((tr(M) I - M) C_ωω) - 2 tr([m]ₓ C_ωt) + tr(C_tt)``, ``m`` and ``M`` the vertices'
+    mean and second moment ``E[p pᵀ]``.
+    """
+    if fit.lower_to_upper is None or not fit.information or fit.information[0].shape != (12, 12):
+        return float("inf")
+    n = len(fit.information)
+    unknowns = 6 * (n + 1)
+    normal = np.zeros((unknowns, unknowns))
+    for k, block in enumerate(fit.information):
+        own, lower = slice(6 * k, 6 * k + 6), slice(unknowns - 6, unknowns)
+        normal[own, own] += block[:6, :6]
+        normal[own, lower] += block[:6, 6:]
+        normal[lower, own] += block[6:, :6]
+        normal[lower, lower] += block[6:, 6:]
+    try:
+        covariance = np.linalg.inv(normal)[-6:, -6:]
+    except np.linalg.LinAlgError:
+        return float("inf")
+    if not np.all(np.isfinite(covariance)) or np.any(np.diag(covariance) < 0):
+        return float("inf")
+    points = lower_vertices @ fit.lower_to_upper[:3, :3].T + fit.lower_to_upper[:3, 3]
+    mean = points.mean(axis=0)
+    moment = points.T @ points / len(points)
+    cross = np.array([[0.0, -mean[2], mean[1]], [mean[2], 0.0, -mean[0]], [-mean[1], mean[0], 0.0]])
+    rotation, coupled, translation = covariance[:3, :3], covariance[:3, 3:], covariance[3:, 3:]
+    variance = np.trace((np.trace(moment) * np.eye(3) - moment) @ rotation)
+    variance += -2.0 * np.trace(cross @ coupled) + np.trace(translation)
+    return float(np.sqrt(max(variance, 0.0)))

@@ -26,7 +26,15 @@ from mesial.aligner._anatomy import arch_frame, buccal_outline
 from mesial.aligner._coarse import StripFrame, convex_side, distinct, icp, icp_many, search_along, strip_frame
 from mesial.aligner._features import invariant_representatives, spread_points, voxel_representatives
 from mesial.aligner._field import DistanceField
-from mesial.aligner._icp import JointFit, PlaneTarget, SurfaceTarget, _match, refine_joint, refine_pairs
+from mesial.aligner._icp import (
+    JointFit,
+    PlaneTarget,
+    SurfaceTarget,
+    _match,
+    lower_position_sd_mm,
+    refine_joint,
+    refine_pairs,
+)
 from mesial.aligner.errors import AlignmentError
 from mesial.aligner.params import AlignParams
 from mesial.aligner.transforms import invert, rotation_angle_deg, transform_points
@@ -96,6 +104,9 @@ class Registration:
     bite_disagreement_mm : float or None
         With two bites: how far apart (RMS over the lower arch's vertices, mm) each bite
         refined alone from the joint result places the lower arch; None with one bite.
+    lower_position_sd_mm : float or None
+        How precisely the fit's bites fix the lower arch relative to the upper
+        (:func:`~mesial.aligner._icp.lower_position_sd_mm`, mm).
     """
 
     upper_to_bite: FloatArray
@@ -107,6 +118,7 @@ class Registration:
     reasons: tuple[str, ...]
     timings: dict[str, float] = field(default_factory=dict)
     bite_disagreement_mm: float | None = None
+    lower_position_sd_mm: float | None = None
 
 
 def _no_progress(stage: str, fraction: float) -> None:
@@ -263,7 +275,9 @@ def register_bite(
     timings["refine"] = time.perf_counter() - clock
     report("refine", 1.0)
 
-    reasons = _reasons(evidence, fit, params, [pose for _, pose in candidates]) + ([conflict] if conflict else [])
+    position_sd = lower_position_sd_mm(fit, lower.vertices)
+    reasons = _reasons(evidence, fit, params, [pose for _, pose in candidates], position_sd)
+    reasons += [conflict] if conflict else []
     disagreement = None
     if len(bites) == 2:
         clock = time.perf_counter()
@@ -291,12 +305,17 @@ def register_bite(
         alone = _refine(rough_points[:1], alone_fine, planes, fine, bite_to_upper[:1], candidates[0][1], params)
         timings["refine_reference_bite"] = time.perf_counter() - clock
         strong = alone.bites[0].fitness >= params.strong_bite_min_fitness
-        alone_reasons = _reasons(evidence[:1], alone, params, [candidates[0][1]])
+        alone_sd = lower_position_sd_mm(alone, lower.vertices)
+        alone_reasons = _reasons(evidence[:1], alone, params, [candidates[0][1]], alone_sd)
         if 0 in too_short:
             alone_reasons.append(too_short[0])
         if strong and not alone_reasons:
-            return _registration(alone, evidence[:1], (), timings)
-    return replace(_registration(fit, evidence, tuple(reasons), timings), bite_disagreement_mm=disagreement)
+            return replace(_registration(alone, evidence[:1], (), timings), lower_position_sd_mm=alone_sd)
+    return replace(
+        _registration(fit, evidence, tuple(reasons), timings),
+        bite_disagreement_mm=disagreement,
+        lower_position_sd_mm=position_sd,
+    )
 
 
 T = TypeVar("T")
@@ -838,8 +857,13 @@ def _explained(
 
 
 def _reasons(
-    evidence: list[BiteEvidence], fit: JointFit, params: AlignParams, candidates: list[FloatArray]
+    evidence: list[BiteEvidence],
+    fit: JointFit,
+    params: AlignParams,
+    candidates: list[FloatArray],
+    position_sd_mm: float = 0.0,
 ) -> list[str]:
+    """Why the fit is not confident (empty when it is); ``position_sd_mm``: :func:`lower_position_sd_mm` of it."""
     reasons = []
     stages = (("plane", fit.plane_stage, params.max_iterations, params.plane_threshold_mm),
               ("exact", fit, params.exact_iterations, params.threshold_mm))  # fmt: skip
@@ -872,6 +896,11 @@ def _reasons(
                 f"bite {k}: the arches fit it unequally (inlier RMSE upper {bite.upper_rmse_mm:.3f} mm, "
                 f"lower {bite.lower_rmse_mm:.3f} mm): a nearby wrong pose"
             )
+    if position_sd_mm > params.max_lower_position_sd_mm:
+        reasons.append(
+            f"the bites fix the lower arch relative to the upper only to {position_sd_mm:.3f} mm "
+            f"(> {params.max_lower_position_sd_mm} mm): they show too little of an arch, or surfaces it can slide along"
+        )
     if len(candidates) > 1:
         spread = rotation_angle_deg(invert(candidates[0]) @ candidates[1])
         if spread > params.distinct_rotation_deg:
@@ -902,4 +931,5 @@ def summary(registration: Registration) -> dict[str, Any]:
         },
         "sigma_mm": registration.fit.sigma_mm,
         "bite_disagreement_mm": registration.bite_disagreement_mm,
+        "lower_position_sd_mm": registration.lower_position_sd_mm,
     }

@@ -64,7 +64,7 @@ GOAL_MM = 0.05
 VARIANTS = (("strip", 0.02, False), ("strip", 0.05, False), ("strip", 0.02, True), ("range", 0.02, False),
             ("range", 0.02, True))  # fmt: skip
 FIELDS = ("set", "case", "contact", "seed", "vertices", "simulator", "noise", "one_sided", "status", "tre_mm", "margin",
-          "fitness", "rmse_mm", "rmse_ratio", "arch_share", "disagreement_mm", "reasons", "truth")  # fmt: skip
+          "fitness", "rmse_mm", "rmse_ratio", "arch_share", "disagreement_mm", "position_sd_mm", "reasons", "truth")  # fmt: skip
 # negative sets without a true pose: every ok is confidently wrong
 NO_TRUTH = ("other-lower", "other-bite")
 SHIFTS_MM = (0.25, 0.5, 1.0, 2.0)
@@ -103,6 +103,10 @@ def measures(case: SampleCase, error_of: Callable[[Registration], float] | None 
         "disagreement_mm": float("nan")
         if registration.bite_disagreement_mm is None
         else registration.bite_disagreement_mm,
+        # how precisely the bites fix the lower arch (mm; NaN when no fit was evaluated)
+        "position_sd_mm": float("nan")
+        if registration.lower_position_sd_mm is None
+        else registration.lower_position_sd_mm,
         "reasons": "; ".join(result.reasons)[:300],
     }
 
@@ -156,7 +160,8 @@ def plot(rows: list[dict[str, object]], path: Path, params: AlignParams) -> None
               ("rmse_mm", params.max_inlier_rmse_mm, "max inlier RMSE (mm)", "<="),
               ("rmse_ratio", params.max_rmse_ratio, "max RMSE ratio of the arches", "<="),
               ("arch_share", params.min_arch_share, "min share of a bite on one arch", ">="),
-              ("disagreement_mm", params.max_bite_disagreement_mm, "two bites alone: lower apart (mm)", "<="))  # fmt: skip
+              ("disagreement_mm", params.max_bite_disagreement_mm, "two bites alone: lower apart (mm)", "<="),
+              ("position_sd_mm", params.max_lower_position_sd_mm, "lower arch's position SD (mm)", "<="))  # fmt: skip
     columns = 3
     rows_of = -(-len(panels) // columns)
     figure, grid = plt.subplots(rows_of, columns, figsize=(4.6 * columns, 4.2 * rows_of))
@@ -182,7 +187,7 @@ def plot(rows: list[dict[str, object]], path: Path, params: AlignParams) -> None
         axis.axhline(GOAL_MM, color="k", lw=0.8, ls="--")
         axis.axvline(threshold, color="gray", lw=0.8)
         axis.set_yscale("log")
-        if key == "disagreement_mm":
+        if key in ("disagreement_mm", "position_sd_mm"):
             axis.set_xscale("log")
         axis.set_xlabel(label)
         axis.set_ylabel("TRE RMS (mm)")
@@ -285,7 +290,8 @@ def main() -> int:
                                    ("rmse_mm", params.max_inlier_rmse_mm, min),
                                    ("rmse_ratio", params.max_rmse_ratio, min),
                                    ("arch_share", params.min_arch_share, max),
-                                   ("disagreement_mm", params.max_bite_disagreement_mm, min)):  # fmt: skip
+                                   ("disagreement_mm", params.max_bite_disagreement_mm, min),
+                                   ("position_sd_mm", params.max_lower_position_sd_mm, min)):  # fmt: skip
         # a measure a row lacks (one bite: no disagreement; an earlier CSV) is left out of its counts
         values = [float(r[key]) for r in bad if r.get(key) not in (None, "", "nan")]  # type: ignore[arg-type]
         values = [v for v in values if v == v]

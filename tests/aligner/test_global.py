@@ -113,7 +113,7 @@ def test_lower_arch_in_a_nearby_wrong_pose_is_caught(small_case: SampleCase) -> 
 
     def fit(lower_pose: np.ndarray) -> JointFit:
         fits = tuple(
-            _bite_fit(b, p, upper, lower, lower_pose, params.inlier_distance_mm)
+            _bite_fit(b, p, upper, lower, lower_pose, params.inlier_distance_mm)[0]
             for b, p in zip(bites, poses, strict=True)
         )
         return JointFit(poses, lower_pose, fits, 1, 0.02, converged=True, update_mm=0.0)

@@ -233,3 +233,62 @@ def test_the_callers_work_starts_as_the_global_step_starts(small_case):
     assert events.count(threading.current_thread()) == 1
     called = events.index(threading.current_thread())
     assert events[called - 1] == ("global", 0.0) and ("global", 1.0) in events[called + 1 :]
+
+
+def _lower_sd_brute_force(covariance: np.ndarray, points: np.ndarray) -> float:
+    """RMS over ``points (n, 3)`` of sqrt(trace) of the covariance of ``ω × p + t``, ``(ω, t)`` of ``covariance``."""
+    a = np.zeros((len(points), 3, 6))
+    a[:, 0, 1], a[:, 0, 2] = points[:, 2], -points[:, 1]
+    a[:, 1, 0], a[:, 1, 2] = -points[:, 2], points[:, 0]
+    a[:, 2, 0], a[:, 2, 1] = points[:, 1], -points[:, 0]
+    a[:, :, 3:] = np.eye(3)
+    return float(np.sqrt(np.einsum("nij,jk,nik->", a, covariance, a) / len(points)))
+
+
+def test_lower_position_sd_is_the_rms_deviation_of_the_lower_vertices():
+    """``lower_position_sd_mm`` (moments of the vertices) equals the per-vertex sum, for any pose of the lower
+    arch; a bite explained only by flat surfaces leaves the lower arch free to slide: no finite precision."""
+    from mesial.aligner._icp import JointFit, _plane_rows, lower_position_sd_mm
+
+    rng = np.random.default_rng(5)
+    lower_vertices = rng.normal([3.0, 20.0, -4.0], [20.0, 15.0, 5.0], (500, 3))
+    lower_to_upper = exp_se3(np.array([0.1, -0.05, 0.2, 1.0, -2.0, 3.0]))
+    blocks = []
+    for _ in range(2):  # two bites: points on both arches, normals every way
+        x = rng.normal(0.0, 20.0, (300, 3))
+        normals = rng.normal(size=(300, 3))
+        normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+        rows = _plane_rows(x, x + 0.01, normals, rng.random(300) < 0.5, True)
+        blocks.append(rows.T @ rows / 0.02**2)
+    fit = JointFit((np.eye(4), np.eye(4)), lower_to_upper, (), 1, 0.02, information=tuple(blocks))
+    normal = np.zeros((18, 18))
+    for k, block in enumerate(blocks):  # the joint normal equations, written out
+        index = np.r_[6 * k : 6 * k + 6, 12:18]
+        normal[np.ix_(index, index)] += block
+    covariance = np.linalg.inv(normal)[12:, 12:]
+    placed = lower_vertices @ lower_to_upper[:3, :3].T + lower_to_upper[:3, 3]
+    expected = _lower_sd_brute_force(covariance, placed)
+    assert lower_position_sd_mm(fit, lower_vertices) == pytest.approx(expected, rel=1e-9)
+
+    flat = _plane_rows(rng.normal(0.0, 20.0, (300, 3)) * [1, 1, 0], np.zeros((300, 3)), np.tile([0.0, 0.0, 1.0], (300, 1)),
+                       rng.random(300) < 0.5, True)  # fmt: skip
+    sliding = JointFit((np.eye(4),), lower_to_upper, (), 1, 0.02, information=(flat.T @ flat / 0.02**2,))
+    assert not lower_position_sd_mm(sliding, lower_vertices) < 1.0
+
+
+def test_a_loosely_fixed_lower_arch_is_not_confident(small_case):
+    """A result is ``ok`` only when its bites fix the lower arch to ``max_lower_position_sd_mm``; the generated case
+    is fixed to a few micrometres, and a bound below that makes it ``not_confident`` with the reason."""
+    from dataclasses import replace
+
+    case = small_case
+    upper = scan_from_arrays(case.upper.vertices, case.upper.faces, "upper")
+    lower = scan_from_arrays(case.lower.vertices, case.lower.faces, "lower")
+    bites = [scan_from_arrays(b.vertices, b.faces, "bite", orient=False) for b in case.bites]
+    result = align_scans(upper, lower, bites)
+    assert result.status == "ok" and result.registration is not None
+    sd = result.registration.lower_position_sd_mm
+    assert sd is not None and 0.0 < sd < AlignParams().max_lower_position_sd_mm
+    strict = align_scans(upper, lower, bites, params=replace(AlignParams(), max_lower_position_sd_mm=sd / 2))
+    assert strict.status == "not_confident"
+    assert any("fix the lower arch relative to the upper only to" in reason for reason in strict.reasons)
