@@ -861,7 +861,7 @@ def _reasons(
     fit: JointFit,
     params: AlignParams,
     candidates: list[FloatArray],
-    position_sd_mm: float = 0.0,
+    position_sd_mm: float,
 ) -> list[str]:
     """Why the fit is not confident (empty when it is); ``position_sd_mm``: :func:`lower_position_sd_mm` of it."""
     reasons = []

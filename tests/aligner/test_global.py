@@ -97,7 +97,7 @@ def test_wrong_lower_arch_is_not_confident(small_case: SampleCase) -> None:
 
 def test_lower_arch_in_a_nearby_wrong_pose_is_caught(small_case: SampleCase) -> None:
     """With the lower arch held 0.3 mm off its true pose, it fits the bites worse than the upper: not ok."""
-    from mesial.aligner._icp import JointFit, _bite_fit
+    from mesial.aligner._icp import JointFit, _bite_fit, lower_position_sd_mm
     from mesial.aligner.params import AlignParams
     from mesial.aligner.registration import BiteEvidence, _reasons
     from mesial.aligner.transforms import exp_se3
@@ -112,15 +112,21 @@ def test_lower_arch_in_a_nearby_wrong_pose_is_caught(small_case: SampleCase) -> 
     evidence = [BiteEvidence(k, 1.0, 0.5, 0.5, 12, 5, 0.3) for k in range(2)]
 
     def fit(lower_pose: np.ndarray) -> JointFit:
-        fits = tuple(
-            _bite_fit(b, p, upper, lower, lower_pose, params.inlier_distance_mm)[0]
+        evaluated = [
+            _bite_fit(b, p, upper, lower, lower_pose, params.inlier_distance_mm)
             for b, p in zip(bites, poses, strict=True)
-        )
-        return JointFit(poses, lower_pose, fits, 1, 0.02, converged=True, update_mm=0.0)
+        ]
+        fits = tuple(bite for bite, _ in evaluated)
+        information = tuple(normal for _, normal in evaluated)
+        return JointFit(poses, lower_pose, fits, 1, 0.02, converged=True, update_mm=0.0, information=information)
 
-    assert _reasons(evidence, fit(truth), params, [truth, truth]) == []
+    def reasons(lower_pose: np.ndarray) -> list[str]:
+        joint = fit(lower_pose)
+        return _reasons(evidence, joint, params, [truth, truth], lower_position_sd_mm(joint, case.lower.vertices))
+
+    assert reasons(truth) == []
     wrong = exp_se3(np.array([0.0, 0.0, 0.0, 0.3, 0.0, 0.0])) @ truth
-    assert any("unequally" in reason for reason in _reasons(evidence, fit(wrong), params, [truth, truth]))
+    assert any("unequally" in reason for reason in reasons(wrong))
 
 
 def test_ambiguous_margin_is_resolved_on_exact_surfaces(small_case: SampleCase) -> None:
