@@ -267,26 +267,41 @@ def _trim(mesh: Mesh, keep: NDArray[np.bool_]) -> Mesh:
     return Mesh(mesh.vertices[used], (np.cumsum(used) - 1)[faces])
 
 
-def _settle(upper: Mesh, lower: Mesh) -> tuple[Mesh, tuple[float, float], float]:
-    """Lift the upper until nothing is deeper than MAX_PENETRATION_MM inside the lower (exact surfaces)."""
+def _scene(mesh: Mesh) -> Any:
+    """Open3D's ray-casting scene of ``mesh``'s triangles (float32), for closest points and rays."""
     from mesial.aligner._o3d import open3d
 
     o3d = open3d()
     scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(lower.vertices.astype(np.float32), lower.faces.astype(np.uint32))
+    scene.add_triangles(mesh.vertices.astype(np.float32), mesh.faces.astype(np.uint32))
+    return scene
+
+
+def _signed_gaps(scene: Any, points: FloatArray) -> FloatArray:
+    """Distance (mm) of each of ``points (n, 3)`` to the surface of ``scene`` (:func:`_scene`), negative behind it.
+
+    Behind the surface only where close to it (within 0.5 mm): the face normal is a poor side test far off.
+    """
+    from mesial.aligner._o3d import open3d
+
+    answer = scene.compute_closest_points(open3d().core.Tensor(points.astype(np.float32)))
+    closest = answer["points"].numpy().astype(np.float64)
+    normal = answer["primitive_normals"].numpy().astype(np.float64)
+    signed = np.einsum("ij,ij->i", points - closest, normal)
+    gap = np.linalg.norm(points - closest, axis=1)
+    return np.asarray(np.where((signed < 0) & (gap < 0.5), -gap, gap), dtype=np.float64)
+
+
+def _settle(upper: Mesh, lower: Mesh) -> tuple[Mesh, tuple[float, float], float]:
+    """Lift the upper until nothing is deeper than MAX_PENETRATION_MM inside the lower (exact surfaces)."""
+    scene = _scene(lower)
     vertices = upper.vertices.copy()
     low_z = float(np.percentile(lower.vertices[:, 2], 99)) + 1.0
     if not (vertices[:, 2] < low_z).any():  # resting on the lower's highest 1 % alone (a relation's re-seat)
         low_z = float(vertices[:, 2].min()) + 1.0
     for _ in range(6):
         near = vertices[:, 2] < low_z
-        answer = scene.compute_closest_points(o3d.core.Tensor(vertices[near].astype(np.float32)))
-        closest = answer["points"].numpy().astype(np.float64)
-        normal = answer["primitive_normals"].numpy().astype(np.float64)
-        signed = np.einsum("ij,ij->i", vertices[near] - closest, normal)
-        gap = np.linalg.norm(vertices[near] - closest, axis=1)
-        # behind the lower's surface only where close to it (the face normal is a poor side test far off)
-        signed = np.where((signed < 0) & (gap < 0.5), -gap, gap)
+        signed = _signed_gaps(scene, vertices[near])
         deepest = float(-signed.min())
         if deepest <= MAX_PENETRATION_MM + 1e-4:
             break
@@ -478,32 +493,22 @@ def _vertical_gap(upper: Mesh, lower: Mesh) -> float:
     o3d = open3d()
 
     def first_hit(origins: FloatArray, direction: float, target: Mesh) -> float:
-        scene = o3d.t.geometry.RaycastingScene()
-        scene.add_triangles(target.vertices.astype(np.float32), target.faces.astype(np.uint32))
         rays = np.zeros((len(origins), 6), dtype=np.float32)
         rays[:, :3], rays[:, 5] = origins, direction
-        hits = scene.cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy()
+        hits = _scene(target).cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy()
         hits = hits[np.isfinite(hits)]
         return float(hits.min()) if len(hits) else float("inf")
 
     return min(first_hit(upper.vertices, -1.0, lower), first_hit(lower.vertices, 1.0, upper))
 
 
-def _deepest(upper: FloatArray, lower: Mesh) -> float:
-    """Deepest penetration of the upper's points into the lower (mm, >= 0), measured as ``_settle`` does."""
-    from mesial.aligner._o3d import open3d
-
-    o3d = open3d()
+def _deepest(upper: FloatArray, lower: Mesh, scene: Any = None) -> float:
+    """Deepest penetration of the upper's points into the lower (mm, >= 0), measured as ``_settle`` does
+    (``scene``: :func:`_scene` of ``lower`` when the caller has it)."""
     near = upper[upper[:, 2] < np.percentile(lower.vertices[:, 2], 99) + 1.0]
     if len(near) == 0:
         return 0.0
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(lower.vertices.astype(np.float32), lower.faces.astype(np.uint32))
-    answer = scene.compute_closest_points(o3d.core.Tensor(near.astype(np.float32)))
-    closest = answer["points"].numpy().astype(np.float64)
-    signed = np.einsum("ij,ij->i", near - closest, answer["primitive_normals"].numpy().astype(np.float64))
-    gap = np.linalg.norm(near - closest, axis=1)
-    return max(0.0, float(-np.where((signed < 0) & (gap < 0.5), -gap, gap).min()))
+    return max(0.0, float(-_signed_gaps(_scene(lower) if scene is None else scene, near).min()))
 
 
 def _reseat(upper: Mesh, lower: Mesh) -> Mesh:
@@ -520,12 +525,13 @@ def _reseat(upper: Mesh, lower: Mesh) -> Mesh:
     if not np.isfinite(gap):
         raise ValueError("the arches do not overlap seen from above: nothing to seat on")
     touching = raised - np.array([0.0, 0.0, gap])
+    scene = _scene(lower)  # (every drop tried below queries the same lower)
     low, high = 0.0, 1.0  # further drop, mm: within the tolerance / past it
-    while _deepest(touching - np.array([0.0, 0.0, high]), lower) <= MAX_PENETRATION_MM:
+    while _deepest(touching - np.array([0.0, 0.0, high]), lower, scene) <= MAX_PENETRATION_MM:
         low, high = high, 2 * high
     for _ in range(12):
         middle = 0.5 * (low + high)
-        if _deepest(touching - np.array([0.0, 0.0, middle]), lower) <= MAX_PENETRATION_MM:
+        if _deepest(touching - np.array([0.0, 0.0, middle]), lower, scene) <= MAX_PENETRATION_MM:
             low = middle
         else:
             high = middle
