@@ -149,19 +149,25 @@ def shifted(occluded: Occluded, shift_mm: float) -> Occluded:
     return replace(occluded, lower=Mesh(transform_points(occluded.lower.vertices, motion), occluded.lower.faces))
 
 
+def checks(params: AlignParams) -> tuple[tuple[str, float, str, bool], ...]:
+    """The confidence measures a row records, each ``(column, threshold, label, at_least)``: a result passes
+    the check when its value is at least (``at_least``) or at most the threshold (the plot's panels, the counts)."""
+    return (("margin", params.min_margin, "min margin (share of bite points)", True),
+            ("fitness", params.min_fitness, "min fitness", True),
+            ("rmse_mm", params.max_inlier_rmse_mm, "max inlier RMSE (mm)", False),
+            ("rmse_ratio", params.max_rmse_ratio, "max RMSE ratio of the arches", False),
+            ("arch_share", params.min_arch_share, "min share of a bite on one arch", True),
+            ("disagreement_mm", params.max_bite_disagreement_mm, "two bites alone: lower apart (mm)", False),
+            ("position_sd_mm", params.max_lower_position_sd_mm, "lower arch's position SD (mm)", False))  # fmt: skip
+
+
 def plot(rows: list[dict[str, object]], path: Path, params: AlignParams) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = (("margin", params.min_margin, "min margin (share of bite points)", ">="),
-              ("fitness", params.min_fitness, "min fitness", ">="),
-              ("rmse_mm", params.max_inlier_rmse_mm, "max inlier RMSE (mm)", "<="),
-              ("rmse_ratio", params.max_rmse_ratio, "max RMSE ratio of the arches", "<="),
-              ("arch_share", params.min_arch_share, "min share of a bite on one arch", ">="),
-              ("disagreement_mm", params.max_bite_disagreement_mm, "two bites alone: lower apart (mm)", "<="),
-              ("position_sd_mm", params.max_lower_position_sd_mm, "lower arch's position SD (mm)", "<="))  # fmt: skip
+    panels = checks(params)
     columns = 3
     rows_of = -(-len(panels) // columns)
     figure, grid = plt.subplots(rows_of, columns, figsize=(4.6 * columns, 4.2 * rows_of))
@@ -286,19 +292,14 @@ def main() -> int:
         of_kind = [r for r in rows if r["set"] == kind]
         print(f"  {kind}: {len(of_kind)} cases, {sum(r['status'] == 'ok' for r in of_kind)} ok, "
               f"{sum(wrong(r) for r in of_kind)} wrong, {sum(wrong(r) and r['status'] == 'ok' for r in of_kind)} wrong and ok")  # fmt: skip
-    for key, threshold, better in (("margin", params.min_margin, max), ("fitness", params.min_fitness, max),
-                                   ("rmse_mm", params.max_inlier_rmse_mm, min),
-                                   ("rmse_ratio", params.max_rmse_ratio, min),
-                                   ("arch_share", params.min_arch_share, max),
-                                   ("disagreement_mm", params.max_bite_disagreement_mm, min),
-                                   ("position_sd_mm", params.max_lower_position_sd_mm, min)):  # fmt: skip
+    for key, threshold, _, at_least in checks(params):
         # a measure a row lacks (one bite: no disagreement; an earlier CSV) is left out of its counts
         values = [float(r[key]) for r in bad if r.get(key) not in (None, "", "nan")]  # type: ignore[arg-type]
         values = [v for v in values if v == v]
-        through = sum((v >= threshold) if better is max else (v <= threshold) for v in values)
+        through = sum((v >= threshold) if at_least else (v <= threshold) for v in values)
         right = [float(r[key]) for r in rows if not wrong(r) and r.get(key) not in (None, "", "nan")]  # type: ignore[arg-type]
         right = [v for v in right if v == v]
-        refused = sum((v < threshold) if better is max else (v > threshold) for v in right)
+        refused = sum((v < threshold) if at_least else (v > threshold) for v in right)
         print(
             f"  {key}: threshold {threshold}; wrong results it alone would let through: {through}/{len(values)} "
             f"(their range {_span(values)}); right ones it refuses: {refused}/{len(right)} (range {_span(right)})"
