@@ -208,10 +208,10 @@ def mirror_costs(field: DistanceField, sample: FloatArray, angles: FloatArray) -
     """
     from mesial.aligner._meshquery import _load
 
-    direction = np.stack([np.cos(angles), np.sin(angles)], axis=1)  # (k, 2)
-    along = np.ascontiguousarray(sample @ direction.T, dtype=np.float64)  # (n, k)
     if len(field.strides) != 2 or field.grid.dtype != np.float32 or len(field.grid) >= 2**31 or not len(sample):
         return mirror_costs_numpy(field, sample, angles)  # (the field's int32 cells as NumPy's path has them)
+    direction = np.stack([np.cos(angles), np.sin(angles)], axis=1)  # (k, 2)
+    along = np.ascontiguousarray(sample @ direction.T, dtype=np.float64)  # (n, k)
     rows = np.ascontiguousarray(sample, dtype=np.float64)
     if rows.shape != (len(along), 2):
         raise ValueError(f"sample must be (n, 2), got shape {rows.shape}")
