@@ -289,6 +289,10 @@ def test_a_loosely_fixed_lower_arch_is_not_confident(small_case):
     assert result.status == "ok" and result.registration is not None
     sd = result.registration.lower_position_sd_mm
     assert sd is not None and 0.0 < sd < AlignParams().max_lower_position_sd_mm
+    # result.json reports it (docs/result-schema.md)
+    from mesial.aligner.pipeline import result_document
+
+    assert result_document(result, "test")["registration"]["lower_position_sd_mm"] == sd
     strict = align_scans(upper, lower, bites, params=replace(AlignParams(), max_lower_position_sd_mm=sd / 2))
     assert strict.status == "not_confident"
     assert any("fix the lower arch relative to the upper only to" in reason for reason in strict.reasons)
