@@ -181,7 +181,11 @@ class ManagedService(abc.ABC):
             self._spawn()
             reason = self._wait_ready()
             if reason is None:
-                self.after_ready()
+                try:
+                    self.after_ready()
+                except BaseException:
+                    self.stop()  # a server that answers but cannot be set up is not left behind
+                    raise
                 return self.info()
             last_reason = reason
             self.stop()
@@ -536,6 +540,7 @@ class SeaweedFSService(ManagedService):
     # weed acknowledges SIGTERM but can linger for over 10 s; acknowledged writes are already durable.
     stop_grace_s = 2.0
     bucket = "mesial"
+    min_free_space = "128MiB"
 
     def __init__(self, base_dir: Path, *, tied_to_parent: bool = False) -> None:
         super().__init__(base_dir, tied_to_parent=tied_to_parent)
@@ -589,6 +594,9 @@ class SeaweedFSService(ManagedService):
             "-master.telemetry=false",
             "-master.volumeSizeLimitMB=1024",
             "-volume.max=64",
+            # weed's default turns every volume read-only under 1 % free disk: 2.5 GB on a
+            # shared 250 GB disk, where this stack's few MiB of objects still fit many times.
+            f"-volume.minFreeSpace={self.min_free_space}",
         ]
 
     def is_ready(self) -> bool:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
+import botocore.session
 import pytest
 
 from mesial.common import services as svc
@@ -83,6 +86,19 @@ def test_startup_deadline_is_enforced(tmp_path: Path) -> None:
         NeverReady(tmp_path).start()
 
 
+def test_a_failed_setup_after_ready_stops_the_process(tmp_path: Path) -> None:
+    # SeaweedFS on a full disk answers, then its bucket cannot be written: the server must not be left behind.
+    class SetupFails(svc.OpenBaoService):
+        def after_ready(self) -> None:
+            raise ServiceStartError(self.name, "setup refused", "")
+
+    service = SetupFails(tmp_path)
+    with pytest.raises(ServiceStartError, match="setup refused"):
+        service.start()
+    assert service.process is None or service.process.poll() is not None, "the server was left running"
+    assert not _answers(f"http://{svc.LOOPBACK}:{service.port}/v1/sys/health")
+
+
 def test_recorded_stack_is_stopped_by_down(tmp_path: Path) -> None:
     stack = svc.ServiceStack(tmp_path, ["openbao"])
     infos = stack.start()
@@ -131,3 +147,50 @@ def test_tied_services_die_with_their_parent(tmp_path: Path) -> None:
     while time.monotonic() < deadline and svc._alive(int(pid_text)):
         time.sleep(0.1)
     assert not svc._alive(int(pid_text))
+
+
+@pytest.fixture
+def nearly_full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A mounted 40 GiB file system with 300 MiB free (0.7 %): a shared disk near its end.
+
+    The image is sparse and the filler ``fallocate``d, so it costs a few MiB of real disk.
+    Needs root (mount -o loop), as CI has.
+    """
+    image, mount = tmp_path / "disk.img", tmp_path / "disk"
+    mount.mkdir()
+    with image.open("wb") as handle:
+        handle.truncate(40 << 30)
+    made = subprocess.run(
+        ["mkfs.ext4", "-q", "-m", "0", "-N", "4096", "-O", "^has_journal", "-E", "nodiscard", str(image)],
+        capture_output=True,
+    )
+    mounted = made.returncode == 0 and subprocess.run(["mount", "-o", "loop", str(image), str(mount)]).returncode == 0
+    if not mounted:
+        pytest.skip(f"cannot make and mount a loop file system here (needs root): {made.stderr.decode()[-200:]}")
+    try:
+        free_mib = shutil.disk_usage(mount).free >> 20
+        subprocess.run(["fallocate", "-l", f"{free_mib - 300}M", str(mount / "filler")], check=True)
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_seaweedfs_stores_objects_on_a_disk_under_one_percent_free(nearly_full_disk: Path) -> None:
+    # weed's default turns its volumes read-only under 1 % free: on CI's shared disk that was
+    # 2.5 GB, and every test that stores an object failed with InternalError.
+    usage = shutil.disk_usage(nearly_full_disk)
+    assert usage.free < usage.total / 100
+    service = svc.SeaweedFSService(nearly_full_disk)
+    info = service.start()
+    try:
+        client = botocore.session.get_session().create_client(
+            "s3",
+            endpoint_url=info.url,
+            region_name="us-east-1",
+            aws_access_key_id=info.credentials["access_key"],
+            aws_secret_access_key=info.credentials["secret_key"],
+        )
+        client.put_object(Bucket=info.credentials["bucket"], Key="scan", Body=b"\x01" * 200_000)
+        assert client.get_object(Bucket=info.credentials["bucket"], Key="scan")["Body"].read() == b"\x01" * 200_000
+    finally:
+        service.stop()
