@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,6 +43,9 @@ class Runtime:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     _org_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    _locks: weakref.WeakValueDictionary[tuple[str, ...], asyncio.Lock] = field(
+        default_factory=weakref.WeakValueDictionary
+    )
 
     def org_lock(self, org: str) -> asyncio.Lock:
         """One Organization's lock: a drift pass caught mid-run by a deletion (kopf runs the deletion
@@ -50,6 +54,15 @@ class Runtime:
 
     def forget_org(self, org: str) -> None:
         self._org_locks.pop(org, None)
+
+    def lock(self, *key: str) -> asyncio.Lock:
+        """The lock of one object (``key``: its kind, namespace and name), held while a handler
+        decides and writes: kopf runs an object's deletion handler while a timer tick of it is still
+        running. Kept while someone holds or waits for it, then dropped."""
+        found = self._locks.get(key)
+        if found is None:
+            found = self._locks[key] = asyncio.Lock()
+        return found
 
     @classmethod
     async def create(

@@ -54,9 +54,11 @@ async def scanjob_sync(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime = memo.runtime
     # read Job, pod and progress object; write status only if it changed from the status as it is
     # (kopf's body may not hold the last tick's write yet, or a phase set since)
+    scanjob = await current(runtime, SCANJOB, body)
+    if scanjob is None:
+        return
     try:
-        scanjob = await current(runtime, SCANJOB, body)
-        status = None if scanjob is None else await mirror(runtime, scanjob)
+        status = await mirror(runtime, scanjob)
     except Exception as exc:
         raise to_kopf(exc, runtime.settings.operator.retry_delay_s) from exc
     if status is not None:
@@ -71,10 +73,7 @@ async def scanjob_report(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if runtime.reporter is None:
         return
     # decided on the ScanJob as it is: kopf's body may not hold the last report's record yet
-    try:
-        found = await current(runtime, SCANJOB, body)
-    except Exception as exc:
-        raise to_kopf(exc, runtime.settings.operator.retry_delay_s) from exc
+    found = await current(runtime, SCANJOB, body)
     if found is None:
         return
     body = found

@@ -1,15 +1,28 @@
 """Operator robustness: a tenant briefly Degraded, a refused ScanJob's deletion, long names,
-RetentionPolicies taking over and refusing impossible specs."""
+RetentionPolicies taking over and refusing impossible specs, handlers whose object is gone or
+cannot be read."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
+import kopf
+import pytest
+from kopf._core.engines import posting
+
+from mesial.common.services import free_port
+from mesial.operator.handlers.retention import policy_deleted, policy_sweep
+from mesial.operator.handlers.scanjob import scanjob_sync
+from mesial.operator.k8s import K8s
 from mesial.operator.metrics import RECONCILES
-from mesial.operator.testing import Harness
+from mesial.operator.testing import OPERATOR_TOKEN, Harness
 from tests.operator.conftest import eventually
-from tests.operator.helpers import ORG, POLICY, SCANJOB, organization, ready
+from tests.operator.helpers import ORG, POLICY, SCANJOB, audit_events, organization, ready
 
 JOB = ("batch/v1", "Job")
 
@@ -177,3 +190,85 @@ async def test_a_mirror_tick_on_a_lagging_watch_does_not_undo_a_phase_set_since(
         seen = ticks._value.get()
         await eventually(lambda: ticked(3))  # three ticks on a body that says Pending
         assert (await sj_status(k8s, ns, "case"))["phase"] == "Succeeded"
+
+
+# Handlers that decide on their object as the API server has it (handlers.current()); the ScanJob
+# report timer reads it the same way, with an API configured (test_api_reporting.py).
+READING_HANDLERS = [policy_sweep, policy_deleted, scanjob_sync]
+
+
+@contextlib.contextmanager
+def posted_events() -> Iterator[asyncio.Queue[Any]]:
+    """The queue kopf.event() posts to, as inside the operator (a handler called directly)."""
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    settings_token = posting.settings_var.set(kopf.OperatorSettings())
+    loop_token = posting.event_queue_loop_var.set(asyncio.get_running_loop())
+    queue_token = posting.event_queue_var.set(queue)
+    try:
+        yield queue
+    finally:
+        posting.event_queue_var.reset(queue_token)
+        posting.event_queue_loop_var.reset(loop_token)
+        posting.settings_var.reset(settings_token)
+
+
+def stale_copies(ns: str) -> dict[str, kopf.Body]:
+    """kopf's copies of a RetentionPolicy being deleted that owes a receipt and of a running
+    ScanJob, as its watch last delivered them; neither object exists on the server."""
+    meta = {"namespace": ns, "uid": "0b5e7c1e-0000-4000-8000-000000000001", "finalizers": ["mesial.dev/cleanup"]}
+    details = {"objects_deleted": 1, "objects_held": 0, "max_age_days": 30, "policy": "gone"}
+    receipt = {"resourceType": "scan", "resourceId": "s1", "time": "2026-01-01T00:00:00Z", "details": details}
+    deleting = {"name": "gone", "deletionTimestamp": "2026-01-01T00:00:00Z", **meta}
+    policy_copy = {
+        **policy("gone", ns),
+        "metadata": deleting,
+        "status": {"phase": "Active", "pendingReceipts": [receipt]},
+    }
+    scanjob_copy = {
+        **scanjob("gone", ns),
+        "metadata": {"name": "gone", **meta},
+        "status": {"phase": "Running", "jobName": "scanjob-gone"},
+    }
+    return {
+        "policy": kopf.Body(cast(kopf.RawBody, policy_copy)),
+        "scanjob": kopf.Body(cast(kopf.RawBody, scanjob_copy)),
+    }
+
+
+async def test_a_handler_whose_object_is_gone_since_its_event_ends_quietly(harness: Harness, org_name: Any) -> None:
+    """kopf hands a handler the body of the event it handles (or, for a timer, the last one its
+    watch delivered); the object can be gone by the time the handler reads it (its finalizer
+    removed by others, the watch not there yet). Each handler then ends: it neither acts on kopf's
+    copy nor fails writing to an object that is gone (kopf would run it again, until its watch says
+    the object is gone)."""
+    org, ns = await tenant(harness, org_name, "gone")
+    copies = stale_copies(ns)
+    memo = kopf.Memo(runtime=harness.runtime)
+    with posted_events() as queue:
+        for handler in READING_HANDLERS:
+            body = copies["policy" if handler in (policy_sweep, policy_deleted) else "scanjob"]
+            await handler(body=body, memo=memo)  # returns: no exception for kopf to retry on
+    posted = [queue.get_nowait() for _ in range(queue.qsize())]
+    # the receipt kopf's copy shows owed is not sent from that copy: said loudly instead
+    assert [(e.type, e.reason) for e in posted] == [("Warning", "ReceiptsUnsent")]
+    assert "gone" in posted[0].message
+    assert not [e for e in audit_events(harness.runtime) if e["tenant"] == org]
+    assert await harness.client.get(*POLICY, "gone", ns) is None
+    assert await harness.client.get(*SCANJOB, "gone", ns) is None
+
+
+@pytest.mark.parametrize("handler", READING_HANDLERS, ids=lambda h: h.__name__)
+async def test_a_failed_read_of_a_handlers_object_is_a_retry_after_the_delay(harness: Harness, handler: Any) -> None:
+    """One rule for every handler reading its object: a failed read (the API server unreachable
+    here) is kopf's TemporaryError with the configured delay, not an unexpected error."""
+    unreachable = K8s.for_server(f"http://127.0.0.1:{free_port()}", OPERATOR_TOKEN)
+    runtime = dataclasses.replace(harness.runtime, k8s=unreachable)
+    copies = stale_copies("mesial-org-unread")
+    body = copies["policy" if handler in (policy_sweep, policy_deleted) else "scanjob"]
+    try:
+        with pytest.raises(kopf.TemporaryError) as raised:
+            await handler(body=body, memo=kopf.Memo(runtime=runtime))
+    finally:
+        await unreachable.close()
+    assert raised.value.delay == harness.runtime.settings.operator.retry_delay_s
+    assert "Unreachable" in str(raised.value)

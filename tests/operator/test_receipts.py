@@ -11,6 +11,8 @@ without its default-deny NetworkPolicy and quota."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,7 +22,7 @@ from mesial.common.audit import AuditEvent, AuditSink
 from mesial.common.audit_sinks import JsonlAuditSink
 from mesial.common.errors import ServiceError
 from mesial.common.service_http import HttpRefused
-from mesial.operator.metrics import RECEIPTS, RECONCILES
+from mesial.operator.metrics import IN_FLIGHT, RECEIPTS, RECONCILES
 from mesial.operator.sync.scanjob import TenantNotReady, tenant_of
 from mesial.operator.testing import Harness
 from tests.operator.conftest import eventually
@@ -368,3 +370,83 @@ async def test_a_deleted_policy_sends_what_it_owes_first(harness: Harness, org_n
     await eventually(gone)
     (receipt,) = [e for e in sink.read() if e["action"] == "retention.deleted"]
     assert receipt["resource_id"] == "s1"
+
+
+async def test_a_policy_deleted_mid_sweep_keeps_the_receipt_owed(
+    harness: Harness, org_name, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kopf runs a deletion handler while a timer tick of the object is still running. A policy
+    deleted while its sweep has written its intent and not yet deleted the scan: the deletion handler
+    must not settle that intent from a store the sweep is still changing, nor write its status over
+    the receipt the sweep comes to owe. The receipt is sent before the policy goes."""
+    org = org_name("midsweep")
+    k8s = harness.client
+    sink = FlakySink(harness.runtime.audit, "retention.deleted", fail=10**6)  # the collector is down
+    harness.runtime.audit = sink
+    await k8s.create(organization(org))
+    await eventually(lambda: ready(k8s, org))
+    ns = f"mesial-org-{org}"
+    store = harness.runtime.store
+    await store.put(org, "scans/s1", b"old once the clock moves")
+    await k8s.create(policy("retention", ns, sweepInterval="1h"))
+
+    async def swept() -> dict[str, Any] | None:
+        st = await pstatus(k8s, ns, "retention")
+        return st if st.get("lastSweep") else None
+
+    assert (await eventually(swept))["lastSweep"]["deleted"] == 0
+    # The store is slow: the due sweep waits in its deletion of s1 (its intent written), and a
+    # listing made once the policy is deleted waits (with what it found) until the test goes on.
+    deleting, go_on = asyncio.Event(), asyncio.Event()
+    listed, list_on, policy_deleted = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    delete, list_objects = store.delete, store.list
+
+    async def slow_delete(tenant: str, key: str) -> None:
+        deleting.set()
+        await go_on.wait()
+        await delete(tenant, key)
+
+    def slow_list(tenant: str, prefix: str = "") -> Any:
+        async def found() -> Any:
+            items = [meta async for meta in list_objects(tenant, prefix)]
+            if policy_deleted.is_set() and not listed.is_set():
+                listed.set()
+                await list_on.wait()
+            for meta in items:
+                yield meta
+
+        return found()
+
+    monkeypatch.setattr(store, "delete", slow_delete)
+    monkeypatch.setattr(store, "list", slow_list)
+    harness.runtime.clock = lambda: datetime.now(UTC) + 40 * DAY  # a sweep is due, s1 is old
+    await asyncio.wait_for(deleting.wait(), 20)
+    intents = (await pstatus(k8s, ns, "retention")).get("pendingReceipts") or []
+    assert [(e["resourceId"], "details" in e) for e in intents] == [("s1", False)]
+    policy_deleted.set()
+    await k8s.delete(*POLICY, "retention", ns)
+
+    async def deletion_started() -> bool:  # kopf has started its deletion handler
+        return listed.is_set() or IN_FLIGHT.labels("retentionpolicies")._value.get() >= 2
+
+    await eventually(deletion_started)
+    with contextlib.suppress(TimeoutError):  # a handler that does not wait for the sweep lists the store now
+        await asyncio.wait_for(listed.wait(), 3)
+    go_on.set()  # the sweep deletes s1; its receipt is owed (the collector is down)
+
+    async def owed() -> list[dict[str, Any]] | None:  # the sweep's own status, written at its end
+        st = await pstatus(k8s, ns, "retention")
+        entries = st.get("pendingReceipts") or []
+        return entries if st.get("totalDeleted") == 1 and entries and "details" in entries[0] else None
+
+    await eventually(owed)
+    assert not await store.exists(org, "scans/s1")
+    list_on.set()
+    sink.fail = 0  # the collector is back
+
+    async def gone() -> bool:
+        return await k8s.get(*POLICY, "retention", ns) is None
+
+    await eventually(gone)
+    receipts = [e for e in sink.read() if e["action"] == "retention.deleted" and e["tenant"] == org]
+    assert [(e["resource_id"], e["details"]["objects_deleted"]) for e in receipts] == [("s1", 1)]
