@@ -319,18 +319,39 @@ class SurfaceTarget:
     def near(self, points: FloatArray, gate: float) -> tuple[FloatArray, FloatArray, FloatArray]:
         """Exact closest points for the points within ``gate`` (mm) of the surface; the others get
         distance inf and zero closest points and normals."""
+        closest, normals, distance, _ = self.near_triangles(points, gate)
+        return closest, normals, distance
+
+    def near_triangles(
+        self,
+        points: FloatArray,
+        gate: float,
+        *,
+        hints: NDArray[np.int64] | None = None,
+        reach: FloatArray | None = None,
+    ) -> tuple[FloatArray, FloatArray, FloatArray, NDArray[np.int64]]:
+        """:meth:`near` and each point's triangle (-1 where none).
+
+        ``hints (n,)``: a triangle of this mesh near each point (-1: none), say its closest one an
+        iteration ago: the search looks only as far as that triangle (:meth:`._meshquery.MeshQuery.closest`),
+        the answers are the same. ``reach (n,)`` (mm, positive, inf allowed): only a surface nearer than
+        it matters for the point (say another surface is that near): a point whose closest point is
+        farther gets none, the others their answer.
+        """
         closest = np.zeros_like(points)
         normals = np.zeros_like(points)
         distance = np.full(len(points), np.inf)
         # the search itself bounded by the gate (a hair wider: the gate's own distance counts): far points
         # leave the hierarchy at its first boxes
-        answer = self._index.scene.closest(self._local(points), within=gate * (1.0 + 1e-9) + 1e-12)
+        answer = self._index.scene.closest(
+            self._local(points), within=gate * (1.0 + 1e-9) + 1e-12, bounds=reach, hints=hints
+        )
         near = answer.triangles >= 0
         if near.any():
             closest[near], normals[near] = self._placed(answer.points[near], answer.normals[near])
             distance[near] = lengths(points[near] - closest[near])
         distance[distance > gate] = np.inf
-        return closest, normals, distance
+        return closest, normals, distance, answer.triangles
 
     def vertex_planes(self, normals: FloatArray) -> VertexPlanes:
         """A cheaper target on the same k-d tree: the nearest vertex's tangent plane (``normals``: per vertex)."""
@@ -646,13 +667,15 @@ def refine_joint(
     sigma = gate / 3.0
     iterations = 0
     converged, motion = False, float("inf")
+    # per bite, the triangles each point matched at the previous iteration (exact surfaces): hints
+    memos: list[dict[str, NDArray[np.int64]]] = [{} for _ in poses]
     for iterations in range(1, (max_iterations or params.max_iterations) + 1):  # noqa: B007
         hessian = np.zeros((n_unknowns, n_unknowns))
         gradient = np.zeros(n_unknowns)
         all_residuals = []
         centres = np.zeros((n_unknowns // 6, 3))  # where each unknown's motion is measured
         for k, (source, pose) in enumerate(zip(bites, poses, strict=True)):
-            x, _, closest, normals, distance, on_lower = _match(source, pose, upper, lower, lower_pose, gate)
+            x, _, closest, normals, distance, on_lower = _match(source, pose, upper, lower, lower_pose, gate, memos[k])
             centres[k] = x.mean(axis=0)
             residual = np.einsum("ij,ij->i", x - closest, normals)
             use = np.isfinite(distance) & (np.abs(residual) < gate)
@@ -682,8 +705,8 @@ def refine_joint(
             converged = True
             break
     evaluated = [
-        _bite_fit(source, pose, upper, lower, lower_pose, params.inlier_distance_mm)
-        for source, pose in zip(bites, poses, strict=True)
+        _bite_fit(source, pose, upper, lower, lower_pose, params.inlier_distance_mm, memo)
+        for source, pose, memo in zip(bites, poses, memos, strict=True)
         if evaluate
     ]
     fits = tuple(fit for fit, _ in evaluated)
@@ -898,9 +921,32 @@ def _match(
     lower: Target | None,
     lower_pose: FloatArray | None,
     gate: float,
+    memo: dict[str, NDArray[np.int64]] | None = None,
 ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray, NDArray[np.bool_]]:
-    """Bite points in the upper frame and their closest points on the nearer arch."""
+    """Bite points in the upper frame and their closest points on the nearer arch.
+
+    ``memo`` (exact surfaces only; updated): each point's triangles of an earlier call on the same
+    points, ``"upper"`` and ``"lower"``, as hints for this one; and the lower arch is searched only as
+    far as the upper's match (a lower match no nearer loses to it). The same answers as without.
+    """
     x = transform_points(source, pose)
+    exact = memo is not None and isinstance(upper, SurfaceTarget) and isinstance(lower, SurfaceTarget)
+    if exact and lower_pose is not None:
+        assert memo is not None and isinstance(upper, SurfaceTarget) and isinstance(lower, SurfaceTarget)
+        closest, normals, distance, found = upper.near_triangles(x, gate, hints=memo.get("upper"))
+        memo["upper"] = _kept(found, memo.get("upper"))
+        # just beyond the upper's distance (far more than the rounding of the two frames' distances)
+        reach = np.where(np.isfinite(distance), distance * (1.0 + 1e-9) + 1e-6, np.inf)
+        closest_l, normals_l, distance_l, found = lower.near_triangles(
+            transform_points(x, invert(lower_pose)), gate, hints=memo.get("lower"), reach=reach
+        )
+        memo["lower"] = _kept(found, memo.get("lower"))
+        closest_l = transform_points(closest_l, lower_pose)
+        normals_l = rotate_vectors(normals_l, lower_pose)
+        on_lower = distance_l < distance
+        closest[on_lower], normals[on_lower] = closest_l[on_lower], normals_l[on_lower]
+        distance = np.minimum(distance, distance_l)
+        return x, pose, closest, normals, distance, on_lower
     closest, normals, distance = upper.near(x, gate)
     on_lower = np.zeros(len(x), dtype=bool)
     if lower is not None and lower_pose is not None:
@@ -913,6 +959,11 @@ def _match(
     return x, pose, closest, normals, distance, on_lower
 
 
+def _kept(found: NDArray[np.int64], previous: NDArray[np.int64] | None) -> NDArray[np.int64]:
+    """Hints for the next match: each point's triangle found now, else the one it had (any triangle will do)."""
+    return found if previous is None else np.where(found >= 0, found, previous)
+
+
 def _bite_fit(
     source: FloatArray,
     pose: FloatArray,
@@ -920,9 +971,10 @@ def _bite_fit(
     lower: Target | None,
     lower_pose: FloatArray | None,
     inlier_distance: float,
+    memo: dict[str, NDArray[np.int64]] | None = None,
 ) -> tuple[BiteFit, FloatArray]:
-    """The bite's :class:`BiteFit` and its normal equations (see ``JointFit.information``)."""
-    x, _, closest, normals, distance, on_lower = _match(source, pose, upper, lower, lower_pose, inlier_distance)
+    """The bite's :class:`BiteFit` and its normal equations (see ``JointFit.information``); ``memo``: :func:`_match`'s."""
+    x, _, closest, normals, distance, on_lower = _match(source, pose, upper, lower, lower_pose, inlier_distance, memo)
     plane = np.abs(np.einsum("ij,ij->i", x - closest, normals))
     inlier = np.isfinite(distance) & (plane < inlier_distance)
 

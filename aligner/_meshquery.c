@@ -45,6 +45,7 @@ typedef struct {
     double *tri;  /* TRI doubles per triangle, in BVH order */
     void *tri_block;
     int64_t *ids; /* the caller's index of each triangle in BVH order */
+    int32_t *slot; /* the BVH order's index of each caller's triangle (ids inverted) */
 } Mesh;
 
 static inline double dot3(const double *a, const double *b) { return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]; }
@@ -370,14 +371,16 @@ int mq_build(const double *vertices, int64_t n, const int64_t *faces, int64_t m,
     void *node_block = NULL, *tri_block = NULL, *ref_block = NULL;
     Ref *refs = aligned(sizeof(Ref) * (size_t)m, &ref_block);
     int64_t *ids = malloc(sizeof(int64_t) * (size_t)m);
+    int32_t *slot = malloc(sizeof(int32_t) * (size_t)m);
     Node *nodes = aligned(sizeof(Node) * (size_t)(2 * m), &node_block);
     double *tri = aligned(sizeof(double) * TRI * (size_t)m, &tri_block);
     struct Bins *bins = malloc(sizeof(struct Bins) * 2 * (MAX_SAH_DEPTH + 1));
-    if (!mesh || !refs || !ids || !nodes || !tri || !bins) {
+    if (!mesh || !refs || !ids || !slot || !nodes || !tri || !bins) {
         free(bins);
         free(mesh);
         free(ref_block);
         free(ids);
+        free(slot);
         free(node_block);
         free(tri_block);
         return MQ_ENOMEM;
@@ -410,6 +413,8 @@ int mq_build(const double *vertices, int64_t n, const int64_t *faces, int64_t m,
     mesh->tri = tri;
     mesh->tri_block = tri_block;
     mesh->ids = ids;
+    for (int64_t i = 0; i < m; i++) slot[ids[i]] = (int32_t)i;
+    mesh->slot = slot;
     *out = mesh;
     return MQ_OK;
 }
@@ -420,6 +425,7 @@ void mq_free(void *handle) {
     free(mesh->node_block);
     free(mesh->tri_block);
     free(mesh->ids);
+    free(mesh->slot);
     free(mesh);
 }
 
@@ -685,6 +691,8 @@ typedef struct {
     const int64_t *order; /* the queries in this order (near ones one after another), or NULL */
     int64_t begin, end;
     double bound2; /* closest points: only triangles nearer than its square root */
+    const double *bounds; /* closest points: a bound of each point's own (not squared), or NULL */
+    const int64_t *hints; /* closest points: a triangle (the caller's index) near each point, -1 none; or NULL */
     int ray;
     int status;
 } Job;
@@ -701,9 +709,23 @@ static void *run_job(void *arg) {
         if (job->ray)
             cast_one(job->mesh, stack, job->a + 3 * i, job->b + 3 * i, job->point_or_t + i, job->triangle + i,
                      job->uv + 2 * i, job->normal + 3 * i);
-        else
-            closest_one(job->mesh, stack, job->a + 3 * i, job->bound2, job->point_or_t + 3 * i, job->triangle + i,
+        else {
+            double bound2 = job->bound2;
+            if (job->bounds && job->bounds[i] * job->bounds[i] < bound2) bound2 = job->bounds[i] * job->bounds[i];
+            if (job->hints && job->hints[i] >= 0) {
+                /* the hint's own squared distance and a margin far beyond rounding (relative 1e-9, and
+                 * 1e-12 mm² where it is 0: a triangle's plane test, a lower bound, can exceed a tiny
+                 * distance by its rounding): the search then looks only where a triangle can be as near,
+                 * and finds the same first nearest one */
+                double u, v;
+                const double *tri = job->mesh->tri + TRI * (size_t)job->mesh->slot[job->hints[i]];
+                double d2 = closest_on_triangle(job->a + 3 * i, tri, INFINITY, &u, &v);
+                double beyond = d2 * (1.0 + 1e-9) + 1e-12;
+                if (beyond < bound2) bound2 = beyond;
+            }
+            closest_one(job->mesh, stack, job->a + 3 * i, bound2, job->point_or_t + 3 * i, job->triangle + i,
                         job->uv + 2 * i, job->normal + 3 * i, job->distance + i);
+        }
     }
     free(stack);
     job->status = MQ_OK;
@@ -831,6 +853,25 @@ int mq_closest(const void *handle, const double *points, int64_t count, int thre
     if (!(within > 0)) return MQ_ESIZE; /* NaN or not positive */
     Job job = {.mesh = handle, .a = points, .point_or_t = closest, .uv = uv, .normal = normal, .distance = distance,
                .triangle = triangle, .bound2 = within * within, .status = MQ_OK};
+    return run(job, points, count, threads);
+}
+
+/* mq_closest with a bound of each point's own besides `within` (`bounds`, count positive distances,
+ * or NULL) and a hint of each point's own (`hints`, count triangles, the caller's indices, -1 for
+ * none, or NULL): only triangles nearer than the least of `within`, the point's bound and just beyond
+ * its hint triangle's distance are searched. A point with a triangle nearer than its bounds gets the
+ * same answer as mq_closest gives it (a hint never changes an answer, it only narrows the search). */
+int mq_closest_bounded(const void *handle, const double *points, int64_t count, int threads, double within,
+                       const double *bounds, const int64_t *hints, double *closest, int64_t *triangle, double *uv,
+                       double *normal, double *distance) {
+    const Mesh *mesh = handle;
+    if (!(within > 0)) return MQ_ESIZE; /* NaN or not positive */
+    for (int64_t i = 0; bounds && i < count; i++)
+        if (!(bounds[i] > 0)) return MQ_ESIZE;
+    for (int64_t i = 0; hints && i < count; i++)
+        if (hints[i] >= mesh->triangle_count) return MQ_EINDEX;
+    Job job = {.mesh = handle, .a = points, .point_or_t = closest, .uv = uv, .normal = normal, .distance = distance,
+               .triangle = triangle, .bound2 = within * within, .bounds = bounds, .hints = hints, .status = MQ_OK};
     return run(job, points, count, threads);
 }
 

@@ -32,7 +32,7 @@
 #define ORDER_CELLS 16
 
 typedef struct {
-    int32_t left, right; /* children, or -1 for a leaf */
+    int32_t child[2]; /* left, right children, or -1 for a leaf */
     int32_t start, count; /* a leaf's points (tree order) */
     int32_t axis;
     double split;
@@ -43,6 +43,7 @@ typedef struct {
     int32_t node_count;
     int64_t n;
     double *points; /* in tree order, 3 per point */
+    double *axes;   /* the same coordinates axis by axis: n x's, then n y's, then n z's (a leaf's in a row) */
     int64_t *ids;   /* the caller's index of each point in tree order */
     int64_t *where; /* the tree position of each caller's index */
     double low[3], high[3]; /* the points' box */
@@ -85,7 +86,7 @@ static void select_kth(Entry *entries, int64_t start, int64_t count, int64_t k, 
 static int32_t build(NTree *t, Entry *entries, int64_t start, int64_t count) {
     int32_t index = t->node_count++;
     NNode *node = &t->nodes[index];
-    node->left = node->right = -1;
+    node->child[0] = node->child[1] = -1;
     node->start = (int32_t)start;
     node->count = (int32_t)count;
     node->axis = 0;
@@ -112,8 +113,8 @@ static int32_t build(NTree *t, Entry *entries, int64_t start, int64_t count) {
     int32_t left = build(t, entries, start, half);
     int32_t right = build(t, entries, start + half, count - half);
     node = &t->nodes[index];
-    node->left = left;
-    node->right = right;
+    node->child[0] = left;
+    node->child[1] = right;
     return index;
 }
 
@@ -133,8 +134,10 @@ int nn_build(const double *points, int64_t n, void **out) {
     t->points = malloc((size_t)n * 3 * sizeof(double));
     t->ids = malloc((size_t)n * sizeof(int64_t));
     t->where = malloc((size_t)n * sizeof(int64_t));
-    if (!t->nodes || !t->points || !t->ids || !t->where) {
+    t->axes = malloc((size_t)n * 3 * sizeof(double));
+    if (!t->nodes || !t->points || !t->ids || !t->where || !t->axes) {
         free(t->nodes);
+        free(t->axes);
         free(t->points);
         free(t->ids);
         free(t->where);
@@ -160,6 +163,7 @@ int nn_build(const double *points, int64_t n, void **out) {
     build(t, order, 0, n);
     for (int64_t i = 0; i < n; i++) {
         memcpy(&t->points[3 * i], order[i].c, 3 * sizeof(double));
+        for (int a = 0; a < 3; a++) t->axes[a * n + i] = order[i].c[a];
         t->ids[i] = order[i].id;
         t->where[order[i].id] = i;
     }
@@ -173,6 +177,7 @@ void nn_free(void *handle) {
     if (!t) return;
     free(t->nodes);
     free(t->points);
+    free(t->axes);
     free(t->ids);
     free(t->where);
     free(t);
@@ -189,6 +194,86 @@ static inline double squared(const double *x, const double *p) {
     return s;
 }
 
+/* A leaf's points against the best so far (see search): each point strictly within best2 and, at the
+ * same distance, of the smaller index than best (-1: none yet) takes them, in the points' order. */
+static void leaf_plain(const NTree *t, const NNode *node, const double *x, double *best2_, int64_t *best_) {
+    const double *p = &t->points[3 * (int64_t)node->start];
+    const int64_t *id = &t->ids[node->start];
+    double best2 = *best2_;
+    int64_t best = *best_;
+    for (int32_t i = 0; i < node->count; i++, p += 3) {
+        double s = squared(x, p);
+        if (s <= best2 && (s < best2 || (best >= 0 && id[i] < best))) {
+            best2 = s;
+            best = id[i];
+        }
+    }
+    *best2_ = best2;
+    *best_ = best;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+/* leaf_plain's answer, four points at a time where the processor has AVX2: each squared distance
+ * summed as squared() sums it (no fused multiply-add: the same bits), their least, then of the points
+ * at that distance the smallest index. The sequential scan keeps exactly that pair when it is below
+ * best2, or equal to it with a smaller index than best (none yet: only strictly below). */
+__attribute__((target("avx2"))) static void leaf_avx2(const NTree *t, const NNode *node, const double *x,
+                                                      double *best2_, int64_t *best_) {
+    const int32_t count = node->count;
+    if (count > NN_LEAF) { /* (a leaf of one point repeated) */
+        leaf_plain(t, node, x, best2_, best_);
+        return;
+    }
+    const int64_t n = t->n, start = node->start;
+    const double *xs = t->axes + start, *ys = t->axes + n + start, *zs = t->axes + 2 * n + start;
+    double s[NN_LEAF];
+    __m256d x0 = _mm256_set1_pd(x[0]), x1 = _mm256_set1_pd(x[1]), x2 = _mm256_set1_pd(x[2]);
+    __m256d low = _mm256_set1_pd(INFINITY);
+    int32_t i = 0;
+    for (; i + 4 <= count; i += 4) {
+        __m256d d0 = _mm256_sub_pd(x0, _mm256_loadu_pd(xs + i));
+        __m256d d1 = _mm256_sub_pd(x1, _mm256_loadu_pd(ys + i));
+        __m256d d2 = _mm256_sub_pd(x2, _mm256_loadu_pd(zs + i));
+        __m256d v = _mm256_add_pd(_mm256_add_pd(_mm256_mul_pd(d0, d0), _mm256_mul_pd(d1, d1)), _mm256_mul_pd(d2, d2));
+        _mm256_storeu_pd(s + i, v);
+        low = _mm256_min_pd(low, v);
+    }
+    double lanes[4];
+    _mm256_storeu_pd(lanes, low);
+    double least = lanes[0];
+    for (int k = 1; k < 4; k++)
+        if (lanes[k] < least) least = lanes[k];
+    for (; i < count; i++) {
+        double d0 = x[0] - xs[i], d1 = x[1] - ys[i], d2 = x[2] - zs[i];
+        s[i] = (d0 * d0 + d1 * d1) + d2 * d2;
+        if (s[i] < least) least = s[i];
+    }
+    double best2 = *best2_;
+    int64_t best = *best_;
+    if (!(least <= best2) || (least == best2 && best < 0)) return;
+    const int64_t *id = &t->ids[start];
+    int64_t winner = -1;
+    for (i = 0; i < count; i++)
+        if (s[i] == least && (winner < 0 || id[i] < winner)) winner = id[i];
+    if (least < best2 || winner < best) {
+        *best2_ = least;
+        *best_ = winner;
+    }
+}
+#endif
+
+typedef void (*LeafScan)(const NTree *, const NNode *, const double *, double *, int64_t *);
+
+static LeafScan leaf_scan(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2")) return leaf_avx2;
+#endif
+    return leaf_plain;
+}
+
 /* The nearest point to x strictly within best2 (squared) and, between equal distances, of the
  * smallest index below best (best = -1: none yet): best2 and best updated. Depth first, the near child
  * first; a far child waits on a stack with the squared gap to its split plane and is entered only if
@@ -196,6 +281,8 @@ static inline double squared(const double *x, const double *p) {
  * split's axis (computed differences are monotonic in their operands, so in floating point too): the
  * answer is the smallest (distance, index) pair within the bound, whatever the order of the visits. */
 static void search(const NTree *t, const double *x, double *best2_, int64_t *best_) {
+    static LeafScan leaf = NULL;
+    if (!leaf) leaf = leaf_scan(); /* (every thread finds the same: a benign race) */
     int32_t stack_node[NN_STACK];
     double stack_gap[NN_STACK];
     int top = 0;
@@ -205,27 +292,19 @@ static void search(const NTree *t, const double *x, double *best2_, int64_t *bes
     int32_t index = 0;
     for (;;) {
         const NNode *node = &nodes[index];
-        while (node->left >= 0) {
+        while (node->child[0] >= 0) {
             double gap = x[node->axis] - node->split;
-            int32_t near = node->left, far = node->right;
+            int32_t near = node->child[0], far = node->child[1];
             if (gap >= 0.0) {
-                near = node->right;
-                far = node->left;
+                near = node->child[1];
+                far = node->child[0];
             }
             stack_node[top] = far;
             stack_gap[top] = gap * gap;
             top++;
             node = &nodes[near];
         }
-        const double *p = &t->points[3 * (int64_t)node->start];
-        const int64_t *id = &t->ids[node->start];
-        for (int32_t i = 0; i < node->count; i++, p += 3) {
-            double s = squared(x, p);
-            if (s <= best2 && (s < best2 || (best >= 0 && id[i] < best))) {
-                best2 = s;
-                best = id[i];
-            }
-        }
+        leaf(t, node, x, &best2, &best);
         do {
             if (top == 0) {
                 *best2_ = best2;

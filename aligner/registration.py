@@ -352,9 +352,12 @@ def in_background(task: Callable[[], T]) -> Future[T]:
 
 
 def _build_trees(surfaces: dict[str, SurfaceTarget], probe: FloatArray) -> None:
-    """Build the vertex k-d tree of each surface (one nearest-vertex query at ``probe`` (1, 3) does)."""
+    """Build the vertex k-d tree of each surface (one nearest-vertex query at ``probe`` (1, 3) does) and
+    measure its typical edge (the fine step's plane stage needs both; the refine stage then starts
+    without them on its one thread)."""
     for surface in surfaces.values():
         surface.nearest_vertex(probe, 0.0)
+        _ = surface.typical_edge
 
 
 def _beside(

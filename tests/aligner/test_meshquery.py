@@ -345,3 +345,71 @@ def test_surface_near_finds_every_point_within_the_gate_even_far_from_any_vertex
     np.testing.assert_allclose(brute_closest(vertices, faces, back), 0.0, atol=1e-9)
     np.testing.assert_allclose(np.linalg.norm(normals[within], axis=1)[expected[within] > 1e-6], 1.0)
     assert (closest[~within] == 0).all() and (normals[~within] == 0).all()
+
+
+def _same_answers(a: object, b: object, rows: NDArray[np.bool_] | slice = slice(None)) -> None:
+    for name in ("points", "triangles", "uv", "normals", "distances"):
+        np.testing.assert_array_equal(getattr(a, name)[rows], getattr(b, name)[rows])
+
+
+def test_hints_and_bounds_of_each_point_narrow_the_search_not_the_answers() -> None:
+    """A triangle per point as a hint (any triangle: near it, far from it, the answer itself, none) never
+    changes an answer, bit for bit, ties between triangles at the same distance included (points on shared
+    corners and edges); a bound per point answers as ``within`` does, point by point."""
+    vertices, faces = bumpy_sheet(n=30)
+    rng = np.random.default_rng(11)
+    points = np.vstack([_queries(vertices, faces, rng), vertices[:200]])  # corners: many triangles tie
+    mesh = MeshQuery(vertices, faces)
+    full = mesh.closest(points, within=2.0)
+    for hints in (
+        full.triangles,  # the answer itself (distance exactly the bound's: still found)
+        rng.integers(-1, len(faces), len(points)),  # anywhere, or none
+        np.full(len(points), len(faces) - 1),  # a flat triangle
+        np.roll(np.where(full.triangles >= 0, full.triangles, 0), 1),  # a neighbour's
+    ):
+        _same_answers(mesh.closest(points, within=2.0, hints=hints, threads=2), full)
+    bounds = rng.uniform(0.01, 1.5, len(points))
+    bounds[:10] = np.inf
+    bounded = mesh.closest(points, within=2.0, bounds=bounds, hints=full.triangles)
+    inside = full.distances < np.minimum(bounds, 2.0)
+    assert inside.any() and not inside.all()
+    _same_answers(bounded, full, inside)
+    assert (bounded.triangles[~inside] == -1).all() and np.isinf(bounded.distances[~inside]).all()
+    for bad, message in (
+        ({"bounds": np.zeros(len(points))}, "bounds must be positive"),
+        ({"bounds": np.full(len(points), np.nan)}, "bounds must be positive"),
+        ({"bounds": np.ones(3)}, "bounds must have shape"),
+        ({"hints": np.full(len(points), len(faces))}, "hints must be triangle indices"),
+        ({"hints": np.zeros((len(points), 2), dtype=np.int64)}, "hints must have shape"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            mesh.closest(points, **bad)
+
+
+def test_the_fine_steps_matching_with_hints_is_the_plain_matching() -> None:
+    """``_icp._match`` with a memo (each point's triangles of the call before as hints, the lower arch
+    searched only as far as the upper's match) gives the plain matching's closest points, normals,
+    distances and arch bit for bit, call after call as the poses move."""
+    from mesial.aligner._icp import SurfaceTarget, _match
+    from mesial.aligner.transforms import exp_se3
+
+    vertices, faces = bumpy_sheet(n=40)
+    upper = SurfaceTarget(vertices, faces)
+    # the lower arch: the same sheet turned over and 0.4 mm below, so both are near many points
+    flip = np.diag([1.0, -1.0, -1.0, 1.0])
+    flip[:3, 3] = [0.0, 6.0, -0.4]
+    lower = SurfaceTarget(vertices, faces)
+    rng = np.random.default_rng(5)
+    source = _queries(vertices, faces, rng)[:300] + rng.normal(scale=0.1, size=(300, 3))
+    memo: dict[str, NDArray[np.int64]] = {}
+    pose, lower_pose = np.eye(4), flip
+    for _ in range(4):
+        for gate in (0.5, 0.15):
+            plain = _match(source, pose, upper, lower, lower_pose, gate)
+            hinted = _match(source, pose, upper, lower, lower_pose, gate, memo)
+            for a, b in zip(plain, hinted, strict=True):
+                np.testing.assert_array_equal(a, b)
+            assert 0 < plain[5].sum() < len(source)  # both arches match some points
+        pose = exp_se3(rng.normal(scale=0.01, size=6)) @ pose
+        lower_pose = exp_se3(rng.normal(scale=0.01, size=6)) @ lower_pose
+    assert set(memo) == {"upper", "lower"}

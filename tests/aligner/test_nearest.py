@@ -235,3 +235,23 @@ def test_planes_within_a_squared_distance_per_point() -> None:
     assert np.array_equal(limited, expected) and np.isfinite(expected).any() and (found & np.isinf(expected)).any()
     with pytest.raises(ValueError, match="within"):
         tree.planes(x, 1.2, samples, zeros, within=within[:-1])
+
+
+def test_ties_in_full_leaves_go_to_the_smallest_index_as_brute_force() -> None:
+    """A shuffled integer grid (every leaf full of points at equal distances from a half-integer query) and
+    queries on grid points, half-way between them and off the grid: the nearest strictly within the bound,
+    the smallest index among equal distances, as brute force finds it (whatever way a leaf is scanned)."""
+    rng = np.random.default_rng(8)
+    axis = np.arange(12.0)
+    grid = np.stack(np.meshgrid(axis, axis, axis[:6], indexing="ij"), axis=-1).reshape(-1, 3)
+    points = grid[rng.permutation(len(grid))]
+    queries = np.vstack([points[:300], points[:300] + 0.5, rng.uniform(-2.0, 14.0, (400, 3)), [[0.5, 0.5, 0.5]]])
+    for bound in (0.5, 0.8661, 1.5, np.inf):
+        distance, index = NearestTree(points).query(queries, bound)
+        squared = ((queries[:, None, :] - points[None, :, :]) ** 2).sum(axis=2)
+        least = squared.min(axis=1)
+        first = np.argmax(squared == least[:, None], axis=1)  # the smallest index at the least distance
+        found = least < bound**2
+        assert found.any() and (bound > 1 or not found.all())
+        assert np.array_equal(index[found], first[found]) and (index[~found] == len(points)).all()
+        assert np.array_equal(distance[found], np.sqrt(least[found]))
