@@ -52,7 +52,8 @@ async def organization_resumed(body: kopf.Body, status: kopf.Status, memo: kopf.
 
 
 async def organization_drift(body: kopf.Body, status: kopf.Status, memo: kopf.Memo, **_: Any) -> None:
-    # drift exists only once the creation handler has run; before that, the timer waits
+    # drift exists only once the creation handler has run; before that, the timer waits (on kopf's
+    # copy: a lagging one only delays a tick; the pass decides on the Organization as it is)
     if status.get("phase"):
         await _reconcile(body, memo, "drift")
 

@@ -1,5 +1,5 @@
 """Organization: drift comes back, Vault down, restart mid-deletion, refusal while jobs run,
-two tenants side by side with nothing shared."""
+two tenants side by side with nothing shared, drift ticks on a lagging watch."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import hvac.exceptions
 import pytest
 
 from mesial.common.settings import Settings
+from mesial.operator.metrics import RECONCILES
 from mesial.operator.testing import Harness
 from tests.operator.conftest import TcpProxy, eventually
 from tests.operator.helpers import (
@@ -199,3 +200,34 @@ async def _gone(k8s, name: str) -> bool:
 async def _phase(k8s, ns: str, name: str, phase: str) -> bool:
     obj = await k8s.get(*SCANJOB, name, ns)
     return bool(obj and (obj.get("status") or {}).get("phase") == phase)
+
+
+async def test_a_drift_tick_on_a_lagging_watch_keeps_to_the_spec_as_it_is(
+    harness: Harness, operator_settings: Settings, org_name
+) -> None:
+    """kopf hands the drift timer the body its watch last delivered. The spec changed since (tier
+    small to large) is the one a drift pass keeps to: the large quota (applied by hand too) is not
+    taken for drift and put back to the small one the lagging copy names."""
+    name = org_name("lagdrift")
+    k8s = harness.client
+    ns = f"mesial-org-{name}"
+    await k8s.create(organization(name))
+    await eventually(lambda: ready(k8s, name))
+    large = operator_settings.operator.tiers["large"].quota
+    ticks = RECONCILES.labels("organizations", "drift", "success")
+
+    async def ticked(more: int) -> bool:
+        return bool(ticks._value.get() >= seen + more)
+
+    with harness.emulator.watch_held():
+        await k8s.patch(*ORG, name, {"spec": {"tier": "large"}})
+        seen = ticks._value.get()
+        await eventually(lambda: ticked(2), timeout=5 * operator_settings.operator.drift_interval_s + 5)
+        # the tick running at the change has ended: every pass from here on starts after it
+        await k8s.patch("v1", "ResourceQuota", "mesial-quota", {"spec": {"hard": large}}, ns)
+        seen = ticks._value.get()
+        await eventually(lambda: ticked(3), timeout=5 * operator_settings.operator.drift_interval_s + 5)
+        quota = await get(k8s, "v1", "ResourceQuota", "mesial-quota", ns)
+        assert quota["spec"]["hard"] == large
+        assert (await status(k8s, name)).get("observedGeneration") == 2
+    assert not [e for e in await events(k8s, name) if e["reason"] == "DriftCorrected" and "quota" in e["message"]]

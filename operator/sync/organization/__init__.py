@@ -89,14 +89,19 @@ class Report:
 
 
 async def reconcile(rt: Runtime, body: Any, *, mode: str) -> Report:
-    """Create or correct everything an Organization owns; write its status; report."""
-    org = OrgView.from_body(body)
-    async with rt.org_lock(org.name):
-        # kopf may hand over a body older than our last status write: judge from the live object
-        live = await rt.k8s.get(*ORG, org.name)
+    """Create or correct everything an Organization owns; write its status; report.
+
+    Decided on the Organization as the API server has it, read under the lock its deletion takes
+    too: kopf's ``body`` (the last one its watch delivered; a drift timer's can lag) only names it.
+    So a pass never recreates what a deletion removes (one being deleted or gone is left to the
+    deletion handler), never writes its status over a newer one, and applies the spec as it is: a
+    drift tick on a lagging copy put the older spec's quota back over the newer one's."""
+    name = OrgView.from_body(body).name
+    async with rt.org_lock(name):
+        live = await rt.k8s.get(*ORG, name)
         if live is None or live["metadata"].get("deletionTimestamp"):
             return Report("deleting")  # the deletion handler owns it now: recreate nothing
-        return await _reconcile(rt, org, live, mode)
+        return await _reconcile(rt, OrgView.from_body(live), live, mode)
 
 
 async def _reconcile(rt: Runtime, org: OrgView, live: Any, mode: str) -> Report:
