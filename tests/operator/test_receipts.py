@@ -450,3 +450,45 @@ async def test_a_policy_deleted_mid_sweep_keeps_the_receipt_owed(
     await eventually(gone)
     receipts = [e for e in sink.read() if e["action"] == "retention.deleted" and e["tenant"] == org]
     assert [(e["resource_id"], e["details"]["objects_deleted"]) for e in receipts] == [("s1", 1)]
+
+
+async def test_no_sweep_writes_an_intent_before_kopfs_finalizer_holds_the_policy(harness: Harness, org_name) -> None:
+    """An intent is written only to a policy that cannot go without its deletion handler: a tick
+    finding the policy without kopf's finalizer (removed by hand here, kopf's watch lagging so it
+    is not put back) sweeps nothing; once kopf has put it back, the sweep runs."""
+    org = org_name("nofin")
+    k8s = harness.client
+    await k8s.create(organization(org))
+    await eventually(lambda: ready(k8s, org))
+    ns = f"mesial-org-{org}"
+    store = harness.runtime.store
+    await store.put(org, "scans/s1", b"old once the clock moves")
+    await k8s.create(policy("retention", ns, sweepInterval="1h"))
+
+    async def swept() -> dict[str, Any] | None:
+        st = await pstatus(k8s, ns, "retention")
+        return st if st.get("lastSweep") else None
+
+    assert (await eventually(swept))["lastSweep"]["deleted"] == 0
+    finalizer = harness.runtime.settings.operator.finalizer
+    assert (await k8s.get(*POLICY, "retention", ns) or {})["metadata"]["finalizers"] == [finalizer]
+    ticks = RECONCILES.labels("retentionpolicies", "sweep", "success")
+    with harness.emulator.watch_held():
+        await k8s.patch(*POLICY, "retention", {"metadata": {"finalizers": None}}, ns)
+        harness.runtime.clock = lambda: datetime.now(UTC) + 40 * DAY  # a sweep is due, s1 is old
+        seen = ticks._value.get()
+
+        async def three_more_ticks() -> bool:
+            return bool(ticks._value.get() >= seen + 3)
+
+        await eventually(three_more_ticks)
+        assert await store.exists(org, "scans/s1")
+        assert not (await pstatus(k8s, ns, "retention")).get("pendingReceipts")
+
+    async def finalized_and_swept() -> bool:
+        obj = await k8s.get(*POLICY, "retention", ns) or {}
+        return finalizer in obj["metadata"].get("finalizers", []) and not await store.exists(org, "scans/s1")
+
+    await eventually(finalized_and_swept)
+    receipts = [e for e in audit_events(harness.runtime) if e["action"] == "retention.deleted" and e["tenant"] == org]
+    assert [e["resource_id"] for e in receipts] == ["s1"]
