@@ -16,6 +16,7 @@ import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
@@ -24,6 +25,9 @@ from mesial.aligner._clean import merge_corners
 from mesial.aligner.transforms import unit
 from mesial.common.errors import CorruptScan, ScanTooLarge
 from mesial.common.meshformat import STL_DTYPE, MeshStream, merge_identical_points, sniff_format
+
+if TYPE_CHECKING:
+    from mesial.aligner._prefetch import FilePrefetch
 
 __all__ = ["RawMesh", "merge_identical_points", "read_mesh", "sha256_file", "sniff_format", "write_ply", "write_stl"]
 
@@ -61,6 +65,7 @@ def read_mesh(
     unit: str | None = None,
     role: str = "",
     arch: bool = False,
+    prefetched: FilePrefetch | None = None,
 ) -> RawMesh:
     """Read and check a mesh file, refusing oversize or inconsistent files early.
 
@@ -79,6 +84,9 @@ def read_mesh(
         Named in error messages.
     arch : bool
         An upper or lower arch: its shape is checked too.
+    prefetched : FilePrefetch, optional
+        Files already read and hashed on a thread (:mod:`._prefetch`): this one's bytes and SHA-256
+        are taken from it when it is still the file that was read (the same bytes as reading it now).
 
     Returns
     -------
@@ -86,15 +94,22 @@ def read_mesh(
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
+        status = path.stat()
     except OSError as exc:
         raise CorruptScan(f"cannot read {path.name}: {exc.strerror}", role) from None
+    size = status.st_size
     if size > max_bytes:
         raise ScanTooLarge(f"file is {size:,} bytes, the limit is {max_bytes:,}", role)
+    read = prefetched.take(path, status) if prefetched is not None else None
+    stream = MeshStream(max_triangles=max_triangles, unit=unit, role=role, arch=arch, merge=merge_corners)
+    if read is not None:
+        data, sha256 = read
+        stream.feed(data)
+        mesh = stream.finish()
+        return RawMesh(mesh.vertices, mesh.faces, mesh.file_format, sha256, size)
     data = path.read_bytes()
     with ThreadPoolExecutor(max_workers=1) as pool:  # hashlib and numpy's sort both release the GIL
         digest = pool.submit(lambda: hashlib.sha256(data).hexdigest())
-        stream = MeshStream(max_triangles=max_triangles, unit=unit, role=role, arch=arch, merge=merge_corners)
         stream.feed(data)
         mesh = stream.finish()
         return RawMesh(mesh.vertices, mesh.faces, mesh.file_format, digest.result(), size)

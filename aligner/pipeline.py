@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -36,6 +36,9 @@ from mesial.aligner.registration import ARCHES, Registration, in_background, reg
 from mesial.aligner.transforms import invert, lengths, rotation_angle_deg, transform_points
 from mesial.aligner.validate import Scan, load_scan
 from mesial.common.limits import MAX_SCAN_BYTES, MAX_TRIANGLES
+
+if TYPE_CHECKING:
+    from mesial.aligner._prefetch import FilePrefetch
 
 FloatArray = NDArray[np.float64]
 Progress = Callable[[str, float], None]
@@ -135,6 +138,7 @@ def align_scans(
     max_triangles: int = MAX_TRIANGLES,
     unit: str | None = None,
     progress: Progress | None = None,
+    prefetched: FilePrefetch | None = None,
 ) -> AlignmentResult:
     """Align two arches into occlusion through one or two bite scans and measure the contacts.
 
@@ -150,6 +154,8 @@ def align_scans(
     unit : str, optional
         Rescale files from this unit (``"m"``, ``"in"``); refused otherwise.
     progress : callable (stage, fraction), optional
+    prefetched : FilePrefetch, optional
+        Files already read and hashed (:mod:`._prefetch`; see :func:`~.io.read_mesh`).
 
     Returns
     -------
@@ -170,7 +176,8 @@ def align_scans(
             return source
         orient = not role.startswith("bite")
         return load_scan(
-            source, role, max_bytes=max_bytes, max_triangles=max_triangles, unit=unit, orient=orient
+            source, role, max_bytes=max_bytes, max_triangles=max_triangles, unit=unit, orient=orient,
+            prefetched=prefetched,
         )  # fmt: skip
 
     # the files on two threads (hashing, NumPy's sorts and copies release the GIL); the verdict and the

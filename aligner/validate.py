@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -25,6 +25,9 @@ from mesial.aligner.io import RawMesh, read_mesh
 from mesial.aligner.transforms import lengths, unit
 from mesial.aligner.units import unit_conversion
 from mesial.common.meshformat import DEGENERATE_AREA_MM2, check_arrays
+
+if TYPE_CHECKING:
+    from mesial.aligner._prefetch import FilePrefetch
 
 ARCH_ROLES = frozenset({"upper", "lower"})
 
@@ -101,6 +104,7 @@ def load_scan(
     max_triangles: int,
     unit: str | None = None,
     orient: bool = True,
+    prefetched: FilePrefetch | None = None,
 ) -> Scan:
     """Read, validate and clean one scan file.
 
@@ -118,6 +122,8 @@ def load_scan(
         size is refused with the unit it was probably written in.
     orient : bool
         Flip the winding when the normals clearly point into the teeth.
+    prefetched : FilePrefetch, optional
+        The file's bytes and SHA-256 when already read (see :func:`~.io.read_mesh`).
 
     Returns
     -------
@@ -130,7 +136,13 @@ def load_scan(
         line, limits, geometry, and for ``"upper"``/``"lower"`` the shape of an arch).
     """
     raw = read_mesh(
-        path, max_bytes=max_bytes, max_triangles=max_triangles, unit=unit, role=role, arch=role in ARCH_ROLES
+        path,
+        max_bytes=max_bytes,
+        max_triangles=max_triangles,
+        unit=unit,
+        role=role,
+        arch=role in ARCH_ROLES,
+        prefetched=prefetched,
     )
     return clean_mesh(raw, role, unit=unit, orient=orient)
 

@@ -9,6 +9,7 @@ import sys
 
 CODE = (
     "import json, os, mesial.aligner\n"
+    "import numpy  # (after the aligner's package, which no longer imports it itself)\n"
     "from threadpoolctl import threadpool_info\n"
     "print(json.dumps([os.environ.get('OPENBLAS_NUM_THREADS'), [i['num_threads'] for i in threadpool_info()"
     " if i['user_api'] == 'blas']]))"

@@ -1,9 +1,15 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
+import subprocess
+import sys
 
+import pytest
 from click.testing import CliRunner
 
+from mesial.aligner.cli import MALLOC_VARIABLES
 from mesial.cli import root
 
 
@@ -95,3 +101,49 @@ def test_the_limits_come_from_the_settings_when_the_environment_sets_them(tmp_pa
     assert result.exit_code == 2
     assert "the limit is 2,048" in json.loads((tmp_path / "o" / "result.json").read_text())["reasons"][0]
     get_settings.cache_clear()
+
+
+MALLOC_AFTER = r"""
+import ctypes, sys, threading
+from mesial.cli import main
+sys.argv = ["mesial", "align", "--upper", sys.argv[1], "--lower", sys.argv[1], "--bite", sys.argv[1], "--out", sys.argv[2]]
+try:
+    main()
+except SystemExit:
+    pass
+import numpy as np
+started = threading.Barrier(6)
+kept = []
+def allocate():
+    started.wait()  # six threads alive at once: each would get an arena of its own
+    kept.extend(np.ones(1000) for _ in range(100))
+threads = [threading.Thread(target=allocate) for _ in range(6)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+block = libc.malloc(16 << 20)  # mapped on its own by default (above the default mmap threshold)
+libc.malloc_stats()  # on stderr: an "Arena i:" block per arena, then "max mmap bytes"
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the settings are glibc's mallopt")
+def test_mesial_align_tunes_malloc_unless_the_process_chose(tmp_path):
+    (tmp_path / "empty.stl").write_bytes(b"")
+
+    def malloc(**chosen: str) -> tuple[int, int]:
+        env = {k: v for k, v in os.environ.items() if k not in MALLOC_VARIABLES} | chosen
+        run = subprocess.run(
+            [sys.executable, "-P", "-c", MALLOC_AFTER, str(tmp_path / "empty.stl"), str(tmp_path / "o")],
+            capture_output=True, text=True, check=True, env=env,
+        )  # fmt: skip
+        assert "the file is empty" in run.stderr  # the command ran (invalid input, exit 2)
+        mapped = int(run.stderr.split("max mmap bytes")[1].split("=")[1].split()[0])
+        return run.stderr.count("Arena "), mapped
+
+    arenas, mapped = malloc()
+    assert arenas == 2 and mapped < 16 << 20  # two arenas; the 16 MiB block from one of them
+    arenas, mapped = malloc(MALLOC_ARENA_MAX="4")  # the process's own choice stands, and glibc's defaults
+    assert arenas == 4 and mapped >= 16 << 20
