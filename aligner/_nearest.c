@@ -22,6 +22,9 @@
 /* points per leaf at most: a wider leaf is a shallower tree (fewer hard-to-predict turns per query)
  * and its points lie together in memory; 32 was the fastest of 4 to 32 on the global step's queries */
 #define NN_LEAF 32
+#if NN_LEAF > 32
+#error "leaf_avx2 keeps a bit per point of a leaf in 32 bits"
+#endif
 /* the search's stack: one far child per level; a median split halves every node, so a tree of at
  * most INT32_MAX / 2 points is less than 31 levels deep */
 #define NN_STACK 64
@@ -253,10 +256,18 @@ __attribute__((target("avx2"))) static void leaf_avx2(const NTree *t, const NNod
     double best2 = *best2_;
     int64_t best = *best_;
     if (!(least <= best2) || (least == best2 && best < 0)) return;
+    /* the points at that distance (usually one): a bit each, four compares at a time */
+    uint32_t at = 0;
+    __m256d target = _mm256_set1_pd(least);
+    for (i = 0; i + 4 <= count; i += 4)
+        at |= (uint32_t)_mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(s + i), target, _CMP_EQ_OQ)) << i;
+    for (; i < count; i++) at |= (uint32_t)(s[i] == least) << i;
     const int64_t *id = &t->ids[start];
     int64_t winner = -1;
-    for (i = 0; i < count; i++)
-        if (s[i] == least && (winner < 0 || id[i] < winner)) winner = id[i];
+    for (; at; at &= at - 1) {
+        int64_t candidate = id[__builtin_ctz(at)];
+        if (winner < 0 || candidate < winner) winner = candidate;
+    }
     if (least < best2 || winner < best) {
         *best2_ = least;
         *best_ = winner;
