@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from mesial.aligner.transforms import unit
+from mesial.aligner.transforms import cross_rows, unit
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -111,18 +111,23 @@ class MeshSides:
         width = max(int(count.max()), 1)
         slot = np.arange(width)
         real = slot[None, :] < count[:, None]
-        entry = self._order[np.where(real, first[:, None] + slot[None, :], 0)]
+        entry = np.take(self._order, np.where(real, first[:, None] + slot[None, :], 0))
         return entry // 3, entry % 3, real
 
     def _unit_normals(self, faces: IntArray) -> FloatArray:
-        corners = self.vertices[self.faces[faces]]
-        cross = np.cross(corners[..., 1, :] - corners[..., 0, :], corners[..., 2, :] - corners[..., 0, :])
-        return unit(cross)
+        # np.cross's products and differences on the rows gathered by np.take (the values of
+        # ``np.cross(c[..., 1, :] - c[..., 0, :], c[..., 2, :] - c[..., 0, :])``, c = vertices[faces[faces]])
+        ends = np.take(self.faces, np.ravel(faces), axis=0)
+        first = np.take(self.vertices, ends[:, 0], axis=0)
+        cross = cross_rows(
+            np.take(self.vertices, ends[:, 1], axis=0) - first, np.take(self.vertices, ends[:, 2], axis=0) - first
+        )
+        return unit(cross.reshape(*np.shape(faces), 3))
 
     def _edges(self, a: IntArray, b: IntArray) -> tuple[FloatArray, BoolArray]:
         """Sum of the normals of the faces sharing edge ``(a, b)``; border where only one does."""
         faces, _, real = self._around(a)
-        ring = self.faces[faces]  # (h, k, 3)
+        ring = np.take(self.faces, faces, axis=0)  # (h, k, 3)
         end = b[:, None]
         # (three column compares: ``(ring == end).any(axis=2)``'s answer, without a reduction along an axis of 3)
         shares = real & ((ring[..., 0] == end) | (ring[..., 1] == end) | (ring[..., 2] == end))
@@ -136,11 +141,11 @@ class MeshSides:
     def _corners(self, vertex: IntArray) -> tuple[FloatArray, BoolArray]:
         """Angle-weighted pseudonormal ``(h, 3)`` of each vertex, and whether it is on the border ``(h,)``."""
         faces, corner, real = self._around(vertex)
-        ring = self.faces[faces]  # (h, k, 3)
+        ring = np.take(self.faces, faces, axis=0)  # (h, k, 3)
         following = np.take_along_axis(ring, ((corner + 1) % 3)[..., None], axis=2)[..., 0]
         preceding = np.take_along_axis(ring, ((corner + 2) % 3)[..., None], axis=2)[..., 0]
-        here = self.vertices[vertex][:, None, :]
-        a, b = self.vertices[following] - here, self.vertices[preceding] - here
+        here = np.take(self.vertices, vertex, axis=0)[:, None, :]
+        a, b = np.take(self.vertices, following, axis=0) - here, np.take(self.vertices, preceding, axis=0) - here
         cosine = np.einsum("hki,hki->hk", a, b) / np.maximum(
             np.sqrt(np.einsum("hki,hki->hk", a, a) * np.einsum("hki,hki->hk", b, b)), 1e-300
         )

@@ -178,8 +178,8 @@ def write_ply(
     lines += [f"element face {len(faces)}", "property list uchar int vertex_indices", "end_header"]
     with Path(path).open("wb") as handle:
         handle.write(("\n".join(lines) + "\n").encode("ascii"))
-        handle.write(table.tobytes())
-        handle.write(face_table.tobytes())
+        handle.write(table.view(np.uint8).data)  # (the arrays' own bytes: no copy of them)
+        handle.write(face_table.view(np.uint8).data)
 
 
 def sha256_file(path: str | Path) -> str:

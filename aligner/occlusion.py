@@ -185,8 +185,9 @@ def arch_frame(upper: FloatArray, lower: FloatArray) -> ArchFrame:
 
 def regions_of(points: FloatArray, frame: ArchFrame, anterior_share: float) -> NDArray[np.int64]:
     """Region index per point: 0 right posterior, 1 anterior, 2 left posterior."""
-    forward = (points - frame.origin) @ frame.anterior
-    lateral = (points - frame.origin) @ frame.right
+    offset = points - frame.origin
+    forward = offset @ frame.anterior
+    lateral = offset @ frame.right
     front = forward.max() - anterior_share * np.ptp(forward)
     region = np.where(lateral > 0, 0, 2)
     region[forward > front] = 1

@@ -67,7 +67,7 @@ def png_bytes(rgb: NDArray[np.uint8], text: dict[str, str] | None = None) -> byt
     out = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
     for key, value in (text or {}).items():
         out += chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1", errors="replace"))
-    return out + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + chunk(b"IEND", b"")
+    return out + chunk(b"IDAT", zlib.compress(rows.data, 6)) + chunk(b"IEND", b"")
 
 
 def occlusal_view_png(

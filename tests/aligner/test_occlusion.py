@@ -499,3 +499,20 @@ def test_edge_pseudonormals_add_the_sharing_faces_normals() -> None:
     assert not border.all() and border.any()  # the grid's and the fin's borders are there
     edges = np.sort(np.stack([a, b], axis=1), axis=1)
     assert np.unique(edges, axis=0, return_counts=True)[1].max() == 3
+
+
+def test_face_normals_of_the_pseudonormals_are_numpys_cross_products() -> None:
+    """The unit normals the pseudonormals sum (``MeshSides._unit_normals``, rows gathered by ``np.take`` and
+    crossed a coordinate at a time) are those of ``np.cross`` on the fancy-indexed corners, bit for bit, for
+    index arrays of any shape."""
+    from mesial.aligner._sides import MeshSides
+    from mesial.aligner.transforms import unit
+
+    rng = np.random.default_rng(3)
+    for vertices, faces in (uv_sphere(5.0, (0, 0, 0), rings=12, segments=18), grid_plane(4.0, 0.5)):
+        sides = MeshSides(vertices + rng.normal(0.0, 1e-3, vertices.shape), faces)
+        for shape in ((0,), (7,), (len(faces),), (40, 9)):
+            index = rng.integers(0, len(faces), shape)
+            corners = sides.vertices[sides.faces[index]]
+            expected = unit(np.cross(corners[..., 1, :] - corners[..., 0, :], corners[..., 2, :] - corners[..., 0, :]))
+            assert sides._unit_normals(index).tobytes() == expected.tobytes()
