@@ -93,11 +93,29 @@ def invariant_representatives(points: FloatArray, voxel_mm: float) -> NDArray[np
     cell -= cell.min(axis=0)
     dims = cell.max(axis=0) + 1
     flat = (cell[:, 0] * dims[1] + cell[:, 1]) * dims[2] + cell[:, 2]
-    order = np.lexsort((offset, flat))  # by voxel, the nearest to its centre first
-    ordered = flat[order]
-    start = np.ones(len(flat), dtype=bool)
-    start[1:] = ordered[1:] != ordered[:-1]
-    return np.sort(order[start])
+    return key_least(flat, offset)
+
+
+def key_least(flat: NDArray[np.int64], offset: FloatArray) -> NDArray[np.int64]:
+    """Of the points sharing a key ``flat (n,)``, the index of the one of the least ``offset (n,)`` (finite;
+    the smaller index among equal offsets), increasing: ``np.sort`` of each key's first in
+    ``np.lexsort((offset, flat))``. Compiled (``_prep.c``: one pass through a hash table of the keys)."""
+    from mesial.aligner._meshquery import _load
+
+    keys = np.ascontiguousarray(flat, dtype=np.int64)
+    values = np.ascontiguousarray(offset, dtype=np.float64)
+    if keys.ndim != 1 or values.shape != keys.shape:
+        raise ValueError(f"flat and offset must be (n,) alike, got {keys.shape} and {values.shape}")
+    if not np.isfinite(values).all():
+        raise ValueError("offsets must be finite")
+    index = np.empty(len(keys), dtype=np.int64)
+    count = ctypes.c_int64()
+    status = _load().pp_key_least(
+        keys.ctypes.data, values.ctypes.data, len(keys), index.ctypes.data, ctypes.byref(count)
+    )
+    if status != 0:
+        raise MemoryError("out of memory choosing a point per key")
+    return index[: count.value].copy()
 
 
 def spread_points(points: FloatArray, count: int) -> NDArray[np.int64]:

@@ -116,6 +116,8 @@ def _open() -> Any:
     library.fs_mean.restype = c_int
     library.pp_voxel_first.argtypes = [pointer, i64, real, pointer, pointer]
     library.pp_voxel_first.restype = c_int
+    library.pp_key_least.argtypes = [pointer, pointer, i64, pointer, pointer]
+    library.pp_key_least.restype = c_int
     library.pp_mirror_costs.argtypes = [pointer, pointer, pointer, i64, i64, pointer, pointer, real, pointer, pointer]
     library.pp_mirror_costs.argtypes += [pointer]
     library.pp_mirror_costs.restype = c_int

@@ -76,6 +76,54 @@ int pp_voxel_first(const double *points, int64_t n, double voxel, int64_t *out, 
     return PP_OK;
 }
 
+/* pp_key_least: of the points sharing a key (flat (n,), any 64-bit integers), the one of the least
+ * offset (n,), the smaller index among equal offsets; their indices, increasing, in out (n,), *count
+ * their number. NumPy's lexsort((offset, flat)) took each key's first (lexsort is stable) and sorted
+ * them (_features.invariant_representatives); here one pass through a hash table of the keys in input
+ * order keeps each key's best so far (a later point only with a strictly smaller offset), then the
+ * winners are marked and read out in order. Offsets are finite (no NaN): a comparison decides. */
+int pp_key_least(const int64_t *flat, const double *offset, int64_t n, int64_t *out, int64_t *count) {
+    int bits = 1;
+    while (((int64_t)1 << bits) < 2 * n) bits++;
+    uint64_t size = (uint64_t)1 << bits, mask = size - 1;
+    uint64_t *keys = malloc(size * sizeof *keys);
+    int64_t *best = malloc(size * sizeof *best);
+    unsigned char *kept = calloc((size_t)(n > 0 ? n : 1), 1);
+    if (!keys || !best || !kept) {
+        free(keys);
+        free(best);
+        free(kept);
+        return PP_ENOMEM;
+    }
+    for (uint64_t j = 0; j < size; j++) best[j] = -1;
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t key = (uint64_t)flat[i];
+        uint64_t slot = (key * 0x9E3779B97F4A7C15ull) >> (64 - bits);
+        for (;;) {
+            if (best[slot] < 0) {
+                keys[slot] = key;
+                best[slot] = i;
+                break;
+            }
+            if (keys[slot] == key) {
+                if (offset[i] < offset[best[slot]]) best[slot] = i;
+                break;
+            }
+            slot = (slot + 1) & mask;
+        }
+    }
+    for (uint64_t j = 0; j < size; j++)
+        if (best[j] >= 0) kept[best[j]] = 1;
+    int64_t found = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (kept[i]) out[found++] = i;
+    *count = found;
+    free(keys);
+    free(best);
+    free(kept);
+    return PP_OK;
+}
+
 /* An arch's mirror symmetry costs (aligner/_anatomy.py mirror_costs): for each of k axis directions d_j,
  * the mean over the n sample points s_i of a 2-D distance field at s_i mirrored about the axis,
  * m = (2 * a_ij) * d_j - s_i (a = s @ d^T, computed by the caller: NumPy's matmul), looked up as

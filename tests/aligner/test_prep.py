@@ -18,7 +18,7 @@ from mesial.aligner._anatomy import (
     row_mean,
     sorted_percentiles,
 )
-from mesial.aligner._features import first_occurrences, voxel_representatives
+from mesial.aligner._features import first_occurrences, invariant_representatives, key_least, voxel_representatives
 from mesial.aligner._field import DistanceField
 
 from .conftest import grid_plane
@@ -149,3 +149,37 @@ def test_row_mean_is_numpys():
         assert np.array_equal(row_mean(points), points.mean(axis=0))  # (a pairwise sum differs from n = 1000)
     with pytest.raises(ValueError, match="n >= 1"):
         row_mean(np.zeros((0, 3)))
+
+
+def test_key_least_is_the_lexsort_selection() -> None:
+    """Of each key's points the least offset, the smallest index among equal offsets (offsets drawn from
+    four values: many ties), increasing: what ``np.lexsort((offset, flat))`` and its first per key give;
+    keys negative, huge, all equal, all distinct, none."""
+    rng = np.random.default_rng(9)
+    cases = [(rng.integers(-50, 50, 4000), rng.integers(0, 4, 4000).astype(float))]
+    cases.append((rng.integers(-(2**62), 2**62, 3000), rng.random(3000)))
+    cases.append((np.zeros(100, dtype=np.int64), np.r_[np.ones(50), np.zeros(50)]))  # the first 0 wins
+    cases.append((np.arange(10, dtype=np.int64), rng.random(10)))
+    cases.append((np.zeros(0, dtype=np.int64), np.zeros(0)))
+    for flat, offset in cases:
+        order = np.lexsort((offset, flat))
+        ordered = flat[order]
+        start = np.ones(len(flat), dtype=bool)
+        start[1:] = ordered[1:] != ordered[:-1]
+        assert np.array_equal(key_least(flat, offset), np.sort(order[start]))
+    assert key_least(np.zeros(100, dtype=np.int64), np.r_[np.ones(50), np.zeros(50)]).tolist() == [50]
+    with pytest.raises(ValueError, match="finite"):
+        key_least(np.zeros(2, dtype=np.int64), np.array([0.0, np.nan]))
+    with pytest.raises(ValueError, match="alike"):
+        key_least(np.zeros(2, dtype=np.int64), np.zeros(3))
+
+
+def test_invariant_representatives_are_the_nearest_to_each_voxels_centre() -> None:
+    """One point per occupied voxel of the points' own grid, the nearest to the voxel's centre."""
+    rng = np.random.default_rng(10)
+    points = rng.normal(size=(3000, 3)) * [20.0, 8.0, 3.0]
+    kept = invariant_representatives(points, 1.0)
+    assert np.array_equal(kept, np.sort(kept)) and 0 < len(kept) < len(points)
+    # the same points whatever their order
+    shuffle = rng.permutation(len(points))
+    assert np.array_equal(np.sort(shuffle[invariant_representatives(points[shuffle], 1.0)]), kept)
