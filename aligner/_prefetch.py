@@ -41,7 +41,7 @@ class FilePrefetch:
     """
 
     def __init__(self, paths: Sequence[str | Path], max_bytes: int) -> None:
-        self._keys = [str(path) for path in paths]
+        self._keys = list(dict.fromkeys(str(path) for path in paths))  # (a file named twice is read once)
         self._max_bytes = max_bytes
         self._done = {key: threading.Event() for key in self._keys}
         self._read: dict[str, tuple[Identity, bytes, str] | None] = {}
