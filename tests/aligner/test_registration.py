@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -296,3 +298,135 @@ def test_a_loosely_fixed_lower_arch_is_not_confident(small_case):
     strict = align_scans(upper, lower, bites, params=replace(AlignParams(), max_lower_position_sd_mm=sd / 2))
     assert strict.status == "not_confident"
     assert any("fix the lower arch relative to the upper only to" in reason for reason in strict.reasons)
+
+
+def _same_result(first: AlignmentResult, second: AlignmentResult) -> None:
+    """The same result, timings aside: the document, the transforms and every distance bit for bit."""
+    from mesial.aligner.pipeline import result_document
+
+    documents = [result_document(result, "0") for result in (first, second)]
+    for document in documents:
+        document.pop("timings_s")
+    assert documents[0] == documents[1]
+    for name in ("upper_to_bite", "lower_to_bite"):
+        assert getattr(first, name).tobytes() == getattr(second, name).tobytes()
+    if first.occlusion is None or second.occlusion is None:
+        assert first.occlusion is second.occlusion is None
+        return
+    assert first.occlusion.correction.tobytes() == second.occlusion.correction.tobytes()
+    for side in ("before", "after"):
+        for arch in ("upper", "lower"):
+            one, other = getattr(first.occlusion, side)[arch], getattr(second.occlusion, side)[arch]
+            assert one.distance.tobytes() == other.distance.tobytes()
+
+
+def _case_scans(case: SampleCase, second_bite: np.ndarray | None = None) -> tuple[Any, Any, list[Any]]:
+    upper = scan_from_arrays(case.upper.vertices, case.upper.faces, "upper")
+    lower = scan_from_arrays(case.lower.vertices, case.lower.faces, "lower")
+    vertices = [case.bites[0].vertices, case.bites[1].vertices if second_bite is None else second_bite]
+    bites = [scan_from_arrays(v, b.faces, "bite", orient=False) for v, b in zip(vertices, case.bites, strict=True)]
+    return upper, lower, bites
+
+
+def _with_hook(monkeypatch: pytest.MonkeyPatch, hook: Any) -> None:
+    """The pipeline's ``register_bite`` with its ``at_refined`` hook passed through ``hook(at_refined)``."""
+    from mesial.aligner import pipeline, registration
+
+    def register(*args: Any, at_refined: Any = None, **kwargs: Any) -> Any:
+        kwargs["at_refined"] = hook(at_refined)
+        return registration.register_bite(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "register_bite", register)
+
+
+def test_the_occlusion_analysed_beside_the_bite_agreement_is_the_one_analysed_after(
+    small_case: SampleCase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Started as the refine stage ends (``register_bite(at_refined=...)``, on the calling thread, before the
+    bite agreement), the analysis of the refined transforms is the result when they stay final: the same result
+    as analysed after the registration. Transforms other than the final ones, or an error of the early analysis,
+    leave it unused: the final transforms are analysed after, the same result; no thread is left running."""
+    import threading
+
+    from mesial.aligner import pipeline
+
+    calls: list[tuple[object, list[tuple[str, float]]]] = []
+    progress: list[tuple[str, float]] = []
+
+    def spy(at_refined: Any) -> Any:
+        def hook(upper_to_bite: np.ndarray, lower_to_bite: np.ndarray) -> None:
+            calls.append((threading.current_thread(), list(progress)))
+            at_refined(upper_to_bite, lower_to_bite)
+
+        return hook
+
+    threads = threading.active_count()
+    _with_hook(monkeypatch, spy)
+    early = align_scans(*_case_scans(small_case), progress=lambda stage, fraction: progress.append((stage, fraction)))
+    assert early.status == "ok" and len(early.registration.evidence) == 2  # type: ignore[union-attr]
+    assert [thread for thread, _ in calls] == [threading.current_thread()]
+    assert calls[0][1][-1] == ("refine", 1.0) and ("occlusion", 0.0) in progress
+    assert "occlusion_early" in early.timings and "bite_agreement" in early.timings
+
+    _with_hook(monkeypatch, lambda at_refined: None)  # the analysis only after the registration
+    after = align_scans(*_case_scans(small_case))
+    assert "occlusion_early" not in after.timings
+    _same_result(early, after)
+
+    def moved(at_refined: Any) -> Any:  # the early analysis given transforms one ulp off the final ones
+        def hook(upper_to_bite: np.ndarray, lower_to_bite: np.ndarray) -> None:
+            off = lower_to_bite.copy()
+            off[0, 3] = np.nextafter(off[0, 3], np.inf)
+            at_refined(upper_to_bite, off)
+
+        return hook
+
+    _with_hook(monkeypatch, moved)
+    discarded = align_scans(*_case_scans(small_case))
+    assert "occlusion_early" not in discarded.timings
+    _same_result(discarded, after)
+
+    analyse = pipeline.analyse
+    main = threading.current_thread()
+
+    def fails_early(*args: Any) -> Any:
+        if threading.current_thread() is not main:
+            raise MemoryError("early analysis failed")
+        return analyse(*args)
+
+    _with_hook(monkeypatch, spy)
+    monkeypatch.setattr(pipeline, "analyse", fails_early)
+    failed = align_scans(*_case_scans(small_case))
+    assert "occlusion_early" not in failed.timings
+    _same_result(failed, after)
+    import time
+
+    deadline = time.monotonic() + 5.0  # (a thread whose future is set ends just after)
+    while threading.active_count() > threads and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert threading.active_count() == threads
+
+
+def test_the_reference_bite_alone_is_analysed_after_the_registration(
+    small_case: SampleCase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second bite corrupted (1 mm noise): the reference bite alone is the result, with other transforms than
+    the joint fit's. A reason is found before the bite agreement: nothing is analysed early; the final
+    transforms are analysed after the registration, the same result as without the early start."""
+    noisy = small_case.bites[1].vertices + np.random.default_rng(0).normal(0.0, 1.0, small_case.bites[1].vertices.shape)
+    calls: list[object] = []
+
+    def spy(at_refined: Any) -> Any:
+        def hook(upper_to_bite: np.ndarray, lower_to_bite: np.ndarray) -> None:
+            calls.append(upper_to_bite)
+            at_refined(upper_to_bite, lower_to_bite)
+
+        return hook
+
+    _with_hook(monkeypatch, spy)
+    alone = align_scans(*_case_scans(small_case, noisy))
+    assert alone.status == "ok" and len(alone.registration.evidence) == 1  # type: ignore[union-attr]
+    assert "refine_reference_bite" in alone.timings and "occlusion_early" not in alone.timings
+    assert calls == []
+    _with_hook(monkeypatch, lambda at_refined: None)
+    _same_result(alone, align_scans(*_case_scans(small_case, noisy)))
