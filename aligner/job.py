@@ -37,6 +37,7 @@ from typing import Any
 
 import click
 
+from mesial.aligner.cli import tune_malloc
 from mesial.common.contract import (
     DEFAULT_CONTACT_THRESHOLD_MM,
     EXIT_FAILED,
@@ -275,6 +276,7 @@ def run(
     scratch: Path | None,
 ) -> None:
     """Align one case from the encrypted store and write its results back, encrypted."""
+    tune_malloc()  # before any thread starts (as `mesial align`; see there)
     try:
         spec = JobSpec(org, job_id, upper, lower, bites, contact_threshold, not no_optimise)
     except InputError as exc:

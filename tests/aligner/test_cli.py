@@ -106,7 +106,9 @@ def test_the_limits_come_from_the_settings_when_the_environment_sets_them(tmp_pa
 MALLOC_AFTER = r"""
 import ctypes, sys, threading
 from mesial.cli import main
-sys.argv = ["mesial", "align", "--upper", sys.argv[1], "--lower", sys.argv[1], "--bite", sys.argv[1], "--out", sys.argv[2]]
+sys.argv = ["mesial", *sys.argv[3:]] if len(sys.argv) > 3 else [
+    "mesial", "align", "--upper", sys.argv[1], "--lower", sys.argv[1], "--bite", sys.argv[1], "--out", sys.argv[2]
+]
 try:
     main()
 except SystemExit:
@@ -129,17 +131,28 @@ libc.malloc_stats()  # on stderr: an "Arena i:" block per arena, then "max mmap 
 """
 
 
+# `mesial job run` (the cluster Job's entrypoint) with three bites: refused (usage error, exit 2) after the settings
+JOB_RUN = ["job", "run", "--org", "acme", "--job-id", "j1", "--upper", "u", "--lower", "l"] + ["--bite", "b1"] * 3
+JOB_RUN[-1] = "b3"
+
+
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the settings are glibc's mallopt")
-def test_mesial_align_tunes_malloc_unless_the_process_chose(tmp_path):
+@pytest.mark.parametrize(
+    ("command", "ran"),
+    [([], "the file is empty"), (JOB_RUN, "a job takes one or two bite scans")],
+    ids=["align", "job"],
+)
+def test_mesial_align_tunes_malloc_unless_the_process_chose(tmp_path, command, ran):
+    """`mesial align` and `mesial job run` set the malloc settings before their work, unless the process chose."""
     (tmp_path / "empty.stl").write_bytes(b"")
 
     def malloc(**chosen: str) -> tuple[int, int]:
         env = {k: v for k, v in os.environ.items() if k not in MALLOC_VARIABLES} | chosen
         run = subprocess.run(
-            [sys.executable, "-P", "-c", MALLOC_AFTER, str(tmp_path / "empty.stl"), str(tmp_path / "o")],
+            [sys.executable, "-P", "-c", MALLOC_AFTER, str(tmp_path / "empty.stl"), str(tmp_path / "o"), *command],
             capture_output=True, text=True, check=True, env=env,
         )  # fmt: skip
-        assert "the file is empty" in run.stderr  # the command ran (invalid input, exit 2)
+        assert ran in run.stderr  # the command ran (invalid input, exit 2)
         mapped = int(run.stderr.split("max mmap bytes")[1].split("=")[1].split()[0])
         return run.stderr.count("Arena "), mapped
 
