@@ -200,57 +200,34 @@ def align_scans(
     # thread of their own from the start of the registration's global step, which leaves part of a core idle
     # (its two bites' threads: 1.7 cores; the preprocessing before it keeps both busy)
     prepared: list[Future[None]] = []
-    # and the analysis itself, of the refined transforms, from the end of the refine stage while the bite
-    # agreement runs (see _EarlyAnalysis): its result is used only for the very transforms it analysed
-    early: list[_EarlyAnalysis] = []
 
     def prepare() -> None:
         prepared.append(in_background(functools.partial(prepare_analysis, scans["upper"], scans["lower"])))
 
-    def analyse_early(upper_to_bite: FloatArray, lower_to_bite: FloatArray) -> None:
-        early.append(
-            _EarlyAnalysis.start(scans["upper"], scans["lower"], upper_to_bite, lower_to_bite, occlusion, prepared)
-        )
-
-    try:
-        registration = register_bite(
-            scans["upper"], scans["lower"], bite_scans, params, report, at_global=prepare, at_refined=analyse_early
-        )
-        timings.update(registration.timings)
-        if not registration.confident:
-            return AlignmentResult(
-                "not_confident",
-                registration.reasons,
-                scans,
-                registration,
-                registration.upper_to_bite,
-                registration.lower_to_bite,
-                None,
-                timings,
-                params.as_dict(),
-            )
-
-        clock = time.perf_counter()
-        report("occlusion", 0.0)
-        result: Occlusion | None = None
-        for analysis in early:
-            result = analysis.result_for(registration.upper_to_bite, registration.lower_to_bite)
-            if result is not None:
-                timings["occlusion_early"] = analysis.seconds
-        if result is None:  # not started, not these transforms, or failed: analysed here, as without it
-            for building in prepared:
-                building.result()
-            result = analyse(
-                scans["upper"], scans["lower"], registration.upper_to_bite, registration.lower_to_bite, occlusion
-            )
-        timings["occlusion"] = time.perf_counter() - clock
-        report("occlusion", 1.0)
-    finally:
-        # nothing is left running, whatever happened (waited for; results and errors not needed here)
+    registration = register_bite(scans["upper"], scans["lower"], bite_scans, params, report, at_global=prepare)
+    timings.update(registration.timings)
+    if not registration.confident:
         for building in prepared:
-            building.exception()
-        for analysis in early:
-            analysis.future.exception()
+            building.exception()  # (waited for, not needed: nothing is left running)
+        return AlignmentResult(
+            "not_confident",
+            registration.reasons,
+            scans,
+            registration,
+            registration.upper_to_bite,
+            registration.lower_to_bite,
+            None,
+            timings,
+            params.as_dict(),
+        )
+
+    clock = time.perf_counter()
+    report("occlusion", 0.0)
+    for building in prepared:
+        building.result()
+    result = analyse(scans["upper"], scans["lower"], registration.upper_to_bite, registration.lower_to_bite, occlusion)
+    timings["occlusion"] = time.perf_counter() - clock
+    report("occlusion", 1.0)
     return AlignmentResult(
         "ok",
         (),
@@ -262,60 +239,6 @@ def align_scans(
         timings,
         {**params.as_dict(), "occlusion": occlusion.as_dict()},
     )
-
-
-@dataclass(frozen=True)
-class _EarlyAnalysis:
-    """:func:`analyse` of given transforms, started on a thread of its own before they are known final.
-
-    ``result_for`` gives its result only for transforms bit for bit those it analysed (the analysis is
-    deterministic: the same result as analysed afterwards), None otherwise or if it failed (the caller then
-    analyses the final transforms itself: an error of this one changes nothing). ``seconds`` is its wall time,
-    from its start to its end.
-    """
-
-    upper_to_bite: FloatArray
-    lower_to_bite: FloatArray
-    future: Future[tuple[Occlusion, float]]
-
-    @classmethod
-    def start(
-        cls,
-        upper: Scan,
-        lower: Scan,
-        upper_to_bite: FloatArray,
-        lower_to_bite: FloatArray,
-        params: OcclusionParams,
-        prepared: Sequence[Future[None]],
-    ) -> _EarlyAnalysis:
-        """Started after the structures being built in ``prepared`` are (they are built without a lock)."""
-        upper_to_bite, lower_to_bite = upper_to_bite.copy(), lower_to_bite.copy()
-        waits = list(prepared)
-
-        def run() -> tuple[Occlusion, float]:
-            clock = time.perf_counter()
-            for building in waits:
-                building.result()
-            return analyse(upper, lower, upper_to_bite, lower_to_bite, params), time.perf_counter() - clock
-
-        return cls(upper_to_bite, lower_to_bite, in_background(run))
-
-    @property
-    def seconds(self) -> float:
-        return self.future.result()[1]
-
-    def result_for(self, upper_to_bite: FloatArray, lower_to_bite: FloatArray) -> Occlusion | None:
-        """The analysis' result if these are its transforms (waited for), else None (not waited for)."""
-        if not (_same_bits(upper_to_bite, self.upper_to_bite) and _same_bits(lower_to_bite, self.lower_to_bite)):
-            return None
-        if self.future.exception() is not None:
-            return None
-        return self.future.result()[0]
-
-
-def _same_bits(first: FloatArray, second: FloatArray) -> bool:
-    """Same dtype, shape and bytes (0.0 and -0.0 differ, as two NaNs may not)."""
-    return first.dtype == second.dtype and first.shape == second.shape and first.tobytes() == second.tobytes()
 
 
 def prepare_analysis(upper: Scan, lower: Scan) -> None:

@@ -132,7 +132,6 @@ def register_bite(
     params: AlignParams | None = None,
     progress: Progress | None = None,
     at_global: Callable[[], None] | None = None,
-    at_refined: Callable[[FloatArray, FloatArray], None] | None = None,
 ) -> Registration:
     """Register both arches to one or two bite scans, each in an arbitrary pose.
 
@@ -148,13 +147,6 @@ def register_bite(
         Called on the calling thread as the global step starts: where a caller starts work of its own
         on another thread (the step's two bite threads leave part of a core idle; the preprocessing
         before it keeps both busy). Nothing here waits for that work.
-    at_refined : callable (upper_to_bite, lower_to_bite), optional
-        Called on the calling thread as the refine stage ends, with two bites and no reason yet against
-        the joint fit, with the transforms the result then has unless the bite agreement finds a reason
-        (the result is then not confident): where a caller starts work on them on another thread while
-        the bite agreement runs (it leaves part of a core idle). The arrays are the caller's own; nothing
-        here waits for that work. With one bite, or a reason already found (the result is then not
-        confident, or the reference bite alone with other transforms), it is not called.
 
     Returns
     -------
@@ -286,8 +278,6 @@ def register_bite(
     position_sd = lower_position_sd_mm(fit, lower.vertices)
     reasons = _reasons(evidence, fit, params, [pose for _, pose in candidates], position_sd)
     reasons += [conflict] if conflict else []
-    if at_refined is not None and len(bites) == 2 and not reasons and not too_short:
-        at_refined(*_to_bite(fit))
     disagreement = None
     if len(bites) == 2:
         clock = time.perf_counter()
@@ -485,16 +475,11 @@ def _registration(
     fit: JointFit, evidence: list[BiteEvidence], reasons: tuple[str, ...], timings: dict[str, float]
 ) -> Registration:
     """Both arches in the frame of the fit's first bite (bite scan 0)."""
-    upper_to_bite, lower_to_bite = _to_bite(fit)
-    bite_to_bite = tuple(upper_to_bite @ pose for pose in fit.bite_to_upper)
-    return Registration(upper_to_bite, lower_to_bite, bite_to_bite, tuple(evidence), fit, not reasons, reasons, timings)
-
-
-def _to_bite(fit: JointFit) -> tuple[FloatArray, FloatArray]:
-    """``(upper_to_bite, lower_to_bite)``: both arches in the frame of the fit's first bite (new arrays)."""
     assert fit.lower_to_upper is not None
     upper_to_bite = invert(fit.bite_to_upper[0])
-    return upper_to_bite, upper_to_bite @ fit.lower_to_upper
+    lower_to_bite = upper_to_bite @ fit.lower_to_upper
+    bite_to_bite = tuple(upper_to_bite @ pose for pose in fit.bite_to_upper)
+    return Registration(upper_to_bite, lower_to_bite, bite_to_bite, tuple(evidence), fit, not reasons, reasons, timings)
 
 
 @dataclass(frozen=True)
