@@ -93,6 +93,8 @@ def _open() -> Any:
     library.nn_free.restype = None
     library.nn_query.argtypes = [pointer, pointer, i64, real, pointer, pointer]
     library.nn_query.restype = c_int
+    library.nn_scalar_leaves.argtypes = [c_int]
+    library.nn_scalar_leaves.restype = None
     library.nn_plane_rows.argtypes = [pointer, pointer, i64, real, *[pointer] * 6]
     library.nn_plane_rows.restype = c_int
     library.nn_planes.argtypes = [pointer, pointer, i64, real, i64, *[pointer] * 8]

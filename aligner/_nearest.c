@@ -285,6 +285,13 @@ static LeafScan leaf_scan(void) {
     return leaf_plain;
 }
 
+static LeafScan leaf_chosen = NULL; /* set on first search (every thread finds the same: a benign race) */
+
+/* on != 0: every search scans its leaves as processors without AVX2 do (leaf_plain), so that tests on
+ * any processor check that scan's answers too; 0: the scan chosen by this processor again. Not to be
+ * called while a query runs. */
+void nn_scalar_leaves(int on) { leaf_chosen = on ? leaf_plain : leaf_scan(); }
+
 /* The nearest point to x strictly within best2 (squared) and, between equal distances, of the
  * smallest index below best (best = -1: none yet): best2 and best updated. Depth first, the near child
  * first; a far child waits on a stack with the squared gap to its split plane and is entered only if
@@ -292,8 +299,8 @@ static LeafScan leaf_scan(void) {
  * split's axis (computed differences are monotonic in their operands, so in floating point too): the
  * answer is the smallest (distance, index) pair within the bound, whatever the order of the visits. */
 static void search(const NTree *t, const double *x, double *best2_, int64_t *best_) {
-    static LeafScan leaf = NULL;
-    if (!leaf) leaf = leaf_scan(); /* (every thread finds the same: a benign race) */
+    LeafScan leaf = leaf_chosen;
+    if (!leaf) leaf = leaf_chosen = leaf_scan();
     int32_t stack_node[NN_STACK];
     double stack_gap[NN_STACK];
     int top = 0;

@@ -15,8 +15,10 @@ follows its tree.) It lives in the aligner's compiled library (``setup.py``), lo
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -204,3 +206,18 @@ class NearestTree:
 # A query is split over threads only from this many points per thread (a thread costs more than it
 # saves below).
 THREADS_FROM = 20_000
+
+
+@contextlib.contextmanager
+def scalar_leaves() -> Iterator[None]:
+    """Within it, every query scans its k-d leaves as processors without AVX2 do (for tests: on a
+    processor with AVX2 that scan would otherwise never run); the processor's own choice after.
+
+    Process-wide: not for use while another thread queries.
+    """
+    library = _load()
+    library.nn_scalar_leaves(1)
+    try:
+        yield
+    finally:
+        library.nn_scalar_leaves(0)

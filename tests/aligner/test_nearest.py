@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
-from mesial.aligner._nearest import NearestTree
+from mesial.aligner._nearest import NearestTree, scalar_leaves
 
 FloatArray = NDArray[np.float64]
 
 
+@pytest.fixture(params=["this processor's leaf scan", "the scalar leaf scan"])
+def leaves(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The k-d leaves scanned as this processor chooses (four at a time with AVX2), then as processors
+    without AVX2 scan them: both must give every answer below."""
+    if request.param == "the scalar leaf scan":
+        with scalar_leaves():
+            yield
+    else:
+        yield
+
+
+@pytest.mark.usefixtures("leaves")
 @pytest.mark.parametrize("bound", [0.05, 0.3, 1.0, 2.5, np.inf])
 def test_nearest_within_a_bound_is_scipys(bound: float) -> None:
     """Points on a curved sheet (as a thinned arch is) and queries near and far from it: the same
@@ -30,6 +44,7 @@ def test_nearest_within_a_bound_is_scipys(bound: float) -> None:
         assert np.isinf(distance).any() and (index[np.isinf(distance)] == len(points)).all()
 
 
+@pytest.mark.usefixtures("leaves")
 def test_equal_distances_go_to_the_smallest_index_and_the_bound_is_strict() -> None:
     points = np.array([[2.0, 0.0, 0.0], [-1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
     tree = NearestTree(points)
@@ -80,6 +95,7 @@ def _brute_force(points: np.ndarray, queries: np.ndarray, bound: float) -> tuple
     return np.sqrt(best), index
 
 
+@pytest.mark.usefixtures("leaves")
 @pytest.mark.parametrize("bound", [0.3, 1.0, 4.0, np.inf])
 def test_large_calls_in_grid_order_answer_as_small_ones(bound: float) -> None:
     """A call of at least ORDER_FROM points is answered in the order of a coarse grid's cells, a
@@ -237,6 +253,7 @@ def test_planes_within_a_squared_distance_per_point() -> None:
         tree.planes(x, 1.2, samples, zeros, within=within[:-1])
 
 
+@pytest.mark.usefixtures("leaves")
 def test_ties_in_full_leaves_go_to_the_smallest_index_as_brute_force() -> None:
     """A shuffled integer grid (every leaf full of points at equal distances from a half-integer query) and
     queries on grid points, half-way between them and off the grid: the nearest strictly within the bound,
