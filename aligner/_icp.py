@@ -941,22 +941,36 @@ def _match(
             transform_points(x, invert(lower_pose)), gate, hints=memo.get("lower"), reach=reach
         )
         memo["lower"] = _kept(found, memo.get("lower"))
-        closest_l = transform_points(closest_l, lower_pose)
-        normals_l = rotate_vectors(normals_l, lower_pose)
-        on_lower = distance_l < distance
-        closest[on_lower], normals[on_lower] = closest_l[on_lower], normals_l[on_lower]
-        distance = np.minimum(distance, distance_l)
+        distance, on_lower = _take_nearer(closest, normals, distance, (closest_l, normals_l, distance_l), lower_pose)
         return x, pose, closest, normals, distance, on_lower
     closest, normals, distance = upper.near(x, gate)
     on_lower = np.zeros(len(x), dtype=bool)
     if lower is not None and lower_pose is not None:
-        closest_l, normals_l, distance_l = lower.near(transform_points(x, invert(lower_pose)), gate)
-        closest_l = transform_points(closest_l, lower_pose)
-        normals_l = rotate_vectors(normals_l, lower_pose)
-        on_lower = distance_l < distance
-        closest[on_lower], normals[on_lower] = closest_l[on_lower], normals_l[on_lower]
-        distance = np.minimum(distance, distance_l)
+        found_l = lower.near(transform_points(x, invert(lower_pose)), gate)
+        distance, on_lower = _take_nearer(closest, normals, distance, found_l, lower_pose)
     return x, pose, closest, normals, distance, on_lower
+
+
+def _take_nearer(
+    closest: FloatArray,
+    normals: FloatArray,
+    distance: FloatArray,
+    lower_match: tuple[FloatArray, FloatArray, FloatArray],
+    lower_pose: FloatArray,
+) -> tuple[FloatArray, NDArray[np.bool_]]:
+    """Where the lower arch's match is strictly nearer than the upper's, it replaces it.
+
+    ``closest``, ``normals (m, 3)`` (upper frame, mm; updated in place) and ``distance (m,)`` are the
+    upper's; ``lower_match`` is the lower's closest points, normals (lower frame) and distances,
+    ``lower_pose (4, 4)`` lower -> upper. Returns the distances to the nearer arch and where it is
+    the lower.
+    """
+    closest_l, normals_l, distance_l = lower_match
+    closest_l = transform_points(closest_l, lower_pose)
+    normals_l = rotate_vectors(normals_l, lower_pose)
+    on_lower = distance_l < distance
+    closest[on_lower], normals[on_lower] = closest_l[on_lower], normals_l[on_lower]
+    return np.minimum(distance, distance_l), on_lower
 
 
 def _kept(found: NDArray[np.int64], previous: NDArray[np.int64] | None) -> NDArray[np.int64]:

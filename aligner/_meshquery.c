@@ -847,23 +847,14 @@ static int run(Job base, const double *where, int64_t count, int threads) {
  * caller's triangle index (count,), the barycentric (u, v) of the point on it (count, 2; the
  * point is a + u (b - a) + v (c - a)), the triangle's unit normal (count, 3), the distance (count,).
  * Only triangles nearer than `within` are searched (INFINITY: every one; it prunes the tree for far
- * points): a point with none gets NaN, triangle -1, (0, 0), zeros and INFINITY. */
-int mq_closest(const void *handle, const double *points, int64_t count, int threads, double within, double *closest,
-               int64_t *triangle, double *uv, double *normal, double *distance) {
-    if (!(within > 0)) return MQ_ESIZE; /* NaN or not positive */
-    Job job = {.mesh = handle, .a = points, .point_or_t = closest, .uv = uv, .normal = normal, .distance = distance,
-               .triangle = triangle, .bound2 = within * within, .status = MQ_OK};
-    return run(job, points, count, threads);
-}
-
-/* mq_closest with a bound of each point's own besides `within` (`bounds`, count positive distances,
- * or NULL) and a hint of each point's own (`hints`, count triangles, the caller's indices, -1 for
- * none, or NULL): only triangles nearer than the least of `within`, the point's bound and just beyond
- * its hint triangle's distance are searched. A point with a triangle nearer than its bounds gets the
- * same answer as mq_closest gives it (a hint never changes an answer, it only narrows the search). */
-int mq_closest_bounded(const void *handle, const double *points, int64_t count, int threads, double within,
-                       const double *bounds, const int64_t *hints, double *closest, int64_t *triangle, double *uv,
-                       double *normal, double *distance) {
+ * points), and nearer than a bound of each point's own (`bounds`, count positive distances, or NULL)
+ * and than just beyond its hint triangle's distance (`hints`, count triangles, the caller's indices,
+ * -1 for none, or NULL): a point with none gets NaN, triangle -1, (0, 0), zeros and INFINITY. A point
+ * with a triangle nearer than its bounds gets the same answer as without them (a hint never changes
+ * an answer, it only narrows the search). */
+int mq_closest(const void *handle, const double *points, int64_t count, int threads, double within,
+               const double *bounds, const int64_t *hints, double *closest, int64_t *triangle, double *uv,
+               double *normal, double *distance) {
     const Mesh *mesh = handle;
     if (!(within > 0)) return MQ_ESIZE; /* NaN or not positive */
     for (int64_t i = 0; bounds && i < count; i++)

@@ -79,10 +79,8 @@ def _open() -> Any:
     library.mq_node_count.restype = i64
     library.mq_depth.argtypes = [pointer]
     library.mq_depth.restype = i64
-    library.mq_closest.argtypes = [pointer, pointer, i64, c_int, real, pointer, pointer, pointer, pointer, pointer]
+    library.mq_closest.argtypes = [pointer, pointer, i64, c_int, real, *[pointer] * 7]
     library.mq_closest.restype = c_int
-    library.mq_closest_bounded.argtypes = [pointer, pointer, i64, c_int, real, *[pointer] * 7]
-    library.mq_closest_bounded.restype = c_int
     library.mq_cast.argtypes = [pointer, pointer, pointer, i64, c_int, pointer, pointer, pointer, pointer]
     library.mq_cast.restype = c_int
     library.mq_raster.argtypes = [pointer, i64, pointer, i64, real, real, real, i64, i64, *[pointer] * 4]
@@ -306,34 +304,16 @@ class MeshQuery:
         n = len(query)
         closest, uv, normals = np.zeros((n, 3)), np.zeros((n, 2)), np.zeros((n, 3))
         triangles, distances = np.zeros(n, dtype=np.int64), np.zeros(n)
-        if bounds is not None or hints is not None:
-            own = None if bounds is None else np.ascontiguousarray(bounds, dtype=np.float64)
-            if own is not None and own.shape != (n,):
-                raise ValueError(f"bounds must have shape ({n},), got {own.shape}")
-            if own is not None and not (own > 0).all():  # (also NaN)
-                raise ValueError("bounds must be positive distances")
-            near = None if hints is None else np.ascontiguousarray(hints, dtype=np.int64)
-            if near is not None and near.shape != (n,):
-                raise ValueError(f"hints must have shape ({n},), got {near.shape}")
-            if near is not None and len(near) and not (near.max() < self.triangle_count):
-                raise ValueError(f"hints must be triangle indices below {self.triangle_count} (or negative: none)")
-            _check(
-                self._library.mq_closest_bounded(
-                    self._handle,
-                    _address(query),
-                    n,
-                    self._threads(threads),
-                    float(within),
-                    None if own is None else _address(own),
-                    None if near is None else _address(near),
-                    _address(closest),
-                    _address(triangles),
-                    _address(uv),
-                    _address(normals),
-                    _address(distances),
-                )
-            )
-            return ClosestPoints(closest, triangles, uv, normals, distances)
+        own = None if bounds is None else np.ascontiguousarray(bounds, dtype=np.float64)
+        if own is not None and own.shape != (n,):
+            raise ValueError(f"bounds must have shape ({n},), got {own.shape}")
+        if own is not None and not (own > 0).all():  # (also NaN)
+            raise ValueError("bounds must be positive distances")
+        near = None if hints is None else np.ascontiguousarray(hints, dtype=np.int64)
+        if near is not None and near.shape != (n,):
+            raise ValueError(f"hints must have shape ({n},), got {near.shape}")
+        if near is not None and len(near) and not (near.max() < self.triangle_count):
+            raise ValueError(f"hints must be triangle indices below {self.triangle_count} (or negative: none)")
         _check(
             self._library.mq_closest(
                 self._handle,
@@ -341,6 +321,8 @@ class MeshQuery:
                 n,
                 self._threads(threads),
                 float(within),
+                None if own is None else _address(own),
+                None if near is None else _address(near),
                 _address(closest),
                 _address(triangles),
                 _address(uv),
