@@ -27,7 +27,7 @@ from mesial.operator.sync.scanjob import TenantNotReady, tenant_of
 from mesial.operator.testing import Harness
 from tests.operator.conftest import eventually
 from tests.operator.helpers import ORG, POLICY, SCANJOB, audit_events, events, organization, ready
-from tests.operator.test_retention import policy, pstatus
+from tests.operator.test_retention import policy, pstatus, swept
 from tests.operator.test_scanjob import JOB, scanjob, sj_status
 
 DAY = timedelta(days=1)
@@ -174,11 +174,7 @@ async def test_an_intent_left_by_a_crash_becomes_the_receipt(harness: Harness, o
     harness.runtime.clock = lambda: datetime.now(UTC) + 40 * DAY
     await k8s.create(policy("retention", ns, sweepInterval="1h"))
 
-    async def swept() -> dict[str, Any] | None:
-        st = await pstatus(k8s, ns, "retention")
-        return st if st.get("lastSweep") else None
-
-    await eventually(swept)  # admitted and swept once (nothing to delete)
+    await eventually(lambda: swept(k8s, ns))  # admitted and swept once (nothing to delete)
     # The next sweep wrote its intents and deleted scan s1's 3 objects and 2 of scan s2's 3, then
     # the operator died before a receipt was made. Status is written while no operator runs (one
     # still running could be writing its own), and the operator that starts finds the intents.
@@ -217,11 +213,7 @@ async def test_ticks_on_a_lagging_watch_neither_sweep_again_nor_drop_a_receipt_o
     await harness.runtime.store.put(org, "scans/s1", b"old once the clock moves")
     await k8s.create(policy("retention", ns, sweepInterval="1h"))
 
-    async def swept() -> dict[str, Any] | None:
-        st = await pstatus(k8s, ns, "retention")
-        return st if st.get("lastSweep") else None
-
-    assert (await eventually(swept))["lastSweep"]["deleted"] == 0
+    assert (await eventually(lambda: swept(k8s, ns)))["lastSweep"]["deleted"] == 0
     ticks = RECONCILES.labels("retentionpolicies", "sweep", "success")
 
     async def owed() -> list[dict[str, Any]] | None:  # the due sweep deleted s1; its receipt is owed
@@ -314,11 +306,7 @@ async def test_retention_does_not_delete_a_scanjob_whose_job_runs_on_a_hand_set_
     harness.runtime.clock = lambda: datetime.now(UTC) + 40 * DAY
     await k8s.create(policy("retention", ns, covers=["scanjobs"], sweepInterval="1h"))
 
-    async def swept() -> dict[str, Any] | None:
-        st = await pstatus(k8s, ns, "retention")
-        return st if st.get("lastSweep") else None
-
-    counts = (await eventually(swept))["lastSweep"]
+    counts = (await eventually(lambda: swept(k8s, ns)))["lastSweep"]
     assert counts["scanJobsDeleted"] == 1  # the finished one
     assert await k8s.get(*SCANJOB, "running", ns) is not None
     assert any("scanjob running" in p for p in counts["problems"])
@@ -390,11 +378,7 @@ async def test_a_policy_deleted_mid_sweep_keeps_the_receipt_owed(
     await store.put(org, "scans/s1", b"old once the clock moves")
     await k8s.create(policy("retention", ns, sweepInterval="1h"))
 
-    async def swept() -> dict[str, Any] | None:
-        st = await pstatus(k8s, ns, "retention")
-        return st if st.get("lastSweep") else None
-
-    assert (await eventually(swept))["lastSweep"]["deleted"] == 0
+    assert (await eventually(lambda: swept(k8s, ns)))["lastSweep"]["deleted"] == 0
     # The store is slow: the due sweep waits in its deletion of s1 (its intent written), and a
     # listing made once the policy is deleted waits (with what it found) until the test goes on.
     deleting, go_on = asyncio.Event(), asyncio.Event()
@@ -465,11 +449,7 @@ async def test_no_sweep_writes_an_intent_before_kopfs_finalizer_holds_the_policy
     await store.put(org, "scans/s1", b"old once the clock moves")
     await k8s.create(policy("retention", ns, sweepInterval="1h"))
 
-    async def swept() -> dict[str, Any] | None:
-        st = await pstatus(k8s, ns, "retention")
-        return st if st.get("lastSweep") else None
-
-    assert (await eventually(swept))["lastSweep"]["deleted"] == 0
+    assert (await eventually(lambda: swept(k8s, ns)))["lastSweep"]["deleted"] == 0
     finalizer = harness.runtime.settings.operator.finalizer
     assert (await k8s.get(*POLICY, "retention", ns) or {})["metadata"]["finalizers"] == [finalizer]
     ticks = RECONCILES.labels("retentionpolicies", "sweep", "success")

@@ -45,6 +45,12 @@ async def pstatus(k8s, ns: str, name: str) -> dict[str, Any]:
     return dict((obj or {}).get("status") or {})
 
 
+async def swept(k8s, ns: str, name: str = "retention") -> dict[str, Any] | None:
+    """The policy's status once it has swept (for ``eventually``), else None."""
+    st = await pstatus(k8s, ns, name)
+    return st if st.get("lastSweep") else None
+
+
 async def test_sweep_deletes_old_unheld_objects_with_receipts(harness: Harness, org_name) -> None:
     org = org_name("keep")
     k8s = harness.client
@@ -69,11 +75,7 @@ async def test_sweep_deletes_old_unheld_objects_with_receipts(harness: Harness, 
     harness.runtime.clock = lambda: datetime.now(UTC) + 40 * DAY
     await k8s.create(policy("retention", ns))
 
-    async def swept() -> dict[str, Any] | None:
-        st = await pstatus(k8s, ns, "retention")
-        return st if st.get("lastSweep") else None
-
-    st = await eventually(swept)
+    st = await eventually(lambda: swept(k8s, ns))
     assert st["phase"] == "Active"
     counts = st["lastSweep"]
     assert counts["deleted"] == 5 and counts["held"] == 1 and counts["errors"] == 0
@@ -106,11 +108,7 @@ async def test_clock_skew_keeps_objects_and_reports_them(harness: Harness, org_n
     harness.runtime.clock = lambda: datetime.now(UTC) - DAY  # the operator's clock is a day behind the store's
     await k8s.create(policy("retention", ns))
 
-    async def swept() -> dict[str, Any] | None:
-        st = await pstatus(k8s, ns, "retention")
-        return st if st.get("lastSweep") else None
-
-    counts = (await eventually(swept))["lastSweep"]
+    counts = (await eventually(lambda: swept(k8s, ns)))["lastSweep"]
     assert counts["deleted"] == 0 and counts["kept"] == 1
     assert counts["problems"] == ["scan new: kept, timestamp future"]
     assert await harness.runtime.store.exists(org, "scans/new")
@@ -176,11 +174,7 @@ async def test_age_runs_from_upload_not_from_the_last_rewrap(harness: Harness, o
                                    Metadata=legacy_meta, MetadataDirective="REPLACE")  # fmt: skip
     await k8s.create(policy("retention", ns, covers=["scans"]))
 
-    async def swept() -> dict[str, Any] | None:
-        st = await pstatus(k8s, ns, "retention")
-        return st if st.get("lastSweep") else None
-
-    counts = (await eventually(swept))["lastSweep"]
+    counts = (await eventually(lambda: swept(k8s, ns)))["lastSweep"]
     assert counts["deleted"] == 1 and counts["errors"] == 0 and counts["kept"] == 0
     assert not await store.exists(org, "scans/old")
     assert await store.exists(org, "scans/new") and await store.exists(org, "scans/legacy")
