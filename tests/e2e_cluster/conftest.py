@@ -16,7 +16,7 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,6 +172,9 @@ class Release:
     values: dict[str, Any]
     operator_sa: str
     values_file: Path
+    # The ClusterRoles and ClusterRoleBindings that grant the operator's ServiceAccount its rights
+    # (from the rendered chart): while one of them is deleted the operator has none.
+    operator_grants: frozenset[str] = frozenset()
 
 
 def helm(cluster: E2ECluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -281,6 +284,14 @@ def release(
         d["metadata"]["name"] for d in docs if d.get("kind") == "ServiceAccount" and "operator" in d["metadata"]["name"]
     ]
     assert len(accounts) == 1, accounts
+    bindings = [
+        d
+        for d in docs
+        if d.get("kind") == "ClusterRoleBinding"
+        and any(x.get("kind") == "ServiceAccount" and x.get("name") == accounts[0] for x in d.get("subjects") or [])
+    ]
+    grants = frozenset(n for d in bindings for n in (d["metadata"]["name"], d["roleRef"]["name"]))
+    assert grants, "no ClusterRoleBinding of the operator's ServiceAccount in the chart"
     # The policies as the chart renders them for these values (docs/install.md, "Vault policies").
     (policies,) = [
         d["data"] for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-vault-policies")
@@ -290,7 +301,7 @@ def release(
     vault.client.sys.create_or_update_acl_policy("mesial-aligner", policies["aligner.hcl"])
     _bind_role(vault, "mesial-api", policies["api.hcl"], f"{RELEASE}-api")
     helm(cluster, "install", RELEASE, str(CHART), "-n", NAMESPACE, "-f", str(values_file))
-    rel = Release(RELEASE, NAMESPACE, values, accounts[0], values_file)
+    rel = Release(RELEASE, NAMESPACE, values, accounts[0], values_file, grants)
     eventually(lambda: operator_pod(kube, running=True), timeout=120, what="the operator pod runs")
     eventually(lambda: api_pod(kube, running=True), timeout=120, what="the API pod runs")
     yield rel
@@ -323,53 +334,85 @@ class Refusal:
     namespace: str
     message: str
     binding_race: bool  # within BINDING_RACE_S of the operator binding itself in that namespace
+    unbound: bool = False  # made while one of the user's cluster grants was deleted (see refused())
 
     def __str__(self) -> str:
         return f"{self.verb} {self.uri}: {self.message}"
 
 
 BINDING_RACE_S = 5.0
+CLUSTER_RBAC = ("clusterroles", "clusterrolebindings")
+WRITES = ("create", "patch", "update")  # Helm creates by server-side apply: a patch answered 201
 
 
 def _time(stamp: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
-def refusals(cluster: E2ECluster, user: str) -> list[Refusal]:
-    """Requests of ``user`` refused with 403. A refusal in a tenant namespace just after the operator
-    created its own RoleBinding there is flagged: the RBAC authorizer reads bindings from a cache (seen
-    now and then before the operator waited for its new binding to take effect)."""
-    events = [json.loads(line) for line in Path(cluster.audit_log).read_text().splitlines()]
+def _code(event: dict[str, Any]) -> int:
+    return int(event.get("responseStatus", {}).get("code", 0))
+
+
+def refused(events: list[dict[str, Any]], user: str, grants: Collection[str] = ()) -> list[Refusal]:
+    """Requests of ``user`` refused with 403, from audit events (JSON objects, in log order).
+
+    Two kinds are flagged, not hidden (the caller decides):
+    - ``binding_race``: in a tenant namespace within BINDING_RACE_S after the user created its own
+      RoleBinding there: the RBAC authorizer reads bindings from a cache (seen now and then before the
+      operator waited for its new binding to take effect);
+    - ``unbound``: received while a ClusterRole or ClusterRoleBinding named in ``grants`` was deleted
+      (by anyone: from its successful delete until a write creates it again, 201). `helm uninstall`
+      deletes the operator's Deployment and its ClusterRoleBinding at once, and the old pod, in its
+      grace period, can still ask before it stops: a refusal the chart's RBAC is not to blame for.
+    """
     mine = [e for e in events if e.get("user", {}).get("username") == user]
     bound: dict[str, datetime.datetime] = {}
     for e in mine:
         ref = e.get("objectRef", {})
-        if (
-            e["verb"] == "create"
-            and ref.get("resource") == "rolebindings"
-            and e.get("responseStatus", {}).get("code") == 201
-        ):
+        if e["verb"] == "create" and ref.get("resource") == "rolebindings" and _code(e) == 201:
             bound.setdefault(ref.get("namespace", ""), _time(e["stageTimestamp"]))
+    # [start, end) of each time a grant was missing; end None while it still is.
+    gaps: list[tuple[datetime.datetime, datetime.datetime | None]] = []
+    missing: dict[str, datetime.datetime] = {}
+    for e in events:
+        ref = e.get("objectRef", {})
+        name = ref.get("name", "")
+        if ref.get("resource") not in CLUSTER_RBAC or name not in grants:
+            continue
+        if e["verb"] == "delete" and _code(e) in (200, 202):
+            missing.setdefault(name, _time(e["stageTimestamp"]))
+        elif e["verb"] in WRITES and _code(e) == 201 and name in missing:
+            gaps.append((missing.pop(name), _time(e["stageTimestamp"])))
+    gaps += [(start, None) for start in missing.values()]
     out = []
     for e in mine:
-        if e.get("responseStatus", {}).get("code") != 403:
+        if _code(e) != 403:
             continue
         namespace = e.get("objectRef", {}).get("namespace", "")
         when = _time(e["requestReceivedTimestamp"])
         t0 = bound.get(namespace)
         race = t0 is not None and 0 <= (when - t0).total_seconds() <= BINDING_RACE_S
-        out.append(Refusal(when, e["verb"], e["requestURI"], namespace, e["responseStatus"].get("message", ""), race))
+        unbound = any(start <= when and (end is None or when < end) for start, end in gaps)
+        message = e["responseStatus"].get("message", "")
+        out.append(Refusal(when, e["verb"], e["requestURI"], namespace, message, race, unbound))
     return out
+
+
+def refusals(cluster: E2ECluster, user: str, grants: Collection[str] = ()) -> list[Refusal]:
+    """:func:`refused` on the cluster's audit log as it stands."""
+    events = [json.loads(line) for line in Path(cluster.audit_log).read_text().splitlines()]
+    return refused(events, user, grants)
 
 
 @pytest.fixture
 def operator_authorised(cluster: E2ECluster, release: Release) -> Iterator[None]:
     """Fails the test if the API server refused a request of the operator's ServiceAccount, the
     binding race above included: the operator waits until its new tenant binding is in effect
-    (operator/sync/organization/access.py), so no request of it may be refused."""
+    (operator/sync/organization/access.py), so no request of it may be refused. Only a request made
+    while the release's own cluster grant was deleted (uninstalled) is not counted."""
     yield
     user = f"system:serviceaccount:{release.namespace}:{release.operator_sa}"
-    refused = refusals(cluster, user)
-    assert not refused, "the chart's RBAC refused the operator:\n" + "\n".join(
-        f"{r}{' (right after it bound itself there)' if r.binding_race else ''}" for r in refused[:20]
+    counted = [r for r in refusals(cluster, user, release.operator_grants) if not r.unbound]
+    assert not counted, "the chart's RBAC refused the operator:\n" + "\n".join(
+        f"{r}{' (right after it bound itself there)' if r.binding_race else ''}" for r in counted[:20]
     )
