@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
+from mesial.api.types import KEY_TTL_DAYS, RETENTION_DAYS
 from mesial.common.audit import PLATFORM_TENANT, AuditEvent, verify_export
 from mesial.common.settings import Settings, get_settings
 
@@ -132,7 +133,13 @@ def bootstrap(force: bool) -> None:
 
 @admin.command("create-org")
 @click.argument("name")
-@click.option("--retention-days", default=90, show_default=True, type=int)
+@click.option(
+    "--retention-days",
+    default=90,
+    show_default=True,
+    type=click.IntRange(RETENTION_DAYS.min, RETENTION_DAYS.max),
+    help="Days scans and results are kept (legal holds excepted).",
+)
 def create_org(name: str, retention_days: int) -> None:
     """Create an organization (and its Vault key)."""
 
@@ -151,7 +158,12 @@ def create_org(name: str, retention_days: int) -> None:
 @admin.command("issue-key")
 @click.option("--org", "org_name", required=True, help="Organization name.")
 @click.option("--role", required=True, type=click.Choice(["org-admin", "clinician", "technician", "auditor"]))
-@click.option("--expires-in-days", type=int, default=None)
+@click.option(
+    "--expires-in-days",
+    type=click.IntRange(KEY_TTL_DAYS.min, KEY_TTL_DAYS.max),
+    default=None,
+    help="Days until the key expires (default: never).",
+)
 def issue_key(org_name: str, role: str, expires_in_days: int | None) -> None:
     """Issue a key for a new member of an organization; prints it once."""
 

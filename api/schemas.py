@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from mesial.api.services.scans import ScanKind
-from mesial.api.types import Role
+from mesial.api.types import KEY_TTL_DAYS, RETENTION_DAYS, Role
 from mesial.common.contract import CONTACT_THRESHOLD_MM
 
 Id = Annotated[str, Field(pattern=r"^[a-z]{3}_[0-9a-f]{24}$", description="opaque id")]
@@ -38,11 +38,15 @@ class Error(BaseModel):
 
 class OrgCreate(Strict):
     name: OrgName
-    retention_days: int = Field(90, ge=1, le=36500)
+    retention_days: int = Field(90, ge=RETENTION_DAYS.min, le=RETENTION_DAYS.max)
 
 
 class Retention(Strict):
-    retention_days: int = Field(ge=1, le=36500, description="days scans and results are kept (legal holds excepted)")
+    retention_days: int = Field(
+        ge=RETENTION_DAYS.min,
+        le=RETENTION_DAYS.max,
+        description="days scans and results are kept (legal holds excepted)",
+    )
 
 
 class BreakGlass(Strict):
@@ -66,7 +70,7 @@ class OrgList(BaseModel):
 
 class KeyCreate(Strict):
     role: Literal["org-admin", "clinician", "technician", "auditor"]
-    expires_in_days: int | None = Field(None, ge=1, le=3650)
+    expires_in_days: int | None = Field(None, ge=KEY_TTL_DAYS.min, le=KEY_TTL_DAYS.max)
 
 
 class PlatformKeyCreate(KeyCreate):

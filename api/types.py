@@ -23,6 +23,25 @@ CASE_ROLES = frozenset({Role.org_admin, Role.clinician, Role.technician})
 
 
 @dataclass(frozen=True)
+class DayRange:
+    """An inclusive range of days that every way in (API schema, ``mesial admin``, services) holds to."""
+
+    min: int
+    max: int
+    what: str
+
+    def check(self, days: int | None) -> None:
+        """Raises :class:`ValueError` (the caller's error type wraps it) for a value outside the range."""
+        if days is not None and not self.min <= days <= self.max:
+            raise ValueError(f"{self.what} must be {self.min}-{self.max} days, not {days}")
+
+
+# docs/api.md: PUT /v1/org/retention (1-36500); a key expires after 1-3650 days, or never (None).
+RETENTION_DAYS = DayRange(1, 36500, "retention")
+KEY_TTL_DAYS = DayRange(1, 3650, "a key's lifetime")
+
+
+@dataclass(frozen=True)
 class Principal:
     """Who is calling: derived from the credential only, never from the request."""
 

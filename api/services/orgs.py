@@ -14,12 +14,19 @@ from mesial.api.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from mesial.api.models import ApiKey, Member, Organization
 from mesial.api.services.ingest import grant_for
 from mesial.api.services.scope import OPAQUE_ID_RE
-from mesial.api.types import TENANT_ROLES, Role, iso, new_id, utcnow
+from mesial.api.types import KEY_TTL_DAYS, RETENTION_DAYS, TENANT_ROLES, DayRange, Role, iso, new_id, utcnow
 from mesial.common.tenancy import ORG_NAME_RE, validate_org_name
 from mesial.common.vault import TenantKeys
 
 # A break-glass key lives one day at most: long enough to issue the organization a new admin of its own.
 BREAK_GLASS_TTL_DAYS = 1
+
+
+def _check(days_range: DayRange, days: int | None) -> None:
+    try:
+        days_range.check(days)
+    except ValueError as exc:
+        raise ValidationFailed(str(exc)) from None
 
 
 def org_view(org: Organization) -> dict[str, Any]:
@@ -47,6 +54,7 @@ def key_view(key: ApiKey) -> dict[str, Any]:
 async def create_org(name: str, keys: TenantKeys | None, retention_days: int = 90) -> Organization:
     """The organization row and its Vault key (idempotent in Vault; the row is new)."""
     validate_org_name(name)
+    _check(RETENTION_DAYS, retention_days)
     if await Organization.exists(name=name):
         raise Conflict("organization exists")
     if keys is not None:
@@ -71,8 +79,10 @@ async def issue_member_key(org_id: str | None, role: Role, ttl_days: int | None)
     """A new member of ``role`` and its first key (shown once)."""
     if org_id is not None and role not in TENANT_ROLES:
         raise ValidationFailed(f"role {role.value} cannot belong to an organization")
+    _check(KEY_TTL_DAYS, ttl_days)
     member = await new_member(org_id, role)
-    return await issue_key(member=member, role=role, org_id=org_id, ttl=timedelta(days=ttl_days) if ttl_days else None)
+    ttl = None if ttl_days is None else timedelta(days=ttl_days)
+    return await issue_key(member=member, role=role, org_id=org_id, ttl=ttl)
 
 
 async def issue_platform_key(

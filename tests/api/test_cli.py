@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
+import sqlite3
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
 from mesial.common import services as svc
+from mesial.common.errors import KeyNotFound
 from mesial.common.settings import Settings
+from mesial.common.vault import TenantKeys
 
 MESIAL = str(Path(sys.executable).parent / "mesial")
 
@@ -131,3 +137,39 @@ async def test_http_audit_sink_appends_through_the_internal_endpoint(
         ("retention.deleted", "service:operator"),
         ("retention.deleted", "service:operator"),
     ]
+
+
+def test_admin_refuses_the_ranges_the_api_refuses_and_stores_nothing(
+    service_settings: Settings, tmp_path: Path
+) -> None:
+    """`mesial admin` writes the database itself, past the API's schemas: their ranges hold here too
+    (docs/api.md: retention 1-36500 days; keys expire after 1-3650 days or never). A retention of 0 days or
+    fewer would have the next local sweep delete every scan of the organization at once; a key asked for
+    0 days was read as "no expiry" and never expired."""
+    env = {**cli_env(service_settings, tmp_path), "HOME": str(tmp_path)}
+    name = f"cli-{secrets.token_hex(3)}"
+    for days in ("0", "-1", "36501"):
+        refused = run(env, "admin", "create-org", name, "--retention-days", days)
+        assert refused.returncode != 0, (days, refused.stdout)
+        assert "--retention-days" in refused.stderr and "1<=x<=36500" in refused.stderr, refused.stderr
+    with pytest.raises(KeyNotFound):  # refused before anything was made, in Vault too
+        TenantKeys(service_settings.vault).key_info(name)
+    assert run(env, "admin", "create-org", name, "--retention-days", "36500").returncode == 0
+    for days in ("0", "-1", "3651"):
+        refused = run(env, "admin", "issue-key", "--org", name, "--role", "auditor", "--expires-in-days", days)
+        assert refused.returncode != 0, (days, refused.stdout)
+        assert "--expires-in-days" in refused.stderr and "1<=x<=3650" in refused.stderr, refused.stderr
+    issued = run(env, "admin", "issue-key", "--org", name, "--role", "auditor", "--expires-in-days", "1")
+    assert issued.returncode == 0, issued.stderr
+
+    with contextlib.closing(sqlite3.connect(tmp_path / "db" / "cli.sqlite3")) as db:
+        [(org_id, retention)] = db.execute("SELECT id, retention_days FROM organizations WHERE name = ?", (name,))
+        keys = db.execute("SELECT created_at, expires_at FROM api_keys WHERE org_id = ?", (org_id,)).fetchall()
+        members = db.execute("SELECT count(*) FROM members WHERE org_id = ?", (org_id,)).fetchone()[0]
+        issued_events = db.execute(
+            "SELECT count(*) FROM audit_events WHERE tenant = ? AND action = 'key.issued'", (name,)
+        ).fetchone()[0]
+    assert retention == 36500
+    assert members == 1 and issued_events == 1 and len(keys) == 1  # the refused ones left no member, key or event
+    [(created, expires)] = keys
+    assert datetime.fromisoformat(expires) - datetime.fromisoformat(created) == timedelta(days=1)

@@ -20,6 +20,7 @@ from mesial.api.executor import LocalExecutor, job_arguments, scanjob_manifest
 from mesial.api.types import utcnow
 from mesial.common.contract import JobSpec
 from mesial.common.services import free_port
+from tests.api import meshes
 from tests.api.conftest import Harness, bearer, variant, variant_of
 
 
@@ -330,3 +331,36 @@ async def test_a_local_job_fails_clearly_when_its_tenants_store_identity_cannot_
         job = await start_job(harness, admin)
         done = await wait_job(harness, admin, job["id"], timeout=60)
     assert (done["state"], done["message"]) == ("failed", "the tenant's store identity is unavailable"), done
+
+
+async def test_an_organization_whose_key_was_shredded_is_410_gone_and_nothing_is_stored(api: Harness) -> None:
+    """docs/api.md's error table: `410 gone`, "the organization's key was shredded". Once the key is gone
+    (crypto-shredding, as the Organization's deletion does), an upload is refused before anything is
+    written, and a download link issued before the shredding opens nothing: both 410 with the request id."""
+    org, admin = await api.new_org()
+    job = await finished_job(api, admin)
+    url = (await api.client.post(f"/v1/jobs/{job['id']}/artifacts/summary.json/link", headers=bearer(admin))).json()[
+        "url"
+    ]
+    store = api.runtime.store
+    before = sorted([m.key async for m in store.list(org)])
+    scans = (await api.client.get("/v1/scans", headers=bearer(admin))).json()["items"]
+    await asyncio.to_thread(api.runtime.need_keys().shred, org)
+
+    for response in (
+        await api.client.post(
+            "/v1/scans",
+            params={"kind": "bite"},
+            content=meshes.stl_binary(),
+            headers={**bearer(admin), "content-type": "application/octet-stream"},
+        ),
+        await api.client.get(url),
+    ):
+        assert response.status_code == 410, response.text
+        assert response.json()["error"] == {
+            "code": "gone",
+            "message": "the organization's key no longer exists",
+            "request_id": response.headers["x-request-id"],
+        }
+    assert sorted([m.key async for m in store.list(org)]) == before  # no object
+    assert (await api.client.get("/v1/scans", headers=bearer(admin))).json()["items"] == scans  # no row

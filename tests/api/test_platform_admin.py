@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
@@ -19,6 +20,7 @@ import asyncpg  # type: ignore[import-untyped]
 from mesial.api.app import db_context
 from mesial.api.models import ApiKey, Member
 from mesial.api.services import orgs
+from mesial.api.types import utcnow
 from tests.api.conftest import Harness, bearer, variant
 from tests.api.test_audit import events, export
 
@@ -132,3 +134,33 @@ async def test_two_simultaneous_first_keys_give_one_key(api: Harness, tmp_path: 
         org_id = (await orgs.org_by_name(name)).id
         assert await Member.filter(org_id=org_id).count() == 1
         assert await ApiKey.filter(org_id=org_id).count() == 1
+
+
+async def test_a_break_glass_key_lives_one_day_at_most(api: Harness) -> None:
+    """docs/api.md: the break-glass key "expires after one day", whatever lifetime is asked for. A day and a
+    second after it was issued it is refused, and it no longer counts as the organization's admin (another
+    break-glass is possible); a second before, it still works."""
+    name, platform = await _org(api)
+    admin = (await api.client.post(f"/v1/orgs/{name}/keys", json={"role": "org-admin"}, headers=platform)).json()["key"]
+    me = (await api.client.get("/v1/keys", headers=bearer(admin))).json()["items"][0]
+    assert (await api.client.delete(f"/v1/members/{me['member_id']}", headers=bearer(admin))).status_code == 204
+    glass = {"role": "org-admin", "break_glass": True, "expires_in_days": 3650}
+    issued = await api.client.post(f"/v1/orgs/{name}/keys", json=glass, headers=platform)
+    assert issued.status_code == 201, issued.text
+    key = issued.json()
+    created, expires = (datetime.fromisoformat(key[f]) for f in ("created_at", "expires_at"))
+    assert expires - created == timedelta(days=1), key
+
+    async def age(by: timedelta) -> int:
+        """The key's status code on its next request, as if it had been issued ``by`` ago."""
+        with db_context(api.app):
+            row = await ApiKey.get(id=key["id"])
+            assert row.expires_at is not None
+            lifetime = row.expires_at - row.created_at
+            await ApiKey.filter(id=key["id"]).update(created_at=utcnow() - by, expires_at=utcnow() - by + lifetime)
+        return (await api.client.get("/v1/keys", headers=bearer(key["key"]))).status_code
+
+    assert await age(timedelta(days=1) - timedelta(seconds=1)) == 200
+    assert await age(timedelta(days=1, seconds=1)) == 401
+    again = await api.client.post(f"/v1/orgs/{name}/keys", json=glass, headers=platform)
+    assert again.status_code == 201, again.text  # the expired key is no active admin
