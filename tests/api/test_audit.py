@@ -637,3 +637,35 @@ async def test_only_the_operator_reports_job_states(api: Harness) -> None:
     while job["id"] in api.runtime.dispatcher.running and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.1)
     assert job["id"] not in api.runtime.dispatcher.running
+
+
+async def test_a_failed_audit_append_is_a_503_and_nothing_leaves(
+    api: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/audit.md: "if the audit store fails, the client gets 503, not a success without a trace". Neither
+    a new key's secret nor scan metadata leaves without its event; the log names the request id; routes
+    that are not audited keep working."""
+    _org, admin = await api.new_org()
+    scan = await api.upload(admin)
+
+    async def down(event: object) -> None:
+        raise ConnectionError("audit database down")
+
+    monkeypatch.setattr(api.runtime.collector, "append", down)
+    with caplog.at_level("ERROR", logger="mesial.api.audit"):
+        refused = [
+            await api.client.post("/v1/keys", json={"role": "technician"}, headers=bearer(admin)),  # key.issued
+            await api.client.get(f"/v1/scans/{scan['id']}", headers=bearer(admin)),  # scan.viewed
+        ]
+    for response in refused:
+        assert response.status_code == 503, response.text
+        request_id = response.headers["x-request-id"]
+        assert response.json()["error"] == {
+            "code": "unavailable",
+            "message": "a backing service is unavailable",
+            "request_id": request_id,
+        }
+        assert any(request_id in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+    assert "mesial_" not in refused[0].text and scan["sha256"] not in refused[1].text
+    listed = await api.client.get("/v1/scans", headers=bearer(admin))  # not audited: unaffected
+    assert listed.status_code == 200 and [s["id"] for s in listed.json()["items"]] == [scan["id"]]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mesial.api.openapi import ROLE_COLUMNS, role_table, specs
+from mesial.common.errors import VaultUnavailable
 from tests.api.conftest import Harness, bearer
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -65,3 +66,29 @@ async def test_health_and_metrics(api: Harness, path: str) -> None:
         assert response.json()["checks"] == {"database": "ok", "vault": "ok", "store": "ok"}
     if path == "/metrics":
         assert 'mesial_http_requests_total{method="GET",route="/healthz",status="200"}' in response.text
+
+
+async def test_readyz_is_503_naming_what_does_not_answer(api: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/api.md, Operations: `/readyz` is 200 when the database, Vault and the object store answer, `503`
+    otherwise (a Kubernetes readiness probe takes the replica out of its Service); `/healthz` stays 200."""
+    keys, store = api.runtime.need_keys(), api.runtime.need_store()
+
+    def vault_down() -> dict[int, str]:
+        raise VaultUnavailable("vault did not answer")
+
+    async def store_down(**kwargs: object) -> None:
+        raise ConnectionError("store did not answer")
+
+    monkeypatch.setattr(keys, "public_keys", vault_down)
+    response = await api.client.get("/readyz")
+    assert response.status_code == 503, response.text
+    assert response.json() == {
+        "status": "not ready",
+        "checks": {"database": "ok", "vault": "failed: VaultUnavailable", "store": "ok"},
+    }
+    monkeypatch.setattr(store.client, "head_bucket", store_down)
+    response = await api.client.get("/readyz")
+    assert response.status_code == 503 and response.json()["checks"]["store"] == "failed: ConnectionError"
+    assert (await api.client.get("/healthz")).status_code == 200
+    monkeypatch.undo()
+    assert (await api.client.get("/readyz")).status_code == 200

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from mesial.api.models import AuditEventRow
@@ -31,6 +33,25 @@ from mesial.common.settings import Settings
 from mesial.common.tenancy import tenant_prefix
 from tests.api.conftest import BACKEND, Harness, _started, bearer, make_settings, variant
 from tests.api.realjob import JOB_COMMAND, run_real_job
+
+
+@pytest.fixture
+async def own_db_app(
+    service_settings: Settings, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Harness]:
+    """The API on a database of its own: :func:`sweep_local` sweeps every organization it holds, and the
+    session's shared database holds every other test's organizations."""
+    if BACKEND == "sqlite":
+        url = f"sqlite://{tmp_path / 'own.sqlite3'}"
+    else:
+        base = request.getfixturevalue("postgres").url
+        admin = await asyncpg.connect(base)
+        name = f"ret_{secrets.token_hex(4)}"
+        await admin.execute(f"CREATE DATABASE {name}")
+        await admin.close()
+        url = base.rsplit("/", 1)[0] + "/" + name
+    async for harness in _started(make_settings(service_settings, tmp_path / "data", url), BACKEND):
+        yield harness
 
 
 @pytest.fixture
@@ -131,3 +152,28 @@ async def test_the_local_api_sweeps_on_its_own_schedule(
     sweeps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("retention sweep:")]
     assert sweeps and "'examined': 0" not in sweeps[0], sweeps  # it went through the stored scans
     assert "'deleted': 0" in sweeps[0]  # nothing is past its age yet
+
+
+async def test_local_mode_keeps_a_new_organizations_scans_90_days_and_sweeps_them_on_day_91(
+    own_db_app: Harness,
+) -> None:
+    """docs/api.md: a new organization keeps its scans 90 days unless it says otherwise. The local sweep
+    a minute before day 90 leaves the scan and its row; the sweep on day 91 takes both, with the receipt
+    in the organization's chain."""
+    app = own_db_app
+    org, admin = await app.new_org()
+    listed = (await app.client.get("/v1/orgs", headers=bearer(await app.platform_key()))).json()["items"]
+    assert [o["retention_days"] for o in listed if o["name"] == org] == [90]
+    scan = (await app.upload(admin, "upper"))["id"]
+    runtime, start = app.runtime, datetime.now(UTC)
+    key = f"{tenant_prefix(org)}scans/{scan}"
+
+    await sweep_local(runtime.store, runtime.collector, now=start + timedelta(days=90) - timedelta(minutes=1))
+    assert [m.key async for m in runtime.store.list(org)] == [key]
+    assert (await app.client.get(f"/v1/scans/{scan}", headers=bearer(admin))).status_code == 200
+
+    await sweep_local(runtime.store, runtime.collector, now=start + timedelta(days=91))
+    assert [m.key async for m in runtime.store.list(org)] == []
+    assert (await app.client.get(f"/v1/scans/{scan}", headers=bearer(admin))).status_code == 404
+    receipts = await AuditEventRow.filter(tenant=org, action="retention.deleted").values_list("resource_id", flat=True)
+    assert list(receipts) == [scan]
