@@ -6,6 +6,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -155,3 +156,48 @@ async def test_malformed_path_ids_are_404_not_errors(api: Harness, junk: str) ->
     ]:
         response = await api.client.request(method, path, headers=bearer(key), json={"role": "auditor"})
         assert response.status_code in (403, 404), (method, path, response.status_code, response.text)
+
+
+async def test_documented_ranges_take_their_ends_and_refuse_one_past(api: Harness) -> None:
+    """docs/api.md's ranges, each end accepted and one past it a 422 naming the field, with nothing changed:
+    retention 1-36500 days, a page `limit` 1-200, a key's `expires_in_days` 1-3650."""
+    org, admin = await api.new_org()
+    platform = bearer(await api.platform_key())
+
+    async def retention() -> int:
+        listed = (await api.client.get("/v1/orgs", headers=platform)).json()["items"]
+        return int(next(o["retention_days"] for o in listed if o["name"] == org))
+
+    def refused(response: Any, field: str) -> bool:
+        error = response.json()["error"]
+        return (
+            response.status_code == 422
+            and error["request_id"] == response.headers["x-request-id"]
+            and [d["loc"][-1] for d in error["details"]] == [field]
+        )
+
+    for days in (1, 36500):
+        put = await api.client.put("/v1/org/retention", json={"retention_days": days}, headers=bearer(admin))
+        assert put.status_code == 200 and await retention() == days
+    for days in (0, 36501):
+        put = await api.client.put("/v1/org/retention", json={"retention_days": days}, headers=bearer(admin))
+        assert refused(put, "retention_days"), put.text
+        assert await retention() == 36500
+    for path in ("/v1/scans", "/v1/jobs"):
+        for limit in (1, 200):
+            assert (await api.client.get(path, params={"limit": limit}, headers=bearer(admin))).status_code == 200
+        for limit in (0, 201):
+            page = await api.client.get(path, params={"limit": limit}, headers=bearer(admin))
+            assert refused(page, "limit"), page.text
+    keys_before = len((await api.client.get("/v1/keys", headers=bearer(admin))).json()["items"])
+    for days in (1, 3650):
+        issued = await api.client.post(
+            "/v1/keys", json={"role": "auditor", "expires_in_days": days}, headers=bearer(admin)
+        )
+        assert issued.status_code == 201, issued.text
+    for days in (0, 3651):
+        issued = await api.client.post(
+            "/v1/keys", json={"role": "auditor", "expires_in_days": days}, headers=bearer(admin)
+        )
+        assert refused(issued, "expires_in_days"), issued.text
+    assert len((await api.client.get("/v1/keys", headers=bearer(admin))).json()["items"]) == keys_before + 2

@@ -364,3 +364,32 @@ async def test_an_organization_whose_key_was_shredded_is_410_gone_and_nothing_is
         }
     assert sorted([m.key async for m in store.list(org)]) == before  # no object
     assert (await api.client.get("/v1/scans", headers=bearer(admin))).json()["items"] == scans  # no row
+
+
+async def test_a_full_local_queue_is_503_busy_and_stores_no_job(api: Harness, tmp_path: Path) -> None:
+    """docs/api.md: `MESIAL_API__EXECUTOR_WORKERS` jobs run, `MESIAL_API__EXECUTOR_QUEUE_SIZE` wait, then
+    `POST /v1/jobs` is `503 busy` with the request id, and the refused job has no row."""
+    command = [sys.executable, str(Path(__file__).with_name("jobscript.py")), "--behaviour", "sleep"]
+    async with variant(api, tmp_path, job_command=command, executor_workers=1, executor_queue_size=1) as app:
+        _org, admin = await app.new_org()
+        running = await start_job(app, admin)
+        deadline = time.monotonic() + 20
+        while (await app.client.get(f"/v1/jobs/{running['id']}", headers=bearer(admin))).json()["state"] != "running":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        waiting = await start_job(app, admin)
+        case = await app.case(admin)
+        body = {"upper": case["upper"], "lower": case["lower"], "bites": [case["bite"]], "options": {}}
+        refused = await app.client.post("/v1/jobs", json=body, headers=bearer(admin))
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"] == {
+            "code": "busy",
+            "message": "the job queue is full; retry later",
+            "request_id": refused.headers["x-request-id"],
+        }
+        listed = (await app.client.get("/v1/jobs", headers=bearer(admin))).json()["items"]
+        assert sorted(j["id"] for j in listed) == sorted([running["id"], waiting["id"]])
+        # the refused job's scans are no job's input: they can be deleted
+        assert (await app.client.delete(f"/v1/scans/{case['upper']}", headers=bearer(admin))).status_code == 204
+        for job in (waiting, running):
+            assert (await app.client.post(f"/v1/jobs/{job['id']}/cancel", headers=bearer(admin))).status_code == 200
