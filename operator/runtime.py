@@ -42,7 +42,6 @@ class Runtime:
     # The clock retention sweeps by (tests move it to age objects).
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
-    _org_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _locks: weakref.WeakValueDictionary[tuple[str, ...], asyncio.Lock] = field(
         default_factory=weakref.WeakValueDictionary
     )
@@ -50,10 +49,7 @@ class Runtime:
     def org_lock(self, org: str) -> asyncio.Lock:
         """One Organization's lock: a drift pass caught mid-run by a deletion (kopf runs the deletion
         handler while the timer is still exiting) must not recreate what the deletion removes."""
-        return self._org_locks.setdefault(org, asyncio.Lock())
-
-    def forget_org(self, org: str) -> None:
-        self._org_locks.pop(org, None)
+        return self.lock("organization", org)
 
     def lock(self, *key: str) -> asyncio.Lock:
         """The lock of one object (``key``: its kind, namespace and name), held while a handler

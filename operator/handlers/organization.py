@@ -7,8 +7,9 @@ from typing import Any
 import kopf
 
 from mesial.operator.errors import to_kopf
+from mesial.operator.handlers import current
 from mesial.operator.runtime import Runtime
-from mesial.operator.sync.organization import Note, reconcile
+from mesial.operator.sync.organization import ORG, Note, reconcile
 from mesial.operator.sync.organization.deletion import delete_organization
 
 PLURAL = ("mesial.dev", "v1alpha1", "organizations")
@@ -60,11 +61,17 @@ async def organization_drift(body: kopf.Body, status: kopf.Status, memo: kopf.Me
 
 async def organization_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime = memo.runtime
-    try:
-        post(body, await delete_organization(runtime, body))
-    except Exception as exc:
-        kopf.event(body, type="Warning", reason="DeletionWaiting", message=str(exc)[:400])
-        raise to_kopf(exc, runtime.settings.operator.retry_delay_s) from exc
+    # after a reconcile pass still running (the lock), decided on the Organization as it is: kopf's
+    # copy (this handler's retries too) can lag behind a spec.deletion.force set since, or our status
+    async with runtime.org_lock(body["metadata"]["name"]):
+        org = await current(runtime, ORG, body)
+        if org is None:
+            return  # gone (its finalizer removed by others): nothing left to act on or write to
+        try:
+            post(org, await delete_organization(runtime, org))
+        except Exception as exc:
+            kopf.event(org, type="Warning", reason="DeletionWaiting", message=str(exc)[:400])
+            raise to_kopf(exc, runtime.settings.operator.retry_delay_s) from exc
 
 
 def register(registry: kopf.OperatorRegistry, drift_interval: float) -> None:

@@ -1,6 +1,6 @@
 """Operator robustness: a tenant briefly Degraded, a refused ScanJob's deletion, long names,
 RetentionPolicies taking over and refusing impossible specs, handlers whose object is gone or
-cannot be read."""
+cannot be read, an Organization's deletion forced (or unforced) since kopf's copy."""
 
 from __future__ import annotations
 
@@ -16,13 +16,14 @@ import pytest
 from kopf._core.engines import posting
 
 from mesial.common.services import free_port
+from mesial.operator.handlers.organization import organization_deleted
 from mesial.operator.handlers.retention import policy_deleted, policy_sweep
 from mesial.operator.handlers.scanjob import scanjob_sync
 from mesial.operator.k8s import K8s
 from mesial.operator.metrics import RECONCILES
 from mesial.operator.testing import OPERATOR_TOKEN, Harness
 from tests.operator.conftest import eventually
-from tests.operator.helpers import ORG, POLICY, SCANJOB, audit_events, organization, ready
+from tests.operator.helpers import ORG, POLICY, SCANJOB, audit_events, condition, get, organization, ready, status
 
 JOB = ("batch/v1", "Job")
 
@@ -192,9 +193,56 @@ async def test_a_mirror_tick_on_a_lagging_watch_does_not_undo_a_phase_set_since(
         assert (await sj_status(k8s, ns, "case"))["phase"] == "Succeeded"
 
 
-# Handlers that decide on their object as the API server has it (handlers.current()); the ScanJob
-# report timer reads it the same way, with an API configured (test_api_reporting.py).
-READING_HANDLERS = [policy_sweep, policy_deleted, scanjob_sync]
+@pytest.mark.parametrize("force", [True, False], ids=["forced-since", "unforced-since"])
+async def test_an_organization_deletion_takes_force_from_the_organization_as_it_is(
+    harness: Harness, org_name: Any, force: bool
+) -> None:
+    """kopf hands the deletion handler, and each retry of it, the body its watch last delivered; a
+    ``spec.deletion.force`` set (or unset) since is not in it while that watch lags. The handler
+    decides on the Organization as the API server has it: forced since, it stops the running
+    ScanJob though kopf's copy says wait; unforced since, it waits though kopf's copy says force."""
+    name = org_name("lagforce")
+    ns = f"mesial-org-{name}"
+    k8s = harness.client
+    await k8s.create(organization(name, deletion={"force": not force}))
+    await eventually(lambda: ready(k8s, name))
+    await k8s.create(scanjob("case", ns))
+
+    async def dispatched() -> bool:  # kopf's finalizer holds the ScanJob, its Job made
+        return bool((await sj_status(k8s, ns, "case")).get("jobName"))
+
+    await eventually(dispatched)
+    with harness.emulator.watch_held(), posted_events():
+        await k8s.delete(*ORG, name)
+        copy = kopf.Body(cast(kopf.RawBody, await get(k8s, *ORG, name)))  # the deletion in it, the old force
+        await k8s.patch(*ORG, name, {"spec": {"deletion": {"force": force}}})
+        # either way it waits: refused, or for the ScanJob to go (its finalizer is kopf's, whose watch is held)
+        with pytest.raises(kopf.TemporaryError) as raised:
+            await organization_deleted(body=copy, memo=kopf.Memo(runtime=harness.runtime))
+        left = await get(k8s, *SCANJOB, "case", ns)
+    deleting = condition(await status(k8s, name), "Deleting")
+    if force:
+        assert left["metadata"].get("deletionTimestamp"), "the forced deletion did not stop the ScanJob"
+        assert deleting["reason"] == "JobsStopping" and str(raised.value).startswith("JobsStopping")
+        await eventually(lambda: _org_gone(k8s, name), timeout=40)
+    else:
+        assert not left["metadata"].get("deletionTimestamp"), "the ScanJob was stopped without force"
+        assert deleting["reason"] == "DeletionBlocked" and "case" in str(raised.value)
+
+
+async def _org_gone(k8s: Any, name: str) -> bool:
+    return await k8s.get(*ORG, name) is None
+
+
+# Handlers that decide on their object as the API server has it (handlers.current()), with the kind
+# of kopf's copy each is handed below; the ScanJob report timer reads its object the same way, with
+# an API configured (test_api_reporting.py).
+READING_HANDLERS = {
+    policy_sweep: "policy",
+    policy_deleted: "policy",
+    scanjob_sync: "scanjob",
+    organization_deleted: "organization",
+}
 
 
 @contextlib.contextmanager
@@ -213,8 +261,8 @@ def posted_events() -> Iterator[asyncio.Queue[Any]]:
 
 
 def stale_copies(ns: str) -> dict[str, kopf.Body]:
-    """kopf's copies of a RetentionPolicy being deleted that owes a receipt and of a running
-    ScanJob, as its watch last delivered them; neither object exists on the server."""
+    """kopf's copies of a RetentionPolicy being deleted that owes a receipt, of a running ScanJob
+    and of an Organization being deleted, as its watch last delivered them; none exists on the server."""
     meta = {"namespace": ns, "uid": "0b5e7c1e-0000-4000-8000-000000000001", "finalizers": ["mesial.dev/cleanup"]}
     details = {"objects_deleted": 1, "objects_held": 0, "max_age_days": 30, "policy": "gone"}
     receipt = {"resourceType": "scan", "resourceId": "s1", "time": "2026-01-01T00:00:00Z", "details": details}
@@ -229,9 +277,15 @@ def stale_copies(ns: str) -> dict[str, kopf.Body]:
         "metadata": {"name": "gone", **meta},
         "status": {"phase": "Running", "jobName": "scanjob-gone"},
     }
+    org_copy = {
+        **organization("gone", deletion={"force": True}),
+        "metadata": {key: value for key, value in deleting.items() if key != "namespace"},  # cluster-scoped
+        "status": {"phase": "Terminating", "deletion": {"startedAt": "2026-01-01T00:00:00Z"}},
+    }
     return {
         "policy": kopf.Body(cast(kopf.RawBody, policy_copy)),
         "scanjob": kopf.Body(cast(kopf.RawBody, scanjob_copy)),
+        "organization": kopf.Body(cast(kopf.RawBody, org_copy)),
     }
 
 
@@ -245,9 +299,8 @@ async def test_a_handler_whose_object_is_gone_since_its_event_ends_quietly(harne
     copies = stale_copies(ns)
     memo = kopf.Memo(runtime=harness.runtime)
     with posted_events() as queue:
-        for handler in READING_HANDLERS:
-            body = copies["policy" if handler in (policy_sweep, policy_deleted) else "scanjob"]
-            await handler(body=body, memo=memo)  # returns: no exception for kopf to retry on
+        for handler, kind in READING_HANDLERS.items():
+            await handler(body=copies[kind], memo=memo)  # returns: no exception for kopf to retry on
     posted = [queue.get_nowait() for _ in range(queue.qsize())]
     # the receipt kopf's copy shows owed is not sent from that copy: said loudly instead
     assert [(e.type, e.reason) for e in posted] == [("Warning", "ReceiptsUnsent")]
@@ -255,16 +308,16 @@ async def test_a_handler_whose_object_is_gone_since_its_event_ends_quietly(harne
     assert not [e for e in audit_events(harness.runtime) if e["tenant"] == org]
     assert await harness.client.get(*POLICY, "gone", ns) is None
     assert await harness.client.get(*SCANJOB, "gone", ns) is None
+    assert await harness.client.get(*ORG, "gone") is None
 
 
-@pytest.mark.parametrize("handler", READING_HANDLERS, ids=lambda h: h.__name__)
+@pytest.mark.parametrize("handler", list(READING_HANDLERS), ids=lambda h: h.__name__)
 async def test_a_failed_read_of_a_handlers_object_is_a_retry_after_the_delay(harness: Harness, handler: Any) -> None:
     """One rule for every handler reading its object: a failed read (the API server unreachable
     here) is kopf's TemporaryError with the configured delay, not an unexpected error."""
     unreachable = K8s.for_server(f"http://127.0.0.1:{free_port()}", OPERATOR_TOKEN)
     runtime = dataclasses.replace(harness.runtime, k8s=unreachable)
-    copies = stale_copies("mesial-org-unread")
-    body = copies["policy" if handler in (policy_sweep, policy_deleted) else "scanjob"]
+    body = stale_copies("mesial-org-unread")[READING_HANDLERS[handler]]
     try:
         with pytest.raises(kopf.TemporaryError) as raised:
             await handler(body=body, memo=kopf.Memo(runtime=runtime))

@@ -1,6 +1,7 @@
 """Deleting an Organization: resumable steps, each proven in the world, recorded in ``status.deletion``.
 
-Order: refuse while ScanJobs run (unless ``spec.deletion.force``, which stops them), wait until
+Order: refuse while ScanJobs run (unless ``spec.deletion.force``, read from the Organization as it
+is, not kopf's copy: then they are stopped), wait until
 no ScanJob is left and no pod of the tenant runs, delete the tenant's objects in the store (held ones too: the key is shredded next),
 crypto-shred the key, remove the Vault role and the tenant's store identity,
 delete the namespace, send the deletion receipt to the audit sink (on every pass until the sink takes it: the
@@ -49,18 +50,12 @@ class JobsStopping(MesialError):
 
 
 async def delete_organization(rt: Runtime, body: Any) -> list[Note]:
+    """Run the steps on ``body``, the Organization as the API server has it, read under
+    ``rt.org_lock`` after any reconcile pass still running (``handlers.organization``): its spec
+    decides (a ``spec.deletion.force`` set after the deletion was asked counts at once), its status
+    is where the steps resume. kopf's own copy can lag behind both."""
     org = OrgView.from_body(body)
-    # a reconcile pass still running (a drift timer caught by the deletion) finishes first
-    async with rt.org_lock(org.name):
-        notes = await _delete(rt, org, body)
-    rt.forget_org(org.name)
-    return notes
-
-
-async def _delete(rt: Runtime, org: OrgView, body: Any) -> list[Note]:
-    # kopf may hand over a body older than our own status writes: resume from the live object
-    live = await rt.k8s.get(*ORG, org.name)
-    status = dict((live or body).get("status") or {})
+    status = dict(body.get("status") or {})
     progress: dict[str, Any] = dict(status.get("deletion") or {})
     notes: list[Note] = []
 
