@@ -465,10 +465,15 @@ async def test_no_sweep_writes_an_intent_before_kopfs_finalizer_holds_the_policy
         assert await store.exists(org, "scans/s1")
         assert not (await pstatus(k8s, ns, "retention")).get("pendingReceipts")
 
+    def receipted() -> list[str]:
+        events = audit_events(harness.runtime)
+        return [e["resource_id"] for e in events if e["action"] == "retention.deleted" and e["tenant"] == org]
+
+    # The sweep deletes, then sends the receipt: wait for both (CI under load saw the gap between).
     async def finalized_and_swept() -> bool:
         obj = await k8s.get(*POLICY, "retention", ns) or {}
-        return finalizer in obj["metadata"].get("finalizers", []) and not await store.exists(org, "scans/s1")
+        finalized = finalizer in obj["metadata"].get("finalizers", [])
+        return finalized and not await store.exists(org, "scans/s1") and bool(receipted())
 
     await eventually(finalized_and_swept)
-    receipts = [e for e in audit_events(harness.runtime) if e["action"] == "retention.deleted" and e["tenant"] == org]
-    assert [e["resource_id"] for e in receipts] == ["s1"]
+    assert receipted() == ["s1"]
