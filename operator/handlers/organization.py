@@ -30,10 +30,16 @@ def post(body: kopf.Body, notes: list[Note]) -> None:
 
 async def _reconcile(body: kopf.Body, memo: kopf.Memo, mode: str) -> None:
     runtime: Runtime = memo.runtime
-    # create or correct every owned object, write status once
-    report = await reconcile(runtime, body, mode=mode)
+    # under the lock the deletion takes too, on the Organization as it is: kopf's copy (a drift
+    # timer's can lag) only names it
+    async with runtime.org_lock(body["metadata"]["name"]):
+        org = await current(runtime, ORG, body)
+        if org is None:
+            return  # gone: nothing to create or correct
+        # create or correct every owned object, write status once
+        report = await reconcile(runtime, org, mode=mode)
     # one Event per change and per failure
-    post(body, report.notes)
+    post(org, report.notes)
     # a failed step is retried with the configured delay
     if report.error is not None:
         raise to_kopf(report.error, runtime.settings.operator.retry_delay_s)

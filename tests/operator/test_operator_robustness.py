@@ -16,7 +16,7 @@ import pytest
 from kopf._core.engines import posting
 
 from mesial.common.services import free_port
-from mesial.operator.handlers.organization import organization_deleted
+from mesial.operator.handlers.organization import organization_deleted, organization_updated
 from mesial.operator.handlers.retention import policy_deleted, policy_sweep
 from mesial.operator.handlers.scanjob import scanjob_sync
 from mesial.operator.k8s import K8s
@@ -242,6 +242,7 @@ READING_HANDLERS = {
     policy_deleted: "policy",
     scanjob_sync: "scanjob",
     organization_deleted: "organization",
+    organization_updated: "organization",  # create, resume and the drift timer: the same pass
 }
 
 

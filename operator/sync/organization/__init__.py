@@ -88,20 +88,17 @@ class Report:
         self.notes.append(Note("Warning", "SyncFailed", f"cannot sync {step}: {describe(exc)}"))
 
 
-async def reconcile(rt: Runtime, body: Any, *, mode: str) -> Report:
+async def reconcile(rt: Runtime, live: Any, *, mode: str) -> Report:
     """Create or correct everything an Organization owns; write its status; report.
 
-    Decided on the Organization as the API server has it, read under the lock its deletion takes
-    too: kopf's ``body`` (the last one its watch delivered; a drift timer's can lag) only names it.
-    So a pass never recreates what a deletion removes (one being deleted or gone is left to the
+    ``live`` is the Organization as the API server has it, read by the caller under the lock its
+    deletion takes too (handlers.organization: kopf's body, the last one its watch delivered, can
+    lag). So a pass never recreates what a deletion removes (one being deleted is left to the
     deletion handler), never writes its status over a newer one, and applies the spec as it is: a
     drift tick on a lagging copy put the older spec's quota back over the newer one's."""
-    name = OrgView.from_body(body).name
-    async with rt.org_lock(name):
-        live = await rt.k8s.get(*ORG, name)
-        if live is None or live["metadata"].get("deletionTimestamp"):
-            return Report("deleting")  # the deletion handler owns it now: recreate nothing
-        return await _reconcile(rt, OrgView.from_body(live), live, mode)
+    if live["metadata"].get("deletionTimestamp"):
+        return Report("deleting")  # the deletion handler owns it now: recreate nothing
+    return await _reconcile(rt, OrgView.from_body(live), live, mode)
 
 
 async def _reconcile(rt: Runtime, org: OrgView, live: Any, mode: str) -> Report:
