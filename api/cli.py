@@ -211,15 +211,26 @@ def audit() -> None:
 @click.option("--to", "end", type=click.DateTime(), default=None, help="Events before (UTC).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 def export(tenant: str, start: datetime | None, end: datetime | None, output: Path) -> None:
-    """Write a signed JSON Lines export (events, checkpoints, public key, manifest)."""
+    """Write a signed JSON Lines export (events, checkpoints, public key, manifest).
+
+    An organization that has neither a row nor a chain (a mistyped name), and --from after --to, are
+    errors: either would be an empty export that verifies. A deleted organization's chain still exports."""
     from datetime import UTC
+
+    if start is not None and end is not None and start > end:
+        raise click.UsageError("--from is after --to: the range selects no event")
 
     async def work(settings: Settings) -> None:
         from mesial.api.audit.collector import AuditCollector
         from mesial.api.migrations import dialect_of
+        from mesial.api.models import AuditEventRow, Organization
         from mesial.common.vault import TenantKeys
 
         async with _database(settings) as context:
+            if tenant != PLATFORM_TENANT and not (
+                await Organization.exists(name=tenant) or await AuditEventRow.exists(tenant=tenant)
+            ):
+                raise click.ClickException(f"no organization or audit chain named {tenant}")
             keys = TenantKeys(settings.vault)
             await asyncio.to_thread(keys.ensure_transit)
             await asyncio.to_thread(keys.ensure_signing_key)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mesial.api.services.scans import ScanKind
 from mesial.api.types import KEY_TTL_DAYS, RETENTION_DAYS, Role
@@ -183,11 +183,24 @@ class Link(BaseModel):
     expires_at: str
 
 
+def utc(value: datetime) -> datetime:
+    """A time from a query or the command line: naive ones are UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
 class ExportQuery(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     from_: datetime | None = Field(None, alias="from")
     to: datetime | None = None
+
+    @model_validator(mode="after")
+    def _in_order(self) -> ExportQuery:
+        """``from`` after ``to`` selects nothing: a signed empty export an auditor could take for an empty
+        chain. Naive times are UTC, as the export reads them."""
+        if self.from_ is not None and self.to is not None and utc(self.from_) > utc(self.to):
+            raise ValueError("from is after to: the range selects no event")
+        return self
 
 
 class IngestEvent(Strict):

@@ -669,3 +669,22 @@ async def test_a_failed_audit_append_is_a_503_and_nothing_leaves(
     assert "mesial_" not in refused[0].text and scan["sha256"] not in refused[1].text
     listed = await api.client.get("/v1/scans", headers=bearer(admin))  # not audited: unaffected
     assert listed.status_code == 200 and [s["id"] for s in listed.json()["items"]] == [scan["id"]]
+
+
+async def test_an_export_range_that_ends_before_it_starts_is_422(api: Harness) -> None:
+    """`from` after `to` selects nothing: a signed empty export an auditor could take for an empty chain.
+    It is a 422 saying so; `from` equal to `to` (an empty range, asked as such) and naive times (UTC) pass."""
+    _org, admin = await api.new_org()
+    auditor = await api.key(admin, "auditor")
+    refused = await api.client.get(
+        "/v1/audit/export",
+        params={"from": "2027-01-01T00:00:00Z", "to": "2026-12-31T18:00:00-05:00"},  # 23:00 UTC: an hour before
+        headers=bearer(auditor),
+    )
+    assert refused.status_code == 422, refused.text
+    error = refused.json()["error"]
+    assert error["request_id"] == refused.headers["x-request-id"]
+    assert any("from is after to" in d["msg"] for d in error["details"]), error
+    for params in ({"from": "2026-01-01T00:00:00", "to": "2026-01-01T00:00:00Z"}, {"from": "2026-01-01"}):
+        response = await api.client.get("/v1/audit/export", params=params, headers=bearer(auditor))
+        assert response.status_code == 200, response.text

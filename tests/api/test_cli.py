@@ -173,3 +173,25 @@ def test_admin_refuses_the_ranges_the_api_refuses_and_stores_nothing(
     assert members == 1 and issued_events == 1 and len(keys) == 1  # the refused ones left no member, key or event
     [(created, expires)] = keys
     assert datetime.fromisoformat(expires) - datetime.fromisoformat(created) == timedelta(days=1)
+
+
+def test_audit_export_refuses_an_unknown_organization_and_a_reversed_range(
+    service_settings: Settings, tmp_path: Path
+) -> None:
+    """An export of a mistyped organization, or with --from after --to, was an empty export that verified
+    ("OK: 0 events"): an auditor could take it for an empty chain. Both are now a clear error, non-zero,
+    and no file is written. A known organization, and the platform chain, still export."""
+    env = {**cli_env(service_settings, tmp_path), "HOME": str(tmp_path)}
+    name = f"cli-{secrets.token_hex(3)}"
+    assert run(env, "admin", "create-org", name).returncode == 0
+    out = tmp_path / "export.jsonl"
+    unknown = run(env, "audit", "export", "--org", name + "x", "-o", str(out))
+    assert unknown.returncode == 1 and f"no organization or audit chain named {name}x" in unknown.stderr, unknown
+    reversed_range = run(
+        env, "audit", "export", "--org", name, "--from", "2027-01-01", "--to", "2026-01-01", "-o", str(out)
+    )
+    assert reversed_range.returncode == 2 and "--from is after --to" in reversed_range.stderr, reversed_range
+    assert not out.exists()
+    for tenant in (name, "_platform"):
+        exported = run(env, "audit", "export", "--org", tenant, "--from", "2026-01-01", "-o", str(out))
+        assert exported.returncode == 0 and out.exists(), exported.stderr

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -201,3 +203,20 @@ async def test_documented_ranges_take_their_ends_and_refuse_one_past(api: Harnes
         )
         assert refused(issued, "expires_in_days"), issued.text
     assert len((await api.client.get("/v1/keys", headers=bearer(admin))).json()["items"]) == keys_before + 2
+
+
+async def test_an_api_key_is_its_documented_shape_and_only_its_hash_is_stored(api: Harness) -> None:
+    """docs/api.md: `mesial_<12 hex>_<43 base64url>`, the secret 256 random bits, only its SHA-256 stored,
+    shown once (the listing shows the prefix only)."""
+    _org, admin = await api.new_org()
+    key = await api.key(admin, "technician")
+    match = re.fullmatch(r"mesial_([0-9a-f]{12})_([A-Za-z0-9_-]{43})", key)
+    assert match, key
+    prefix, secret = match.groups()
+    with db_context(api.app):
+        row = await ApiKey.get(prefix=prefix)
+    assert row.secret_hash == hashlib.sha256(secret.encode()).hexdigest()
+    stored = json.dumps({name: str(getattr(row, name)) for name in ApiKey._meta.fields_map})
+    assert secret not in stored and key not in stored
+    listed = (await api.client.get("/v1/keys", headers=bearer(admin))).text
+    assert secret not in listed and f"mesial_{prefix}" in listed

@@ -180,3 +180,31 @@ def test_cli_usage_error_for_bad_ids(service_settings: Settings) -> None:
     )
     assert result.returncode == 2
     assert "invalid job id" in result.stderr
+
+
+async def test_the_process_exits_with_the_contracts_codes(
+    service_settings: Settings, keys: TenantKeys, tmp_path: Path
+) -> None:
+    """README: `mesial job run` exits 2 on invalid input (final: Kubernetes does not retry it) and 1 when
+    the job itself failed (it may be retried); the codes as the process gives them to the Job controller."""
+    garbage = tmp_path / "garbage.stl"
+    garbage.write_bytes(os.urandom(5000))
+    ids = await upload(service_settings, keys, {"upper": garbage, "lower": garbage, "bite": garbage}, "exit")
+    env = {
+        **os.environ,
+        "MESIAL_VAULT__ADDR": service_settings.vault.addr,
+        "MESIAL_VAULT__TOKEN": service_settings.vault.token.get_secret_value(),
+        "MESIAL_STORE__ENDPOINT_URL": service_settings.store.endpoint_url,
+        "MESIAL_STORE__BUCKET": service_settings.store.bucket,
+        "MESIAL_STORE__ACCESS_KEY": service_settings.store.access_key.get_secret_value(),
+        "MESIAL_STORE__SECRET_KEY": service_settings.store.secret_key.get_secret_value(),
+    }
+    mesial = str(Path(sys.executable).parent / "mesial")
+    scans = ["--upper", ids["upper"], "--lower", ids["lower"], "--bite", ids["bite"]]
+    for org, job_id, code in ((ORG, "job-exit2", EXIT_INVALID), ("other-lab", "job-exit1", EXIT_FAILED)):
+        done = subprocess.run(
+            [mesial, "job", "run", "--org", org, "--job-id", job_id, *scans],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == code, (job_id, done.returncode, done.stderr[-2000:])
+        assert (await read_status(service_settings, keys, org, job_id))["state"] == "failed"
