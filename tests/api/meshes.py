@@ -61,6 +61,14 @@ def obj() -> bytes:
 
 def arch_stl(header: bytes = b"mesial test arch") -> bytes:
     """A U-shaped tube (a horseshoe 50 mm wide, 8 mm thick, 2 856 triangles): an arch to the upload check."""
+    vertices, faces = arch_arrays()
+    records = np.zeros(len(faces), dtype=[("normal", "<f4", (3,)), ("corners", "<f4", (3, 3)), ("attribute", "<u2")])
+    records["corners"] = vertices[faces]
+    return header.ljust(80, b" ")[:80] + struct.pack("<I", len(faces)) + records.tobytes()
+
+
+def arch_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The vertices (n, 3) and triangles (m, 3) of :func:`arch_stl`."""
     s = np.linspace(-1.8, 1.8, 120)  # angle along the horseshoe
     path = np.stack([25.0 * np.sin(s), 20.0 * np.cos(s), np.zeros_like(s)], axis=1)
     tangent = np.stack([25.0 * np.cos(s), -20.0 * np.sin(s), np.zeros_like(s)], axis=1)
@@ -72,6 +80,4 @@ def arch_stl(header: bytes = b"mesial test arch") -> bytes:
     i, j = np.meshgrid(np.arange(len(s) - 1), np.arange(len(phi)), indexing="ij")
     a, b = (i * len(phi) + j).ravel(), (i * len(phi) + (j + 1) % len(phi)).ravel()
     faces = np.concatenate([np.stack([a, a + len(phi), b], 1), np.stack([b, a + len(phi), b + len(phi)], 1)])
-    records = np.zeros(len(faces), dtype=[("normal", "<f4", (3,)), ("corners", "<f4", (3, 3)), ("attribute", "<u2")])
-    records["corners"] = vertices[faces]
-    return header.ljust(80, b" ")[:80] + struct.pack("<I", len(faces)) + records.tobytes()
+    return vertices, faces

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mesial.common.errors import ScanInputError
-from mesial.common.meshformat import MeshStream, read_mesh_bytes, sniff_format
+from mesial.common.errors import ImplausibleScale, NotADentalArch, ScanInputError
+from mesial.common.meshformat import MeshStream, check_arch_shape, check_arrays, read_mesh_bytes, sniff_format
+from tests.api import meshes
 from tests.hostile_meshes import grid, hostile_corpus, obj, stl_binary, valid_corpus
 
 MAX_TRIANGLES = 1_000_000
@@ -222,3 +223,49 @@ def test_a_hash_collision_takes_the_exact_path():
     points = np.array([[x, y, z], [other_x, other_y, z], [x, y, z]], dtype=np.uint64).view(np.float64)
     unique, inverse = _check_merge(points)
     assert len(unique) == 2 and inverse[0] == inverse[2] != inverse[1]
+
+
+def _sides(points: np.ndarray) -> np.ndarray:
+    """Length, width and thickness as the docs define them: 2-98 % of the points along the principal axes."""
+    centred = points - points.mean(axis=0)
+    local = centred @ np.linalg.svd(centred, full_matrices=False)[2].T
+    low, high = np.percentile(local, [2.0, 98.0], axis=0)
+    return np.asarray(high - low)
+
+
+def test_the_documented_bounds_hold_at_their_ends() -> None:
+    """README and docs/api.md: a scan is 5-160 mm across (its bounding box diagonal; a scan in metres or
+    inches is named as such), and an arch has at least 2 000 triangles and is at least 20 mm long and 2 mm
+    thick. Just inside each bound passes, just outside is refused with the bound in the message."""
+    triangle = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]) / np.sqrt(2.0)  # diagonal 1
+    face = np.array([[0, 1, 2]])
+    for diagonal in (5.0 * 1.001, 160.0 * 0.999):
+        check_arrays(triangle * diagonal, face)
+    for diagonal, hint in (
+        (5.0 * 0.999, ""),
+        (160.0 * 1.001, ""),
+        (0.05, "it looks like m"),
+        (2.0, "it looks like in"),
+    ):
+        with pytest.raises(ImplausibleScale, match="a dental scan is 5-160 mm") as refused:
+            check_arrays(triangle * diagonal, face)
+        assert hint in str(refused.value), str(refused.value)
+
+    vertices, faces = meshes.arch_arrays()
+    check_arrays(vertices, faces, arch=True)  # the test arch passes whole
+    check_arch_shape(vertices, 2000)
+    with pytest.raises(NotADentalArch, match="1,999 triangles: a dental arch scan has at least 2,000"):
+        check_arch_shape(vertices, 1999)
+    length = _sides(vertices)[0]
+    check_arch_shape(vertices * (20.0 * 1.001 / length), 2000)
+    with pytest.raises(NotADentalArch, match=r"mm long .* a dental arch is at least 20 mm"):
+        check_arch_shape(vertices * (20.0 * 0.999 / length), 2000)
+    thickness = _sides(vertices)[2]
+    for factor, passes in ((1.001, True), (0.999, False)):
+        flattened = vertices * np.array([1.0, 1.0, 2.0 * factor / thickness])  # z: the thinnest direction
+        assert abs(_sides(flattened)[2] - 2.0 * factor) < 1e-9
+        if passes:
+            check_arch_shape(flattened, 2000)
+        else:
+            with pytest.raises(NotADentalArch, match=r"mm thick .* a dental arch is at least 2 mm"):
+                check_arch_shape(flattened, 2000)
