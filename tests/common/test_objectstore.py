@@ -242,3 +242,23 @@ async def test_one_gib_streams_through_with_bounded_memory(service_settings: Set
     growth_mib = (peak - baseline) / (1 << 20)
     print(f"RSS growth streaming 1 GiB up and down: {growth_mib:.1f} MiB")
     assert growth_mib < 64, f"RSS grew by {growth_mib:.1f} MiB streaming 1 GiB"
+
+
+async def test_a_prefix_of_more_than_a_thousand_objects_is_listed_and_deleted_whole(store: ObjectStore) -> None:
+    """docs/storage.md: `delete_prefix` deletes in batches of 1000 (S3's limit per request), and S3 lists
+    1000 keys a page: a tenant with 1 050 objects loses every one (its deletion, `include_held`), not the
+    first thousand. The held one stays without `include_held`."""
+    org, prefix, count = "clinic-b", "many/", 1050
+    keys = [f"tenants/{org}/{prefix}{i:05d}" for i in range(count)]
+    for start in range(0, count, 100):  # raw objects: listing and deletion never read them
+        await asyncio.gather(
+            *(store.client.put_object(Bucket=store.bucket, Key=k, Body=b"x") for k in keys[start : start + 100])
+        )
+    assert len([m async for m in store.list(org, prefix)]) == count
+    await store.set_legal_hold(org, f"{prefix}01000", True)
+    first = await store.delete_prefix(org, prefix)
+    assert (first.deleted, first.held) == (count - 1, 1)
+    assert [m.key async for m in store.list(org, prefix)] == [f"tenants/{org}/{prefix}01000"]
+    last = await store.delete_prefix(org, prefix, include_held=True)
+    assert (last.deleted, last.held) == (1, 0)
+    assert [m async for m in store.list(org, prefix)] == []
