@@ -35,6 +35,8 @@ async def test_security_headers_and_request_id_on_every_response(api: Harness) -
             assert response.json()["error"]["request_id"] == h["x-request-id"]
     kept = await api.client.get("/healthz", headers={"x-request-id": "4bf92f3577b34da6a3ce929d0e0e4736"})
     assert kept.headers["x-request-id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    uuid = "0f8fad5b-d9cb-469f-a165-70867728950e"  # docs/api.md: "hex or UUID"
+    assert (await api.client.get("/healthz", headers={"x-request-id": uuid})).headers["x-request-id"] == uuid
     for bad in ("bad id", "Jane-Doe-1970", "x" * 100):
         replaced = await api.client.get("/healthz", headers={"x-request-id": bad})
         assert replaced.headers["x-request-id"] != bad

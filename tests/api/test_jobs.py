@@ -14,11 +14,13 @@ from typing import Any
 
 import pytest
 import yaml
+from botocore.exceptions import EndpointConnectionError
 
 from mesial.api.errors import Busy
 from mesial.api.executor import LocalExecutor, job_arguments, scanjob_manifest
 from mesial.api.types import utcnow
 from mesial.common.contract import JobSpec
+from mesial.common.errors import VaultUnavailable
 from mesial.common.services import free_port
 from tests.api import meshes
 from tests.api.conftest import Harness, bearer, variant, variant_of
@@ -393,3 +395,60 @@ async def test_a_full_local_queue_is_503_busy_and_stores_no_job(api: Harness, tm
         assert (await app.client.delete(f"/v1/scans/{case['upper']}", headers=bearer(admin))).status_code == 204
         for job in (waiting, running):
             assert (await app.client.post(f"/v1/jobs/{job['id']}/cancel", headers=bearer(admin))).status_code == 200
+
+
+async def test_a_link_opens_for_15_minutes_and_not_a_second_more(api: Harness) -> None:
+    """docs/api.md: a link is valid 15 minutes (`MESIAL_API__LINK_TTL_S`, 900 s): issued 14:59 ago it opens,
+    15:01 ago it is refused (403, "expired")."""
+    _org, admin = await api.new_org()
+    job = await finished_job(api, admin)
+    links = api.runtime.links
+    url = (await api.client.post(f"/v1/jobs/{job['id']}/artifacts/summary.json/link", headers=bearer(admin))).json()[
+        "url"
+    ]
+    claims = links.verify(url.rsplit("/", 1)[1])
+    assert claims.expires - time.time() == pytest.approx(900, abs=5)
+    for age, status in ((899, 200), (901, 403)):
+        old = links.token(
+            links.sign(claims.org_id, claims.job_id, claims.artifact, claims.issued_by, time.time() - age)
+        )
+        response = await api.client.get(f"/v1/links/{old}")
+        assert response.status_code == status, (age, response.text)
+    assert "expired" in response.json()["error"]["message"]
+
+
+async def test_vault_or_store_down_is_503_unavailable_and_nothing_is_stored(
+    api: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/api.md's error table: `503 unavailable` when Vault or the store does not answer, with the
+    request id and a message that names no internals; the refused upload leaves no object and no row."""
+    org, admin = await api.new_org()
+    keys, store = api.runtime.need_keys(), api.runtime.need_store()
+
+    def vault_down(*args: object) -> None:
+        raise VaultUnavailable("vault at 10.0.0.7:8200 did not answer")
+
+    async def store_down(*args: object, **kwargs: object) -> None:
+        raise EndpointConnectionError(endpoint_url="http://10.0.0.9:8333")
+
+    for target, name, down, message in (
+        (keys, "data_key", vault_down, "the key service is unavailable; retry later"),
+        (store.client, "put_object", store_down, "the object store is unavailable; retry later"),
+    ):
+        with monkeypatch.context() as patched:
+            patched.setattr(target, name, down)
+            response = await api.client.post(
+                "/v1/scans",
+                params={"kind": "bite"},
+                content=meshes.stl_binary(),
+                headers={**bearer(admin), "content-type": "application/octet-stream"},
+            )
+        assert response.status_code == 503, response.text
+        assert response.json()["error"] == {
+            "code": "unavailable",
+            "message": message,
+            "request_id": response.headers["x-request-id"],
+        }
+        assert "10.0.0" not in response.text
+    assert [m async for m in store.list(org)] == []
+    assert (await api.client.get("/v1/scans", headers=bearer(admin))).json()["items"] == []
