@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,40 @@ async def test_readyz_is_503_naming_what_does_not_answer(api: Harness, monkeypat
     assert (await api.client.get("/healthz")).status_code == 200
     monkeypatch.undo()
     assert (await api.client.get("/readyz")).status_code == 200
+
+
+async def test_every_audited_route_appends_its_action_to_the_callers_chain(api: Harness) -> None:
+    """docs/api.md: every route with an "audited as" action appends that event to the organization's
+    chain, whatever the outcome (here mostly refusals: ids that do not exist, empty bodies), under the
+    request's own id. The exceptions the page names: a link token that is not authentic (no tenant to
+    trust: logged only), and the platform admin's routes, whose chain is `_platform` or the named
+    organization's (tests/api/test_platform_admin.py)."""
+    org, admin = await api.new_org()
+    keys = {role: await api.key(admin, role) for role in ("clinician", "technician", "auditor")}
+    keys["org-admin"] = admin
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in _doc_table().splitlines()[2:]]
+    sent: dict[str, tuple[str, str, str]] = {}
+    for cells in rows:
+        method, path, action = cells[0], cells[1].strip("`"), cells[-1]
+        allowed = [column for column, cell in zip(ROLE_COLUMNS, cells[2:], strict=False) if cell == "yes"]
+        if action == "-" or not (role := next((r for r in allowed if r in keys), None)):
+            continue
+        url = re.sub(r"{[a-z_]+}", "scn_" + "0" * 24, path)
+        request_id = secrets.token_hex(16)
+        response = await api.client.request(
+            method, url, headers={**bearer(keys[role]), "x-request-id": request_id}, json={}
+        )
+        assert response.headers["x-request-id"] == request_id
+        sent[request_id] = (method, path, action)
+    assert len(sent) >= 15, sent
+    auditor = bearer(keys["auditor"])
+    chain = {
+        e["request_id"]: e
+        for e in (
+            json.loads(line) for line in (await api.client.get("/v1/audit/export", headers=auditor)).text.splitlines()
+        )
+        if e["type"] == "event"
+    }
+    missing = [route for request_id, route in sent.items() if chain.get(request_id, {}).get("action") != route[2]]
+    assert not missing, f"routes that did not append their documented action: {missing}"
+    assert all(chain[r]["tenant"] == org for r in sent)
