@@ -111,14 +111,15 @@ async def _checkpoints(collector: AuditCollector, interval: float) -> None:
 
 
 async def _retention(store: ObjectStore, collector: AuditCollector, interval: float) -> None:
-    """Local mode's retention (no operator): every organization by its stored retention."""
+    """Local mode's retention (no operator): every organization by its stored retention, once right
+    after the start and then every ``interval`` (a process restarted more often than that still sweeps)."""
     while True:
-        await asyncio.sleep(interval)
         try:
             report = await sweep_local(store, collector)
             log.info("retention sweep: %s", report.as_status())
         except Exception as exc:  # retried at the next tick
             log.warning("scheduled retention sweep failed: %s", type(exc).__name__)
+        await asyncio.sleep(interval)
 
 
 def create_app(

@@ -32,6 +32,8 @@ def make_settings(base: Settings, data_dir: Path, database_url: str, **api: Any)
     defaults: dict[str, Any] = {
         "job_command": [sys.executable, str(HERE / "jobscript.py")],
         "checkpoint_interval_s": 0,
+        # a local-mode app sweeps retention right after it starts: not the shared database of every test
+        "retention_interval_s": 0,
         "rate_per_key_per_min": 100_000,
         "rate_per_ip_per_min": 100_000,
         "rate_auth_per_ip_per_min": 10_000,

@@ -28,6 +28,7 @@ from mesial.api.models import AuditEventRow
 from mesial.api.services.retention import ApiRecords, sweep_local
 from mesial.common.audit_sinks import MemoryAuditSink
 from mesial.common.contract import classify_key
+from mesial.common.objectstore import META_CREATED
 from mesial.common.retention import DEFAULT_COVERS, sweep_objects
 from mesial.common.settings import Settings
 from mesial.common.tenancy import tenant_prefix
@@ -41,17 +42,20 @@ async def own_db_app(
 ) -> AsyncIterator[Harness]:
     """The API on a database of its own: :func:`sweep_local` sweeps every organization it holds, and the
     session's shared database holds every other test's organizations."""
-    if BACKEND == "sqlite":
-        url = f"sqlite://{tmp_path / 'own.sqlite3'}"
-    else:
-        base = request.getfixturevalue("postgres").url
-        admin = await asyncpg.connect(base)
-        name = f"ret_{secrets.token_hex(4)}"
-        await admin.execute(f"CREATE DATABASE {name}")
-        await admin.close()
-        url = base.rsplit("/", 1)[0] + "/" + name
+    url = await _own_database(tmp_path, request)
     async for harness in _started(make_settings(service_settings, tmp_path / "data", url), BACKEND):
         yield harness
+
+
+async def _own_database(tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if BACKEND == "sqlite":
+        return f"sqlite://{tmp_path / 'own.sqlite3'}"
+    base = request.getfixturevalue("postgres").url
+    admin = await asyncpg.connect(base)
+    name = f"ret_{secrets.token_hex(4)}"
+    await admin.execute(f"CREATE DATABASE {name}")
+    await admin.close()
+    return str(base.rsplit("/", 1)[0] + "/" + name)
 
 
 @pytest.fixture
@@ -177,3 +181,31 @@ async def test_local_mode_keeps_a_new_organizations_scans_90_days_and_sweeps_the
     assert (await app.client.get(f"/v1/scans/{scan}", headers=bearer(admin))).status_code == 404
     receipts = await AuditEventRow.filter(tenant=org, action="retention.deleted").values_list("resource_id", flat=True)
     assert list(receipts) == [scan]
+
+
+async def test_the_local_api_sweeps_soon_after_it_starts_not_only_an_interval_later(
+    service_settings: Settings, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """With the default `api.retention_interval_s` (3600 s) the first sweep used to come an hour after
+    the start: an API restarted more often than hourly (a laptop, a rolling update) never swept, and
+    what was past its age stayed. The first sweep now comes right after the start."""
+    url = await _own_database(tmp_path, request)
+    settings = make_settings(service_settings, tmp_path / "data", url, retention_interval_s=3600)
+    async for first in _started(settings, BACKEND):
+        org, admin = await first.new_org()
+        put = await first.client.put("/v1/org/retention", json={"retention_days": 1}, headers=bearer(admin))
+        assert put.status_code == 200, put.text
+        store = first.runtime.store
+        two_days_ago = (datetime.now(UTC) - timedelta(days=2)).isoformat()
+        stray = f"{tenant_prefix(org)}imported/old-export"  # not written by Mesial: always swept at its age
+        await store.client.put_object(Bucket=store.bucket, Key=stray, Body=b"x", Metadata={META_CREATED: two_days_ago})
+    async for restarted in _started(settings, BACKEND):  # a restart, as a laptop or a rollout does
+        for _ in range(100):
+            if [m.key async for m in restarted.runtime.store.list(org)] == []:
+                break
+            await asyncio.sleep(0.1)
+        assert [m.key async for m in restarted.runtime.store.list(org)] == []
+        receipts = await AuditEventRow.filter(tenant=org, action="retention.deleted").values_list(
+            "resource_type", flat=True
+        )
+        assert [str(r) for r in receipts] == ["object"]
