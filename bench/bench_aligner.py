@@ -2,7 +2,7 @@
 
     python bench/bench_aligner.py [--quick] [--cases N] [--vertices N] [--real DIR] [--real-pairs N]
                                   [--relations quick|all|none] [--relation-pairs N]
-                                  [--no-baseline] [--strongest]
+                                  [--no-baseline] [--strongest] [--fine]
 
 Sets (each case: every file in its own random pose, written to disk, aligned by
 ``mesial align`` as a whole process: start-up, reading, registration, occlusion, outputs):
@@ -33,8 +33,11 @@ design) against the truth.
 Open3D's registration tutorial (FPFH + RANSAC + point-to-plane ICP, a bite scan against
 each arch; ``_open3d_baseline.py``) runs on the same files in the same run
 (``--strongest`` adds the strongest configuration found earlier: 4 million RANSAC
-iterations, coarse-to-fine Tukey ICP, every bite). The exit status is 1 when a case is
-confidently wrong.
+iterations, coarse-to-fine Tukey ICP, every bite; ``--fine`` the tutorial at a 0.5 mm voxel,
+which registers about half of the real two-bite cases and none of the generated ones). Per
+baseline and set: cases within ``GOAL_MM`` and within 1 mm (on 60 real cases Open3D's errors
+were below 0.13 mm or above 6.8 mm, so a coarser criterion adds only the few right ones its
+ICP leaves 0.05-0.13 mm off). The exit status is 1 when a case is confidently wrong.
 
 Speed (issue 10, goal 4), printed at the end: the stage medians per set (``other``: the
 rest of the whole process, start-up, imports and the outputs), the two-bite generated set's
@@ -58,7 +61,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from _common import hardware, table
-from _open3d_baseline import STRONGEST, TUTORIAL, register
+from _open3d_baseline import FINE, STRONGEST, TUTORIAL, Config, register
 
 from mesial.aligner.registration import relative_error
 from mesial.aligner.samples import SampleCase, generate_case, write_case
@@ -68,6 +71,7 @@ if TYPE_CHECKING:
     from _real_cases import Occluded
 
 GOAL_MM = 0.05
+COARSE_MM = 1.0  # a coarse criterion for the baselines, printed beside GOAL_MM
 GOAL_WALL_S = 1.5  # whole process, two bites, 130 000-vertex arches, 2 cores
 GOAL_STL_S = 0.1  # reading a 250 000-triangle binary STL
 STL_TRIANGLES = 250_000
@@ -81,6 +85,7 @@ GENERATED = (("two bites", "strip", 0.02, False), ("two bites, noise 0.05", "str
 RANGE = (("range-image, two bites", "range", 0.02, False), ("range-image, one-sided", "range", 0.02, True))
 REAL = GENERATED + RANGE
 RELATION_VARIANTS = (GENERATED[0], GENERATED[2], RANGE[0])
+BASELINES: dict[str, Config] = {"open3d": TUTORIAL, "strongest": STRONGEST, "open3d 0.5 mm": FINE}
 
 
 @dataclass
@@ -133,7 +138,7 @@ def run_case(label: str, case: SampleCase, work: Path, baselines: list[str]) -> 
     row = Row(label, str(document["status"]), float("inf") if estimate is None else tre_rms(estimate, case), wall, cpu,
               "; ".join(document.get("reasons", []))[:200], dict(document.get("timings_s", {})))  # fmt: skip
     for name in baselines:
-        outcome = register(paths, TUTORIAL if name == "open3d" else STRONGEST)
+        outcome = register(paths, BASELINES[name])
         row.baselines[name] = tre_rms(outcome.pose, case)
         row.baselines[name + " s"] = outcome.wall
     return row
@@ -151,6 +156,7 @@ def summarise(name: str, rows: list[Row], baselines: list[str]) -> list[object]:
     ]  # fmt: skip
     for b in baselines:
         cells += [f"{sum(r.baselines[b] < GOAL_MM for r in rows)}/{len(rows)}",
+                  f"{sum(r.baselines[b] < COARSE_MM for r in rows)}/{len(rows)}",
                   f"{np.median([r.baselines[b] for r in rows]):.3f}",
                   f"{np.median([r.baselines[b + ' s'] for r in rows]):.2f}"]  # fmt: skip
     return cells
@@ -177,30 +183,35 @@ def stage_rows(results: dict[str, list[Row]]) -> list[list[object]]:
     return rows
 
 
-def against_open3d(results: dict[str, list[Row]]) -> str:
+def against_open3d(results: dict[str, list[Row]], baseline: str = "open3d", load: float | None = None) -> str:
     """Goal 4's "at least 5x faster than Open3D's pipeline on the same cases", as far as it can be evaluated.
 
     A speed ratio compares two registrations of the same cases: it is computed over the cases
     both register (within ``GOAL_MM``). Where Open3D registers none there is nothing to divide;
     the ratio of the median times over all cases is printed beside, for what the times say
     (Open3D's in-process time plus its module load, against Mesial's whole process).
+
+    ``baseline``: the goal-4 line is the tutorial's (``"open3d"``); another baseline run
+    (``"open3d 0.5 mm"``) gets the same comparison, labelled as that configuration's.
     """
     rows = [r for found in results.values() for r in found]
-    both = [r for r in rows if r.status == "ok" and r.tre < GOAL_MM and r.baselines["open3d"] < GOAL_MM]
-    load = open3d_load_s()
-    theirs = float(np.median([r.baselines["open3d s"] for r in rows])) + load
+    both = [r for r in rows if r.status == "ok" and r.tre < GOAL_MM and r.baselines[baseline] < GOAL_MM]
+    load = open3d_load_s() if load is None else load
+    theirs = float(np.median([r.baselines[baseline + " s"] for r in rows])) + load
     ours = float(np.median([r.wall for r in rows]))
-    registered = sum(r.baselines["open3d"] < GOAL_MM for r in rows)
-    line = (f"Open3D's pipeline registered {registered}/{len(rows)} cases; median time over all cases: Mesial "
+    registered = sum(r.baselines[baseline] < GOAL_MM for r in rows)
+    who = "Open3D's pipeline" if baseline == "open3d" else f"Open3D's pipeline ({BASELINES[baseline].name})"
+    line = (f"{who} registered {registered}/{len(rows)} cases; median time over all cases: Mesial "
             f"{ours:.2f} s (whole process), Open3D {theirs:.2f} s (in-process {theirs - load:.2f} s + loading its "
             f"module {load:.2f} s), ratio {theirs / ours:.2f}")  # fmt: skip
-    if not both:
-        return line + "\n5x faster than Open3D (goal 4): NOT EVALUABLE: no case registered by both to compare times on"
-    ratio = float(np.median([r.baselines["open3d s"] + load for r in both]) / np.median([r.wall for r in both]))
-    verdict = "met" if ratio >= 5 else "NOT MET"
-    return (
-        line + f"\n5x faster than Open3D (goal 4), over the {len(both)} cases both register: {ratio:.2f}x ({verdict})"
+    goal = (
+        "5x faster than Open3D (goal 4)" if baseline == "open3d" else f"5x faster than {baseline} (not goal 4's line)"
     )
+    if not both:
+        return line + f"\n{goal}: NOT EVALUABLE: no case registered by both to compare times on"
+    ratio = float(np.median([r.baselines[baseline + " s"] + load for r in both]) / np.median([r.wall for r in both]))
+    verdict = "met" if ratio >= 5 else "NOT MET"
+    return line + f"\n{goal}, over the {len(both)} cases both register: {ratio:.2f}x ({verdict})"
 
 
 def open3d_load_s() -> float:
@@ -295,12 +306,14 @@ def main() -> int:
     parser.add_argument("--relation-pairs", type=int, default=None, help="real pairs moved into the relations (3)")
     parser.add_argument("--no-baseline", action="store_true", help="skip Open3D")
     parser.add_argument("--strongest", action="store_true", help="also Open3D's strongest configuration (slow)")
+    parser.add_argument("--fine", action="store_true", help="also Open3D's tutorial at a 0.5 mm voxel (slow)")
     parser.add_argument("--no-generated", action="store_true", help="real anatomy only")
     args = parser.parse_args()
     cases = args.cases or (2 if args.quick else 8)
     n_pairs = args.real_pairs if args.real_pairs is not None else (3 if args.quick else 12)
     relation_pairs = args.relation_pairs if args.relation_pairs is not None else (1 if args.quick else 3)
-    baselines = [] if args.no_baseline else ["open3d"] + (["strongest"] if args.strongest else [])
+    chosen = ["open3d"] + (["strongest"] if args.strongest else []) + (["open3d 0.5 mm"] if args.fine else [])
+    baselines = [] if args.no_baseline else chosen
     print(hardware())
     print(f"load average at start {os.getloadavg()[0]:.1f} (other processes share the cores: wall times include "
           f"their load; CPU is the aligner process's own)\n")  # fmt: skip
@@ -346,7 +359,7 @@ def main() -> int:
     headers = ["set", "success", "confidently wrong", "not confident", "TRE median / max mm (successes)",
                "time median / max s", "CPU median s"]  # fmt: skip
     for b in baselines:
-        headers += [f"{b} success", f"{b} TRE median mm", f"{b} time median s"]
+        headers += [f"{b} success", f"{b} < {COARSE_MM:g} mm", f"{b} TRE median mm", f"{b} time median s"]
     print("## Summary (success: ok and TRE RMS < 0.05 mm; confidently wrong: ok and TRE RMS >= 0.05 mm)\n")
     print(table(headers, [summarise(name, rows, baselines) for name, rows in results.items()]))
     wrong = sum(r.status == "ok" and r.tre >= GOAL_MM for rows in results.values() for r in rows)
@@ -361,7 +374,9 @@ def main() -> int:
               f"{'met' if wall <= GOAL_WALL_S else 'NOT MET'}), median CPU {cpu:.2f} s, "
               f"load average now {os.getloadavg()[0]:.1f}")  # fmt: skip
     if "open3d" in baselines:
-        print("\n" + against_open3d(results))
+        load = open3d_load_s()
+        for name in [b for b in baselines if b != "strongest"]:  # the strongest: --strongest's table only
+            print("\n" + against_open3d(results, name, load))
     with tempfile.TemporaryDirectory() as tmp:
         print(f"\n## Reading a {STL_TRIANGLES:,}-triangle binary STL (median of 7, s; goal {GOAL_STL_S} s CPU)\n")
         print(table(["reader", "CPU s", "wall s", "goal"], stl_reading(Path(tmp))))
