@@ -188,10 +188,12 @@ async def test_the_local_api_sweeps_soon_after_it_starts_not_only_an_interval_la
 ) -> None:
     """With the default `api.retention_interval_s` (3600 s) the first sweep used to come an hour after
     the start: an API restarted more often than hourly (a laptop, a rolling update) never swept, and
-    what was past its age stayed. The first sweep now comes right after the start."""
+    what was past its age stayed. The first sweep now comes right after the start. 0 is off: an API
+    started with 0 leaves it."""
     url = await _own_database(tmp_path, request)
+    off = make_settings(service_settings, tmp_path / "data", url, retention_interval_s=0)
     settings = make_settings(service_settings, tmp_path / "data", url, retention_interval_s=3600)
-    async for first in _started(settings, BACKEND):
+    async for first in _started(off, BACKEND):
         org, admin = await first.new_org()
         put = await first.client.put("/v1/org/retention", json={"retention_days": 1}, headers=bearer(admin))
         assert put.status_code == 200, put.text
@@ -199,6 +201,9 @@ async def test_the_local_api_sweeps_soon_after_it_starts_not_only_an_interval_la
         two_days_ago = (datetime.now(UTC) - timedelta(days=2)).isoformat()
         stray = f"{tenant_prefix(org)}imported/old-export"  # not written by Mesial: always swept at its age
         await store.client.put_object(Bucket=store.bucket, Key=stray, Body=b"x", Metadata={META_CREATED: two_days_ago})
+    async for still_off in _started(off, BACKEND):
+        await asyncio.sleep(1.0)  # started with 3600 s, the API below has swept it by 0.1-0.2 s
+        assert [m.key async for m in still_off.runtime.store.list(org)] == [stray]
     async for restarted in _started(settings, BACKEND):  # a restart, as a laptop or a rollout does
         for _ in range(100):
             if [m.key async for m in restarted.runtime.store.list(org)] == []:
