@@ -19,12 +19,15 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from mesial.api.audit.collector import Change
 from mesial.api.auth import authenticate, credential_of
 from mesial.api.errors import Forbidden, RateLimited, Unauthenticated, ValidationFailed
+from mesial.api.middleware.audit import event_of, log
 from mesial.api.runtime import Runtime
 from mesial.api.services.scope import OPAQUE_ID_RE, TenantScope
 from mesial.api.types import AuditMark, Principal, Role
 from mesial.common.audit import PLATFORM_TENANT
+from mesial.common.errors import MesialError, ServiceError
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,26 @@ class Call:
             if resource_id is not None:
                 self.mark.resource_id = resource_id
             self.mark.details.update(details)
+
+    async def commit(self, change: Change, status: int, **details: str | int | float | bool) -> None:
+        """Run ``change`` and append this request's audit event (answered ``status``, with ``details``)
+        in one database transaction, for a change that must not outlive a failed append (a scan's
+        deletion: gone without its ``scan.deleted``). A failed append undoes the change and is a 503
+        naming the request id in the log, as the middleware's; the middleware then appends nothing
+        for a success it did not see."""
+        mark = self.mark
+        if mark is None or mark.tenant is None:
+            raise RuntimeError("Call.commit is for an audited route of an authenticated caller")
+        mark.details.update(details)
+        event = event_of(mark, self.request.scope.get("state", {}), status)
+        try:
+            await self.runtime.need_collector().append_unless(event, None, change)
+        except MesialError:
+            raise
+        except Exception as exc:
+            log.error("audit append failed for request %s: %s", event.request_id, type(exc).__name__)
+            raise ServiceError("audit") from exc
+        mark.recorded = True
 
 
 Handler = Callable[[Call], Awaitable[Response]]

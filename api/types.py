@@ -63,6 +63,7 @@ class AuditMark:
     tenant: str | None = None
     actor: str = ""
     details: dict[str, str | int | float | bool] = field(default_factory=dict)
+    recorded: bool = False  # appended by the route with its change (Call.commit): the middleware does not
 
 
 def new_id(prefix: str) -> str:

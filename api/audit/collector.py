@@ -14,11 +14,12 @@ import asyncio
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.queryset import QuerySet
 
 from mesial.api.db import write_transaction
@@ -55,6 +56,8 @@ def record_of(row: AuditEventRow) -> dict[str, Any]:
 
 # given the chain's events about the same thing as a new event: the one that is that event, if any
 Held = Callable[[list[dict[str, Any]]], dict[str, Any] | None]
+# a database change committed with the event that records it (given the transaction's connection)
+Change = Callable[[BaseDBAsyncClient], Awaitable[Any]]
 
 
 async def _about(event: AuditEvent, query: QuerySet[AuditEventRow]) -> list[AuditEventRow]:
@@ -90,15 +93,22 @@ class AuditCollector:
         """The events of ``event``'s chain by the same actor with the same action on the same resource."""
         return [record_of(row) for row in await _about(event, AuditEventRow.filter())]
 
-    async def append_unless(self, event: AuditEvent, held: Held | None) -> tuple[dict[str, Any], bool]:
+    async def append_unless(
+        self, event: AuditEvent, held: Held | None, change: Change | None = None
+    ) -> tuple[dict[str, Any], bool]:
         """Append ``event`` unless ``held``, given :meth:`about` read under the chain's lock, returns one
         of those events (or raises): at most one of several writers of one event appends it, on every
-        replica. Returns the chain's record and whether it is new."""
+        replica. Returns the chain's record and whether it is new.
+
+        ``change``, given the transaction's connection, runs in the same transaction before the
+        append: the change and its event are committed together or not at all."""
         body = event.as_dict()
         body["details"] = json.loads(canonical(body["details"]))
         async with self._locks[event.tenant], write_transaction() as conn:
             if self.dialect == "postgres":
                 await conn.execute_query("SELECT pg_advisory_xact_lock($1)", [_lock_key(event.tenant)])
+            if change is not None:
+                await change(conn)
             if held is not None:
                 found = held([record_of(row) for row in await _about(event, AuditEventRow.filter().using_db(conn))])
                 if found is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from starlette.responses import Response
 
 from mesial.api import schemas
@@ -93,8 +95,10 @@ async def get_scan(call: Call) -> Response:
     )
 )
 async def delete_scan(call: Call) -> Response:
-    scan = await scans.delete(call.scope, call.runtime.need_store(), call.param("scan_id"))
-    call.audit(sha256=scan.sha256)
+    scan = await call.scope.scan(call.param("scan_id"))
+    # the row goes in the transaction that records scan.deleted: never gone without its event
+    recorded = functools.partial(call.commit, status=204, sha256=scan.sha256)
+    await scans.remove(call.scope.org, call.runtime.need_store(), scan, recorded)
     return Response(status_code=204)
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+
+from tortoise.backends.base.client import BaseDBAsyncClient
 
 from mesial.api.errors import Conflict
 from mesial.api.models import Job, LegalHold, Scan
@@ -14,6 +16,9 @@ from mesial.common.contract import scan_key
 from mesial.common.errors import ObjectNotFound
 from mesial.common.meshformat import MeshData, MeshStream
 from mesial.common.objectstore import ObjectStore
+
+# runs a row change in the transaction that records it (Call.commit, bound to its status and details)
+Commit = Callable[[Callable[[BaseDBAsyncClient], Awaitable[Any]]], Awaitable[None]]
 
 
 class ScanKind(enum.StrEnum):
@@ -79,15 +84,13 @@ async def upload(
         raise
 
 
-async def delete(scope: TenantScope, store: ObjectStore, scan_id: str) -> Scan:
-    scan = await scope.scan(scan_id)
-    await remove(scope.org, store, scan)
-    return scan
-
-
-async def remove(org: str, store: ObjectStore, scan: Scan) -> None:
+async def remove(org: str, store: ObjectStore, scan: Scan, commit: Commit | None = None) -> None:
     """The one deletion of a scan (``DELETE /v1/scans/{id}`` and retention's record sweep):
-    refused while held or an input of a queued or running job; the object, then the row."""
+    refused while held or an input of a queued or running job; the object, then the row.
+
+    ``commit``, when given, deletes the row in the transaction that records the deletion
+    (``Call.commit``): if that fails the row stays, and the same deletion asked again finishes it
+    (the object already gone is skipped)."""
     if scan.legal_hold:
         raise Conflict("scan is on legal hold")
     active = await Job.filter(org_id=scan.org_id, state__in=["queued", "running"])
@@ -97,7 +100,11 @@ async def remove(org: str, store: ObjectStore, scan: Scan) -> None:
         await store.delete(org, scan_key(scan.id))  # refuses LegalHoldActive itself too
     except ObjectNotFound:
         pass  # already gone (an earlier attempt, or retention): the row still has to go
-    await Scan.filter(id=scan.id, org_id=scan.org_id).delete()
+
+    async def delete_row(conn: BaseDBAsyncClient | None = None) -> None:
+        await Scan.filter(id=scan.id, org_id=scan.org_id).using_db(conn).delete()
+
+    await (delete_row() if commit is None else commit(delete_row))
 
 
 async def set_hold(scope: TenantScope, store: ObjectStore, scan_id: str, on: bool) -> Scan:

@@ -688,3 +688,36 @@ async def test_an_export_range_that_ends_before_it_starts_is_422(api: Harness) -
     for params in ({"from": "2026-01-01T00:00:00", "to": "2026-01-01T00:00:00Z"}, {"from": "2026-01-01"}):
         response = await api.client.get("/v1/audit/export", params=params, headers=bearer(auditor))
         assert response.status_code == 200, response.text
+
+
+async def test_a_scan_deletion_whose_event_cannot_be_written_is_undone_and_finished_when_asked_again(
+    api: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deletion is never gone without its ``scan.deleted``: the row goes in the transaction that
+    appends the event. With the chain's insert failing the client gets a 503 and the scan is still
+    listed (its object already gone); asked again, the deletion finishes, with one event."""
+    org, admin = await api.new_org()
+    scan = await api.upload(admin)
+    insert = AuditEventRow.create
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("action") == "scan.deleted":
+            raise ConnectionError("audit table unwritable")
+        return await insert(*args, **kwargs)
+
+    monkeypatch.setattr(AuditEventRow, "create", failing)
+    refused = await api.client.delete(f"/v1/scans/{scan['id']}", headers=bearer(admin))
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"]["request_id"] == refused.headers["x-request-id"]
+    listed = await api.client.get("/v1/scans", headers=bearer(admin))
+    assert [s["id"] for s in listed.json()["items"]] == [scan["id"]]  # not deleted without its event
+    monkeypatch.setattr(AuditEventRow, "create", insert)
+
+    done = await api.client.delete(f"/v1/scans/{scan['id']}", headers=bearer(admin))
+    assert done.status_code == 204, done.text
+    assert (await api.client.get(f"/v1/scans/{scan['id']}", headers=bearer(admin))).status_code == 404
+    deleted = await AuditEventRow.filter(tenant=org, action="scan.deleted", resource_id=scan["id"])
+    assert [(e.outcome, json.loads(e.details)) for e in deleted] == [
+        ("success", {"status": 204, "sha256": scan["sha256"]})
+    ]
+    assert deleted[0].request_id == done.headers["x-request-id"]
