@@ -40,6 +40,12 @@ baseline and set: cases within ``GOAL_MM`` and within 1 mm (on 60 real cases Ope
 were below 0.13 mm or above 6.8 mm, so a coarser criterion adds only the few right ones its
 ICP leaves 0.05-0.13 mm off). The exit status is 1 when a case is confidently wrong.
 
+Goal 4's "5x faster than Open3D's pipeline" is computed over the cases both register, against
+the configuration run that registers the most cases (``goal_baseline``; the tutorial when none
+registers any, then NOT EVALUABLE); every other configuration run gets the same line, marked as
+not goal 4's. With ``--real`` and ``--fine-strongest`` that is the configuration registering real
+cases as often as issue 10's own measurement of Open3D (24 of 36).
+
 Speed (issue 10, goal 4), printed at the end: the stage medians per set (``other``: the
 rest of the whole process, start-up, imports and the outputs), the two-bite generated set's
 median wall time against 1.5 s, and reading a 250 000-triangle binary STL (a generated arch)
@@ -189,7 +195,23 @@ def stage_rows(results: dict[str, list[Row]]) -> list[list[object]]:
     return rows
 
 
-def against_open3d(results: dict[str, list[Row]], baseline: str = "open3d", load: float | None = None) -> str:
+def registered(results: dict[str, list[Row]], baseline: str) -> int:
+    """How many cases of the run ``baseline`` registers within ``GOAL_MM``."""
+    return sum(r.baselines[baseline] < GOAL_MM for found in results.values() for r in found)
+
+
+def goal_baseline(results: dict[str, list[Row]], baselines: list[str]) -> str:
+    """Goal 4's "Open3D's pipeline": of the configurations run, the one that registers the most
+    cases (the first listed on a tie; the tutorial when none registers any). A speed ratio
+    against a configuration that fails the cases says nothing; the issue's own measurement of
+    Open3D registered 24 of 36 real cases, which ``--fine-strongest`` reproduces (25 of 36) and
+    the tutorial does not (0)."""
+    return max(baselines, key=lambda b: (registered(results, b), -baselines.index(b)))
+
+
+def against_open3d(
+    results: dict[str, list[Row]], baseline: str = "open3d", load: float | None = None, goal: bool = True
+) -> str:
     """Goal 4's "at least 5x faster than Open3D's pipeline on the same cases", as far as it can be evaluated.
 
     A speed ratio compares two registrations of the same cases: it is computed over the cases
@@ -197,27 +219,28 @@ def against_open3d(results: dict[str, list[Row]], baseline: str = "open3d", load
     the ratio of the median times over all cases is printed beside, for what the times say
     (Open3D's in-process time plus its module load, against Mesial's whole process).
 
-    ``baseline``: the goal-4 line is the tutorial's (``"open3d"``); another baseline run
-    (``"open3d 0.5 mm"``, ``"strongest 0.5 mm"``) gets the same comparison, labelled as that configuration's.
+    ``baseline``: the configuration compared; ``goal``: whether this is goal 4's line
+    (:func:`goal_baseline`) or the same comparison for another configuration run.
     """
     rows = [r for found in results.values() for r in found]
     both = [r for r in rows if r.status == "ok" and r.tre < GOAL_MM and r.baselines[baseline] < GOAL_MM]
     load = open3d_load_s() if load is None else load
     theirs = float(np.median([r.baselines[baseline + " s"] for r in rows])) + load
     ours = float(np.median([r.wall for r in rows]))
-    registered = sum(r.baselines[baseline] < GOAL_MM for r in rows)
     who = "Open3D's pipeline" if baseline == "open3d" else f"Open3D's pipeline ({BASELINES[baseline].name})"
-    line = (f"{who} registered {registered}/{len(rows)} cases; median time over all cases: Mesial "
+    line = (f"{who} registered {registered(results, baseline)}/{len(rows)} cases; median time over all cases: Mesial "
             f"{ours:.2f} s (whole process), Open3D {theirs:.2f} s (in-process {theirs - load:.2f} s + loading its "
             f"module {load:.2f} s), ratio {theirs / ours:.2f}")  # fmt: skip
-    goal = (
-        "5x faster than Open3D (goal 4)" if baseline == "open3d" else f"5x faster than {baseline} (not goal 4's line)"
+    what = (
+        f"5x faster than Open3D (goal 4; its configuration registering the most cases here: {baseline})"
+        if goal
+        else f"5x faster than {baseline} (not goal 4's line)"
     )
     if not both:
-        return line + f"\n{goal}: NOT EVALUABLE: no case registered by both to compare times on"
+        return line + f"\n{what}: NOT EVALUABLE: no case registered by both to compare times on"
     ratio = float(np.median([r.baselines[baseline + " s"] + load for r in both]) / np.median([r.wall for r in both]))
     verdict = "met" if ratio >= 5 else "NOT MET"
-    return line + f"\n{goal}, over the {len(both)} cases both register: {ratio:.2f}x ({verdict})"
+    return line + f"\n{what}, over the {len(both)} cases both register: {ratio:.2f}x ({verdict})"
 
 
 def open3d_load_s() -> float:
@@ -381,10 +404,11 @@ def main() -> int:
         print(f"\ngenerated two bites, whole process: median wall {wall:.2f} s (goal {GOAL_WALL_S} s: "
               f"{'met' if wall <= GOAL_WALL_S else 'NOT MET'}), median CPU {cpu:.2f} s, "
               f"load average now {os.getloadavg()[0]:.1f}")  # fmt: skip
-    if "open3d" in baselines:
+    if baselines:
         load = open3d_load_s()
-        for name in [b for b in baselines if b != "strongest"]:  # the strongest: --strongest's table only
-            print("\n" + against_open3d(results, name, load))
+        goal = goal_baseline(results, baselines)
+        for name in [goal, *[b for b in baselines if b != goal]]:
+            print("\n" + against_open3d(results, name, load, goal=name == goal))
     with tempfile.TemporaryDirectory() as tmp:
         print(f"\n## Reading a {STL_TRIANGLES:,}-triangle binary STL (median of 7, s; goal {GOAL_STL_S} s CPU)\n")
         print(table(["reader", "CPU s", "wall s", "goal"], stl_reading(Path(tmp))))
