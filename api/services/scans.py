@@ -8,6 +8,7 @@ from typing import Any
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 
+from mesial.api.audit.collector import Change
 from mesial.api.errors import Conflict
 from mesial.api.models import Job, LegalHold, Scan
 from mesial.api.services.scope import TenantScope
@@ -18,7 +19,7 @@ from mesial.common.meshformat import MeshData, MeshStream
 from mesial.common.objectstore import ObjectStore
 
 # runs a row change in the transaction that records it (Call.commit, bound to its status and details)
-Commit = Callable[[Callable[[BaseDBAsyncClient], Awaitable[Any]]], Awaitable[None]]
+Commit = Callable[[Change], Awaitable[None]]
 
 
 class ScanKind(enum.StrEnum):
