@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import kopf
@@ -28,12 +30,19 @@ def post(body: kopf.Body, notes: list[Note]) -> None:
         kopf.event(body, type="Normal", reason=reason, message="; ".join(messages)[:1000])
 
 
+@contextlib.asynccontextmanager
+async def as_it_is(runtime: Runtime, body: kopf.Body) -> AsyncIterator[kopf.Body | None]:
+    """The Organization ``body`` names, read by ``current()`` under its lock (reconcile passes and
+    the deletion run one at a time); None once it is gone."""
+    async with runtime.org_lock(body["metadata"]["name"]):
+        yield await current(runtime, ORG, body)
+
+
 async def _reconcile(body: kopf.Body, memo: kopf.Memo, mode: str) -> None:
     runtime: Runtime = memo.runtime
-    # under the lock the deletion takes too, on the Organization as it is: kopf's copy (a drift
+    # on the Organization as it is, under the lock the deletion takes too: kopf's copy (a drift
     # timer's can lag) only names it
-    async with runtime.org_lock(body["metadata"]["name"]):
-        org = await current(runtime, ORG, body)
+    async with as_it_is(runtime, body) as org:
         if org is None:
             return  # gone: nothing to create or correct
         # create or correct every owned object, write status once
@@ -69,8 +78,7 @@ async def organization_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> No
     runtime: Runtime = memo.runtime
     # after a reconcile pass still running (the lock), decided on the Organization as it is: kopf's
     # copy (this handler's retries too) can lag behind a spec.deletion.force set since, or our status
-    async with runtime.org_lock(body["metadata"]["name"]):
-        org = await current(runtime, ORG, body)
+    async with as_it_is(runtime, body) as org:
         if org is None:
             return  # gone (its finalizer removed by others): nothing left to act on or write to
         try:
