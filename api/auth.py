@@ -28,6 +28,7 @@ from typing import Any
 
 import jwt
 from starlette.datastructures import Headers
+from tortoise.backends.base.client import BaseDBAsyncClient
 
 from mesial.api.errors import Unauthenticated
 from mesial.api.models import ApiKey, Member, Organization
@@ -44,14 +45,24 @@ def hash_secret(secret: str) -> str:
 
 
 async def issue_key(
-    *, member: Member, role: Role, org_id: str | None, ttl: timedelta | None = None
+    *,
+    member: Member,
+    role: Role,
+    org_id: str | None,
+    ttl: timedelta | None = None,
+    key_id: str | None = None,
+    using_db: BaseDBAsyncClient | None = None,
 ) -> tuple[ApiKey, str]:
-    """A new key for ``member``: the row and the plaintext (shown once, never stored)."""
+    """A new key for ``member``: the row and the plaintext (shown once, never stored).
+
+    ``key_id`` is the id chosen beforehand (by the audit event that records the issuance), a new one
+    if not given; ``using_db`` the connection of the transaction that makes it."""
     prefix = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     now = utcnow()
     row = await ApiKey.create(
-        id=new_id("key"),
+        using_db=using_db,
+        id=key_id or new_id("key"),
         prefix=prefix,
         secret_hash=hash_secret(secret),
         member_id=member.id,
@@ -63,9 +74,16 @@ async def issue_key(
     return row, f"mesial_{prefix}_{secret}"
 
 
-async def new_member(org_id: str | None, role: Role, subject: str | None = None) -> Member:
+async def new_member(
+    org_id: str | None, role: Role, subject: str | None = None, *, using_db: BaseDBAsyncClient | None = None
+) -> Member:
     return await Member.create(
-        id=new_id("mem"), org_id=org_id, subject=subject or new_id("sub"), role=role.value, created_at=utcnow()
+        using_db=using_db,
+        id=new_id("mem"),
+        org_id=org_id,
+        subject=subject or new_id("sub"),
+        role=role.value,
+        created_at=utcnow(),
     )
 
 

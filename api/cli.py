@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from mesial.api.types import KEY_TTL_DAYS, RETENTION_DAYS
 from mesial.common.audit import PLATFORM_TENANT, AuditEvent, verify_export
 from mesial.common.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from mesial.api.audit.collector import Change
 
 T = TypeVar("T")
 
@@ -37,7 +41,18 @@ def _run(work: Callable[[Settings], Coroutine[Any, Any, T]]) -> T:
     return asyncio.run(work(get_settings()))
 
 
-async def _audit_cli(settings: Settings, tenant: str, action: str, resource_type: str, resource_id: str) -> None:
+async def _audit_cli(
+    settings: Settings,
+    tenant: str,
+    action: str,
+    resource_type: str,
+    change: Change | None = None,
+    *,
+    resource_id: str | None = None,
+) -> None:
+    """Append ``mesial admin``'s event, with ``change`` (if given) in its transaction. Bound to its
+    tenant, action and resource type it is a :class:`~mesial.api.audit.collector.Commit`: what the
+    change makes never outlives a failed append."""
     from tortoise.context import require_context
 
     from mesial.api.audit.collector import AuditCollector
@@ -46,7 +61,8 @@ async def _audit_cli(settings: Settings, tenant: str, action: str, resource_type
 
     context = require_context()
     collector = AuditCollector(TenantKeys(settings.vault), dialect_of(context.db()))
-    await collector.append(AuditEvent(tenant, "cli:admin", action, resource_type, resource_id))
+    event = AuditEvent(tenant, "cli:admin", action, resource_type, resource_id or "")
+    await collector.append_unless(event, None, change)
 
 
 # -- mesial api ---------------------------------------------------------------------------
@@ -124,8 +140,10 @@ def bootstrap(force: bool) -> None:
         async with _database(settings):
             if not force and await ApiKey.exists(role=Role.platform_admin.value, revoked_at=None):
                 raise click.ClickException("a platform admin exists already (use --force for another key)")
-            key, secret = await issue_member_key(None, Role.platform_admin, None)
-            await _audit_cli(settings, PLATFORM_TENANT, "platform_admin.bootstrapped", "api_key", key.id)
+            recorded = functools.partial(
+                _audit_cli, settings, PLATFORM_TENANT, "platform_admin.bootstrapped", "api_key"
+            )
+            _, secret = await issue_member_key(None, Role.platform_admin, None, recorded)
             return secret
 
     click.echo(_run(work))
@@ -149,7 +167,7 @@ def create_org(name: str, retention_days: int) -> None:
 
         async with _database(settings):
             org = await create(name, TenantKeys(settings.vault), retention_days)
-            await _audit_cli(settings, PLATFORM_TENANT, "org.created", "organization", org.id)
+            await _audit_cli(settings, PLATFORM_TENANT, "org.created", "organization", resource_id=org.id)
             return str(org.id)
 
     click.echo(_run(work))
@@ -173,8 +191,8 @@ def issue_key(org_name: str, role: str, expires_in_days: int | None) -> None:
 
         async with _database(settings):
             org = await org_by_name(org_name)
-            key, secret = await issue_member_key(org.id, Role(role), expires_in_days)
-            await _audit_cli(settings, org.name, "key.issued", "api_key", key.id)
+            recorded = functools.partial(_audit_cli, settings, org.name, "key.issued", "api_key")
+            _, secret = await issue_member_key(org.id, Role(role), expires_in_days, recorded)
             return secret
 
     click.echo(_run(work))
@@ -192,8 +210,10 @@ def service_key(service: str, org_name: str | None) -> None:
 
         async with _database(settings):
             org_id = (await org_by_name(org_name)).id if org_name else None
-            key, secret = await issue_service_key(service, org_id)
-            await _audit_cli(settings, org_name or PLATFORM_TENANT, "service_key.issued", "api_key", key.id)
+            recorded = functools.partial(
+                _audit_cli, settings, org_name or PLATFORM_TENANT, "service_key.issued", "api_key"
+            )
+            _, secret = await issue_service_key(service, org_id, recorded)
             return secret
 
     click.echo(_run(work))

@@ -10,6 +10,7 @@ role table of ``docs/api.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -78,17 +79,24 @@ class Call:
                 self.mark.resource_id = resource_id
             self.mark.details.update(details)
 
-    async def commit(self, change: Change, status: int, **details: str | int | float | bool) -> None:
-        """Run ``change`` and append this request's audit event (answered ``status``, with ``details``)
-        in one database transaction, for a change that must not outlive a failed append (a scan's
-        deletion: gone without its ``scan.deleted``). A failed append undoes the change and is a 503
-        naming the request id in the log, as the middleware's; the middleware then appends nothing
-        for a success it did not see."""
+    async def commit(
+        self, change: Change, status: int, *, resource_id: str | None = None, **details: str | int | float | bool
+    ) -> None:
+        """Run ``change`` and append this request's audit event (answered ``status``, with ``details``,
+        naming ``resource_id`` if given: what the change makes) in one database transaction, for a
+        change that must not outlive a failed append (a scan's deletion: gone without its
+        ``scan.deleted``; a key issued without its ``key.issued``). A failed append undoes the change
+        and is a 503 naming the request id in the log, as the middleware's; the middleware then
+        appends nothing for a success it did not see. A refusal raised by ``change`` undoes it too
+        and reaches the client as itself, audited by the middleware."""
         mark = self.mark
         if mark is None or mark.tenant is None:
             raise RuntimeError("Call.commit is for an audited route of an authenticated caller")
         mark.details.update(details)
         event = event_of(mark, self.request.scope.get("state", {}), status)
+        if resource_id is not None:
+            # on the event only: a refused change made nothing, and the mark's refusal names nothing
+            event = dataclasses.replace(event, resource_id=resource_id)
         try:
             await self.runtime.need_collector().append_unless(event, None, change)
         except MesialError:

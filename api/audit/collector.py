@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.queryset import QuerySet
@@ -58,6 +58,14 @@ def record_of(row: AuditEventRow) -> dict[str, Any]:
 Held = Callable[[list[dict[str, Any]]], dict[str, Any] | None]
 # a database change committed with the event that records it (given the transaction's connection)
 Change = Callable[[BaseDBAsyncClient], Awaitable[Any]]
+
+
+class Commit(Protocol):
+    """Runs a :data:`Change` in the transaction that appends the event recording it, that event naming
+    ``resource_id`` if given (what the change makes): :meth:`mesial.api.routing.Call.commit` bound to
+    its status and details, or ``mesial admin``'s append."""
+
+    def __call__(self, change: Change, *, resource_id: str | None = None) -> Awaitable[None]: ...
 
 
 async def _about(event: AuditEvent, query: QuerySet[AuditEventRow]) -> list[AuditEventRow]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from starlette.responses import Response
 
 from mesial.api import schemas
@@ -59,8 +61,11 @@ async def issue_org_key(call: Call) -> Response:
     if call.mark is not None:  # the organization's own chain shows who issued its keys, or tried to
         call.mark.tenant = org.name
         call.mark.action = "key.break_glass" if b.break_glass else call.mark.action
-    key, secret = await orgs.issue_platform_key(org, Role(b.role), b.expires_in_days, break_glass=b.break_glass)
-    call.audit(key.id)
+    # the member and key are made in the transaction that records them: never there without their event
+    recorded = functools.partial(call.commit, status=201)
+    key, secret = await orgs.issue_platform_key(
+        org, Role(b.role), b.expires_in_days, recorded, break_glass=b.break_glass
+    )
     return ok({**orgs.key_view(key), "key": secret}, 201)
 
 
@@ -83,8 +88,10 @@ async def me(call: Call) -> Response:
     )
 )
 async def issue_key(call: Call) -> Response:
-    key, secret = await orgs.issue_member_key(call.scope.org_id, Role(call.body.role), call.body.expires_in_days)
-    call.audit(key.id)
+    recorded = functools.partial(call.commit, status=201)  # as issue_org_key's
+    key, secret = await orgs.issue_member_key(
+        call.scope.org_id, Role(call.body.role), call.body.expires_in_days, recorded
+    )
     return ok({**orgs.key_view(key), "key": secret}, 201)
 
 

@@ -6,8 +6,10 @@ import asyncio
 from datetime import timedelta
 from typing import Any
 
+from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import IntegrityError as DbIntegrityError
 
+from mesial.api.audit.collector import Change, Commit
 from mesial.api.auth import issue_key, new_member
 from mesial.api.db import write_transaction
 from mesial.api.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -75,18 +77,55 @@ async def org_by_name(name: str) -> Organization:
     return org
 
 
-async def issue_member_key(org_id: str | None, role: Role, ttl_days: int | None) -> tuple[ApiKey, str]:
-    """A new member of ``role`` and its first key (shown once)."""
+async def issue_member_key(
+    org_id: str | None, role: Role, ttl_days: int | None, commit: Commit | None = None
+) -> tuple[ApiKey, str]:
+    """A new member of ``role`` and its first key (shown once).
+
+    ``commit``, when given, makes them in the transaction that appends the event recording their
+    issuance (``Call.commit``, ``mesial admin``'s append): if that append fails neither exists."""
+    _check_member_key(org_id, role, ttl_days)
+    return await _issue(org_id, role, ttl_days, commit)
+
+
+def _check_member_key(org_id: str | None, role: Role, ttl_days: int | None) -> None:
     if org_id is not None and role not in TENANT_ROLES:
         raise ValidationFailed(f"role {role.value} cannot belong to an organization")
     _check(KEY_TTL_DAYS, ttl_days)
-    member = await new_member(org_id, role)
+
+
+async def _issue(
+    org_id: str | None,
+    role: Role,
+    ttl_days: int | None,
+    commit: Commit | None,
+    subject: str | None = None,
+    allowed: Change | None = None,
+) -> tuple[ApiKey, str]:
+    """The one issuance: the member and its key, made in ``commit``'s transaction (or one of their
+    own) after ``allowed``, given that transaction's connection, has not refused."""
+    key_id = new_id("key")  # chosen first: the event that records the key names it
     ttl = None if ttl_days is None else timedelta(days=ttl_days)
-    return await issue_key(member=member, role=role, org_id=org_id, ttl=ttl)
+    issued: list[tuple[ApiKey, str]] = []
+
+    async def make(conn: BaseDBAsyncClient) -> None:
+        if allowed is not None:
+            await allowed(conn)
+        member = await new_member(org_id, role, subject, using_db=conn)
+        issued.append(await issue_key(member=member, role=role, org_id=org_id, ttl=ttl, key_id=key_id, using_db=conn))
+
+    await (commit or _unrecorded)(make, resource_id=key_id)
+    return issued[0]
+
+
+async def _unrecorded(change: Change, *, resource_id: str | None = None) -> None:
+    """A :class:`Commit` appending no event (tests, scripts): the member and key are still made together."""
+    async with write_transaction() as conn:
+        await change(conn)
 
 
 async def issue_platform_key(
-    org: Organization, role: Role, ttl_days: int | None, *, break_glass: bool = False
+    org: Organization, role: Role, ttl_days: int | None, commit: Commit, *, break_glass: bool = False
 ) -> tuple[ApiKey, str]:
     """A key the platform admin issues into ``org``: its first keys, or break-glass.
 
@@ -95,43 +134,45 @@ async def issue_platform_key(
     most) only to an organization that has no active org-admin left and has not forbidden
     it; the route audits it as ``key.break_glass`` in the organization's own chain.
 
-    Atomic per organization: the checks and the new member and key are one transaction that
-    first takes the organization's row for writing (a row lock on PostgreSQL, the database's
-    write lock on SQLite), so of two simultaneous first-key (or break-glass) requests the
-    second sees the member the first created and is refused.
+    Atomic per organization: the checks and the new member and key are ``commit``'s one
+    transaction (the one appending the event), which first takes the organization's row for
+    writing (a row lock on PostgreSQL, the database's write lock on SQLite), so of two
+    simultaneous first-key (or break-glass) requests the second sees the member the first
+    created and is refused.
     """
-    async with write_transaction():
+    if break_glass:
+        if role is not Role.org_admin:
+            raise ValidationFailed("break-glass issues an org-admin key only")
+        ttl_days = min(ttl_days or BREAK_GLASS_TTL_DAYS, BREAK_GLASS_TTL_DAYS)
+    _check_member_key(org.id, role, ttl_days)
+
+    async def allowed(conn: BaseDBAsyncClient) -> None:
         # the lock: a write to the organization's row, held until commit
-        await Organization.filter(id=org.id).update(name=org.name)
-        org = await Organization.get(id=org.id)  # read under the lock (break_glass_allowed may have changed)
-        return await _issue_platform_key(org, role, ttl_days, break_glass=break_glass)
+        await Organization.filter(id=org.id).using_db(conn).update(name=org.name)
+        if not break_glass:
+            members = Member.filter(org_id=org.id, role__in=[r.value for r in TENANT_ROLES]).using_db(conn)
+            if await members.exists():
+                raise Forbidden(
+                    "the organization has members: its org-admins issue its keys (break-glass if it has lost them all)"
+                )
+            return
+        current = await Organization.filter(id=org.id).using_db(conn).get()  # under the lock: it may have changed
+        if not current.break_glass_allowed:
+            raise Forbidden("the organization has forbidden break-glass access")
+        if await has_active_admin(org.id, conn):
+            raise Conflict("the organization has an active org-admin: keys are theirs to issue")
+
+    return await _issue(org.id, role, ttl_days, commit, allowed=allowed)
 
 
-async def _issue_platform_key(
-    org: Organization, role: Role, ttl_days: int | None, *, break_glass: bool
-) -> tuple[ApiKey, str]:
-    if not break_glass:
-        if await Member.filter(org_id=org.id, role__in=[r.value for r in TENANT_ROLES]).exists():
-            raise Forbidden(
-                "the organization has members: its org-admins issue its keys (break-glass if it has lost them all)"
-            )
-        return await issue_member_key(org.id, role, ttl_days)
-    if role is not Role.org_admin:
-        raise ValidationFailed("break-glass issues an org-admin key only")
-    if not org.break_glass_allowed:
-        raise Forbidden("the organization has forbidden break-glass access")
-    if await has_active_admin(org.id):
-        raise Conflict("the organization has an active org-admin: keys are theirs to issue")
-    return await issue_member_key(org.id, Role.org_admin, min(ttl_days or BREAK_GLASS_TTL_DAYS, BREAK_GLASS_TTL_DAYS))
-
-
-async def has_active_admin(org_id: str) -> bool:
+async def has_active_admin(org_id: str, conn: BaseDBAsyncClient | None = None) -> bool:
     """Whether an org-admin of ``org_id`` can still act: a member not disabled, with a live key or SSO."""
     now = utcnow()
-    for member in await Member.filter(org_id=org_id, role=Role.org_admin.value, disabled_at=None):
+    admins = Member.filter(org_id=org_id, role=Role.org_admin.value, disabled_at=None).using_db(conn)
+    for member in await admins:
         if member.subject.startswith("oidc:"):
             return True
-        live = ApiKey.filter(member_id=member.id, revoked_at=None)
+        live = ApiKey.filter(member_id=member.id, revoked_at=None).using_db(conn)
         if await live.filter(expires_at=None).exists() or await live.filter(expires_at__gt=now).exists():
             return True
     return False
@@ -145,14 +186,14 @@ async def set_break_glass(org_id: str, allowed: bool) -> Organization:
     return org
 
 
-async def issue_service_key(name: str, org_id: str | None = None) -> tuple[ApiKey, str]:
+async def issue_service_key(name: str, org_id: str | None = None, commit: Commit | None = None) -> tuple[ApiKey, str]:
     """A key for a service (operator, jobs) that may only use the internal endpoints.
 
     ``name`` is one of :data:`mesial.api.services.ingest.SERVICES`, bound to one organization
-    or platform-wide as that service is: it decides which audit events the key may write."""
+    or platform-wide as that service is: it decides which audit events the key may write.
+    ``commit`` as for :func:`issue_member_key`."""
     grant_for(name, bound=org_id is not None)
-    member = await new_member(org_id, Role.service, subject=name)
-    return await issue_key(member=member, role=Role.service, org_id=org_id)
+    return await _issue(org_id, Role.service, None, commit, subject=name)
 
 
 async def revoke_key(org_id: str, key_id: str) -> ApiKey:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 
-from mesial.api.audit.collector import Change
+from mesial.api.audit.collector import Commit
 from mesial.api.errors import Conflict
 from mesial.api.models import Job, LegalHold, Scan
 from mesial.api.services.scope import TenantScope
@@ -17,9 +17,6 @@ from mesial.common.contract import scan_key
 from mesial.common.errors import ObjectNotFound
 from mesial.common.meshformat import MeshData, MeshStream
 from mesial.common.objectstore import ObjectStore
-
-# runs a row change in the transaction that records it (Call.commit, bound to its status and details)
-Commit = Callable[[Change], Awaitable[None]]
 
 
 class ScanKind(enum.StrEnum):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -18,13 +20,15 @@ from tortoise.exceptions import BaseORMException
 from mesial.api.app import db_context
 from mesial.api.cli import audit as audit_cli
 from mesial.api.errors import ValidationFailed
-from mesial.api.models import Artifact, AuditCheckpoint, AuditEventRow, Job, Scan
+from mesial.api.models import ApiKey, Artifact, AuditCheckpoint, AuditEventRow, Job, Member, Scan
 from mesial.api.services import orgs
 from mesial.common.audit import GENESIS_HASH, verify_export
 from mesial.common.contract import job_prefix
+from mesial.common.settings import Settings
 from mesial.common.tenancy import tenant_prefix
 from tests.api import meshes
 from tests.api.conftest import Harness, bearer
+from tests.api.test_cli import cli_env, run
 
 EVENT_FIELDS = {
     "type", "tenant", "actor", "source_ip", "action", "resource_type", "resource_id", "outcome", "request_id",
@@ -648,10 +652,11 @@ async def test_a_failed_audit_append_is_a_503_and_nothing_leaves(
     _org, admin = await api.new_org()
     scan = await api.upload(admin)
 
-    async def down(event: object) -> None:
+    async def down(*args: object, **kwargs: object) -> None:
         raise ConnectionError("audit database down")
 
-    monkeypatch.setattr(api.runtime.collector, "append", down)
+    # every append's write: the middleware's, and Call.commit's (a key issued with its event)
+    monkeypatch.setattr(api.runtime.collector, "append_unless", down)
     with caplog.at_level("ERROR", logger="mesial.api.audit"):
         refused = [
             await api.client.post("/v1/keys", json={"role": "technician"}, headers=bearer(admin)),  # key.issued
@@ -721,3 +726,104 @@ async def test_a_scan_deletion_whose_event_cannot_be_written_is_undone_and_finis
         ("success", {"status": 204, "sha256": scan["sha256"]})
     ]
     assert deleted[0].request_id == done.headers["x-request-id"]
+
+
+async def _key_request(api: Harness, kind: str) -> tuple[str, str, dict[str, Any], dict[str, str], str]:
+    """An organization and a request issuing a key into it: its name, url, body, headers and audit action."""
+    if kind == "first":  # the platform admin's first key of an organization without members
+        name = f"org-{secrets.token_hex(4)}"
+        platform = bearer(await api.platform_key())
+        assert (await api.client.post("/v1/orgs", json={"name": name}, headers=platform)).status_code == 201
+        return name, f"/v1/orgs/{name}/keys", {"role": "org-admin"}, platform, "key.issued"
+    name, admin = await api.new_org()
+    if kind == "member":  # an org-admin's key for a new member
+        return name, "/v1/keys", {"role": "technician"}, bearer(admin), "key.issued"
+    # break-glass: the organization's only admin is lost (its member disabled by itself)
+    me = (await api.client.get("/v1/keys", headers=bearer(admin))).json()["items"][0]
+    assert (await api.client.delete(f"/v1/members/{me['member_id']}", headers=bearer(admin))).status_code == 204
+    glass = {"role": "org-admin", "break_glass": True}
+    return name, f"/v1/orgs/{name}/keys", glass, bearer(await api.platform_key()), "key.break_glass"
+
+
+@pytest.mark.parametrize("kind", ["member", "first", "break-glass"])
+async def test_a_key_whose_event_cannot_be_written_is_not_issued_and_is_issued_once_when_asked_again(
+    api: Harness, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """A key never exists without its ``key.issued`` (``key.break_glass``): its member and key are made
+    in the transaction that appends the event. With the chain's insert failing the client gets the 503
+    of a failed append and no member or key is left (its secret was never shown); asked again, the key
+    is issued, with one event naming it."""
+    name, url, body, headers, action = await _key_request(api, kind)
+    org_id = (await orgs.org_by_name(name)).id
+
+    async def rows() -> tuple[int, int]:
+        return await Member.filter(org_id=org_id).count(), await ApiKey.filter(org_id=org_id).count()
+
+    before = await rows()
+    insert = AuditEventRow.create
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("action") == action and kwargs.get("tenant") == name:
+            raise ConnectionError("audit table unwritable")
+        return await insert(*args, **kwargs)
+
+    monkeypatch.setattr(AuditEventRow, "create", failing)
+    refused = await api.client.post(url, json=body, headers=headers)
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"] == {
+        "code": "unavailable",
+        "message": "a backing service is unavailable",
+        "request_id": refused.headers["x-request-id"],
+    }
+    assert await rows() == before  # neither member nor key without its event
+    monkeypatch.setattr(AuditEventRow, "create", insert)
+
+    done = await api.client.post(url, json=body, headers=headers)
+    assert done.status_code == 201, done.text
+    assert await rows() == (before[0] + 1, before[1] + 1)
+    issued = await AuditEventRow.filter(tenant=name, action=action, resource_id=done.json()["id"])
+    assert [(e.outcome, e.request_id) for e in issued] == [("success", done.headers["x-request-id"])]
+    me = await api.client.get("/v1/me", headers=bearer(done.json()["key"]))
+    assert me.status_code == 200 and me.json()["organization"] == name
+
+
+@pytest.mark.parametrize(
+    ("command", "action"),
+    [
+        (["issue-key", "--role", "org-admin"], "key.issued"),
+        (["service-key", "job"], "service_key.issued"),
+        (["bootstrap"], "platform_admin.bootstrapped"),
+    ],
+    ids=["issue-key", "service-key", "bootstrap"],
+)
+def test_the_cli_issues_no_key_whose_event_cannot_be_written(
+    service_settings: Settings, tmp_path: Path, command: list[str], action: str
+) -> None:
+    """``mesial admin`` makes a key and its member in the transaction that appends their event, as the
+    API does: with the chain refusing that event the command fails and leaves neither (nor prints a
+    secret); run again, it issues one key, with one event naming it (a bootstrap that left its key
+    without its event would have refused every later bootstrap but a ``--force``d one)."""
+    env = {**cli_env(service_settings, tmp_path), "HOME": str(tmp_path)}
+    name = f"cli-{secrets.token_hex(3)}"
+    assert run(env, "admin", "create-org", name).returncode == 0
+    command = [*command, "--org", name] if command[0] != "bootstrap" else command
+    database = tmp_path / "db" / "cli.sqlite3"
+
+    def query(sql: str, *params: str) -> list[Any]:
+        with contextlib.closing(sqlite3.connect(database)) as db, db:
+            return db.execute(sql, params).fetchall()
+
+    query(
+        f"CREATE TRIGGER refuse BEFORE INSERT ON audit_events WHEN NEW.action = '{action}' "
+        "BEGIN SELECT RAISE(ABORT, 'audit table unwritable'); END"
+    )
+    failed = run(env, "admin", *command)
+    assert failed.returncode != 0 and "mesial_" not in failed.stdout, failed.stdout
+    assert query("SELECT count(*) FROM members") == query("SELECT count(*) FROM api_keys") == [(0,)]
+    query("DROP TRIGGER refuse")
+
+    issued = run(env, "admin", *command)
+    assert issued.returncode == 0 and issued.stdout.startswith("mesial_"), issued.stderr
+    [(key_id,)] = query("SELECT id FROM api_keys")
+    assert query("SELECT count(*) FROM members") == [(1,)]
+    assert query("SELECT resource_id FROM audit_events WHERE action = ?", action) == [(key_id,)]
