@@ -194,3 +194,98 @@ def test_seaweedfs_stores_objects_on_a_disk_under_one_percent_free(nearly_full_d
         assert client.get_object(Bucket=info.credentials["bucket"], Key="scan")["Body"].read() == b"\x01" * 200_000
     finally:
         service.stop()
+
+
+@pytest.fixture
+def ports_taken_at_bind(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[list[int], list[int]]]:
+    """The race docs/services.md names, made to happen: after ``free_port`` checked a port, another
+    program binds it. ``(checked, to_take)``: every base port handed out, in order; the first
+    ``to_take[0]`` of them are taken (listened on) before the service binds."""
+    checked: list[int] = []
+    to_take = [0]
+    holders: list[socket.socket] = []
+    real = svc.free_port
+
+    def free_then_taken(span: int = 1) -> int:
+        port = real(span)
+        checked.append(port)
+        if len(checked) <= to_take[0]:
+            holder = socket.socket()
+            holder.bind((svc.LOOPBACK, port))  # SeaweedFS's master port
+            holder.listen()
+            holders.append(holder)
+        return port
+
+    monkeypatch.setattr(svc, "free_port", free_then_taken)
+    yield checked, to_take
+    for holder in holders:
+        holder.close()
+
+
+def test_seaweedfs_whose_port_is_taken_at_bind_starts_on_new_ports(
+    tmp_path: Path, ports_taken_at_bind: tuple[list[int], list[int]]
+) -> None:
+    checked, to_take = ports_taken_at_bind
+    to_take[0] = 2
+    service = svc.SeaweedFSService(tmp_path, tied_to_parent=True)
+    try:
+        info = service.start()
+        assert len(checked) == 3 and service.port == checked[2], checked
+        assert info.url == f"http://{svc.LOOPBACK}:{checked[2] + 6}"
+        client = botocore.session.get_session().create_client(
+            "s3",
+            endpoint_url=info.url,
+            region_name="us-east-1",
+            aws_access_key_id=info.credentials["access_key"],
+            aws_secret_access_key=info.credentials["secret_key"],
+        )
+        client.put_object(Bucket=info.credentials["bucket"], Key="k", Body=b"stored")
+        assert client.get_object(Bucket=info.credentials["bucket"], Key="k")["Body"].read() == b"stored"
+    finally:
+        service.stop()
+    log = Path(info.log).read_text().lower()
+    assert [f"127.0.0.1:{port}: bind: address already in use" in log for port in checked] == [True, True, False]
+
+
+def test_seaweedfs_gives_up_after_three_attempts_on_taken_ports(
+    tmp_path: Path, ports_taken_at_bind: tuple[list[int], list[int]]
+) -> None:
+    checked, to_take = ports_taken_at_bind
+    to_take[0] = 4
+    service = svc.SeaweedFSService(tmp_path, tied_to_parent=True)
+    with pytest.raises(ServiceStartError) as caught:
+        service.start()
+    assert len(checked) == 3, f"three attempts in all, not {len(checked)}"
+    assert "seaweedfs did not start" in str(caught.value)
+    assert "address already in use" in str(caught.value)  # the tail of weed's own log
+    assert service.process is None
+
+
+def test_a_failure_that_is_not_a_taken_port_is_not_retried(
+    tmp_path: Path, ports_taken_at_bind: tuple[list[int], list[int]]
+) -> None:
+    checked, _ = ports_taken_at_bind
+
+    class BadFlag(svc.SeaweedFSService):
+        def command(self) -> list[str]:
+            return [*super().command(), "-no-such-flag"]
+
+    with pytest.raises(ServiceStartError, match="exited with code"):
+        BadFlag(tmp_path, tied_to_parent=True).start()
+    assert len(checked) == 1
+
+
+def test_an_early_exit_fails_at_once_with_its_code_and_the_logs_last_40_lines(tmp_path: Path) -> None:
+    class ExitsEarly(svc.OpenBaoService):
+        def command(self) -> list[str]:
+            return ["sh", "-c", "for i in $(seq 1 100); do echo log-line-$i; done; exit 3"]
+
+    started = time.monotonic()
+    with pytest.raises(ServiceStartError) as caught:
+        ExitsEarly(tmp_path).start()
+    assert time.monotonic() - started < 10  # at once, not at the 60 s deadline
+    message = str(caught.value)
+    assert "exited with code 3 before it was ready" in message
+    shown = [line for line in message.splitlines() if line.startswith("log-line-")]
+    assert shown == [f"log-line-{i}" for i in range(61, 101)]
+    assert all(kind.deadline_s == 60 for kind in svc.SERVICES.values())
