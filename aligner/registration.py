@@ -363,12 +363,14 @@ def _build_trees(surfaces: dict[str, SurfaceTarget], probe: FloatArray) -> None:
 def _beside(
     main: Callable[[], T], others: list[Callable[[], U]], surfaces: dict[str, SurfaceTarget], probe: FloatArray
 ) -> tuple[T, list[U]]:
-    """``main()`` and every task of ``others``, on a thread each when there are others.
+    """``main()`` on the calling thread and the tasks of ``others`` one after another on one more thread.
 
     They are independent refinements on the same exact surfaces (the fine step and the ambiguous
     bites' hypotheses, which do not depend on it): their k-d tree queries release the GIL, so they
-    overlap on two cores. The surfaces' search structures are built first, by a query at ``probe``
-    (a point, ``(1, 3)``): the threads share them.
+    overlap on two cores. One thread for all of ``others``, not one each: four hypotheses and the
+    fine step on five threads fought over two cores and the GIL (c1-c3, in-process, load about 2:
+    0.29 s wall for what one more thread does in 0.25 s, with less CPU). The surfaces' search
+    structures are built first, by a query at ``probe`` (a point, ``(1, 3)``): the threads share them.
     """
     if not others:
         return main(), []
@@ -378,10 +380,9 @@ def _beside(
     for surface in surfaces.values():  # one query builds what the exact matching searches
         surface.closest(probe)
         _ = surface.typical_edge
-    with ThreadPoolExecutor(1 + len(others)) as pool:
-        first = pool.submit(main)
-        rest = [pool.submit(task) for task in others]
-        return first.result(), [future.result() for future in rest]
+    with ThreadPoolExecutor(1) as pool:
+        rest = pool.submit(lambda: [task() for task in others])
+        return main(), rest.result()
 
 
 def _short_bites(bites: list[Scan], params: AlignParams) -> dict[int, str]:
