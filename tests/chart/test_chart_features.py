@@ -9,9 +9,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+import kopf
 import kubernetes_validate
 import pytest
 
+from mesial.common.settings import OperatorSettings
+from mesial.operator.main import build_registry, configure
 from tests.chart.test_chart import ROOT, helm, pod_specs, render, settings_from
 
 DIGEST = "sha256:" + "ab" * 32
@@ -216,3 +219,40 @@ def test_notes_name_only_what_the_packaged_chart_holds(k8s_tools: dict[str, Path
     for path in re.findall(r"-f\s+(\S+\.ya?ml)", notes):
         assert path in packaged, f"NOTES.txt names {path}, which the packaged chart does not hold"
     assert "crds/examples" not in notes
+
+
+def test_each_runbook_states_the_time_its_alert_waits(k8s_tools: dict[str, Path]) -> None:
+    """docs/operator.md's runbooks say how long a condition lasts before its alert fires
+    ('not ready for 5 minutes'): that is the rule's `for` (or the window of an alert without one)."""
+    docs = render(k8s_tools, "--set", "operator.metrics.prometheusRule.enabled=true")
+    (rule,) = kinds(docs, "PrometheusRule").values()
+    operator_md = (ROOT / "docs" / "operator.md").read_text()
+    stated = {}
+    for alert, body in re.findall(r"^#### (\w+)\n\n(.*?)(?=\n#|\Z)", operator_md, re.M | re.S):
+        minutes = re.findall(r"\b(\d+) minutes\b", " ".join(body.split()))
+        if minutes:
+            stated[alert] = f"{minutes[0]}m"
+    waits = {a["alert"]: a.get("for") for a in rule["spec"]["groups"][0]["rules"]}
+    assert stated == {a: waits[a] for a in stated}
+    assert stated == {
+        "MesialOperatorDown": "5m",
+        "MesialOperatorReconcileErrors": "15m",
+        "MesialOperatorRetriesPiling": "30m",
+        "MesialOrganizationNotReady": "15m",
+    }
+
+
+def test_the_operator_the_chart_deploys_runs_the_documented_intervals(
+    k8s_tools: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chart's defaults, through the Deployment's environment and the settings, into the operator
+    as it is assembled: drift every 60 s (operator.md), ScanJobs mirrored every 5 s and temporary
+    failures retried after 15 s (the chart's values), the same as the settings' own defaults."""
+    container = pod(render(k8s_tools), "operator")["spec"]["containers"][0]
+    settings = settings_from(container, monkeypatch)
+    timers: dict[str, Any] = {h.id: vars(h)["interval"] for h in build_registry(settings)._spawning.get_all_handlers()}
+    kopf_settings = kopf.OperatorSettings()
+    configure(kopf_settings, settings)
+    assert (timers["drift"], timers["mirror"], kopf_settings.execution.default_backoff) == (60, 5, 15)
+    defaults = OperatorSettings()
+    assert (defaults.drift_interval_s, defaults.scanjob_sync_interval_s, defaults.retry_delay_s) == (60, 5, 15)

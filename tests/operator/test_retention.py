@@ -4,15 +4,18 @@ untrusted timestamps, one policy per namespace, receipts per scan."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from mesial.common.retention import Verdict, decide
 from mesial.operator.testing import Harness
 from tests.operator.conftest import eventually
 from tests.operator.helpers import POLICY, SCANJOB, audit_events, organization, ready
 
+ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
 
@@ -178,3 +181,43 @@ async def test_age_runs_from_upload_not_from_the_last_rewrap(harness: Harness, o
     assert counts["deleted"] == 1 and counts["errors"] == 0 and counts["kept"] == 0
     assert not await store.exists(org, "scans/old")
     assert await store.exists(org, "scans/new") and await store.exists(org, "scans/legacy")
+
+
+async def test_a_policy_that_names_no_age_keeps_90_days_as_the_crd_says(harness: Harness, org_name) -> None:
+    """operator.md: ``maxAgeDays`` defaults to 90. The emulator applies no CRD default (the API server
+    does), so this is the operator's own: it must be the CRD's, and so must what it takes for the
+    other fields left out (every kind of object; a sweep an hour after the last)."""
+    from mesial.common.objectstore import META_CREATED
+    from mesial.common.tenancy import object_key_for
+
+    crd = yaml.safe_load((ROOT / "crds" / "retentionpolicy.yaml").read_text())
+    spec_schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    defaults = {name: field.get("default") for name, field in spec_schema["properties"].items()}
+    assert defaults == {"maxAgeDays": 90, "covers": ["scans", "results", "scanjobs"], "sweepInterval": "1h"}
+    org = org_name("default")
+    k8s = harness.client
+    await k8s.create(organization(org))
+    await eventually(lambda: ready(k8s, org))
+    ns = f"mesial-org-{org}"
+    store = harness.runtime.store
+    uploaded = {
+        "scans/day89": 90 * DAY - timedelta(hours=1),
+        "scans/day91": 90 * DAY + timedelta(hours=1),
+        "jobs/j89/artifacts/report.json": 90 * DAY - timedelta(hours=1),
+        "jobs/j91/artifacts/report.json": 90 * DAY + timedelta(hours=1),
+    }
+    for name, age in uploaded.items():
+        await store.put(org, name, b"x")
+        key = object_key_for(org, name)
+        meta = (await store.client.head_object(Bucket=store.bucket, Key=key))["Metadata"]
+        meta[META_CREATED] = (datetime.now(UTC) - age).strftime("%Y-%m-%dT%H:%M:%SZ")
+        await store.client.copy_object(Bucket=store.bucket, Key=key, CopySource={"Bucket": store.bucket, "Key": key},
+                                       Metadata=meta, MetadataDirective="REPLACE")  # fmt: skip
+    await k8s.create({**policy("retention", ns), "spec": {}})
+
+    st = await eventually(lambda: swept(k8s, ns))
+    assert st["phase"] == "Active" and st["lastSweep"]["deleted"] == 2, st
+    remaining = sorted([m.key.split("/", 2)[2] async for m in store.list(org)])
+    assert remaining == ["jobs/j89/artifacts/report.json", "scans/day89"]
+    interval = datetime.fromisoformat(st["nextSweepTime"]) - datetime.fromisoformat(st["lastSweepTime"])
+    assert interval == timedelta(hours=1)
