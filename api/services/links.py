@@ -14,6 +14,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -49,7 +50,9 @@ class LinkSigner:
         return _b64(hmac.new(self.secret, _DOMAIN + payload.encode(), hashlib.sha256).digest())
 
     def sign(self, org_id: str, job_id: str, artifact: str, issued_by: str, now: float | None = None) -> LinkClaims:
-        expires = int((now if now is not None else time.time()) + self.ttl_s)
+        # rounded up to the whole second the token carries: a link opens for ttl_s at least (int() took up to a
+        # second off it)
+        expires = math.ceil((now if now is not None else time.time()) + self.ttl_s)
         return LinkClaims(org_id, job_id, artifact, expires, issued_by)
 
     def token(self, claims: LinkClaims) -> str:
