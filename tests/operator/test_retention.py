@@ -221,3 +221,76 @@ async def test_a_policy_that_names_no_age_keeps_90_days_as_the_crd_says(harness:
     assert remaining == ["jobs/j89/artifacts/report.json", "scans/day89"]
     interval = datetime.fromisoformat(st["nextSweepTime"]) - datetime.fromisoformat(st["lastSweepTime"])
     assert interval == timedelta(hours=1)
+
+
+async def test_the_operator_holds_the_documented_spec_bounds_itself(harness: Harness, org_name) -> None:
+    """operator.md: ``maxAgeDays`` 1..3650, ``sweepInterval`` 1m..168h and not longer than
+    ``maxAgeDays``, checked by the operator too (the emulator, like an old CRD, lets anything
+    through): each bound is accepted, one past it is ``InvalidSpec`` and sweeps nothing."""
+    org = org_name("bounds")
+    k8s = harness.client
+    await k8s.create(organization(org))
+    await eventually(lambda: ready(k8s, org))
+    ns = f"mesial-org-{org}"
+    await harness.runtime.store.put(org, "scans/s1", b"100 days old to the operator: past 90 and 1")
+    harness.runtime.clock = lambda: datetime.now(UTC) + 100 * DAY
+    refused: list[dict[str, Any]] = [
+        {"maxAgeDays": 3651},
+        {"sweepInterval": "59s"},
+        {"sweepInterval": "168h1m"},
+        {"maxAgeDays": 1, "sweepInterval": "24h1m"},
+    ]
+    accepted: list[dict[str, Any]] = [
+        {"maxAgeDays": 3650, "sweepInterval": "168h"},
+        {"maxAgeDays": 3650, "sweepInterval": "1m"},
+        {"maxAgeDays": 1, "sweepInterval": "24h"},
+    ]
+    for n, spec in enumerate(refused + accepted):
+        name, phase = f"p{n}", "Rejected" if spec in refused else "Active"
+
+        async def judged(name: str = name, phase: str = phase) -> dict[str, Any] | None:
+            return await _policy_phase(k8s, ns, name, phase)
+
+        async def gone(name: str = name) -> bool:
+            return await k8s.get(*POLICY, name, ns) is None
+
+        await k8s.create({**policy(name, ns), "spec": spec})
+        st = await eventually(judged)
+        if phase == "Rejected":
+            assert st["reason"] == "InvalidSpec", (spec, st)
+            assert await harness.runtime.store.exists(org, "scans/s1")
+        await k8s.delete(*POLICY, name, ns)
+        await eventually(gone)
+
+
+async def test_a_sweep_deletes_at_most_100_resources_and_the_rest_wait_for_the_next(harness: Harness, org_name) -> None:
+    """operator.md: ``status.pendingReceipts`` holds at most 100, so a sweep deletes only as many
+    resources as there is room for; the rest wait, reported in ``problems``, for the next sweep."""
+    org = org_name("hundred")
+    k8s = harness.client
+    await k8s.create(organization(org))
+    await eventually(lambda: ready(k8s, org))
+    ns = f"mesial-org-{org}"
+    store = harness.runtime.store
+    for n in range(103):
+        await store.put(org, f"scans/s{n:03d}", b"old")
+    ahead = [40 * DAY]
+    harness.runtime.clock = lambda: datetime.now(UTC) + ahead[0]
+    await k8s.create(policy("retention", ns, covers=["scans"]))
+
+    first = (await eventually(lambda: swept(k8s, ns)))["lastSweep"]
+    assert first["deleted"] == 100 and first["receipts"] == 100, first
+    assert first["problems"] == ["3 resource(s) deferred: too many receipts pending"]
+    assert len([m async for m in store.list(org)]) == 3
+    ahead[0] += timedelta(minutes=2)  # the next sweep is due (sweepInterval 1m)
+
+    async def all_swept() -> bool:
+        return not [m async for m in store.list(org)]
+
+    await eventually(all_swept)
+    receipts = {
+        e["resource_id"]
+        for e in audit_events(harness.runtime)
+        if e["action"] == "retention.deleted" and e["tenant"] == org
+    }
+    assert receipts == {f"s{n:03d}" for n in range(103)}
