@@ -97,3 +97,13 @@ async def test_an_organization_asking_for_the_metadata_service_gets_no_such_rule
     assert deny["spec"]["podSelector"] == {}  # the namespace stays closed
     allow = await k8s.get("networking.k8s.io/v1", "NetworkPolicy", "mesial-allow-egress", f"mesial-org-{name}")
     assert allow is None or "169.254" not in str(allow)
+
+
+def test_ports_are_1_to_8_tcp_ports_from_1_to_65535() -> None:
+    """operator.md: the operator checks the ports of each extra destination (1 to 8, 1-65535)."""
+    widest = list(range(65528, 65536))  # 8 ports, up to 65535
+    (ok,) = extra_egress(org_with({"cidr": "203.0.113.0/24", "ports": widest}), SETTINGS)
+    assert ok.ports == tuple(widest)
+    assert extra_egress(org_with({"cidr": "203.0.113.0/24", "ports": [1]}), SETTINGS)[0].ports == (1,)
+    with pytest.raises(InputError, match="1 to 8 TCP ports"):
+        extra_egress(org_with({"cidr": "203.0.113.0/24", "ports": [*widest, 443]}), SETTINGS)
