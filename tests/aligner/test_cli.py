@@ -160,3 +160,23 @@ def test_mesial_align_tunes_malloc_unless_the_process_chose(tmp_path, command, r
     assert arenas == 2 and mapped < 16 << 20  # two arenas; the 16 MiB block from one of them
     arenas, mapped = malloc(MALLOC_ARENA_MAX="4")  # the process's own choice stands, and glibc's defaults
     assert arenas == 4 and mapped >= 16 << 20
+
+
+def test_a_case_that_cannot_be_trusted_exits_3(tmp_path):
+    """README: exit 3 not confident. Another patient's upper arch given as the lower (as in
+    tests/job/test_job_run.py): the verdict `not_confident`, written, with the report."""
+    runner = CliRunner()
+    for seed, name in ((2, "c"), (11, "other")):
+        runner.invoke(
+            root, ["samples", "generate", "--out", str(tmp_path / name), "--seed", str(seed), "--vertices", "20000"]
+        )
+    case, other = tmp_path / "c", tmp_path / "other"
+    result = runner.invoke(
+        root,
+        ["align", "--upper", str(case / "upper.ply"), "--lower", str(other / "upper.ply"),
+         "--bite", str(case / "bite.stl"), "--bite", str(case / "bite2.stl"), "--out", str(tmp_path / "o")],
+    )  # fmt: skip
+    document = json.loads((tmp_path / "o" / "result.json").read_text())
+    assert document["status"] == "not_confident", document
+    assert result.exit_code == 3, result.output
+    assert (tmp_path / "o" / "report.html").is_file()
