@@ -166,8 +166,8 @@ def create_org(name: str, retention_days: int) -> None:
         from mesial.common.vault import TenantKeys
 
         async with _database(settings):
-            org = await create(name, TenantKeys(settings.vault), retention_days)
-            await _audit_cli(settings, PLATFORM_TENANT, "org.created", "organization", resource_id=org.id)
+            recorded = functools.partial(_audit_cli, settings, PLATFORM_TENANT, "org.created", "organization")
+            org = await create(name, TenantKeys(settings.vault), retention_days, recorded)
             return str(org.id)
 
     click.echo(_run(work))

@@ -32,8 +32,9 @@ ANYONE = frozenset(Role) - {Role.service}
     )
 )
 async def create_org(call: Call) -> Response:
-    org = await orgs.create_org(call.body.name, call.runtime.keys, call.body.retention_days)
-    call.audit(org.id)
+    # the row is made in the transaction that records org.created: never there without its event
+    recorded = functools.partial(call.commit, status=201)
+    org = await orgs.create_org(call.body.name, call.runtime.keys, call.body.retention_days, recorded)
     return ok(orgs.org_view(org), 201)
 
 
@@ -116,8 +117,8 @@ async def list_keys(call: Call) -> Response:
     )
 )
 async def revoke_key(call: Call) -> Response:
-    key = await orgs.revoke_key(call.scope.org_id, call.param("key_id"))
-    return ok(orgs.key_view(key))
+    recorded = functools.partial(call.commit, status=200)  # as create_org's, and the changes below
+    return ok(orgs.key_view(await orgs.revoke_key(call.scope.org_id, call.param("key_id"), recorded)))
 
 
 @route(
@@ -133,7 +134,7 @@ async def revoke_key(call: Call) -> Response:
     )
 )
 async def disable_member(call: Call) -> Response:
-    await orgs.disable_member(call.scope.org_id, call.param("member_id"))
+    await orgs.disable_member(call.scope.org_id, call.param("member_id"), functools.partial(call.commit, status=204))
     return Response(status_code=204)
 
 
@@ -150,11 +151,9 @@ async def disable_member(call: Call) -> Response:
     )
 )
 async def set_retention(call: Call) -> Response:
-    org = await Organization.get(id=call.scope.org_id)
-    call.audit(org.id, days=call.body.retention_days, previous=org.retention_days)
-    org.retention_days = call.body.retention_days
-    await org.save(update_fields=["retention_days"])
-    return ok(orgs.org_view(org))
+    days, previous = call.body.retention_days, (await Organization.get(id=call.scope.org_id)).retention_days
+    recorded = functools.partial(call.commit, status=200, days=days, previous=previous)
+    return ok(orgs.org_view(await orgs.set_retention(call.scope.org_id, days, recorded)))
 
 
 @route(
@@ -170,9 +169,8 @@ async def set_retention(call: Call) -> Response:
     )
 )
 async def set_break_glass(call: Call) -> Response:
-    org = await orgs.set_break_glass(call.scope.org_id, call.body.allowed)
-    call.audit(org.id, allowed=call.body.allowed)
-    return ok(orgs.org_view(org))
+    recorded = functools.partial(call.commit, status=200, allowed=call.body.allowed)
+    return ok(orgs.org_view(await orgs.set_break_glass(call.scope.org_id, call.body.allowed, recorded)))
 
 
 ROUTES = [

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import IntegrityError as DbIntegrityError
+from tortoise.queryset import QuerySet
 
 from mesial.api.audit.collector import Change, Commit
 from mesial.api.auth import issue_key, new_member
@@ -22,6 +24,9 @@ from mesial.common.vault import TenantKeys
 
 # A break-glass key lives one day at most: long enough to issue the organization a new admin of its own.
 BREAK_GLASS_TTL_DAYS = 1
+
+T = TypeVar("T")
+M = TypeVar("M", ApiKey, Member)
 
 
 def _check(days_range: DayRange, days: int | None) -> None:
@@ -53,8 +58,10 @@ def key_view(key: ApiKey) -> dict[str, Any]:
     }
 
 
-async def create_org(name: str, keys: TenantKeys | None, retention_days: int = 90) -> Organization:
-    """The organization row and its Vault key (idempotent in Vault; the row is new)."""
+async def create_org(name: str, keys: TenantKeys | None, retention_days: int, commit: Commit) -> Organization:
+    """The organization's Vault key, then its row, made in ``commit``'s transaction (the one appending
+    the ``org.created`` that names it): if that append fails there is no row. The Vault key may stay;
+    making it again (the same create asked again) is a no-op."""
     validate_org_name(name)
     _check(RETENTION_DAYS, retention_days)
     if await Organization.exists(name=name):
@@ -62,12 +69,17 @@ async def create_org(name: str, keys: TenantKeys | None, retention_days: int = 9
     if keys is not None:
         await asyncio.to_thread(keys.ensure_transit)
         await asyncio.to_thread(keys.ensure_key, name)
-    try:
-        return await Organization.create(
-            id=new_id("org"), name=name, retention_days=retention_days, created_at=utcnow()
-        )
-    except DbIntegrityError:
-        raise Conflict("organization exists") from None
+    org_id = new_id("org")  # chosen first: the event that records the organization names it
+
+    async def make(conn: BaseDBAsyncClient) -> Organization:
+        try:
+            return await Organization.create(
+                using_db=conn, id=org_id, name=name, retention_days=retention_days, created_at=utcnow()
+            )
+        except DbIntegrityError:
+            raise Conflict("organization exists") from None
+
+    return await _made(make, commit, org_id)
 
 
 async def org_by_name(name: str) -> Organization:
@@ -106,20 +118,32 @@ async def _issue(
     own) after ``allowed``, given that transaction's connection, has not refused."""
     key_id = new_id("key")  # chosen first: the event that records the key names it
     ttl = None if ttl_days is None else timedelta(days=ttl_days)
-    issued: list[tuple[ApiKey, str]] = []
 
-    async def make(conn: BaseDBAsyncClient) -> None:
+    async def make(conn: BaseDBAsyncClient) -> tuple[ApiKey, str]:
         if allowed is not None:
             await allowed(conn)
         member = await new_member(org_id, role, subject, using_db=conn)
-        issued.append(await issue_key(member=member, role=role, org_id=org_id, ttl=ttl, key_id=key_id, using_db=conn))
+        return await issue_key(member=member, role=role, org_id=org_id, ttl=ttl, key_id=key_id, using_db=conn)
 
-    await (commit or _unrecorded)(make, resource_id=key_id)
-    return issued[0]
+    return await _made(make, commit, key_id)
+
+
+async def _made(
+    change: Callable[[BaseDBAsyncClient], Awaitable[T]], commit: Commit | None, resource_id: str | None = None
+) -> T:
+    """What ``change`` returns, run in ``commit``'s transaction (the one appending the event that
+    records it, naming ``resource_id`` if given) or, without one, in a transaction of its own."""
+    made: list[T] = []
+
+    async def run(conn: BaseDBAsyncClient) -> None:
+        made.append(await change(conn))
+
+    await (commit or _unrecorded)(run, resource_id=resource_id)
+    return made[0]
 
 
 async def _unrecorded(change: Change, *, resource_id: str | None = None) -> None:
-    """A :class:`Commit` appending no event (tests, scripts): the member and key are still made together."""
+    """A :class:`Commit` appending no event (tests, scripts): what the change makes is still made at once."""
     async with write_transaction() as conn:
         await change(conn)
 
@@ -178,12 +202,26 @@ async def has_active_admin(org_id: str, conn: BaseDBAsyncClient | None = None) -
     return False
 
 
-async def set_break_glass(org_id: str, allowed: bool) -> Organization:
-    org = await Organization.get(id=org_id)
-    if org.break_glass_allowed != allowed:
-        org.break_glass_allowed = allowed
-        await org.save(update_fields=["break_glass_allowed"])
-    return org
+async def set_break_glass(org_id: str, allowed: bool, commit: Commit) -> Organization:
+    """Allow or forbid break-glass keys into ``org_id``, in ``commit``'s transaction (the one appending
+    ``org.break_glass_changed``): if that append fails the setting is as it was."""
+    return await _made(_setting(org_id, break_glass_allowed=allowed), commit, org_id)
+
+
+async def set_retention(org_id: str, days: int, commit: Commit) -> Organization:
+    """Keep ``org_id``'s scans and results ``days`` days, set in ``commit``'s transaction (the one
+    appending ``org.retention_changed``): if that append fails the setting is as it was."""
+    return await _made(_setting(org_id, retention_days=days), commit, org_id)
+
+
+def _setting(org_id: str, **values: Any) -> Callable[[BaseDBAsyncClient], Awaitable[Organization]]:
+    """The change setting ``values`` on the organization's row: the row as it is then."""
+
+    async def change(conn: BaseDBAsyncClient) -> Organization:
+        await Organization.filter(id=org_id).using_db(conn).update(**values)
+        return await Organization.filter(id=org_id).using_db(conn).get()
+
+    return change
 
 
 async def issue_service_key(name: str, org_id: str | None = None, commit: Commit | None = None) -> tuple[ApiKey, str]:
@@ -196,21 +234,38 @@ async def issue_service_key(name: str, org_id: str | None = None, commit: Commit
     return await _issue(org_id, Role.service, None, commit, subject=name)
 
 
-async def revoke_key(org_id: str, key_id: str) -> ApiKey:
-    key = await ApiKey.get_or_none(id=key_id, org_id=org_id) if OPAQUE_ID_RE.fullmatch(key_id) else None
-    if key is None:
-        raise NotFound("key not found")
-    if key.revoked_at is None:
-        key.revoked_at = utcnow()
-        await key.save(update_fields=["revoked_at"])
-    return key
+async def revoke_key(org_id: str, key_id: str, commit: Commit) -> ApiKey:
+    """Revoke the organization's key ``key_id`` in ``commit``'s transaction (the one appending
+    ``key.revoked``): if that append fails the key still works. A key revoked already stays as it
+    was; one the organization does not have is NotFound, refused in that transaction."""
+
+    async def revoke(conn: BaseDBAsyncClient) -> ApiKey:
+        key = await _found(ApiKey.filter(org_id=org_id).using_db(conn), key_id, "key")
+        if key.revoked_at is None:
+            key.revoked_at = utcnow()
+            await key.save(using_db=conn, update_fields=["revoked_at"])
+        return key
+
+    return await _made(revoke, commit)
 
 
-async def disable_member(org_id: str, member_id: str) -> Member:
-    member = await Member.get_or_none(id=member_id, org_id=org_id) if OPAQUE_ID_RE.fullmatch(member_id) else None
-    if member is None:
-        raise NotFound("member not found")
-    if member.disabled_at is None:
-        member.disabled_at = utcnow()
-        await member.save(update_fields=["disabled_at"])
-    return member
+async def disable_member(org_id: str, member_id: str, commit: Commit) -> Member:
+    """Disable the organization's member ``member_id`` (its keys and tokens stop working) as
+    :func:`revoke_key` revokes a key, in the transaction appending ``member.disabled``."""
+
+    async def disable(conn: BaseDBAsyncClient) -> Member:
+        member = await _found(Member.filter(org_id=org_id).using_db(conn), member_id, "member")
+        if member.disabled_at is None:
+            member.disabled_at = utcnow()
+            await member.save(using_db=conn, update_fields=["disabled_at"])
+        return member
+
+    return await _made(disable, commit)
+
+
+async def _found(rows: QuerySet[M], row_id: str, what: str) -> M:
+    """The row ``row_id`` of ``rows`` (an organization's), or NotFound naming ``what``."""
+    row = await rows.filter(id=row_id).first() if OPAQUE_ID_RE.fullmatch(row_id) else None
+    if row is None:
+        raise NotFound(f"{what} not found")
+    return row

@@ -10,6 +10,8 @@ import secrets
 import sqlite3
 import sys
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +22,9 @@ from tortoise.exceptions import BaseORMException
 from mesial.api.app import db_context
 from mesial.api.cli import audit as audit_cli
 from mesial.api.errors import ValidationFailed
-from mesial.api.models import ApiKey, Artifact, AuditCheckpoint, AuditEventRow, Job, Member, Scan
+from mesial.api.models import ApiKey, Artifact, AuditCheckpoint, AuditEventRow, Job, Member, Organization, Scan
 from mesial.api.services import orgs
-from mesial.common.audit import GENESIS_HASH, verify_export
+from mesial.common.audit import GENESIS_HASH, PLATFORM_TENANT, verify_export
 from mesial.common.contract import job_prefix
 from mesial.common.settings import Settings
 from mesial.common.tenancy import tenant_prefix
@@ -807,16 +809,9 @@ def test_the_cli_issues_no_key_whose_event_cannot_be_written(
     name = f"cli-{secrets.token_hex(3)}"
     assert run(env, "admin", "create-org", name).returncode == 0
     command = [*command, "--org", name] if command[0] != "bootstrap" else command
-    database = tmp_path / "db" / "cli.sqlite3"
+    query = _cli_database(tmp_path)
 
-    def query(sql: str, *params: str) -> list[Any]:
-        with contextlib.closing(sqlite3.connect(database)) as db, db:
-            return db.execute(sql, params).fetchall()
-
-    query(
-        f"CREATE TRIGGER refuse BEFORE INSERT ON audit_events WHEN NEW.action = '{action}' "
-        "BEGIN SELECT RAISE(ABORT, 'audit table unwritable'); END"
-    )
+    query(REFUSE.format(action=action))
     failed = run(env, "admin", *command)
     assert failed.returncode != 0 and "mesial_" not in failed.stdout, failed.stdout
     assert query("SELECT count(*) FROM members") == query("SELECT count(*) FROM api_keys") == [(0,)]
@@ -827,3 +822,134 @@ def test_the_cli_issues_no_key_whose_event_cannot_be_written(
     [(key_id,)] = query("SELECT id FROM api_keys")
     assert query("SELECT count(*) FROM members") == [(1,)]
     assert query("SELECT resource_id FROM audit_events WHERE action = ?", action) == [(key_id,)]
+
+
+# a trigger making the CLI's chain refuse one action's events
+REFUSE = (
+    "CREATE TRIGGER refuse BEFORE INSERT ON audit_events WHEN NEW.action = '{action}' "
+    "BEGIN SELECT RAISE(ABORT, 'audit table unwritable'); END"
+)
+
+
+def _cli_database(tmp_path: Path) -> Callable[..., list[Any]]:
+    """A query on the SQLite database of :func:`cli_env` (each in a transaction of its own)."""
+    database = tmp_path / "db" / "cli.sqlite3"
+
+    def query(sql: str, *params: str) -> list[Any]:
+        with contextlib.closing(sqlite3.connect(database)) as db, db:
+            return db.execute(sql, params).fetchall()
+
+    return query
+
+
+def test_the_cli_creates_no_organization_whose_event_cannot_be_written(
+    service_settings: Settings, tmp_path: Path
+) -> None:
+    """``mesial admin create-org`` makes the organization's row in the transaction that appends its
+    ``org.created``: with the chain refusing that event the command fails and leaves no row (the
+    tenant's Vault key may stay: making it again is a no-op); run again, it creates the organization
+    once, with one event naming it."""
+    env = {**cli_env(service_settings, tmp_path), "HOME": str(tmp_path)}
+    assert run(env, "admin", "create-org", f"cli-{secrets.token_hex(3)}").returncode == 0  # the database
+    name = f"cli-{secrets.token_hex(3)}"
+    query = _cli_database(tmp_path)
+
+    query(REFUSE.format(action="org.created"))
+    failed = run(env, "admin", "create-org", name)
+    assert failed.returncode != 0, failed.stdout
+    assert query("SELECT count(*) FROM organizations WHERE name = ?", name) == [(0,)]
+    query("DROP TRIGGER refuse")
+
+    created = run(env, "admin", "create-org", name)
+    assert created.returncode == 0, created.stderr
+    [(org_id,)] = query("SELECT id FROM organizations WHERE name = ?", name)
+    assert created.stdout.strip() == org_id
+    assert query("SELECT count(*) FROM audit_events WHERE action = 'org.created' AND resource_id = ?", org_id) == [(1,)]
+
+
+Asking = tuple[str, str, dict[str, Any] | None, dict[str, str]]  # method, url, JSON body, headers
+
+
+@dataclass(frozen=True)
+class Asked:
+    """A request making one audited change (its tenant's ``action``) and how to read what it changes."""
+
+    tenant: str
+    action: str
+    request: Asking
+    state: Callable[[], Awaitable[Any]]
+    after: Any  # the state once changed
+    status: int
+    details: dict[str, Any]  # the event's, beside its status
+    resource_id: str | None = None  # None: the id the response names (what the request made)
+
+
+async def _asked(api: Harness, kind: str) -> Asked:
+    """The request of ``kind``, in a fresh organization (or, for ``org``, making one)."""
+    if kind == "org":
+        name = f"org-{secrets.token_hex(4)}"
+        request: Asking = ("POST", "/v1/orgs", {"name": name}, bearer(await api.platform_key()))
+        return Asked(PLATFORM_TENANT, "org.created", request, Organization.filter(name=name).count, 1, 201, {})
+    name, admin = await api.new_org()
+    org = await orgs.org_by_name(name)
+    if kind in ("key", "member"):  # a technician's key: it stops working once revoked or its member disabled
+        tech = await api.key(admin, "technician")
+        listed = (await api.client.get("/v1/keys", headers=bearer(admin))).json()["items"]
+        [key] = [k for k in listed if k["role"] == "technician"]
+
+        async def works() -> int:
+            return (await api.client.get("/v1/me", headers=bearer(tech))).status_code
+
+        if kind == "key":
+            request = ("DELETE", f"/v1/keys/{key['id']}", None, bearer(admin))
+            return Asked(name, "key.revoked", request, works, 401, 200, {}, key["id"])
+        request = ("DELETE", f"/v1/members/{key['member_id']}", None, bearer(admin))
+        return Asked(name, "member.disabled", request, works, 401, 204, {}, key["member_id"])
+
+    async def setting() -> tuple[int, bool]:
+        row = await Organization.get(id=org.id)
+        return row.retention_days, row.break_glass_allowed
+
+    if kind == "retention":
+        request = ("PUT", "/v1/org/retention", {"retention_days": 30}, bearer(admin))
+        return Asked(
+            name, "org.retention_changed", request, setting, (30, True), 200, {"days": 30, "previous": 90}, org.id
+        )
+    request = ("PUT", "/v1/org/break-glass", {"allowed": False}, bearer(admin))
+    return Asked(name, "org.break_glass_changed", request, setting, (90, False), 200, {"allowed": False}, org.id)
+
+
+@pytest.mark.parametrize("kind", ["key", "member", "retention", "break-glass", "org"])
+async def test_a_change_whose_event_cannot_be_written_is_not_made_and_is_made_once_when_asked_again(
+    api: Harness, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """A key's revocation, a member's disabling, an organization's retention or break-glass setting,
+    and an organization's creation are made in the transaction that appends their event. With the
+    chain's insert failing the client gets the 503 of a failed append and nothing has changed (the
+    revoked key still works, the setting is as it was, no organization row); asked again, the change
+    is made, with one event (a retention's ``previous`` is the setting before it, not the lost one's)."""
+    asked = await _asked(api, kind)
+    before = await asked.state()
+    insert = AuditEventRow.create
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("action") == asked.action and kwargs.get("tenant") == asked.tenant:
+            raise ConnectionError("audit table unwritable")
+        return await insert(*args, **kwargs)
+
+    monkeypatch.setattr(AuditEventRow, "create", failing)
+    method, url, body, headers = asked.request
+    refused = await api.client.request(method, url, json=body, headers=headers)
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"]["request_id"] == refused.headers["x-request-id"]
+    assert await asked.state() == before  # not changed without its event
+    monkeypatch.setattr(AuditEventRow, "create", insert)
+
+    done = await api.client.request(method, url, json=body, headers=headers)
+    assert done.status_code == asked.status, done.text
+    assert await asked.state() == asked.after != before
+    resource_id = asked.resource_id or done.json()["id"]
+    recorded = await AuditEventRow.filter(tenant=asked.tenant, action=asked.action, resource_id=resource_id)
+    assert [(e.outcome, e.request_id, json.loads(e.details)) for e in recorded] == [
+        ("success", done.headers["x-request-id"], {"status": asked.status, **asked.details})
+    ]
