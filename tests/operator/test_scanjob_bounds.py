@@ -5,6 +5,7 @@ and the API and `mesial job run` take the same threshold. Each side at both ends
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,12 @@ import yaml
 from pydantic import ValidationError
 
 from mesial.aligner.job import job
-from mesial.api.schemas import JobOptions
+from mesial.api.schemas import JobOptions, JobReport
 from mesial.common.contract import JobSpec
 from mesial.common.errors import InputError
-from mesial.operator.sync.scanjob import RunLimits
+from mesial.operator import reporting
+from mesial.operator.sync import jobreport
+from mesial.operator.sync.scanjob import JOB_ID_LABEL, RunLimits
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = " ".join((ROOT / "docs" / "operator.md").read_text().split())
@@ -81,3 +84,31 @@ def test_the_deadline_is_60_to_86400_s_and_retries_0_to_5(spec: dict[str, Any], 
             RunLimits.from_spec(spec)
     else:
         assert RunLimits.from_spec(spec) == RunLimits(*limits)
+
+
+async def test_a_failed_jobs_report_is_bounded_to_the_endpoints_256_characters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """operator.md: `failed` is reported with `<reason>: <message>`, bounded to the endpoint's 256
+    characters. A longer one would be refused for good (422: recorded as reported), and the API
+    would never learn that the job failed."""
+    sent: list[dict[str, Any]] = []
+
+    def post_json(url: str, token: str, body: bytes, **_: Any) -> dict[str, Any]:
+        sent.append(json.loads(body))
+        return {}
+
+    monkeypatch.setattr(reporting, "post_json", post_json)
+    text = "Job was active longer than specified deadline " * 20
+    scanjob: dict[str, Any] = {
+        "metadata": {"name": "sj", "namespace": "mesial-org-lab", "uid": "u-1", "labels": {JOB_ID_LABEL: "job_1"}},
+        "status": {"tenant": "lab", "phase": "Failed", "reportedPhase": "Running", "startTime": "2026-01-01T00:00:00Z",
+                   "reason": "DeadlineExceeded", "message": text},
+    }  # fmt: skip
+    await jobreport.report(reporting.JobReporter("http://api.invalid", "key"), scanjob)
+    (report,) = sent
+    full = f"DeadlineExceeded: {text}"
+    assert report["state"] == "failed" and 250 <= len(report["message"]) <= 256  # cut at 256, a last space dropped
+    assert full.startswith(report["message"])
+    JobReport(state="failed", tenant="lab", message=report["message"])  # the endpoint takes it
+    JobReport(state="failed", tenant="lab", message=full[:256])
+    with pytest.raises(ValidationError):
+        JobReport(state="failed", tenant="lab", message=full[:257])
