@@ -106,6 +106,12 @@ STATED = [
     ("docs/storage.md", "`MESIAL_VAULT__MAX_ATTEMPTS` (4) attempts", "MESIAL_VAULT__MAX_ATTEMPTS", 4),
     ("docs/storage.md", "`MESIAL_VAULT__BACKOFF_S` (0.2 s)", "MESIAL_VAULT__BACKOFF_S", 0.2),
     ("docs/storage.md", "(part size `MESIAL_STORE__PART_SIZE`, 8 MiB)", "MESIAL_STORE__PART_SIZE", 8 << 20),
+    ("docs/operator.md", "Deletion (finalizer `mesial.dev/cleanup`)", "MESIAL_OPERATOR__FINALIZER", "mesial.dev/cleanup"),
+    ("docs/operator.md", "(`standalone` default true: run one replica", "MESIAL_OPERATOR__STANDALONE", True),
+    ("docs/operator.md", "liveness endpoint (`http://0.0.0.0:8080/healthz`)", "MESIAL_OPERATOR__LIVENESS_ENDPOINT",
+     "http://0.0.0.0:8080/healthz"),
+    ("docs/operator.md", "With `operator.job_store_identity: per-tenant` (the default)", "MESIAL_OPERATOR__JOB_STORE_IDENTITY",
+     "per-tenant"),
 ]  # fmt: skip
 
 
