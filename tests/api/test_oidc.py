@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import time
 from collections.abc import AsyncIterator
@@ -11,7 +13,8 @@ from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from tests.api.conftest import Harness, bearer, variant
 
@@ -30,9 +33,11 @@ async def idp(api: Harness, tmp_path: Path) -> AsyncIterator[tuple[Harness, Any]
         yield harness, key
 
 
-def token(key: Any, **claims: Any) -> str:
+def token(key: Any, *, alg: str = "RS256", kid: str = "k1", drop: tuple[str, ...] = (), **claims: Any) -> str:
     body = {"iss": ISSUER, "aud": AUDIENCE, "sub": "user-1", "exp": int(time.time()) + 300, **claims}
-    return jwt.encode(body, key, algorithm="RS256", headers={"kid": "k1"})
+    for name in drop:
+        del body[name]
+    return jwt.encode(body, key, algorithm=alg, headers={"kid": kid})
 
 
 async def test_oidc_token_maps_to_organization_and_role(idp: tuple[Harness, Any]) -> None:
@@ -86,3 +91,56 @@ async def test_disabling_the_member_revokes_its_tokens(idp: tuple[Harness, Any])
     member_id = me["actor"].split(":", 1)[1]
     assert (await api.client.delete(f"/v1/members/{member_id}", headers=bearer(admin))).status_code == 204
     assert (await api.client.get("/v1/me", headers=bearer(clinician))).status_code == 401
+
+
+@pytest.mark.parametrize("claim", ["exp", "iss", "sub"])
+async def test_a_token_without_exp_iss_or_sub_is_refused(idp: tuple[Harness, Any], claim: str) -> None:
+    """api.md: `exp`/`iss`/`sub` required (a token without `exp` would never expire)."""
+    api, key = idp
+    org, _admin = await api.new_org()
+    assert (
+        await api.client.get("/v1/me", headers=bearer(token(key, mesial_org=org, mesial_role="clinician")))
+    ).status_code == 200
+    bad = token(key, drop=(claim,), mesial_org=org, mesial_role="clinician")
+    assert (await api.client.get("/v1/me", headers=bearer(bad))).status_code == 401
+
+
+async def test_only_rs256_es256_and_eddsa_are_accepted(api: Harness, tmp_path: Path) -> None:
+    """api.md: RS256/ES256/EdDSA only. Each verifies with its key of the JWKS; RS512 is refused even
+    where the JWKS publishes a key for it, and so is HS256 keyed with the RSA public key (the
+    algorithm-confusion forgery)."""
+    keys: dict[str, tuple[Any, str, Any]] = {
+        "k1": (rsa.generate_private_key(public_exponent=65537, key_size=2048), "RS256", jwt.algorithms.RSAAlgorithm),
+        "k2": (ec.generate_private_key(ec.SECP256R1()), "ES256", jwt.algorithms.ECAlgorithm),
+        "k3": (ed25519.Ed25519PrivateKey.generate(), "EdDSA", jwt.algorithms.OKPAlgorithm),
+    }
+    published = [
+        {**json.loads(kind.to_jwk(k.public_key())), "kid": kid, "use": "sig"} for kid, (k, _, kind) in keys.items()
+    ]
+    rsa_key = keys["k1"][0]
+    published.append({**published[0], "kid": "k4", "alg": "RS512"})  # the same RSA key, offered for RS512
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": published}))
+    settings = {"oidc_issuer": ISSUER, "oidc_audience": AUDIENCE, "oidc_jwks": str(jwks)}
+    async with variant(api, tmp_path / "data", **settings) as harness:
+        org, _admin = await harness.new_org()
+
+        async def answer(credential: str) -> int:
+            return (await harness.client.get("/v1/me", headers=bearer(credential))).status_code
+
+        for kid, (key, alg, _) in keys.items():
+            assert await answer(token(key, alg=alg, kid=kid, mesial_org=org, mesial_role="clinician")) == 200, alg
+        for kid in ("k1", "k4"):
+            assert await answer(token(rsa_key, alg="RS512", kid=kid, mesial_org=org, mesial_role="clinician")) == 401
+        public_pem = rsa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "x", "exp": int(time.time()) + 60, "mesial_org": org,
+                  "mesial_role": "org-admin"}  # fmt: skip
+        segments = [
+            base64.urlsafe_b64encode(json.dumps(p).encode()).rstrip(b"=")
+            for p in ({"alg": "HS256", "kid": "k1"}, claims)
+        ]
+        signed = b".".join(segments)
+        mac = base64.urlsafe_b64encode(hmac.new(public_pem, signed, hashlib.sha256).digest()).rstrip(b"=")
+        assert await answer((signed + b"." + mac).decode()) == 401
