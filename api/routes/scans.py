@@ -115,7 +115,10 @@ async def delete_scan(call: Call) -> Response:
     )
 )
 async def place_hold(call: Call) -> Response:
-    return ok(scans.scan_view(await scans.set_hold(call.scope, call.runtime.need_store(), call.param("scan_id"), True)))
+    # the rows change in the transaction that records scan.hold_placed (the store's hold before it)
+    recorded = functools.partial(call.commit, status=200)
+    scan = await scans.set_hold(call.scope, call.runtime.need_store(), call.param("scan_id"), True, recorded)
+    return ok(scans.scan_view(scan))
 
 
 @route(
@@ -131,9 +134,9 @@ async def place_hold(call: Call) -> Response:
     )
 )
 async def lift_hold(call: Call) -> Response:
-    return ok(
-        scans.scan_view(await scans.set_hold(call.scope, call.runtime.need_store(), call.param("scan_id"), False))
-    )
+    recorded = functools.partial(call.commit, status=200)  # as place_hold's
+    scan = await scans.set_hold(call.scope, call.runtime.need_store(), call.param("scan_id"), False, recorded)
+    return ok(scans.scan_view(scan))
 
 
 ROUTES = [upload_scan, list_scans, get_scan, delete_scan, place_hold, lift_hold]

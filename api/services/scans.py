@@ -105,12 +105,26 @@ async def remove(org: str, store: ObjectStore, scan: Scan, commit: Commit | None
     await (delete_row() if commit is None else commit(delete_row))
 
 
-async def set_hold(scope: TenantScope, store: ObjectStore, scan_id: str, on: bool) -> Scan:
+async def set_hold(scope: TenantScope, store: ObjectStore, scan_id: str, on: bool, commit: Commit) -> Scan:
+    """Place (``on``) or lift a scan's legal hold: the object's in the store, then the scan's row and
+    a row of the hold's history in ``commit``'s transaction (the one appending ``scan.hold_placed`` or
+    ``scan.hold_lifted``). If that append fails the rows are as they were and the store's hold stays
+    as set; the same request asked again finishes it (setting the store's hold again changes nothing)."""
     scan = await scope.scan(scan_id)
     await store.set_legal_hold(scope.org, scan_key(scan.id), on)
+
+    async def record(conn: BaseDBAsyncClient) -> None:
+        await Scan.filter(id=scan.id).using_db(conn).update(legal_hold=on)
+        await LegalHold.create(
+            using_db=conn,
+            id=new_id("hld"),
+            org_id=scope.org_id,
+            scan_id=scan.id,
+            placed=on,
+            actor=scope.principal.actor,
+            at=utcnow(),
+        )
+
+    await commit(record)
     scan.legal_hold = on
-    await scan.save(update_fields=["legal_hold"])
-    await LegalHold.create(
-        id=new_id("hld"), org_id=scope.org_id, scan_id=scan.id, placed=on, actor=scope.principal.actor, at=utcnow()
-    )
     return scan

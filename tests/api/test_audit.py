@@ -22,7 +22,17 @@ from tortoise.exceptions import BaseORMException
 from mesial.api.app import db_context
 from mesial.api.cli import audit as audit_cli
 from mesial.api.errors import ValidationFailed
-from mesial.api.models import ApiKey, Artifact, AuditCheckpoint, AuditEventRow, Job, Member, Organization, Scan
+from mesial.api.models import (
+    ApiKey,
+    Artifact,
+    AuditCheckpoint,
+    AuditEventRow,
+    Job,
+    LegalHold,
+    Member,
+    Organization,
+    Scan,
+)
 from mesial.api.services import orgs
 from mesial.common.audit import GENESIS_HASH, PLATFORM_TENANT, verify_export
 from mesial.common.contract import job_prefix
@@ -906,6 +916,21 @@ async def _asked(api: Harness, kind: str) -> Asked:
         request = ("DELETE", f"/v1/members/{key['member_id']}", None, bearer(admin))
         return Asked(name, "member.disabled", request, works, 401, 204, {}, key["member_id"])
 
+    if kind in ("hold", "unhold"):  # a scan's legal hold, placed or (placed first) lifted
+
+        async def hold() -> tuple[bool, int]:  # the scan's row, and the rows of its hold's history
+            return (await Scan.get(id=scan["id"])).legal_hold, await LegalHold.filter(scan_id=scan["id"]).count()
+
+        scan = await api.upload(admin)
+        path = f"/v1/scans/{scan['id']}/legal-hold"
+        if kind == "hold":
+            return Asked(
+                name, "scan.hold_placed", ("PUT", path, None, bearer(admin)), hold, (True, 1), 200, {}, scan["id"]
+            )
+        assert (await api.client.put(path, headers=bearer(admin))).status_code == 200
+        lift: Asking = ("DELETE", path, None, bearer(admin))
+        return Asked(name, "scan.hold_lifted", lift, hold, (False, 2), 200, {}, scan["id"])
+
     async def setting() -> tuple[int, bool]:
         row = await Organization.get(id=org.id)
         return row.retention_days, row.break_glass_allowed
@@ -919,15 +944,16 @@ async def _asked(api: Harness, kind: str) -> Asked:
     return Asked(name, "org.break_glass_changed", request, setting, (90, False), 200, {"allowed": False}, org.id)
 
 
-@pytest.mark.parametrize("kind", ["key", "member", "retention", "break-glass", "org"])
+@pytest.mark.parametrize("kind", ["key", "member", "retention", "break-glass", "org", "hold", "unhold"])
 async def test_a_change_whose_event_cannot_be_written_is_not_made_and_is_made_once_when_asked_again(
     api: Harness, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
     """A key's revocation, a member's disabling, an organization's retention or break-glass setting,
-    and an organization's creation are made in the transaction that appends their event. With the
-    chain's insert failing the client gets the 503 of a failed append and nothing has changed (the
-    revoked key still works, the setting is as it was, no organization row); asked again, the change
-    is made, with one event (a retention's ``previous`` is the setting before it, not the lost one's)."""
+    an organization's creation and a scan's legal hold (its row and history; the store's hold is set
+    before) are made in the transaction that appends their event. With the chain's insert failing the
+    client gets the 503 of a failed append and nothing has changed (the revoked key still works, the
+    setting is as it was, no organization row, the scan's hold as it was); asked again, the change is
+    made, with one event (a retention's ``previous`` is the setting before it, not the lost one's)."""
     asked = await _asked(api, kind)
     before = await asked.state()
     insert = AuditEventRow.create
