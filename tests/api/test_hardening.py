@@ -17,6 +17,7 @@ from mesial.api.logs import JsonFormatter
 from mesial.api.models import ApiKey
 from mesial.api.types import utcnow
 from tests.api.conftest import Harness, bearer, variant
+from tests.api.test_audit import events, export
 
 
 async def test_security_headers_and_request_id_on_every_response(api: Harness) -> None:
@@ -222,3 +223,36 @@ async def test_an_api_key_is_its_documented_shape_and_only_its_hash_is_stored(ap
     assert secret not in stored and key not in stored
     listed = (await api.client.get("/v1/keys", headers=bearer(admin))).text
     assert secret not in listed and f"mesial_{prefix}" in listed
+
+
+async def test_x_forwarded_for_is_believed_only_from_a_trusted_proxy(
+    api: Harness, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """api.md: `X-Forwarded-For` is believed only from `TRUSTED_PROXIES`. Anyone else could write any
+    address into it: to get a fresh failed-authentication budget per request, or to put another
+    address into the audit chain. The variants' client is 198.51.100.1."""
+    _org, admin = await api.new_org()
+    guess = bearer("mesial_000000000000_" + "x" * 43)
+
+    async def tries(harness: Harness, claimed: list[str]) -> list[int]:
+        return [
+            (await harness.client.get("/v1/me", headers={**guess, "x-forwarded-for": c})).status_code for c in claimed
+        ]
+
+    async def audited_address(harness: Harness, claimed: str) -> str:
+        headers = {**bearer(admin), "x-forwarded-for": claimed}
+        done = await harness.client.put("/v1/org/retention", json={"retention_days": 90}, headers=headers)
+        assert done.status_code == 200, done.text
+        (event,) = [e for e in events(await export(api, admin)) if e["request_id"] == done.headers["x-request-id"]]
+        return str(event["source_ip"])
+
+    limits = {"rate_auth_per_ip_per_min": 3}
+    async with variant(api, tmp_path_factory.mktemp("direct"), **limits) as direct:
+        assert await tries(direct, ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]) == [401, 401, 401, 429]
+        assert await audited_address(direct, "10.0.0.9") == "198.51.100.1"
+    proxied = {**limits, "trusted_proxies": ["198.51.100.0/24"]}
+    async with variant(api, tmp_path_factory.mktemp("proxied"), **proxied) as behind:
+        # behind the trusted proxy each client is its own address (the last one the proxy added)
+        assert await tries(behind, ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]) == [401] * 4
+        assert await tries(behind, ["10.0.0.5"] * 4) == [401, 401, 401, 429]
+        assert await audited_address(behind, "192.0.2.1, 10.0.0.9") == "10.0.0.9"
