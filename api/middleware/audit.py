@@ -5,9 +5,10 @@ action, resource type and opaque id, tenant and actor once authenticated). When 
 response starts, this middleware turns the mark and the status into an
 :class:`~mesial.common.audit.AuditEvent` and hands it to the sink. If the sink fails the
 client gets a 503 instead of a success that left no trace. A route whose change must not
-outlive a failed append (a scan's deletion) appends its event itself, in the transaction of
-that change (:meth:`~mesial.api.routing.Call.commit`), and the mark says so: this middleware
-appends nothing more for it. Requests that never proved a credential have no tenant chain to
+outlive a failed append (a scan's deletion, a key revoked, a setting changed: docs/audit.md
+lists them) appends its event itself, in the transaction of that change
+(:meth:`~mesial.api.routing.Call.commit`), and the mark says so: this middleware appends
+nothing more for it. Requests that never proved a credential have no tenant chain to
 land in: they are logged, not chained.
 """
 
