@@ -979,3 +979,36 @@ async def test_a_change_whose_event_cannot_be_written_is_not_made_and_is_made_on
     assert [(e.outcome, e.request_id, json.loads(e.details)) for e in recorded] == [
         ("success", done.headers["x-request-id"], {"status": asked.status, **asked.details})
     ]
+
+
+async def test_a_key_revoked_again_or_a_member_disabled_again_is_answered_as_before_and_changes_nothing(
+    api: Harness,
+) -> None:
+    """Revoking a revoked key (disabling a disabled member) is answered as the first time, keeps the
+    first revocation's time and appends an event of its own, as before these changes moved into the
+    transaction of their event; a key or member the organization does not have is a 404, denied in
+    its chain, naming the id asked."""
+    org, admin = await api.new_org()
+    await api.key(admin, "technician")
+    await api.key(admin, "technician")
+    _admin, first, second = (await api.client.get("/v1/keys", headers=bearer(admin))).json()["items"]
+    revoked = [(await api.client.delete(f"/v1/keys/{first['id']}", headers=bearer(admin))) for _ in range(2)]
+    assert [r.status_code for r in revoked] == [200, 200]
+    assert revoked[0].json()["revoked_at"] == revoked[1].json()["revoked_at"] is not None
+    disabled = [
+        (await api.client.delete(f"/v1/members/{second['member_id']}", headers=bearer(admin))) for _ in range(2)
+    ]
+    assert [r.status_code for r in disabled] == [204, 204]
+    missing = "key_0123456789abcdef01234567"
+    assert (await api.client.delete(f"/v1/keys/{missing}", headers=bearer(admin))).status_code == 404
+    assert (await api.client.delete(f"/v1/members/{missing}", headers=bearer(admin))).status_code == 404
+
+    chain = await AuditEventRow.filter(tenant=org, action__in=["key.revoked", "member.disabled"]).order_by("sequence")
+    assert [(e.action, e.resource_id, e.outcome) for e in chain] == [
+        ("key.revoked", first["id"], "success"),
+        ("key.revoked", first["id"], "success"),
+        ("member.disabled", second["member_id"], "success"),
+        ("member.disabled", second["member_id"], "success"),
+        ("key.revoked", missing, "denied"),
+        ("member.disabled", missing, "denied"),
+    ]
