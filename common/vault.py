@@ -37,10 +37,24 @@ T = TypeVar("T")
 _WRAPPED_RE = re.compile(r"^vault:v(\d+):[A-Za-z0-9+/=]+$")
 FINGERPRINT_LABEL = b"mesial-key-fingerprint-v1"
 
+
+class _ServerError(Exception):
+    """Vault, or a proxy in front of it, answered 5xx (hvac names only 500-503: a 504 was a VaultError)."""
+
+
+def _raise_on_5xx(response: requests.Response, *_: Any, **__: Any) -> None:
+    """A response hook of the client's session: every 5xx is ``_ServerError``, whatever its number."""
+    if response.status_code >= 500:
+        status = response.status_code
+        response.close()
+        raise _ServerError(f"HTTP {status}")
+
+
 # Failures worth another attempt: the service is down, overloaded or slow.
 _TRANSIENT: tuple[type[BaseException], ...] = (
     requests.ConnectionError,
     requests.Timeout,
+    _ServerError,
     hvac.exceptions.VaultDown,
     hvac.exceptions.InternalServerError,
     hvac.exceptions.BadGateway,
@@ -102,6 +116,7 @@ class TenantKeys:
     def _login(self, settings: VaultSettings) -> hvac.Client:
         verify: bool | str = str(settings.ca_cert) if settings.ca_cert else True
         client = hvac.Client(url=settings.addr, timeout=settings.timeout_s, verify=verify)
+        client.session.hooks["response"].append(_raise_on_5xx)
         if settings.auth is VaultAuth.token:
             client.token = settings.token.get_secret_value()
         else:

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import http.server
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from mesial.common import envelope
-from mesial.common.errors import InputError, IntegrityError, KeyNotFound, VaultError, VaultUnavailable
+from mesial.common.errors import (
+    InputError,
+    IntegrityError,
+    KeyAccessDenied,
+    KeyNotFound,
+    VaultError,
+    VaultUnavailable,
+)
 from mesial.common.settings import Settings, VaultSettings
 from mesial.common.vault import TenantKeys, key_version_of
 
@@ -156,3 +164,61 @@ def test_slow_vault_times_out_instead_of_hanging(silent_server: int) -> None:
     with pytest.raises(VaultUnavailable):
         keys.key_info("acme")
     assert time.monotonic() - started < 4
+
+
+@pytest.fixture
+def answering() -> Iterator[tuple[list[int], Callable[[int], int]]]:
+    """A server that answers every request with the status it is given: ``(requests seen, start)``."""
+    seen: list[int] = []
+    servers: list[http.server.ThreadingHTTPServer] = []
+
+    def start(status: int) -> int:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                seen.append(status)
+                body = b"<html>upstream said no</html>"  # what a proxy in front of Vault sends
+                self.send_response(status)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = _answer
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return int(server.server_address[1])
+
+    yield seen, start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
+def test_5xx_and_429_are_retried_then_unavailable(
+    answering: tuple[list[int], Callable[[int], int]], status: int
+) -> None:
+    """storage.md: connection errors, timeouts, 5xx and 429 are retried (MAX_ATTEMPTS attempts), then
+    `VaultUnavailable`; a 504 of a proxy in front of Vault is as transient as Vault's own 503."""
+    seen, start = answering
+    keys = TenantKeys(_settings_for(start(status), max_attempts=3, backoff_s=0.01, timeout_s=2, token="t"))
+    with pytest.raises(VaultUnavailable, match="after 3 attempt"):
+        keys.data_key("acme")
+    assert seen == [status] * 3
+
+
+@pytest.mark.parametrize(("status", "error"), [(400, VaultError), (403, KeyAccessDenied), (405, VaultError)])
+def test_other_errors_are_not_retried(
+    answering: tuple[list[int], Callable[[int], int]], status: int, error: type[Exception]
+) -> None:
+    seen, start = answering
+    keys = TenantKeys(_settings_for(start(status), max_attempts=3, backoff_s=0.01, timeout_s=2, token="t"))
+    with pytest.raises(error) as caught:
+        keys.data_key("acme")
+    assert not isinstance(caught.value, VaultUnavailable)
+    assert seen == [status]
