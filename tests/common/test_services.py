@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -289,3 +290,20 @@ def test_an_early_exit_fails_at_once_with_its_code_and_the_logs_last_40_lines(tm
     shown = [line for line in message.splitlines() if line.startswith("log-line-")]
     assert shown == [f"log-line-{i}" for i in range(61, 101)]
     assert all(kind.deadline_s == 60 for kind in svc.SERVICES.values())
+
+
+def test_a_stop_signals_the_whole_group_then_kills_what_ignores_it(tmp_path: Path) -> None:
+    """services.md: a clean stop sends the service's own process group its shutdown signal (SIGINT
+    to PostgreSQL, SIGTERM to the others), then SIGKILL after a grace period."""
+    assert svc.PostgresService.stop_signal is signal.SIGINT
+    assert svc.OpenBaoService.stop_signal is svc.SeaweedFSService.stop_signal is signal.SIGTERM
+    marks = tmp_path / "marks"
+    # a server that ignores SIGTERM, and a child of its that notes the signal and leaves
+    script = f"trap '' TERM; (trap 'echo child-term >> {marks}; exit 0' TERM; while :; do sleep 0.05; done) & while :; do sleep 0.05; done"
+    server = subprocess.Popen(["sh", "-c", script], start_new_session=True)
+    time.sleep(0.3)
+    started = time.monotonic()
+    svc.stop_process_group(server.pid, server, grace_s=1.0)
+    assert 1.0 <= time.monotonic() - started < 5  # waited its grace, then killed
+    assert server.returncode == -signal.SIGKILL
+    assert marks.read_text() == "child-term\n"  # the group got the signal, not the leader alone
