@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import hvac.exceptions
 import pytest
+import yaml
 
 from mesial.common.settings import Settings
 from mesial.operator.testing import Harness
 from tests.operator.conftest import eventually
 from tests.operator.helpers import ORG, audit_events, condition, events, get, organization, ready, status, vault
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def test_create_provisions_namespace_network_and_vault(
@@ -126,3 +132,45 @@ async def test_delete_shreds_key_clears_store_and_writes_receipt(
 
 async def _gone(k8s, name: str) -> bool:
     return await k8s.get(*ORG, name) is None
+
+
+async def test_an_organization_that_names_no_tier_rotation_or_force_gets_the_crds_defaults(
+    harness: Harness, operator_settings: Settings, org_name
+) -> None:
+    """operator.md: `tier` default `small`, `deletion.force` default false. The emulator applies no
+    CRD default (the API server does), so what the operator makes of a bare spec must be the CRD's:
+    the small tier's quota, the key rotated every 720h, and a deletion that waits for running jobs."""
+    crd = yaml.safe_load((ROOT / "crds" / "organization.yaml").read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    assert (spec["tier"]["default"], spec["keyRotationPeriod"]["default"]) == ("small", "720h")
+    assert spec["deletion"]["properties"]["force"]["default"] is False
+    doc = " ".join((ROOT / "docs" / "operator.md").read_text().split())
+    assert "(`small|medium|large`, default `small`)" in doc and "`deletion.force` (default false)" in doc
+    name = org_name("bare")
+    k8s = harness.client
+    await k8s.create({**organization(name), "spec": {"displayName": "Lab"}})
+    await eventually(lambda: ready(k8s, name))
+    ns = f"mesial-org-{name}"
+    quota = await get(k8s, "v1", "ResourceQuota", "mesial-quota", ns)
+    assert quota["spec"]["hard"] == operator_settings.operator.tiers["small"].quota
+    key = vault(operator_settings).secrets.transit.read_key(f"mesial-org-{name}", mount_point="transit")["data"]
+    assert key["auto_rotate_period"] == 720 * 3600
+    running = {"apiVersion": "mesial.dev/v1alpha1", "kind": "ScanJob", "metadata": {"name": "busy", "namespace": ns},
+               "spec": {"scans": {"upper": "a", "lower": "b", "bites": ["c"]}}}  # fmt: skip
+    await k8s.create(running)
+
+    async def job_made() -> bool:
+        return await k8s.get("batch/v1", "Job", "scanjob-busy", ns) is not None
+
+    await eventually(job_made)
+    await k8s.delete(*ORG, name)
+
+    async def blocked() -> dict[str, Any] | None:
+        st = await status(k8s, name)
+        return st if condition(st, "Deleting").get("reason") == "DeletionBlocked" else None
+
+    st = await eventually(blocked)
+    assert "busy" in condition(st, "Deleting")["message"]
+    assert await k8s.get("v1", "Namespace", ns) is not None
+    await k8s.patch(*ORG, name, {"spec": {"deletion": {"force": True}}})
+    await eventually(lambda: _gone(k8s, name))
