@@ -144,3 +144,26 @@ async def test_only_rs256_es256_and_eddsa_are_accepted(api: Harness, tmp_path: P
         signed = b".".join(segments)
         mac = base64.urlsafe_b64encode(hmac.new(public_pem, signed, hashlib.sha256).digest()).rstrip(b"=")
         assert await answer((signed + b"." + mac).decode()) == 401
+
+
+async def test_break_glass_counts_an_sso_admin_and_not_an_admin_whose_keys_are_revoked(
+    idp: tuple[Harness, Any],
+) -> None:
+    """api.md: break-glass is accepted only when the organization has no active org-admin left: a
+    member not disabled with a live key *or an SSO login*. An org-admin who signs in by SSO keeps
+    the platform out though it has no key; one whose every key is revoked does not."""
+    api, key = idp
+    platform = bearer(await api.platform_key())
+    org, admin = await api.new_org()
+    glass = {"role": "org-admin", "break_glass": True}
+
+    async def break_glass() -> int:
+        return (await api.client.post(f"/v1/orgs/{org}/keys", json=glass, headers=platform)).status_code
+
+    sso_admin = bearer(token(key, sub="dr-admin", mesial_org=org, mesial_role="org-admin"))
+    sso_member = (await api.client.get("/v1/me", headers=sso_admin)).json()["actor"].split(":", 1)[1]
+    (own,) = (await api.client.get("/v1/keys", headers=bearer(admin))).json()["items"]
+    assert (await api.client.delete(f"/v1/keys/{own['id']}", headers=bearer(admin))).status_code == 200
+    assert await break_glass() == 409  # the SSO admin is still there
+    assert (await api.client.delete(f"/v1/members/{sso_member}", headers=sso_admin)).status_code == 204
+    assert await break_glass() == 201  # the key admin is not disabled, but its only key is revoked
