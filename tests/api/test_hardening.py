@@ -256,3 +256,17 @@ async def test_x_forwarded_for_is_believed_only_from_a_trusted_proxy(
         assert await tries(behind, ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]) == [401] * 4
         assert await tries(behind, ["10.0.0.5"] * 4) == [401, 401, 401, 429]
         assert await audited_address(behind, "192.0.2.1, 10.0.0.9") == "10.0.0.9"
+
+
+async def test_metrics_name_route_templates_never_ids_or_paths(api: Harness) -> None:
+    """api.md: `GET /metrics` carries route templates only: a scan's id, a junk path or a name a
+    client put in the path never becomes a label (Prometheus keeps every label value it sees)."""
+    _org, admin = await api.new_org()
+    scan = await api.upload(admin)
+    assert (await api.client.get(f"/v1/scans/{scan['id']}", headers=bearer(admin))).status_code == 200
+    assert (await api.client.get("/v1/scans/Jane-Doe-1970", headers=bearer(admin))).status_code == 404
+    assert (await api.client.get("/v1/Jane-Doe-1970/records", headers=bearer(admin))).status_code == 404
+    text = (await api.client.get("/metrics")).text
+    assert 'route="/v1/scans/{scan_id}",status="200"' in text and 'route="/v1/scans/{scan_id}",status="404"' in text
+    assert 'route="unmatched",status="404"' in text
+    assert scan["id"] not in text and "Jane-Doe" not in text
