@@ -43,8 +43,11 @@ class AlignParams:
     # of those the best by that arch's fit that go on to look for the other arch. (With 6 of each
     # way up, generated one-sided bites of seeds 3000 and 3001 at 60 000 vertices lost their true
     # pose on the upper: beyond the 6th distinct grid pose, though the best fit once refined.)
+    # 3 paired and 5 residual candidates below (5 and 8 until 2026-12-07): the same verdicts on the
+    # train split with its negatives and the quick relations, the global step about a third cheaper
+    # (docs/aligner.md, "Fewer hypotheses paired").
     bite_candidates: int = 24
-    paired_candidates: int = 5
+    paired_candidates: int = 3
     # The bite points the first arch leaves unexplained are searched for on the other arch
     # alone (its own canonical frame and outline): heights and offsets of their centre from
     # its outline; only the way up and the part of the outline that face the first arch
@@ -53,7 +56,7 @@ class AlignParams:
     # residual_paired best go on to a short joint ICP.
     residual_heights_mm: tuple[float, ...] = (-6.0, -4.5, -3.0, -1.5, 0.0)
     residual_offsets_mm: tuple[float, ...] = (-3.0, -1.5, 0.0, 1.5)
-    residual_candidates: int = 8
+    residual_candidates: int = 5
     residual_paired: int = 2
     facing_tolerance_deg: float = 35.0
     # The short ICPs of the global step use the bite thinned to this voxel size.
