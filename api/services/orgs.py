@@ -238,29 +238,29 @@ async def revoke_key(org_id: str, key_id: str, commit: Commit) -> ApiKey:
     """Revoke the organization's key ``key_id`` in ``commit``'s transaction (the one appending
     ``key.revoked``): if that append fails the key still works. A key revoked already stays as it
     was; one the organization does not have is NotFound, refused in that transaction."""
-
-    async def revoke(conn: BaseDBAsyncClient) -> ApiKey:
-        key = await _found(ApiKey.filter(org_id=org_id).using_db(conn), key_id, "key")
-        if key.revoked_at is None:
-            key.revoked_at = utcnow()
-            await key.save(using_db=conn, update_fields=["revoked_at"])
-        return key
-
-    return await _made(revoke, commit)
+    return await _made(_stamp(ApiKey, org_id, key_id, "key", "revoked_at"), commit)
 
 
 async def disable_member(org_id: str, member_id: str, commit: Commit) -> Member:
     """Disable the organization's member ``member_id`` (its keys and tokens stop working) as
     :func:`revoke_key` revokes a key, in the transaction appending ``member.disabled``."""
+    return await _made(_stamp(Member, org_id, member_id, "member", "disabled_at"), commit)
 
-    async def disable(conn: BaseDBAsyncClient) -> Member:
-        member = await _found(Member.filter(org_id=org_id).using_db(conn), member_id, "member")
-        if member.disabled_at is None:
-            member.disabled_at = utcnow()
-            await member.save(using_db=conn, update_fields=["disabled_at"])
-        return member
 
-    return await _made(disable, commit)
+def _stamp(
+    model: type[M], org_id: str, row_id: str, what: str, field: str
+) -> Callable[[BaseDBAsyncClient], Awaitable[M]]:
+    """The change stamping the organization's row ``row_id`` of ``model`` with the time at ``field``
+    unless stamped already (NotFound naming ``what`` when it has no such row): the row as it is then."""
+
+    async def change(conn: BaseDBAsyncClient) -> M:
+        row = await _found(model.filter(org_id=org_id).using_db(conn), row_id, what)
+        if getattr(row, field) is None:
+            setattr(row, field, utcnow())
+            await row.save(using_db=conn, update_fields=[field])
+        return row
+
+    return change
 
 
 async def _found(rows: QuerySet[M], row_id: str, what: str) -> M:
