@@ -111,12 +111,16 @@ class TenantKeys:
         self.settings = settings
         self.mount = settings.transit_mount
         self.client = client or self._login(settings)
+        # on whichever client, ours or one handed in (provisioning shares ours): every 5xx is retried
+        hooks = self.client.session.hooks["response"]
+        if _raise_on_5xx not in hooks:
+            hooks.append(_raise_on_5xx)
 
     # -- connection -------------------------------------------------------------------
     def _login(self, settings: VaultSettings) -> hvac.Client:
         verify: bool | str = str(settings.ca_cert) if settings.ca_cert else True
         client = hvac.Client(url=settings.addr, timeout=settings.timeout_s, verify=verify)
-        client.session.hooks["response"].append(_raise_on_5xx)
+        client.session.hooks["response"].append(_raise_on_5xx)  # (before the login below, retried too)
         if settings.auth is VaultAuth.token:
             client.token = settings.token.get_secret_value()
         else:
