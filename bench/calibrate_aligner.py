@@ -1,7 +1,7 @@
 """Confidence measures against registration error, on real anatomy (train split) and generated cases.
 
     python bench/calibrate_aligner.py --real DIR [--pairs N | --names 007,009] [--subdivisions 2]
-        [--seeds N] [--cases N] [--negatives] [--csv FILE] [--merge FILE ...] [--plot FILE]
+        [--seeds N] [--first-seed N] [--cases N] [--negatives] [--csv FILE] [--merge FILE ...] [--plot FILE]
 
 Runs ``align_scans`` in this process on the same kinds of cases as ``bench_aligner.py``
 (real pairs from ``DIR`` in a constructed intercuspal position with bite scans from both
@@ -15,7 +15,8 @@ TRE (``--plot``; docs/aligner-confidence.png is made this way).
 
 Real arches are Loop-subdivided ``--subdivisions`` times (2: ~130 000 vertices, as the
 benchmark; 0: the scans' native ~8 000), each pair with ``--seeds`` bite simulations per
-variant. ``--merge`` adds the rows of earlier ``--csv`` files to the counts and the plot,
+variant (``--first-seed`` 1: seeds 1.. alone, e.g. to check a change on a second seed
+without repeating the first). ``--merge`` adds the rows of earlier ``--csv`` files to the counts and the plot,
 so a calibration can be run in parts (e.g. native and subdivided) and drawn once
 (``--merge-only``: no new cases).
 
@@ -214,6 +215,8 @@ def main() -> int:
     parser.add_argument("--names", default="", help="comma-separated real pairs (instead of --pairs)")
     parser.add_argument("--subdivisions", type=int, default=2, help="Loop subdivisions of the real arches")
     parser.add_argument("--seeds", type=int, default=1, help="bite simulations per real pair and variant")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="the first of the --seeds simulations (1: a second seed alone, without rerunning seed 0)")  # fmt: skip
     parser.add_argument(
         "--no-contact",
         action="store_true",
@@ -252,7 +255,7 @@ def main() -> int:
     for index, (stem, occluded, contact) in enumerate(built):
         following = built[(index + 1) % len(built)][1]  # the next pair: another patient
         slid = shifted(occluded, SHIFTS_MM[index % len(SHIFTS_MM)])
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             for simulator, noise, one_sided in VARIANTS:
                 variant = partial(simulate, seed=4000 + int(stem) + 1000 * seed, simulator=simulator, noise_mm=noise,
                                   one_sided=one_sided)  # fmt: skip
