@@ -13,9 +13,10 @@ arch gets a *canonical frame*:
 * origin: on the symmetry axis at the arch's centroid, at the height of the
   occlusal table (median height of the high, crown-facing points).
 
-In occlusion the two arches face each other with nested curves, so the lower
-arch's canonical frame is the upper's turned 180° about its anterior axis, up
-to a few millimetres and degrees. The global step starts from that.
+The global step assumes no pose between the two arches: a frame only gives its arch
+its own coordinates (the search field and buccal outline of :mod:`.registration`). In
+occlusion the lower arch's canonical frame is roughly the upper's turned 180° about its
+anterior axis (:data:`FLIP`), which the benchmark's constructed occlusions start from.
 """
 
 from __future__ import annotations

@@ -1,25 +1,19 @@
-"""Global step: place each bite scan on the pair of arches, then the lower arch on the bite.
-
-Everything happens in the upper arch's canonical frame (:mod:`._anatomy`): ``z``
-from the upper's gingiva towards its crowns (down, towards the occlusal
-plane, which is at ``z = 0``), ``y`` anterior. The lower arch starts at the
-pose its own canonical frame implies (facing the upper, curves nested),
-a few millimetres and degrees off.
+"""Global step: a bite strip's own axes, its search along one arch's buccal outline, short ICPs.
 
 Bite scan: a strip seen from the cheek. Its long axis (first principal axis)
 follows the arch; its mean normal faces out of the mouth (its sign is set by the
 side the surface is convex to, :func:`convex_side`, so a file with inward winding
-works too); the third axis crosses the occlusal plane. A pose of the strip is therefore a
-direction ``psi`` in the occlusal plane for its normal (which part of the arch
-it faces), which way up it is (``sigma``), and a translation: along the normal
-the strip touches the arches' outline in that direction (support function),
-across the plane its middle sits at the occlusal plane, and along the arch it
-is searched. Every pose is scored with one distance-field look-up per probe
-point against both arches; the best distinct poses get a short robust ICP
-against the upper arch; each then places the lower arch by a grid search over
-the bite points the upper does not explain, and the pairs are ranked by the
-share of bite points explained. The margin is the best score minus the best
-score of a pose that is distinct from it.
+works too); the third axis crosses the occlusal plane. :func:`search_along` places it
+in one arch's canonical frame (:mod:`._anatomy`; the upper's for both arches held
+together), with no pose assumed between the arches: its centre at every sample of
+that arch's buccal outline, moved across the occlusal plane and along the facing
+direction, its normal facing the sample's buccal direction turned by a few degrees
+(``psi``), tilted about its long axis, either way up (``sigma``). Every pose is scored with one
+distance-field look-up per probe point; the best distinct poses (:func:`distinct`) get
+a short robust point-to-plane ICP on that arch's thinned points (:func:`icp_many`).
+How hypotheses of both arches are built from these (the other arch sought from the
+bite points the first leaves unexplained), ranked and given a margin is
+:mod:`.registration`'s.
 """
 
 from __future__ import annotations
@@ -87,7 +81,7 @@ def strip_frame(points: FloatArray, normals: FloatArray, outward: float = 1.0) -
 
 @dataclass(frozen=True)
 class Candidate:
-    """A pose of a bite scan in the upper's canonical frame with its coarse score."""
+    """A pose of a bite scan in the canonical frame it was searched in (one arch's) with its coarse score."""
 
     bite_to_canonical: FloatArray
     score: float

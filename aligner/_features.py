@@ -1,4 +1,4 @@
-"""Voxel thinning: one real sample per occupied voxel."""
+"""Voxel thinning (one real sample per occupied voxel) and points spread evenly (farthest-point sampling)."""
 
 from __future__ import annotations
 

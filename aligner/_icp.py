@@ -638,10 +638,11 @@ def refine_joint(
     ----------
     bites : list of (n_k, 3) float, millimetres
         Bite points, each in its own file frame.
-    upper : SurfaceTarget
-        The reference arch (its frame is the frame of the unknowns).
-    lower : SurfaceTarget or None
-        The other arch, or None to fit the bites to ``upper`` alone.
+    upper : Target
+        The reference arch (its frame is the frame of the unknowns): a :class:`SurfaceTarget`
+        (exact closest points), or :class:`VertexPlanes` (the fine step's plane stage).
+    lower : Target or None
+        The other arch, of the same kind, or None to fit the bites to ``upper`` alone.
     bite_to_upper : list of (4, 4) float
         Initial poses.
     lower_to_upper : (4, 4) float or None

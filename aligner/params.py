@@ -133,6 +133,8 @@ class AlignParams:
     # When that margin is too small, both hypotheses are refined on the exact
     # surfaces and compared again within this distance.
     tight_distance_mm: float = 0.1
+    # Recorded in result.json's params. No step draws at random (the search is exhaustive, the probe
+    # points farthest-point samples), so it changes no result.
     seed: int = 0
 
     def as_dict(self) -> dict[str, Any]:

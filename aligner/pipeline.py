@@ -59,6 +59,8 @@ class Occlusion:
         in contact), the nearest vertex's elsewhere.
     correction : (4, 4) float
         Rigid correction applied to the lower arch (bite frame).
+    optimised : bool
+        Whether the bite optimisation was on (``OcclusionParams.optimise``).
     frame : ArchFrame or None
         The anatomical axes the regions were measured in (before the correction, which moves the
         lower arch a fraction of a millimetre); the pictures look along them.
@@ -86,6 +88,9 @@ class AlignmentResult:
         Final transforms (``lower_to_bite`` includes the bite optimisation).
     occlusion : Occlusion or None
     timings : dict of stage -> seconds
+    params : dict
+        The parameters used (:class:`AlignParams`, with :class:`OcclusionParams` under
+        ``"occlusion"`` when analysed; empty for ``invalid_input``): ``result.json``'s ``params``.
     """
 
     status: str
@@ -113,7 +118,8 @@ def one_blas_thread(func: Callable[P, R]) -> Callable[P, R]:
     The registration's linear algebra is many small products ((n, 18) by (18, n));
     OpenBLAS threads gain nothing on them and, when other processes share the cores,
     spin waiting for each other: measured on 2 cores at load 3.5, the fine step took
-    4.2 s instead of 0.33 s. Open3D's closest-point queries keep their own threads.
+    4.2 s instead of 0.33 s. The mesh-query kernel's closest points keep their own threads
+    (:mod:`._meshquery`: POSIX threads, two by default).
     """
 
     @functools.wraps(func)

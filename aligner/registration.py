@@ -1,11 +1,14 @@
 """Bite registration: both arches into the first bite scan's frame, with a confidence.
 
-``preprocess (thinning, canonical arch frames) → global (per bite scan:
-exhaustive strip search against both arches in the upper's canonical frame,
-short ICP on the upper for the best distinct poses, grid search of the lower
-arch on the bite points the upper leaves unexplained, short joint ICP, ranking
-by explained share with the margin to the best distinct alternative) → refine
-(joint robust point-to-plane ICP of every bite scan against both arches)``.
+``preprocess (each arch alone: canonical frame, search field, buccal outline; thinned
+bites) → global (per bite scan: exhaustive strip search along one arch's own outline,
+short ICP on that arch for the best distinct poses, the bite points it leaves
+unexplained searched for along the other arch's own outline, short joint ICP; from the
+upper first and, unless that is decisive, from the lower too; ranking by explained share
+with the margin to the best distinct alternative; two bites brought to one lower pose)
+→ refine (joint robust point-to-plane ICP of every bite scan against both arches:
+nearest-vertex planes, then exact closest points)``, then the confidence checks
+(:func:`_reasons`, the two bites' agreement). No pose between the two arches is assumed.
 See docs/aligner.md for the reasoning and the measured accuracy.
 """
 
@@ -64,7 +67,12 @@ class BiteEvidence:
     margin : float
         ``score - second_score`` (share of bite points).
     hypotheses : int
-        Distinct bite poses refined; ``paired`` of them placed the lower arch.
+        Distinct bite poses refined by a short ICP on one arch.
+    paired : int
+        Hypotheses of both arches ranked (bite pose and lower pose after the short joint
+        ICP): up to ``residual_paired`` for each of the ``paired_candidates`` best bite
+        poses, from each arch searched first (for a bite placed on both arches held
+        together, one per refined pose: ``hypotheses``).
     tolerance_mm : float
         The distance within which a point counts as explained. When the
         coarse margin (``pair_distance_mm``, on thinned arches) is below

@@ -2,8 +2,9 @@
 
 A :class:`Scan` is what the rest of the aligner accepts: finite millimetre
 coordinates of a plausible dental size, no degenerate or duplicate triangles, no
-unreferenced vertex, unit vertex normals pointing out of the teeth; an upper or lower
-arch also has the shape of one (:func:`mesial.common.meshformat.check_arch_shape`).
+unreferenced vertex, unit vertex normals (pointing out of the teeth when loaded with
+``orient``, as the pipeline loads the arches; a bite keeps its file's winding); an upper
+or lower arch also has the shape of one (:func:`mesial.common.meshformat.check_arch_shape`).
 The checks that refuse a file are those of :mod:`mesial.common.meshformat`, the same
 the API applies to an upload; this module cleans what passed them.
 """
@@ -59,7 +60,8 @@ class Scan:
     vertices : (n, 3) float64, millimetres
     faces : (m, 3) int64
     vertex_normals : (n, 3) float64
-        Unit, area-weighted, pointing out of the surface.
+        Unit, area-weighted; pointing out of the surface when oriented (``orient``), else
+        as the file's winding makes them.
     sha256 : str
         Hex SHA-256 of the input file ("" for arrays).
     file_format : str
