@@ -285,7 +285,7 @@ class SurfaceTarget:
         """Distance (mm) from ``points (n, 3)`` to the nearest vertex (inf beyond ``upper_bound``).
 
         Within one vertex spacing of the exact surface distance; cheap, and
-        cheapest for far points, so used to gate and to score hypotheses.
+        cheapest for far points.
         """
         return self.nearest_vertex(points, upper_bound)[0]
 
@@ -402,7 +402,8 @@ class SurfaceTarget:
             Positive outside, negative inside.
         closest : (n, 3) float, millimetres
         normals : (n, 3) float
-            Unit outward normal of the triangle hit (the plane to linearise on).
+            Unit outward normal of the triangle hit (the bite optimisation linearises along the
+            offset from the closest point instead, except for a point on the surface).
         """
         distance, closest, normals = self._exact_local(self._local(points))
         return (distance, *self._placed(closest, normals))
