@@ -43,7 +43,8 @@ class RawMesh:
     faces : (m, 3) int64
         Triangle vertex indices, counter-clockwise seen from outside.
     file_format : str
-        ``"stl-binary"``, ``"stl-ascii"``, ``"ply"`` or ``"obj"``.
+        ``"stl-binary"``, ``"stl-ascii"``, ``"ply"`` or ``"obj"`` (``"arrays"`` for a mesh given
+        as arrays: :func:`~.validate.scan_from_arrays`).
     sha256 : str
         Hex SHA-256 of the file bytes.
     size_bytes : int
