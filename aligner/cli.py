@@ -59,7 +59,13 @@ def tune_malloc() -> bool:
 @click.option("--contact-threshold", type=float, default=0.1, show_default=True, help="Contact distance, mm.")
 @click.option("--no-optimise", is_flag=True, help="Do not correct bite-through (penetration).")
 @click.option("--unit", type=click.Choice(["m", "cm", "in"]), default=None, help="Rescale scans from this unit.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the global search.")
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Recorded in result.json's params; changes no result (no step draws at random). Kept so scripts that pass it still run.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print result.json on stdout.")
 def align(
     upper: Path,
