@@ -7,6 +7,7 @@ import functools
 from starlette.responses import Response
 
 from mesial.api import schemas
+from mesial.api.audit.collector import Commit
 from mesial.api.models import ApiKey, Organization
 from mesial.api.routes._util import ok, route
 from mesial.api.routing import Call, Spec
@@ -151,8 +152,11 @@ async def disable_member(call: Call) -> Response:
     )
 )
 async def set_retention(call: Call) -> Response:
-    days, previous = call.body.retention_days, (await Organization.get(id=call.scope.org_id)).retention_days
-    recorded = functools.partial(call.commit, status=200, days=days, previous=previous)
+    days = call.body.retention_days
+
+    def recorded(previous: int) -> Commit:  # the event names the days the change replaces, read in its transaction
+        return functools.partial(call.commit, status=200, days=days, previous=previous)
+
     return ok(orgs.org_view(await orgs.set_retention(call.scope.org_id, days, recorded)))
 
 

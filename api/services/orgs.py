@@ -24,6 +24,8 @@ from mesial.common.vault import TenantKeys
 
 # A break-glass key lives one day at most: long enough to issue the organization a new admin of its own.
 BREAK_GLASS_TTL_DAYS = 1
+# Tries of one retention change that others keep overtaking (a try is undone only when another is made)
+RETENTION_TRIES = 10
 
 T = TypeVar("T")
 M = TypeVar("M", ApiKey, Member)
@@ -208,10 +210,48 @@ async def set_break_glass(org_id: str, allowed: bool, commit: Commit) -> Organiz
     return await _made(_setting(org_id, break_glass_allowed=allowed), commit, org_id)
 
 
-async def set_retention(org_id: str, days: int, commit: Commit) -> Organization:
-    """Keep ``org_id``'s scans and results ``days`` days, set in ``commit``'s transaction (the one
-    appending ``org.retention_changed``): if that append fails the setting is as it was."""
-    return await _made(_setting(org_id, retention_days=days), commit, org_id)
+async def set_retention(org_id: str, days: int, commit: Callable[[int], Commit]) -> Organization:
+    """Keep ``org_id``'s scans and results ``days`` days, set in the transaction of ``commit(previous)``
+    (the one appending ``org.retention_changed`` naming the days it replaces): if that append fails
+    the setting is as it was.
+
+    A commit's event is made before its transaction, so ``previous`` is read first and then read
+    again in that transaction under the row's lock (``SELECT ... FOR UPDATE`` on PostgreSQL; on
+    SQLite the write transaction holds the database's write lock): if another change replaced it
+    meanwhile, that transaction is undone (its event too) and the change is made again naming the
+    value read under the lock. Of several changes at once each event names the value it replaced
+    (their previous and new days chain); each undone try is another change made, and a change still
+    overtaken after :data:`RETENTION_TRIES` tries is a Conflict."""
+    previous = (await Organization.get(id=org_id)).retention_days
+    for _ in range(RETENTION_TRIES):
+        try:
+            return await _made(_retention(org_id, previous, days), commit(previous), org_id)
+        except _Overtaken as overtaken:
+            previous = overtaken.days
+    raise Conflict("the retention is being changed by other requests: try again")
+
+
+class _Overtaken(Conflict):
+    """The retention another change set between its reading and the row's lock (``days``, what it is now)."""
+
+    def __init__(self, days: int) -> None:
+        super().__init__("the retention changed meanwhile")
+        self.days = days
+
+
+def _retention(org_id: str, previous: int, days: int) -> Callable[[BaseDBAsyncClient], Awaitable[Organization]]:
+    """The change setting the organization's retention to ``days`` if, read under the row's lock, it
+    is still ``previous`` (:class:`_Overtaken` otherwise): the row as it is then."""
+
+    async def change(conn: BaseDBAsyncClient) -> Organization:
+        row = await Organization.filter(id=org_id).using_db(conn).select_for_update().get()
+        if row.retention_days != previous:
+            raise _Overtaken(row.retention_days)
+        row.retention_days = days
+        await row.save(using_db=conn, update_fields=["retention_days"])
+        return row
+
+    return change
 
 
 def _setting(org_id: str, **values: Any) -> Callable[[BaseDBAsyncClient], Awaitable[Organization]]:
