@@ -113,6 +113,8 @@ class ServiceInfo:
     log: str
     env: dict[str, str] = field(default_factory=dict)
     credentials: dict[str, str] = field(default_factory=dict)
+    # the command line the process was started with: what tells it from another program given its pid later
+    command: list[str] = field(default_factory=list)
 
 
 class ManagedService(abc.ABC):
@@ -135,6 +137,7 @@ class ManagedService(abc.ABC):
         self.log_path = base_dir / f"{self.name}.log"
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
+        self.spawned: list[str] = []  # the process's command line
         # Tests tie services to their process, so that a killed test run leaves no server
         # behind; `mesial services up` does not (its servers outlive the command).
         self.tied_to_parent = tied_to_parent
@@ -166,6 +169,7 @@ class ManagedService(abc.ABC):
             log=str(self.log_path),
             env=env,
             credentials=credentials,
+            command=list(self.spawned) if self.process else [],
         )
 
     def after_ready(self) -> None:  # noqa: B027 - optional hook
@@ -195,9 +199,10 @@ class ManagedService(abc.ABC):
 
     def _spawn(self) -> None:
         log = self.log_path.open("ab")
+        self.spawned = self.command()
         try:
             self.process = subprocess.Popen(
-                self.command(),
+                self.spawned,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -207,7 +212,7 @@ class ManagedService(abc.ABC):
                 preexec_fn=self._child_setup(),
             )
         except OSError as exc:
-            raise ServiceStartError(self.name, f"cannot run {self.command()[0]}: {exc}") from exc
+            raise ServiceStartError(self.name, f"cannot run {self.spawned[0]}: {exc}") from exc
         finally:
             log.close()
 
@@ -304,6 +309,32 @@ def _alive(pid: int) -> bool:
     with contextlib.suppress(OSError):
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
     return True
+
+
+def _command_line(pid: int) -> list[str] | None:
+    """The command line process ``pid`` runs (Linux's ``/proc/<pid>/cmdline``); None if unreadable."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return raw.decode(errors="replace").split("\0")[:-1]
+
+
+def why_stopped(info: ServiceInfo) -> str | None:
+    """None while the process recorded for ``info`` still runs that service; otherwise why not: no
+    process recorded, its pid gone (the machine restarted, the process was killed) or now another
+    program's (the pid reused). The process is the service when it runs with the arguments it was
+    started with (their ports, directories and tokens are the stack's own; the program itself is not
+    compared: a launcher such as the virtualenv's ``bao`` execs the real binary in the same process).
+    A record without them (written before ``up`` kept them) is taken on its pid alone."""
+    if info.pid is None:
+        return "no process recorded"
+    if not _alive(info.pid):
+        return f"pid {info.pid} is gone"
+    running = _command_line(info.pid)
+    if info.command and (running is None or running[1:] != info.command[1:]):
+        return f"pid {info.pid} is another program"
+    return None
 
 
 def _http_ok(url: str, accept: tuple[int, ...] = (200,)) -> bool:
@@ -474,14 +505,8 @@ class PostgresService(ManagedService):
 
     def info(self) -> ServiceInfo:
         url = f"postgres://{self.user}:{self.password}@{LOOPBACK}:{self.port}/{self.database}"
-        return ServiceInfo(
-            name=self.name,
-            url=url,
-            pid=self.process.pid if self.process else None,
-            data_dir=str(self.data_dir),
-            log=str(self.log_path),
-            env={"MESIAL_DATABASE_URL": url},
-            credentials={"user": self.user, "password": self.password},
+        return self.describe(
+            url=url, env={"MESIAL_DATABASE_URL": url}, credentials={"user": self.user, "password": self.password}
         )
 
 
@@ -706,11 +731,12 @@ def read_state(path: Path) -> dict[str, ServiceInfo]:
 
 
 def stop_recorded(path: Path) -> list[str]:
-    """Stop every service recorded in ``path`` and remove the record; returns their names."""
+    """Stop every service recorded in ``path`` that still runs (:func:`why_stopped`: never a process
+    that took a dead one's pid) and remove the record; returns the names recorded."""
     stopped = []
     for name, info in read_state(path).items():
         kind = SERVICES.get(name, ManagedService)
-        if info.pid is not None and _alive(info.pid):
+        if info.pid is not None and why_stopped(info) is None:
             stop_process_group(info.pid, None, kind.stop_grace_s, kind.stop_signal)
         stopped.append(name)
     with contextlib.suppress(FileNotFoundError):

@@ -61,29 +61,50 @@ def down(directory: Path | None) -> None:
 @services.command()
 @click.option("--dir", "directory", type=click.Path(path_type=Path), help="Data directory [.mesial/services].")
 def status(directory: Path | None) -> None:
-    """Show what `up` started."""
+    """Show what `up` started, and whether each of its processes still runs."""
     infos = svc.read_state(_state_file(_base_dir(directory)))
     if not infos:
         console.print("no services recorded")
         return
-    _show(infos)
+    stopped = _stopped(infos)
+    _show(infos, stopped)
+    if stopped:
+        console.print(f"\n{_NOT_RUNNING}")
 
 
 @services.command()
 @click.option("--dir", "directory", type=click.Path(path_type=Path), help="Data directory [.mesial/services].")
 def env(directory: Path | None) -> None:
-    """Print `export MESIAL_...=...` lines for the running stack."""
-    for info in svc.read_state(_state_file(_base_dir(directory))).values():
+    """Print `export MESIAL_...=...` lines for the running stack (refused if a recorded process is gone)."""
+    infos = svc.read_state(_state_file(_base_dir(directory)))
+    stopped = _stopped(infos)
+    if stopped:
+        why = "; ".join(f"{name}: {reason}" for name, reason in stopped.items())
+        raise click.ClickException(f"{_NOT_RUNNING} ({why})")
+    for info in infos.values():
         for key, value in info.env.items():
             click.echo(f"export {key}='{value}'")
 
 
-def _show(infos: dict[str, svc.ServiceInfo]) -> None:
+_NOT_RUNNING = (
+    "the recorded stack is not running (the machine restarted, or its processes were killed): "
+    "`mesial services down` clears its record, then `mesial services up` starts it again"
+)
+
+
+def _stopped(infos: dict[str, svc.ServiceInfo]) -> dict[str, str]:
+    """The recorded services whose process no longer runs them, and why."""
+    return {name: reason for name, info in infos.items() if (reason := svc.why_stopped(info)) is not None}
+
+
+def _show(infos: dict[str, svc.ServiceInfo], stopped: dict[str, str] | None = None) -> None:
     # One block per service: URLs and secrets are long and must print whole to be copied.
-    for info in infos.values():
+    for name, info in infos.items():
         table = Table(title=f"{info.name} (pid {info.pid})", show_header=False, title_justify="left")
         table.add_column("field", style="bold")
         table.add_column("value", overflow="fold")
+        if stopped is not None:
+            table.add_row("state", f"stopped: {stopped[name]}" if name in stopped else "running")
         table.add_row("url", info.url)
         for key, value in info.credentials.items():
             table.add_row(key, value)

@@ -1,13 +1,16 @@
 """`mesial services up / status / env / down` as a user runs them (README.md, docs/services.md):
 up prints URLs and credentials, `eval "$(mesial services env)"` gives the shell `MESIAL_*` settings
 that reach the running services, down stops what up started, and PostgreSQL's and SeaweedFS's data
-survive a down/up."""
+survive a down/up. A recorded stack whose processes are gone (or whose pid another program took) is
+shown stopped and not exported."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from mesial.common import services as svc
@@ -116,3 +119,63 @@ def test_services_up_status_env_and_down_as_a_user_runs_them(tmp_path: Path, ser
         assert _in_shell_after_env(tmp_path, stack, "read") == f"pg-stored {STORE}"
     finally:
         _services(tmp_path, stack, "down")
+
+
+def test_a_recorded_stack_whose_process_was_killed_is_shown_stopped_and_not_exported(tmp_path: Path) -> None:
+    """OpenBao started by `up`, then killed (as a restart of the machine leaves it): `status` shows
+    its block as stopped, its pid gone, and says what to run; `env` exports nothing and fails, naming
+    `down` and `up`; `down` clears the record."""
+    stack = tmp_path / "stack"
+    try:
+        assert _services(tmp_path, stack, "up", "--only", "openbao").returncode == 0
+        [info] = svc.read_state(stack / "services.json").values()
+        assert info.pid is not None
+        running = _services(tmp_path, stack, "status")
+        assert running.returncode == 0 and "running" in running.stdout and "stopped" not in running.stdout
+
+        os.killpg(info.pid, signal.SIGKILL)  # its own process group, started by `up` for this test
+        deadline = time.monotonic() + 10
+        while svc._alive(info.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+        status = _services(tmp_path, stack, "status")
+        assert status.returncode == 0 and f"openbao (pid {info.pid})" in status.stdout, status.stdout
+        assert f"stopped: pid {info.pid} is gone" in status.stdout and info.url in status.stdout
+        assert "the recorded stack is not running" in " ".join(status.stdout.split())
+        env = _services(tmp_path, stack, "env")
+        assert env.returncode == 1 and env.stdout == ""
+        assert "`mesial services down`" in env.stderr and "`mesial services up`" in env.stderr, env.stderr
+        assert f"openbao: pid {info.pid} is gone" in env.stderr
+        assert _services(tmp_path, stack, "down").returncode == 0
+        assert not (stack / "services.json").exists()
+    finally:
+        _services(tmp_path, stack, "down")
+
+
+def test_a_recorded_pid_that_another_program_now_has_is_not_the_service(tmp_path: Path) -> None:
+    """A recorded pid reused by another program (here a `sleep` of this test's) is not taken for the
+    service: `status` shows it stopped, `env` refuses, and `down` leaves that program running."""
+    stack = tmp_path / "stack"
+    other = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        recorded = svc.ServiceInfo(
+            name="openbao",
+            url="http://127.0.0.1:1",
+            pid=other.pid,
+            data_dir=str(stack / "openbao"),
+            log=str(stack / "openbao.log"),
+            env={"MESIAL_VAULT__ADDR": "http://127.0.0.1:1"},
+            command=[str(svc.bao_binary()), "server", "-dev"],
+        )
+        svc.write_state(stack / "services.json", {"openbao": recorded})
+
+        status = _services(tmp_path, stack, "status")
+        assert status.returncode == 0 and f"stopped: pid {other.pid} is another program" in status.stdout
+        env = _services(tmp_path, stack, "env")
+        assert env.returncode == 1 and env.stdout == "" and "is another program" in env.stderr
+        assert _services(tmp_path, stack, "down").returncode == 0
+        assert other.poll() is None, "down signalled a program that is not the service"
+        assert not (stack / "services.json").exists()
+    finally:
+        other.kill()
+        other.wait()
