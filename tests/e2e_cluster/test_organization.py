@@ -122,6 +122,9 @@ BAD_SPECS: list[tuple[str, dict[str, Any], str | tuple[str, str]]] = [
     ("Organization", {"tier": "huge"}, 'Unsupported value: "huge"'),
     ("Organization", {"keyRotationPeriod": "1 week"}, "should match"),
     ("Organization", {"keyRotationPeriod": "10m"}, ("Organization", "duration('1h')")),
+    ("Organization", {"keyRotationPeriod": "59m"}, ("Organization", "duration('1h')")),
+    ("Organization", {"keyRotationPeriod": "8761h"}, ("Organization", "duration('8760h')")),
+    ("Organization", {"keyRotationPeriod": "8760h1s"}, ("Organization", "duration('8760h')")),
     (
         "Organization",
         {"egress": {"extra": [{"cidr": f"10.0.{i}.0/24", "ports": [443]} for i in range(5)]}},
@@ -172,6 +175,15 @@ def test_api_server_refuses_bad_specs_with_the_crds_messages(
     fragment = cel_message(*expected) if isinstance(expected, tuple) else expected
     assert result.returncode != 0, f"accepted: {doc}"
     assert fragment in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("period", ["1h", "8760h", "525600m"])
+def test_api_server_accepts_key_rotation_periods_at_the_bounds(kube: Kube, release: Release, period: str) -> None:
+    """keyRotationPeriod's bounds (operator.md: 1h..8760h) are inclusive: each end, however written,
+    is accepted by the CRD (the refusals one past each end are in BAD_SPECS)."""
+    doc = organization("bounds", keyRotationPeriod=period)
+    result = kube("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(doc), check=False)
+    assert result.returncode == 0, result.stderr
 
 
 def test_scanjob_spec_is_immutable(kube: Kube, release: Release) -> None:
