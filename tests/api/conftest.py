@@ -11,7 +11,7 @@ import contextlib
 import os
 import secrets
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ import pytest
 from starlette.applications import Starlette
 
 from mesial.api.app import create_app, db_context
+from mesial.api.executor import Dispatcher
+from mesial.api.models import AuditEventRow
 from mesial.api.services import orgs
 from mesial.api.types import Role
 from mesial.common.settings import ApiSettings, Settings
@@ -149,13 +151,34 @@ def variant(api: Harness, data_dir: Path, **overrides: Any) -> contextlib.Abstra
 
 
 @contextlib.asynccontextmanager
-async def variant_of(api: Harness, data_dir: Path, update: dict[str, Any], **overrides: Any) -> AsyncIterator[Harness]:
-    """:func:`variant` with whole sections of the settings replaced too (``update``, e.g. ``{"operator": ...}``)."""
+async def variant_of(
+    api: Harness, data_dir: Path, update: dict[str, Any], dispatcher: Dispatcher | None = None, **overrides: Any
+) -> AsyncIterator[Harness]:
+    """:func:`variant` with whole sections of the settings replaced too (``update``, e.g. ``{"operator": ...}``),
+    and jobs handed to ``dispatcher`` if given (e.g. a :class:`~mesial.api.executor.ClusterDispatcher`)."""
     base = api.runtime.settings
-    app = create_app(make_settings(base, data_dir, base.database_url, **overrides).model_copy(update=update))
+    settings = make_settings(base, data_dir, base.database_url, **overrides).model_copy(update=update)
+    app = create_app(settings, dispatcher=dispatcher)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, client=("198.51.100.1", 1))
         async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as client:
             harness = Harness(app, client, api.backend)
             harness._platform = await api.platform_key()
             yield harness
+
+
+@contextlib.contextmanager
+def refusing(action: str, tenant: str | None = None) -> Iterator[None]:
+    """Inside, the audit chain's insert fails for ``action``'s events (of ``tenant`` if given), as a
+    database that cannot write them would, in the transaction of the append: every other event is
+    written as usual."""
+    insert = AuditEventRow.create
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("action") == action and tenant in (None, kwargs.get("tenant")):
+            raise ConnectionError("audit table unwritable")
+        return await insert(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(AuditEventRow, "create", failing)
+        yield

@@ -39,7 +39,7 @@ from mesial.common.contract import job_prefix
 from mesial.common.settings import Settings
 from mesial.common.tenancy import tenant_prefix
 from tests.api import meshes
-from tests.api.conftest import Harness, bearer
+from tests.api.conftest import Harness, bearer, refusing
 from tests.api.test_cli import cli_env, run
 
 EVENT_FIELDS = {
@@ -708,27 +708,19 @@ async def test_an_export_range_that_ends_before_it_starts_is_422(api: Harness) -
 
 
 async def test_a_scan_deletion_whose_event_cannot_be_written_is_undone_and_finished_when_asked_again(
-    api: Harness, monkeypatch: pytest.MonkeyPatch
+    api: Harness,
 ) -> None:
     """A deletion is never gone without its ``scan.deleted``: the row goes in the transaction that
     appends the event. With the chain's insert failing the client gets a 503 and the scan is still
     listed (its object already gone); asked again, the deletion finishes, with one event."""
     org, admin = await api.new_org()
     scan = await api.upload(admin)
-    insert = AuditEventRow.create
-
-    async def failing(*args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("action") == "scan.deleted":
-            raise ConnectionError("audit table unwritable")
-        return await insert(*args, **kwargs)
-
-    monkeypatch.setattr(AuditEventRow, "create", failing)
-    refused = await api.client.delete(f"/v1/scans/{scan['id']}", headers=bearer(admin))
+    with refusing("scan.deleted"):
+        refused = await api.client.delete(f"/v1/scans/{scan['id']}", headers=bearer(admin))
     assert refused.status_code == 503, refused.text
     assert refused.json()["error"]["request_id"] == refused.headers["x-request-id"]
     listed = await api.client.get("/v1/scans", headers=bearer(admin))
     assert [s["id"] for s in listed.json()["items"]] == [scan["id"]]  # not deleted without its event
-    monkeypatch.setattr(AuditEventRow, "create", insert)
 
     done = await api.client.delete(f"/v1/scans/{scan['id']}", headers=bearer(admin))
     assert done.status_code == 204, done.text
@@ -759,7 +751,7 @@ async def _key_request(api: Harness, kind: str) -> tuple[str, str, dict[str, Any
 
 @pytest.mark.parametrize("kind", ["member", "first", "break-glass"])
 async def test_a_key_whose_event_cannot_be_written_is_not_issued_and_is_issued_once_when_asked_again(
-    api: Harness, monkeypatch: pytest.MonkeyPatch, kind: str
+    api: Harness, kind: str
 ) -> None:
     """A key never exists without its ``key.issued`` (``key.break_glass``): its member and key are made
     in the transaction that appends the event. With the chain's insert failing the client gets the 503
@@ -772,15 +764,8 @@ async def test_a_key_whose_event_cannot_be_written_is_not_issued_and_is_issued_o
         return await Member.filter(org_id=org_id).count(), await ApiKey.filter(org_id=org_id).count()
 
     before = await rows()
-    insert = AuditEventRow.create
-
-    async def failing(*args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("action") == action and kwargs.get("tenant") == name:
-            raise ConnectionError("audit table unwritable")
-        return await insert(*args, **kwargs)
-
-    monkeypatch.setattr(AuditEventRow, "create", failing)
-    refused = await api.client.post(url, json=body, headers=headers)
+    with refusing(action, name):
+        refused = await api.client.post(url, json=body, headers=headers)
     assert refused.status_code == 503, refused.text
     assert refused.json()["error"] == {
         "code": "unavailable",
@@ -788,7 +773,6 @@ async def test_a_key_whose_event_cannot_be_written_is_not_issued_and_is_issued_o
         "request_id": refused.headers["x-request-id"],
     }
     assert await rows() == before  # neither member nor key without its event
-    monkeypatch.setattr(AuditEventRow, "create", insert)
 
     done = await api.client.post(url, json=body, headers=headers)
     assert done.status_code == 201, done.text
@@ -946,7 +930,7 @@ async def _asked(api: Harness, kind: str) -> Asked:
 
 @pytest.mark.parametrize("kind", ["key", "member", "retention", "break-glass", "org", "hold", "unhold"])
 async def test_a_change_whose_event_cannot_be_written_is_not_made_and_is_made_once_when_asked_again(
-    api: Harness, monkeypatch: pytest.MonkeyPatch, kind: str
+    api: Harness, kind: str
 ) -> None:
     """A key's revocation, a member's disabling, an organization's retention or break-glass setting,
     an organization's creation and a scan's legal hold (its row and history; the store's hold is set
@@ -956,20 +940,12 @@ async def test_a_change_whose_event_cannot_be_written_is_not_made_and_is_made_on
     made, with one event (a retention's ``previous`` is the setting before it, not the lost one's)."""
     asked = await _asked(api, kind)
     before = await asked.state()
-    insert = AuditEventRow.create
-
-    async def failing(*args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("action") == asked.action and kwargs.get("tenant") == asked.tenant:
-            raise ConnectionError("audit table unwritable")
-        return await insert(*args, **kwargs)
-
-    monkeypatch.setattr(AuditEventRow, "create", failing)
     method, url, body, headers = asked.request
-    refused = await api.client.request(method, url, json=body, headers=headers)
+    with refusing(asked.action, asked.tenant):
+        refused = await api.client.request(method, url, json=body, headers=headers)
     assert refused.status_code == 503, refused.text
     assert refused.json()["error"]["request_id"] == refused.headers["x-request-id"]
     assert await asked.state() == before  # not changed without its event
-    monkeypatch.setattr(AuditEventRow, "create", insert)
 
     done = await api.client.request(method, url, json=body, headers=headers)
     assert done.status_code == asked.status, done.text
