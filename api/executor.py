@@ -38,7 +38,7 @@ from typing import Any, Protocol
 from mesial.api.audit.collector import AuditCollector
 from mesial.api.errors import Busy
 from mesial.api.models import Artifact, Job, Organization
-from mesial.api.services.jobs import FINAL, JobState, job_spec
+from mesial.api.services.jobs import ACTOR, FINAL, JobState, job_spec
 from mesial.api.types import new_id, utcnow
 from mesial.common.audit import AuditEvent
 from mesial.common.contract import JobProgress, JobSpec, artifact_key, artifact_name, job_environment, read_progress
@@ -49,7 +49,6 @@ from mesial.common.store_identity import StoreCredentials, TenantStoreIdentities
 from mesial.common.tenancy import namespace_for
 
 log = logging.getLogger("mesial.api.executor")
-ACTOR = "service:executor"
 
 
 class Dispatcher(Protocol):
@@ -163,10 +162,7 @@ class LocalExecutor:
     async def submit(self, job: JobSpec) -> None:
         try:
             self.queue.put_nowait(job)
-        except asyncio.QueueFull:
-            await Job.filter(id=job.job_id).update(
-                state=JobState.failed.value, message="queue full", finished_at=utcnow()
-            )
+        except asyncio.QueueFull:  # its row is failed with an event of its own (services.jobs.hand_over)
             raise Busy("the job queue is full; retry later") from None
 
     async def cancel(self, job_id: str) -> None:
@@ -182,7 +178,8 @@ class LocalExecutor:
             self._workers.append(asyncio.create_task(self._work()))
 
     async def recover(self) -> None:
-        """Jobs a previous process left behind: running ones failed, queued ones queued again."""
+        """Jobs a previous process left behind: running ones failed, queued ones queued again (among
+        them a job whose hand-over failed and whose failing failed too: :func:`~mesial.api.services.jobs.hand_over`)."""
         for job in await Job.filter(state__in=[JobState.running.value, JobState.queued.value]).order_by("created_at"):
             org = await Organization.get_or_none(id=job.org_id)
             if org is None:

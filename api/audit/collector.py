@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.queryset import QuerySet
@@ -66,6 +66,23 @@ class Commit(Protocol):
     its status and details, or ``mesial admin``'s append."""
 
     def __call__(self, change: Change, *, resource_id: str | None = None) -> Awaitable[None]: ...
+
+
+T = TypeVar("T")
+
+
+async def made(
+    change: Callable[[BaseDBAsyncClient], Awaitable[T]], commit: Commit, resource_id: str | None = None
+) -> T:
+    """What ``change`` returns, run in ``commit``'s transaction (the one appending the event that records
+    it, naming ``resource_id`` if given): a row made with its event, or not at all."""
+    result: list[T] = []
+
+    async def run(conn: BaseDBAsyncClient) -> None:
+        result.append(await change(conn))
+
+    await commit(run, resource_id=resource_id)
+    return result[0]
 
 
 async def _about(event: AuditEvent, query: QuerySet[AuditEventRow]) -> list[AuditEventRow]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -34,10 +35,13 @@ from mesial.common.objectstore import ObjectStore
     )
 )
 async def create_job(call: Call) -> Response:
-    b = call.body
+    b, rt = call.body, call.runtime
+    # the row is written in the transaction that records job.created; the job is handed over after it
+    recorded = functools.partial(call.commit, status=201)
     options = b.options.model_dump()
-    job = await jobs.create(call.scope, call.runtime.dispatcher, b.upper, b.lower, b.bites, options)
-    call.audit(job.id)
+    job = await jobs.create(
+        call.scope, rt.dispatcher, rt.need_collector(), b.upper, b.lower, b.bites, options, recorded
+    )
     return ok(jobs.job_view(job), 201)
 
 
@@ -69,7 +73,9 @@ async def get_job(call: Call) -> Response:
     )
 )
 async def cancel_job(call: Call) -> Response:
-    return ok(jobs.job_view(await jobs.cancel(call.scope, call.runtime.dispatcher, call.param("job_id"))))
+    # cancelled in the transaction that records job.cancel_requested; the executor or cluster told after it
+    recorded = functools.partial(call.commit, status=200)
+    return ok(jobs.job_view(await jobs.cancel(call.scope, call.runtime.dispatcher, call.param("job_id"), recorded)))
 
 
 @route(

@@ -7,6 +7,7 @@ import functools
 from starlette.responses import Response
 
 from mesial.api import schemas
+from mesial.api.audit.collector import Commit
 from mesial.api.errors import UnsupportedMediaType
 from mesial.api.routes._util import ok, route
 from mesial.api.routing import Call, Spec
@@ -44,10 +45,13 @@ async def upload_scan(call: Call) -> Response:
     if media not in UPLOAD_TYPES:
         raise UnsupportedMediaType("send the mesh as application/octet-stream")
     max_triangles = call.runtime.settings.aligner.max_triangles
-    scan = await scans.upload(
-        call.scope, call.runtime.need_store(), call.query.kind, call.request.stream(), max_triangles
-    )
-    call.audit(scan.id, size=scan.size)
+    # the row is written in the transaction that records scan.uploaded (with the stored size): never without it
+
+    def recorded(size: int) -> Commit:
+        return functools.partial(call.commit, status=201, size=size)
+
+    store, body = call.runtime.need_store(), call.request.stream()
+    scan = await scans.upload(call.scope, store, call.query.kind, body, max_triangles, recorded)
     return ok(scans.scan_view(scan), 201)
 
 

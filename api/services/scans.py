@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 
-from mesial.api.audit.collector import Commit
+from mesial.api.audit.collector import Commit, made
 from mesial.api.errors import Conflict
 from mesial.api.models import Job, LegalHold, Scan
 from mesial.api.services.scope import TenantScope
@@ -17,6 +18,8 @@ from mesial.common.contract import scan_key
 from mesial.common.errors import ObjectNotFound
 from mesial.common.meshformat import MeshData, MeshStream
 from mesial.common.objectstore import ObjectStore
+
+log = logging.getLogger(__name__)
 
 
 class ScanKind(enum.StrEnum):
@@ -39,18 +42,26 @@ def scan_view(scan: Scan) -> dict[str, Any]:
 
 
 async def upload(
-    scope: TenantScope, store: ObjectStore, kind: ScanKind, body: AsyncIterator[bytes], max_triangles: int
+    scope: TenantScope,
+    store: ObjectStore,
+    kind: ScanKind,
+    body: AsyncIterator[bytes],
+    max_triangles: int,
+    recorded: Callable[[int], Commit],
 ) -> Scan:
-    """Check the mesh while it streams into the store, sealed with the tenant's key.
+    """Check the mesh while it streams into the store, sealed with the tenant's key; then its row,
+    in the transaction of the event that records the upload (``recorded``, given the stored size).
 
     The check is the aligner's own (:class:`mesial.common.meshformat.MeshStream`): format,
     strict grammar, limits, finite coordinates in range, dental size, and for an upper or
     lower scan the shape of an arch; a job never meets a file the upload would have
     refused. Any failure (a refused mesh, size limit, client gone, store down) raises
     inside the stream, which makes the store abort the write: no object and no row. The
-    row is written only after the object is complete; if that fails, the object goes.
+    row is written only after the object is complete, with ``scan.uploaded``; if that
+    append (or the row) fails, the object is deleted again. An object whose deletion fails
+    too is left with no row: the API never serves it, and retention removes it at its age.
     """
-    scan_id = new_id("scn")
+    scan_id = new_id("scn")  # chosen first: the object's key and the event name it
     arch = kind in (ScanKind.UPPER, ScanKind.LOWER)  # an arch must also have the shape of one
     check = MeshStream(max_triangles=max_triangles, keep=False, role=kind.value, arch=arch)
     info: MeshData | None = None
@@ -65,20 +76,29 @@ async def upload(
 
     stored = await store.put(scope.org, scan_key(scan_id), checked())
     assert info is not None
-    try:
+    mesh = info
+
+    async def make(conn: BaseDBAsyncClient) -> Scan:
         return await Scan.create(
+            using_db=conn,
             id=scan_id,
             org_id=scope.org_id,
             created_by=scope.principal.member_id,
             kind=kind.value,
-            format=info.file_format.split("-")[0],  # "stl", "ply" or "obj"
+            format=mesh.file_format.split("-")[0],  # "stl", "ply" or "obj"
             size=stored.size,
             sha256=stored.sha256,
-            triangles=info.triangle_count,
+            triangles=mesh.triangle_count,
             created_at=utcnow(),
         )
+
+    try:
+        return await made(make, recorded(stored.size), scan_id)
     except BaseException:
-        await store.delete(scope.org, scan_key(scan_id))
+        try:
+            await store.delete(scope.org, scan_key(scan_id))
+        except Exception as exc:  # the object has no row: never served, removed by retention at its age
+            log.error("scan %s: object left without its row: %s", scan_id, type(exc).__name__)
         raise
 
 

@@ -16,8 +16,10 @@ import pytest
 import yaml
 from botocore.exceptions import EndpointConnectionError
 
+from mesial.api.app import db_context
 from mesial.api.errors import Busy, LinkRefused
 from mesial.api.executor import LocalExecutor, job_arguments, scanjob_manifest
+from mesial.api.models import AuditEventRow
 from mesial.api.types import utcnow
 from mesial.common.contract import JobSpec
 from mesial.common.errors import VaultUnavailable
@@ -461,3 +463,32 @@ async def test_vault_or_store_down_is_503_unavailable_and_nothing_is_stored(
         assert "10.0.0" not in response.text
     assert [m async for m in store.list(org)] == []
     assert (await api.client.get("/v1/scans", headers=bearer(admin))).json()["items"] == []
+
+
+async def test_a_job_the_local_queue_cannot_take_after_its_commit_is_failed_with_an_event_of_its_own(
+    api: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The local executor's queue filled between the route's check and the hand-over (which comes after
+    the commit of the job's row and ``job.created``): the client gets the 503 ``busy``, and the job is
+    failed in the transaction of a ``job.failed`` of its own (``service:executor``, reason
+    ``not_handed_over``); nothing of it is queued."""
+    org, admin = await api.new_org()
+    case = await api.case(admin)
+    executor: LocalExecutor = api.runtime.dispatcher
+
+    def full(job: JobSpec) -> None:
+        raise asyncio.QueueFull
+
+    monkeypatch.setattr(executor.queue, "put_nowait", full)
+    body = {"upper": case["upper"], "lower": case["lower"], "bites": [case["bite"]]}
+    refused = await api.client.post("/v1/jobs", json=body, headers=bearer(admin))
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "busy", refused.text
+    [job] = (await api.client.get("/v1/jobs", headers=bearer(admin))).json()["items"]
+    assert (job["state"], job["message"]) == ("failed", "not started: the job queue was full")
+    with db_context(api.app):
+        chain = await AuditEventRow.filter(tenant=org, resource_id=job["id"]).order_by("sequence")
+    assert [(e.action, e.actor.startswith("key:"), json.loads(e.details)) for e in chain] == [
+        ("job.created", True, {"status": 201}),
+        ("job.failed", False, {"reason": "not_handed_over"}),
+    ]
+    assert chain[1].actor == "service:executor"

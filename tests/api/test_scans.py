@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import MutableMapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from mesial.api.app import db_context
-from mesial.api.models import Organization, Scan
+from mesial.api.models import AuditEventRow, Organization, Scan
+from mesial.common.errors import StoreUnavailable
+from mesial.common.retention import DEFAULT_COVERS, sweep_objects
 from tests.api import meshes
-from tests.api.conftest import Harness, bearer
+from tests.api.conftest import Harness, bearer, refusing
 
 
 async def _objects(api: Harness, org: str, prefix: str = "scans/") -> list[str]:
@@ -211,3 +215,66 @@ async def test_auditor_and_platform_admin_get_no_scan_data(api: Harness) -> None
         assert (await api.client.get(f"/v1/scans/{scan['id']}", headers=bearer(key))).status_code == 403
         up = await api.client.post("/v1/scans", params={"kind": "upper"}, content=meshes.obj(), headers=bearer(key))
         assert up.status_code == 403
+
+
+async def _upload_refused(api: Harness, admin: str) -> None:
+    """An upload whose ``scan.uploaded`` cannot be written: the 503 of a failed append."""
+    h = {**bearer(admin), "content-type": "application/octet-stream"}
+    refused = await api.client.post("/v1/scans", params={"kind": "upper"}, content=meshes.arch_stl(), headers=h)
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"]["request_id"] == refused.headers["x-request-id"]
+    assert "sha256" not in refused.text
+
+
+async def test_an_upload_whose_event_cannot_be_written_leaves_no_row_and_no_object(api: Harness) -> None:
+    """docs/audit.md: a scan's row is written in the transaction that appends its ``scan.uploaded``, after
+    its encrypted object is stored; when that append fails the object is deleted again: neither is left.
+    Asked again, the upload makes one scan, with one event naming it and its stored size."""
+    org, admin = await api.new_org()
+    with refusing("scan.uploaded", org):
+        await _upload_refused(api, admin)
+    assert await _rows(api, org) == 0
+    assert await _objects(api, org) == []
+
+    scan = await api.upload(admin)
+    assert await _objects(api, org) == [f"tenants/{org}/scans/{scan['id']}"]
+    with db_context(api.app):
+        recorded = await AuditEventRow.filter(tenant=org, action="scan.uploaded")
+    assert [(e.resource_id, e.outcome, json.loads(e.details)) for e in recorded] == [
+        (scan["id"], "success", {"status": 201, "size": scan["size"]})
+    ]
+
+
+async def test_an_object_whose_deletion_fails_too_is_never_served_and_retention_removes_it_at_its_age(
+    api: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upload's append fails and so does the deletion of its object: the object stays with no row.
+    The API never serves it (not listed, 404 by its id, no job's input), and retention's sweep of the
+    tenant's prefix (local mode's, :func:`~mesial.api.services.retention.sweep_local`, per organization)
+    removes it at its age, with a receipt naming it, not before."""
+    org, admin = await api.new_org()
+    store = api.runtime.store
+
+    async def down(*args: object, **kwargs: object) -> None:
+        raise StoreUnavailable("store down")
+
+    with refusing("scan.uploaded", org), monkeypatch.context() as patched:
+        patched.setattr(store, "delete", down)
+        await _upload_refused(api, admin)
+    [key] = await _objects(api, org)
+    orphan = key.rsplit("/", 1)[1]
+    assert await _rows(api, org) == 0
+    assert (await api.client.get("/v1/scans", headers=bearer(admin))).json()["items"] == []
+    assert (await api.client.get(f"/v1/scans/{orphan}", headers=bearer(admin))).status_code == 404
+    case = await api.case(admin)
+    body = {"upper": orphan, "lower": case["lower"], "bites": [case["bite"]]}
+    assert (await api.client.post("/v1/jobs", json=body, headers=bearer(admin))).status_code == 404
+
+    now, age = datetime.now(UTC), timedelta(days=90)
+    collector = api.runtime.collector
+    with db_context(api.app):
+        for days, left in ((89, [key]), (91, [])):
+            await sweep_objects(store, collector, org, covers=DEFAULT_COVERS, max_age=age, now=now + timedelta(days))
+            assert [k for k in await _objects(api, org) if orphan in k] == left
+        receipts = await AuditEventRow.filter(tenant=org, action="retention.deleted", resource_id=orphan)
+    assert [(e.resource_type, json.loads(e.details)["objects_deleted"]) for e in receipts] == [("scan", 1)]
