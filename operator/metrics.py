@@ -66,7 +66,8 @@ RETRIES_PENDING = Gauge(
 RECEIPTS = Counter(
     f"{PREFIX}_receipts",
     "Deletion receipts sent to the audit chain, by kind (retention, organization) and outcome (sent: the "
-    "collector took it or holds it; failed: kept and sent again; conflict: the chain holds a different one).",
+    "collector took it or holds it; failed: kept and sent again; conflict: the chain holds a different one; "
+    "refused: the API refused it for good, dropped).",
     ["kind", "outcome"],
     registry=REGISTRY,
 )

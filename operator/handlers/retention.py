@@ -144,7 +144,9 @@ async def _send_owed(runtime: Runtime, body: kopf.Body) -> None:
 
 
 def report_delivery(body: kopf.Body, delivery: Delivery) -> None:
-    """A Warning Event per receipt the chain refused (409) and for a round that stopped on a failure."""
+    """A Warning Event per receipt the API refused for good (dropped: ``ReceiptConflict`` for a 409,
+    the chain holds a different one; ``ReceiptRefused`` for a 400, 404 or 422) and for a round that
+    stopped on a failure (``ReceiptPending``: kept)."""
     for subject in delivery.conflicts:
         kopf.event(
             body,
@@ -152,6 +154,8 @@ def report_delivery(body: kopf.Body, delivery: Delivery) -> None:
             reason="ReceiptConflict",
             message=f"the audit chain holds a different retention receipt for {subject}: not sent again",
         )
+    for message in delivery.refused:
+        kopf.event(body, type="Warning", reason="ReceiptRefused", message=message[:400])
     if delivery.failure:
         kopf.event(body, type="Warning", reason="ReceiptPending", message=delivery.failure[:400])
 

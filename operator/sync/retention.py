@@ -5,15 +5,19 @@ second policy of a namespace takes over once the first is deleted.
 Receipts are owed, not hoped for: before a sweep deletes a resource's objects it writes an intent
 for it to ``status.pendingReceipts``; once the objects are gone the intent becomes the receipt
 (details and time fixed for good, so every send is the same receipt), and it stays there until
-the collector takes it (201, or 200: it holds it already). Each tick sends what is pending;
-a 409 (the chain holds a different receipt) is reported and dropped. An intent a crash left
-behind is resolved from the store at the next sweep: what it planned and is gone is receipted.
+the collector takes it (201, or 200: it holds it already). Each tick sends what is pending; a
+receipt the API refuses for good (:func:`refusal`: a 409 "the chain holds a different receipt", a
+400, 404 or 422 in the API's own error body) is reported and dropped, and the round goes on; any
+other failure keeps it and ends the round. An intent a crash
+left behind is resolved from the store at the next sweep: what it planned and is gone is receipted.
 The list is bounded (:data:`MAX_PENDING`): a sweep deletes only as many resources as there is
 room for receipts, the rest wait. A policy being deleted is held (kopf's finalizer) until what it
 owes is sent."""
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from mesial.common.audit import AuditEvent, format_time
-from mesial.common.contract import classify_key
+from mesial.common.contract import classify_key, sanitize_text
 from mesial.common.errors import InputError, MesialError
 from mesial.common.retention import COVERS, DEFAULT_COVERS, SweepReport, Verdict, decide, sweep_objects
 from mesial.common.service_http import HttpRefused
@@ -43,6 +47,20 @@ MAX_PENDING = 100
 RESOURCE_TYPES = ("scan", "job", "object")
 _ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _DURATION_RE = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+# The API's answers that name a fault of the receipt itself (api/errors.py): sending it again
+# cannot change them. Not 401/403 (a key being fixed: the job reporter retries them too; an
+# organization the API does not know is the sink's platform-chain fallback), 408, 429, 5xx.
+REFUSED = frozenset({400, 404, 422})
+# A 409 about the chain, not the world: it holds a different receipt for that resource (the
+# API's words, api/services/ingest.py). Any other 409 ("the scan's objects still exist") may pass later.
+_OTHER_RECEIPT = "already holds a different"
+# The start of the API's error body, ``{"error": {"code", "message", ..., "request_id"}}``, for a
+# body cut at its first 500 bytes (common/service_http.py) that no longer parses.
+_API_ERROR_RE = re.compile(r'^\s*\{\s*"error"\s*:\s*\{\s*"code"\s*:\s*"([a-z_]+)"')
+_MESSAGE_RE = re.compile(r'"message"\s*:\s*"((?:[^"\\]|\\.)*)')  # to its end, or the cut
+_REQUEST_ID_RE = re.compile(r'"request_id"\s*:\s*"([A-Za-z0-9-]{1,64})"')
+
+log = logging.getLogger("mesial.operator.retention")
 
 
 def parse_duration(text: str) -> timedelta:
@@ -177,11 +195,61 @@ def _count(value: Any) -> int:
 
 @dataclass
 class Delivery:
-    """What one round of sends did: receipts taken, conflicts (dropped), the failure that stopped it."""
+    """What one round of sends did: receipts taken, conflicts and refusals (dropped, each a
+    sentence for an Event), the failure that stopped it."""
 
     sent: int = 0
     conflicts: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
     failure: str = ""
+
+    def __add__(self, later: Delivery) -> Delivery:
+        return Delivery(
+            self.sent + later.sent, self.conflicts + later.conflicts, self.refused + later.refused, later.failure
+        )
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The API's own error answer: its status, ``error.code``, ``error.message`` and request id."""
+
+    status: int
+    code: str
+    message: str
+    request_id: str
+
+
+def api_error(exc: HttpRefused) -> Refusal | None:
+    """The API's error body in ``exc`` (``{"error": {"code", "message", "request_id"}}``, perhaps
+    cut short); None for any other body: a proxy's or another server's page is no word of the API's."""
+    try:
+        body = json.loads(exc.detail)
+        error = body.get("error") if isinstance(body, dict) else None
+        code, message, request_id = error["code"], error.get("message", ""), error.get("request_id", "")
+        if not all(isinstance(value, str) for value in (code, message, request_id)):
+            return None
+    except (ValueError, TypeError, KeyError):
+        start = _API_ERROR_RE.match(exc.detail)
+        if start is None:
+            return None
+        found, rid = _MESSAGE_RE.search(exc.detail), _REQUEST_ID_RE.search(exc.detail)
+        code, message, request_id = start.group(1), found.group(1) if found else "", rid.group(1) if rid else ""
+    return Refusal(exc.code, code, sanitize_text(message, 200), sanitize_text(request_id, 64) or "-")
+
+
+def refusal(exc: HttpRefused) -> Refusal | None:
+    """The API's refusal of a receipt for good, else None (kept, sent again: the API down, busy or
+    misconfigured, the world not yet as the receipt says).
+
+    For good: 400, 404 (a scan or job the organization never had: an upload's orphaned object),
+    422, and a 409 "the chain already holds a different receipt" — each in the API's own error body.
+    Not: another 409 ("the scan's objects still exist"), 401/403, 408, 429, 5xx, another server's page."""
+    error = api_error(exc)
+    if error is None:
+        return None
+    if exc.code in REFUSED or (exc.code == 409 and _OTHER_RECEIPT in error.message):
+        return error
+    return None
 
 
 def receipt_event(org: str, entry: dict[str, Any]) -> AuditEvent:
@@ -198,11 +266,12 @@ def receipt_event(org: str, entry: dict[str, Any]) -> AuditEvent:
 
 
 async def deliver(rt: Runtime, org: str, pending: list[dict[str, Any]]) -> Delivery:
-    """Send every receipt of ``pending`` (in place: removes what the collector took or refused for good).
+    """Send every receipt of ``pending``, oldest first (in place: removes what the collector took
+    or the API refused for good).
 
-    201 or 200 (the chain holds it already): done. 409: the chain holds a different receipt for
-    that resource: dropped, reported. Anything else: kept, and the round stops (the collector is
-    down or failing: the next tick tries again)."""
+    201 or 200 (the chain holds it already): done. Refused for good (:func:`refusal`): dropped,
+    reported, and the round goes on with the next. Anything else: kept, and the round stops (the
+    collector is down or failing: the next tick tries again, in the same order)."""
     result = Delivery()
     for entry in list(pending):
         if "details" not in entry:
@@ -210,11 +279,11 @@ async def deliver(rt: Runtime, org: str, pending: list[dict[str, Any]]) -> Deliv
         try:
             await rt.audit.append(receipt_event(org, entry))
         except HttpRefused as exc:
-            if exc.code != 409:
+            error = refusal(exc)
+            if error is None:
                 return _failed(entry, result, exc)
             pending.remove(entry)
-            result.conflicts.append(f"{entry['resourceType']} {entry['resourceId']}")
-            RECEIPTS.labels("retention", "conflict").inc()
+            _refused(org, entry, error, result)
         except (MesialError, ValueError) as exc:
             return _failed(entry, result, exc)
         else:
@@ -222,6 +291,20 @@ async def deliver(rt: Runtime, org: str, pending: list[dict[str, Any]]) -> Deliv
             result.sent += 1
             RECEIPTS.labels("retention", "sent").inc()
     return result
+
+
+def _refused(org: str, entry: dict[str, Any], error: Refusal, result: Delivery) -> None:
+    subject = f"{entry['resourceType']} {entry['resourceId']}"
+    if error.status == 409:
+        result.conflicts.append(subject)
+        RECEIPTS.labels("retention", "conflict").inc()
+        return
+    result.refused.append(
+        f"the API refused the receipt for {subject} for good ({error.status} {error.code}: {error.message}; "
+        f"request {error.request_id}): dropped, not sent again"
+    )
+    RECEIPTS.labels("retention", "refused").inc()
+    log.warning("organization %s: %s", org, result.refused[-1])
 
 
 def _failed(entry: dict[str, Any], result: Delivery, exc: Exception) -> Delivery:
@@ -326,8 +409,7 @@ async def sweep(
         if journal.events:
             await save({"pendingReceipts": pending})
     _finish_intents(pending, name, max_age.days)
-    more = await deliver(rt, org, pending)
-    delivery = Delivery(delivery.sent + more.sent, delivery.conflicts + more.conflicts, more.failure)
+    delivery += await deliver(rt, org, pending)
     if "scanjobs" in covers:
         await _sweep_scanjobs(rt.k8s, body["metadata"]["namespace"], report, now, max_age, skew)
     if rt.records is not None:

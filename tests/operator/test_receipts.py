@@ -1,9 +1,11 @@
 """What the operator owes the world is confirmed by the world, never by its own status.
 
 Receipts: a ``retention.deleted`` receipt whose send fails is kept in the RetentionPolicy's status
-and sent again until the collector takes it (201, or 200: it holds it already); a 409 (the chain
-holds a different one) is a Warning Event and a metric, not retried forever; an intent a crash
-left is resolved from the store. An Organization's ``status.deletion.receiptWritten`` is a record
+and sent again until the collector takes it (201, or 200: it holds it already); one the API
+refuses for good (a 409: the chain holds a different one; a 404: an upload's orphaned object, a
+scan the organization never had; a 400 or 422) is a Warning Event and a metric, not retried
+forever, and does not hold back the receipts after it; an intent a crash left is resolved from
+the store. An Organization's ``status.deletion.receiptWritten`` is a record
 for people: a hand-written ``true`` does not keep the ``organization.deleted`` receipt from being
 sent. Status as proof elsewhere: a terminal ScanJob phase over a running Job does not let
 retention delete it, and an Organization's ``Ready`` does not admit a ScanJob into a namespace
@@ -13,7 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -23,6 +28,7 @@ from mesial.common.audit_sinks import JsonlAuditSink
 from mesial.common.errors import ServiceError
 from mesial.common.service_http import HttpRefused
 from mesial.operator.metrics import IN_FLIGHT, RECEIPTS, RECONCILES
+from mesial.operator.sync.retention import deliver
 from mesial.operator.sync.scanjob import TenantNotReady, tenant_of
 from mesial.operator.testing import Harness
 from tests.operator.conftest import eventually
@@ -33,11 +39,27 @@ from tests.operator.test_scanjob import JOB, scanjob, sj_status
 DAY = timedelta(days=1)
 
 
-class FlakySink:
-    """Refuses the first ``fail`` events of ``action`` (``code``: an HTTP answer, else no answer at all)."""
+def api_error(code: str, message: str, request_id: str = "5f1e0c2a9b7d4e6f8a0b1c2d") -> str:
+    """The API's error body (api/errors.py ``error_response``)."""
+    return json.dumps({"error": {"code": code, "message": message, "request_id": request_id}}, separators=(",", ":"))
 
-    def __init__(self, inner: AuditSink, action: str, fail: int, code: int | None = None) -> None:
-        self.inner, self.action, self.fail, self.code = inner, action, fail, code
+
+# The API's answers to a retention receipt (api/services/ingest.py), as its error bodies.
+NO_SUCH_SCAN = api_error("not_found", "no such scan in this organization")
+OTHER_RECEIPT = api_error(
+    "conflict", "the chain already holds a different retention.deleted receipt for scan s1 (sequence 7)"
+)
+OBJECTS_LEFT = api_error("conflict", "the scan's objects still exist: a deletion receipt is refused")
+
+
+class FlakySink:
+    """Refuses the first ``fail`` events of ``action`` (``code``: an HTTP answer with the body
+    ``detail``, else no answer at all)."""
+
+    def __init__(
+        self, inner: AuditSink, action: str, fail: int, code: int | None = None, detail: str = "refused"
+    ) -> None:
+        self.inner, self.action, self.fail, self.code, self.detail = inner, action, fail, code, detail
         self.attempts: list[AuditEvent] = []
 
     def read(self) -> list[dict[str, Any]]:
@@ -49,19 +71,43 @@ class FlakySink:
             self.attempts.append(event)
             if len(self.attempts) <= self.fail:
                 if self.code is not None:
-                    raise HttpRefused("audit collector", self.code, "refused")
+                    raise HttpRefused("audit collector", self.code, self.detail)
                 raise ServiceError("audit collector unreachable: TimeoutError")
         await self.inner.append(event)
 
 
-async def _tenant_with_old_scan(harness: Harness, org: str, sink: FlakySink) -> str:
-    """Receipts go to ``sink``; a Ready tenant with one 40-day-old scan (``s1``) and a RetentionPolicy
+class RefusingSink:
+    """Refuses the ``retention.deleted`` receipts of the scans ``refused`` while ``refusing`` (with
+    the HTTP answer ``code`` and body ``detail``, or no answer at all if ``code`` is None); takes
+    the rest. ``attempts``: the scan ids of every send, in order."""
+
+    def __init__(self, inner: Any, refused: set[str], code: int | None, detail: str = "") -> None:
+        self.inner, self.refused, self.code, self.detail = inner, refused, code, detail
+        self.refusing = True
+        self.attempts: list[str] = []
+
+    def read(self) -> list[dict[str, Any]]:
+        return [e for e in self.inner.read() if e["action"] == "retention.deleted"]
+
+    async def append(self, event: AuditEvent) -> None:
+        if event.action == "retention.deleted":
+            self.attempts.append(event.resource_id)
+            if self.refusing and event.resource_id in self.refused:
+                if self.code is None:
+                    raise ServiceError("audit collector unreachable: TimeoutError")
+                raise HttpRefused("audit collector", self.code, self.detail)
+        await self.inner.append(event)
+
+
+async def _tenant_with_old_scan(harness: Harness, org: str, sink: Any, scans: tuple[str, ...] = ("s1",)) -> str:
+    """Receipts go to ``sink``; a Ready tenant with 40-day-old scans (``s1``) and a RetentionPolicy
     sweeping hourly: a receipt is sent again on the next timer ticks, not at the next sweep. Returns
     the tenant namespace."""
     harness.runtime.audit = sink
     await harness.client.create(organization(org))
     await eventually(lambda: ready(harness.client, org))
-    await harness.runtime.store.put(org, "scans/s1", b"old")
+    for scan in scans:
+        await harness.runtime.store.put(org, f"scans/{scan}", b"old")
     harness.runtime.clock = lambda: datetime.now(UTC) + 40 * DAY
     ns = f"mesial-org-{org}"
     await harness.client.create(policy("retention", ns, sweepInterval="1h"))
@@ -123,7 +169,7 @@ async def test_a_pending_receipt_is_in_status_while_the_collector_is_down(harnes
 async def test_a_conflicting_receipt_is_a_warning_not_retried_forever(harness: Harness, org_name) -> None:
     org = org_name("clash")
     before = RECEIPTS.labels("retention", "conflict")._value.get()
-    sink = FlakySink(harness.runtime.audit, "retention.deleted", fail=10**6, code=409)
+    sink = FlakySink(harness.runtime.audit, "retention.deleted", fail=10**6, code=409, detail=OTHER_RECEIPT)
     ns = await _tenant_with_old_scan(harness, org, sink)
 
     async def warned() -> list[dict[str, Any]] | None:
@@ -144,6 +190,156 @@ async def test_a_conflicting_receipt_is_a_warning_not_retried_forever(harness: H
 
     await eventually(three_more_ticks)
     assert len(sink.attempts) == 1
+
+
+# -- receipts the API refuses: for good (dropped, the rest go on) or for now (kept, the rest wait) --
+
+ORPHAN = "a0orphan"  # an upload's object with no row (its event and its cleanup failed); before s1
+
+
+def _receipt(scan: str) -> dict[str, Any]:
+    details = {"objects_deleted": 1, "objects_held": 0, "max_age_days": 30, "policy": "retention"}
+    return {"resourceType": "scan", "resourceId": scan, "time": "2026-12-01T00:00:00Z", "details": details}
+
+
+class _Taken:
+    def __init__(self) -> None:
+        self.events: list[AuditEvent] = []
+
+    async def append(self, event: AuditEvent) -> None:
+        self.events.append(event)
+
+
+@pytest.mark.parametrize(
+    ("code", "detail", "said"),
+    [
+        (404, NO_SUCH_SCAN, "404 not_found: no such scan in this organization"),
+        (422, api_error("validation_failed", "resource id is not a key of the layout"), "422 validation_failed"),
+        (400, api_error("bad_request", "bad request"), "400 bad_request: bad request"),
+        # the body cut at its first 500 bytes (common/service_http.py): still the API's word
+        (422, api_error("validation_failed", "x" * 600)[:500], "422 validation_failed: xxx"),
+    ],
+    ids=["404-no-such-scan", "422", "400", "422-cut-short"],
+)
+async def test_a_receipt_refused_for_good_is_dropped_and_the_next_is_delivered(
+    code: int, detail: str, said: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression (docs/security.md, "Open"): a 404 for an orphan's receipt stopped every round at
+    it, so the receipts after it were never delivered and the list filled up."""
+    taken = _Taken()
+    sink = RefusingSink(taken, {ORPHAN}, code, detail)
+    pending = [_receipt(ORPHAN), _receipt("s1")]
+    before = RECEIPTS.labels("retention", "refused")._value.get()
+    with caplog.at_level(logging.WARNING, logger="mesial.operator"):
+        delivery = await deliver(SimpleNamespace(audit=sink), "org", pending)  # type: ignore[arg-type]
+    assert pending == [] and delivery.sent == 1 and not delivery.failure
+    assert [e.resource_id for e in taken.events] == ["s1"] and sink.attempts == [ORPHAN, "s1"]
+    (message,) = delivery.refused
+    assert f"scan {ORPHAN}" in message and said in message
+    assert ("request 5f1e0c2a9b7d4e6f8a0b1c2d" in message) != (len(detail) == 500)  # cut off with the rest
+    assert RECEIPTS.labels("retention", "refused")._value.get() == before + 1
+    assert [r.getMessage() for r in caplog.records if r.name == "mesial.operator.retention"] == [
+        f"organization org: {message}"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("code", "detail"),
+    [
+        (409, OBJECTS_LEFT),  # the world may yet agree: the store's listing lags, a deletion failed
+        (503, api_error("unavailable", "the object store is unavailable; retry later")),
+        (503, "<html>503 Service Temporarily Unavailable</html>"),
+        (404, "404 page not found"),  # not the API's body: a proxy, a wrong URL
+        (403, api_error("forbidden", "service job writes no audit events")),  # a key being fixed
+        (401, api_error("unauthenticated", "unauthenticated")),
+        (408, api_error("bad_request", "request timeout")),
+        (429, api_error("rate_limited", "too many requests")),
+        (None, ""),  # no answer at all
+    ],
+    ids=["409-objects-left", "503", "503-proxy", "404-proxy", "403", "401", "408", "429", "no-answer"],
+)
+async def test_a_receipt_refused_for_now_is_kept_and_holds_back_the_rest(code: int | None, detail: str) -> None:
+    taken = _Taken()
+    sink = RefusingSink(taken, {ORPHAN}, code, detail)
+    pending = [_receipt(ORPHAN), _receipt("s1")]
+    delivery = await deliver(SimpleNamespace(audit=sink), "org", pending)  # type: ignore[arg-type]
+    assert [e["resourceId"] for e in pending] == [ORPHAN, "s1"] and pending[0]["attempts"] == 1
+    assert sink.attempts == [ORPHAN] and taken.events == []  # the round stopped at it, in order
+    assert delivery.sent == 0 and not delivery.conflicts
+    assert f"scan {ORPHAN} not delivered" in delivery.failure
+    # the API takes it later: both go, in order
+    sink.refusing = False
+    delivery = await deliver(SimpleNamespace(audit=sink), "org", pending)  # type: ignore[arg-type]
+    assert pending == [] and [e.resource_id for e in taken.events] == [ORPHAN, "s1"]
+
+
+async def test_an_orphans_refused_receipt_leaves_the_policy_with_a_warning_and_the_others_go(
+    harness: Harness, org_name
+) -> None:
+    """Regression (docs/security.md, "Open"): the sweep deletes an orphaned upload object and a
+    scan; the API refuses the orphan's receipt (404, no such scan). Before, it stayed in
+    ``pendingReceipts`` for good and s1's receipt behind it was never delivered."""
+    org = org_name("orphan")
+    sink = RefusingSink(harness.runtime.audit, {ORPHAN}, 404, NO_SUCH_SCAN)
+    ns = await _tenant_with_old_scan(harness, org, sink, scans=(ORPHAN, "s1"))
+
+    async def delivered() -> list[dict[str, Any]] | None:
+        return [e for e in sink.read() if e["tenant"] == org] or None
+
+    (receipt,) = await eventually(delivered)
+    assert receipt["resource_id"] == "s1"
+
+    async def warned() -> list[dict[str, Any]] | None:
+        found = [e for e in await events(harness.client, "retention") if e.get("reason") == "ReceiptRefused"]
+        return found or None
+
+    (event,) = await eventually(warned)
+    assert event["type"] == "Warning" and event["involvedObject"]["namespace"] == ns
+    assert f"scan {ORPHAN}" in event["message"] and "no such scan in this organization" in event["message"]
+    assert "request 5f1e0c2a9b7d4e6f8a0b1c2d" in event["message"]
+
+    async def cleared() -> dict[str, Any] | None:
+        st = await pstatus(harness.client, ns, "retention")
+        return st if st.get("lastSweep") and not st.get("pendingReceipts") else None
+
+    await eventually(cleared)
+    assert not await harness.runtime.store.exists(org, f"scans/{ORPHAN}")
+    # three more ticks: the refused receipt is not sent again
+    ticks = RECONCILES.labels("retentionpolicies", "sweep", "success")
+    seen = ticks._value.get()
+
+    async def three_more_ticks() -> bool:
+        return bool(ticks._value.get() >= seen + 3)
+
+    await eventually(three_more_ticks)
+    assert sink.attempts.count(ORPHAN) == 1
+
+
+@pytest.mark.parametrize(("code", "detail"), [(409, OBJECTS_LEFT), (503, api_error("unavailable", "retry later"))])
+async def test_a_receipt_refused_for_now_stays_pending_and_the_next_waits_in_the_policy(
+    harness: Harness, org_name, code: int, detail: str
+) -> None:
+    org = org_name("wait")
+    sink = RefusingSink(harness.runtime.audit, {ORPHAN}, code, detail)
+    ns = await _tenant_with_old_scan(harness, org, sink, scans=(ORPHAN, "s1"))
+
+    async def held_back() -> list[dict[str, Any]] | None:  # tried on three ticks at least, both kept
+        entries = (await pstatus(harness.client, ns, "retention")).get("pendingReceipts") or []
+        ready_ = sink.attempts.count(ORPHAN) >= 3 and all("details" in e for e in entries)
+        return entries if ready_ else None
+
+    entries = await eventually(held_back)
+    assert [e["resourceId"] for e in entries] == [ORPHAN, "s1"] and entries[0]["attempts"] >= 1
+    assert "s1" not in sink.attempts and sink.read() == []
+    reasons = {e.get("reason") for e in await events(harness.client, "retention")}
+    assert "ReceiptPending" in reasons and not reasons & {"ReceiptRefused", "ReceiptConflict"}
+    sink.refusing = False  # the API takes it now: both are delivered, in order
+
+    async def delivered() -> list[dict[str, Any]] | None:
+        found = sink.read()
+        return found if len(found) == 2 else None
+
+    assert [e["resource_id"] for e in await eventually(delivered)] == [ORPHAN, "s1"]
 
 
 async def test_a_hand_written_receipt_written_does_not_suppress_the_receipt(harness: Harness, org_name) -> None:
