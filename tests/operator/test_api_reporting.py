@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,17 +33,19 @@ from mesial.api.types import Role
 from mesial.common.audit_sinks import CollectorAuditSink
 from mesial.common.contract import JobProgress, write_progress
 from mesial.common.errors import ServiceError
+from mesial.common.service_http import HttpRefused
 from mesial.common.services import ServiceInfo, free_port
 from mesial.common.settings import ApiSettings, OperatorSettings, Settings
 from mesial.operator.k8s import K8s
 from mesial.operator.metrics import RECONCILES
 from mesial.operator.reporting import JobReporter
 from mesial.operator.runtime import Runtime
+from mesial.operator.sync.retention import receipt_event, refusal
 from mesial.operator.testing import Harness, emulated
 from tests.api.meshes import arch_stl
 from tests.chart.test_chart import render, settings_from
 from tests.operator.conftest import TcpProxy, eventually
-from tests.operator.helpers import ORG, SCANJOB, organization, ready
+from tests.operator.helpers import ORG, SCANJOB, events, organization, ready
 from tests.operator.test_retention import policy, pstatus
 from tests.operator.test_scanjob import JOB, scanjob, sj_status
 
@@ -462,3 +465,52 @@ async def test_an_organization_receipt_whose_answer_was_lost_is_confirmed_once(
     assert sink.sends == 2
     (receipt,) = [e for e in await api.chain(name) if e["action"] == "organization.deleted"]
     assert receipt["details"]["key_shredded"] is True
+
+
+async def test_an_orphaned_objects_receipt_the_api_refuses_holds_back_no_other(
+    cluster: Harness, api: Api, org_name: Any
+) -> None:
+    """Regression (docs/security.md, "Open"): an upload whose event and cleanup both failed leaves
+    an object with no scan row. Retention deletes it with a real scan; the real API refuses the
+    orphan's receipt (404) and takes the scan's. Before, the orphan's receipt stayed pending for
+    good and the scan's, behind it, was never delivered (nor its row removed)."""
+    name = org_name("orph")
+    key, ns = await _tenant(cluster, api, name)
+    response = await api.client.post("/v1/scans", params={"kind": "upper"}, content=_stl(),
+        headers={"authorization": f"Bearer {key}", "content-type": "application/octet-stream"})  # fmt: skip
+    assert response.status_code == 201, response.text
+    scan = response.json()["id"]
+    orphan = "a0orphan"  # sorts before scn_…: its receipt is sent first
+    await cluster.runtime.store.put(name, f"scans/{orphan}", b"an upload whose event and cleanup failed")
+    cluster.runtime.clock = lambda: datetime.now(UTC) + timedelta(days=40)
+    await cluster.client.create(policy("retention", ns, covers=["scans"], sweepInterval="1h"))
+
+    async def receipted() -> list[dict[str, Any]] | None:
+        return [e for e in await api.chain(name) if e["action"] == "retention.deleted"] or None
+
+    (receipt,) = await eventually(receipted)
+    assert (receipt["resource_type"], receipt["resource_id"]) == ("scan", scan)
+
+    async def refused() -> list[dict[str, Any]] | None:
+        found = [e for e in await events(cluster.client, "retention") if e.get("reason") == "ReceiptRefused"]
+        return found or None
+
+    (event,) = await eventually(refused)
+    assert event["type"] == "Warning" and f"scan {orphan}" in event["message"]
+    assert "404 not_found: no such scan in this organization" in event["message"]
+    assert re.search(r"request [0-9a-f]{24}\b", event["message"]), event["message"]
+
+    async def cleared() -> dict[str, Any] | None:
+        st = await pstatus(cluster.client, ns, "retention")
+        return st if st.get("lastSweep") and not st.get("pendingReceipts") else None
+
+    await eventually(cleared)
+    assert not await cluster.runtime.store.exists(name, f"scans/{orphan}")
+    gone = await api.client.get(f"/v1/scans/{scan}", headers={"authorization": f"Bearer {key}"})
+    assert gone.status_code == 404  # its row went with its receipt
+    # A different receipt for that scan: the API's 409 is the one the operator drops as a conflict.
+    other = {"resourceType": "scan", "resourceId": scan, "time": receipt["time"],
+             "details": {**receipt["details"], "objects_deleted": 2}}  # fmt: skip
+    with pytest.raises(HttpRefused) as conflict:
+        await cluster.runtime.audit.append(receipt_event(name, other))
+    assert conflict.value.code == 409 and refusal(conflict.value) is not None
