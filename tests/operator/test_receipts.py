@@ -243,6 +243,15 @@ async def test_a_receipt_refused_for_good_is_dropped_and_the_next_is_delivered(
     ]
 
 
+async def test_a_receipt_the_chain_holds_another_of_is_dropped_and_the_next_is_delivered() -> None:
+    taken = _Taken()
+    sink = RefusingSink(taken, {ORPHAN}, 409, OTHER_RECEIPT)
+    pending = [_receipt(ORPHAN), _receipt("s1")]
+    delivery = await deliver(SimpleNamespace(audit=sink), "org", pending)  # type: ignore[arg-type]
+    assert pending == [] and [e.resource_id for e in taken.events] == ["s1"]
+    assert delivery.conflicts == [f"scan {ORPHAN}"] and not delivery.refused and not delivery.failure
+
+
 @pytest.mark.parametrize(
     ("code", "detail"),
     [
