@@ -224,17 +224,22 @@ def api_error(exc: HttpRefused) -> Refusal | None:
     cut short); None for any other body: a proxy's or another server's page is no word of the API's."""
     try:
         body = json.loads(exc.detail)
-        error = body.get("error") if isinstance(body, dict) else None
-        code, message, request_id = error["code"], error.get("message", ""), error.get("request_id", "")
-        if not all(isinstance(value, str) for value in (code, message, request_id)):
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        error = body.get("error")
+        if not isinstance(error, dict) or not isinstance(error.get("code"), str):
             return None
-    except (ValueError, TypeError, KeyError):
+        code, message, request_id = error["code"], error.get("message"), error.get("request_id")
+    else:  # cut short: read what is there
         start = _API_ERROR_RE.match(exc.detail)
         if start is None:
             return None
         found, rid = _MESSAGE_RE.search(exc.detail), _REQUEST_ID_RE.search(exc.detail)
-        code, message, request_id = start.group(1), found.group(1) if found else "", rid.group(1) if rid else ""
-    return Refusal(exc.code, code, sanitize_text(message, 200), sanitize_text(request_id, 64) or "-")
+        code, message, request_id = start.group(1), found and found.group(1), rid and rid.group(1)
+    message = sanitize_text(message, 200) if isinstance(message, str) else ""
+    request_id = sanitize_text(request_id, 64) if isinstance(request_id, str) else ""
+    return Refusal(exc.code, sanitize_text(code, 40), message, request_id or "-")
 
 
 def refusal(exc: HttpRefused) -> Refusal | None:
