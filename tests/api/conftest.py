@@ -8,6 +8,7 @@ and the helpers that every test uses to get credentials and data.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import sys
@@ -16,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.applications import Starlette
 
 from mesial.api.app import create_app, db_context
@@ -182,3 +185,20 @@ def refusing(action: str, tenant: str | None = None) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patched:
         patched.setattr(AuditEventRow, "create", failing)
         yield
+
+
+ISSUER = "https://idp.example.test/realms/mesial"
+AUDIENCE = "mesial-api"
+
+
+@pytest.fixture
+async def idp(api: Harness, tmp_path: Path) -> AsyncIterator[tuple[Harness, Any]]:
+    """A second app trusting an OIDC issuer (``ISSUER``, ``AUDIENCE``; its JWKS a file) and that
+    issuer's RS256 signing key (``kid`` ``k1``)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [{**jwk, "kid": "k1", "use": "sig", "alg": "RS256"}]}))
+    settings = {"oidc_issuer": ISSUER, "oidc_audience": AUDIENCE, "oidc_jwks": str(jwks)}
+    async with variant(api, tmp_path / "data", **settings) as harness:
+        yield harness, key

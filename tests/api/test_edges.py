@@ -23,9 +23,8 @@ from mesial.api.openapi import specs
 from mesial.api.services import orgs
 from mesial.common.services import free_port
 from mesial.common.settings import Settings
-from tests.api.conftest import Harness, bearer, variant
+from tests.api.conftest import AUDIENCE, ISSUER, Harness, bearer, variant
 from tests.api.test_hardening import strict_api  # noqa: F401  (fixture)
-from tests.api.test_oidc import AUDIENCE, ISSUER
 
 JUNK_IDS = ["job_" + "0" * 25, "x" * 41, "%00", "job_%00" + "0" * 20, "%C0%80", "%ED%A0%80", "%FF", "a%0Ab"]
 
@@ -174,22 +173,17 @@ async def test_the_servers_own_400s_carry_the_security_headers(service_settings:
         {"sub": "\ud800"[:0] + "é" * 300},
     ],
 )
-async def test_oidc_claims_that_no_row_can_hold_are_401(api: Harness, tmp_path: Path, claims: dict[str, Any]) -> None:
+async def test_oidc_claims_that_no_row_can_hold_are_401(idp: tuple[Harness, Any], claims: dict[str, Any]) -> None:
     """Claims are client text too: a NUL or an overlong organization never reaches the database as a 500."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
-    jwks = tmp_path / "jwks.json"
-    jwks.write_text(json.dumps({"keys": [{**jwk, "kid": "k1", "use": "sig", "alg": "RS256"}]}))
-    settings = {"oidc_issuer": ISSUER, "oidc_audience": AUDIENCE, "oidc_jwks": str(jwks)}
-    async with variant(api, tmp_path / "data", **settings) as idp:
-        org, _admin = await idp.new_org()
-        body = {"iss": ISSUER, "aud": AUDIENCE, "exp": int(time.time()) + 300, "mesial_org": org}
-        body.update({"mesial_role": "technician", **claims})
-        token = jwt.encode(body, key, algorithm="RS256", headers={"kid": "k1"})
-        response = await idp.client.get("/v1/me", headers=bearer(token))
-        assert response.status_code in (200, 401), (claims, response.status_code, response.text)
-        if "\x00" in json.dumps(claims, ensure_ascii=False) or len(str(claims.get("mesial_org", ""))) > 64:
-            assert response.status_code == 401
+    app, key = idp
+    org, _admin = await app.new_org()
+    body = {"iss": ISSUER, "aud": AUDIENCE, "exp": int(time.time()) + 300, "mesial_org": org}
+    body.update({"mesial_role": "technician", **claims})
+    token = jwt.encode(body, key, algorithm="RS256", headers={"kid": "k1"})
+    response = await app.client.get("/v1/me", headers=bearer(token))
+    assert response.status_code in (200, 401), (claims, response.status_code, response.text)
+    if "\x00" in json.dumps(claims, ensure_ascii=False) or len(str(claims.get("mesial_org", ""))) > 64:
+        assert response.status_code == 401
 
 
 def _cursor(value: Any) -> str:

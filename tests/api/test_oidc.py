@@ -7,7 +7,6 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from tests.api.conftest import Harness, bearer, variant
-
-ISSUER = "https://idp.example.test/realms/mesial"
-AUDIENCE = "mesial-api"
-
-
-@pytest.fixture
-async def idp(api: Harness, tmp_path: Path) -> AsyncIterator[tuple[Harness, Any]]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
-    jwks = tmp_path / "jwks.json"
-    jwks.write_text(json.dumps({"keys": [{**jwk, "kid": "k1", "use": "sig", "alg": "RS256"}]}))
-    settings = {"oidc_issuer": ISSUER, "oidc_audience": AUDIENCE, "oidc_jwks": str(jwks)}
-    async with variant(api, tmp_path / "data", **settings) as harness:
-        yield harness, key
+from tests.api.conftest import AUDIENCE, ISSUER, Harness, bearer, variant
 
 
 def token(key: Any, *, alg: str = "RS256", kid: str = "k1", drop: tuple[str, ...] = (), **claims: Any) -> str:

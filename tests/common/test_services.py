@@ -12,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import botocore.session
 import pytest
@@ -176,6 +177,17 @@ def nearly_full_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+def _s3(info: svc.ServiceInfo) -> Any:
+    """A client of the S3 gateway of the SeaweedFS ``info`` describes, as its own identity."""
+    return botocore.session.get_session().create_client(
+        "s3",
+        endpoint_url=info.url,
+        region_name="us-east-1",
+        aws_access_key_id=info.credentials["access_key"],
+        aws_secret_access_key=info.credentials["secret_key"],
+    )
+
+
 def test_seaweedfs_stores_objects_on_a_disk_under_one_percent_free(nearly_full_disk: Path) -> None:
     # weed's default turns its volumes read-only under 1 % free: on CI's shared disk that was
     # 2.5 GB, and every test that stores an object failed with InternalError.
@@ -184,13 +196,7 @@ def test_seaweedfs_stores_objects_on_a_disk_under_one_percent_free(nearly_full_d
     service = svc.SeaweedFSService(nearly_full_disk)
     info = service.start()
     try:
-        client = botocore.session.get_session().create_client(
-            "s3",
-            endpoint_url=info.url,
-            region_name="us-east-1",
-            aws_access_key_id=info.credentials["access_key"],
-            aws_secret_access_key=info.credentials["secret_key"],
-        )
+        client = _s3(info)
         client.put_object(Bucket=info.credentials["bucket"], Key="scan", Body=b"\x01" * 200_000)
         assert client.get_object(Bucket=info.credentials["bucket"], Key="scan")["Body"].read() == b"\x01" * 200_000
     finally:
@@ -233,13 +239,7 @@ def test_seaweedfs_whose_port_is_taken_at_bind_starts_on_new_ports(
         info = service.start()
         assert len(checked) == 3 and service.port == checked[2], checked
         assert info.url == f"http://{svc.LOOPBACK}:{checked[2] + 6}"
-        client = botocore.session.get_session().create_client(
-            "s3",
-            endpoint_url=info.url,
-            region_name="us-east-1",
-            aws_access_key_id=info.credentials["access_key"],
-            aws_secret_access_key=info.credentials["secret_key"],
-        )
+        client = _s3(info)
         client.put_object(Bucket=info.credentials["bucket"], Key="k", Body=b"stored")
         assert client.get_object(Bucket=info.credentials["bucket"], Key="k")["Body"].read() == b"stored"
     finally:

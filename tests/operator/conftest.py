@@ -22,6 +22,7 @@ from mesial.common.settings import OperatorSettings, Settings
 from mesial.operator.k8s import K8s
 from mesial.operator.runtime import Runtime
 from mesial.operator.testing import Emulator, Harness, RecordedRequest, emulated
+from tests.operator.helpers import organization, ready
 
 _names = itertools.count(1)
 # Runs after every other operator test: it judges the requests they all made.
@@ -87,6 +88,14 @@ async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 20.0,
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s; last value: {last!r}")
+
+
+async def organization_ready(k8s: K8s, name: str) -> str:
+    """Create the Organization ``name`` (:func:`~tests.operator.helpers.organization`) and wait
+    until the operator has made it Ready; returns its namespace."""
+    await k8s.create(organization(name))
+    await eventually(lambda: ready(k8s, name))
+    return f"mesial-org-{name}"
 
 
 class TcpProxy:

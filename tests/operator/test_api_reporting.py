@@ -44,8 +44,8 @@ from mesial.operator.sync.retention import receipt_event, refusal
 from mesial.operator.testing import Harness, emulated
 from tests.api.meshes import arch_stl
 from tests.chart.test_chart import render, settings_from
-from tests.operator.conftest import TcpProxy, eventually
-from tests.operator.helpers import ORG, SCANJOB, events, organization, ready
+from tests.operator.conftest import TcpProxy, eventually, organization_ready
+from tests.operator.helpers import ORG, SCANJOB, events
 from tests.operator.test_retention import policy, pstatus
 from tests.operator.test_scanjob import JOB, scanjob, sj_status
 
@@ -171,9 +171,7 @@ async def cluster(operator_settings: Settings, api: Api, api_proxy: TcpProxy) ->
 async def _tenant(harness: Harness, api: Api, name: str) -> tuple[str, str]:
     """The organization in the API and its Organization in the cluster; (org-admin key, namespace)."""
     key = await api.new_org(name)
-    await harness.client.create(organization(name))
-    await eventually(lambda: ready(harness.client, name))
-    return key, f"mesial-org-{name}"
+    return key, await organization_ready(harness.client, name)
 
 
 async def _submitted(harness: Harness, api: Api, key: str, ns: str) -> tuple[dict[str, Any], str]:
@@ -288,8 +286,7 @@ async def test_deletion_receipts_go_to_the_collector(cluster: Harness, api: Api,
     await _tenant(cluster, api, known)
     # An Organization made with kubectl only: the API does not know it.
     unknown = org_name("kubectl")
-    await cluster.client.create(organization(unknown))
-    await eventually(lambda: ready(cluster.client, unknown))
+    await organization_ready(cluster.client, unknown)
     for org in (known, unknown):
         await cluster.client.delete(*ORG, org)
 

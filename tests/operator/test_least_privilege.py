@@ -20,8 +20,8 @@ import yaml
 
 from mesial.operator.testing import Harness, RecordedRequest
 from tests.operator.admission import Policy, Replay
-from tests.operator.conftest import RELEASE, RELEASE_NAMESPACE, eventually
-from tests.operator.helpers import events, get, organization, ready
+from tests.operator.conftest import RELEASE, RELEASE_NAMESPACE, eventually, organization_ready
+from tests.operator.helpers import events, get
 from tests.operator.rbac import Authorizer, rules_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,8 +64,7 @@ async def test_every_owned_kind_edited_by_hand_is_restored(harness: Harness, org
     name = org_name("handedit")
     ns = f"mesial-org-{name}"
     k8s = harness.client
-    await k8s.create(organization(name))
-    await eventually(lambda: ready(k8s, name))
+    await organization_ready(k8s, name)
     edits: list[tuple[str, str, str, dict[str, Any]]] = [
         ("v1", "Namespace", ns, {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "privileged"}}}),
         ("v1", "ServiceAccount", "mesial-aligner", {"automountServiceAccountToken": True}),

@@ -22,8 +22,8 @@ from mesial.operator import metrics
 from mesial.operator.k8s import K8s
 from mesial.operator.runtime import Runtime
 from mesial.operator.testing import Harness, emulated
-from tests.operator.conftest import eventually
-from tests.operator.helpers import events, organization, ready
+from tests.operator.conftest import eventually, organization_ready
+from tests.operator.helpers import events, organization
 from tests.operator.test_scanjob import scanjob
 
 
@@ -64,8 +64,7 @@ async def test_metrics_and_readiness_of_the_running_operator(harness: Harness, s
     await eventually(is_ready)
     k8s = harness.client
     name = org_name("metrics")
-    await k8s.create(organization(name))
-    await eventually(lambda: ready(k8s, name))
+    await organization_ready(k8s, name)
     await k8s.create(scanjob("case-m", f"mesial-org-{name}"))
 
     async def counted() -> dict[Any, float] | None:

@@ -22,7 +22,7 @@ from mesial.operator.handlers.scanjob import scanjob_sync
 from mesial.operator.k8s import K8s
 from mesial.operator.metrics import RECONCILES
 from mesial.operator.testing import OPERATOR_TOKEN, Harness
-from tests.operator.conftest import eventually
+from tests.operator.conftest import eventually, organization_ready
 from tests.operator.helpers import ORG, POLICY, SCANJOB, audit_events, condition, get, organization, ready, status
 
 JOB = ("batch/v1", "Job")
@@ -50,8 +50,7 @@ async def p_status(k8s: Any, ns: str, name: str) -> dict[str, Any]:
 
 async def tenant(harness: Harness, org_name: Any, stem: str) -> tuple[str, str]:
     name = org_name(stem)
-    await harness.client.create(organization(name))
-    await eventually(lambda: ready(harness.client, name))
+    await organization_ready(harness.client, name)
     return name, f"mesial-org-{name}"
 
 

@@ -11,7 +11,7 @@ import yaml
 
 from mesial.common.settings import Settings
 from mesial.operator.testing import Harness
-from tests.operator.conftest import eventually
+from tests.operator.conftest import eventually, organization_ready
 from tests.operator.helpers import ORG, audit_events, condition, events, get, organization, ready, status, vault
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,9 +68,7 @@ async def test_create_provisions_namespace_network_and_vault(
 async def test_spec_change_is_applied_in_place(harness: Harness, operator_settings: Settings, org_name) -> None:
     name = org_name("update")
     k8s = harness.client
-    await k8s.create(organization(name))
-    await eventually(lambda: ready(k8s, name))
-    ns = f"mesial-org-{name}"
+    ns = await organization_ready(k8s, name)
     await k8s.patch(
         *ORG,
         name,
@@ -105,8 +103,7 @@ async def test_delete_shreds_key_clears_store_and_writes_receipt(
 ) -> None:
     name = org_name("delete")
     k8s = harness.client
-    await k8s.create(organization(name))
-    await eventually(lambda: ready(k8s, name))
+    await organization_ready(k8s, name)
     store = harness.runtime.store
     await store.put(name, "scans/s1", b"upper arch")
     await store.put(name, "scans/s2", b"lower arch", legal_hold=True)

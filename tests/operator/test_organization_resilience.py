@@ -12,7 +12,7 @@ import pytest
 from mesial.common.settings import Settings
 from mesial.operator.metrics import RECONCILES
 from mesial.operator.testing import Harness
-from tests.operator.conftest import TcpProxy, eventually
+from tests.operator.conftest import TcpProxy, eventually, organization_ready
 from tests.operator.helpers import (
     ORG,
     SCANJOB,
@@ -36,8 +36,7 @@ async def test_drift_is_corrected_within_the_interval_with_an_event(
     name = org_name("drift")
     k8s = harness.client
     ns = f"mesial-org-{name}"
-    await k8s.create(organization(name))
-    await eventually(lambda: ready(k8s, name))
+    await organization_ready(k8s, name)
     await k8s.delete(*NP, "mesial-default-deny", ns)
     await k8s.patch("v1", "ResourceQuota", "mesial-quota", {"spec": {"hard": {"pods": "999", "secrets": "5"}}}, ns)
     await k8s.patch(*ROLE, "mesial-aligner", {"rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]}, ns)
@@ -101,8 +100,7 @@ async def test_restart_mid_deletion_resumes_and_writes_one_receipt(
     name = org_name("restart")
     h = proxied_harness
     k8s = h.client
-    await k8s.create(organization(name))
-    await eventually(lambda: ready(k8s, name))
+    await organization_ready(k8s, name)
     await h.runtime.store.put(name, "scans/a", b"scan")
     await vault_proxy.down()
     await k8s.delete(*ORG, name)
@@ -133,8 +131,7 @@ async def test_deletion_waits_for_running_scanjobs_unless_forced(harness: Harnes
     name = org_name("busy")
     k8s = harness.client
     ns = f"mesial-org-{name}"
-    await k8s.create(organization(name))
-    await eventually(lambda: ready(k8s, name))
+    await organization_ready(k8s, name)
     scanjob = {"apiVersion": "mesial.dev/v1alpha1", "kind": "ScanJob", "metadata": {"name": "case-1", "namespace": ns},
                "spec": {"scans": {"upper": "u1", "lower": "l1", "bites": ["b1"]}}}  # fmt: skip
     await k8s.create(scanjob)
@@ -211,8 +208,7 @@ async def test_a_drift_tick_on_a_lagging_watch_keeps_to_the_spec_as_it_is(
     name = org_name("lagdrift")
     k8s = harness.client
     ns = f"mesial-org-{name}"
-    await k8s.create(organization(name))
-    await eventually(lambda: ready(k8s, name))
+    await organization_ready(k8s, name)
     large = operator_settings.operator.tiers["large"].quota
     ticks = RECONCILES.labels("organizations", "drift", "success")
 

@@ -31,8 +31,8 @@ from mesial.operator.metrics import IN_FLIGHT, RECEIPTS, RECONCILES
 from mesial.operator.sync.retention import deliver
 from mesial.operator.sync.scanjob import TenantNotReady, tenant_of
 from mesial.operator.testing import Harness
-from tests.operator.conftest import eventually
-from tests.operator.helpers import ORG, POLICY, SCANJOB, audit_events, events, organization, ready
+from tests.operator.conftest import eventually, organization_ready
+from tests.operator.helpers import ORG, POLICY, SCANJOB, audit_events, events
 from tests.operator.test_retention import policy, pstatus, swept
 from tests.operator.test_scanjob import JOB, scanjob, sj_status
 
@@ -104,12 +104,10 @@ async def _tenant_with_old_scan(harness: Harness, org: str, sink: Any, scans: tu
     sweeping hourly: a receipt is sent again on the next timer ticks, not at the next sweep. Returns
     the tenant namespace."""
     harness.runtime.audit = sink
-    await harness.client.create(organization(org))
-    await eventually(lambda: ready(harness.client, org))
+    ns = await organization_ready(harness.client, org)
     for scan in scans:
         await harness.runtime.store.put(org, f"scans/{scan}", b"old")
     harness.runtime.clock = lambda: datetime.now(UTC) + 40 * DAY
-    ns = f"mesial-org-{org}"
     await harness.client.create(policy("retention", ns, sweepInterval="1h"))
     return ns
 
@@ -354,8 +352,7 @@ async def test_a_receipt_refused_for_now_stays_pending_and_the_next_waits_in_the
 async def test_a_hand_written_receipt_written_does_not_suppress_the_receipt(harness: Harness, org_name) -> None:
     org = org_name("forged")
     k8s = harness.client
-    await k8s.create(organization(org))
-    await eventually(lambda: ready(k8s, org))
+    await organization_ready(k8s, org)
     # anyone who can write Organization status claims the receipt is already written
     await k8s.patch(*ORG, org, {"status": {"deletion": {"receiptWritten": True}}}, status=True)
     await k8s.delete(*ORG, org)
@@ -373,9 +370,7 @@ async def test_a_hand_written_receipt_written_does_not_suppress_the_receipt(harn
 async def test_an_intent_left_by_a_crash_becomes_the_receipt(harness: Harness, org_name) -> None:
     org = org_name("crash")
     k8s = harness.client
-    await k8s.create(organization(org))
-    await eventually(lambda: ready(k8s, org))
-    ns = f"mesial-org-{org}"
+    ns = await organization_ready(k8s, org)
     harness.runtime.clock = lambda: datetime.now(UTC) + 40 * DAY
     await k8s.create(policy("retention", ns, sweepInterval="1h"))
 
@@ -412,9 +407,7 @@ async def test_ticks_on_a_lagging_watch_neither_sweep_again_nor_drop_a_receipt_o
     k8s = harness.client
     sink = FlakySink(harness.runtime.audit, "retention.deleted", fail=10**6)
     harness.runtime.audit = sink
-    await k8s.create(organization(org))
-    await eventually(lambda: ready(k8s, org))
-    ns = f"mesial-org-{org}"
+    ns = await organization_ready(k8s, org)
     await harness.runtime.store.put(org, "scans/s1", b"old once the clock moves")
     await k8s.create(policy("retention", ns, sweepInterval="1h"))
 
@@ -450,8 +443,7 @@ async def created_and_deleted(harness: Harness, org: str, sink: FlakySink) -> No
     """Audit through ``sink``; an Organization created, Ready, deleted and gone."""
     k8s = harness.client
     harness.runtime.audit = sink
-    await k8s.create(organization(org))
-    await eventually(lambda: ready(k8s, org))
+    await organization_ready(k8s, org)
     await k8s.delete(*ORG, org)
 
     async def gone() -> bool:
@@ -486,9 +478,7 @@ async def test_retention_does_not_delete_a_scanjob_whose_job_runs_on_a_hand_set_
 ) -> None:
     org = org_name("sjrun")
     k8s = harness.client
-    await k8s.create(organization(org))
-    await eventually(lambda: ready(k8s, org))
-    ns = f"mesial-org-{org}"
+    ns = await organization_ready(k8s, org)
     for name in ("running", "done"):
         await k8s.create(scanjob(name, ns))
 
@@ -521,9 +511,7 @@ async def test_a_ready_phase_without_the_tenants_boundary_does_not_admit_a_scanj
     harness: Harness, org_name, operator_settings
 ) -> None:
     org = org_name("nobound")
-    await harness.client.create(organization(org))
-    await eventually(lambda: ready(harness.client, org))
-    ns = f"mesial-org-{org}"
+    ns = await organization_ready(harness.client, org)
     await harness.stop_operator()  # nothing restores the drift below while the check runs
     k8s = harness.client
     assert (await tenant_of(k8s, ns, harness.runtime.settings))[0] == org
@@ -576,9 +564,7 @@ async def test_a_policy_deleted_mid_sweep_keeps_the_receipt_owed(
     k8s = harness.client
     sink = FlakySink(harness.runtime.audit, "retention.deleted", fail=10**6)  # the collector is down
     harness.runtime.audit = sink
-    await k8s.create(organization(org))
-    await eventually(lambda: ready(k8s, org))
-    ns = f"mesial-org-{org}"
+    ns = await organization_ready(k8s, org)
     store = harness.runtime.store
     await store.put(org, "scans/s1", b"old once the clock moves")
     await k8s.create(policy("retention", ns, sweepInterval="1h"))
@@ -647,9 +633,7 @@ async def test_no_sweep_writes_an_intent_before_kopfs_finalizer_holds_the_policy
     is not put back) sweeps nothing; once kopf has put it back, the sweep runs."""
     org = org_name("nofin")
     k8s = harness.client
-    await k8s.create(organization(org))
-    await eventually(lambda: ready(k8s, org))
-    ns = f"mesial-org-{org}"
+    ns = await organization_ready(k8s, org)
     store = harness.runtime.store
     await store.put(org, "scans/s1", b"old once the clock moves")
     await k8s.create(policy("retention", ns, sweepInterval="1h"))

@@ -12,8 +12,8 @@ import yaml
 
 from mesial.common.retention import Verdict, decide
 from mesial.operator.testing import Harness
-from tests.operator.conftest import eventually
-from tests.operator.helpers import POLICY, SCANJOB, audit_events, organization, ready
+from tests.operator.conftest import eventually, organization_ready
+from tests.operator.helpers import POLICY, SCANJOB, audit_events
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
@@ -57,9 +57,7 @@ async def swept(k8s, ns: str, name: str = "retention") -> dict[str, Any] | None:
 async def test_sweep_deletes_old_unheld_objects_with_receipts(harness: Harness, org_name) -> None:
     org = org_name("keep")
     k8s = harness.client
-    await k8s.create(organization(org))
-    await eventually(lambda: ready(k8s, org))
-    ns = f"mesial-org-{org}"
+    ns = await organization_ready(k8s, org)
     store = harness.runtime.store
     await store.put(org, "scans/s1", b"old")
     await store.put(org, "scans/s1/meta", b"old too")
@@ -104,9 +102,7 @@ async def test_sweep_deletes_old_unheld_objects_with_receipts(harness: Harness, 
 async def test_clock_skew_keeps_objects_and_reports_them(harness: Harness, org_name) -> None:
     org = org_name("skew")
     k8s = harness.client
-    await k8s.create(organization(org))
-    await eventually(lambda: ready(k8s, org))
-    ns = f"mesial-org-{org}"
+    ns = await organization_ready(k8s, org)
     await harness.runtime.store.put(org, "scans/new", b"fresh")
     harness.runtime.clock = lambda: datetime.now(UTC) - DAY  # the operator's clock is a day behind the store's
     await k8s.create(policy("retention", ns))
@@ -120,9 +116,7 @@ async def test_clock_skew_keeps_objects_and_reports_them(harness: Harness, org_n
 async def test_one_policy_per_namespace_and_only_in_tenant_namespaces(harness: Harness, org_name) -> None:
     org = org_name("dup")
     k8s = harness.client
-    await k8s.create(organization(org))
-    await eventually(lambda: ready(k8s, org))
-    ns = f"mesial-org-{org}"
+    ns = await organization_ready(k8s, org)
     await k8s.create(policy("first", ns, sweepInterval="24h"))
     await eventually(lambda: _policy_phase(k8s, ns, "first", "Active"))
     await k8s.create(policy("second", ns))
@@ -152,9 +146,7 @@ async def test_age_runs_from_upload_not_from_the_last_rewrap(harness: Harness, o
 
     org = org_name("rewrap")
     k8s = harness.client
-    await k8s.create(organization(org))
-    await eventually(lambda: ready(k8s, org))
-    ns = f"mesial-org-{org}"
+    ns = await organization_ready(k8s, org)
     store = harness.runtime.store
     await store.put(org, "scans/old", b"uploaded long ago, rewrapped today")
     await store.put(org, "scans/new", b"uploaded today")
@@ -196,9 +188,7 @@ async def test_a_policy_that_names_no_age_keeps_90_days_as_the_crd_says(harness:
     assert defaults == {"maxAgeDays": 90, "covers": ["scans", "results", "scanjobs"], "sweepInterval": "1h"}
     org = org_name("default")
     k8s = harness.client
-    await k8s.create(organization(org))
-    await eventually(lambda: ready(k8s, org))
-    ns = f"mesial-org-{org}"
+    ns = await organization_ready(k8s, org)
     store = harness.runtime.store
     uploaded = {
         "scans/day89": 90 * DAY - timedelta(hours=1),
@@ -229,9 +219,7 @@ async def test_the_operator_holds_the_documented_spec_bounds_itself(harness: Har
     through): each bound is accepted, one past it is ``InvalidSpec`` and sweeps nothing."""
     org = org_name("bounds")
     k8s = harness.client
-    await k8s.create(organization(org))
-    await eventually(lambda: ready(k8s, org))
-    ns = f"mesial-org-{org}"
+    ns = await organization_ready(k8s, org)
     await harness.runtime.store.put(org, "scans/s1", b"100 days old to the operator: past 90 and 1")
     harness.runtime.clock = lambda: datetime.now(UTC) + 100 * DAY
     refused: list[dict[str, Any]] = [
@@ -268,9 +256,7 @@ async def test_a_sweep_deletes_at_most_100_resources_and_the_rest_wait_for_the_n
     resources as there is room for; the rest wait, reported in ``problems``, for the next sweep."""
     org = org_name("hundred")
     k8s = harness.client
-    await k8s.create(organization(org))
-    await eventually(lambda: ready(k8s, org))
-    ns = f"mesial-org-{org}"
+    ns = await organization_ready(k8s, org)
     store = harness.runtime.store
     for n in range(103):
         await store.put(org, f"scans/s{n:03d}", b"old")

@@ -18,7 +18,7 @@ import pytest
 
 from mesial.common.settings import Settings
 from mesial.operator.testing import Harness
-from tests.operator.conftest import eventually
+from tests.operator.conftest import eventually, organization_ready
 from tests.operator.helpers import (
     ORG,
     POLICY,
@@ -93,8 +93,7 @@ async def test_a_retention_policy_in_a_namespace_labelled_with_a_victim_is_refus
 ) -> None:
     victim = org_name("victim")
     k8s = harness.client
-    await k8s.create(organization(victim))
-    await eventually(lambda: ready(k8s, victim))
+    await organization_ready(k8s, victim)
     store = harness.runtime.store
     await store.put(victim, "scans/s1", b"the victim's scan")
     harness.runtime.clock = lambda: datetime.now(UTC) + timedelta(days=400)
@@ -120,8 +119,7 @@ async def test_deletion_proves_each_step_in_the_world_not_from_status(
 ) -> None:
     name = org_name("forged")
     k8s = harness.client
-    await k8s.create(organization(name))
-    await eventually(lambda: ready(k8s, name))
+    await organization_ready(k8s, name)
     store = harness.runtime.store
     await store.put(name, "scans/s1", b"upper arch")
     # a hand-written record of steps that never happened
@@ -146,8 +144,7 @@ async def test_a_job_with_the_right_name_but_not_the_operators_is_not_adopted(ha
     name = org_name("jobname")
     ns = f"mesial-org-{name}"
     k8s = harness.client
-    await k8s.create(organization(name))
-    await eventually(lambda: ready(k8s, name))
+    await organization_ready(k8s, name)
     await k8s.create(foreign_job("scanjob-case", ns))
     await k8s.patch(*JOB, "scanjob-case", {"status": {"succeeded": 1,
                     "conditions": [{"type": "Complete", "status": "True"}]}}, ns)  # fmt: skip
@@ -169,8 +166,7 @@ async def test_a_hand_set_succeeded_does_not_let_deletion_pass_a_running_job(har
     name = org_name("handset")
     ns = f"mesial-org-{name}"
     k8s = harness.client
-    await k8s.create(organization(name))
-    await eventually(lambda: ready(k8s, name))
+    await organization_ready(k8s, name)
     await k8s.create(scanjob("case", ns))
     await eventually(lambda: k8s.get(*JOB, "scanjob-case", ns))
     await k8s.patch(*JOB, "scanjob-case", {"status": {"active": 1, "startTime": "2026-01-01T00:00:00Z"}}, ns)

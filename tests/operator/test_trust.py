@@ -18,8 +18,8 @@ from mesial.operator.k8s import K8s
 from mesial.operator.runtime import Runtime
 from mesial.operator.testing import Harness, emulated
 from tests.chart.tls import make_private_ca
-from tests.operator.conftest import eventually
-from tests.operator.helpers import get, organization, ready
+from tests.operator.conftest import eventually, organization_ready
+from tests.operator.helpers import get
 from tests.operator.test_scanjob import JOB, scanjob
 
 REGISTRY = {"auths": {"registry.lab.example": {"auth": base64.b64encode(b"robot:s3cret").decode()}}}
@@ -65,8 +65,7 @@ async def test_aligner_jobs_get_the_cas_and_the_pull_secrets(
     k8s = trust_harness.client
     name = org_name("trust")
     ns = f"mesial-org-{name}"
-    await k8s.create(organization(name))
-    await eventually(lambda: ready(k8s, name))
+    await organization_ready(k8s, name)
     # the copies: the CA the operator trusts, the registry credentials as a dockerconfigjson Secret
     ca = await get(k8s, "v1", "ConfigMap", "mesial-ca", ns)
     pem = trust_settings.vault.ca_cert.read_text() if trust_settings.vault.ca_cert else ""
