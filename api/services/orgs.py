@@ -11,7 +11,7 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import IntegrityError as DbIntegrityError
 from tortoise.queryset import QuerySet
 
-from mesial.api.audit.collector import Change, Commit
+from mesial.api.audit.collector import Change, Commit, made
 from mesial.api.auth import issue_key, new_member
 from mesial.api.db import write_transaction
 from mesial.api.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -135,13 +135,7 @@ async def _made(
 ) -> T:
     """What ``change`` returns, run in ``commit``'s transaction (the one appending the event that
     records it, naming ``resource_id`` if given) or, without one, in a transaction of its own."""
-    made: list[T] = []
-
-    async def run(conn: BaseDBAsyncClient) -> None:
-        made.append(await change(conn))
-
-    await (commit or _unrecorded)(run, resource_id=resource_id)
-    return made[0]
+    return await made(change, commit or _unrecorded, resource_id)
 
 
 async def _unrecorded(change: Change, *, resource_id: str | None = None) -> None:
