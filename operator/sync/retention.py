@@ -252,9 +252,17 @@ def refusal(exc: HttpRefused) -> Refusal | None:
     error = api_error(exc)
     if error is None:
         return None
-    if exc.code in REFUSED or (exc.code == 409 and _OTHER_RECEIPT in error.message):
+    if exc.code in REFUSED or holds_another_receipt(exc):
         return error
     return None
+
+
+def holds_another_receipt(exc: HttpRefused) -> bool:
+    """The API's 409 "the chain already holds a different receipt" for that resource (in its own error
+    body): sending this receipt again cannot change it. Not its other 409s (the world not yet as the
+    receipt says: objects left, an organization's key not yet gone), which may pass later."""
+    error = api_error(exc)
+    return exc.code == 409 and error is not None and _OTHER_RECEIPT in error.message
 
 
 def receipt_event(org: str, entry: dict[str, Any]) -> AuditEvent:
