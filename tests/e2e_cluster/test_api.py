@@ -27,7 +27,8 @@ from tests.e2e_cluster.conftest import (
     eventually,
     operator_pod,
 )
-from tests.e2e_cluster.test_organization import organization, ready
+from tests.e2e_cluster.test_organization import ready
+from tests.operator.helpers import organization
 
 pytestmark = pytest.mark.usefixtures("operator_authorised")
 

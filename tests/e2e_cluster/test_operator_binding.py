@@ -17,7 +17,8 @@ import pytest
 
 from tests.e2e_cluster.backends import E2ECluster
 from tests.e2e_cluster.conftest import Kube, Release, eventually, refusals
-from tests.e2e_cluster.test_organization import organization, ready
+from tests.e2e_cluster.test_organization import ready
+from tests.operator.helpers import organization
 
 pytestmark = pytest.mark.usefixtures("operator_authorised")
 

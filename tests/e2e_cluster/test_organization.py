@@ -18,19 +18,11 @@ from mesial.common.objectstore import ObjectStore
 from mesial.common.vault import TenantKeys
 from tests.e2e_cluster.backends import E2ECluster
 from tests.e2e_cluster.conftest import CHART, NAMESPACE, Kube, Release, VaultSetup, eventually, operator_pod
+from tests.operator.helpers import organization
 
 pytestmark = pytest.mark.usefixtures("operator_authorised")
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "crds" / "examples"
-
-
-def organization(name: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "mesial.dev/v1alpha1",
-        "kind": "Organization",
-        "metadata": {"name": name},
-        "spec": {"displayName": f"Lab {name}", "tier": "small", "keyRotationPeriod": "720h", **spec},
-    }
 
 
 def ready(kube: Kube, name: str) -> dict[str, Any] | None:

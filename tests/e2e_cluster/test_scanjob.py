@@ -19,7 +19,8 @@ from mesial.common.settings import Settings, StoreSettings, VaultSettings
 from mesial.common.vault import TenantKeys
 from tests.e2e_cluster.backends import E2ECluster
 from tests.e2e_cluster.conftest import Kube, Release, VaultSetup, eventually
-from tests.e2e_cluster.test_organization import organization, ready
+from tests.e2e_cluster.test_organization import ready
+from tests.operator.helpers import organization
 
 pytestmark = pytest.mark.usefixtures("operator_authorised")
 

@@ -21,7 +21,8 @@ from mesial.aligner.samples import generate_case, write_case
 from tests.e2e_cluster.backends import E2ECluster, running_cluster
 from tests.e2e_cluster.conftest import CHART, Kube, eventually, free_port, helm, refusals
 from tests.e2e_cluster.test_api import Client, printed_key, run_as_api
-from tests.e2e_cluster.test_organization import organization, ready
+from tests.e2e_cluster.test_organization import ready
+from tests.operator.helpers import organization
 
 NAMESPACE = "mesial-trial"
 TRIAL = ("openbao", "seaweedfs", "postgres")
