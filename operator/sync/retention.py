@@ -218,6 +218,13 @@ class Refusal:
     message: str
     request_id: str
 
+    @property
+    def other_receipt(self) -> bool:
+        """The 409 "the chain already holds a different receipt" for that resource: sending this receipt
+        again cannot change it. Not the API's other 409s (the world not yet as the receipt says: objects
+        left, an organization's key not yet gone), which may pass later."""
+        return self.status == 409 and _OTHER_RECEIPT in self.message
+
 
 def api_error(exc: HttpRefused) -> Refusal | None:
     """The API's error body in ``exc`` (``{"error": {"code", "message", "request_id"}}``, perhaps
@@ -252,17 +259,13 @@ def refusal(exc: HttpRefused) -> Refusal | None:
     error = api_error(exc)
     if error is None:
         return None
-    if exc.code in REFUSED or holds_another_receipt(exc):
-        return error
-    return None
+    return error if exc.code in REFUSED or error.other_receipt else None
 
 
 def holds_another_receipt(exc: HttpRefused) -> bool:
-    """The API's 409 "the chain already holds a different receipt" for that resource (in its own error
-    body): sending this receipt again cannot change it. Not its other 409s (the world not yet as the
-    receipt says: objects left, an organization's key not yet gone), which may pass later."""
+    """Whether ``exc`` is the API's own :attr:`Refusal.other_receipt` answer."""
     error = api_error(exc)
-    return exc.code == 409 and error is not None and _OTHER_RECEIPT in error.message
+    return error is not None and error.other_receipt
 
 
 def receipt_event(org: str, entry: dict[str, Any]) -> AuditEvent:
@@ -308,7 +311,7 @@ async def deliver(rt: Runtime, org: str, pending: list[dict[str, Any]]) -> Deliv
 
 def _refused(org: str, entry: dict[str, Any], error: Refusal, result: Delivery) -> None:
     subject = f"{entry['resourceType']} {entry['resourceId']}"
-    if error.status == 409:
+    if error.other_receipt:
         result.conflicts.append(subject)
         RECEIPTS.labels("retention", "conflict").inc()
         return

@@ -75,19 +75,20 @@ class Api:
         assert response.status_code == 201, response.text
         return str(response.json()["key"])
 
+    async def upload(self, key: str, kind: str) -> str:
+        """A scan of ``kind`` uploaded with ``key``: its id."""
+        response = await self.client.post(
+            "/v1/scans", params={"kind": kind}, content=_stl(),
+            headers={"authorization": f"Bearer {key}", "content-type": "application/octet-stream"},
+        )  # fmt: skip
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
     async def submit(self, key: str) -> dict[str, Any]:
         """Three scans and a job over them."""
-        auth = {"authorization": f"Bearer {key}"}
-        ids = {}
-        for kind in ("upper", "lower", "bite"):
-            response = await self.client.post(
-                "/v1/scans", params={"kind": kind}, content=_stl(),
-                headers={**auth, "content-type": "application/octet-stream"},
-            )  # fmt: skip
-            assert response.status_code == 201, response.text
-            ids[kind] = response.json()["id"]
+        ids = {kind: await self.upload(key, kind) for kind in ("upper", "lower", "bite")}
         body = {"upper": ids["upper"], "lower": ids["lower"], "bites": [ids["bite"]]}
-        response = await self.client.post("/v1/jobs", json=body, headers=auth)
+        response = await self.client.post("/v1/jobs", json=body, headers={"authorization": f"Bearer {key}"})
         assert response.status_code in (201, 202), response.text
         return dict(response.json())
 
@@ -426,10 +427,7 @@ async def test_a_retention_receipt_whose_answer_was_lost_is_confirmed_once(
 ) -> None:
     name = org_name("lost")
     key, ns = await _tenant(cluster, api, name)
-    response = await api.client.post("/v1/scans", params={"kind": "upper"}, content=_stl(),
-        headers={"authorization": f"Bearer {key}", "content-type": "application/octet-stream"})  # fmt: skip
-    assert response.status_code == 201, response.text
-    scan = response.json()["id"]
+    scan = await api.upload(key, "upper")
     sink = LostAnswer(cluster.runtime.audit, "retention.deleted")
     cluster.runtime.audit = sink
     cluster.runtime.clock = lambda: datetime.now(UTC) + timedelta(days=40)
@@ -473,10 +471,7 @@ async def test_an_orphaned_objects_receipt_the_api_refuses_holds_back_no_other(
     good and the scan's, behind it, was never delivered (nor its row removed)."""
     name = org_name("orph")
     key, ns = await _tenant(cluster, api, name)
-    response = await api.client.post("/v1/scans", params={"kind": "upper"}, content=_stl(),
-        headers={"authorization": f"Bearer {key}", "content-type": "application/octet-stream"})  # fmt: skip
-    assert response.status_code == 201, response.text
-    scan = response.json()["id"]
+    scan = await api.upload(key, "upper")
     orphan = "a0orphan"  # sorts before scn_…: its receipt is sent first
     await cluster.runtime.store.put(name, f"scans/{orphan}", b"an upload whose event and cleanup failed")
     cluster.runtime.clock = lambda: datetime.now(UTC) + timedelta(days=40)
